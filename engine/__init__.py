@@ -1,0 +1,5 @@
+"""Scores and searches batches of candidate architectures with training-free proxies."""
+from engine.proxies import REGISTRY, ScoreSettings, get
+from engine.scoring import Scorer, batch_score_fn, candidate_keys
+
+__all__ = ['REGISTRY', 'ScoreSettings', 'Scorer', 'batch_score_fn', 'candidate_keys', 'get']

@@ -1,0 +1,118 @@
+"""Registry of training-free proxies, chosen by name, and the settings they share.
+
+A *network* proxy is a pure function (key, mask [6, 5], inputs, settings) -> (value, flag) that
+runs under jit, vmap and lax.map; an *analytic* proxy maps masks [K, 6, 5] to values in numpy.
+"""
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import Callable
+
+import jax
+import numpy as np
+
+from engine import data as data_lib
+from engine import linear_regions as lr_lib
+from engine import ntk as ntk_lib
+from search_spaces import nb201
+
+
+class ProxyError(ValueError):
+  """Unknown proxy or bad proxy setting; the message is one line naming the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreSettings:
+  """How proxies are computed. Defaults follow TE-NAS except where a field says otherwise."""
+  dataset: str = 'cifar10'
+  init: str = 'torch_default'      # TE-NAS's launch script ends up with PyTorch's default init
+  # NTK: batch, repeats (fresh init and fresh batch each) and the proxy network's size.
+  ntk_batch: int = 64
+  ntk_repeats: int = 3
+  ntk_width: int = 16              # C of the proxy network (NB201: 16; TE-NAS search: 3)
+  ntk_cells: int = 5               # N cells per stage (NB201: 5; TE-NAS search: 1)
+  cotangent_chunk: int = 0         # coupled NTK: pullbacks vmapped together (0 = all B)
+  # Linear regions: TE-NAS's thin network and 3 x 1000 crops of 3 x 3 pixels.
+  lr_batches: int = 3
+  lr_batch_size: int = 1000
+  lr_patch: int = 3
+  lr_width: int = 1
+  lr_repeats: int = 1
+  flops_convention: str = 'naslib'
+
+  def ntk_config(self) -> nb201.NB201Config:
+    return nb201.NB201Config.for_dataset(self.dataset, C=self.ntk_width, N=self.ntk_cells)
+
+  def lr_config(self) -> nb201.NB201Config:
+    return nb201.NB201Config.for_dataset(self.dataset, C=self.lr_width, N=1, use_stem=False,
+                                         depth=1, in_channels=1, input_size=self.lr_patch)
+
+  def full_config(self) -> nb201.NB201Config:
+    return nb201.NB201Config.for_dataset(self.dataset)
+
+
+@dataclasses.dataclass(frozen=True)
+class Proxy:
+  name: str
+  kind: str                 # 'network' or 'analytic'
+  higher_is_better: bool
+  fn: Callable
+  needs: str | None = None  # which input batch a network proxy reads: 'ntk' or 'lr'
+
+
+def _ntk(variant):
+  def fn(key, mask, inputs, s: ScoreSettings):
+    return ntk_lib.ntk_condition(key, mask, inputs['ntk'], s.ntk_config(), variant, s.init,
+                                 s.cotangent_chunk)
+  return fn
+
+
+def _linear_regions(key, mask, inputs, s: ScoreSettings):
+  value = lr_lib.linear_regions(key, mask, inputs['lr'], s.lr_config(), s.init)
+  return value, jax.numpy.zeros((), jax.numpy.int32)
+
+
+REGISTRY: dict[str, Proxy] = {p.name: p for p in [
+    Proxy('ntk_cond', 'network', False, _ntk('coupled'), 'ntk'),
+    Proxy('ntk_cond_independent', 'network', False, _ntk('independent'), 'ntk'),
+    Proxy('linear_regions', 'network', True, _linear_regions, 'lr'),
+    Proxy('params', 'analytic', True,
+          lambda masks, s: nb201.count_params(masks, s.full_config())),
+    Proxy('flops', 'analytic', True,
+          lambda masks, s: nb201.count_flops(masks, s.full_config(), s.flops_convention)),
+]}
+
+
+def get(names) -> list[Proxy]:
+  """Proxies by name (a comma-separated string or a list); unknown names fail in one line."""
+  if isinstance(names, str):
+    names = [n.strip() for n in names.split(',') if n.strip()]
+  if not names:
+    raise ProxyError(f'no proxy given; choose from {", ".join(REGISTRY)}')
+  unknown = [n for n in names if n not in REGISTRY]
+  if unknown:
+    raise ProxyError(f'unknown proxy {unknown[0]!r}; choose from {", ".join(REGISTRY)}')
+  return [REGISTRY[n] for n in dict.fromkeys(names)]
+
+
+def proxy_key(key, name: str):
+  """A proxy's own stream of a candidate's key: independent of which other proxies run."""
+  return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def make_inputs(proxies, settings: ScoreSettings, seed: int,
+                images: data_lib.ImageSet | None) -> dict[str, np.ndarray]:
+  """The input batches every candidate is scored on (shared, so candidates compare fairly)."""
+  needs = {p.needs for p in proxies}
+  rng = np.random.default_rng([seed, 0x2ee7])
+  inputs = {}
+  if 'ntk' in needs:
+    size = settings.ntk_config().input_size
+    inputs['ntk'] = data_lib.sample_batches(rng, settings.ntk_repeats, settings.ntk_batch, images,
+                                            size)
+  if 'lr' in needs:
+    patches = [data_lib.sample_patches(rng, settings.lr_batches, settings.lr_batch_size, images,
+                                       settings.lr_patch) for _ in range(settings.lr_repeats)]
+    inputs['lr'] = np.stack(patches)
+  return inputs

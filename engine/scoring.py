@@ -1,0 +1,121 @@
+"""Score batches of candidates in one compiled call, sharded over the local devices.
+
+`batch_score_fn` builds the function masks [K, 6, 5], keys [K, 2], inputs -> {proxy: [K]}.
+Inside, `lax.map` walks the candidates of each device's shard (vmapping `candidate_chunk` of them
+together), so each candidate runs only its active ops; the K axis is split over devices with
+`shard_map`. `Scorer` drives it over any number of archs in fixed-size batches (one compile per
+batch shape, the last batch padded), keeps compile time apart from run time, and adds the
+analytic proxies.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from engine import proxies as proxies_lib
+from search_spaces import nb201
+
+
+def candidate_keys(seed: int, ops) -> jax.Array:
+  """Key of each arch from the run seed and the arch itself: the same arch gets the same init
+  whatever batch it lands in (so batched == one-at-a-time, and reruns reproduce)."""
+  codes = jnp.asarray(nb201.ops_to_code(ops), jnp.uint32)
+  base = jax.random.PRNGKey(seed)
+  return jax.vmap(lambda c: jax.random.fold_in(base, c))(codes)
+
+
+def batch_score_fn(proxies, settings: proxies_lib.ScoreSettings, candidate_chunk: int = 1,
+                   devices=None):
+  """Un-jitted f(masks [K,6,5], keys [K,2], inputs) -> {name: [K], name_flag: [K]}.
+
+  K must be a multiple of the number of devices. candidate_chunk=1 runs candidates one after
+  another with only their active ops; larger chunks vmap candidates together (all ops run).
+  """
+  net = [p for p in proxies if p.kind == 'network']
+
+  def one(mask, key, inputs):
+    out = {}
+    for p in net:
+      value, flag = p.fn(proxies_lib.proxy_key(key, p.name), mask, inputs, settings)
+      out[p.name], out[p.name + '_flag'] = value, flag
+    return out
+
+  def shard(masks, keys, inputs):
+    return jax.lax.map(lambda mk: one(mk[0], mk[1], inputs), (masks, keys),
+                       batch_size=candidate_chunk if candidate_chunk > 1 else None)
+
+  devices = devices if devices is not None else jax.local_devices()
+  if len(devices) == 1:
+    return shard
+  mesh = jax.sharding.Mesh(np.asarray(devices), ('candidates',))
+  return jax.shard_map(shard, mesh=mesh, in_specs=(P('candidates'), P('candidates'), P()),
+                       out_specs=P('candidates'))
+
+
+@dataclasses.dataclass
+class Timing:
+  compile_s: float = 0.0
+  run_s: float = 0.0
+  scored: int = 0
+
+
+class Scorer:
+  """Scores NB201 candidates with the named proxies, `batch_candidates` at a time."""
+
+  def __init__(self, proxy_names, settings: proxies_lib.ScoreSettings, seed: int = 0,
+               images=None, batch_candidates: int = 8, candidate_chunk: int = 1, devices=None):
+    self.proxies = proxies_lib.get(proxy_names)
+    self.settings = settings
+    self.seed = seed
+    self.devices = devices if devices is not None else jax.local_devices()
+    n_dev = len(self.devices)
+    self.batch_candidates = -(-max(1, batch_candidates) // n_dev) * n_dev
+    self.inputs = {k: jnp.asarray(v) for k, v in
+                   proxies_lib.make_inputs(self.proxies, settings, seed, images).items()}
+    self.network_proxies = [p for p in self.proxies if p.kind == 'network']
+    self.timing = Timing()
+    self._compiled = None
+    if self.network_proxies:
+      self._fn = jax.jit(batch_score_fn(self.proxies, settings, candidate_chunk, self.devices))
+
+  def _compile(self, masks, keys):
+    start = time.perf_counter()
+    self._compiled = self._fn.lower(masks, keys, self.inputs).compile()
+    self.timing.compile_s += time.perf_counter() - start
+
+  def score_masks(self, masks, keys) -> dict[str, np.ndarray]:
+    """One compiled call on exactly `batch_candidates` masks [K, 6, 5] with keys [K, 2]."""
+    masks = jnp.asarray(masks, jnp.float32)
+    if self._compiled is None:
+      self._compile(masks, keys)
+    start = time.perf_counter()
+    out = jax.device_get(self._compiled(masks, keys, self.inputs))
+    self.timing.run_s += time.perf_counter() - start
+    return out
+
+  def score_ops(self, ops, progress=None) -> dict[str, np.ndarray]:
+    """Scores archs given as op indices [M, 6]; `progress(n)` is called after each batch."""
+    ops = np.asarray(ops, np.int64).reshape(-1, nb201.NUM_EDGES)
+    masks = nb201.ops_to_mask(ops)
+    results: dict[str, list] = {}
+    for p in self.proxies:
+      if p.kind == 'analytic':
+        results[p.name] = [np.asarray(p.fn(masks, self.settings), np.float64)]
+    if self.network_proxies:
+      k = self.batch_candidates
+      keys = candidate_keys(self.seed, ops)
+      for start in range(0, len(ops), k):
+        n = min(k, len(ops) - start)
+        pad = np.r_[np.arange(start, start + n), np.full(k - n, start + n - 1)]
+        out = self.score_masks(masks[pad], keys[pad])
+        for name, value in out.items():
+          results.setdefault(name, []).append(np.asarray(value)[:n])
+        self.timing.scored += n
+        if progress:
+          progress(n)
+    return {name: np.concatenate(parts) for name, parts in results.items()}

@@ -1,0 +1,1 @@
+"""User-facing experiments; run `python -m experiments.run --help`."""

@@ -1,0 +1,128 @@
+"""Shared pieces of the experiments: arch selection, settings from flags, CSV output, errors."""
+from __future__ import annotations
+
+import csv
+import os
+import pathlib
+import sys
+import tempfile
+
+import numpy as np
+
+from engine import data as data_lib
+from engine import proxies as proxies_lib
+from search_spaces import nb201
+
+USER_ERRORS = (nb201.ArchError, data_lib.DataError, proxies_lib.ProxyError, FileNotFoundError,
+               ValueError)
+
+
+def fail(message: str):
+  """One line on stderr and exit code 2: the contract for every bad input."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def arch_index_table(benchmark_file=None, required=False):
+  """The NB201 index table, or None when it is not available and not required."""
+  path = pathlib.Path(benchmark_file) if benchmark_file else nb201.default_benchmark_file()
+  if not path.is_file():
+    if required or benchmark_file:
+      raise nb201.ArchError(f'NB201 arch indices need the benchmark table, not found at {path}; '
+                            f'pass --benchmark_file or set ZERONAS_DATA_DIR')
+    return None
+  return nb201.load_arch_index(str(path))
+
+
+def _parse_arch_token(token: str, table_fn) -> np.ndarray:
+  token = token.strip()
+  if token.lstrip('-').isdigit():
+    index = int(token)
+    if not 0 <= index < nb201.NUM_ARCHS:
+      raise nb201.ArchError(f'arch index {index} out of range; NB201 indices are 0..'
+                            f'{nb201.NUM_ARCHS - 1}')
+    return table_fn().index_to_ops[index]
+  return np.array(nb201.parse_arch_str(token))
+
+
+def select_archs(spec: str, seed: int, benchmark_file=None) -> np.ndarray:
+  """--archs -> op indices [M, 6]: all | random:N | file | arch string | index."""
+  table = lambda: arch_index_table(benchmark_file, required=True)
+  spec = spec.strip()
+  if spec == 'all':
+    found = arch_index_table(benchmark_file)
+    return found.index_to_ops.copy() if found is not None else nb201.all_ops()
+  if spec.startswith('random:'):
+    count = spec.split(':', 1)[1]
+    if not count.isdigit():
+      raise nb201.ArchError(f'bad --archs={spec!r}; use random:N with N a positive integer')
+    return nb201.sample_ops(np.random.default_rng(seed), int(count))
+  if spec.startswith('|') or spec.lstrip('-').isdigit():
+    return _parse_arch_token(spec, table)[None]
+  path = pathlib.Path(spec)
+  if not path.is_file():
+    raise nb201.ArchError(f'--archs={spec!r} is not all, random:N, an arch string, an index or '
+                          f'an existing file')
+  lines = [l for l in path.read_text().splitlines() if l.strip() and not l.startswith('#')]
+  if not lines:
+    raise nb201.ArchError(f'{path} lists no archs; put one arch string or index per line')
+  rows = []
+  for n, line in enumerate(lines, 1):
+    try:
+      rows.append(_parse_arch_token(line, table))
+    except nb201.ArchError as err:
+      raise nb201.ArchError(f'{path}:{n}: {err}') from None
+  return np.stack(rows)
+
+
+def settings_from_flags(f) -> proxies_lib.ScoreSettings:
+  if f.dataset not in nb201.DATASETS:
+    raise nb201.ArchError(f'unknown --dataset={f.dataset!r}; choose one of '
+                          f'{", ".join(nb201.DATASETS)}')
+  for name in ('ntk_batch', 'repeats', 'ntk_width', 'ntk_cells'):
+    if getattr(f, name) < 1:
+      raise proxies_lib.ProxyError(f'--{name} must be at least 1, got {getattr(f, name)}')
+  return proxies_lib.ScoreSettings(
+      dataset=f.dataset, init=f.init, ntk_batch=f.ntk_batch, ntk_repeats=f.repeats,
+      ntk_width=f.ntk_width, ntk_cells=f.ntk_cells, cotangent_chunk=f.cotangent_chunk)
+
+
+def load_images(data_dir, dataset: str):
+  """CIFAR training images for the proxies, or None (Gaussian inputs) without --data_dir.
+
+  CIFAR-100 and ImageNet16-120 fall back to CIFAR-10 images when only those are present; the
+  returned `source` says so."""
+  if not data_dir:
+    return None
+  try:
+    return data_lib.load_cifar(data_dir, 'cifar100' if dataset == 'cifar100' else 'cifar10')
+  except data_lib.DataError:
+    if dataset == 'cifar10':
+      raise
+    images = data_lib.load_cifar(data_dir, 'cifar10')
+    images.source += f' standing in for {dataset} (its images are not in {data_dir})'
+    return images
+
+
+def write_csv_atomic(path, header, rows):
+  """Writes a CSV to a temporary file beside `path`, then renames it into place."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'w', newline='') as f:
+      writer = csv.writer(f)
+      writer.writerow(header)
+      writer.writerows(rows)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def _score_experiment(f):
+  from experiments import score  # imported lazily: JAX starts only for the experiment that runs
+  score.run(f)
+
+
+EXPERIMENTS = {'score': _score_experiment}

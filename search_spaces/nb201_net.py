@@ -1,0 +1,402 @@
+"""The NB201 macro network in JAX: a masked supernet for scoring and a Flax single-path model.
+
+`init_params` / `apply` form the masked supernet used by the scoring engine. Its input is an op
+mask [6, 5]: a one-hot row is one architecture, a multi-hot row sums its active ops, and a soft
+row weights them (for gradient-guided pruning). Each op is wrapped in `lax.cond` on its mask
+entry, so inside a compiled `lax.map` over candidates only the active ops run: a one-hot
+candidate costs what its single-path network costs, not what the whole supernet costs. (Under
+`vmap` over candidates the conds become selects and every op runs; that is the dense mode.)
+
+BatchNorm always normalises with the statistics of the batch (or with statistics passed in,
+which is how the NTK's `independent` variant holds them fixed). `apply` returns the statistics
+it used, so a caller can compute them once and feed them back.
+
+`NB201Network` is the plain Flax model of one architecture (ops chosen in Python), used for
+training and as the reference the supernet is tested against (`single_path_variables`).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from search_spaces.nb201 import CONV1, CONV3, EDGES, NB201Config, NUM_EDGES, POOL, SKIP
+
+BN_EPS = 1e-5
+INITS = ('torch_default', 'kaiming_normal')
+Params = dict[str, Any]
+
+
+def _segments(config: NB201Config):
+  """Layer plan grouped into ('cells', stage, count) and ('reduce', stage) segments."""
+  segs = []
+  for kind, stage in config.layer_plan():
+    if kind == 'cell' and segs and segs[-1][0] == 'cells' and segs[-1][1] == stage:
+      segs[-1] = ('cells', stage, segs[-1][2] + 1)
+    elif kind == 'cell':
+      segs.append(('cells', stage, 1))
+    else:
+      segs.append(('reduce', stage))
+  return segs
+
+
+def _channels(config: NB201Config, stage: int) -> int:
+  return config.C * 2 ** stage
+
+
+def output_channels(config: NB201Config) -> int:
+  plan = config.layer_plan()
+  return _channels(config, plan[-1][1]) if plan else config.C
+
+
+# ----------------------------------------------------------------------------- init
+
+def _weight(key, shape, fan_in, init):
+  if init == 'torch_default':  # PyTorch's kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in))
+    bound = 1.0 / np.sqrt(fan_in)
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+  if init == 'kaiming_normal':  # He et al., fan_in mode, ReLU gain
+    return jax.random.normal(key, shape, jnp.float32) * np.sqrt(2.0 / fan_in)
+  raise ValueError(f'unknown init {init!r}; choose one of {", ".join(INITS)}')
+
+
+def _conv_w(key, k, cin, cout, init, lead=()):
+  return _weight(key, tuple(lead) + (k, k, cin, cout), cin * k * k, init)
+
+
+def init_params(key, config: NB201Config, init: str = 'torch_default') -> Params:
+  """Supernet parameters: every op on every edge of every cell. BN scale 1, shift 0."""
+  keys = iter(jax.random.split(key, 64))
+  params: Params = {}
+  ones, zeros = jnp.ones, jnp.zeros
+  if config.use_stem:
+    params['stem'] = {'conv': _conv_w(next(keys), 3, config.in_channels, config.C, init),
+                      'bn_scale': ones(config.C), 'bn_bias': zeros(config.C)}
+  for seg in _segments(config):
+    if seg[0] == 'cells':
+      _, s, n = seg
+      c = _channels(config, s)
+      lead = (n, NUM_EDGES)
+      params[f'stage{s}'] = {
+          'conv1': _conv_w(next(keys), 1, c, c, init, lead),
+          'conv3': _conv_w(next(keys), 3, c, c, init, lead),
+          'bn1_scale': ones(lead + (c,)), 'bn1_bias': zeros(lead + (c,)),
+          'bn3_scale': ones(lead + (c,)), 'bn3_bias': zeros(lead + (c,)),
+      }
+    else:
+      s = seg[1]
+      cin, cout = _channels(config, s - 1), _channels(config, s)
+      params[f'reduce{s}'] = {
+          'conv_a': _conv_w(next(keys), 3, cin, cout, init),
+          'bna_scale': ones(cout), 'bna_bias': zeros(cout),
+          'conv_b': _conv_w(next(keys), 3, cout, cout, init),
+          'bnb_scale': ones(cout), 'bnb_bias': zeros(cout),
+          'shortcut': _conv_w(next(keys), 1, cin, cout, init),
+      }
+  c = output_channels(config)
+  k1, k2 = jax.random.split(next(keys))
+  params['head'] = {'bn_scale': ones(c), 'bn_bias': zeros(c),
+                    'fc': _weight(k1, (c, config.num_classes), c, init),
+                    'fc_bias': _weight(k2, (config.num_classes,), c, 'torch_default')}
+  return params
+
+
+def is_weight(path) -> bool:
+  """TE-NAS's NTK uses parameters named 'weight' in PyTorch: conv, BN scale, classifier matrix."""
+  return not str(path[-1].key).endswith('bias')
+
+
+# ----------------------------------------------------------------------------- layers
+
+def _conv(x, w, stride):
+  pad = w.shape[0] // 2
+  return jax.lax.conv_general_dilated(
+      x, w, (stride, stride), ((pad, pad), (pad, pad)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv(x, w, stride=1):
+  """k x k convolution, padding k // 2, NHWC x HWIO (PyTorch's padding for NB201's convs).
+
+  Its weight gradient is written as k*k shifted-slice matrix products. XLA's own rule is a
+  convolution which, once vmapped over cotangents or samples (the NTK's Jacobian rows), becomes
+  a grouped convolution that runs tens of times slower on CPU; matrix products batch cleanly.
+  """
+  return _conv(x, w, stride)
+
+
+def _conv_fwd(x, w, stride):
+  return _conv(x, w, stride), (x, w)
+
+
+def _conv_bwd(stride, residuals, g):
+  x, w = residuals
+  _, input_vjp = jax.vjp(lambda x_: _conv(x_, w, stride), x)
+  return input_vjp(g)[0], conv_weight_grad(x, g, w.shape[0], stride)
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv_weight_grad(x, g, k, stride=1):
+  """d<g, conv(x, w)>/dw as [k, k, Cin, Cout]: one (B*H*W)-long contraction per kernel tap."""
+  pad = k // 2
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  ho, wo = g.shape[1], g.shape[2]
+  taps = []
+  for dy in range(k):
+    for dx in range(k):
+      window = xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
+      taps.append(jnp.einsum('bhwc,bhwo->co', window, g))
+  return jnp.stack(taps).reshape(k, k, x.shape[-1], g.shape[-1])
+
+
+def batch_norm(x, scale, bias, stats=None):
+  """Normalise with batch statistics over (N, H, W), or with `stats` = (mean, var) if given."""
+  if stats is None:
+    mean = jnp.mean(x, (0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), (0, 1, 2))
+  else:
+    mean, var = stats
+  return (x - mean) * (jax.lax.rsqrt(var + BN_EPS) * scale) + bias, (mean, var)
+
+
+def relu_conv_bn(x, w, scale, bias, stats=None, stride=1):
+  return batch_norm(conv(jax.nn.relu(x), w, stride), scale, bias, stats)
+
+
+def avg_pool_3x3(x):
+  """3x3 average pool, stride 1, padding 1, padding not counted (count_include_pad=False)."""
+  window, strides, pad = (1, 3, 3, 1), (1, 1, 1, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+  total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, pad)
+  ones = jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype)
+  count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, strides, pad)
+  return total / count
+
+
+def avg_pool_2x2(x):
+  return jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID') / 4.0
+
+
+# ----------------------------------------------------------------------------- supernet
+
+def _gated(weight, fn, zeros_fn):
+  """fn(weight) when weight != 0, else zeros_fn(): under lax.map only the taken branch runs."""
+  return jax.lax.cond(weight != 0, lambda: fn(weight), zeros_fn)
+
+
+def _mixed_edge(x, m, p, e, stats):
+  """Sum of the active ops of edge e on input x; returns (output, BN stats of its convs)."""
+  c = x.shape[-1]
+  no_stats = lambda: (jnp.zeros(c), jnp.ones(c))
+
+  def conv_op(kind):
+    def run(weight):
+      st = None if stats is None else stats[kind]
+      y, used = relu_conv_bn(x, p[kind][e], p[f'bn{kind[-1]}_scale'][e],
+                             p[f'bn{kind[-1]}_bias'][e], st)
+      return weight * y, used
+    return run
+
+  zero_out = lambda: (jnp.zeros_like(x), no_stats())
+  y1, s1 = _gated(m[CONV1], conv_op('conv1'), zero_out)
+  y3, s3 = _gated(m[CONV3], conv_op('conv3'), zero_out)
+  pool = jax.lax.cond(m[POOL] != 0, lambda: m[POOL] * avg_pool_3x3(x), lambda: jnp.zeros_like(x))
+  return m[SKIP] * x + y1 + y3 + pool, {'conv1': s1, 'conv3': s3}
+
+
+def _cell(x, mask, p, stats):
+  """One cell; p holds this cell's edge params stacked over edges [6, ...]."""
+  nodes = [x]
+  edge_stats = [None] * NUM_EDGES
+  for to_node in (1, 2, 3):
+    total = jnp.zeros_like(x)
+    for e, (t, frm) in enumerate(EDGES):
+      if t != to_node:
+        continue
+      st = None if stats is None else jax.tree.map(lambda a: a[e], stats)
+      y, edge_stats[e] = _mixed_edge(nodes[frm], mask[e], p, e, st)
+      total = total + y
+    nodes.append(total)
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *edge_stats)
+  return nodes[3], stacked
+
+
+def apply(params: Params, mask, x, config: NB201Config, stats=None):
+  """Supernet forward: (logits [B, classes], BN statistics used). `stats` fixes BN statistics."""
+  used: dict[str, Any] = {}
+  get = (lambda name: None) if stats is None else stats.get
+  if config.use_stem:
+    p = params['stem']
+    x, used['stem'] = batch_norm(conv(x, p['conv']), p['bn_scale'], p['bn_bias'], get('stem'))
+  for seg in _segments(config):
+    if seg[0] == 'cells':
+      name = f'stage{seg[1]}'
+
+      def body(h, inputs):
+        cell_params, cell_stats = inputs
+        return _cell(h, mask, cell_params, cell_stats)
+
+      x, used[name] = jax.lax.scan(body, x, (params[name], get(name)))
+    else:
+      name = f'reduce{seg[1]}'
+      p, st = params[name], get(name) or {}
+      a, sa = relu_conv_bn(x, p['conv_a'], p['bna_scale'], p['bna_bias'], st.get('a'), stride=2)
+      b, sb = relu_conv_bn(a, p['conv_b'], p['bnb_scale'], p['bnb_bias'], st.get('b'))
+      x = b + conv(avg_pool_2x2(x), p['shortcut'])
+      used[name] = {'a': sa, 'b': sb}
+  p = params['head']
+  x, used['head'] = batch_norm(x, p['bn_scale'], p['bn_bias'], get('head'))
+  features = jnp.mean(jax.nn.relu(x), (1, 2))
+  return features @ p['fc'] + p['fc_bias'], used
+
+
+def relu_inputs(params: Params, mask, x, config: NB201Config):
+  """Pre-activations of every ReLU the network applies, flattened per sample [B, units].
+
+  Matches TE-NAS's hooks on nn.ReLU: one ReLU per active conv op (on that op's input node) and
+  the head's ReLU. Inactive ops contribute all-zero columns, which leave pattern counts unchanged.
+  Only the stem-free cell-only networks used for linear regions need this (no lax.scan here).
+  """
+  feats = []
+  if config.use_stem:
+    raise ValueError('relu_inputs supports stem-free networks only (the linear-region setting)')
+  for seg in _segments(config):
+    if seg[0] != 'cells':
+      raise ValueError('relu_inputs supports cell-only networks (depth within the first stage)')
+    p_all = params[f'stage{seg[1]}']
+    for i in range(seg[2]):
+      p = jax.tree.map(lambda a: a[i], p_all)
+      nodes = [x]
+      for to_node in (1, 2, 3):
+        total = jnp.zeros_like(x)
+        for e, (t, frm) in enumerate(EDGES):
+          if t != to_node:
+            continue
+          src = nodes[frm]
+          for kind, col in (('conv1', CONV1), ('conv3', CONV3)):
+            feats.append(jnp.where(mask[e, col] != 0, src, 0.0).reshape(src.shape[0], -1))
+          y, _ = _mixed_edge(src, mask[e], p, e, None)
+          total = total + y
+        nodes.append(total)
+      x = nodes[3]
+  p = params['head']
+  x, _ = batch_norm(x, p['bn_scale'], p['bn_bias'])
+  feats.append(x.reshape(x.shape[0], -1))
+  return jnp.concatenate(feats, axis=1)
+
+
+# ----------------------------------------------------------------------------- Flax single path
+
+class _Cell(nn.Module):
+  ops: Sequence[int]
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    nodes = [x]
+    for to_node in (1, 2, 3):
+      total = jnp.zeros_like(x)
+      for e, (t, frm) in enumerate(EDGES):
+        if t != to_node:
+          continue
+        op, h = self.ops[e], nodes[frm]
+        if op == SKIP:
+          total = total + h
+        elif op == POOL:
+          total = total + avg_pool_3x3(h)
+        elif op in (CONV1, CONV3):
+          k = 1 if op == CONV1 else 3
+          y = nn.Conv(h.shape[-1], (k, k), padding=k // 2, use_bias=False,
+                      name=f'edge{e}_conv')(jax.nn.relu(h))
+          total = total + nn.BatchNorm(not train, momentum=0.9, epsilon=BN_EPS,
+                                       name=f'edge{e}_bn')(y)
+      nodes.append(total)
+    return nodes[3]
+
+
+class _Reduce(nn.Module):
+  channels: int
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    bn = lambda name: nn.BatchNorm(not train, momentum=0.9, epsilon=BN_EPS, name=name)
+    a = bn('bn_a')(nn.Conv(self.channels, (3, 3), 2, padding=1, use_bias=False,
+                           name='conv_a')(jax.nn.relu(x)))
+    b = bn('bn_b')(nn.Conv(self.channels, (3, 3), padding=1, use_bias=False,
+                           name='conv_b')(jax.nn.relu(a)))
+    return b + nn.Conv(self.channels, (1, 1), use_bias=False, name='shortcut')(avg_pool_2x2(x))
+
+
+class NB201Network(nn.Module):
+  """One NB201 architecture as an ordinary Flax model (batch_stats collection when training)."""
+  ops: Sequence[int]
+  config: NB201Config = NB201Config()
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    cfg = self.config
+    if cfg.use_stem:
+      x = nn.Conv(cfg.C, (3, 3), padding=1, use_bias=False, name='stem_conv')(x)
+      x = nn.BatchNorm(not train, momentum=0.9, epsilon=BN_EPS, name='stem_bn')(x)
+    counts: dict[int, int] = {}
+    for kind, s in cfg.layer_plan():
+      if kind == 'reduce':
+        x = _Reduce(_channels(cfg, s), name=f'reduce{s}')(x, train)
+      else:
+        i = counts[s] = counts.get(s, -1) + 1
+        x = _Cell(tuple(int(o) for o in self.ops), name=f'stage{s}_cell{i}')(x, train)
+    x = nn.BatchNorm(not train, momentum=0.9, epsilon=BN_EPS, name='head_bn')(x)
+    x = jnp.mean(jax.nn.relu(x), (1, 2))
+    return nn.Dense(cfg.num_classes, name='classifier')(x)
+
+
+def single_path_variables(params: Params, ops, config: NB201Config) -> dict:
+  """Supernet params -> `NB201Network(ops)` variables holding the same weights."""
+  ops = [int(o) for o in ops]
+  out: dict[str, Any] = {}
+  stats: dict[str, Any] = {}
+
+  def bn(scale, bias):
+    c = scale.shape[-1]
+    return {'scale': scale, 'bias': bias}, {'mean': jnp.zeros(c), 'var': jnp.ones(c)}
+
+  if config.use_stem:
+    p = params['stem']
+    out['stem_conv'] = {'kernel': p['conv']}
+    out['stem_bn'], stats['stem_bn'] = bn(p['bn_scale'], p['bn_bias'])
+  for seg in _segments(config):
+    if seg[0] == 'cells':
+      _, s, n = seg
+      p = params[f'stage{s}']
+      for i in range(n):
+        cell, cell_stats = {}, {}
+        for e, op in enumerate(ops):
+          if op in (CONV1, CONV3):
+            tag = '1' if op == CONV1 else '3'
+            cell[f'edge{e}_conv'] = {'kernel': p[f'conv{tag}'][i, e]}
+            cell[f'edge{e}_bn'], cell_stats[f'edge{e}_bn'] = bn(p[f'bn{tag}_scale'][i, e],
+                                                               p[f'bn{tag}_bias'][i, e])
+        out[f'stage{s}_cell{i}'], stats[f'stage{s}_cell{i}'] = cell, cell_stats
+    else:
+      s = seg[1]
+      p = params[f'reduce{s}']
+      red, red_stats = {}, {}
+      red['conv_a'], red['conv_b'] = {'kernel': p['conv_a']}, {'kernel': p['conv_b']}
+      red['shortcut'] = {'kernel': p['shortcut']}
+      red['bn_a'], red_stats['bn_a'] = bn(p['bna_scale'], p['bna_bias'])
+      red['bn_b'], red_stats['bn_b'] = bn(p['bnb_scale'], p['bnb_bias'])
+      out[f'reduce{s}'], stats[f'reduce{s}'] = red, red_stats
+  p = params['head']
+  out['head_bn'], stats['head_bn'] = bn(p['bn_scale'], p['bn_bias'])
+  out['classifier'] = {'kernel': p['fc'], 'bias': p['fc_bias']}
+  return {'params': out, 'batch_stats': stats}
+
+
+def count_param_arrays(variables) -> int:
+  return int(sum(np.prod(a.shape) for a in jax.tree.leaves(variables['params'])))
+

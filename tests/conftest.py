@@ -1,0 +1,27 @@
+"""Shared test fixtures: the third-party data directory and small settings."""
+import os
+import pathlib
+
+# Several host devices so sharding is exercised on CPU; must precede JAX's start-up.
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
+
+import pytest  # noqa: E402
+
+from search_spaces import nb201  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def data_dir() -> pathlib.Path:
+  """../shared/data (or $ZERONAS_DATA_DIR). Missing data fails in CI and skips elsewhere."""
+  path = nb201.data_dir()
+  if not (path / 'nb201').is_dir():
+    message = f'third-party data not found at {path}; set ZERONAS_DATA_DIR'
+    if os.environ.get('CI'):
+      pytest.fail(message)
+    pytest.skip(message)
+  return path
+
+
+@pytest.fixture(scope='session')
+def arch_table(data_dir):
+  return nb201.load_arch_index(str(data_dir / 'nb201' / 'nb201_test_acc_200ep_nats.csv'))

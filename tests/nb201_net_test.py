@@ -1,0 +1,81 @@
+"""The masked supernet against the plain Flax single-path network."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from search_spaces import nb201
+from search_spaces import nb201_net as net
+
+CONFIG = nb201.NB201Config(C=4, N=2, input_size=8)
+ARCHS = [(3, 2, 4, 1, 3, 0), (1, 1, 1, 1, 1, 1), (3, 3, 3, 3, 3, 3), (4, 0, 2, 0, 0, 3)]
+
+
+def _inputs(batch=6, size=8, seed=1):
+  return jax.random.normal(jax.random.PRNGKey(seed), (batch, size, size, 3))
+
+
+class SupernetTest(chex.TestCase):
+
+  @chex.variants(with_jit=True)  # eager lax.scan/cond over a whole network is minutes slow
+  def test_one_hot_supernet_equals_single_path(self):
+    params = net.init_params(jax.random.PRNGKey(0), CONFIG)
+    x = _inputs()
+    forward = self.variant(lambda p, m, x: net.apply(p, m, x, CONFIG)[0])
+    for ops in ARCHS:
+      logits = forward(params, jnp.asarray(nb201.ops_to_mask(ops)), x)
+      chex.assert_shape(logits, (6, CONFIG.num_classes))
+      variables = net.single_path_variables(params, ops, CONFIG)
+      ref, _ = net.NB201Network(ops, CONFIG).apply(variables, x, mutable=['batch_stats'])
+      np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=1e-4)
+
+  def test_single_path_variables_match_flax_init_structure_and_param_count(self):
+    params = net.init_params(jax.random.PRNGKey(0), CONFIG)
+    for ops in ARCHS:
+      variables = net.single_path_variables(params, ops, CONFIG)
+      fresh = net.NB201Network(ops, CONFIG).init(jax.random.PRNGKey(1), _inputs())
+      chex.assert_trees_all_equal_shapes(fresh, variables)
+      assert net.count_param_arrays(variables) == nb201.count_params(nb201.ops_to_mask(ops),
+                                                                     CONFIG)
+
+  def test_multi_hot_edge_sums_its_active_ops(self):
+    params = net.init_params(jax.random.PRNGKey(0), CONFIG)
+    p = jax.tree.map(lambda a: a[0], params['stage0'])
+    x = jax.random.normal(jax.random.PRNGKey(2), (5, 8, 8, CONFIG.C))
+    edge = jax.jit(lambda m: net._mixed_edge(x, m, p, 2, None)[0])
+    full = edge(jnp.ones(5))
+    singles = [edge(jnp.eye(5)[o]) for o in range(5)]
+    np.testing.assert_allclose(full, sum(singles), atol=1e-5)
+    np.testing.assert_allclose(singles[nb201.NONE], 0.0)
+    np.testing.assert_allclose(singles[nb201.SKIP], x)
+    soft = edge(jnp.array([0.0, 0.5, 0.0, 0.0, 2.0]))
+    np.testing.assert_allclose(soft, 0.5 * singles[1] + 2.0 * singles[4], atol=1e-5)
+
+  def test_fixed_stats_reproduce_batch_stats_forward(self):
+    params = net.init_params(jax.random.PRNGKey(0), CONFIG)
+    mask = jnp.asarray(nb201.ops_to_mask(ARCHS[0]))
+    x = _inputs()
+    forward = jax.jit(lambda stats: net.apply(params, mask, x, CONFIG, stats))
+    logits, stats = forward(None)
+    again, _ = forward(stats)
+    np.testing.assert_allclose(logits, again, atol=1e-6)
+
+  def test_avg_pool_ignores_padding(self):
+    x = jnp.ones((1, 4, 4, 1))
+    np.testing.assert_allclose(net.avg_pool_3x3(x), x)
+
+  def test_unknown_init_is_rejected(self):
+    with pytest.raises(ValueError, match='unknown init'):
+      net.init_params(jax.random.PRNGKey(0), CONFIG, 'xavier')
+
+
+def test_conv_custom_gradient_matches_xla():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 5))
+  for k, stride in ((1, 1), (3, 1), (3, 2), (1, 2)):
+    w = jax.random.normal(jax.random.PRNGKey(k + stride), (k, k, 5, 4))
+    g = jax.random.normal(jax.random.PRNGKey(9), net.conv(x, w, stride).shape)
+    ours = jax.vjp(lambda x_, w_: net.conv(x_, w_, stride), x, w)[1](g)
+    xla = jax.vjp(lambda x_, w_: net._conv(x_, w_, stride), x, w)[1](g)
+    for a, b in zip(ours, xla):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

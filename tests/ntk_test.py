@@ -1,0 +1,90 @@
+"""NTK condition number: masked == single path, variants, chunking and flagged edge cases."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine import ntk
+from search_spaces import nb201
+from search_spaces import nb201_net as net
+
+CONFIG = nb201.NB201Config(C=4, N=1, input_size=8)
+OPS = (3, 2, 4, 1, 3, 0)
+
+
+def _setup(ops=OPS, batch=6):
+  params = net.init_params(jax.random.PRNGKey(0), CONFIG)
+  x = jax.random.normal(jax.random.PRNGKey(1), (batch, 8, 8, 3))
+  return params, jnp.asarray(nb201.ops_to_mask(ops)), x
+
+
+def _flax_coupled_gram(params, ops, x):
+  """Reference: jacrev of the plain Flax model w.r.t. its kernels and BN scales."""
+  variables = net.single_path_variables(params, ops, CONFIG)
+  model = net.NB201Network(ops, CONFIG)
+  flat = jax.tree_util.tree_flatten_with_path(variables['params'])[0]
+  chosen = {jax.tree_util.keystr(p): a for p, a in flat if p[-1].key in ('kernel', 'scale')}
+
+  def summed(chosen_now):
+    leaves = [chosen_now.get(jax.tree_util.keystr(p), a) for p, a in flat]
+    new = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(variables['params']), leaves)
+    out, _ = model.apply({'params': new, 'batch_stats': variables['batch_stats']}, x,
+                         mutable=['batch_stats'])
+    return out.sum(-1)
+
+  jac = jax.jacrev(summed)(chosen)
+  rows = jnp.concatenate([j.reshape(x.shape[0], -1) for j in jax.tree.leaves(jac)], axis=1)
+  return rows @ rows.T
+
+
+class NtkTest(chex.TestCase):
+
+  def test_masked_coupled_ntk_equals_single_path_flax_ntk(self):
+    for ops in (OPS, (3, 3, 3, 3, 3, 3), (1, 2, 0, 4, 2, 1)):
+      params, mask, x = _setup(ops)
+      gram = ntk.ntk_gram(params, mask, x, CONFIG, 'coupled')
+      np.testing.assert_allclose(gram, _flax_coupled_gram(params, ops, x), rtol=2e-4, atol=1e-5)
+
+  def test_independent_variant_equals_per_sample_loop_with_fixed_stats(self):
+    params, mask, x = _setup()
+    gram = ntk.ntk_gram(params, mask, x, CONFIG, 'independent')
+    weights, rest = ntk.split_weights(params)
+    _, stats = net.apply(params, mask, x, CONFIG)
+    rows = []
+    for i in range(x.shape[0]):
+      g = jax.grad(lambda w: net.apply(ntk._merge(w, rest), mask, x[i:i + 1], CONFIG,
+                                       stats)[0].sum())(weights)
+      rows.append(jnp.concatenate([a.ravel() for a in jax.tree.leaves(g)]))
+    rows = jnp.stack(rows)
+    np.testing.assert_allclose(gram, rows @ rows.T, rtol=2e-4, atol=1e-5)
+    coupled = ntk.ntk_gram(params, mask, x, CONFIG, 'coupled')
+    assert not np.allclose(gram, coupled, rtol=1e-3)  # the BN coupling really changes Theta
+
+  def test_cotangent_chunks_do_not_change_the_gram(self):
+    params, mask, x = _setup()
+    full = ntk.ntk_gram(params, mask, x, CONFIG, 'coupled')
+    np.testing.assert_allclose(ntk.ntk_gram(params, mask, x, CONFIG, 'coupled', 4), full,
+                               rtol=1e-5, atol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_condition_number_and_flags(self):
+    cond = self.variant(ntk.condition_number)
+    kappa, flag = cond(jnp.diag(jnp.array([1.0, 2.0, 8.0])))
+    np.testing.assert_allclose(kappa, 8.0, rtol=1e-6)
+    assert flag == ntk.OK
+    kappa, flag = cond(jnp.diag(jnp.array([0.0, 2.0, 8.0])))
+    assert np.isinf(kappa) and flag == ntk.SINGULAR
+    kappa, flag = cond(jnp.array([[1.0, jnp.nan], [jnp.nan, 1.0]]))
+    assert np.isnan(kappa) and flag == ntk.NONFINITE
+
+  def test_disconnected_cell_is_flagged_singular(self):
+    _, mask, x = _setup((0, 0, 0, 0, 0, 0))
+    batches = jnp.stack([x, x])
+    kappa, flag = ntk.ntk_condition(jax.random.PRNGKey(0), mask, batches, CONFIG)
+    assert np.isinf(kappa) and flag == ntk.SINGULAR
+
+  def test_nonfinite_input_is_flagged(self):
+    _, mask, x = _setup()
+    x = x.at[0, 0, 0, 0].set(jnp.nan)
+    kappa, flag = ntk.ntk_condition(jax.random.PRNGKey(0), mask, x[None], CONFIG)
+    assert np.isnan(kappa) and flag == ntk.NONFINITE
