@@ -1,0 +1,250 @@
+"""Validate the hardware cost model against measured latencies (docs/hardware.md).
+
+(a) MLPerf Tiny, Cortex-M closed results: leave-one-model-out per (board, runtime) submission.
+(b) NAS-Bench-201 measured latencies (HW-NAS-Bench, HELP, HW-NAS-Bench-360): calibrate on 500
+    archs, Kendall tau of predicted vs measured latency over all 15,625.
+
+  python -m experiments.validate_hardware --part=all --output=validation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import json
+import os
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import hardware
+from hardware import devices
+from hardware import graph as graph_lib
+from hardware import latency
+from search_spaces import mlperf_tiny
+from search_spaces import nb201
+from search_spaces import nb201_graph
+
+BENCHMARKS = ('ic', 'kws', 'vww', 'ad')
+CORE_OF = {'Cortex-M4': 'cortex-m4', 'Cortex-M7': 'cortex-m7', 'Cortex-M33': 'cortex-m33',
+           'Cortex-M0+': 'cortex-m0plus', 'Cortex-M85': 'cortex-m7'}
+
+
+def data_dir() -> pathlib.Path:
+  env = os.environ.get('ZERONAS_DATA_DIR')
+  return pathlib.Path(env) if env else pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
+
+
+def runtime_family(stack: str, submitter: str) -> str:
+  s = stack.lower()
+  for key, fam in (('x-cube-ai', 'x-cube-ai'), ('stedge', 'x-cube-ai'), ('plumerai', 'plumerai'),
+                   ('hale', 'bosch-hale'), ('microtvm', 'microtvm'), ('onnc', 'onnc'),
+                   ('tensorflow lite', 'tflm')):
+    if key in s:
+      return fam
+  return f'{submitter.lower()}-unstated'
+
+
+# Closest catalog runtime profile of each family, for the prior-only variant.
+PRIOR_RUNTIME = {'tflm': 'tflm', 'microtvm': 'cmsis-nn', 'onnc': 'cmsis-nn',
+                 'x-cube-ai': 'x-cube-ai', 'plumerai': 'tinyengine', 'bosch-hale': 'tinyengine'}
+
+
+def load_mlperf_systems(path: pathlib.Path):
+  by_system = collections.OrderedDict()
+  with path.open(newline='') as f:
+    for r in csv.DictReader(f):
+      if r['benchmark'] not in BENCHMARKS or not r['latency_ms']:
+        continue
+      key = (r['version'], r['submitter'], r['system'])
+      s = by_system.setdefault(key, dict(
+          name=f'v{r["version"]} {r["submitter"]} {r["system"]}', core=r['core'],
+          clock_mhz=float(r['clock_mhz']), family=runtime_family(r['software_stack'],
+                                                                 r['submitter']),
+          latency={}))
+      s['latency'][r['benchmark']] = float(r['latency_ms'])
+  return [s for s in by_system.values() if len(s['latency']) >= 3]
+
+
+def mlperf_features() -> np.ndarray:
+  return np.stack([hardware.concrete_cost(mlperf_tiny.get_model(b))['features']
+                   for b in BENCHMARKS])
+
+
+def _fit_many(features, cycles, weights, groups, init, num_groups, prior_weight, steps):
+  fit = jax.jit(jax.vmap(
+      lambda w: latency.fit_shared(features, cycles, init, groups, w, num_groups,
+                                   prior_weight=prior_weight, steps=steps)[:2]))
+  return fit(jnp.asarray(weights))
+
+
+def validate_mlperf(prior_weight: float = 0.1, steps: int = 1500) -> dict:
+  systems = load_mlperf_systems(data_dir() / 'mlperf_tiny' / 'mlperf_tiny_cortex_m_only.csv')
+  feats = mlperf_features()
+  rows, groups, models, cycles = [], [], [], []
+  for si, s in enumerate(systems):
+    for m, b in enumerate(BENCHMARKS):
+      if b in s['latency']:
+        groups.append(si), models.append(m)
+        cycles.append(s['latency'][b] * s['clock_mhz'] * 1e3)
+        rows.append((si, m))
+  groups, models, cycles = np.array(groups), np.array(models), np.array(cycles)
+  x = feats[models]
+  init = devices.CORE_CYCLES['cortex-m4']
+  n = len(rows)
+
+  def predict(coeffs, scales, i):
+    return float(scales[groups[i]] * (x[i] @ coeffs)) / (systems[groups[i]]['clock_mhz'] * 1e3)
+
+  # shared structure: fit on every other cell (other boards' results on the held-out model
+  # included), per-board scale from this board's remaining models
+  w_cell = 1.0 - np.eye(n)
+  c_cell, s_cell = _fit_many(x, cycles, w_cell, groups, init, len(systems), prior_weight, steps)
+  # new model: the held-out benchmark is removed for every board (nobody has run it)
+  w_model = np.stack([(models != m).astype(float) for m in range(4)])
+  c_model, s_model = _fit_many(x, cycles, w_model, groups, init, len(systems), prior_weight,
+                               steps)
+  results = []
+  for i, (si, m) in enumerate(rows):
+    s = systems[si]
+    measured = s['latency'][BENCHMARKS[m]]
+    # prior only: catalog (core, runtime) coefficients, one scale from this board's other models
+    core = CORE_OF.get(s['core'], 'cortex-m4')
+    prior = np.asarray(devices.CORE_CYCLES[core]) * np.asarray(
+        devices.get_runtime(PRIOR_RUNTIME.get(s['family'], 'cmsis-nn')).cycle_scale)
+    train = [j for j, (sj, mj) in enumerate(rows) if sj == si and mj != m]
+    log_scale = np.mean([np.log(cycles[j] / (x[j] @ prior)) for j in train])
+    prior_pred = float(np.exp(log_scale) * (x[i] @ prior)) / (s['clock_mhz'] * 1e3)
+    preds = dict(shared=predict(np.asarray(c_cell[i]), np.asarray(s_cell[i]), i),
+                 new_model=predict(np.asarray(c_model[m]), np.asarray(s_model[m]), i),
+                 prior=prior_pred)
+    results.append(dict(system=s['name'], family=s['family'], core=s['core'],
+                        clock_mhz=s['clock_mhz'], benchmark=BENCHMARKS[m], measured_ms=measured,
+                        **{f'pred_{k}_ms': v for k, v in preds.items()},
+                        **{f'ape_{k}': abs(v / measured - 1) * 100 for k, v in preds.items()}))
+  summary = {}
+  for k in ('shared', 'new_model', 'prior'):
+    ape = np.array([r[f'ape_{k}'] for r in results])
+    per_system = collections.defaultdict(list)
+    for r in results:
+      per_system[r['system']].append(r[f'ape_{k}'])
+    summary[k] = dict(median_ape=float(np.median(ape)), mean_ape=float(np.mean(ape)),
+                      p90_ape=float(np.percentile(ape, 90)),
+                      systems_median_le_20=int(sum(np.median(v) <= 20
+                                                   for v in per_system.values())),
+                      per_benchmark={b: float(np.median([r[f'ape_{k}'] for r in results
+                                                         if r['benchmark'] == b]))
+                                     for b in BENCHMARKS})
+  return dict(num_systems=len(systems), num_predictions=len(results), summary=summary,
+              rows=results)
+
+
+NB201_DEVICES = {  # column -> (file, dataset, kind)
+    'hwnasbench_raspi4_latency_ms': ('hw/nb201_latency_hwnasbench_cifar10_and_help_devices.csv',
+                                     'cifar10', 'cpu'),
+    'hwnasbench_pixel3_latency_ms': ('hw/nb201_latency_hwnasbench_cifar10_and_help_devices.csv',
+                                     'cifar10', 'cpu'),
+    'hwnasbench_eyeriss_latency_ms': ('hw/nb201_latency_hwnasbench_cifar10_and_help_devices.csv',
+                                      'cifar10', 'accelerator'),
+    'hwnasbench_fpga_latency_ms': ('hw/nb201_latency_hwnasbench_cifar10_and_help_devices.csv',
+                                   'cifar10', 'accelerator'),
+    'pi5_litert_cifar100_latency_ms_median': ('hw/nb201_hwnasbench360_pi5_pixel.csv', 'cifar100',
+                                              'cpu'),
+    'pi5_onnx_cifar100_latency_ms_median': ('hw/nb201_hwnasbench360_pi5_pixel.csv', 'cifar100',
+                                            'cpu'),
+    'pi5_torchmobile_cifar100_latency_ms_median': ('hw/nb201_hwnasbench360_pi5_pixel.csv',
+                                                   'cifar100', 'cpu'),
+    'pixel_litert_cifar100_latency_ms_median': ('hw/nb201_hwnasbench360_pi5_pixel.csv',
+                                                'cifar100', 'cpu'),
+    'help_gold_6226_latency_ms': ('hw/nb201_latency_hwnasbench_cifar10_and_help_devices.csv',
+                                  'cifar10', 'cpu'),
+    'help_samsung_a50_latency_ms': ('hw/nb201_latency_hwnasbench_cifar10_and_help_devices.csv',
+                                    'cifar10', 'cpu'),
+}
+
+
+def _read_columns(path: pathlib.Path, columns):
+  with path.open(newline='') as f:
+    rows = list(csv.DictReader(f))
+  ops = np.array([nb201.parse_arch_str(r['arch_str']) for r in rows])
+  return ops, {c: np.array([float(r[c]) if r[c] else np.nan for r in rows]) for c in columns
+               if c in rows[0]}
+
+
+def validate_nb201(num_train: int = 500, seed: int = 0, steps: int = 3000) -> dict:
+  from scipy import stats
+  by_file = collections.defaultdict(list)
+  for col, (file, dataset, _) in NB201_DEVICES.items():
+    by_file[(file, dataset)].append(col)
+  feature_cache, results = {}, {}
+  for (file, dataset), cols in by_file.items():
+    ops, measured = _read_columns(data_dir() / file, cols)
+    cfg = nb201.NB201Config.for_dataset(dataset)
+    if dataset not in feature_cache:
+      out = nb201_graph.cost(nb201.ops_to_mask(ops), cfg)
+      feature_cache[dataset] = (np.asarray(out['features'], np.float64), np.asarray(out['macs']))
+    feats, macs = feature_cache[dataset]
+    for col in cols:
+      y = measured[col]
+      ok = np.isfinite(y) & (y > 0)
+      rng = np.random.default_rng(seed)
+      train = rng.choice(np.flatnonzero(ok), num_train, replace=False)
+      init = np.asarray(devices.coefficients('stm32f746', 'cmsis-nn'))
+      coeffs, scale, _ = latency.fit_shared(feats[train], y[train], init, steps=steps)
+      pred = feats @ np.asarray(coeffs * scale[0], np.float64)
+      test = ok.copy()
+      test[train] = False
+      results[col] = dict(
+          kind=NB201_DEVICES[col][2], dataset=dataset, num_archs=int(ok.sum()),
+          kendall_tau_all=float(stats.kendalltau(pred[ok], y[ok]).statistic),
+          kendall_tau_unseen=float(stats.kendalltau(pred[test], y[test]).statistic),
+          kendall_tau_macs_only=float(stats.kendalltau(macs[ok], y[ok]).statistic),
+          spearman_all=float(stats.spearmanr(pred[ok], y[ok]).statistic),
+          median_ape_unseen=float(np.median(np.abs(pred[test] / y[test] - 1)) * 100),
+          coefficients_ms={f: float(c) for f, c in zip(graph_lib.FEATURES,
+                                                        np.asarray(coeffs * scale[0]))})
+  return results
+
+
+def _print_mlperf(res):
+  print(f'\n(a) MLPerf Tiny leave-one-model-out: {res["num_systems"]} (board, runtime) '
+        f'submissions, {res["num_predictions"]} held-out predictions')
+  for k, s in res['summary'].items():
+    print(f'  {k:<10} median APE {s["median_ape"]:6.1f}%  mean {s["mean_ape"]:6.1f}%  '
+          f'p90 {s["p90_ape"]:6.1f}%  per benchmark {json.dumps({b: round(v, 1) for b, v in s["per_benchmark"].items()})}'
+          f'  boards with median<=20%: {s["systems_median_le_20"]}')
+
+
+def _print_nb201(res):
+  print('\n(b) NB201 latency: calibrate on 500 archs, Kendall tau over all archs')
+  for col, r in res.items():
+    print(f'  {col:<45} {r["kind"]:<11} tau_all {r["kendall_tau_all"]:.3f}  tau_unseen '
+          f'{r["kendall_tau_unseen"]:.3f}  tau(MACs) {r["kendall_tau_macs_only"]:.3f}  '
+          f'MdAPE {r["median_ape_unseen"]:.1f}%')
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--part', choices=('mlperf', 'nb201', 'all'), default='all')
+  parser.add_argument('--output', default='', help='write full results as JSON here')
+  parser.add_argument('--num_train', type=int, default=500)
+  parser.add_argument('--seed', type=int, default=0)
+  args = parser.parse_args(argv)
+  out = {}
+  if args.part in ('mlperf', 'all'):
+    out['mlperf'] = validate_mlperf()
+    _print_mlperf(out['mlperf'])
+  if args.part in ('nb201', 'all'):
+    out['nb201'] = validate_nb201(args.num_train, args.seed)
+    _print_nb201(out['nb201'])
+  if args.output:
+    pathlib.Path(args.output).write_text(json.dumps(out, indent=1))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,141 @@
+"""Flash and peak-SRAM model of an int8 graph on a microcontroller.
+
+Flash = int8 weights + int32 biases + per-channel quantisation params (runtime-specific bytes)
+        + per-kernel graph metadata + the runtime's code size.
+
+SRAM planner convention (TFLite-Micro-like arena):
+* ops run one at a time in the graph's topological order (node index = step);
+* every non-alias op output is an int8 arena buffer, allocated at its step and freed after the
+  last step that reads it; the input tensor lives in the arena from step 0, the output to the end;
+* `identity`/`reshape` (and a sum with one live input) alias their input: no buffer, but they
+  extend the input buffer's lifetime to their own last use (residual branches count);
+* an op's inputs and its output coexist at its step, except that an elementwise op
+  (activation, batchnorm, add) writes in place into an input buffer that dies at that step
+  and is at least as large (in place where legal);
+* kxk convolutions may add a runtime-specific im2col scratch buffer at their step;
+* peak SRAM = max over steps of live bytes + scratch, plus runtime persistent bytes per
+  quantised channel and a fixed runtime overhead.
+
+Soft candidates (gates in [0, 1], e.g. multi-hot or softmax NB201 op weights), "max over
+active": a buffer lives as long as any use with a nonzero weight needs it (so lifetimes are the
+union over the candidates the weights allow), and its bytes count with the ownership weight of
+its producer (`template.soft_activity`: Goedel min/max logic, an alias weight for sums with a
+single live term); the in-place saving is weighted the same way.  Soft peak = max over steps of
+these weighted live bytes.  Exact at 0/1 gates (tested against `plan_arena` on pruned graphs),
+differentiable almost everywhere in the gates and widths (through the bytes at the argmax step;
+lifetimes carry no gradient).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hardware import graph as graph_lib
+from hardware import template as template_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class ArenaPlan:
+  peak_bytes: int                 # activation arena peak (no runtime overhead)
+  peak_step: int
+  live_bytes: np.ndarray          # [N] bytes live at each step (after in-place, with scratch)
+  live_tensors: tuple[tuple[str, ...], ...]  # names of buffers live at each step
+
+  def breakdown(self, graph: graph_lib.Graph) -> str:
+    rows = [f'{"step":>4} {"node":<28} {"op":<17} {"live bytes":>11}  live buffers']
+    for i, node in enumerate(graph.nodes):
+      mark = ' <- peak' if i == self.peak_step else ''
+      rows.append(f'{i:>4} {node.name[:28]:<28} {node.op:<17} {int(self.live_bytes[i]):>11}  '
+                  f'{", ".join(self.live_tensors[i])}{mark}')
+    return '\n'.join(rows)
+
+
+def _buffer_roots(graph: graph_lib.Graph) -> list[int]:
+  roots = []
+  for i, node in enumerate(graph.nodes):
+    alias = node.op in graph_lib.ALIAS_OPS or (node.op in graph_lib.SUM_OPS
+                                                 and len(node.inputs) == 1)
+    roots.append(roots[node.inputs[0]] if alias else i)
+  return roots
+
+
+def plan_arena(graph: graph_lib.Graph, im2col: bool = False, widths=None) -> ArenaPlan:
+  """Exact liveness planner for a concrete (ungated) graph; the reference implementation."""
+  st = graph_lib.node_stats(graph)
+  size = st.out_bytes.copy()
+  if widths is not None:
+    w = np.asarray(widths, float)
+    size = size * np.where(st.width_out >= 0, w[np.maximum(st.width_out, 0)], 1.0)
+  roots = _buffer_roots(graph)
+  n = len(graph)
+  last = np.arange(n)
+  for i, node in enumerate(graph.nodes):
+    for j in node.inputs:
+      last[roots[j]] = max(last[roots[j]], i)
+  last[roots[graph.output]] = n - 1
+  live_bytes = np.zeros(n)
+  names = []
+  owners = [r for r in range(n) if roots[r] == r]
+  for i, node in enumerate(graph.nodes):
+    live = [r for r in owners if r <= i <= last[r]]
+    total = sum(size[r] for r in live)
+    if node.op in graph_lib.INPLACE_OPS and roots[i] == i and any(
+        last[roots[j]] == i and size[roots[j]] >= size[i] for j in node.inputs):
+      total -= size[i]
+    if im2col:
+      total += st.im2col_bytes[i]
+    live_bytes[i] = total
+    names.append(tuple(graph.nodes[r].name for r in live))
+  step = int(np.argmax(live_bytes))
+  return ArenaPlan(int(round(live_bytes[step])), step, live_bytes, tuple(names))
+
+
+def soft_live_bytes(t: template_lib.Template, activity: dict, im2col: bool = False):
+  """[N] live arena bytes per step of a (soft) candidate, from `template.soft_activity`."""
+  n = t.num_nodes
+  size = jnp.asarray(t.stats.out_bytes, jnp.float32) * activity['s_out']
+  own, end = activity['own'], activity['end']
+  value = own * size
+  end = jnp.maximum(end, jnp.arange(n, dtype=jnp.float32))
+  whole = jnp.floor(end)
+  frac = end - whole
+  whole = whole.astype(jnp.int32)
+  diff = jnp.zeros(n + 2)
+  diff = diff.at[jnp.arange(n)].add(value)
+  diff = diff.at[whole + 1].add(-value * (1.0 - frac))
+  diff = diff.at[jnp.minimum(whole + 2, n + 1)].add(-value * frac)
+  live = jnp.cumsum(diff)[:n]
+  # in place: an elementwise op overwrites an input buffer that dies at its step
+  ins = jnp.asarray(t.inputs)
+  root_end = activity['root_end'][jnp.maximum(ins, 0)]
+  dies = jnp.clip(1.0 - (root_end - jnp.arange(n, dtype=jnp.float32)[:, None]), 0.0, 1.0)
+  ok = jnp.asarray(t.inplace_legal & (t.inputs >= 0))
+  reuse = jnp.max(jnp.where(ok, dies * activity['live_in'], 0.0), axis=1)
+  saving = jnp.where(jnp.asarray(t.inplace_ok), own * size * reuse, 0.0)
+  live = live - saving
+  if im2col:
+    mix = template_lib.mixes_channels(t)
+    scratch = template_lib.scaled(t, t.stats.im2col_bytes, activity['s_in'], activity['s_out'],
+                                  mix, False)
+    live = live + activity['mult'] * scratch
+  return live
+
+
+def soft_peak_bytes(t: template_lib.Template, activity: dict, im2col: bool = False):
+  return jnp.max(soft_live_bytes(t, activity, im2col))
+
+
+def flash_bytes(weights, biases, quant_channels, kernel_calls, runtime) -> jax.Array:
+  """int8 weights + int32 biases + quantisation params + per-kernel metadata + runtime code."""
+  return (weights + 4.0 * biases + runtime.quant_bytes_per_channel * quant_channels
+          + runtime.flash_bytes_per_kernel * kernel_calls + runtime.code_flash_bytes)
+
+
+def sram_bytes(arena_peak, quant_channels, runtime) -> jax.Array:
+  """Arena peak + per-channel persistent data the runtime keeps in RAM + fixed overhead."""
+  return (arena_peak + runtime.persistent_bytes_per_channel * quant_channels
+          + runtime.sram_overhead_bytes)

@@ -1,0 +1,136 @@
+"""Memory planner on hand-computed graphs; soft template == exact planner at 0/1 gates."""
+
+import itertools
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+import hardware
+from hardware import graph as G
+from hardware import memory
+from hardware import template as T
+
+
+def _chain():
+  b = G.GraphBuilder('chain')
+  x = b.input((8, 8, 4))                 # 256 B
+  c = b.conv2d(x, 8, 3, name='conv')     # 512 B
+  r = b.activation(c, 'relu', name='relu')
+  p = b.global_avg_pool(r, name='gap')   # 8 B
+  b.dense(p, 10, name='fc')              # 10 B
+  return b.build()
+
+
+def _residual():
+  b = G.GraphBuilder('residual')
+  x = b.input((8, 8, 4))
+  c = b.conv2d(x, 4, 3, name='conv')
+  s = b.add(x, c, name='add')
+  p = b.global_avg_pool(s, name='gap')
+  b.dense(p, 10, name='fc')
+  return b.build()
+
+
+def _alias_residual():
+  b = G.GraphBuilder('alias')
+  x = b.input((8, 8, 4))
+  i = b.identity(x, name='skip')
+  c1 = b.conv2d(x, 4, 3, name='conv1')
+  c2 = b.conv2d(c1, 4, 3, name='conv2')
+  b.add(i, c2, name='add')
+  return b.build()
+
+
+def test_chain_hand_computed():
+  plan = memory.plan_arena(_chain())
+  # steps: input | input+conv | conv->relu in place | relu+gap | gap+fc
+  np.testing.assert_allclose(plan.live_bytes, [256, 768, 512, 520, 18])
+  assert plan.peak_bytes == 768 and plan.peak_step == 1
+  assert plan.live_tensors[1] == ('input', 'conv')
+
+
+def test_chain_im2col_scratch():
+  plan = memory.plan_arena(_chain(), im2col=True)
+  assert plan.peak_bytes == 768 + 2 * 3 * 3 * 4 * 2
+
+
+def test_residual_branch_stays_alive():
+  plan = memory.plan_arena(_residual())
+  # the input lives until the add; the add overwrites a dying input in place
+  np.testing.assert_allclose(plan.live_bytes, [256, 512, 512, 260, 14])
+
+
+def test_alias_extends_lifetime():
+  plan = memory.plan_arena(_alias_residual())
+  np.testing.assert_allclose(plan.live_bytes, [256, 256, 512, 768, 512])
+  assert 'input' in plan.live_tensors[3]
+
+
+def test_breakdown_marks_peak():
+  g = _chain()
+  text = memory.plan_arena(g).breakdown(g)
+  assert '<- peak' in text.splitlines()[2]
+
+
+@pytest.mark.parametrize('make', [_chain, _residual, _alias_residual])
+def test_soft_equals_planner_on_concrete_graphs(make):
+  g = make()
+  t = T.compile_template(g)
+  act = T.soft_activity(t)
+  np.testing.assert_allclose(memory.soft_live_bytes(t, act, im2col=True),
+                             memory.plan_arena(g, im2col=True).live_bytes, atol=1e-3)
+
+
+def _gated():
+  b = G.GraphBuilder('gated', num_gates=4)
+  x = b.input((8, 8, 4))
+  i = b.identity(x, gate=0, name='skip')
+  c = b.conv2d(x, 4, 3, gate=1, name='conv')
+  p = b.pool(x, 'avg', 3, 1, 'same', gate=2, name='pool')
+  s = b.add(i, c, p, name='node1')
+  r = b.activation(s, 'relu', gate=3, name='relu')
+  c2 = b.conv2d(r, 4, 1, name='conv2')
+  b.add(c2, s, name='out')
+  return b.build()
+
+
+@pytest.mark.parametrize('gates', list(itertools.product([0, 1], repeat=4)))
+def test_soft_template_exact_at_hard_gates(gates):
+  g = _gated()
+  gates = np.array(gates, np.float32)
+  soft = hardware.cost(g, gates)
+  hard = hardware.concrete_cost(G.prune(g, gates))
+  for key in ('arena_bytes', 'sram_bytes', 'flash_bytes', 'latency_ms', 'macs', 'params'):
+    np.testing.assert_allclose(soft[key], hard[key], rtol=1e-5, atol=1e-3, err_msg=key)
+
+
+def test_soft_memory_is_between_hard_corners():
+  g = _gated()
+  lo = float(hardware.cost(g, np.array([0, 0, 0, 1.]))['arena_bytes'])
+  hi = float(hardware.cost(g, np.array([0, 1, 0, 1.]))['arena_bytes'])
+  mid = float(hardware.cost(g, np.array([0, 0.5, 0, 1.]))['arena_bytes'])
+  assert lo < mid < hi
+
+
+def test_flash_formula():
+  g = _chain()
+  rt = hardware.get_runtime('tflm')
+  r = hardware.concrete_cost(g, runtime=rt)
+  weights, biases, channels, kernels = 3 * 3 * 4 * 8 + 8 * 10, 8 + 10, 8 + 10, 4
+  expected = (weights + 4 * biases + rt.quant_bytes_per_channel * channels
+              + rt.flash_bytes_per_kernel * kernels + rt.code_flash_bytes)
+  assert r['flash_bytes'] == pytest.approx(expected)
+  assert r['sram_bytes'] == pytest.approx(768 + rt.persistent_bytes_per_channel * channels
+                                          + rt.sram_overhead_bytes)
+
+
+def test_soft_memory_batches_with_vmap():
+  g = _gated()
+  gates = np.random.default_rng(0).random((5, 4)).astype(np.float32)
+  out = hardware.cost(g, gates)
+  chex.assert_shape(out['sram_bytes'], (5,))
+  chex.assert_shape(out['features'], (5, len(G.FEATURES)))
+  single = hardware.cost(g, gates[2])
+  np.testing.assert_allclose(out['arena_bytes'][2], single['arena_bytes'], rtol=1e-6)

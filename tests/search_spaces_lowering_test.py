@@ -1,0 +1,153 @@
+"""Lowering of nb201, tinycnn and the MLPerf Tiny reference models to the hardware graph."""
+
+import csv
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+import hardware
+from hardware import graph as G
+from hardware import memory
+from search_spaces import mlperf_tiny
+from search_spaces import nb201
+from search_spaces import nb201_graph
+from search_spaces import tinycnn
+
+CFG = nb201.NB201Config()
+SMALL = nb201.NB201Config(C=4, N=2, input_size=8)
+
+
+def _data_dir() -> pathlib.Path:
+  env = os.environ.get('ZERONAS_DATA_DIR')
+  return pathlib.Path(env) if env else pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
+
+
+def _require(path: pathlib.Path) -> pathlib.Path:
+  if not path.exists():
+    if os.environ.get('CI'):
+      pytest.fail(f'required data missing in CI: {path}')
+    pytest.skip(f'data not found: {path}')
+  return path
+
+
+def test_nb201_counts_match_reference_counters():
+  ops = nb201.sample_ops(np.random.default_rng(0), 40)
+  masks = nb201.ops_to_mask(ops)
+  params = nb201.count_params(masks, CFG)
+  flops = nb201.count_flops(masks, CFG, 'nb201')
+  for i in range(len(ops)):
+    macs, torch_params = nb201_graph.count_without_dce(ops[i], CFG)
+    assert torch_params == params[i]
+    assert macs + CFG.num_classes == flops[i]  # NB201 also counts the classifier bias adds
+
+
+def test_nb201_largest_arch():
+  g = nb201_graph.lower('|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|'
+                        'nor_conv_3x3~1|nor_conv_3x3~2|')
+  assert G.torch_style_params(g) == 1_531_546  # 1.5315 M in NAS-Bench-Suite-Zero (cifar10)
+  assert 220e6 < G.node_stats(g).macs.sum() < 221e6
+
+
+def test_nb201_dead_code_elimination():
+  # node 1 feeds nothing live: its conv is dead; the cell output is a pooled skip
+  g = nb201_graph.lower('|nor_conv_3x3~0|+|none~0|none~1|+|avg_pool_3x3~0|none~1|none~2|')
+  names = [n.name for n in g.nodes]
+  assert not any('e0' in n for n in names)
+  assert sum('e3/avg_pool_3x3' in n for n in names) == 15
+  # every path crosses a 'none': constant output, nothing runs
+  g = nb201_graph.lower('|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|none~0|none~1|none~2|')
+  assert len(g) == 1
+  # skip-only cells are aliases: stem, 2 reductions and the head remain
+  g = nb201_graph.lower('|skip_connect~0|+|none~0|skip_connect~1|+|none~0|none~1|skip_connect~2|')
+  assert not any(n.op in ('identity', 'add') and 'cell' in n.name for n in g.nodes)
+  assert sum(n.op == 'conv2d' for n in g.nodes) == 1 + 2 * 3
+
+
+def test_nb201_template_exact_for_one_hot_and_multi_hot():
+  rng = np.random.default_rng(3)
+  masks = np.concatenate([nb201.ops_to_mask(nb201.sample_ops(rng, 12)),
+                          (rng.random((12, 6, 5)) < 0.4).astype(np.float32)])
+  soft = nb201_graph.cost(masks, SMALL)
+  for i, m in enumerate(masks):
+    g = nb201_graph.lower(m, SMALL)
+    hard = hardware.concrete_cost(g)
+    assert memory.plan_arena(g, im2col=True).peak_bytes == pytest.approx(
+        float(soft['arena_bytes'][i]))
+    for key in ('sram_bytes', 'flash_bytes', 'latency_ms', 'macs', 'params'):
+      np.testing.assert_allclose(soft[key][i], hard[key], rtol=1e-5, err_msg=key)
+
+
+def test_nb201_soft_masks_give_finite_costs_and_rows():
+  w = np.random.default_rng(0).dirichlet(np.ones(5), (3, 6)).astype(np.float32)
+  out = nb201_graph.cost(w, SMALL)
+  assert all(np.all(np.isfinite(np.asarray(v))) for v in out.values())
+  rows = nb201_graph.cost_rows(nb201.ops_to_mask([[3] * 6, [1] * 6]), SMALL, 'rp2040', 'tflm')
+  assert rows[0]['arch'].startswith('|nor_conv_3x3~0|') and rows[0]['device'] == 'rp2040'
+  assert rows[0]['latency_ms'] > rows[1]['latency_ms'] > 0
+  assert set(hardware.COST_KEYS) - {'arena_bytes'} <= set(rows[0])
+
+
+def test_nb201_zc_subset_flops_and_params():
+  path = _require(_data_dir() / 'nb201' / 'nb201_zc_proxies_subset_naslib.csv')
+  with path.open() as f:
+    rows = [r for r in csv.DictReader(f) if r['dataset'] == 'cifar10'][:50]
+  for r in rows:
+    _, params = nb201_graph.count_without_dce(r['arch_str'], CFG)
+    assert params / 1e6 == pytest.approx(float(r['params']), abs=2e-4)
+
+
+MLPERF_MACS = {'ic': 12_501_632, 'kws': 2_656_768, 'vww': 7_489_664, 'ad': 264_192}
+
+
+@pytest.mark.parametrize('name', mlperf_tiny.NAMES)
+def test_mlperf_reference_models(name):
+  g = mlperf_tiny.get_model(name)
+  st = G.node_stats(g)
+  assert st.macs.sum() == MLPERF_MACS[name]
+  r = hardware.concrete_cost(g, 'nucleo-l4r5zi', 'tflm')
+  assert r['sram_bytes'] < 640 * 1024 and r['flash_bytes'] < 2048 * 1024
+  if name in mlperf_tiny.TFLITE_BYTES:  # weights + metadata vs the reference .tflite size
+    model_bytes = r['flash_bytes'] - hardware.get_runtime('tflm').code_flash_bytes
+    assert model_bytes == pytest.approx(mlperf_tiny.TFLITE_BYTES[name], rel=0.35)
+
+
+def test_mlperf_shapes_and_names():
+  kws = mlperf_tiny.get_model('kws')
+  assert kws.nodes[1].shape == (25, 5, 64)
+  vww = mlperf_tiny.get_model('vww')
+  assert vww.nodes[-4].shape == (1, 1, 256) and vww.nodes[-1].shape == (1, 1, 2)
+  assert mlperf_tiny.parse_archs('ic,ad') == ['ic', 'ad']
+  with pytest.raises(ValueError, match='ic, kws, vww, ad'):
+    mlperf_tiny.get_model('resnet50')
+  rows = mlperf_tiny.cost_rows('ic,kws', 'stm32f746', 'x-cube-ai')
+  assert [r['arch'] for r in rows] == ['ic', 'kws']
+
+
+def test_tinycnn_space():
+  archs = tinycnn.enumerate_archs()
+  assert len(archs) == 1032 and len({a.encode() for a in archs}) == 1032
+  a = tinycnn.decode('f16k3-f32k5-swish-avg')
+  assert a.filters == (16, 32) and a.kernels == (3, 5) and a.encode() == 'f16k3-f32k5-swish-avg'
+  with pytest.raises(ValueError):
+    tinycnn.decode('f12k3-relu-max')
+  g = tinycnn.lower(a)
+  ops = [n.op for n in g.nodes]
+  assert ops == ['input', 'conv2d', 'activation', 'avg_pool', 'conv2d', 'activation', 'avg_pool',
+                 'reshape', 'dense']
+  assert g.nodes[-1].shape == (1, 1, 10) and g.nodes[-2].shape == (1, 1, 8 * 8 * 32)
+  relu = tinycnn.lower('f16k3-relu-max')
+  assert [n.op for n in relu.nodes] == ['input', 'conv2d', 'max_pool', 'reshape', 'dense']
+
+
+def test_tinycnn_objective_hard_limits():
+  rows = tinycnn.cost_rows('f8k3-relu-max,f32k5-f32k5-f32k5-swish-avg', 'stm32f746', 'cmsis-nn')
+  s = tinycnn.score(rows, [0.5, 0.7], 'stm32f746', rate_hz=1.0)
+  assert np.all(s > 0)
+  s = tinycnn.score(rows, [0.5, 0.7], 'stm32f746', sram_limit_bytes=30_000)
+  assert s[0] > 0 and s[1] == 0
+  s = tinycnn.score(rows, [0.5, 0.7], 'stm32f746', rate_hz=50.0)  # 2nd misses the 20 ms period
+  assert s[1] == 0
+  assert float(tinycnn.objective(0.5, 2048, 2.0, 1e6, 10.0)) == pytest.approx(0.5 / (2 * 2))
+  assert float(tinycnn.objective(0.5, 2048, 20.0, 1e6, 10.0)) == 0.0
