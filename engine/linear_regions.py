@@ -42,17 +42,16 @@ def count_unique_rows(words):
 
 def activation_patterns(params, mask, batches, config):
   """Bool [S * n, U]: ReLU on/off patterns of S batches [S, n, H, W, C], BN per batch."""
-  pre = jax.lax.map(lambda x: nb201_net.relu_inputs(params, mask, x, config), batches)
+  pre = jax.vmap(lambda x: nb201_net.relu_inputs(params, mask, x, config))(batches)
   return (pre > 0).reshape(-1, pre.shape[-1])
 
 
-def linear_regions(key, mask, batches, config, init='torch_default'):
-  """Mean region count over repeats; batches [R, S, n, H, W, C], fresh init per repeat."""
-  keys = jax.random.split(key, batches.shape[0])
-
-  def one_repeat(args):
-    k, x = args
-    params = nb201_net.init_params(k, config, init)
-    return count_unique_rows(pack_bits(activation_patterns(params, mask, x, config)))
-
-  return jnp.mean(jax.lax.map(one_repeat, (keys, batches)).astype(jnp.float32))
+def linear_regions(init_keys, mask, batches, config, init='torch_default'):
+  """Mean region count over repeats: repeat r initialises from init_keys[r] and reads
+  batches[r] [S, n, H, W, C]; repeats are unrolled (see engine.ntk.ntk_condition)."""
+  counts = []
+  for r in range(batches.shape[0]):
+    params = nb201_net.init_params(init_keys[r], config, init)
+    counts.append(count_unique_rows(pack_bits(activation_patterns(params, mask, batches[r],
+                                                                  config))))
+  return jnp.mean(jnp.stack(counts).astype(jnp.float32))

@@ -2,6 +2,12 @@
 
 A *network* proxy is a pure function (key, mask [6, 5], inputs, settings) -> (value, flag) that
 runs under jit, vmap and lax.map; an *analytic* proxy maps masks [K, 6, 5] to values in numpy.
+
+Initialisation: as in TE-NAS, every candidate of a run starts from the same weights for a given
+repeat (keys from the run seed and the repeat index, in `inputs`), so repeats differ and
+candidates compare on equal footing. It also keeps weights unbatched when candidates are vmapped;
+per-candidate weights would make every convolution a grouped one, which XLA:CPU runs far slower.
+`settings.per_candidate_init` instead initialises each candidate from its own key.
 """
 from __future__ import annotations
 
@@ -33,6 +39,8 @@ class ScoreSettings:
   ntk_width: int = 16              # C of the proxy network (NB201: 16; TE-NAS search: 3)
   ntk_cells: int = 5               # N cells per stage (NB201: 5; TE-NAS search: 1)
   cotangent_chunk: int = 0         # coupled NTK: pullbacks vmapped together (0 = all B)
+  sparse: bool = False             # run only active ops (lax.cond); see search_spaces.nb201_net
+  per_candidate_init: bool = False  # init from each candidate's key instead of the shared keys
   # Linear regions: TE-NAS's thin network and 3 x 1000 crops of 3 x 3 pixels.
   lr_batches: int = 3
   lr_batch_size: int = 1000
@@ -61,15 +69,23 @@ class Proxy:
   needs: str | None = None  # which input batch a network proxy reads: 'ntk' or 'lr'
 
 
+def _init_keys(key, inputs, name, s: ScoreSettings):
+  shared = inputs[name + '_init']
+  if s.per_candidate_init:
+    return jax.random.split(key, shared.shape[0])
+  return shared
+
+
 def _ntk(variant):
   def fn(key, mask, inputs, s: ScoreSettings):
-    return ntk_lib.ntk_condition(key, mask, inputs['ntk'], s.ntk_config(), variant, s.init,
-                                 s.cotangent_chunk)
+    return ntk_lib.ntk_condition(_init_keys(key, inputs, 'ntk', s), mask, inputs['ntk'],
+                                 s.ntk_config(), variant, s.init, s.cotangent_chunk, s.sparse)
   return fn
 
 
 def _linear_regions(key, mask, inputs, s: ScoreSettings):
-  value = lr_lib.linear_regions(key, mask, inputs['lr'], s.lr_config(), s.init)
+  value = lr_lib.linear_regions(_init_keys(key, inputs, 'lr', s), mask, inputs['lr'],
+                                s.lr_config(), s.init)
   return value, jax.numpy.zeros((), jax.numpy.int32)
 
 
@@ -111,8 +127,15 @@ def make_inputs(proxies, settings: ScoreSettings, seed: int,
     size = settings.ntk_config().input_size
     inputs['ntk'] = data_lib.sample_batches(rng, settings.ntk_repeats, settings.ntk_batch, images,
                                             size)
+    inputs['ntk_init'] = _repeat_keys(seed, 'ntk', settings.ntk_repeats)
   if 'lr' in needs:
     patches = [data_lib.sample_patches(rng, settings.lr_batches, settings.lr_batch_size, images,
                                        settings.lr_patch) for _ in range(settings.lr_repeats)]
     inputs['lr'] = np.stack(patches)
+    inputs['lr_init'] = _repeat_keys(seed, 'lr', settings.lr_repeats)
   return inputs
+
+
+def _repeat_keys(seed: int, name: str, repeats: int) -> np.ndarray:
+  base = proxy_key(jax.random.PRNGKey(seed), name)
+  return np.asarray(jax.random.split(base, repeats))

@@ -1,11 +1,12 @@
 """Score batches of candidates in one compiled call, sharded over the local devices.
 
 `batch_score_fn` builds the function masks [K, 6, 5], keys [K, 2], inputs -> {proxy: [K]}.
-Inside, `lax.map` walks the candidates of each device's shard (vmapping `candidate_chunk` of them
-together), so each candidate runs only its active ops; the K axis is split over devices with
-`shard_map`. `Scorer` drives it over any number of archs in fixed-size batches (one compile per
-batch shape, the last batch padded), keeps compile time apart from run time, and adds the
-analytic proxies.
+Within a device the candidates are vmapped (dense mode: every supernet op runs, masked) or, with
+`settings.sparse`, walked by `lax.map` so each runs only its active ops (for accelerators; on
+XLA:CPU convolutions inside loop bodies are ~30x slower, so dense wins there). The K axis is split
+over devices with `shard_map`. `Scorer` drives it over any number of archs in fixed-size batches
+(one compile per batch shape, the last batch padded), keeps compile time apart from run time, and
+adds the analytic proxies.
 """
 from __future__ import annotations
 
@@ -29,12 +30,13 @@ def candidate_keys(seed: int, ops) -> jax.Array:
   return jax.vmap(lambda c: jax.random.fold_in(base, c))(codes)
 
 
-def batch_score_fn(proxies, settings: proxies_lib.ScoreSettings, candidate_chunk: int = 1,
+def batch_score_fn(proxies, settings: proxies_lib.ScoreSettings, candidate_chunk: int = 0,
                    devices=None):
   """Un-jitted f(masks [K,6,5], keys [K,2], inputs) -> {name: [K], name_flag: [K]}.
 
-  K must be a multiple of the number of devices. candidate_chunk=1 runs candidates one after
-  another with only their active ops; larger chunks vmap candidates together (all ops run).
+  K must be a multiple of the number of devices. Dense mode vmaps `candidate_chunk` candidates at
+  a time (0: the whole shard; smaller chunks are unrolled to bound memory). Sparse mode walks the
+  shard with lax.map, vmapping `candidate_chunk` together when it is above 1.
   """
   net = [p for p in proxies if p.kind == 'network']
 
@@ -46,15 +48,23 @@ def batch_score_fn(proxies, settings: proxies_lib.ScoreSettings, candidate_chunk
     return out
 
   def shard(masks, keys, inputs):
-    return jax.lax.map(lambda mk: one(mk[0], mk[1], inputs), (masks, keys),
-                       batch_size=candidate_chunk if candidate_chunk > 1 else None)
+    if settings.sparse:
+      return jax.lax.map(lambda mk: one(mk[0], mk[1], inputs), (masks, keys),
+                         batch_size=candidate_chunk if candidate_chunk > 1 else None)
+    batched = jax.vmap(one, in_axes=(0, 0, None))
+    chunk = candidate_chunk or masks.shape[0]
+    parts = [batched(masks[i:i + chunk], keys[i:i + chunk], inputs)
+             for i in range(0, masks.shape[0], chunk)]
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 
   devices = devices if devices is not None else jax.local_devices()
   if len(devices) == 1:
     return shard
   mesh = jax.sharding.Mesh(np.asarray(devices), ('candidates',))
+  # check_vma=False: the NTK's pullback cotangents (an identity matrix built inside the shard)
+  # are device-invariant while the outputs vary per device; the shards never communicate.
   return jax.shard_map(shard, mesh=mesh, in_specs=(P('candidates'), P('candidates'), P()),
-                       out_specs=P('candidates'))
+                       out_specs=P('candidates'), check_vma=False)
 
 
 @dataclasses.dataclass
@@ -68,7 +78,7 @@ class Scorer:
   """Scores NB201 candidates with the named proxies, `batch_candidates` at a time."""
 
   def __init__(self, proxy_names, settings: proxies_lib.ScoreSettings, seed: int = 0,
-               images=None, batch_candidates: int = 8, candidate_chunk: int = 1, devices=None):
+               images=None, batch_candidates: int = 8, candidate_chunk: int = 0, devices=None):
     self.proxies = proxies_lib.get(proxy_names)
     self.settings = settings
     self.seed = seed

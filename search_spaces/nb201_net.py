@@ -2,10 +2,13 @@
 
 `init_params` / `apply` form the masked supernet used by the scoring engine. Its input is an op
 mask [6, 5]: a one-hot row is one architecture, a multi-hot row sums its active ops, and a soft
-row weights them (for gradient-guided pruning). Each op is wrapped in `lax.cond` on its mask
-entry, so inside a compiled `lax.map` over candidates only the active ops run: a one-hot
-candidate costs what its single-path network costs, not what the whole supernet costs. (Under
-`vmap` over candidates the conds become selects and every op runs; that is the dense mode.)
+row weights them (for gradient-guided pruning). Two execution modes give the same numbers:
+  * dense (default): every op runs and is multiplied by its mask entry. No control flow, so
+    XLA:CPU keeps its fast convolution kernels (inside a `lax.cond` or loop body it falls back to
+    kernels measured ~30x slower) and candidates batch with `vmap`.
+  * sparse: each op is wrapped in `lax.cond` on its mask entry, so inside a `lax.map` over
+    candidates only the active ops run (a one-hot candidate costs its single-path network). For
+    accelerators whose control flow does not cost kernel speed.
 
 BatchNorm always normalises with the statistics of the batch (or with statistics passed in,
 which is how the NTK's `independent` variant holds them fixed). `apply` returns the statistics
@@ -123,9 +126,9 @@ def _conv(x, w, stride):
 def conv(x, w, stride=1):
   """k x k convolution, padding k // 2, NHWC x HWIO (PyTorch's padding for NB201's convs).
 
-  Its weight gradient is written as k*k shifted-slice matrix products. XLA's own rule is a
-  convolution which, once vmapped over cotangents or samples (the NTK's Jacobian rows), becomes
-  a grouped convolution that runs tens of times slower on CPU; matrix products batch cleanly.
+  Only its gradient is custom. Vmapping XLA's weight gradient over NTK Jacobian rows turns it
+  into a grouped convolution that runs tens of times slower on CPU, so `conv_weight_grad`
+  chooses its own batched form (see there).
   """
   return _conv(x, w, stride)
 
@@ -143,17 +146,54 @@ def _conv_bwd(stride, residuals, g):
 conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv_weight_grad(x, g, k, stride=1):
-  """d<g, conv(x, w)>/dw as [k, k, Cin, Cout]: one (B*H*W)-long contraction per kernel tap."""
+def _native_weight_grad(x, g, k, stride):
+  zeros = jnp.zeros((k, k, x.shape[-1], g.shape[-1]), x.dtype)
+  return jax.vjp(lambda w: _conv(x, w, stride), zeros)[1](g)[0]
+
+
+def _matmul_weight_grad(x, g, k, stride):
+  """Per-example weight gradients x [n, B, H, W, Cin], g [n, B, Ho, Wo, O] -> [n, k, k, Cin, O]:
+  one batched matrix product per kernel tap."""
   pad = k // 2
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  ho, wo = g.shape[1], g.shape[2]
+  xp = jnp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad), (0, 0)))
+  ho, wo = g.shape[2], g.shape[3]
   taps = []
   for dy in range(k):
     for dx in range(k):
-      window = xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
-      taps.append(jnp.einsum('bhwc,bhwo->co', window, g))
-  return jnp.stack(taps).reshape(k, k, x.shape[-1], g.shape[-1])
+      window = xp[:, :, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
+      taps.append(jnp.einsum('nbhwc,nbhwo->nco', window, g))
+  return jnp.stack(taps, 1).reshape(x.shape[0], k, k, x.shape[-1], g.shape[-1])
+
+
+def conv_weight_grad(x, g, k, stride=1):
+  """d<g, conv(x, w)>/dw as [k, k, Cin, Cout], with batching chosen for speed on CPU.
+
+  Unbatched: XLA's own kernel. Vmapped over g only (coupled-NTK rows share x): the rows are
+  folded into output channels, one XLA kernel with n*Cout outputs. Vmapped over both (per-sample
+  gradients): batched matrix products, one per kernel tap.
+  """
+
+  @jax.custom_batching.custom_vmap
+  def grad(x, g):
+    return _native_weight_grad(x, g, k, stride)
+
+  @grad.def_vmap
+  def _rule(axis_size, in_batched, x, g):
+    x_batched, g_batched = in_batched
+    if x_batched and g_batched:
+      return _matmul_weight_grad(x, g, k, stride), True
+    if g_batched:
+      n, b, ho, wo, o = g.shape
+      folded = jnp.moveaxis(g, 0, -2).reshape(b, ho, wo, n * o)
+      # Recurse into `grad`, not the native kernel: when an outer vmap (over candidates)
+      # batches x as well, it must reach the matmul rule again; XLA's own batching of the
+      # native weight gradient is the grouped convolution this function exists to avoid.
+      out = grad(x, folded).reshape(k, k, x.shape[-1], n, o)
+      return jnp.moveaxis(out, 3, 0), True
+    g = jnp.broadcast_to(g, (axis_size,) + g.shape)  # only x is batched here
+    return _matmul_weight_grad(x, g, k, stride), True
+
+  return grad(x, g)
 
 
 def batch_norm(x, scale, bias, stats=None):
@@ -185,12 +225,14 @@ def avg_pool_2x2(x):
 
 # ----------------------------------------------------------------------------- supernet
 
-def _gated(weight, fn, zeros_fn):
-  """fn(weight) when weight != 0, else zeros_fn(): under lax.map only the taken branch runs."""
-  return jax.lax.cond(weight != 0, lambda: fn(weight), zeros_fn)
+def _gated(weight, fn, zeros_fn, sparse):
+  """fn(weight) if weight != 0 else zeros; sparse mode runs fn only when it is needed."""
+  if sparse:
+    return jax.lax.cond(weight != 0, lambda: fn(weight), zeros_fn)
+  return fn(weight)
 
 
-def _mixed_edge(x, m, p, e, stats):
+def _mixed_edge(x, m, p, e, stats, sparse=False):
   """Sum of the active ops of edge e on input x; returns (output, BN stats of its convs)."""
   c = x.shape[-1]
   no_stats = lambda: (jnp.zeros(c), jnp.ones(c))
@@ -204,13 +246,13 @@ def _mixed_edge(x, m, p, e, stats):
     return run
 
   zero_out = lambda: (jnp.zeros_like(x), no_stats())
-  y1, s1 = _gated(m[CONV1], conv_op('conv1'), zero_out)
-  y3, s3 = _gated(m[CONV3], conv_op('conv3'), zero_out)
-  pool = jax.lax.cond(m[POOL] != 0, lambda: m[POOL] * avg_pool_3x3(x), lambda: jnp.zeros_like(x))
+  y1, s1 = _gated(m[CONV1], conv_op('conv1'), zero_out, sparse)
+  y3, s3 = _gated(m[CONV3], conv_op('conv3'), zero_out, sparse)
+  pool = _gated(m[POOL], lambda w: w * avg_pool_3x3(x), lambda: jnp.zeros_like(x), sparse)
   return m[SKIP] * x + y1 + y3 + pool, {'conv1': s1, 'conv3': s3}
 
 
-def _cell(x, mask, p, stats):
+def _cell(x, mask, p, stats, sparse):
   """One cell; p holds this cell's edge params stacked over edges [6, ...]."""
   nodes = [x]
   edge_stats = [None] * NUM_EDGES
@@ -220,15 +262,16 @@ def _cell(x, mask, p, stats):
       if t != to_node:
         continue
       st = None if stats is None else jax.tree.map(lambda a: a[e], stats)
-      y, edge_stats[e] = _mixed_edge(nodes[frm], mask[e], p, e, st)
+      y, edge_stats[e] = _mixed_edge(nodes[frm], mask[e], p, e, st, sparse)
       total = total + y
     nodes.append(total)
   stacked = jax.tree.map(lambda *a: jnp.stack(a), *edge_stats)
   return nodes[3], stacked
 
 
-def apply(params: Params, mask, x, config: NB201Config, stats=None):
-  """Supernet forward: (logits [B, classes], BN statistics used). `stats` fixes BN statistics."""
+def apply(params: Params, mask, x, config: NB201Config, stats=None, sparse=False):
+  """Supernet forward: (logits [B, classes], BN statistics used). `stats` fixes BN statistics;
+  `sparse` runs only active ops (see the module docstring)."""
   used: dict[str, Any] = {}
   get = (lambda name: None) if stats is None else stats.get
   if config.use_stem:
@@ -238,11 +281,15 @@ def apply(params: Params, mask, x, config: NB201Config, stats=None):
     if seg[0] == 'cells':
       name = f'stage{seg[1]}'
 
-      def body(h, inputs):
-        cell_params, cell_stats = inputs
-        return _cell(h, mask, cell_params, cell_stats)
-
-      x, used[name] = jax.lax.scan(body, x, (params[name], get(name)))
+      # Cells are unrolled, not scanned: inside a loop body XLA:CPU loses its fast convolution
+      # kernels (a scanned backward pass measured 6x slower).
+      cell_stats = []
+      for i in range(seg[2]):
+        pick = lambda tree: jax.tree.map(lambda a: a[i], tree)
+        x, st = _cell(x, mask, pick(params[name]),
+                      None if get(name) is None else pick(get(name)), sparse)
+        cell_stats.append(st)
+      used[name] = jax.tree.map(lambda *a: jnp.stack(a), *cell_stats)
     else:
       name = f'reduce{seg[1]}'
       p, st = params[name], get(name) or {}
@@ -381,7 +428,8 @@ def single_path_variables(params: Params, ops, config: NB201Config) -> dict:
             cell[f'edge{e}_conv'] = {'kernel': p[f'conv{tag}'][i, e]}
             cell[f'edge{e}_bn'], cell_stats[f'edge{e}_bn'] = bn(p[f'bn{tag}_scale'][i, e],
                                                                p[f'bn{tag}_bias'][i, e])
-        out[f'stage{s}_cell{i}'], stats[f'stage{s}_cell{i}'] = cell, cell_stats
+        if cell:  # Flax creates no entry for a cell without convolutions
+          out[f'stage{s}_cell{i}'], stats[f'stage{s}_cell{i}'] = cell, cell_stats
     else:
       s = seg[1]
       p = params[f'reduce{s}']

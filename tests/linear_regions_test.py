@@ -25,9 +25,9 @@ def test_identical_inputs_give_one_region_and_count_is_bounded():
   config = settings.lr_config()
   mask = jnp.asarray(nb201.ops_to_mask((3, 2, 3, 1, 3, 2)))
   same = jnp.ones((1, 2, 100, 3, 3, 1))
-  assert float(lr.linear_regions(jax.random.PRNGKey(0), mask, same, config)) == 1.0
+  assert float(lr.linear_regions(jax.random.split(jax.random.PRNGKey(0), 1), mask, same, config)) == 1.0
   x = jax.random.normal(jax.random.PRNGKey(1), (1, 2, 100, 3, 3, 1))
-  count = float(lr.linear_regions(jax.random.PRNGKey(0), mask, x, config))
+  count = float(lr.linear_regions(jax.random.split(jax.random.PRNGKey(0), 1), mask, x, config))
   assert 1 < count <= 200
 
 
@@ -37,6 +37,6 @@ def test_more_conv_ops_carve_more_regions():
   x = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 500, 3, 3, 1))
   skips = nb201.ops_to_mask((1,) * 6)
   convs = nb201.ops_to_mask((3,) * 6)
-  few = float(lr.linear_regions(jax.random.PRNGKey(0), jnp.asarray(skips), x, config))
-  many = float(lr.linear_regions(jax.random.PRNGKey(0), jnp.asarray(convs), x, config))
+  few = float(lr.linear_regions(jax.random.split(jax.random.PRNGKey(0), 1), jnp.asarray(skips), x, config))
+  many = float(lr.linear_regions(jax.random.split(jax.random.PRNGKey(0), 1), jnp.asarray(convs), x, config))
   assert many > few

@@ -9,6 +9,8 @@ from search_spaces import nb201
 from search_spaces import nb201_net as net
 
 CONFIG = nb201.NB201Config(C=4, N=1, input_size=8)
+# Jitted: op-by-op (eager) execution of the unrolled supernet's backward passes takes minutes.
+_gram = jax.jit(ntk.ntk_gram, static_argnames=('config', 'variant', 'cotangent_chunk', 'sparse'))
 OPS = (3, 2, 4, 1, 3, 0)
 
 
@@ -32,7 +34,7 @@ def _flax_coupled_gram(params, ops, x):
                          mutable=['batch_stats'])
     return out.sum(-1)
 
-  jac = jax.jacrev(summed)(chosen)
+  jac = jax.jit(jax.jacrev(summed))(chosen)
   rows = jnp.concatenate([j.reshape(x.shape[0], -1) for j in jax.tree.leaves(jac)], axis=1)
   return rows @ rows.T
 
@@ -42,28 +44,29 @@ class NtkTest(chex.TestCase):
   def test_masked_coupled_ntk_equals_single_path_flax_ntk(self):
     for ops in (OPS, (3, 3, 3, 3, 3, 3), (1, 2, 0, 4, 2, 1)):
       params, mask, x = _setup(ops)
-      gram = ntk.ntk_gram(params, mask, x, CONFIG, 'coupled')
+      gram = _gram(params, mask, x, CONFIG, 'coupled')
       np.testing.assert_allclose(gram, _flax_coupled_gram(params, ops, x), rtol=2e-4, atol=1e-5)
 
   def test_independent_variant_equals_per_sample_loop_with_fixed_stats(self):
     params, mask, x = _setup()
-    gram = ntk.ntk_gram(params, mask, x, CONFIG, 'independent')
+    gram = _gram(params, mask, x, CONFIG, 'independent')
     weights, rest = ntk.split_weights(params)
     _, stats = net.apply(params, mask, x, CONFIG)
+    sample_grad = jax.jit(jax.grad(
+        lambda w, xi: net.apply(ntk._merge(w, rest), mask, xi, CONFIG, stats)[0].sum()))
     rows = []
     for i in range(x.shape[0]):
-      g = jax.grad(lambda w: net.apply(ntk._merge(w, rest), mask, x[i:i + 1], CONFIG,
-                                       stats)[0].sum())(weights)
+      g = sample_grad(weights, x[i:i + 1])
       rows.append(jnp.concatenate([a.ravel() for a in jax.tree.leaves(g)]))
     rows = jnp.stack(rows)
     np.testing.assert_allclose(gram, rows @ rows.T, rtol=2e-4, atol=1e-5)
-    coupled = ntk.ntk_gram(params, mask, x, CONFIG, 'coupled')
+    coupled = _gram(params, mask, x, CONFIG, 'coupled')
     assert not np.allclose(gram, coupled, rtol=1e-3)  # the BN coupling really changes Theta
 
   def test_cotangent_chunks_do_not_change_the_gram(self):
     params, mask, x = _setup()
-    full = ntk.ntk_gram(params, mask, x, CONFIG, 'coupled')
-    np.testing.assert_allclose(ntk.ntk_gram(params, mask, x, CONFIG, 'coupled', 4), full,
+    full = _gram(params, mask, x, CONFIG, 'coupled')
+    np.testing.assert_allclose(_gram(params, mask, x, CONFIG, 'coupled', 4), full,
                                rtol=1e-5, atol=1e-6)
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -80,11 +83,11 @@ class NtkTest(chex.TestCase):
   def test_disconnected_cell_is_flagged_singular(self):
     _, mask, x = _setup((0, 0, 0, 0, 0, 0))
     batches = jnp.stack([x, x])
-    kappa, flag = ntk.ntk_condition(jax.random.PRNGKey(0), mask, batches, CONFIG)
+    kappa, flag = ntk.ntk_condition(jax.random.split(jax.random.PRNGKey(0), 2), mask, batches, CONFIG)
     assert np.isinf(kappa) and flag == ntk.SINGULAR
 
   def test_nonfinite_input_is_flagged(self):
     _, mask, x = _setup()
     x = x.at[0, 0, 0, 0].set(jnp.nan)
-    kappa, flag = ntk.ntk_condition(jax.random.PRNGKey(0), mask, x[None], CONFIG)
+    kappa, flag = ntk.ntk_condition(jax.random.split(jax.random.PRNGKey(0), 1), mask, x[None], CONFIG)
     assert np.isnan(kappa) and flag == ntk.NONFINITE
