@@ -84,7 +84,8 @@ def settings_from_flags(f) -> proxies_lib.ScoreSettings:
       raise proxies_lib.ProxyError(f'--{name} must be at least 1, got {getattr(f, name)}')
   return proxies_lib.ScoreSettings(
       dataset=f.dataset, init=f.init, ntk_batch=f.ntk_batch, ntk_repeats=f.repeats,
-      ntk_width=f.ntk_width, ntk_cells=f.ntk_cells, cotangent_chunk=f.cotangent_chunk)
+      ntk_width=f.ntk_width, ntk_cells=f.ntk_cells, cotangent_chunk=f.cotangent_chunk,
+      sparse=f.sparse)
 
 
 def load_images(data_dir, dataset: str):
@@ -125,4 +126,20 @@ def _score_experiment(f):
   score.run(f)
 
 
-EXPERIMENTS = {'score': _score_experiment}
+def _cost_experiment(f):
+  from experiments import cost
+  cost.run(f)
+
+
+def _search_experiment(f):
+  from experiments import search
+  search.run(f)
+
+
+def _train_experiment(f):
+  from experiments import train
+  train.run(f)
+
+
+EXPERIMENTS = {'score': _score_experiment, 'cost': _cost_experiment,
+               'search': _search_experiment, 'train': _train_experiment}

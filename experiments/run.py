@@ -1,6 +1,7 @@
 """zeronas-mcu entry point: `python -m experiments.run --experiment=NAME [flags]`.
 
-With no flags it runs the default job: score 64 random NB201 archs with the TE-NAS proxies.
+With no flags it runs the main job: a hardware-aware search (TE-NAS pruning under the MCU's
+SRAM and flash) for an STM32F746 / CMSIS-NN on NB201, printing the winner, its costs and fit.
 Bad input ends with one line on stderr naming the problem and the fix, and exit code 2.
 """
 from __future__ import annotations
@@ -11,17 +12,21 @@ from absl import app, flags
 
 from experiments import common
 
-_EXPERIMENT = flags.DEFINE_enum('experiment', 'score', sorted(common.EXPERIMENTS),
+_EXPERIMENT = flags.DEFINE_enum('experiment', 'search', sorted(common.EXPERIMENTS),
                                 'What to run.')
-flags.DEFINE_enum('search_space', 'nb201', ['nb201'], 'Search space.')
+flags.DEFINE_enum('search_space', 'nb201', ['nb201', 'tinycnn', 'mlperf_tiny'], 'Search space.')
 flags.DEFINE_string('dataset', 'cifar10', 'cifar10, cifar100 or ImageNet16-120.')
 flags.DEFINE_string('archs', 'random:64',
                     'all | random:N | a file with one arch string or index per line | an arch '
                     'string | an arch index.')
-flags.DEFINE_string('proxies', 'ntk_cond,linear_regions', 'Comma-separated proxy names.')
+flags.DEFINE_string('proxies', 'ntk_cond_independent,linear_regions',
+                    'Comma-separated proxy names (ntk_cond is TE-NAS-exact but slow on CPU).')
 flags.DEFINE_integer('batch_candidates', 8, 'Candidates per compiled call (K).')
-flags.DEFINE_integer('candidate_chunk', 1,
-                     'Candidates vmapped together inside a call; 1 runs only active ops.')
+flags.DEFINE_integer('candidate_chunk', 0,
+                     'Candidates vmapped together inside a call (0 = all K); bounds memory.')
+flags.DEFINE_bool('sparse', False,
+                  'Run only active ops (lax.cond inside lax.map over candidates); for '
+                  'accelerators: XLA:CPU convolutions inside control flow are ~30x slower.')
 flags.DEFINE_integer('seed', 0, 'Seed for arch sampling, inputs and inits.')
 flags.DEFINE_string('output', 'scores.csv', 'Output CSV path.')
 flags.DEFINE_string('data_dir', None,
@@ -36,6 +41,51 @@ flags.DEFINE_integer('ntk_cells', 1, 'Cells per stage N of the NTK proxy network
 flags.DEFINE_integer('cotangent_chunk', 0, 'Coupled NTK pullbacks vmapped together (0 = all).')
 flags.DEFINE_string('init', 'torch_default', 'Weight init: torch_default or kaiming_normal.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+flags.DEFINE_string('device', 'stm32f746', 'MCU from the device catalog (--list_devices).')
+flags.DEFINE_string('runtime', 'cmsis-nn', 'Inference runtime: tflm, cmsis-nn, x-cube-ai, tinyengine.')
+flags.DEFINE_bool('list_devices', False, 'Print the device and runtime catalog and exit.')
+# --experiment=search
+flags.DEFINE_string('searcher', 'prune', 'Search strategy: prune, grad_prune, random, evolution.')
+flags.DEFINE_string('seeds', '', 'Seeds to search with, e.g. 0-9 or 0,3 (default: --seed).')
+flags.DEFINE_float('latency_budget_ms', None, 'Predicted-latency budget (ms); unset: none.')
+flags.DEFINE_float('energy_budget_mj', None, 'Predicted energy budget per inference (mJ).')
+flags.DEFINE_float('sram_reserve_kb', 0.0, 'SRAM kept free for the application (KB).')
+flags.DEFINE_float('flash_reserve_kb', 0.0, 'Flash kept free for the application (KB).')
+flags.DEFINE_string('workdir', 'search_out', 'Folder for results.json, results.csv, pareto.png.')
+flags.DEFINE_string('proxy_weights', '',
+                    'Objective weight per proxy, e.g. ntk_cond=1,linear_regions=1 (default 1).')
+flags.DEFINE_float('w_flops', 0.0, 'Objective weight of predicted MACs (relative to the max).')
+flags.DEFINE_float('w_latency', 0.0,
+                   'Objective weight of predicted latency (relative to the budget or max).')
+flags.DEFINE_float('w_feasible', 1.0,
+                   'prune: weight of the rank of the feasible share of the archs a removal leaves.')
+flags.DEFINE_integer('random_samples', 64, 'random: archs scored.')
+flags.DEFINE_integer('evolution_samples', 64, 'evolution: archs scored in total.')
+flags.DEFINE_integer('population', 16, 'evolution: population size.')
+flags.DEFINE_integer('tournament', 4, 'evolution: tournament size.')
+flags.DEFINE_integer('recheck', 8, 'grad_prune: single-path archs re-scored exactly at the end.')
+# --experiment=train (also uses --dataset, --data_dir, --seed, --workdir, --progress)
+flags.DEFINE_string('arch', None, 'train: NB201 arch string or index (index needs the NB201 table).')
+flags.DEFINE_integer('epochs', 10, 'train: epochs of this run (qat from scratch: half fp32).')
+flags.DEFINE_string('quant', 'fp32', 'train: fp32, ptq (calibrate int8 ranges after training) '
+                    'or qat.')
+flags.DEFINE_string('init_from', None, 'train: workdir of a finished run to start from.')
+flags.DEFINE_string('distill_from', None, 'train: teacher workdir; distil its soft outputs.')
+flags.DEFINE_float('distill_alpha', 0.7, 'train: weight of the distillation loss.')
+flags.DEFINE_float('distill_temperature', 4.0, 'train: distillation softmax temperature.')
+flags.DEFINE_integer('train_width', 16, 'train: channels C of the trained network (NB201: 16).')
+flags.DEFINE_integer('train_cells', 5, 'train: cells per stage N (NB201: 5).')
+flags.DEFINE_integer('train_batch', 128, 'train: batch size.')
+flags.DEFINE_string('optimizer', 'sgd', 'train: sgd (Nesterov momentum) or adamw.')
+flags.DEFINE_float('lr', 0.1, 'train: peak learning rate (cosine schedule after warmup).')
+flags.DEFINE_float('weight_decay', 5e-4, 'train: weight decay on conv/dense kernels.')
+flags.DEFINE_float('warmup_epochs', 1.0, 'train: linear warmup length.')
+flags.DEFINE_float('label_smoothing', 0.0, 'train: label smoothing.')
+flags.DEFINE_integer('calib_batches', 8, 'train: batches for int8 range calibration (ptq, qat).')
+flags.DEFINE_integer('train_images', 0, 'train: use the first N training images (0 = all).')
+flags.DEFINE_integer('test_images', 0, 'train: evaluate on the first N test images (0 = all).')
+flags.DEFINE_integer('int_eval_images', -1,
+                     'train: test images run through integer-only inference (-1 = all).')
 
 
 def main(argv):

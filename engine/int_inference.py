@@ -1,0 +1,274 @@
+"""Integer-only reference inference of a quantized `engine.qat_net.QATNetwork` (numpy).
+
+Everything after the input quantization is integer arithmetic as TFLite-Micro's int8 reference
+kernels do it: int8 x int8 products accumulated in int32 with the int32 bias, then
+`quant.requantize` (Q31 fixed-point multiplier + shift, rounding, zero point, saturation).
+Node sums use TFLite's ADD (inputs shifted left by 20 bits and rescaled to a common scale
+2 * max(input scales) before one final requantization); average pools divide the int32 window sum
+with rounding half away from zero; ReLU is max(q, zero_point). This is the reference the export
+step builds on, so it favours clarity over speed.
+
+Exact integer matmuls through BLAS: each convolution is an im2col matrix product. The int8 operands
+are multiplied as floats, which is exact because every partial sum is an integer below 2^24
+(float32) or 2^53 (float64); `_int_matmul` picks the type from the bound K * 255 * 127.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine import quant
+from engine.qat_net import ZERO_QPARAMS
+from search_spaces.nb201 import CONV1, CONV3, EDGES, NB201Config, POOL, SKIP
+from search_spaces.nb201_net import BN_EPS
+
+ADD_LEFT_SHIFT = 20  # TFLite int8 ADD
+
+
+@dataclasses.dataclass
+class QTensor:
+  """int8 values (held in int32) with their per-tensor scale and zero point."""
+  q: np.ndarray
+  scale: float
+  zero_point: int
+
+
+@dataclasses.dataclass
+class IntLayer:
+  """A conv / depthwise / dense layer in int8: what goes to flash."""
+  weight: np.ndarray             # int8, HWIO (conv), [C] (depthwise 1x1) or [in, out] (dense)
+  bias: np.ndarray | None        # int32 [out] (None: no bias, e.g. the reduction shortcut)
+  multiplier: np.ndarray         # int32 Q31 significands [out]
+  shift: np.ndarray              # [out]
+  out_scale: float
+  out_zero_point: int
+  stride: int = 1
+
+
+def _qparams(qvars) -> tuple[float, int]:
+  scale, zp = quant.activation_qparams(qvars['min'], qvars['max'])
+  return float(scale), int(zp)
+
+
+def _exact_float(k: int):
+  """Float type in which a K-term sum of int8 x (int8 - zero point) products is exact."""
+  return np.float32 if k * 255 * 127 < 2 ** 24 else np.float64
+
+
+def _int_matmul(a, b):
+  """Exact integer a @ b for integer-valued operands (|a| <= 255, |b| <= 127) through BLAS."""
+  dtype = _exact_float(a.shape[-1])
+  out = a.astype(dtype, copy=False) @ b.astype(dtype)
+  return np.rint(out).astype(np.int64)
+
+
+def _im2col(x, k, stride):
+  """x [N, H, W, C] (already zero-point-shifted, so zero padding is exact) -> [N, Ho, Wo, k*k*C]."""
+  pad = k // 2
+  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  ho = (x.shape[1] + 2 * pad - k) // stride + 1
+  wo = (x.shape[2] + 2 * pad - k) // stride + 1
+  cols = [xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
+          for dy in range(k) for dx in range(k)]
+  return np.concatenate(cols, axis=-1)
+
+
+def _round_div(total, count):
+  """TFLite's int average: divide with rounding half away from zero."""
+  return np.where(total >= 0, (total + count // 2) // count, -((-total + count // 2) // count))
+
+
+class IntNetwork:
+  """Integer NB201 network converted from QATNetwork variables (ranges must be calibrated).
+
+  Layers are converted on first use, walking the same topology as `QATNetwork`; the
+  constructor runs one image so that `layers` holds every layer.
+  """
+
+  def __init__(self, variables, ops, config: NB201Config):
+    self.params = jax.tree.map(np.asarray, dict(variables['params']))
+    self.stats = jax.tree.map(np.asarray, dict(variables.get('batch_stats', {})))
+    self.ranges = jax.tree.map(np.asarray, dict(variables['quant']))
+    self.ops = tuple(int(o) for o in ops)
+    self.config = config
+    self.layers: dict[str, IntLayer] = {}
+    self(np.zeros((1, config.input_size, config.input_size, config.in_channels), np.float32))
+
+  # -------------------------------------------------------------------------- conversion
+
+  def _get(self, tree, path):
+    for p in path.split('/'):
+      tree = tree[p]
+    return tree
+
+  def _layer(self, path, kind, t: QTensor, stride=1) -> IntLayer:
+    if path in self.layers:
+      return self.layers[path]
+    p = self._get(self.params, path)
+    out_scale, out_zp = _qparams(self._get(self.ranges, path)['out_q'])
+    if kind == 'affine':  # head BN as a 1x1 depthwise conv
+      st = self._get(self.stats, path)
+      w, b = quant.fold_batch_norm(jnp.ones((1, p['scale'].shape[0])), p['scale'], p['bias'],
+                                   st['mean'], st['var'], BN_EPS)
+    elif 'scale' in p:  # conv + BN, folded exactly as QConv folds it
+      st = self._get(self.stats, path)
+      w, b = quant.fold_batch_norm(p['kernel'], p['scale'], p['bias'], st['mean'], st['var'],
+                                   BN_EPS)
+    else:
+      w, b = jnp.asarray(p['kernel']), p.get('bias')
+    # float32 like the fake-quant, so that both round the same numbers
+    w_scale = np.asarray(quant.weight_scales(w), np.float32)
+    w_q = quant.quantize(np.asarray(w, np.float32) / w_scale, 1.0, 0, -quant.WMAX, quant.WMAX)
+    bias_q = None
+    if b is not None:
+      bias_scale = np.float32(t.scale) * w_scale
+      bias_q = quant.quantize(np.asarray(b, np.float32) / bias_scale, 1.0, 0, quant.INT32_MIN,
+                              quant.INT32_MAX, np.int64)
+    mult, shift = quant.quantize_multiplier(t.scale * w_scale.astype(np.float64) / out_scale)
+    if kind == 'affine':
+      w_q = w_q[0]
+    layer = IntLayer(w_q, bias_q, mult, shift, out_scale, out_zp, stride)
+    self.layers[path] = layer
+    return layer
+
+  # -------------------------------------------------------------------------- int kernels
+
+  def _conv(self, path, t: QTensor, k, stride=1) -> QTensor:
+    layer = self._layer(path, 'conv', t, stride)
+    dtype = _exact_float(k * k * t.q.shape[-1])  # im2col straight into the matmul's type
+    cols = _im2col((t.q - t.zero_point).astype(dtype), k, stride)
+    acc = _int_matmul(cols.reshape(-1, cols.shape[-1]),
+                      layer.weight.reshape(-1, layer.weight.shape[-1]))
+    if layer.bias is not None:
+      acc = acc + layer.bias
+    out = quant.requantize(acc, layer.multiplier, layer.shift, layer.out_zero_point)
+    return QTensor(out.astype(np.int32).reshape(cols.shape[:3] + (-1,)), layer.out_scale,
+                   layer.out_zero_point)
+
+  def _affine(self, path, t: QTensor) -> QTensor:
+    layer = self._layer(path, 'affine', t)
+    acc = (t.q.astype(np.int64) - t.zero_point) * layer.weight + layer.bias
+    out = quant.requantize(acc, layer.multiplier, layer.shift, layer.out_zero_point)
+    return QTensor(out.astype(np.int32), layer.out_scale, layer.out_zero_point)
+
+  def _dense(self, path, t: QTensor) -> QTensor:
+    layer = self._layer(path, 'dense', t)
+    acc = _int_matmul(t.q - t.zero_point, layer.weight) + layer.bias
+    out = quant.requantize(acc, layer.multiplier, layer.shift, layer.out_zero_point)
+    return QTensor(out.astype(np.int32), layer.out_scale, layer.out_zero_point)
+
+  def _add(self, path, terms: list[QTensor]) -> QTensor:
+    """TFLite ADD generalised to n inputs: rescale each to 2 * max(scale) at 20 extra bits."""
+    out_scale, out_zp = _qparams(self._get(self.ranges, path))
+    twice_max = 2 * max(t.scale for t in terms)
+    total = 0
+    for t in terms:
+      m, s = quant.quantize_multiplier(t.scale / twice_max)
+      shifted = (t.q.astype(np.int64) - t.zero_point) << ADD_LEFT_SHIFT
+      total = total + quant.multiply_by_quantized_multiplier(shifted, m, s)
+    m, s = quant.quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out_scale))
+    out = quant.requantize(total, m, s, out_zp)
+    return QTensor(out.astype(np.int32), out_scale, out_zp)
+
+  @staticmethod
+  def _relu(t: QTensor) -> QTensor:
+    return QTensor(np.maximum(t.q, t.zero_point), t.scale, t.zero_point)
+
+  @staticmethod
+  def _avg_pool_3x3(t: QTensor) -> QTensor:
+    """3x3, stride 1, padding 1 not counted; same scale and zero point in and out."""
+    n, h, w, c = t.q.shape
+    xp = np.pad(t.q.astype(np.int64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    total = sum(xp[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3))
+    ones = np.pad(np.ones((h, w), np.int64), 1)
+    count = sum(ones[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3))
+    return QTensor(_round_div(total, count[None, :, :, None]).astype(np.int32), t.scale,
+                   t.zero_point)
+
+  @staticmethod
+  def _avg_pool_2x2(t: QTensor) -> QTensor:
+    n, h, w, c = t.q.shape
+    total = t.q.astype(np.int64).reshape(n, h // 2, 2, w // 2, 2, c).sum((2, 4))
+    return QTensor(_round_div(total, 4).astype(np.int32), t.scale, t.zero_point)
+
+  def _mean(self, path, t: QTensor) -> QTensor:
+    """Global average pool as TFLite's int8 MEAN: int32 sum, requantize by s_in / (s_out * HW)."""
+    out_scale, out_zp = _qparams(self._get(self.ranges, path))
+    hw = t.q.shape[1] * t.q.shape[2]
+    total = (t.q.astype(np.int64) - t.zero_point).sum((1, 2))
+    m, s = quant.quantize_multiplier(t.scale / (out_scale * hw))
+    out = quant.requantize(total, m, s, out_zp)
+    return QTensor(out.astype(np.int32), out_scale, out_zp)
+
+  # -------------------------------------------------------------------------- network
+
+  def _sum(self, path, terms, like: QTensor) -> QTensor:
+    if not terms:
+      scale, zp = ZERO_QPARAMS
+      return QTensor(np.full_like(like.q, int(zp)), scale, int(zp))
+    return terms[0] if len(terms) == 1 else self._add(path, terms)
+
+  def _cell(self, name, t: QTensor) -> QTensor:
+    nodes = [t]
+    for to_node in (1, 2, 3):
+      terms = []
+      for e, (dst, frm) in enumerate(EDGES):
+        if dst != to_node:
+          continue
+        op, h = self.ops[e], nodes[frm]
+        if op == SKIP:
+          terms.append(h)
+        elif op == POOL:
+          terms.append(self._avg_pool_3x3(h))
+        elif op in (CONV1, CONV3):
+          terms.append(self._conv(f'{name}/edge{e}', self._relu(h), 1 if op == CONV1 else 3))
+      nodes.append(self._sum(f'{name}/node{to_node}_q', terms, t))
+    return nodes[3]
+
+  def _reduce(self, name, t: QTensor) -> QTensor:
+    a = self._conv(f'{name}/conv_a', self._relu(t), 3, 2)
+    b = self._conv(f'{name}/conv_b', self._relu(a), 3)
+    s = self._conv(f'{name}/shortcut', self._avg_pool_2x2(t), 1)
+    return self._add(f'{name}/add_q', [b, s])
+
+  def quantize_input(self, x) -> QTensor:
+    """Float (normalised) images -> int8, the only float step (a camera pipeline would fold it)."""
+    scale, zp = _qparams(self.ranges['input_q'])
+    q = np.round(np.asarray(x, np.float32) / np.float32(scale)) + zp
+    return QTensor(np.clip(q, quant.QMIN, quant.QMAX).astype(np.int32), scale, zp)
+
+  def __call__(self, x) -> QTensor:
+    """Normalised float images [N, H, W, C] -> int8 logits (QTensor [N, classes])."""
+    cfg = self.config
+    t = self.quantize_input(x)
+    if cfg.use_stem:
+      t = self._conv('stem', t, 3)
+    counts: dict[int, int] = {}
+    for kind, s in cfg.layer_plan():
+      if kind == 'reduce':
+        t = self._reduce(f'reduce{s}', t)
+      else:
+        i = counts[s] = counts.get(s, -1) + 1
+        t = self._cell(f'stage{s}_cell{i}', t)
+    t = self._relu(self._affine('head_bn', t))
+    t = self._mean('gap_q', t)
+    return self._dense('classifier', t)
+
+  def predict(self, x, batch_size=250) -> np.ndarray:
+    return np.concatenate([np.argmax(self(x[i:i + batch_size]).q, -1)
+                           for i in range(0, len(x), batch_size)])
+
+  # -------------------------------------------------------------------------- flash
+
+  def weight_counts(self) -> dict[str, int]:
+    """int8 weight and int32 bias element counts: conv + dense (what `hardware` counts as
+    weights and biases) and the head BN's depthwise affine (which it does not)."""
+    conv_dense = {k: v for k, v in self.layers.items() if k != 'head_bn'}
+    head = self.layers['head_bn']
+    return dict(
+        weights=int(sum(v.weight.size for v in conv_dense.values())),
+        biases=int(sum(v.bias.size for v in conv_dense.values() if v.bias is not None)),
+        head_bn_weights=int(head.weight.size), head_bn_biases=int(head.bias.size))

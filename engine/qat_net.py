@@ -1,0 +1,306 @@
+"""A quantization-aware NB201 network in Flax: one variable tree, three ways to run it.
+
+Same topology and op semantics as `search_spaces.nb201_net.NB201Network` (stem conv-BN; cells
+of ReLU-conv-BN / 3x3 avg pool / skip edges summed at each node; reduction blocks; head BN, ReLU,
+global average pool, dense), laid out as the int8 graph of `search_spaces.nb201_graph` so that
+`engine.int_inference` can run it in integers. Modes:
+
+  * 'fp32':   plain float training and evaluation; BN uses batch statistics when `train`.
+  * 'folded': BN folded into its convolution with the running statistics, no quantization.
+              Equal to fp32 evaluation up to float rounding; `update_ranges=True` in this mode is
+              PTQ calibration (activation ranges recorded on the float model).
+  * 'quant':  folded BN, then fake-quant (`engine.quant`): per-channel int8 weights, int32 biases,
+              per-tensor asymmetric int8 activations. Training in this mode is QAT; its BN
+              statistics stay frozen at their running values (Krishnamoorthi 2018, sec. 3.2:
+              fold with frozen statistics once QAT starts), so train and eval see the same graph.
+
+Where activations are quantized (as an int8 runtime stores them): the input, every conv/dense
+output, every node sum of two or more terms, the head BN output and the pooled features. ReLU
+and average pooling keep their input's quantization (max(q, zero_point) and a rounded mean are
+exact on the same grid), and a node with a single term is an alias. Activation ranges live in the
+'quant' collection (min, max, batch count), tracked by `quant.update_range`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from engine import quant
+from search_spaces.nb201 import CONV1, CONV3, EDGES, NB201Config, POOL, SKIP
+from search_spaces.nb201_net import BN_EPS, avg_pool_2x2, avg_pool_3x3
+
+MODES = ('fp32', 'folded', 'quant')
+BN_MOMENTUM = 0.9
+ZERO_QPARAMS = (1.0, 0.0)  # a constant zero tensor (a node with no live term)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ctx:
+  """How a forward pass runs; passed down the modules unchanged."""
+  mode: str = 'fp32'
+  train: bool = False
+  update_ranges: bool = False
+
+  @property
+  def quantized(self) -> bool:
+    return self.mode == 'quant'
+
+
+def conv2d(x, w, stride=1):
+  """k x k convolution with PyTorch's symmetric padding k // 2 (NB201's convs), NHWC x HWIO."""
+  pad = w.shape[0] // 2
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def relu(t):
+  """ReLU keeps the quantization grid: 0 is exact, so max(x, 0) stays on it."""
+  x, qp = t
+  return jax.nn.relu(x), qp
+
+
+def _window_sum(x, size, stride, pad):
+  window, strides = (1, size, size, 1), (1, stride, stride, 1)
+  padding = ((0, 0), (pad, pad), (pad, pad), (0, 0))
+  return jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, padding)
+
+
+def avg_pool(t, size: int):
+  """NB201's 3x3/s1 (padding not counted) or 2x2/s2 average pool on a (x, qparams) tensor.
+
+  Quantized, the output keeps the input's grid and rounds exactly as the int8 kernel does: the
+  integer window sum of q divided by the count, ties away from zero (so the fake-quant model
+  and `engine.int_inference` agree on the frequent ties of a 4-element mean). Gradients are the
+  float pool's.
+  """
+  x, qp = t
+  pool = avg_pool_3x3 if size == 3 else avg_pool_2x2
+  y = pool(x)
+  if qp is None:
+    return y, qp
+  stride, pad = (1, 1) if size == 3 else (2, 0)
+  scale, zp = jax.lax.stop_gradient(qp[0]), jax.lax.stop_gradient(qp[1])
+  q = jnp.round(jax.lax.stop_gradient(x) / scale) + zp
+  total = _window_sum(q, size, stride, pad)
+  count = _window_sum(jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype), size, stride, pad)
+  half = jnp.floor(count / 2)
+  rounded = jnp.where(total >= 0, jnp.floor((total + half) / count),
+                      -jnp.floor((-total + half) / count))
+  return y + jax.lax.stop_gradient((rounded - zp) * scale - y), qp
+
+
+class ActQuant(nn.Module):
+  """Tracks one tensor's range and, in 'quant' mode, fake-quantizes it. Returns (x, qparams)."""
+  momentum: float = 0.99
+
+  @nn.compact
+  def __call__(self, x, ctx: Ctx):
+    lo = self.variable('quant', 'min', lambda: jnp.zeros((), jnp.float32))
+    hi = self.variable('quant', 'max', lambda: jnp.zeros((), jnp.float32))
+    count = self.variable('quant', 'count', lambda: jnp.zeros((), jnp.float32))
+    if ctx.update_ranges and not self.is_initializing():
+      lo.value, hi.value, count.value = quant.update_range(lo.value, hi.value, count.value, x,
+                                                           self.momentum)
+    if not ctx.quantized:
+      return x, None
+    qp = quant.activation_qparams(lo.value, hi.value)
+    return quant.fake_quant(x, *qp), qp
+
+
+def _stats_vars(module, c):
+  mean = module.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
+  var = module.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+  return mean, var
+
+
+def _batch_norm(module, y, gamma, beta, ctx: Ctx, reduce_axes):
+  """Float BN: batch statistics (and running-average update) when training, else running."""
+  mean, var = _stats_vars(module, y.shape[-1])
+  if ctx.train:
+    m = jnp.mean(y, reduce_axes)
+    v = jnp.mean(jnp.square(y - m), reduce_axes)
+    if not module.is_initializing():
+      mean.value = BN_MOMENTUM * mean.value + (1 - BN_MOMENTUM) * m
+      var.value = BN_MOMENTUM * var.value + (1 - BN_MOMENTUM) * v
+  else:
+    m, v = mean.value, var.value
+  return (y - m) * (gamma * jax.lax.rsqrt(v + BN_EPS)) + beta
+
+
+class QConv(nn.Module):
+  """Conv (no bias) + optional BN; folded and fake-quantized outside 'fp32' mode."""
+  features: int
+  kernel_size: int
+  stride: int = 1
+  bn: bool = True
+
+  @nn.compact
+  def __call__(self, t, ctx: Ctx):
+    x, qp_in = t
+    k, c = self.kernel_size, self.features
+    kernel = self.param('kernel', nn.initializers.he_normal(), (k, k, x.shape[-1], c))
+    if self.bn:
+      gamma = self.param('scale', nn.initializers.ones, (c,))
+      beta = self.param('bias', nn.initializers.zeros, (c,))
+    if ctx.mode == 'fp32':
+      y = conv2d(x, kernel, self.stride)
+      if self.bn:
+        y = _batch_norm(self, y, gamma, beta, ctx, (0, 1, 2))
+    else:
+      if self.bn:
+        mean, var = _stats_vars(self, c)
+        w, b = quant.fold_batch_norm(kernel, gamma, beta, mean.value, var.value, BN_EPS)
+      else:
+        w, b = kernel, None
+      if ctx.quantized:
+        w, w_scale = quant.fake_quant_weights(w)
+        if b is not None:
+          b = quant.fake_quant_bias(b, qp_in[0] * w_scale)
+      y = conv2d(x, w, self.stride)
+      if b is not None:
+        y = y + b
+    return ActQuant(name='out_q')(y, ctx)
+
+
+class QAffine(nn.Module):
+  """A BatchNorm with no conv to fold into (the head's): per-channel a * x + b, which an int8
+  runtime runs as a 1x1 depthwise conv with int8 weights and int32 biases."""
+
+  @nn.compact
+  def __call__(self, t, ctx: Ctx):
+    x, qp_in = t
+    c = x.shape[-1]
+    gamma = self.param('scale', nn.initializers.ones, (c,))
+    beta = self.param('bias', nn.initializers.zeros, (c,))
+    if ctx.mode == 'fp32':
+      y = _batch_norm(self, x, gamma, beta, ctx, (0, 1, 2))
+    else:
+      mean, var = _stats_vars(self, c)
+      a, b = quant.fold_batch_norm(jnp.ones((1, c)), gamma, beta, mean.value, var.value, BN_EPS)
+      if ctx.quantized:
+        a, a_scale = quant.fake_quant_weights(a)
+        b = quant.fake_quant_bias(b, qp_in[0] * a_scale)
+      y = x * a[0] + b
+    return ActQuant(name='out_q')(y, ctx)
+
+
+class QDense(nn.Module):
+  features: int
+
+  @nn.compact
+  def __call__(self, t, ctx: Ctx):
+    x, qp_in = t
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    if ctx.quantized:
+      kernel, w_scale = quant.fake_quant_weights(kernel)
+      bias = quant.fake_quant_bias(bias, qp_in[0] * w_scale)
+    return ActQuant(name='out_q')(x @ kernel + bias, ctx)
+
+
+def add_terms(module_fn, terms, like, ctx: Ctx):
+  """Node sum: no term -> constant zeros, one term -> alias, more -> a quantized add."""
+  if not terms:
+    return jnp.zeros_like(like), (ZERO_QPARAMS if ctx.quantized else None)
+  if len(terms) == 1:
+    return terms[0]
+  total = terms[0][0]
+  for x, _ in terms[1:]:
+    total = total + x
+  return module_fn()(total, ctx)
+
+
+class QCell(nn.Module):
+  ops: Sequence[int]
+
+  @nn.compact
+  def __call__(self, t, ctx: Ctx):
+    nodes = [t]
+    for to_node in (1, 2, 3):
+      terms = []
+      for e, (dst, frm) in enumerate(EDGES):
+        if dst != to_node:
+          continue
+        op, h = self.ops[e], nodes[frm]
+        if op == SKIP:
+          terms.append(h)
+        elif op == POOL:
+          terms.append(avg_pool(h, 3))
+        elif op in (CONV1, CONV3):
+          k = 1 if op == CONV1 else 3
+          terms.append(QConv(h[0].shape[-1], k, name=f'edge{e}')(relu(h), ctx))
+      nodes.append(add_terms(lambda j=to_node: ActQuant(name=f'node{j}_q'), terms, t[0], ctx))
+    return nodes[3]
+
+
+class QReduce(nn.Module):
+  channels: int
+
+  @nn.compact
+  def __call__(self, t, ctx: Ctx):
+    a = QConv(self.channels, 3, 2, name='conv_a')(relu(t), ctx)
+    b = QConv(self.channels, 3, 1, name='conv_b')(relu(a), ctx)
+    pooled = avg_pool(t, 2)
+    s = QConv(self.channels, 1, bn=False, name='shortcut')(pooled, ctx)
+    return add_terms(lambda: ActQuant(name='add_q'), [b, s], None, ctx)
+
+
+class QATNetwork(nn.Module):
+  """One NB201 architecture; `mode` picks fp32 / folded / quant (see the module docstring)."""
+  ops: Sequence[int]
+  config: NB201Config = NB201Config()
+  mode: str = 'fp32'
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, update_ranges: bool = False):
+    if self.mode not in MODES:
+      raise ValueError(f'unknown mode {self.mode!r}; choose one of {", ".join(MODES)}')
+    ctx = Ctx(self.mode, train, update_ranges)
+    cfg = self.config
+    t = ActQuant(name='input_q')(x, ctx)
+    if cfg.use_stem:
+      t = QConv(cfg.C, 3, name='stem')(t, ctx)
+    counts: dict[int, int] = {}
+    for kind, s in cfg.layer_plan():
+      if kind == 'reduce':
+        t = QReduce(cfg.C * 2 ** s, name=f'reduce{s}')(t, ctx)
+      else:
+        i = counts[s] = counts.get(s, -1) + 1
+        t = QCell(tuple(int(o) for o in self.ops), name=f'stage{s}_cell{i}')(t, ctx)
+    t = relu(QAffine(name='head_bn')(t, ctx))
+    t = ActQuant(name='gap_q')(jnp.mean(t[0], (1, 2)), ctx)
+    logits, _ = QDense(cfg.num_classes, name='classifier')(t, ctx)
+    return logits
+
+
+def init_variables(key, ops, config: NB201Config) -> dict:
+  """Variables {'params', 'batch_stats', 'quant'} of the network (shared by all modes)."""
+  x = jnp.zeros((1, config.input_size, config.input_size, config.in_channels), jnp.float32)
+  model = QATNetwork(tuple(ops), config, 'fp32')
+  # jitted: run eagerly, init compiles each of its hundreds of small ops on its own
+  return dict(jax.jit(lambda k, x: model.init(k, x, train=False))(key, x))
+
+
+def reset_ranges(variables: dict) -> dict:
+  """Forget tracked activation ranges (before calibrating a float model)."""
+  return {**variables, 'quant': jax.tree.map(jnp.zeros_like, variables['quant'])}
+
+
+def calibrate(variables: dict, ops, config: NB201Config, batches) -> dict:
+  """PTQ calibration: run the folded float model on `batches` recording activation ranges
+  (the running mean of per-batch min/max). Returns the variables with fresh ranges."""
+  model = QATNetwork(tuple(ops), config, 'folded')
+
+  @jax.jit
+  def step(v, x):
+    _, upd = model.apply(v, x, update_ranges=True, mutable=['quant'])
+    return {**v, 'quant': upd['quant']}
+
+  v = reset_ranges(variables)
+  for x in batches:
+    v = step(v, jnp.asarray(x))
+  return v

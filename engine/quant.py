@@ -1,0 +1,182 @@
+"""The TFLite int8 quantization scheme as pure functions: fake-quant for training, integer math.
+
+Scheme (TFLite / TFLite-Micro int8, Jacob et al. 2018):
+  * weights: symmetric, per output channel, int8 in [-127, 127], zero point 0;
+  * activations: asymmetric, per tensor, int8 in [-128, 127] with an integer zero point; the
+    range always contains 0 so that zero padding and ReLU are exact;
+  * biases: int32 with scale = input scale * weight scale (per channel), zero point 0;
+  * BatchNorm is folded into the preceding convolution before its weights are quantized;
+  * rescaling between scales uses a fixed-point multiplier (int32, Q31) and a power-of-two shift
+    (`quantize_multiplier`, `multiply_by_quantized_multiplier`), as TFLite-Micro does.
+
+The fake-quant functions round in the forward pass and pass gradients straight through (inside
+the clipping range; zero outside it), so a float model trains against the int8 grid.
+
+Why not a library: AQT (google/aqt, the JAX quantization library) injects quantization into the
+operands of dot_general/conv for accelerator training and serving; it has no BatchNorm folding,
+no TFLite int32 biases and no TFLite-Micro fixed-point requantization, and the scheme here must
+match the integer reference (`engine.int_inference`) in everything but rounding ties. So it is
+written out (about a hundred lines).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+QMIN, QMAX = -128, 127          # int8 activations
+WMAX = 127                      # int8 weights: symmetric [-127, 127] (TFLite leaves out -128)
+INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
+EPS = 1e-8                      # smallest scale, for all-zero tensors and channels
+
+
+# ----------------------------------------------------------------------------- fake quant
+
+@jax.custom_vjp
+def _round_ste(x):
+  return jnp.round(x)
+
+
+_round_ste.defvjp(lambda x: (jnp.round(x), None), lambda _, g: (g,))
+
+
+def fake_quant(x, scale, zero_point, qmin=QMIN, qmax=QMAX):
+  """Quantize-dequantize on the grid scale * (q - zero_point), q in [qmin, qmax].
+
+  Straight-through: the gradient is 1 where x lies inside the representable range and 0 where
+  it was clipped (so clipped activations stop pulling the range outwards through the weights).
+  `scale`/`zero_point` broadcast against x (per-tensor scalars or per-channel vectors) and get
+  no gradient: ranges are tracked, not learned.
+  """
+  scale = jax.lax.stop_gradient(scale)
+  zero_point = jax.lax.stop_gradient(zero_point)
+  q = _round_ste(x / scale) + zero_point
+  q = jnp.clip(q, qmin, qmax)  # clip's gradient is 0 outside [qmin, qmax]: the clipped STE
+  return (q - zero_point) * scale
+
+
+def activation_qparams(lo, hi):
+  """Per-tensor asymmetric (scale, zero_point) for the float range [lo, hi], as TFLite nudges it.
+
+  The range is widened to contain 0 and the zero point is rounded to an integer in [-128, 127],
+  so that real 0 is exactly representable.
+  """
+  lo = jnp.minimum(lo, 0.0)
+  hi = jnp.maximum(hi, 0.0)
+  scale = jnp.maximum((hi - lo) / (QMAX - QMIN), EPS)
+  zero_point = jnp.clip(jnp.round(QMIN - lo / scale), QMIN, QMAX)
+  return scale, zero_point
+
+
+def weight_scales(w, axis=-1):
+  """Per-output-channel symmetric scales max|w| / 127, the channel axis being `axis`."""
+  reduce = tuple(a for a in range(w.ndim) if a != axis % w.ndim)
+  return jnp.maximum(jnp.max(jnp.abs(w), axis=reduce) / WMAX, EPS)
+
+
+def fake_quant_weights(w, axis=-1):
+  """Per-channel symmetric int8 fake-quant of a kernel (HWIO or [in, out]); returns (w, scales)."""
+  s = weight_scales(jax.lax.stop_gradient(w), axis)
+  shape = [1] * w.ndim
+  shape[axis] = -1
+  return fake_quant(w, s.reshape(shape), 0.0, -WMAX, WMAX), s
+
+
+def fake_quant_bias(b, scale):
+  """int32 bias on the grid scale = input scale * weight scale (TFLite's bias scale)."""
+  return fake_quant(b, scale, 0.0, INT32_MIN, INT32_MAX)
+
+
+def fold_batch_norm(kernel, gamma, beta, mean, var, eps):
+  """Conv(x, k) then BN(mean, var) == Conv(x, k * a) + (beta - mean * a), a = gamma/sqrt(var+eps).
+
+  The kernel's last axis is the output channel. Returns (folded kernel, folded bias).
+  """
+  a = gamma * jax.lax.rsqrt(var + eps)
+  return kernel * a, beta - mean * a
+
+
+def update_range(lo, hi, count, x, momentum):
+  """Tracked activation range: the running mean of batch min/max for the first 1/(1-momentum)
+  batches (so a few calibration batches weigh equally), an EMA with `momentum` after that."""
+  rate = jnp.maximum(1.0 / (count + 1.0), 1.0 - momentum)
+  x = jax.lax.stop_gradient(x)
+  return lo + rate * (jnp.min(x) - lo), hi + rate * (jnp.max(x) - hi), count + 1.0
+
+
+# ----------------------------------------------------------------------------- integer math
+
+def quantize(x, scale, zero_point, qmin=QMIN, qmax=QMAX, dtype=np.int8):
+  """Float -> integer on the grid (numpy, round half to even like the fake-quant)."""
+  q = np.round(np.asarray(x, np.float64) / scale) + zero_point
+  return np.clip(q, qmin, qmax).astype(dtype)
+
+
+def quantize_multiplier(m):
+  """Real multiplier(s) m > 0 -> (int32 Q31 significand in [2^30, 2^31), shift), m ~ q * 2^shift.
+
+  TFLite's QuantizeMultiplier: frexp, round the significand to 31 bits, renormalise on overflow.
+  Vectorised over numpy arrays (per-channel multipliers).
+  """
+  m = np.asarray(m, np.float64)
+  if np.any(m <= 0):
+    raise ValueError('requantization multipliers must be positive')
+  frac, shift = np.frexp(m)
+  q = np.round(frac * (1 << 31)).astype(np.int64)
+  over = q == (1 << 31)
+  q = np.where(over, q // 2, q)
+  shift = np.where(over, shift + 1, shift)
+  return q.astype(np.int64), shift.astype(np.int64)
+
+
+def _rounding_doubling_high_mul(a, b):
+  """gemmlowp SaturatingRoundingDoublingHighMul: round(a * b / 2^31), ties away from zero."""
+  a = np.asarray(a, np.int64)
+  b = np.asarray(b, np.int64)
+  ab = a * b
+  nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+  s = ab + nudge
+  out = np.where(s >= 0, s >> 31, -((-s) >> 31))  # C++ division truncates towards zero
+  overflow = (a == INT32_MIN) & (b == INT32_MIN)
+  return np.where(overflow, INT32_MAX, out)
+
+
+def _rounding_divide_by_pot(x, exponent):
+  """gemmlowp RoundingDivideByPOT: x / 2^exponent rounded half away from zero."""
+  x = np.asarray(x, np.int64)
+  exponent = np.asarray(exponent, np.int64)
+  mask = (np.int64(1) << exponent) - 1
+  remainder = x & mask
+  threshold = (mask >> 1) + (x < 0)
+  return (x >> exponent) + (remainder > threshold)
+
+
+def multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding=True):
+  """int32 x times the real number multiplier * 2^(shift - 31), as TFLite-Micro computes it.
+
+  single_rounding=True is TFLite's TFLITE_SINGLE_ROUNDING path (CMSIS-NN has the same option):
+  one 64-bit product, rounded half up once. False is the default gemmlowp path: a rounding
+  doubling high multiply, then a rounding right shift. Its double rounding differs from the
+  exact result by one step at about 2^-(right shift) of the values, and such one-step errors
+  compound through a deep network, so the reference here rounds once.
+  """
+  x = np.asarray(x, np.int64)
+  multiplier = np.asarray(multiplier, np.int64)
+  shift = np.asarray(shift, np.int64)
+  if np.any(np.abs(x) > INT32_MAX):
+    raise OverflowError('requantization input overflows int32')
+  if single_rounding:
+    total = 31 - shift
+    return (x * multiplier + (np.int64(1) << (total - 1))) >> total
+  left = np.maximum(shift, 0)
+  right = np.maximum(-shift, 0)
+  if np.any(np.abs(x << left) > INT32_MAX):
+    raise OverflowError('requantization input overflows int32 after the left shift')
+  return _rounding_divide_by_pot(_rounding_doubling_high_mul(x << left, multiplier), right)
+
+
+def requantize(acc, multiplier, shift, zero_point, qmin=QMIN, qmax=QMAX, single_rounding=True):
+  """int32 accumulator -> int8 output: scale by the fixed-point multiplier, add the zero point,
+  saturate."""
+  out = multiply_by_quantized_multiplier(acc, multiplier, shift, single_rounding) + zero_point
+  return np.clip(out, qmin, qmax).astype(np.int8)

@@ -1,0 +1,493 @@
+"""Training of one NB201 architecture: fp32, post-training quantization and QAT, with distillation.
+
+One run = optional init from another run's checkpoint, then a list of phases:
+  * fp32: `epochs` of float training;
+  * ptq:  `epochs` of float training (0 when starting from a trained fp32 run), then
+          calibration of the activation ranges on `calib_batches` training batches, no training;
+  * qat:  from a trained run: calibrate, then `epochs` of QAT (fake-quant, frozen BN statistics);
+          from scratch: the first half of `epochs` in fp32 (a "quant delay", as in TF's QAT),
+          then calibrate and QAT for the rest, one cosine schedule across both.
+The optimizer is optax SGD with Nesterov momentum (or AdamW), a cosine schedule with linear
+warmup, weight decay on conv/dense kernels only, optional label smoothing. Augmentation (random
+crop from a 4-pixel zero pad, horizontal flip) runs inside the jitted step.
+
+A workdir holds: config.json (what was trained, so a teacher or an init can be rebuilt),
+ckpt/ (orbax, one per epoch, the last two kept; a rerun resumes from the latest),
+metrics.csv (one row per epoch), curve.png and results.json (final test accuracies, integer
+agreement, int8 weight bytes against the hardware model, throughput).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import json
+import pathlib
+import sys
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from engine import data as data_lib
+from engine import qat_net
+from search_spaces import nb201
+
+QUANT_MODES = ('fp32', 'ptq', 'qat')
+OPTIMIZERS = ('sgd', 'adamw')
+
+
+class CheckpointError(FileNotFoundError):
+  """A missing or incompatible checkpoint; the message is one line naming the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  arch: str                      # NB201 arch string
+  C: int = 16
+  N: int = 5
+  dataset: str = 'cifar10'
+  epochs: int = 10
+  quant: str = 'fp32'
+  batch_size: int = 128
+  optimizer: str = 'sgd'
+  lr: float = 0.1
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+  warmup_epochs: float = 1.0
+  label_smoothing: float = 0.0
+  calib_batches: int = 8
+  init_from: Optional[str] = None
+  distill_from: Optional[str] = None
+  distill_alpha: float = 0.7     # weight of the soft (teacher) loss
+  distill_temperature: float = 4.0
+  train_images: int = 0          # 0 = all training images found
+  test_images: int = 0           # 0 = the whole test split
+  int_eval_images: int = -1      # integer-only inference on this many test images (-1 = all)
+  seed: int = 0
+
+  def net_config(self) -> nb201.NB201Config:
+    return nb201.NB201Config.for_dataset(self.dataset, C=self.C, N=self.N)
+
+  def ops(self) -> tuple[int, ...]:
+    return tuple(int(o) for o in nb201.parse_arch_str(self.arch))
+
+  def validate(self):
+    if self.quant not in QUANT_MODES:
+      raise ValueError(f'unknown --quant={self.quant!r}; choose one of {", ".join(QUANT_MODES)}')
+    if self.optimizer not in OPTIMIZERS:
+      raise ValueError(f'unknown optimizer {self.optimizer!r}; choose one of '
+                       f'{", ".join(OPTIMIZERS)}')
+    for name in ('epochs', 'calib_batches'):
+      if getattr(self, name) < 0:
+        raise ValueError(f'--{name} must be >= 0, got {getattr(self, name)}')
+    if self.batch_size < 1 or self.C < 1 or self.N < 1:
+      raise ValueError('batch size, C and N must be positive')
+    if self.quant == 'fp32' and self.epochs == 0:
+      raise ValueError('--quant=fp32 with --epochs=0 trains nothing; give --epochs >= 1')
+    if self.quant == 'ptq' and self.epochs == 0 and not self.init_from:
+      raise ValueError('--quant=ptq with --epochs=0 needs a trained model: pass '
+                       '--init_from=<fp32 workdir>')
+    self.ops()  # raises ArchError for a bad arch
+
+  def phases(self) -> list[tuple[str, int]]:
+    """[(mode, epochs)] of the training part ('fp32' or 'quant')."""
+    if self.quant == 'qat':
+      if self.init_from:
+        return [('quant', self.epochs)]
+      return [('fp32', self.epochs // 2), ('quant', self.epochs - self.epochs // 2)]
+    return [('fp32', self.epochs)]
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_data(data_dir, cfg: TrainConfig):
+  """uint8 train/test images; the test set is fixed, the train set optionally truncated."""
+  if data_dir is None or not pathlib.Path(data_dir).is_dir():
+    raise data_lib.DataError(f'data dir {data_dir} not found; pass --data_dir=<folder with '
+                             f'cifar-10-batches-py> or set ZERONAS_DATA_DIR')
+  train = data_lib.load_cifar(data_dir, cfg.dataset, 'train')
+  test = data_lib.load_cifar(data_dir, cfg.dataset, 'test')
+  if cfg.train_images:
+    train.images, train.labels = train.images[:cfg.train_images], train.labels[:cfg.train_images]
+  if cfg.test_images:
+    test.images, test.labels = test.images[:cfg.test_images], test.labels[:cfg.test_images]
+  return train, test
+
+
+def _normalize(images_uint8):
+  mean = jnp.asarray(data_lib.CIFAR_MEAN)
+  std = jnp.asarray(data_lib.CIFAR_STD)
+  return (images_uint8.astype(jnp.float32) / 255 - mean) / std
+
+
+def augment(key, images, pad: int = 4):
+  """Per image: a random crop from the image zero-padded by `pad` pixels and a random horizontal
+  flip (torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip, as NB201 trains).
+  Runs on raw uint8 images, before normalisation, so the padding is black as there."""
+  n, h, w, _ = images.shape
+  k1, k2 = jax.random.split(key)
+  offsets = jax.random.randint(k1, (n, 2), 0, 2 * pad + 1)
+  flips = jax.random.bernoulli(k2, 0.5, (n,))
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+  def one(img, off, flip):
+    crop = jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
+    return jnp.where(flip, crop[:, ::-1], crop)
+
+  return jax.vmap(one)(padded, offsets, flips)
+
+
+# ----------------------------------------------------------------------------- losses
+
+def cross_entropy(logits, labels, smoothing=0.0):
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+  return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+
+def distillation_loss(student_logits, teacher_logits, temperature):
+  """Hinton et al. 2015: T^2 * KL(softmax(t / T) || softmax(s / T)), averaged over the batch."""
+  t = jax.nn.log_softmax(teacher_logits / temperature)
+  s = jax.nn.log_softmax(student_logits / temperature)
+  return temperature ** 2 * jnp.mean(jnp.sum(jnp.exp(t) * (t - s), -1))
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+def _kernel_mask(params):
+  """Weight decay on conv/dense kernels only (not BN scales and biases)."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == 'kernel', params)
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+  total = max(cfg.epochs * steps_per_epoch, 1)
+  warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, total, 0.0)
+  if cfg.optimizer == 'adamw':
+    return optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=_kernel_mask)
+  return optax.chain(optax.add_decayed_weights(cfg.weight_decay, _kernel_mask),
+                     optax.sgd(schedule, cfg.momentum, nesterov=True))
+
+
+def make_train_step(model_fn, tx, smoothing=0.0, teacher=None, alpha=0.0, temperature=1.0):
+  """Jitted (variables, opt_state, key, images uint8, labels) -> (variables, opt_state, metrics).
+
+  `model_fn(mode)` gives the QATNetwork for a mode; the mode is static, one compile per phase.
+  `teacher`: the teacher model, whose eval logits on the same augmented batch the student is
+  distilled towards; its variables come as the step's last argument (not baked into the jit).
+  """
+
+  @functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
+  def step(mode, variables, opt_state, key, images, labels, teacher_vars=None):
+    x = _normalize(augment(key, images))
+    model = model_fn(mode)
+    mutable = ['batch_stats'] if mode == 'fp32' else ['quant']
+    soft = None
+    if teacher is not None:
+      soft = jax.lax.stop_gradient(teacher.apply(teacher_vars, x, train=False))
+
+    def loss_fn(params):
+      logits, updates = model.apply({**variables, 'params': params}, x, train=True,
+                                    update_ranges=mode == 'quant', mutable=mutable)
+      loss = cross_entropy(logits, labels, smoothing)
+      if soft is not None:
+        loss = (1 - alpha) * loss + alpha * distillation_loss(logits, soft, temperature)
+      return loss, (logits, updates)
+
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        variables['params'])
+    upd, opt_state = tx.update(grads, opt_state, variables['params'])
+    new = {**variables, **updates, 'params': optax.apply_updates(variables['params'], upd)}
+    acc = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return new, opt_state, {'loss': loss, 'acc': acc}
+
+  return step
+
+
+def make_eval_fn(model):
+  @jax.jit
+  def logits_fn(variables, images):
+    return model.apply(variables, _normalize(images), train=False)
+  return logits_fn
+
+
+def predict(logits_fn, variables, images, batch_size=500) -> np.ndarray:
+  """Logits for uint8 images, in fixed-size batches (the last one padded: one compile)."""
+  out = []
+  batch_size = min(batch_size, len(images))
+  for i in range(0, len(images), batch_size):
+    chunk = images[i:i + batch_size]
+    n = len(chunk)
+    if n < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
+    out.append(np.asarray(logits_fn(variables, chunk))[:n])
+  return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _manager(workdir, create=True):
+  import orbax.checkpoint as ocp  # heavy import, only when checkpointing
+  path = pathlib.Path(workdir).absolute() / 'ckpt'
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=create)
+  return ocp.CheckpointManager(path, options=options)
+
+
+def save_checkpoint(workdir, epoch: int, variables, opt_state):
+  import orbax.checkpoint as ocp
+  mgr = _manager(workdir)
+  mgr.save(epoch, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
+                                          opt_state=ocp.args.StandardSave(opt_state)))
+  mgr.wait_until_finished()
+  mgr.close()
+
+
+def latest_epoch(workdir) -> Optional[int]:
+  if not (pathlib.Path(workdir) / 'ckpt').is_dir():
+    return None
+  mgr = _manager(workdir, create=False)
+  step = mgr.latest_step()
+  mgr.close()
+  return step
+
+
+def restore_checkpoint(workdir, like_variables, like_opt_state=None):
+  """(epoch, variables, opt_state or None) of the latest checkpoint in `workdir`, restored into
+  the structure of the given templates (a mismatch is a CheckpointError naming both)."""
+  import orbax.checkpoint as ocp
+  epoch = latest_epoch(workdir)
+  if epoch is None:
+    raise CheckpointError(f'no checkpoint in {workdir}/ckpt; train there first (or fix the path)')
+  mgr = _manager(workdir, create=False)
+  abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  items = {'variables': ocp.args.StandardRestore(abstract(like_variables))}
+  if like_opt_state is not None:
+    items['opt_state'] = ocp.args.StandardRestore(abstract(like_opt_state))
+  try:
+    restored = mgr.restore(epoch, args=ocp.args.Composite(**items))
+  except (ValueError, KeyError, TypeError) as err:
+    raise CheckpointError(f'checkpoint {workdir}/ckpt/{epoch} does not match this arch/config '
+                          f'({type(err).__name__}); use the same --arch, C and N') from None
+  finally:
+    mgr.close()
+  return epoch, restored['variables'], restored.get('opt_state') if like_opt_state else None
+
+
+def load_run(workdir):
+  """(TrainConfig, variables) of a finished run: for --init_from and --distill_from."""
+  path = pathlib.Path(workdir) / 'config.json'
+  if not path.is_file():
+    raise CheckpointError(f'{path} not found; point the flag at a workdir written by '
+                          f'--experiment=train')
+  cfg = TrainConfig(**json.loads(path.read_text()))
+  like = qat_net.init_variables(jax.random.key(0), cfg.ops(), cfg.net_config())
+  return cfg, restore_checkpoint(workdir, like)[1]
+
+
+# ----------------------------------------------------------------------------- outputs
+
+METRIC_FIELDS = ('epoch', 'mode', 'train_loss', 'train_acc', 'test_acc', 'images_per_s',
+                 'seconds')
+
+
+def append_metrics(workdir, row: dict):
+  path = pathlib.Path(workdir) / 'metrics.csv'
+  new = not path.is_file()
+  with path.open('a', newline='') as f:
+    writer = csv.DictWriter(f, METRIC_FIELDS)
+    if new:
+      writer.writeheader()
+    writer.writerow(row)
+
+
+def read_metrics(workdir) -> list[dict]:
+  path = pathlib.Path(workdir) / 'metrics.csv'
+  if not path.is_file():
+    return []
+  with path.open() as f:
+    return list(csv.DictReader(f))
+
+
+def plot_curves(workdir) -> Optional[pathlib.Path]:
+  """curve.png: train loss and train/test accuracy per epoch (None without matplotlib)."""
+  try:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+  except ImportError:
+    print('matplotlib not installed: no curve.png', file=sys.stderr)
+    return None
+  rows = read_metrics(workdir)
+  if not rows:
+    return None
+  ep = [int(r['epoch']) for r in rows]
+  fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+  a1.plot(ep, [float(r['train_loss']) for r in rows], 'o-')
+  a1.set(xlabel='epoch', ylabel='train loss')
+  a2.plot(ep, [float(r['train_acc']) for r in rows], 'o-', label='train')
+  a2.plot(ep, [float(r['test_acc']) for r in rows], 's-', label='test')
+  a2.set(xlabel='epoch', ylabel='accuracy')
+  a2.legend()
+  fig.suptitle(pathlib.Path(workdir).name)
+  fig.tight_layout()
+  path = pathlib.Path(workdir) / 'curve.png'
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def hardware_weight_counts(ops, config: nb201.NB201Config) -> dict:
+  """int8 weight and int32 bias element counts the hardware model charges to flash."""
+  from hardware import graph as graph_lib
+  from search_spaces import nb201_graph
+  st = graph_lib.node_stats(nb201_graph.lower(ops, config))
+  return {'weights': int(st.weights.sum()), 'biases': int(st.biases.sum())}
+
+
+# ----------------------------------------------------------------------------- the run
+
+def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict:
+  """Runs (or resumes) a training run in `workdir`; returns the results dict."""
+  cfg.validate()
+  workdir = pathlib.Path(workdir)
+  ops, net_cfg = cfg.ops(), cfg.net_config()
+  train_set, test_set = load_data(data_dir, cfg)
+
+  model_fn = lambda mode: qat_net.QATNetwork(ops, net_cfg, mode)
+  variables = qat_net.init_variables(jax.random.key(cfg.seed), ops, net_cfg)
+  if cfg.init_from:
+    src_cfg, variables = load_run(cfg.init_from)
+    if (src_cfg.ops(), src_cfg.C, src_cfg.N) != (ops, cfg.C, cfg.N):
+      raise CheckpointError(f'--init_from={cfg.init_from} trained {src_cfg.arch} C={src_cfg.C} '
+                            f'N={src_cfg.N}; pass the same --arch and width')
+  teacher = teacher_vars = None
+  if cfg.distill_from:
+    t_cfg, teacher_vars = load_run(cfg.distill_from)
+    if t_cfg.dataset != cfg.dataset:
+      raise CheckpointError(f'--distill_from={cfg.distill_from} was trained on {t_cfg.dataset}, '
+                            f'not {cfg.dataset}; distil from a teacher of the same dataset')
+    teacher = qat_net.QATNetwork(t_cfg.ops(), t_cfg.net_config(), 'fp32')
+  workdir.mkdir(parents=True, exist_ok=True)
+  cfg_path = workdir / 'config.json'
+  if cfg_path.is_file() and json.loads(cfg_path.read_text()) != dataclasses.asdict(cfg):
+    raise CheckpointError(f'{workdir} holds a different run (config.json differs); use a new '
+                          f'--workdir or the same flags to resume')
+  cfg_path.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+
+  n_train = len(train_set.images)
+  steps_per_epoch = max(n_train // cfg.batch_size, 1)
+  tx = make_optimizer(cfg, steps_per_epoch)
+  opt_state = tx.init(variables['params'])
+  start = 0
+  if latest_epoch(workdir) is not None:
+    start, variables, opt_state = restore_checkpoint(workdir, variables, opt_state)
+    log(f'resuming {workdir} after epoch {start}')
+  # Commit everything the step takes to one device: its outputs are committed, and a first
+  # call with uncommitted (freshly initialised or restored) inputs would compile it twice.
+  variables, opt_state, teacher_vars = jax.device_put((variables, opt_state, teacher_vars),
+                                                      jax.devices()[0])
+  step = make_train_step(model_fn, tx, cfg.label_smoothing, teacher, cfg.distill_alpha,
+                         cfg.distill_temperature)
+  eval_fns = {m: make_eval_fn(model_fn(m)) for m in ('fp32', 'quant')}
+  train_images = jnp.asarray(train_set.images)
+  train_labels = jnp.asarray(train_set.labels, jnp.int32)
+
+  def calib_batches(v):
+    rng = np.random.default_rng(cfg.seed + 1)
+    idx = rng.permutation(n_train)[:cfg.calib_batches * cfg.batch_size]
+    norm = lambda i: _normalize(train_images[idx[i:i + cfg.batch_size]])
+    return qat_net.calibrate(v, ops, net_cfg,
+                             (norm(i) for i in range(0, len(idx), cfg.batch_size)))
+
+  epoch, throughput = 0, []
+  for mode, n_epochs in cfg.phases():
+    phase_start = epoch
+    epoch += n_epochs
+    if mode == 'quant' and start <= phase_start:
+      variables = calib_batches(variables)  # ranges from the float model before QAT starts
+    for ep in range(max(start, phase_start), epoch):
+      key = jax.random.fold_in(jax.random.key(cfg.seed), ep)
+      perm = np.asarray(jax.random.permutation(key, n_train))
+      losses, accs, t_steps, n_imgs = [], [], 0.0, 0
+      bar = _progress(range(steps_per_epoch), progress, f'{mode} epoch {ep + 1}/{cfg.epochs}')
+      for s in bar:
+        idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+        t0 = time.perf_counter()
+        variables, opt_state, m = step(mode, variables, opt_state,
+                                       jax.random.fold_in(key, s + 1), train_images[idx],
+                                       train_labels[idx], teacher_vars)
+        m = jax.device_get(m)
+        if s > 0:  # the first step of an epoch may compile
+          t_steps += time.perf_counter() - t0
+          n_imgs += len(idx)
+        losses.append(float(m['loss']))
+        accs.append(float(m['acc']))
+        if hasattr(bar, 'set_postfix'):
+          bar.set_postfix(loss=f'{m["loss"]:.3f}')
+      ips = n_imgs / t_steps if t_steps else float('nan')
+      throughput.append((mode, ips))
+      t0 = time.perf_counter()
+      logits = predict(eval_fns[mode], variables, test_set.images)
+      test_acc = float(np.mean(logits.argmax(-1) == test_set.labels))
+      append_metrics(workdir, dict(epoch=ep + 1, mode=mode, train_loss=f'{np.mean(losses):.4f}',
+                                   train_acc=f'{np.mean(accs):.4f}', test_acc=f'{test_acc:.4f}',
+                                   images_per_s=f'{ips:.1f}',
+                                   seconds=f'{t_steps + time.perf_counter() - t0:.1f}'))
+      log(f'epoch {ep + 1} [{mode}] loss {np.mean(losses):.4f} train acc {np.mean(accs):.4f} '
+          f'test acc {test_acc:.4f} ({ips:.0f} img/s)')
+      save_checkpoint(workdir, ep + 1, variables, opt_state)
+
+  if cfg.quant == 'ptq':
+    variables = calib_batches(variables)
+  results = evaluate(cfg, variables, test_set, eval_fns, log)
+  results['train_images_per_s'] = {m: float(np.nanmean([r for mm, r in throughput if mm == m]))
+                                   for m in {m for m, _ in throughput}} if throughput else {}
+  results['epochs_run_now'] = len(throughput)
+  (workdir / 'results.json').write_text(json.dumps(results, indent=1))
+  plot_curves(workdir)
+  return results
+
+
+def evaluate(cfg: TrainConfig, variables, test_set, eval_fns, log=print) -> dict:
+  """Test accuracy in float and, when quantized, fake-quant and integer-only with agreement."""
+  labels = test_set.labels
+  float_logits = predict(eval_fns['fp32'], variables, test_set.images)
+  res: dict[str, Any] = {'arch': cfg.arch, 'C': cfg.C, 'N': cfg.N, 'quant': cfg.quant,
+                         'test_images': int(len(labels)),
+                         'float_test_acc': float(np.mean(float_logits.argmax(-1) == labels))}
+  log(f'float test acc {res["float_test_acc"]:.4f}')
+  if cfg.quant == 'fp32':
+    return res
+  from engine import int_inference
+  fq_pred = predict(eval_fns['quant'], variables, test_set.images).argmax(-1)
+  res['fake_quant_test_acc'] = float(np.mean(fq_pred == labels))
+  log(f'fake-quant int8 test acc {res["fake_quant_test_acc"]:.4f}')
+  net = int_inference.IntNetwork(variables, cfg.ops(), cfg.net_config())
+  n = len(labels) if cfg.int_eval_images < 0 else min(cfg.int_eval_images, len(labels))
+  if n:
+    t0 = time.perf_counter()
+    x = np.asarray(_normalize(test_set.images[:n]))
+    int_pred = net.predict(x)
+    res['int_eval_images'] = n
+    res['int_test_acc'] = float(np.mean(int_pred == labels[:n]))
+    res['int_fake_quant_agreement'] = float(np.mean(int_pred == fq_pred[:n]))
+    res['int_images_per_s'] = n / (time.perf_counter() - t0)
+    log(f'integer-only test acc {res["int_test_acc"]:.4f}, agreement with fake-quant '
+        f'{res["int_fake_quant_agreement"]:.4%} on {n} images')
+  counts = net.weight_counts()
+  res['int8_weight_bytes'] = counts['weights']
+  res['int32_bias_count'] = counts['biases']
+  res['head_bn_affine'] = {'weights': counts['head_bn_weights'],
+                           'biases': counts['head_bn_biases']}
+  res['hardware_model'] = hardware_weight_counts(cfg.ops(), cfg.net_config())
+  return res
+
+
+def _progress(iterable, enabled, desc):
+  if not enabled:
+    return iterable
+  from tqdm import tqdm
+  return tqdm(iterable, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)

@@ -1,0 +1,106 @@
+"""`--experiment=cost`: MCU cost (SRAM, flash, latency, energy, MACs, params) per arch, one CSV
+row each, for a (device, runtime) pair; `--list_devices` prints the catalog instead.
+
+The numbers come from `hardware` through each search space's `cost_rows`; this module only picks
+the archs, batches NB201 for a progress bar, and writes the CSV.
+"""
+from __future__ import annotations
+
+import numpy as np
+from tqdm import tqdm
+
+import hardware
+from experiments import common
+
+COST_COLUMNS = ('sram_bytes', 'flash_bytes', 'latency_ms', 'energy_mj', 'macs', 'params')
+_NB201_CHUNK = 1024  # archs per jitted call; a fixed shape, so one compile for any batch
+
+
+def run(f):
+  if f.list_devices:
+    print(hardware.list_devices_table())
+    return
+  device = hardware.get_device(f.device)     # ValueError naming the valid devices
+  runtime = hardware.get_runtime(f.runtime)  # ValueError naming the valid runtimes
+  key_columns, rows = _SPACES[f.search_space](f, device.name, runtime.name)
+
+  out = [[*keys, *(_fmt(row[c]) for c in COST_COLUMNS),
+          int(row['fits_sram'] and row['fits_flash'])] for keys, row in rows]
+  common.write_csv_atomic(f.output, [*key_columns, *COST_COLUMNS, 'fits'], out)
+
+  fit = sum(r[-1] for r in out)
+  no_sram = sum(not row['fits_sram'] for _, row in rows)
+  no_flash = sum(not row['fits_flash'] for _, row in rows)
+  print(f'{len(out)} {f.search_space} archs on {device.name} ({device.sram_kb:g} KB SRAM, '
+        f'{device.flash_kb:g} KB flash) with {runtime.name}: {fit} fit'
+        f' ({no_sram} exceed SRAM, {no_flash} exceed flash)')
+  if rows:
+    lat = np.array([row['latency_ms'] for _, row in rows])
+    print(f'latency {lat.min():.4g}..{lat.max():.4g} ms; wrote {f.output}')
+
+
+def _nb201(f, device, runtime):
+  from search_spaces import nb201, nb201_graph
+  config = nb201.NB201Config.for_dataset(f.dataset)
+  ops = common.select_archs(f.archs, f.seed, f.benchmark_file)
+  table = common.arch_index_table(f.benchmark_file)
+  indices = table.ops_to_index(ops).tolist() if table is not None else [''] * len(ops)
+  names = [nb201.format_arch_str(o) for o in ops]
+  masks = nb201.ops_to_mask(ops)
+  rows = []
+  with tqdm(total=len(ops), unit='arch', disable=not f.progress or len(ops) <= _NB201_CHUNK,
+            file=None) as bar:
+    for start in range(0, len(ops), _NB201_CHUNK):
+      chunk = masks[start:start + _NB201_CHUNK]
+      n = len(chunk)
+      if len(ops) > _NB201_CHUNK and n < _NB201_CHUNK:  # pad: reuse the compiled shape
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], _NB201_CHUNK - n, 0)])
+      part = nb201_graph.cost_rows(chunk, config, device, runtime,
+                                   names=names[start:start + n] + [''] * (len(chunk) - n))
+      rows += part[:n]
+      bar.update(n)
+  if table is None:
+    print('note: arch_index left blank: NB201 benchmark table not found (pass --benchmark_file)')
+  return ('arch_index', 'arch_str'), [((i, r['arch']), r) for i, r in zip(indices, rows)]
+
+
+def _mlperf_tiny(f, device, runtime):
+  from search_spaces import mlperf_tiny
+  archs = f.archs if _archs_given(f) else 'all'
+  rows = mlperf_tiny.cost_rows(mlperf_tiny.parse_archs(archs.strip()), device, runtime)
+  return ('arch',), [((r['arch'],), r) for r in rows]
+
+
+def _tinycnn(f, device, runtime):
+  from search_spaces import tinycnn
+  spec = f.archs.strip()
+  if spec.startswith('random:'):
+    space = tinycnn.enumerate_archs()
+    count = spec.split(':', 1)[1]
+    if not count.isdigit() or not 0 < int(count) <= len(space):
+      raise ValueError(f'bad --archs={spec!r} for tinycnn; use random:N with N in '
+                       f'1..{len(space)}, all, or encodings like f16k3-f32k5-relu-max')
+    picks = np.random.default_rng(f.seed).choice(len(space), int(count), replace=False)
+    archs = [space[i] for i in picks]
+  else:
+    archs = tinycnn.parse_archs(spec)
+  rows = tinycnn.cost_rows(archs, device, runtime)
+  return ('arch',), [((r['arch'],), r) for r in rows]
+
+
+_SPACES = {'nb201': _nb201, 'mlperf_tiny': _mlperf_tiny, 'tinycnn': _tinycnn}
+
+
+def _archs_given(f) -> bool:
+  """Whether --archs was set on the command line (absl), else whether it differs from the
+  default; MLPerf Tiny's default is all four models, not random:64."""
+  try:
+    return bool(f['archs'].present)
+  except (TypeError, KeyError):
+    return f.archs != 'random:64'
+
+
+def _fmt(value):
+  if isinstance(value, (int, np.integer)):
+    return int(value)
+  return f'{float(value):.7g}'

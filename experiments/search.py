@@ -1,0 +1,305 @@
+"""`--experiment=search` (the default job): hardware-aware zero-shot NAS on NB201 for an MCU.
+
+For each seed: run the chosen searcher, print the winner, its predicted MCU cost and whether it
+fits; write `results.json` and `results.csv` (atomically: temp file + rename) into --workdir,
+plus `pareto.png` (predicted latency vs true test accuracy, with the oracle front over all
+15,625 archs under the same cost model) when the NB201 benchmark table is available.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import tempfile
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from experiments import common
+from search_spaces import nb201
+
+ACC_COLUMN = {'cifar10': 'cifar10_test_acc', 'cifar100': 'cifar100_test_acc',
+              'ImageNet16-120': 'imagenet16_120_test_acc'}
+CSV_COLUMNS = ('seed', 'searcher', 'arch_index', 'arch_str', 'test_acc', 'feasible',
+               'sram_bytes', 'flash_bytes', 'latency_ms', 'energy_mj', 'macs', 'params',
+               'objective', 'search_s', 'compile_s', 'run_s', 'scored', 'best_feasible_acc',
+               'gap', 'device', 'runtime')
+
+
+def parse_seeds(spec: str, default: int) -> list[int]:
+  """'0-9' | '0,3,5' | '' (just --seed) -> sorted unique seeds."""
+  spec = (spec or '').strip()
+  if not spec:
+    return [default]
+  seeds = []
+  try:
+    for part in spec.split(','):
+      lo, sep, hi = part.strip().partition('-')
+      seeds += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+  except ValueError:
+    raise ValueError(f'bad --seeds={spec!r}; use a range like 0-9 or a list like 0,3,5') from None
+  if not seeds or min(seeds) < 0:
+    raise ValueError(f'bad --seeds={spec!r}; seeds are non-negative integers, e.g. 0-9')
+  return sorted(set(seeds))
+
+
+def enable_compile_cache():
+  """Persistent XLA cache: reruns with the same shapes skip most of the compile time."""
+  import jax
+  path = os.environ.get('ZERONAS_JAX_CACHE',
+                        str(pathlib.Path.home() / '.cache' / 'zeronas-mcu' / 'jax'))
+  if path and not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', path)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+def _space_table(constraints):
+  """The space's costs, cached on disk keyed by the cost model's source and the target."""
+  from engine import objective as obj
+  root = pathlib.Path(__file__).resolve().parents[1]
+  digest = hashlib.sha256(repr((constraints.device, constraints.runtime,
+                                constraints.dataset)).encode())
+  for src in sorted((root / 'hardware').glob('*.py')) + [root / 'search_spaces' /
+                                                          'nb201_graph.py']:
+    digest.update(src.read_bytes())
+  cache = pathlib.Path(os.environ.get('ZERONAS_CACHE', pathlib.Path.home() / '.cache' /
+                                      'zeronas-mcu')) / f'nb201_costs_{digest.hexdigest()[:16]}.npz'
+  ops = nb201.all_ops()
+  costs = None
+  if cache.is_file():
+    try:
+      with np.load(cache) as z:
+        costs = {k: z[k] for k in obj.COST_NAMES}
+    except (OSError, KeyError, ValueError):
+      costs = None
+  if costs is None:
+    # One padded shape (16 x 1,024), so a single compile.
+    masks = nb201.ops_to_mask(np.concatenate([ops, np.repeat(ops[-1:], 16384 - len(ops), 0)]))
+    costs = {k: v[:len(ops)] for k, v in obj.cost(masks, constraints).items()}
+    try:
+      cache.parent.mkdir(parents=True, exist_ok=True)
+      fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix='.npz')
+      with os.fdopen(fd, 'wb') as fh:
+        np.savez(fh, **costs)
+      os.replace(tmp, cache)
+    except OSError:
+      pass  # a read-only home only costs the recomputation next time
+  limits = constraints.limits()
+  feasible = obj.within_limits(costs, limits) & nb201.is_connected(ops)
+  return obj.SpaceTable(ops, costs, feasible, limits)
+
+
+def _write_atomic(path: pathlib.Path, text: str):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'w') as fh:
+      fh.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def _float_or_none(value):
+  return None if value is None or value == 0 else float(value)
+
+
+def constraints_from_flags(f):
+  from engine import objective as obj
+  return obj.Constraints(device=f.device, runtime=f.runtime, dataset=f.dataset,
+                         sram_reserve_kb=f.sram_reserve_kb, flash_reserve_kb=f.flash_reserve_kb,
+                         latency_budget_ms=_float_or_none(f.latency_budget_ms),
+                         energy_budget_mj=_float_or_none(f.energy_budget_mj))
+
+
+def options_from_flags(f):
+  from engine import search as search_lib
+  for name in ('random_samples', 'evolution_samples', 'population', 'tournament', 'recheck',
+               'batch_candidates'):
+    if getattr(f, name) < 1:
+      raise ValueError(f'--{name} must be at least 1, got {getattr(f, name)}')
+  return search_lib.Options(batch=f.batch_candidates, random_samples=f.random_samples,
+                            evolution_samples=f.evolution_samples, population=f.population,
+                            tournament=f.tournament, recheck=f.recheck)
+
+
+# What the search uses for these flags when they are not given: the coupled NTK at K=24
+# candidates needs K x B x B activations (hundreds of GB at B=64), the independent one ~B x less,
+# and one repeat at B=32 keeps a prune round near 20 s on 2 cores (docs/search.md).
+SEARCH_DEFAULTS = {'proxies': 'ntk_cond_independent,linear_regions', 'ntk_batch': 32,
+                   'repeats': 1}
+
+
+class _Flags:
+  """The absl flags with SEARCH_DEFAULTS standing in for flags the user did not set."""
+
+  def __init__(self, f):
+    self._f = f
+
+  def __getattr__(self, name):
+    if name in SEARCH_DEFAULTS:
+      try:
+        if not self._f[name].present:
+          return SEARCH_DEFAULTS[name]
+      except (TypeError, KeyError):
+        pass  # not absl (tests pass a namespace): take the value as given
+    return getattr(self._f, name)
+
+
+def run(f):
+  f = _Flags(f)
+  if f.search_space != 'nb201':
+    raise ValueError(f'--experiment=search supports --search_space=nb201 only, got '
+                     f'{f.search_space!r}')
+  from engine import objective as obj
+  from engine import search as search_lib
+  search_lib.get(f.searcher)  # fail on a bad name before any work
+  seeds = parse_seeds(f.seeds, f.seed)
+  settings = common.settings_from_flags(f)
+  constraints = constraints_from_flags(f)
+  options = options_from_flags(f)
+  weights = obj.Weights(obj.parse_weights(f.proxy_weights), f.w_flops, f.w_latency,
+                        f.w_feasible)
+  workdir = pathlib.Path(f.workdir)
+  enable_compile_cache()
+
+  start = time.perf_counter()
+  table = _space_table(constraints)
+  obj.check_feasible(table, constraints)
+  table_s = time.perf_counter() - start
+  bench = common.arch_index_table(f.benchmark_file)
+  acc = bench.columns.get(ACC_COLUMN[f.dataset]) if bench is not None else None
+  images = common.load_images(f.data_dir, f.dataset)
+  import jax
+  device_name = f'{len(jax.local_devices())} {jax.local_devices()[0].platform} device(s)'
+  limits = ', '.join(f'{k} <= {v:.4g}' for k, v in table.limits.items())
+  print(f'search: {f.searcher} on NB201/{f.dataset} for {constraints.device}/'
+        f'{constraints.runtime} ({limits}); {int(table.feasible.sum())} of {nb201.NUM_ARCHS} '
+        f'archs feasible; space costed in {table_s:.1f} s')
+  print(f'inputs: {images.source if images else "N(0, 1) Gaussian noise (no --data_dir given)"};'
+        f' proxies {f.proxies}; NTK C={settings.ntk_width} N={settings.ntk_cells} '
+        f'B={settings.ntk_batch} x{settings.ntk_repeats}; {device_name}')
+
+  problem = search_lib.Problem(f.proxies, settings, constraints, weights, images, seeds[0], table)
+  best_feasible = None
+  if acc is not None:
+    feasible_idx = bench.ops_to_index(table.ops[table.feasible])
+    best_feasible = float(acc[feasible_idx].max())
+  total = search_lib.PROGRESS_TOTAL[f.searcher](options) * len(seeds)
+  records = []
+  with tqdm(total=total, unit='step', disable=not f.progress, file=None) as bar:
+    for seed in seeds:
+      t0 = time.perf_counter()
+      result = search_lib.search(f.searcher, problem, seed, options, bar.update)
+      wall = time.perf_counter() - t0
+      records.append(_record(f, seed, result, wall, constraints, table, bench, acc,
+                             best_feasible, device_name))
+      _report(records[-1], result, table.limits, bar)
+      _write_results(workdir, records, f, constraints, table)
+  if len(records) > 1:
+    _summary(records)
+  if acc is not None:
+    try:
+      _pareto_plot(workdir / 'pareto.png', table, bench, acc, records, constraints)
+      print(f'wrote {workdir / "results.json"}, results.csv and pareto.png')
+    except ImportError:
+      print(f'wrote {workdir / "results.json"} and results.csv (no pareto.png: matplotlib is '
+            f'not installed; pip install matplotlib)')
+  else:
+    print(f'wrote {workdir / "results.json"} and results.csv (no benchmark table: no true '
+          f'accuracy and no Pareto plot; pass --benchmark_file)')
+
+
+def _record(f, seed, result, wall, constraints, table, bench, acc, best_feasible, device_name):
+  code = int(nb201.ops_to_code(result.ops))
+  costs = {k: float(table.costs[k][code]) for k in ('sram_bytes', 'flash_bytes', 'latency_ms',
+                                                    'energy_mj', 'macs', 'params')}
+  rec = dict(seed=seed, searcher=f.searcher, arch_str=nb201.format_arch_str(result.ops),
+             arch_index=int(bench.ops_to_index(result.ops[None])[0]) if bench else None,
+             feasible=bool(table.feasible[code]), **costs, objective=result.objective,
+             proxies={k: v for k, v in result.values.items() if k not in costs},
+             search_s=wall, compile_s=result.compile_s, run_s=result.run_s,
+             scored=result.scored, device=constraints.device, runtime=constraints.runtime,
+             compute=device_name, log=result.log)
+  rec['test_acc'] = float(acc[rec['arch_index']]) if acc is not None else None
+  rec['best_feasible_acc'] = best_feasible
+  rec['gap'] = best_feasible - rec['test_acc'] if acc is not None else None
+  return rec
+
+
+def _report(rec, result, limits, bar):
+  fits = 'fits' if rec['feasible'] else 'DOES NOT FIT'
+  acc = f'; true test acc {rec["test_acc"]:.2f}%' if rec['test_acc'] is not None else ''
+  gap = (f' (best feasible {rec["best_feasible_acc"]:.2f}%, gap {rec["gap"]:.2f})'
+         if rec['gap'] is not None else '')
+  bar.write(f'seed {rec["seed"]}: {rec["arch_str"]}{acc}{gap}\n'
+            f'  {fits} {rec["device"]}/{rec["runtime"]}: SRAM {rec["sram_bytes"] / 1024:.1f} KB, '
+            f'flash {rec["flash_bytes"] / 1024:.1f} KB, latency {rec["latency_ms"]:.2f} ms, '
+            f'energy {rec["energy_mj"]:.2f} mJ, {rec["macs"] / 1e6:.1f} MMACs, '
+            f'{rec["params"] / 1e3:.1f} k params (limits: '
+            + ', '.join(f'{k} <= {v:.4g}' for k, v in limits.items()) + ')\n'
+            f'  search {rec["search_s"]:.1f} s (compile {rec["compile_s"]:.1f} s, run '
+            f'{rec["run_s"]:.1f} s), {rec["scored"]} candidates scored')
+
+
+def _summary(records):
+  def stats(key):
+    v = np.array([r[key] for r in records if r[key] is not None], float)
+    return (v.mean(), v.std()) if len(v) else (float('nan'), float('nan'))
+  acc, gap, t = stats('test_acc'), stats('gap'), stats('search_s')
+  run = stats('run_s')
+  print(f'{len(records)} seeds: test acc {acc[0]:.2f} +- {acc[1]:.2f}, gap {gap[0]:.2f} +- '
+        f'{gap[1]:.2f}, search {t[0]:.1f} s/seed (run {run[0]:.1f} s, compile in the first)')
+
+
+def _write_results(workdir, records, f, constraints, table):
+  meta = dict(searcher=f.searcher, dataset=f.dataset, device=constraints.device,
+              runtime=constraints.runtime, limits=table.limits, proxies=f.proxies,
+              data_dir=f.data_dir, machine=platform.processor() or platform.machine())
+  _write_atomic(workdir / 'results.json',
+                json.dumps(dict(meta=meta, results=records), indent=1, default=float))
+  rows = [[_fmt(r[c]) for c in CSV_COLUMNS] for r in records]
+  common.write_csv_atomic(workdir / 'results.csv', CSV_COLUMNS, rows)
+
+
+def _fmt(value):
+  if value is None:
+    return ''
+  if isinstance(value, float):
+    return f'{value:.6g}'
+  return value
+
+
+def _pareto_plot(path, table, bench, acc, records, constraints):
+  """Predicted latency vs true accuracy: every arch, the oracle front, the found archs."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  lat = table.costs['latency_ms']
+  true = acc[bench.ops_to_index(table.ops)]
+  order = np.argsort(lat, kind='stable')
+  front = order[true[order] >= np.maximum.accumulate(true[order])]  # best acc at <= latency
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  ax.scatter(lat[~table.feasible], true[~table.feasible], s=2, c='0.85', label='infeasible')
+  ax.scatter(lat[table.feasible], true[table.feasible], s=2, c='0.6', label='feasible')
+  ax.step(lat[front], true[front], where='post', c='k', lw=1, label='oracle front')
+  found = np.array([[r['latency_ms'], r['test_acc']] for r in records])
+  ax.scatter(found[:, 0], found[:, 1], s=30, c='tab:red', marker='*',
+             label=f'found ({records[0]["searcher"]}, {len(records)} seeds)')
+  if 'latency_ms' in table.limits:
+    ax.axvline(table.limits['latency_ms'], c='tab:blue', ls='--', lw=1, label='latency budget')
+  ax.set_xlabel(f'predicted latency on {constraints.device}/{constraints.runtime} (ms)')
+  ax.set_ylabel('NB201 test accuracy (%)')
+  ax.set_ylim(max(true.min(), 80), true.max() + 0.5)
+  ax.legend(loc='lower right', fontsize=8)
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp.png')
+  os.close(fd)
+  fig.savefig(tmp, dpi=120)
+  plt.close(fig)
+  os.replace(tmp, path)

@@ -1,0 +1,50 @@
+"""`--experiment=train`: train one NB201 arch in fp32, with PTQ or with QAT (engine/train.py).
+
+  python -m experiments.run --experiment=train --search_space=nb201 --arch=6111 \
+      --data_dir=../shared/data/cifar10 --epochs=10 --quant=qat --workdir=runs/6111_qat
+
+Prints the final numbers as JSON (also in WORKDIR/results.json); rerunning the same command
+resumes from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+
+from engine import train as train_lib
+from experiments import common
+from search_spaces import nb201
+
+
+def arch_from_flag(spec, benchmark_file=None) -> str:
+  """--arch (string or index) -> NB201 arch string."""
+  if not spec:
+    raise nb201.ArchError('--experiment=train needs --arch=<NB201 arch string or index>')
+  ops = common.select_archs(spec, 0, benchmark_file) if (
+      spec.strip().startswith('|') or spec.strip().lstrip('-').isdigit()) else None
+  if ops is None:
+    raise nb201.ArchError(f'--arch={spec!r} is neither an NB201 arch string (|op~0|+...) nor an '
+                          f'index 0..{nb201.NUM_ARCHS - 1}')
+  return nb201.format_arch_str(ops[0])
+
+
+def config_from_flags(f) -> train_lib.TrainConfig:
+  if f.search_space != 'nb201':
+    raise ValueError(f'--experiment=train supports --search_space=nb201 only, not '
+                     f'{f.search_space}')
+  return train_lib.TrainConfig(
+      arch=arch_from_flag(f.arch, f.benchmark_file), C=f.train_width, N=f.train_cells,
+      dataset=f.dataset, epochs=f.epochs, quant=f.quant, batch_size=f.train_batch,
+      optimizer=f.optimizer, lr=f.lr, weight_decay=f.weight_decay,
+      warmup_epochs=f.warmup_epochs, label_smoothing=f.label_smoothing,
+      calib_batches=f.calib_batches, init_from=f.init_from, distill_from=f.distill_from,
+      distill_alpha=f.distill_alpha, distill_temperature=f.distill_temperature,
+      train_images=f.train_images, test_images=f.test_images,
+      int_eval_images=f.int_eval_images, seed=f.seed)
+
+
+def run(f):
+  cfg = config_from_flags(f)
+  data_dir = f.data_dir or str(nb201.data_dir() / 'cifar10')
+  workdir = f.workdir if f['workdir'].present else 'train_out'
+  results = train_lib.train(cfg, data_dir, workdir, progress=f.progress)
+  print(json.dumps(results, indent=1))

@@ -1,0 +1,197 @@
+"""Hardware-aware searchers: feasible winners, reproducibility, one-line errors, outputs.
+
+Tiny proxy settings keep compiles short; the space's cost table comes from the same on-disk
+cache the command uses (computed once per cost-model version).
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from engine import objective as obj
+from engine import proxies
+from engine import search
+from experiments import search as search_exp
+from search_spaces import nb201
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = proxies.ScoreSettings(ntk_batch=4, ntk_repeats=1, ntk_width=2, ntk_cells=1,
+                             lr_batches=1, lr_batch_size=64)
+OPTIONS = search.Options(batch=8, random_samples=8, evolution_samples=16, population=8,
+                         tournament=3, recheck=4)
+
+
+@pytest.fixture(scope='module')
+def budget():
+  """Constraints with the median predicted latency as budget: half the space is ruled out."""
+  table = search_exp._space_table(obj.Constraints())
+  return obj.Constraints(latency_budget_ms=float(np.median(table.costs['latency_ms'])))
+
+
+@pytest.fixture(scope='module')
+def lr_problem(budget):
+  return search.Problem('linear_regions', TINY, budget, obj.Weights(), None, 0,
+                        search_exp._space_table(budget))
+
+
+@pytest.fixture(scope='module')
+def cost_grad_problem(budget):
+  """grad_prune on gradients of the cost model alone (linear regions have none): fast."""
+  return search.Problem('linear_regions', TINY, budget, obj.Weights(latency=1.0), None, 0,
+                        search_exp._space_table(budget))
+
+
+def _assert_feasible(problem, result, budget):
+  code = nb201.ops_to_code(result.ops)
+  assert problem.table.feasible[code]
+  assert problem.table.costs['latency_ms'][code] <= budget.latency_budget_ms
+  assert nb201.is_connected(result.ops)
+  assert np.isfinite(result.objective)
+
+
+@pytest.mark.parametrize('name', ['prune', 'random', 'evolution'])
+def test_searcher_returns_feasible_arch(lr_problem, budget, name):
+  result = search.search(name, lr_problem, seed=1, options=OPTIONS)
+  _assert_feasible(lr_problem, result, budget)
+  assert result.ops.shape == (nb201.NUM_EDGES,) and result.log
+
+
+def test_grad_prune_returns_feasible_arch(cost_grad_problem, budget):
+  result = search.search('grad_prune', cost_grad_problem, seed=1, options=OPTIONS)
+  _assert_feasible(cost_grad_problem, result, budget)
+  assert result.log[-1].startswith('recheck')
+  g, _ = cost_grad_problem.grad(search._start_mask())
+  # Latency gradient: a 3x3 conv costs more than a 1x1 conv, skip and pooling cost ~nothing.
+  assert (g[:, nb201.CONV3] > g[:, nb201.CONV1]).all() and np.isfinite(g).all()
+
+
+@pytest.mark.slow
+def test_grad_prune_through_the_ntk_returns_feasible_arch(budget):
+  problem = search.Problem('ntk_cond_independent', TINY, budget, obj.Weights(latency=0.5),
+                           None, 0, search_exp._space_table(budget))
+  result = search.search('grad_prune', problem, seed=1, options=OPTIONS)
+  _assert_feasible(problem, result, budget)
+  g, _ = problem.grad(search._start_mask())
+  assert np.isfinite(g).all() and np.abs(g[:, 1:]).sum() > 0
+
+
+def test_same_seed_same_result_and_seeds_differ(lr_problem):
+  a = search.search('evolution', lr_problem, seed=3, options=OPTIONS)
+  b = search.search('evolution', lr_problem, seed=3, options=OPTIONS)
+  assert np.array_equal(a.ops, b.ops) and a.objective == b.objective and a.values == b.values
+  c = search.search('prune', lr_problem, seed=3, options=OPTIONS)
+  d = search.search('prune', lr_problem, seed=3, options=OPTIONS)
+  assert np.array_equal(c.ops, d.ops) and c.values == d.values
+
+
+def test_prune_scores_every_single_op_removal(lr_problem):
+  masks, where = search._removals(search._start_mask())
+  assert len(masks) == 24 and (masks.sum((1, 2)) == 23).all()
+  result = search.search('prune', lr_problem, seed=0, options=OPTIONS)
+  assert result.log[0].startswith('round 1: 24 removals')
+  assert result.log[1].startswith('round 2: 18 removals')
+  if 'removals' in result.log[2]:  # TE-NAS's last round, then the winner itself
+    assert result.scored == 24 + 18 + 12 + 1
+  else:  # few feasible single-path archs left: all scored exactly in one call
+    assert result.scored == 24 + 18 + int(result.log[2].split()[2])
+  assert nb201.NONE not in result.ops
+
+
+def test_pruning_keeps_a_feasible_arch_reachable():
+  ops = nb201.all_ops()
+  costs = {k: np.zeros(len(ops)) for k in obj.COST_NAMES}
+  only = nb201.ops_to_code([nb201.CONV1] * 6)  # a single feasible arch: all conv1x1
+  feasible = np.zeros(len(ops), bool)
+  feasible[only] = True
+  table = obj.SpaceTable(ops, costs, feasible, {})
+  problem = type('P', (), {'table': table})()
+  mask = search._start_mask()
+  _, where = search._removals(mask)
+  goodness = (where[:, 1] == nb201.CONV1).astype(float)  # the objective wants conv1x1 gone
+  pruned = search._prune_edges(problem, mask, where, goodness)
+  assert (pruned[:, nb201.CONV1] == 1).all()
+  assert (pruned.sum(-1) == 3).all() and table.reachable(pruned[None])[0]
+
+
+def test_objective_ranks_and_infeasible_never_wins():
+  ntk, lr = proxies.get('ntk_cond,linear_regions')
+  values = {'ntk_cond': np.array([10., np.inf, 5., np.nan]),
+            'linear_regions': np.array([100., 300., 200., 50.]),
+            'macs': np.ones(4), 'latency_ms': np.ones(4)}
+  refs = {'macs': 1.0, 'latency_ms': 1.0}
+  score = obj.hybrid(values, [ntk, lr], values, [True, True, True, True], obj.Weights(), refs)
+  assert np.argmax(score) == 2  # lowest kappa, second most regions
+  score = obj.hybrid(values, [ntk, lr], values, [True, True, False, True], obj.Weights(), refs)
+  assert score[2] == -np.inf and np.argmax(score) != 2
+  assert obj.percentile_rank([np.nan, 1.0], higher_is_better=True)[0] < 1
+
+
+def test_mutations_stay_feasible(lr_problem):
+  rng = np.random.default_rng(0)
+  pool = np.flatnonzero(lr_problem.table.feasible)
+  parents = lr_problem.table.ops[rng.choice(pool, 64)]
+  children = search._mutate(lr_problem, parents, rng)
+  assert lr_problem.feasible_ops(children).all()
+  assert ((children != parents).sum(-1) <= 1).all()
+
+
+def test_parse_seeds_and_weights():
+  assert search_exp.parse_seeds('0-3,7', 5) == [0, 1, 2, 3, 7]
+  assert search_exp.parse_seeds('', 5) == [5]
+  with pytest.raises(ValueError, match='--seeds'):
+    search_exp.parse_seeds('a-b', 0)
+  assert obj.parse_weights('ntk_cond=2, linear_regions=0.5') == (('ntk_cond', 2.0),
+                                                                  ('linear_regions', 0.5))
+  with pytest.raises(ValueError, match='name=number'):
+    obj.parse_weights('ntk_cond')
+
+
+def _run(*args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  return subprocess.run([sys.executable, '-m', 'experiments.run', '--experiment=search',
+                         '--noprogress', *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
+
+
+@pytest.mark.parametrize('args, fragments', [
+    (['--latency_budget_ms=0.001'], ['no NB201 arch fits stm32f746', 'latency_ms']),
+    (['--device=stm32f746', '--flash_reserve_kb=1020'], ['flash_bytes', 'reserves']),
+    (['--searcher=annealing'], ["unknown --searcher='annealing'", 'prune']),
+    (['--seeds=x'], ['--seeds']),
+])
+def test_bad_or_infeasible_input_exits_2(tmp_path, args, fragments):
+  result = _run(f'--workdir={tmp_path}', *args)
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
+  for fragment in fragments:
+    assert fragment in lines[0]
+
+
+def test_command_writes_results_and_plot(tmp_path, data_dir):
+  result = _run(f'--workdir={tmp_path}', '--searcher=random', '--seeds=0,1',
+                '--proxies=linear_regions', '--random_samples=4', '--batch_candidates=4',
+                '--latency_budget_ms=200')
+  assert result.returncode == 0, result.stderr
+  assert 'fits stm32f746/cmsis-nn' in result.stdout and 'true test acc' in result.stdout
+  records = json.loads((tmp_path / 'results.json').read_text())['results']
+  assert [r['seed'] for r in records] == [0, 1]
+  assert all(r['feasible'] and r['latency_ms'] <= 200 and r['gap'] >= 0 for r in records)
+  assert (tmp_path / 'results.csv').read_text().count('\n') == 3
+  assert (tmp_path / 'pareto.png').stat().st_size > 1000
+
+
+def test_constraints_limits_reserves_and_budgets():
+  c = obj.Constraints(sram_reserve_kb=64, flash_reserve_kb=24, latency_budget_ms=100,
+                      energy_budget_mj=20)
+  assert c.limits() == {'sram_bytes': 256 * 1024, 'flash_bytes': 1000 * 1024,
+                        'latency_ms': 100, 'energy_mj': 20}
+  with pytest.raises(ValueError, match='--energy_budget_mj must be > 0'):
+    obj.Constraints(energy_budget_mj=-1).limits()
+  with pytest.raises(ValueError, match='stm'):
+    obj.Constraints(device='no_such_mcu').limits()
