@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import pathlib
 import sys
@@ -105,20 +106,28 @@ def load_images(data_dir, dataset: str):
     return images
 
 
-def write_csv_atomic(path, header, rows):
-  """Writes a CSV to a temporary file beside `path`, then renames it into place."""
+def write_text_atomic(path, text: str):
+  """Writes `text` to a temporary file beside `path`, then renames it into place: a crash
+  leaves either the old file or the new one, never half of one."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
   try:
     with os.fdopen(fd, 'w', newline='') as f:
-      writer = csv.writer(f)
-      writer.writerow(header)
-      writer.writerows(rows)
+      f.write(text)
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)
     raise
+
+
+def write_csv_atomic(path, header, rows):
+  """A CSV written with `write_text_atomic`."""
+  buffer = io.StringIO(newline='')
+  writer = csv.writer(buffer)
+  writer.writerow(header)
+  writer.writerows(rows)
+  write_text_atomic(path, buffer.getvalue())
 
 
 def _score_experiment(f):

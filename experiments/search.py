@@ -92,18 +92,6 @@ def _space_table(constraints):
   return obj.SpaceTable(ops, costs, feasible, limits)
 
 
-def _write_atomic(path: pathlib.Path, text: str):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'w') as fh:
-      fh.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
 def _float_or_none(value):
   return None if value is None or value == 0 else float(value)
 
@@ -260,7 +248,7 @@ def _write_results(workdir, records, f, constraints, table):
   meta = dict(searcher=f.searcher, dataset=f.dataset, device=constraints.device,
               runtime=constraints.runtime, limits=table.limits, proxies=f.proxies,
               data_dir=f.data_dir, machine=platform.processor() or platform.machine())
-  _write_atomic(workdir / 'results.json',
+  common.write_text_atomic(workdir / 'results.json',
                 json.dumps(dict(meta=meta, results=records), indent=1, default=float))
   rows = [[_fmt(r[c]) for c in CSV_COLUMNS] for r in records]
   common.write_csv_atomic(workdir / 'results.csv', CSV_COLUMNS, rows)
