@@ -6,6 +6,7 @@ Bad input ends with one line on stderr naming the problem and the fix, and exit 
 """
 from __future__ import annotations
 
+import logging
 import sys
 
 from absl import app, flags
@@ -91,6 +92,8 @@ flags.DEFINE_integer('int_eval_images', -1,
 def main(argv):
   if len(argv) > 1:
     common.fail(f'unexpected argument {argv[1]!r}; all options are --flags (see --help)')
+  # JAX logs at INFO that it found no TPU; on the CPU/GPU machines users run this is noise.
+  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
   try:
     common.EXPERIMENTS[_EXPERIMENT.value](flags.FLAGS)
   except common.USER_ERRORS as err:
