@@ -21,7 +21,9 @@ import numpy as np
 from engine import data as data_lib
 from engine import linear_regions as lr_lib
 from engine import ntk as ntk_lib
+from engine import zero_cost as zc_lib
 from search_spaces import nb201
+from search_spaces import nb201_net
 
 
 class ProxyError(ValueError):
@@ -48,6 +50,18 @@ class ScoreSettings:
   lr_width: int = 1
   lr_repeats: int = 1
   flops_convention: str = 'naslib'
+  # Zero-cost proxies (grad_norm, snip, synflow, jacob_cov, nwot): one batch, one init, on the
+  # full NB201 network by default (NAS-Bench-Suite-Zero's setting).
+  zc_batch: int = 64
+  zc_width: int = 16
+  zc_cells: int = 5
+  zc_input_size: int = 0           # 0: the dataset's size; smaller for tests
+  zc_depth: int = -1               # layers kept (NB201Config.depth); -1: all, less for tests
+
+  def zc_config(self) -> nb201.NB201Config:
+    size = {'input_size': self.zc_input_size} if self.zc_input_size else {}
+    return nb201.NB201Config.for_dataset(self.dataset, C=self.zc_width, N=self.zc_cells,
+                                         depth=self.zc_depth, **size)
 
   def ntk_config(self) -> nb201.NB201Config:
     return nb201.NB201Config.for_dataset(self.dataset, C=self.ntk_width, N=self.ntk_cells)
@@ -66,7 +80,7 @@ class Proxy:
   kind: str                 # 'network' or 'analytic'
   higher_is_better: bool
   fn: Callable
-  needs: str | None = None  # which input batch a network proxy reads: 'ntk' or 'lr'
+  needs: str | None = None  # which input batch a network proxy reads: 'ntk', 'lr', 'zc'
 
 
 def _init_keys(key, inputs, name, s: ScoreSettings):
@@ -89,6 +103,14 @@ def _linear_regions(key, mask, inputs, s: ScoreSettings):
   return value, jax.numpy.zeros((), jax.numpy.int32)
 
 
+def _zero_cost(fn):
+  def run(key, mask, inputs, s: ScoreSettings):
+    config = s.zc_config()
+    params = nb201_net.init_params(_init_keys(key, inputs, 'zc', s)[0], config, s.init)
+    return fn(params, mask, inputs['zc'], inputs['zc_labels'], config, s.sparse)
+  return run
+
+
 REGISTRY: dict[str, Proxy] = {p.name: p for p in [
     Proxy('ntk_cond', 'network', False, _ntk('coupled'), 'ntk'),
     Proxy('ntk_cond_independent', 'network', False, _ntk('independent'), 'ntk'),
@@ -97,7 +119,7 @@ REGISTRY: dict[str, Proxy] = {p.name: p for p in [
           lambda masks, s: nb201.count_params(masks, s.full_config())),
     Proxy('flops', 'analytic', True,
           lambda masks, s: nb201.count_flops(masks, s.full_config(), s.flops_convention)),
-]}
+] + [Proxy(name, 'network', True, _zero_cost(fn), 'zc') for name, fn in zc_lib.PROXIES.items()]}
 
 
 def get(names) -> list[Proxy]:
@@ -133,6 +155,12 @@ def make_inputs(proxies, settings: ScoreSettings, seed: int,
                                        settings.lr_patch) for _ in range(settings.lr_repeats)]
     inputs['lr'] = np.stack(patches)
     inputs['lr_init'] = _repeat_keys(seed, 'lr', settings.lr_repeats)
+  if 'zc' in needs:
+    config = settings.zc_config()
+    x, labels = data_lib.sample_batches(rng, 1, settings.zc_batch, images, config.input_size,
+                                        num_classes=config.num_classes)
+    inputs['zc'], inputs['zc_labels'] = x[0], labels[0]
+    inputs['zc_init'] = _repeat_keys(seed, 'zc', 1)
   return inputs
 
 

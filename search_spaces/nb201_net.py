@@ -269,14 +269,18 @@ def _cell(x, mask, p, stats, sparse):
   return nodes[3], stacked
 
 
-def apply(params: Params, mask, x, config: NB201Config, stats=None, sparse=False):
+def apply(params: Params, mask, x, config: NB201Config, stats=None, sparse=False, hook=None):
   """Supernet forward: (logits [B, classes], BN statistics used). `stats` fixes BN statistics;
-  `sparse` runs only active ops (see the module docstring)."""
+  `sparse` runs only active ops (see the module docstring); `hook(x) -> x`, if given, is applied
+  to the features after the stem and after every cell and reduction block (synflow rescales
+  there to stay in float32 range)."""
+  hook = hook or (lambda a: a)
   used: dict[str, Any] = {}
   get = (lambda name: None) if stats is None else stats.get
   if config.use_stem:
     p = params['stem']
     x, used['stem'] = batch_norm(conv(x, p['conv']), p['bn_scale'], p['bn_bias'], get('stem'))
+    x = hook(x)
   for seg in _segments(config):
     if seg[0] == 'cells':
       name = f'stage{seg[1]}'
@@ -288,6 +292,7 @@ def apply(params: Params, mask, x, config: NB201Config, stats=None, sparse=False
         pick = lambda tree: jax.tree.map(lambda a: a[i], tree)
         x, st = _cell(x, mask, pick(params[name]),
                       None if get(name) is None else pick(get(name)), sparse)
+        x = hook(x)
         cell_stats.append(st)
       used[name] = jax.tree.map(lambda *a: jnp.stack(a), *cell_stats)
     else:
@@ -295,7 +300,7 @@ def apply(params: Params, mask, x, config: NB201Config, stats=None, sparse=False
       p, st = params[name], get(name) or {}
       a, sa = relu_conv_bn(x, p['conv_a'], p['bna_scale'], p['bna_bias'], st.get('a'), stride=2)
       b, sb = relu_conv_bn(a, p['conv_b'], p['bnb_scale'], p['bnb_bias'], st.get('b'))
-      x = b + conv(avg_pool_2x2(x), p['shortcut'])
+      x = hook(b + conv(avg_pool_2x2(x), p['shortcut']))
       used[name] = {'a': sa, 'b': sb}
   p = params['head']
   x, used['head'] = batch_norm(x, p['bn_scale'], p['bn_bias'], get('head'))
@@ -303,39 +308,59 @@ def apply(params: Params, mask, x, config: NB201Config, stats=None, sparse=False
   return features @ p['fc'] + p['fc_bias'], used
 
 
+def relu_blocks(params: Params, mask, x, config: NB201Config):
+  """[(pre-activation [B, units], active)] for every ReLU module the network has, in order.
+
+  Mirrors forward hooks on PyTorch's nn.ReLU modules (TE-NAS, NASWOT): one ReLU per conv op of
+  every edge (on that op's input node), two per reduction block, and the head's. `active` is
+  False for the ReLU of a conv op the mask switches off: that module does not exist in the
+  single-path network, so callers must drop its columns (a Hamming kernel would count them).
+  BatchNorm uses the batch's statistics, as `apply` does without `stats`.
+  """
+  blocks = []
+  flat = lambda a: a.reshape(a.shape[0], -1)
+  if config.use_stem:
+    p = params['stem']
+    x, _ = batch_norm(conv(x, p['conv']), p['bn_scale'], p['bn_bias'])
+  for seg in _segments(config):
+    if seg[0] == 'cells':
+      p_all = params[f'stage{seg[1]}']
+      for i in range(seg[2]):
+        p = jax.tree.map(lambda a: a[i], p_all)
+        nodes = [x]
+        for to_node in (1, 2, 3):
+          total = jnp.zeros_like(x)
+          for e, (t, frm) in enumerate(EDGES):
+            if t != to_node:
+              continue
+            src = nodes[frm]
+            for col in (CONV1, CONV3):
+              blocks.append((flat(src), mask[e, col] != 0))
+            y, _ = _mixed_edge(src, mask[e], p, e, None)
+            total = total + y
+          nodes.append(total)
+        x = nodes[3]
+    else:
+      p = params[f'reduce{seg[1]}']
+      blocks.append((flat(x), jnp.bool_(True)))
+      a, _ = relu_conv_bn(x, p['conv_a'], p['bna_scale'], p['bna_bias'], stride=2)
+      blocks.append((flat(a), jnp.bool_(True)))
+      b, _ = relu_conv_bn(a, p['conv_b'], p['bnb_scale'], p['bnb_bias'])
+      x = b + conv(avg_pool_2x2(x), p['shortcut'])
+  p = params['head']
+  x, _ = batch_norm(x, p['bn_scale'], p['bn_bias'])
+  blocks.append((flat(x), jnp.bool_(True)))
+  return blocks
+
+
 def relu_inputs(params: Params, mask, x, config: NB201Config):
   """Pre-activations of every ReLU the network applies, flattened per sample [B, units].
 
-  Matches TE-NAS's hooks on nn.ReLU: one ReLU per active conv op (on that op's input node) and
-  the head's ReLU. Inactive ops contribute all-zero columns, which leave pattern counts unchanged.
-  Only the stem-free cell-only networks used for linear regions need this (no lax.scan here).
+  Matches TE-NAS's hooks on nn.ReLU (see `relu_blocks`). Inactive ops contribute all-zero
+  columns, which leave linear-region pattern counts unchanged.
   """
-  feats = []
-  if config.use_stem:
-    raise ValueError('relu_inputs supports stem-free networks only (the linear-region setting)')
-  for seg in _segments(config):
-    if seg[0] != 'cells':
-      raise ValueError('relu_inputs supports cell-only networks (depth within the first stage)')
-    p_all = params[f'stage{seg[1]}']
-    for i in range(seg[2]):
-      p = jax.tree.map(lambda a: a[i], p_all)
-      nodes = [x]
-      for to_node in (1, 2, 3):
-        total = jnp.zeros_like(x)
-        for e, (t, frm) in enumerate(EDGES):
-          if t != to_node:
-            continue
-          src = nodes[frm]
-          for kind, col in (('conv1', CONV1), ('conv3', CONV3)):
-            feats.append(jnp.where(mask[e, col] != 0, src, 0.0).reshape(src.shape[0], -1))
-          y, _ = _mixed_edge(src, mask[e], p, e, None)
-          total = total + y
-        nodes.append(total)
-      x = nodes[3]
-  p = params['head']
-  x, _ = batch_norm(x, p['bn_scale'], p['bn_bias'])
-  feats.append(x.reshape(x.shape[0], -1))
-  return jnp.concatenate(feats, axis=1)
+  return jnp.concatenate([jnp.where(active, pre, 0.0)
+                          for pre, active in relu_blocks(params, mask, x, config)], axis=1)
 
 
 # ----------------------------------------------------------------------------- Flax single path
