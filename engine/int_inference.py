@@ -22,7 +22,7 @@ import numpy as np
 
 from engine import quant
 from engine.qat_net import ZERO_QPARAMS
-from search_spaces.nb201 import CONV1, CONV3, EDGES, NB201Config, POOL, SKIP
+from search_spaces.nb201 import CONV1, CONV3, NB201Config, NODE_INPUTS, POOL, SKIP
 from search_spaces.nb201_net import BN_EPS
 
 ADD_LEFT_SHIFT = 20  # TFLite int8 ADD
@@ -213,11 +213,9 @@ class IntNetwork:
 
   def _cell(self, name, t: QTensor) -> QTensor:
     nodes = [t]
-    for to_node in (1, 2, 3):
+    for to_node, inputs in enumerate(NODE_INPUTS, 1):
       terms = []
-      for e, (dst, frm) in enumerate(EDGES):
-        if dst != to_node:
-          continue
+      for e, frm in inputs:
         op, h = self.ops[e], nodes[frm]
         if op == SKIP:
           terms.append(h)

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from engine import quant
-from search_spaces.nb201 import CONV1, CONV3, EDGES, NB201Config, POOL, SKIP
+from search_spaces.nb201 import CONV1, CONV3, NB201Config, NODE_INPUTS, POOL, SKIP
 from search_spaces.nb201_net import BN_EPS, avg_pool_2x2, avg_pool_3x3
 
 MODES = ('fp32', 'folded', 'quant')
@@ -220,11 +220,9 @@ class QCell(nn.Module):
   @nn.compact
   def __call__(self, t, ctx: Ctx):
     nodes = [t]
-    for to_node in (1, 2, 3):
+    for to_node, inputs in enumerate(NODE_INPUTS, 1):
       terms = []
-      for e, (dst, frm) in enumerate(EDGES):
-        if dst != to_node:
-          continue
+      for e, frm in inputs:
         op, h = self.ops[e], nodes[frm]
         if op == SKIP:
           terms.append(h)

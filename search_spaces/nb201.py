@@ -26,6 +26,10 @@ NONE, SKIP, CONV1, CONV3, POOL = range(5)
 # (to_node, from_node), in the order edges appear in an arch string.
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
 NUM_EDGES = len(EDGES)
+# For nodes 1, 2, 3: the (edge, from_node) pairs feeding it, in edge order. Every cell
+# implementation walks the DAG this way.
+NODE_INPUTS = tuple(tuple((e, frm) for e, (to, frm) in enumerate(EDGES) if to == node)
+                    for node in (1, 2, 3))
 NUM_OPS = len(OPS)
 NUM_ARCHS = NUM_OPS ** NUM_EDGES
 

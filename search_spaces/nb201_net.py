@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from search_spaces.nb201 import CONV1, CONV3, EDGES, NB201Config, NUM_EDGES, POOL, SKIP
+from search_spaces.nb201 import CONV1, CONV3, NB201Config, NODE_INPUTS, NUM_EDGES, POOL, SKIP
 
 BN_EPS = 1e-5
 INITS = ('torch_default', 'kaiming_normal')
@@ -256,11 +256,9 @@ def _cell(x, mask, p, stats, sparse):
   """One cell; p holds this cell's edge params stacked over edges [6, ...]."""
   nodes = [x]
   edge_stats = [None] * NUM_EDGES
-  for to_node in (1, 2, 3):
+  for inputs in NODE_INPUTS:
     total = jnp.zeros_like(x)
-    for e, (t, frm) in enumerate(EDGES):
-      if t != to_node:
-        continue
+    for e, frm in inputs:
       st = None if stats is None else jax.tree.map(lambda a: a[e], stats)
       y, edge_stats[e] = _mixed_edge(nodes[frm], mask[e], p, e, st, sparse)
       total = total + y
@@ -328,11 +326,9 @@ def relu_blocks(params: Params, mask, x, config: NB201Config):
       for i in range(seg[2]):
         p = jax.tree.map(lambda a: a[i], p_all)
         nodes = [x]
-        for to_node in (1, 2, 3):
+        for inputs in NODE_INPUTS:
           total = jnp.zeros_like(x)
-          for e, (t, frm) in enumerate(EDGES):
-            if t != to_node:
-              continue
+          for e, frm in inputs:
             src = nodes[frm]
             for col in (CONV1, CONV3):
               blocks.append((flat(src), mask[e, col] != 0))
@@ -371,11 +367,9 @@ class _Cell(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     nodes = [x]
-    for to_node in (1, 2, 3):
+    for inputs in NODE_INPUTS:
       total = jnp.zeros_like(x)
-      for e, (t, frm) in enumerate(EDGES):
-        if t != to_node:
-          continue
+      for e, frm in inputs:
         op, h = self.ops[e], nodes[frm]
         if op == SKIP:
           total = total + h
