@@ -1,23 +1,17 @@
 """`python -m experiments.run --experiment=cost`: cost CSVs per search space, the device
 catalog, and one-line errors for unknown devices and runtimes."""
 import csv
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import cli
+
 ARCH = '|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|'
 COST = ['sram_bytes', 'flash_bytes', 'latency_ms', 'energy_mj', 'macs', 'params', 'fits']
 
 
 def _run(*args, env_extra=None):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', **(env_extra or {}))
-  env.pop('XLA_FLAGS', None)
-  return subprocess.run([sys.executable, '-m', 'experiments.run', '--experiment=cost', *args],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  return cli.run('--experiment=cost', *args, env_extra=env_extra)
 
 
 def _read(path):
@@ -128,9 +122,5 @@ def test_list_devices_prints_catalog():
 def test_bad_input_gives_one_line_error_and_exit_2(tmp_path, args, fragments):
   out = tmp_path / 'x.csv'
   result = _run(f'--output={out}', '--noprogress', *args)
-  assert result.returncode == 2, result.stderr
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
-  for fragment in fragments:
-    assert fragment in lines[0]
+  cli.assert_one_line_error(result, *fragments)
   assert not out.exists()

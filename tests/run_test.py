@@ -1,35 +1,17 @@
 """The command line: CSV output, one-line errors with exit code 2."""
 import csv
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import cli
+
 ARCH = '|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|'
-
-
-def _run(*args, cwd=None):
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)
-  return subprocess.run([sys.executable, '-m', 'experiments.run', *args], cwd=cwd or REPO,
-                        env=env, capture_output=True, text=True, timeout=600)
-
-
-def _assert_one_line_error(result, *fragments):
-  assert result.returncode == 2, result.stderr
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
-  for fragment in fragments:
-    assert fragment in lines[0]
 
 
 def test_score_writes_csv_for_analytic_proxies(tmp_path, data_dir):
   out = tmp_path / 'scores.csv'
-  result = _run('--experiment=score', f'--archs={ARCH}', '--proxies=params,flops',
-                f'--output={out}', '--noprogress')
+  result = cli.run('--experiment=score', f'--archs={ARCH}', '--proxies=params,flops',
+                    f'--output={out}', '--noprogress')
   assert result.returncode == 0, result.stderr
   rows = list(csv.DictReader(out.open()))
   assert len(rows) == 1
@@ -43,10 +25,10 @@ def test_score_network_proxies_end_to_end_with_cifar(tmp_path, data_dir):
   out = tmp_path / 'scores.csv'
   archs = tmp_path / 'archs.txt'
   archs.write_text(f'{ARCH}\n1\n|none~0|+|none~0|none~1|+|none~0|none~1|none~2|\n')
-  result = _run('--experiment=score', f'--archs={archs}',
-                '--proxies=ntk_cond,ntk_cond_independent,linear_regions',
-                '--ntk_batch=8', '--repeats=1', '--ntk_width=2', '--batch_candidates=2',
-                f'--data_dir={data_dir / "cifar10"}', f'--output={out}', '--noprogress')
+  result = cli.run('--experiment=score', f'--archs={archs}',
+                    '--proxies=ntk_cond,ntk_cond_independent,linear_regions',
+                    '--ntk_batch=8', '--repeats=1', '--ntk_width=2', '--batch_candidates=2',
+                    f'--data_dir={data_dir / "cifar10"}', f'--output={out}', '--noprogress')
   assert result.returncode == 0, result.stderr
   assert 'cifar10 train' in result.stdout
   rows = list(csv.DictReader(out.open()))
@@ -71,6 +53,6 @@ def test_score_network_proxies_end_to_end_with_cifar(tmp_path, data_dir):
     (['stray'], ['unexpected argument']),
 ])
 def test_bad_input_gives_one_line_error_and_exit_2(tmp_path, args, fragments):
-  result = _run('--experiment=score', '--proxies=params', f'--output={tmp_path / "x.csv"}',
-                '--noprogress', *args)
-  _assert_one_line_error(result, *fragments)
+  result = cli.run('--experiment=score', '--proxies=params', f'--output={tmp_path / "x.csv"}',
+                    '--noprogress', *args)
+  cli.assert_one_line_error(result, *fragments)

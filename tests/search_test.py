@@ -4,13 +4,11 @@ Tiny proxy settings keep compiles short; the space's cost table comes from the s
 cache the command uses (computed once per cost-model version).
 """
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+
+import cli
 
 from engine import objective as obj
 from engine import proxies
@@ -18,7 +16,6 @@ from engine import search
 from experiments import search as search_exp
 from search_spaces import nb201
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = proxies.ScoreSettings(ntk_batch=4, ntk_repeats=1, ntk_width=2, ntk_cells=1,
                              lr_batches=1, lr_batch_size=64)
 OPTIONS = search.Options(batch=8, random_samples=8, evolution_samples=16, population=8,
@@ -151,11 +148,7 @@ def test_parse_seeds_and_weights():
 
 
 def _run(*args):
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)
-  return subprocess.run([sys.executable, '-m', 'experiments.run', '--experiment=search',
-                         '--noprogress', *args], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=600)
+  return cli.run('--experiment=search', '--noprogress', *args)
 
 
 @pytest.mark.parametrize('args, fragments', [
@@ -166,11 +159,7 @@ def _run(*args):
 ])
 def test_bad_or_infeasible_input_exits_2(tmp_path, args, fragments):
   result = _run(f'--workdir={tmp_path}', *args)
-  assert result.returncode == 2, result.stderr
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
-  for fragment in fragments:
-    assert fragment in lines[0]
+  cli.assert_one_line_error(result, *fragments)
 
 
 def test_command_writes_results_and_plot(tmp_path, data_dir):
