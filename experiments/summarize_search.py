@@ -1,0 +1,62 @@
+"""Markdown table of finished searches: one row per `--experiment=search` workdir.
+
+  python -m experiments.summarize_search DIR [DIR ...]
+
+Reads each DIR/results.json and prints searcher, latency budget, seeds, mean +- std of the found
+archs' true test accuracy and of the gap to the best feasible arch, how many found archs are
+feasible, and the search time per seed (run time, the one compile, wall time). docs/search.md's
+tables are made with it, so the numbers there can be regenerated from the workdirs.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+HEADER = ('| workdir | searcher | latency budget (ms) | seeds | test acc (mean +- std) | '
+          'gap (mean +- std) | feasible | run s/search | compile s (first seed) | '
+          'wall s/search |\n|---|---|---|---|---|---|---|---|---|---|')
+
+
+def row(workdir: pathlib.Path) -> str:
+  path = workdir / 'results.json'
+  try:
+    data = json.loads(path.read_text())
+  except (OSError, ValueError) as err:
+    raise ValueError(f'cannot read {path} ({err}); pass folders written by '
+                     f'--experiment=search') from None
+  results = data['results']
+  if not results:
+    raise ValueError(f'{path} has no results; the search did not finish a seed')
+
+  def stat(key):
+    v = np.array([r[key] for r in results if r.get(key) is not None], float)
+    return f'{v.mean():.2f} +- {v.std():.2f}' if len(v) else 'n/a'
+
+  mean = lambda key: float(np.mean([r[key] for r in results]))
+  budget = data['meta']['limits'].get('latency_ms')
+  feasible = sum(bool(r['feasible']) for r in results)
+  return (f'| {workdir.name} | {data["meta"]["searcher"]} | '
+          f'{"none" if budget is None else f"{budget:.2f}"} | {len(results)} | '
+          f'{stat("test_acc")} | {stat("gap")} | {feasible}/{len(results)} | '
+          f'{mean("run_s"):.1f} | {results[0]["compile_s"]:.1f} | {mean("search_s"):.1f} |')
+
+
+def main(argv):
+  if len(argv) < 2:
+    print('error: give one or more --experiment=search workdirs', file=sys.stderr)
+    return 2
+  try:
+    rows = [row(pathlib.Path(d)) for d in argv[1:]]
+  except (ValueError, KeyError) as err:
+    print(f'error: {err}', file=sys.stderr)
+    return 2
+  print(HEADER)
+  print('\n'.join(rows))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))

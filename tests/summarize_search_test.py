@@ -1,0 +1,27 @@
+"""experiments.summarize_search: the docs' search tables come from the workdirs' results.json."""
+import json
+
+from experiments import summarize_search
+
+
+def _write(tmp_path, name, budget, accs, gaps):
+  d = tmp_path / name
+  d.mkdir()
+  limits = {'sram_bytes': 1.0} | ({'latency_ms': budget} if budget else {})
+  results = [dict(test_acc=a, gap=g, feasible=True, run_s=2.0 * i, compile_s=9.0 if i == 0 else 0.0,
+                  search_s=3.0 * i) for i, (a, g) in enumerate(zip(accs, gaps))]
+  (d / 'results.json').write_text(json.dumps(dict(meta=dict(searcher='prune', limits=limits),
+                                                  results=results)))
+  return d
+
+
+def test_row_reports_mean_std_and_times(tmp_path):
+  d = _write(tmp_path, 'b83', 83.09, [90.0, 92.0], [2.0, 0.0])
+  assert summarize_search.row(d) == ('| b83 | prune | 83.09 | 2 | 91.00 +- 1.00 | 1.00 +- 1.00 | '
+                                     '2/2 | 1.0 | 9.0 | 1.5 |')
+
+
+def test_missing_results_is_a_one_line_error(tmp_path, capsys):
+  assert summarize_search.main(['x', str(tmp_path / 'nope')]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: cannot read') and err.count('\n') == 1
