@@ -86,6 +86,8 @@ def run(f):
   reference = load_reference(f.reference_file, f.dataset) if f.reference_file else None
   images = common.load_images(f.data_dir, f.dataset)
   workdir = pathlib.Path(_workdir(f))
+  from experiments.search import enable_compile_cache
+  enable_compile_cache()  # a resumed run reuses the interrupted one's compiled program
   import jax
   devices = jax.local_devices()
   n_dev = len(devices)
