@@ -394,11 +394,12 @@ def describe_setting(f, settings, proxy_names, images, num_archs) -> list[str]:
   lines = [f'NB201 {f.dataset}: {num_archs} archs (`--archs={f.archs}`, seed {f.seed}), '
            f'ground truth `{ACC_COLUMN[f.dataset]}` (200-epoch test accuracy)',
            f'inputs: {input_source(images)}']
-  if images is not None and 'standing in' in images.source:
-    lines.append(f'{f.dataset} images are not available: CIFAR-10 training images stand in, '
-                 f'box-downsampled to {ds_size}x{ds_size} where the dataset is smaller, into a '
-                 f'{ds_classes}-class head; label-using proxies see CIFAR-10 labels (10 of '
-                 f'{ds_classes} classes)')
+  if images is not None and f.dataset != 'cifar10' and images.source.startswith('cifar10 '):
+    # common.load_images notes the stand-in for cifar100 only; ImageNet16-120 always gets these.
+    resized = f'box-downsampled to {ds_size}x{ds_size}, ' if ds_size != 32 else ''
+    lines.append(f'{f.dataset} images are not used: CIFAR-10 training images stand in, '
+                 f'{resized}into a {ds_classes}-class head; proxies that use labels see '
+                 f'CIFAR-10 labels (10 of the {ds_classes} classes)')
   if 'ntk' in kinds:
     c = settings.ntk_config()
     lines.append(f'NTK: proxy network C={c.C} N={c.N}, batch {settings.ntk_batch}, '

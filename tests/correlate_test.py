@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import cli
+from engine import data as data_lib
 from engine import proxies, scoring
 from experiments import correlate, score
 
@@ -160,6 +161,16 @@ def test_score_writes_aggregate_columns(tmp_path, data_dir):
   assert list(row) == ['arch_index', 'arch_str', 'params', 'flops', 'agg:params+flops',
                        'agg:params+flops_flag', 'connected']
   assert row['agg:params+flops'] == '2.0' and row['agg:params+flops_flag'] == ''
+
+
+def test_setting_says_cifar10_images_stand_in_for_imagenet16():
+  f = types.SimpleNamespace(dataset='ImageNet16-120', archs='random:3', seed=0)
+  images = data_lib.ImageSet(np.zeros((1, 32, 32, 3), np.uint8), np.zeros(1, np.int64),
+                             'cifar10 train (data_batch_1)')
+  settings = proxies.ScoreSettings(dataset='ImageNet16-120')
+  text = '\n'.join(correlate.describe_setting(f, settings, ['nwot', 'params'], images, 3))
+  assert 'CIFAR-10 training images stand in, box-downsampled to 16x16, into a 120-class head' in text
+  assert 'C=16 N=5, batch 64 with labels, 16x16 inputs, 120 classes' in text
 
 
 def _env(cache):
