@@ -75,7 +75,7 @@ def full_run(tmp_path_factory, archs_file, data_dir):
 
 def test_correlate_writes_every_output(full_run):
   f, result = full_run
-  workdir = os.path.join(f.workdir)
+  workdir = f.workdir
   for name in OUTPUTS:
     assert os.path.isfile(os.path.join(workdir, name)), name
   assert sorted(os.listdir(os.path.join(workdir, 'chunks'))) == [
@@ -127,6 +127,17 @@ def test_rerun_with_other_settings_fails_in_one_line(full_run, tmp_path):
   result = cli.run(*_cli_args(types.SimpleNamespace(**{**vars(f), 'workdir': workdir,
                                                         'seed': 1})))
   cli.assert_one_line_error(result, 'other settings', 'seed', 'new --workdir', 'delete')
+
+
+@pytest.mark.parametrize('args, fragments', [
+    (['--proxies=params,agg:params+flops:zscore'], ["unknown aggregate method 'zscore'"]),
+    (['--reference_file=/no/such.csv'], ['--reference_file=/no/such.csv not found']),
+    (['--chunk_size=0'], ['--chunk_size must be at least 1']),
+])
+def test_bad_input_gives_one_line_error_and_exit_2(tmp_path, args, fragments):
+  result = cli.run('--experiment=correlate', '--archs=1', '--proxies=params',
+                   f'--workdir={tmp_path / "out"}', '--noprogress', *args)
+  cli.assert_one_line_error(result, *fragments)
 
 
 def test_chunks_scored_by_fresh_scorers_equal_one_pass(tmp_path, monkeypatch):
