@@ -1,8 +1,9 @@
 """`--experiment=correlate`: how well proxies and aggregates rank NB201 archs, resumably.
 
   python -m experiments.run --experiment=correlate --dataset=cifar10 --archs=random:1000 \
-      --proxies=nwot,synflow,tenas,agg:nwot+synflow+flops:logrank --data_dir=../shared/data/cifar10 \
-      --workdir=corr_out [--reference_file=../shared/data/nb201/nb201_zc_proxies_subset_naslib.csv]
+      --proxies=nwot,synflow,tenas,agg:nwot+synflow+flops:logrank \
+      --data_dir=../shared/data/cifar10 --workdir=corr_out \
+      [--reference_file=../shared/data/nb201/nb201_zc_proxies_subset_naslib.csv]
 
 Scores the archs with `engine.scoring.Scorer` in chunks of --chunk_size archs. Each finished
 chunk is written atomically to WORKDIR/chunks/; WORKDIR/manifest.json records every setting that
@@ -145,12 +146,14 @@ def input_source(images) -> str:
 
 
 def run_config(proxy_names, settings, f, images, ops, n_dev, platform) -> dict:
-  """Everything that changes a chunk's numbers; a resume must match it exactly."""
-  return {'version': MANIFEST_VERSION, 'dataset': f.dataset, 'proxies': list(proxy_names),
-          'seed': f.seed, 'settings': dataclasses.asdict(settings),
-          'inputs': input_source(images), 'archs': len(ops), 'archs_sha256': archs_digest(ops),
-          'chunk_size': f.chunk_size, 'batch_candidates': f.batch_candidates,
-          'candidate_chunk': f.candidate_chunk, 'devices': f'{n_dev} {platform}'}
+  """Everything that changes a chunk's numbers; a resume must match it exactly. Passed through
+  JSON so it compares equal to the manifest read back (tuples become lists)."""
+  config = {'version': MANIFEST_VERSION, 'dataset': f.dataset, 'proxies': list(proxy_names),
+            'seed': f.seed, 'settings': dataclasses.asdict(settings),
+            'inputs': input_source(images), 'archs': len(ops), 'archs_sha256': archs_digest(ops),
+            'chunk_size': f.chunk_size, 'batch_candidates': f.batch_candidates,
+            'candidate_chunk': f.candidate_chunk, 'devices': f'{n_dev} {platform}'}
+  return json.loads(json.dumps(config))
 
 
 def check_manifest(workdir: pathlib.Path, config: dict):

@@ -180,7 +180,7 @@ def test_setting_says_cifar10_images_stand_in_for_imagenet16():
                              'cifar10 train (data_batch_1)')
   settings = proxies.ScoreSettings(dataset='ImageNet16-120')
   text = '\n'.join(correlate.describe_setting(f, settings, ['nwot', 'params'], images, 3))
-  assert 'CIFAR-10 training images stand in, box-downsampled to 16x16, into a 120-class head' in text
+  assert 'CIFAR-10 training images stand in, box-downsampled to 16x16, into a 120-class' in text
   assert 'C=16 N=5, batch 64 with labels, 16x16 inputs, 120 classes' in text
 
 
