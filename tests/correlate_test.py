@@ -108,6 +108,7 @@ def test_correlate_writes_every_output(full_run):
 def test_resume_after_a_crash_gives_the_uninterrupted_rows(full_run, archs_file, data_dir,
                                                            tmp_path, monkeypatch):
   f = _flags(tmp_path / 'out', archs_file, data_dir)
+  monkeypatch.setenv('ZERONAS_JAX_CACHE', '')  # no persistent XLA cache for the whole session
   monkeypatch.setenv(correlate.CRASH_ENV, '1')
   with pytest.raises(correlate.SimulatedCrash):
     correlate.run(f)
