@@ -145,10 +145,16 @@ def _search_experiment(f):
   search.run(f)
 
 
+def _correlate_experiment(f):
+  from experiments import correlate
+  correlate.run(f)
+
+
 def _train_experiment(f):
   from experiments import train
   train.run(f)
 
 
 EXPERIMENTS = {'score': _score_experiment, 'cost': _cost_experiment,
-               'search': _search_experiment, 'train': _train_experiment}
+               'search': _search_experiment, 'train': _train_experiment,
+               'correlate': _correlate_experiment}

@@ -52,7 +52,8 @@ flags.DEFINE_float('latency_budget_ms', None, 'Predicted-latency budget (ms); un
 flags.DEFINE_float('energy_budget_mj', None, 'Predicted energy budget per inference (mJ).')
 flags.DEFINE_float('sram_reserve_kb', 0.0, 'SRAM kept free for the application (KB).')
 flags.DEFINE_float('flash_reserve_kb', 0.0, 'Flash kept free for the application (KB).')
-flags.DEFINE_string('workdir', 'search_out', 'Folder for results.json, results.csv, pareto.png.')
+flags.DEFINE_string('workdir', 'search_out', 'Folder for results.json, results.csv, pareto.png '
+                    '(correlate: its outputs and chunks, default correlate_out).')
 flags.DEFINE_string('proxy_weights', '',
                     'Objective weight per proxy, e.g. ntk_cond=1,linear_regions=1 (default 1).')
 flags.DEFINE_float('w_flops', 0.0, 'Objective weight of predicted MACs (relative to the max).')
@@ -65,6 +66,10 @@ flags.DEFINE_integer('evolution_samples', 64, 'evolution: archs scored in total.
 flags.DEFINE_integer('population', 16, 'evolution: population size.')
 flags.DEFINE_integer('tournament', 4, 'evolution: tournament size.')
 flags.DEFINE_integer('recheck', 8, 'grad_prune: single-path archs re-scored exactly at the end.')
+# --experiment=correlate (also uses --dataset, --archs, --proxies, --data_dir, --workdir, ...)
+flags.DEFINE_integer('chunk_size', 256, 'correlate: archs per resumable chunk written to disk.')
+flags.DEFINE_string('reference_file', None,
+                    'correlate: NASLib zero-cost CSV to check per-proxy agreement against.')
 # --experiment=train (also uses --dataset, --data_dir, --seed, --workdir, --progress)
 flags.DEFINE_string('arch', None, 'train: NB201 arch string or index (index needs the NB201 table).')
 flags.DEFINE_integer('epochs', 10, 'train: epochs of this run (qat from scratch: half fp32).')

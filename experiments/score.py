@@ -6,6 +6,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from engine import aggregate
 from engine import ntk as ntk_lib
 from engine import scoring
 from experiments import common
@@ -18,7 +19,8 @@ def run(f):
   table = common.arch_index_table(f.benchmark_file)
   images = common.load_images(f.data_dir, f.dataset)
   print(f'inputs: {images.source if images else "N(0, 1) Gaussian noise (no --data_dir given)"}')
-  scorer = scoring.Scorer(f.proxies, settings, seed=f.seed, images=images,
+  proxy_names, aggregates = aggregate.split(f.proxies)
+  scorer = scoring.Scorer(proxy_names, settings, seed=f.seed, images=images,
                           batch_candidates=f.batch_candidates,
                           candidate_chunk=f.candidate_chunk)
   names = [p.name for p in scorer.proxies]
@@ -34,9 +36,12 @@ def run(f):
     header.append(p.name)
     if p.kind == 'network':
       header.append(p.name + '_flag')
+  for agg in aggregates:
+    header += [agg.name, agg.name + '_flag']
   header.append('connected')
   indices = table.ops_to_index(ops) if table is not None else [''] * len(ops)
   connected = nb201.is_connected(ops)
+  combined = {agg.name: aggregate.compute(agg, scores, _flags(scores)) for agg in aggregates}
   rows = []
   for i, arch in enumerate(ops):
     row = [indices[i], nb201.format_arch_str(arch)]
@@ -44,6 +49,9 @@ def run(f):
       row.append(_fmt(scores[p.name][i]))
       if p.kind == 'network':
         row.append(ntk_lib.FLAG_NAMES[int(scores[p.name + '_flag'][i])])
+    for agg in aggregates:
+      value, flagged = combined[agg.name]
+      row += [_fmt(value[i]), '+'.join(flagged[i])]
     row.append(int(connected[i]))
     rows.append(row)
   common.write_csv_atomic(f.output, header, rows)
@@ -60,6 +68,11 @@ def run(f):
         print(f'flagged {p.name}: {counts}')
   if table is None:
     print('note: arch_index left blank: NB201 benchmark table not found (pass --benchmark_file)')
+
+
+def _flags(scores) -> dict:
+  """proxy -> its flag array, for the proxies that have one."""
+  return {k[:-len('_flag')]: v for k, v in scores.items() if k.endswith('_flag')}
 
 
 def _fmt(value) -> str:

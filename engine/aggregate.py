@@ -1,0 +1,127 @@
+"""Proxy aggregates: several proxies' ranks over a pool of archs combined into one score.
+
+Usable wherever a proxy name is (`--proxies=nwot,tenas,agg:nwot+synflow+flops:logrank`):
+
+* `tenas`: TE-NAS's combination, the sum of the ranks of `ntk_cond` and `linear_regions`
+  (Chen et al., ICLR 2021). Write `agg:ntk_cond_independent+linear_regions` for the variant that
+  is practical on CPU.
+* `agg:A+B+...` or `agg:A+B+...:rank`: sum of the components' ranks (1 = worst, n = best).
+* `agg:A+B+...:logrank`: sum of the logs of the components' percentile ranks (rank / n), as
+  AZ-NAS (Lee & Ham, CVPR 2024) combines its proxies; the product of percentile ranks, so an arch
+  that is poor on any one component is pulled down harder than by the plain rank sum.
+
+Every rank is over the archs scored together (the pool), with each component oriented so that
+higher is better (a low NTK condition number ranks high) and ties sharing their mean rank
+(scipy.stats.rankdata). Ranks, because the components live on unrelated scales.
+
+A flagged or non-finite component value (a singular NTK, a synflow with no path to the output)
+carries no information about the arch, so it takes the worst rank: every such arch ties below all
+valid ones. The arch stays in the aggregate, and the components that were put last are reported
+per arch (`flagged_components`) so a table can count them.
+
+Aggregates are computed from the component columns after scoring: `split` expands the requested
+names so the scorer computes each component once, however many aggregates use it.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from scipy import stats
+
+from engine import proxies as proxies_lib
+
+PREFIX = 'agg:'
+METHODS = ('rank', 'logrank')
+NAMED = {'tenas': (('ntk_cond', 'linear_regions'), 'rank')}
+
+
+class AggregateError(proxies_lib.ProxyError):
+  """Malformed aggregate name; the message is one line naming the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Aggregate:
+  name: str                  # the column name: 'tenas' or the normalised 'agg:...' spelling
+  components: tuple[str, ...]
+  method: str                # 'rank' or 'logrank'
+  higher_is_better: bool = True
+
+
+def is_aggregate(name: str) -> bool:
+  return name in NAMED or name.startswith(PREFIX)
+
+
+def parse(name: str) -> Aggregate:
+  """'tenas' | 'agg:A+B[+...][:rank|:logrank]' -> Aggregate, components checked in the registry."""
+  name = name.strip()
+  if name in NAMED:
+    components, method = NAMED[name]
+    return Aggregate(name, components, method)
+  if not name.startswith(PREFIX):
+    raise AggregateError(f'{name!r} is not an aggregate; use tenas or agg:A+B[:logrank]')
+  body, _, method = name[len(PREFIX):].partition(':')
+  method = method or 'rank'
+  if method not in METHODS:
+    raise AggregateError(f'unknown aggregate method {method!r} in {name!r}; use '
+                         f'{" or ".join(METHODS)}, e.g. agg:nwot+synflow:logrank')
+  components = tuple(dict.fromkeys(c.strip() for c in body.split('+') if c.strip()))
+  if len(components) < 2:
+    raise AggregateError(f'aggregate {name!r} needs at least two proxies joined by +, e.g. '
+                         f'agg:nwot+synflow+flops')
+  nested = [c for c in components if is_aggregate(c)]
+  if nested:
+    raise AggregateError(f'aggregate {name!r} contains the aggregate {nested[0]!r}; list its '
+                         f'proxies instead')
+  proxies_lib.get(list(components))  # unknown component -> ProxyError naming the choices
+  suffix = '' if method == 'rank' else f':{method}'
+  return Aggregate(f'{PREFIX}{"+".join(components)}{suffix}', components, method)
+
+
+def split(names) -> tuple[list[str], list[Aggregate]]:
+  """Requested names (comma-separated string or list) -> (proxies to score, aggregates).
+
+  The proxies are those asked for by name, then each aggregate's components not already there,
+  each once; an unknown plain proxy fails in one line as in `proxies.get`."""
+  if isinstance(names, str):
+    names = [n.strip() for n in names.split(',') if n.strip()]
+  aggregates = list({a.name: a for a in (parse(n) for n in names if is_aggregate(n))}.values())
+  plain = [n for n in names if not is_aggregate(n)]
+  wanted = plain + [c for a in aggregates for c in a.components]
+  if not wanted:
+    raise proxies_lib.ProxyError(f'no proxy given; choose from {", ".join(proxies_lib.REGISTRY)}'
+                                 f' or an aggregate (tenas, agg:A+B)')
+  return [p.name for p in proxies_lib.get(wanted)], aggregates
+
+
+def valid_mask(values, flags=None) -> np.ndarray:
+  """Finite and not flagged (flag 0 or no flag column)."""
+  valid = np.isfinite(np.asarray(values, np.float64))
+  if flags is not None:
+    valid &= np.asarray(flags) == 0
+  return valid
+
+
+def oriented_ranks(values, higher_is_better: bool, valid) -> np.ndarray:
+  """Ranks 1..n with n the best; invalid entries tie for the worst ranks (mean rank)."""
+  v = np.asarray(values, np.float64)
+  goodness = np.where(valid, v if higher_is_better else -v, -np.inf)
+  return stats.rankdata(goodness)
+
+
+def compute(agg: Aggregate, columns: dict, flags: dict | None = None):
+  """(score [n], flagged_components [n] list of names) of `agg` over the pool in `columns`.
+
+  `columns` maps each component to its values [n]; `flags` maps it to its flag array [n]
+  (0 = fine) when it has one."""
+  flags = flags or {}
+  n = len(np.asarray(columns[agg.components[0]]))
+  total = np.zeros(n)
+  flagged = [[] for _ in range(n)]
+  for name in agg.components:
+    valid = valid_mask(columns[name], flags.get(name))
+    ranks = oriented_ranks(columns[name], proxies_lib.REGISTRY[name].higher_is_better, valid)
+    total += ranks if agg.method == 'rank' else np.log(ranks / n)
+    for i in np.flatnonzero(~valid):
+      flagged[i].append(name)
+  return total, flagged

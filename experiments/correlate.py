@@ -1,0 +1,518 @@
+"""`--experiment=correlate`: how well proxies and aggregates rank NB201 archs, resumably.
+
+  python -m experiments.run --experiment=correlate --dataset=cifar10 --archs=random:1000 \
+      --proxies=nwot,synflow,tenas,agg:nwot+synflow+flops:logrank \
+      --data_dir=../shared/data/cifar10 --workdir=corr_out \
+      [--reference_file=../shared/data/nb201/nb201_zc_proxies_subset_naslib.csv]
+
+Scores the archs with `engine.scoring.Scorer` in chunks of --chunk_size archs. Each finished
+chunk is written atomically to WORKDIR/chunks/; WORKDIR/manifest.json records every setting that
+changes the numbers. Rerunning the same command after a crash or a kill skips the finished chunks
+and ends with exactly the rows of an uninterrupted run; a rerun with other settings into the same
+WORKDIR fails in one line. Chunking cannot change a score: an arch's init key comes from the seed
+and the arch itself (`scoring.candidate_keys`) and the input batches from the seed alone
+(`proxies.make_inputs`), and a chunk is always cut the same way, so every arch is scored in the
+same batch position with the same batch-mates whichever process scores it.
+
+Then, over the whole pool: aggregates (`engine.aggregate`), `scores.csv` and `scores.parquet`,
+`correlation.md` / `.json` (Spearman, Kendall, Pearson and top-5%/10% precision against the
+dataset's NB201 test accuracy), `scatter.png` and `ranks.png`, and with --reference_file
+`agreement.md` / `.json` (Spearman between our values and NASLib's per proxy). See
+docs/correlation.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pathlib
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+from scipy import stats
+from tqdm import tqdm
+
+from engine import aggregate
+from engine import data as data_lib
+from engine import ntk as ntk_lib
+from engine import proxies as proxies_lib
+from experiments import common
+from search_spaces import nb201
+
+ACC_COLUMN = {'cifar10': 'cifar10_test_acc', 'cifar100': 'cifar100_test_acc',
+              'ImageNet16-120': 'imagenet16_120_test_acc'}
+# Our proxy name -> NASLib's column in nb201_zc_proxies_subset_naslib.csv.
+REFERENCE_NAMES = {'jacob_cov': 'jacov', 'nwot': 'nwot', 'synflow': 'synflow', 'snip': 'snip',
+                   'grad_norm': 'grad_norm', 'fisher': 'fisher', 'grasp': 'grasp',
+                   'params': 'params', 'flops': 'flops'}
+TOP_FRACTIONS = (0.05, 0.10)
+DEFAULT_WORKDIR = 'correlate_out'
+MANIFEST_VERSION = 1
+# Test hook: end the process (as a crash would) after this many chunks were written by it.
+CRASH_ENV = 'ZERONAS_CORRELATE_CRASH_AFTER'
+
+
+class ResumeError(ValueError):
+  """The workdir holds another run; the message names the fix."""
+
+
+class SimulatedCrash(RuntimeError):
+  """Raised by the CRASH_ENV test hook."""
+
+
+@dataclasses.dataclass
+class Column:
+  """One proxy or aggregate over the pool, oriented so that higher predicts better."""
+  name: str
+  kind: str               # 'proxy' or 'aggregate'
+  values: np.ndarray      # as computed (not oriented), float64
+  oriented: np.ndarray    # values * +-1
+  valid: np.ndarray       # used in the statistics
+  flag_text: list         # per arch: '' or why it is flagged
+  flagged: int            # archs flagged (proxy: excluded; aggregate: a component put last)
+
+
+def run(f):
+  settings = common.settings_from_flags(f)
+  proxy_names, aggregates = aggregate.split(f.proxies)
+  if f.chunk_size < 1:
+    raise ValueError(f'--chunk_size must be at least 1, got {f.chunk_size}')
+  table = common.arch_index_table(f.benchmark_file, required=True)
+  acc = table.columns[ACC_COLUMN[f.dataset]]
+  ops = common.select_archs(f.archs, f.seed, f.benchmark_file)
+  reference = load_reference(f.reference_file, f.dataset) if f.reference_file else None
+  images = common.load_images(f.data_dir, f.dataset)
+  workdir = pathlib.Path(_workdir(f))
+  from experiments.search import enable_compile_cache
+  enable_compile_cache()  # a resumed run reuses the interrupted one's compiled program
+  import jax
+  devices = jax.local_devices()
+  n_dev = len(devices)
+  config = run_config(proxy_names, settings, f, images, ops, n_dev, devices[0].platform)
+  check_manifest(workdir, config)
+  print(f'inputs: {input_source(images)}')
+  print(f'correlate: {len(ops)} archs, proxies {", ".join(proxy_names)}'
+        + (f', aggregates {", ".join(a.name for a in aggregates)}' if aggregates else '')
+        + f'; chunks of {f.chunk_size} in {workdir / "chunks"}')
+
+  def make_scorer():
+    from engine import scoring
+    return scoring.Scorer(proxy_names, settings, seed=f.seed, images=images,
+                          batch_candidates=f.batch_candidates, candidate_chunk=f.candidate_chunk)
+
+  scores = sweep(ops, f.chunk_size, workdir / 'chunks', make_scorer, f.progress)
+  indices = table.ops_to_index(ops)
+  columns = build_columns(scores, proxy_names, aggregates)
+  true_acc = acc[indices]
+  write_scores(workdir, ops, indices, columns, ACC_COLUMN[f.dataset], true_acc)
+  rows = [correlation_row(c, true_acc) for c in columns]
+  setting = describe_setting(f, settings, proxy_names, images, len(ops))
+  write_correlation(workdir, rows, setting, f.dataset, len(ops))
+  plotted = write_plots(workdir, columns, true_acc, f.dataset)
+  if reference is not None:
+    write_agreement(workdir, agreement_rows(columns, indices, reference), f.dataset,
+                    f.reference_file)
+  for r in rows:
+    print(f'{r["name"]}: Spearman {_num(r["spearman"])}, Kendall {_num(r["kendall"])} '
+          f'({r["used"]} archs, {r["flagged"]} flagged)')
+  print(f'wrote {workdir}/scores.csv, correlation.md/json'
+        + (', scatter.png, ranks.png' if plotted else ' (no plots: matplotlib not installed)')
+        + (', agreement.md/json' if reference is not None else ''))
+
+
+def _workdir(f) -> str:
+  """--workdir, or DEFAULT_WORKDIR when the flag was not given (its default is the search's)."""
+  try:
+    if not f['workdir'].present:
+      return DEFAULT_WORKDIR
+  except (TypeError, KeyError):
+    pass  # not absl (tests pass a namespace): take the value as given
+  return f.workdir
+
+
+# -- the resumable sweep
+
+
+def archs_digest(ops) -> str:
+  return hashlib.sha256(np.ascontiguousarray(ops, np.int64).tobytes()).hexdigest()
+
+
+def input_source(images) -> str:
+  return images.source if images else 'N(0, 1) Gaussian noise (no --data_dir given)'
+
+
+def run_config(proxy_names, settings, f, images, ops, n_dev, platform) -> dict:
+  """Everything that changes a chunk's numbers; a resume must match it exactly. Passed through
+  JSON so it compares equal to the manifest read back (tuples become lists)."""
+  config = {'version': MANIFEST_VERSION, 'dataset': f.dataset, 'proxies': list(proxy_names),
+            'seed': f.seed, 'settings': dataclasses.asdict(settings),
+            'inputs': input_source(images), 'archs': len(ops), 'archs_sha256': archs_digest(ops),
+            'chunk_size': f.chunk_size, 'batch_candidates': f.batch_candidates,
+            'candidate_chunk': f.candidate_chunk, 'devices': f'{n_dev} {platform}'}
+  return json.loads(json.dumps(config))
+
+
+def check_manifest(workdir: pathlib.Path, config: dict):
+  """Writes the manifest of a new run, or checks that a resumed one has the same config."""
+  path = workdir / 'manifest.json'
+  if path.is_file():
+    try:
+      old = json.loads(path.read_text())
+    except (OSError, ValueError):
+      old = {}
+    if old != config:
+      keys = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+      raise ResumeError(f'{workdir} holds a correlate run with other settings (differs in '
+                        f'{", ".join(keys)}); pass a new --workdir or delete {workdir} to '
+                        f'start over')
+    return
+  if (workdir / 'chunks').is_dir() and any((workdir / 'chunks').iterdir()):
+    raise ResumeError(f'{workdir}/chunks has files but no manifest.json; pass a new --workdir '
+                      f'or delete {workdir} to start over')
+  common.write_text_atomic(path, json.dumps(config, indent=1, sort_keys=True) + '\n')
+
+
+def chunk_path(chunk_dir: pathlib.Path, i: int) -> pathlib.Path:
+  return chunk_dir / f'chunk_{i:05d}.npz'
+
+
+def write_chunk(path: pathlib.Path, ops, scores: dict):
+  """The chunk's archs and every score array, all-or-nothing (temp file + os.replace)."""
+  _write_atomic(path, lambda fh: np.savez(fh, __ops__=np.asarray(ops, np.int64), **scores))
+
+
+def read_chunk(path: pathlib.Path, ops) -> dict | None:
+  """A finished chunk's scores, or None when the file is unreadable or for other archs."""
+  try:
+    with np.load(path) as z:
+      if not np.array_equal(z['__ops__'], ops):
+        return None
+      return {k: z[k] for k in z.files if k != '__ops__'}
+  except (OSError, ValueError, KeyError):
+    return None
+
+
+def sweep(ops, chunk_size: int, chunk_dir: pathlib.Path, make_scorer, progress=True) -> dict:
+  """Scores ops [M, 6] chunk by chunk, skipping chunks already on disk; {column: [M]}.
+
+  The scorer is built (and compiled) only if some chunk is left to score."""
+  starts = range(0, len(ops), chunk_size)
+  parts = [read_chunk(chunk_path(chunk_dir, i), ops[s:s + chunk_size]) if
+           chunk_path(chunk_dir, i).is_file() else None for i, s in enumerate(starts)]
+  todo = [i for i, p in enumerate(parts) if p is None]
+  done = len(ops) - sum(len(ops[starts[i]:starts[i] + chunk_size]) for i in todo)
+  if done:
+    print(f'resuming: {len(parts) - len(todo)} of {len(parts)} chunks ({done} archs) already '
+          f'scored')
+  crash_after = int(os.environ.get(CRASH_ENV, '0') or 0)
+  scorer = make_scorer() if todo else None
+  with tqdm(total=len(ops), initial=done, unit='arch', disable=not progress,
+            file=sys.stderr) as bar:
+    for count, i in enumerate(todo, 1):
+      chunk = ops[starts[i]:starts[i] + chunk_size]
+      reported = [0]
+
+      def advance(n, reported=reported):
+        reported[0] += n
+        bar.update(n)
+
+      scores = scorer.score_ops(chunk, progress=advance)
+      bar.update(len(chunk) - reported[0])  # analytic-only scorers report nothing
+      write_chunk(chunk_path(chunk_dir, i), chunk, scores)
+      parts[i] = scores
+      if count == crash_after:
+        raise SimulatedCrash(f'{CRASH_ENV}={crash_after}: stopping after {count} chunks')
+  if scorer is not None and scorer.timing.scored:
+    t = scorer.timing
+    print(f'scored {t.scored} archs: compile {t.compile_s:.1f} s, run {t.run_s:.1f} s = '
+          f'{t.run_s / t.scored:.3f} s/arch')
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _write_atomic(path: pathlib.Path, write):
+  """`write(binary file)` into a temp file beside `path`, renamed into place when complete."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as fh:
+      write(fh)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+# -- columns and statistics
+
+
+def build_columns(scores: dict, proxy_names, aggregates) -> list[Column]:
+  """Each proxy (flagged or non-finite values excluded) then each aggregate over the pool."""
+  flags = {n: scores[n + '_flag'] for n in proxy_names if n + '_flag' in scores}
+  columns = []
+  for name in proxy_names:
+    values = np.asarray(scores[name], np.float64)
+    valid = aggregate.valid_mask(values, flags.get(name))
+    sign = 1.0 if proxies_lib.REGISTRY[name].higher_is_better else -1.0
+    if name in flags:
+      text = [ntk_lib.FLAG_NAMES.get(int(v), str(int(v))) for v in flags[name]]
+    else:
+      text = [''] * len(values)
+    text = [t or ('' if ok else 'nonfinite') for t, ok in zip(text, valid)]
+    columns.append(Column(name, 'proxy', values, sign * values, valid, text, int((~valid).sum())))
+  for agg in aggregates:
+    values, flagged = aggregate.compute(agg, scores, flags)
+    text = ['+'.join(names) for names in flagged]
+    columns.append(Column(agg.name, 'aggregate', values, values, np.ones(len(values), bool),
+                          text, sum(bool(t) for t in text)))
+  return columns
+
+
+def top_precision(score, acc, fraction: float) -> float:
+  """Share of the proxy's top `fraction` (at least one arch) that is in the true top fraction.
+  Ties at the cut go by arch-list order (a stable sort)."""
+  k = max(1, math.ceil(fraction * len(score)))
+  ours = np.argsort(-np.asarray(score), kind='stable')[:k]
+  true = np.argsort(-np.asarray(acc), kind='stable')[:k]
+  return len(np.intersect1d(ours, true)) / k
+
+
+def correlation_row(column: Column, acc) -> dict:
+  """Rank and linear correlation of the oriented score with accuracy over the valid archs."""
+  score, truth = column.oriented[column.valid], np.asarray(acc)[column.valid]
+  row = {'name': column.name, 'kind': column.kind, 'archs': len(column.values),
+         'used': int(column.valid.sum()), 'flagged': column.flagged}
+  nan = float('nan')
+  if len(score) >= 3 and np.ptp(score) > 0:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      row['spearman'] = float(stats.spearmanr(score, truth).statistic)
+      row['kendall'] = float(stats.kendalltau(score, truth).statistic)
+      row['pearson'] = float(stats.pearsonr(score, truth).statistic)
+  else:
+    row.update(spearman=nan, kendall=nan, pearson=nan)
+  for fraction in TOP_FRACTIONS:
+    key = f'top{round(fraction * 100)}_precision'
+    row[key] = top_precision(score, truth, fraction) if len(score) else nan
+  return row
+
+
+# -- reference agreement
+
+
+def load_reference(path, dataset: str) -> dict:
+  """{'arch_index': [R] int, column: [R] float} of the reference file's rows for `dataset`."""
+  import csv
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise data_lib.DataError(f'--reference_file={path} not found; pass the NASLib zero-cost CSV '
+                             f'(nb201_zc_proxies_subset_naslib.csv)')
+  with path.open(newline='') as fh:
+    rows = list(csv.DictReader(fh))
+  if not rows or not {'dataset', 'arch_index'} <= set(rows[0]):
+    raise data_lib.DataError(f'{path} lacks dataset/arch_index columns; pass the NASLib '
+                             f'zero-cost CSV')
+  rows = [r for r in rows if r['dataset'] == dataset]
+  out = {'arch_index': np.array([int(r['arch_index']) for r in rows], np.int64)}
+  for column in set(REFERENCE_NAMES.values()) & set(rows[0] if rows else ()):
+    out[column] = np.array([_float(r[column]) for r in rows])
+  return out
+
+
+def _float(text: str) -> float:
+  try:
+    return float(text)
+  except ValueError:
+    return float('nan')
+
+
+def agreement_rows(columns, indices, reference: dict) -> list[dict]:
+  """Spearman between our value and the reference's, per proxy in both, on the shared archs."""
+  first = {}
+  for row, index in enumerate(indices):
+    first.setdefault(int(index), row)  # a repeated arch counts once
+  rows = []
+  for c in columns:
+    ref_name = REFERENCE_NAMES.get(c.name)
+    if c.kind != 'proxy' or ref_name not in reference:
+      continue
+    ours, theirs = [], []
+    matched = 0
+    for index, value in zip(reference['arch_index'], reference[ref_name]):
+      row = first.get(int(index))
+      if row is None:
+        continue
+      matched += 1
+      if c.valid[row] and np.isfinite(value):
+        ours.append(c.values[row])
+        theirs.append(value)
+    rho = float('nan')
+    if len(ours) >= 3:
+      with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        rho = float(stats.spearmanr(ours, theirs).statistic)
+    rows.append({'name': c.name, 'reference_column': ref_name,
+                 'reference_archs': int(len(reference['arch_index'])), 'matched': matched,
+                 'used': len(ours), 'spearman': rho})
+  return rows
+
+
+# -- outputs
+
+
+def write_scores(workdir, ops, indices, columns, acc_name, acc):
+  header = ['arch_index', 'arch_str']
+  for c in columns:
+    header += [c.name, c.name + '_flag']
+  header.append(acc_name)
+  strs = [nb201.format_arch_str(a) for a in ops]
+  rows = []
+  for i in range(len(ops)):
+    row = [int(indices[i]), strs[i]]
+    for c in columns:
+      row += [_fmt(c.values[i]), c.flag_text[i]]
+    rows.append(row + [_fmt(acc[i])])
+  common.write_csv_atomic(workdir / 'scores.csv', header, rows)
+  try:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+  except ImportError:
+    print('note: no scores.parquet: pyarrow is not installed (pip install pyarrow)')
+    return
+  data = {'arch_index': pa.array(np.asarray(indices, np.int64)), 'arch_str': pa.array(strs)}
+  for c in columns:
+    data[c.name] = pa.array(c.values)
+    data[c.name + '_flag'] = pa.array(c.flag_text, pa.string())
+  data[acc_name] = pa.array(np.asarray(acc, np.float64))
+  _write_atomic(workdir / 'scores.parquet', lambda fh: pq.write_table(pa.table(data), fh))
+
+
+def describe_setting(f, settings, proxy_names, images, num_archs) -> list[str]:
+  """Markdown bullet lines: what the numbers were computed on."""
+  kinds = {proxies_lib.REGISTRY[n].needs for n in proxy_names}
+  ds_size, ds_classes = nb201.DATASETS[f.dataset]
+  lines = [f'NB201 {f.dataset}: {num_archs} archs (`--archs={f.archs}`, seed {f.seed}), '
+           f'ground truth `{ACC_COLUMN[f.dataset]}` (200-epoch test accuracy)',
+           f'inputs: {input_source(images)}']
+  if images is not None and f.dataset != 'cifar10' and images.source.startswith('cifar10 '):
+    # common.load_images notes the stand-in for cifar100 only; ImageNet16-120 always gets these.
+    resized = f'box-downsampled to {ds_size}x{ds_size}, ' if ds_size != 32 else ''
+    lines.append(f'{f.dataset} images are not used: CIFAR-10 training images stand in, '
+                 f'{resized}into a {ds_classes}-class head; proxies that use labels see '
+                 f'CIFAR-10 labels (10 of the {ds_classes} classes)')
+  if 'ntk' in kinds:
+    c = settings.ntk_config()
+    lines.append(f'NTK: proxy network C={c.C} N={c.N}, batch {settings.ntk_batch}, '
+                 f'{settings.ntk_repeats} repeat(s), {c.input_size}x{c.input_size} inputs, '
+                 f'init {settings.init}')
+  if 'lr' in kinds:
+    lines.append(f'linear regions: {settings.lr_repeats} x {settings.lr_batches} x '
+                 f'{settings.lr_batch_size} crops of {settings.lr_patch}x{settings.lr_patch} '
+                 f'px, one channel, cell width C={settings.lr_width}, no stem')
+  if 'zc' in kinds:
+    c = settings.zc_config()
+    lines.append(f'zero-cost proxies: network C={c.C} N={c.N}, batch {settings.zc_batch} with '
+                 f'labels, {c.input_size}x{c.input_size} inputs, {c.num_classes} classes, one '
+                 f'init')
+  if None in kinds:
+    lines.append(f'params/flops: the full C=16 N=5 network for {f.dataset} '
+                 f'({settings.flops_convention} FLOPs convention)')
+  return lines
+
+
+def write_correlation(workdir, rows, setting, dataset, num_archs):
+  header = ('| proxy | kind | archs used | flagged | Spearman rho | Kendall tau | Pearson r | '
+            'top-5% precision | top-10% precision |')
+  table = [header, '|' + '---|' * 9]
+  for r in rows:
+    table.append(f'| {r["name"]} | {r["kind"]} | {r["used"]} | {r["flagged"]} | '
+                 f'{_num(r["spearman"])} | {_num(r["kendall"])} | {_num(r["pearson"])} | '
+                 f'{_num(r["top5_precision"])} | {_num(r["top10_precision"])} |')
+  text = '\n'.join([
+      f'# Proxy correlation with NB201 {dataset} test accuracy', '',
+      '## Setting', '', *[f'* {line}' for line in setting], '',
+      '## Correlation', '', *table, '',
+      'Statistics use each score oriented so that higher predicts better (scipy.stats). A proxy '
+      'row leaves out its flagged or non-finite archs (counted under "flagged"). An aggregate '
+      'keeps every arch and ranks a flagged component value last; "flagged" counts the archs '
+      'where that happened. Top-p% precision: the share of the score\'s top p% of the archs '
+      'used that is also in their true top p%.', ''])
+  common.write_text_atomic(workdir / 'correlation.md', text)
+  payload = {'dataset': dataset, 'archs': num_archs, 'setting': setting,
+             'rows': [{k: _json(v) for k, v in r.items()} for r in rows]}
+  common.write_text_atomic(workdir / 'correlation.json', json.dumps(payload, indent=1) + '\n')
+
+
+def write_agreement(workdir, rows, dataset, reference_file):
+  lines = [f'# Agreement with the reference values ({dataset})', '',
+           f'Reference: `{reference_file}`, rows with dataset == {dataset}. Spearman rho '
+           f'(scipy.stats) between our value and the reference column on the archs both have '
+           f'(ours flagged or non-finite left out).', '',
+           '| proxy | reference column | reference archs | scored here | used | Spearman rho |',
+           '|---|---|---|---|---|---|']
+  for r in rows:
+    lines.append(f'| {r["name"]} | {r["reference_column"]} | {r["reference_archs"]} | '
+                 f'{r["matched"]} | {r["used"]} | {_num(r["spearman"])} |')
+  if not rows:
+    lines.append('\nNo scored proxy has a reference column (reference names: '
+                 + ', '.join(f'{k} = {v}' for k, v in REFERENCE_NAMES.items()) + ').')
+  elif not any(r['matched'] for r in rows):
+    lines.append('\nNone of the reference archs was scored: pass --archs=FILE listing their '
+                 'arch_index.')
+  common.write_text_atomic(workdir / 'agreement.md', '\n'.join(lines) + '\n')
+  payload = {'dataset': dataset, 'reference_file': str(reference_file),
+             'rows': [{k: _json(v) for k, v in r.items()} for r in rows]}
+  common.write_text_atomic(workdir / 'agreement.json', json.dumps(payload, indent=1) + '\n')
+
+
+def write_plots(workdir, columns, acc, dataset) -> bool:
+  """scatter.png (score vs accuracy) and ranks.png (rank vs rank), one panel per column."""
+  try:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return False
+  acc = np.asarray(acc)
+  cols = min(3, len(columns))
+  rows = -(-len(columns) // cols)
+  for name, ranked in (('scatter.png', False), ('ranks.png', True)):
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(columns):]:
+      ax.axis('off')
+    for ax, c in zip(axes.flat, columns):
+      x, y = c.values[c.valid], acc[c.valid]
+      if ranked:
+        x, y = stats.rankdata(c.oriented[c.valid]), stats.rankdata(y)
+        ax.set_xlabel(f'rank by {c.name} (higher = better)', fontsize=8)
+        ax.set_ylabel('rank by test accuracy', fontsize=8)
+      else:
+        if len(x) and x.min() > 0 and x.max() > 1e3 * x.min():
+          ax.set_xscale('log')
+        ax.set_xlabel(c.name, fontsize=8)
+        ax.set_ylabel(f'{dataset} test accuracy (%)', fontsize=8)
+      ax.scatter(x, y, s=3, alpha=0.5)
+      ax.set_title(f'{c.name} ({len(x)} archs)', fontsize=9)
+      ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    _write_atomic(workdir / name, lambda fh: fig.savefig(fh, format='png', dpi=110))
+    plt.close(fig)
+  return True
+
+
+def _fmt(value) -> str:
+  value = float(value)
+  return repr(value) if np.isfinite(value) else str(value)
+
+
+def _num(value) -> str:
+  return 'n/a' if value is None or not np.isfinite(value) else f'{value:.3f}'
+
+
+def _json(value):
+  if isinstance(value, float) and not np.isfinite(value):
+    return None
+  return value

@@ -1,0 +1,225 @@
+"""`--experiment=correlate`: its outputs, resuming after a crash or a kill, a mismatched resume,
+chunk-independent scores; and the aggregate columns of `--experiment=score`.
+
+The fast tests use the analytic proxies (no compile); the chunk-invariance test compiles only a
+small linear-region network, and the real SIGKILL test is marked slow."""
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import jax
+import numpy as np
+import pytest
+
+import cli
+from engine import data as data_lib
+from engine import proxies, scoring
+from experiments import correlate, score
+
+PROXIES = 'params,flops,agg:params+flops:logrank,agg:flops+params'
+OUTPUTS = ('manifest.json', 'scores.csv', 'correlation.md', 'correlation.json', 'scatter.png',
+           'ranks.png', 'agreement.md', 'agreement.json')
+
+
+def _reference(data_dir):
+  return data_dir / 'nb201' / 'nb201_zc_proxies_subset_naslib.csv'
+
+
+def _benchmark(data_dir):
+  return data_dir / 'nb201' / 'nb201_test_acc_200ep_nats.csv'
+
+
+@pytest.fixture(scope='module')
+def archs_file(tmp_path_factory, data_dir):
+  """12 CIFAR-10 archs of the reference file, then one that is not in it."""
+  with _reference(data_dir).open(newline='') as fh:
+    indices = [r['arch_index'] for r in csv.DictReader(fh) if r['dataset'] == 'cifar10'][:12]
+  path = tmp_path_factory.mktemp('archs') / 'archs.txt'
+  path.write_text('\n'.join(indices + ['5']) + '\n')
+  return path
+
+
+def _flags(workdir, archs_file, data_dir, **extra):
+  """The flag values of `--experiment=correlate`, for calling correlate.run in-process."""
+  values = dict(dataset='cifar10', archs=str(archs_file), proxies=PROXIES, seed=0,
+                benchmark_file=str(_benchmark(data_dir)), reference_file=str(_reference(data_dir)),
+                data_dir=None, workdir=str(workdir), chunk_size=5, batch_candidates=4,
+                candidate_chunk=0, sparse=False, ntk_batch=64, repeats=3, ntk_width=8,
+                ntk_cells=1, cotangent_chunk=0, init='torch_default', progress=False)
+  values.update(extra)
+  return types.SimpleNamespace(**values)
+
+
+def _cli_args(f):
+  return ['--experiment=correlate', f'--dataset={f.dataset}', f'--archs={f.archs}',
+          f'--proxies={f.proxies}', f'--seed={f.seed}', f'--benchmark_file={f.benchmark_file}',
+          f'--reference_file={f.reference_file}', f'--workdir={f.workdir}',
+          f'--chunk_size={f.chunk_size}', f'--batch_candidates={f.batch_candidates}',
+          '--noprogress']
+
+
+@pytest.fixture(scope='module')
+def full_run(tmp_path_factory, archs_file, data_dir):
+  """One uninterrupted command-line run: 13 archs in chunks of 5, 5, 3."""
+  f = _flags(tmp_path_factory.mktemp('full') / 'out', archs_file, data_dir)
+  result = cli.run(*_cli_args(f))
+  assert result.returncode == 0, result.stderr
+  return f, result
+
+
+def test_correlate_writes_every_output(full_run):
+  f, result = full_run
+  workdir = f.workdir
+  for name in OUTPUTS:
+    assert os.path.isfile(os.path.join(workdir, name)), name
+  assert sorted(os.listdir(os.path.join(workdir, 'chunks'))) == [
+      'chunk_00000.npz', 'chunk_00001.npz', 'chunk_00002.npz']
+  rows = list(csv.DictReader(open(os.path.join(workdir, 'scores.csv'))))
+  assert len(rows) == 13 and rows[-1]['arch_index'] == '5'
+  assert list(rows[0])[2:] == ['params', 'params_flag', 'flops', 'flops_flag',
+                               'agg:params+flops:logrank', 'agg:params+flops:logrank_flag',
+                               'agg:flops+params', 'agg:flops+params_flag', 'cifar10_test_acc']
+  table = json.load(open(os.path.join(workdir, 'correlation.json')))
+  assert [r['name'] for r in table['rows']] == PROXIES.split(',')
+  params = table['rows'][0]
+  assert params['used'] == 13 and params['flagged'] == 0 and params['spearman'] > 0.5
+  assert 0 <= params['top10_precision'] <= 1
+  assert 'Pearson r' in open(os.path.join(workdir, 'correlation.md')).read()
+  agreement = json.load(open(os.path.join(workdir, 'agreement.json')))['rows']
+  # params and flops are exact counts, so they rank the 12 shared archs as NASLib does.
+  assert [(r['name'], r['matched'], r['spearman']) for r in agreement] == [
+      ('params', 12, 1.0), ('flops', 12, 1.0)]
+  try:
+    import pyarrow.parquet as pq
+  except ImportError:
+    assert 'pyarrow is not installed' in result.stdout
+    return
+  parquet = pq.read_table(os.path.join(workdir, 'scores.parquet')).to_pydict()
+  assert parquet['arch_index'] == [int(r['arch_index']) for r in rows]
+  assert parquet['agg:flops+params'] == [float(r['agg:flops+params']) for r in rows]
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_rows(full_run, archs_file, data_dir,
+                                                           tmp_path, monkeypatch):
+  f = _flags(tmp_path / 'out', archs_file, data_dir)
+  monkeypatch.setenv('ZERONAS_JAX_CACHE', '')  # no persistent XLA cache for the whole session
+  monkeypatch.setenv(correlate.CRASH_ENV, '1')
+  with pytest.raises(correlate.SimulatedCrash):
+    correlate.run(f)
+  assert os.listdir(tmp_path / 'out' / 'chunks') == ['chunk_00000.npz']
+  assert not (tmp_path / 'out' / 'scores.csv').exists()
+  monkeypatch.delenv(correlate.CRASH_ENV)
+  correlate.run(f)
+  for name in ('scores.csv', 'correlation.md', 'agreement.md'):
+    assert (tmp_path / 'out' / name).read_text() == open(
+        os.path.join(full_run[0].workdir, name)).read(), name
+
+
+def test_rerun_with_other_settings_fails_in_one_line(full_run, tmp_path):
+  f = full_run[0]
+  workdir = tmp_path / 'copy'
+  shutil.copytree(f.workdir, workdir)
+  result = cli.run(*_cli_args(types.SimpleNamespace(**{**vars(f), 'workdir': workdir,
+                                                        'seed': 1})))
+  cli.assert_one_line_error(result, 'other settings', 'seed', 'new --workdir', 'delete')
+
+
+@pytest.mark.parametrize('args, fragments', [
+    (['--proxies=params,agg:params+flops:zscore'], ["unknown aggregate method 'zscore'"]),
+    (['--reference_file=/no/such.csv'], ['--reference_file=/no/such.csv not found']),
+    (['--chunk_size=0'], ['--chunk_size must be at least 1']),
+])
+def test_bad_input_gives_one_line_error_and_exit_2(tmp_path, args, fragments):
+  result = cli.run('--experiment=correlate', '--archs=1', '--proxies=params',
+                   f'--workdir={tmp_path / "out"}', '--noprogress', *args)
+  cli.assert_one_line_error(result, *fragments)
+
+
+def test_chunks_scored_by_fresh_scorers_equal_one_pass(tmp_path, monkeypatch):
+  """A resumed process rebuilds the scorer (new inputs, new compile): same numbers, because
+  keys come from the seed and the arch, and inputs from the seed."""
+  settings = proxies.ScoreSettings(lr_batches=2, lr_batch_size=64)
+  ops = np.array([[3, 2, 4, 1, 3, 0], [1, 1, 1, 1, 1, 1], [3, 3, 3, 3, 3, 3],
+                  [4, 0, 2, 0, 0, 3], [2, 2, 2, 2, 2, 2], [0, 3, 1, 4, 2, 3]])
+  make = lambda: scoring.Scorer('linear_regions,params', settings, seed=3, batch_candidates=2,
+                                devices=jax.devices()[:1])
+  whole = make().score_ops(ops)
+  monkeypatch.setenv(correlate.CRASH_ENV, '1')
+  with pytest.raises(correlate.SimulatedCrash):
+    correlate.sweep(ops, 3, tmp_path, make, progress=False)
+  monkeypatch.delenv(correlate.CRASH_ENV)
+  resumed = correlate.sweep(ops, 3, tmp_path, make, progress=False)
+  assert resumed.keys() == whole.keys()
+  for name in whole:
+    np.testing.assert_array_equal(resumed[name], whole[name], err_msg=name)
+  assert len(set(whole['linear_regions'].tolist())) > 1
+
+
+def test_score_writes_aggregate_columns(tmp_path, data_dir):
+  out = tmp_path / 'scores.csv'
+  f = types.SimpleNamespace(
+      dataset='cifar10', archs='1', proxies='params,agg:params+flops', seed=0,
+      benchmark_file=str(_benchmark(data_dir)), data_dir=None, output=str(out),
+      batch_candidates=1, candidate_chunk=0, sparse=False, ntk_batch=64, repeats=3, ntk_width=8,
+      ntk_cells=1, cotangent_chunk=0, init='torch_default', progress=False)
+  score.run(f)
+  row = next(csv.DictReader(out.open()))
+  assert list(row) == ['arch_index', 'arch_str', 'params', 'flops', 'agg:params+flops',
+                       'agg:params+flops_flag', 'connected']
+  assert row['agg:params+flops'] == '2.0' and row['agg:params+flops_flag'] == ''
+
+
+def test_setting_says_cifar10_images_stand_in_for_imagenet16():
+  f = types.SimpleNamespace(dataset='ImageNet16-120', archs='random:3', seed=0)
+  images = data_lib.ImageSet(np.zeros((1, 32, 32, 3), np.uint8), np.zeros(1, np.int64),
+                             'cifar10 train (data_batch_1)')
+  settings = proxies.ScoreSettings(dataset='ImageNet16-120')
+  text = '\n'.join(correlate.describe_setting(f, settings, ['nwot', 'params'], images, 3))
+  assert 'CIFAR-10 training images stand in, box-downsampled to 16x16, into a 120-class' in text
+  assert 'C=16 N=5, batch 64 with labels, 16x16 inputs, 120 classes' in text
+
+
+def _env(cache):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', ZERONAS_JAX_CACHE=str(cache),
+             XLA_FLAGS='--xla_backend_optimization_level=0')
+  return env
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_to_the_uninterrupted_rows(tmp_path, data_dir):
+  """SIGKILL a real sweep (linear regions on CIFAR-10) once its first chunk is on disk, rerun
+  the same command, and compare with an uninterrupted run byte for byte."""
+  def args(workdir):
+    return [sys.executable, '-m', 'experiments.run', '--experiment=correlate',
+            '--archs=random:40', '--proxies=linear_regions,params', '--chunk_size=4',
+            '--batch_candidates=2', f'--data_dir={data_dir / "cifar10"}',
+            f'--benchmark_file={_benchmark(data_dir)}', f'--workdir={workdir}', '--noprogress']
+  env = _env(tmp_path / 'cache')
+  run = lambda workdir: subprocess.run(args(workdir), cwd=cli.REPO, env=env,
+                                       capture_output=True, text=True, timeout=600)
+  reference = run(tmp_path / 'whole')
+  assert reference.returncode == 0, reference.stderr
+
+  killed = subprocess.Popen(args(tmp_path / 'killed'), cwd=cli.REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = tmp_path / 'killed' / 'chunks' / 'chunk_00000.npz'
+  deadline = time.monotonic() + 600
+  while not first.exists() and killed.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.02)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  assert killed.returncode == -signal.SIGKILL
+  done = len(os.listdir(tmp_path / 'killed' / 'chunks'))
+  assert 1 <= done < 10 and not (tmp_path / 'killed' / 'scores.csv').exists()
+
+  resumed = run(tmp_path / 'killed')
+  assert resumed.returncode == 0, resumed.stderr
+  assert f'resuming: {done} of 10 chunks' in resumed.stdout
+  assert ((tmp_path / 'killed' / 'scores.csv').read_text()
+          == (tmp_path / 'whole' / 'scores.csv').read_text())
