@@ -1,4 +1,4 @@
-"""Toolchain elimination policies (Runtime.fold_constants / prune_dead): exact vs soft, gradients."""
+"""Elimination policies (Runtime.fold_constants, prune_dead): exact vs soft, gradients."""
 
 import dataclasses
 import itertools
