@@ -31,7 +31,7 @@ _CHUNK = 1024
 
 
 def _single_cost(t: Template, dev: devices.Device, rt: devices.Runtime, gates, widths, cycles):
-  act = template.soft_activity(t, gates, widths)
+  act = template.soft_activity(t, gates, widths, rt.fold_constants, rt.prune_dead)
   c = template.counts(t, activity=act)
   arena = memory.soft_peak_bytes(t, act, im2col=rt.im2col)
   lat = latency.latency_ms(c['features'], cycles, dev.clock_mhz)
@@ -94,9 +94,12 @@ def concrete_cost(g: Graph, device='stm32f746', runtime='cmsis-nn', cycles=None)
 
   Same numbers as `cost(g)` (tested); SRAM from the reference planner `memory.plan_arena`.
   """
-  if g.num_gates:
-    g = prune(g)
   dev, rt = get_device(device), get_runtime(runtime)
+  if g.num_gates:
+    if not (rt.fold_constants and rt.prune_dead):
+      raise ValueError(f'runtime {rt.name!r} keeps ops the exact pruner removes; use cost() for '
+                       'gated graphs')
+    g = prune(g)
   cycles = devices.coefficients(dev, rt) if cycles is None else np.asarray(cycles)
   st = graph.node_stats(g)
   mult = np.array([0.0 if n.op in graph.ALIAS_OPS or (n.op in graph.SUM_OPS and len(n.inputs) < 2)

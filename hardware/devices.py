@@ -45,6 +45,11 @@ class Runtime:
   persistent_bytes_per_channel: int  # per-channel multipliers/shifts kept in RAM
   sram_overhead_bytes: int           # interpreter / tensor structs / stack headroom
   im2col: bool                       # kxk convs use an int16 im2col scratch buffer
+  # graph optimiser of the deployment toolchain (`graph.hard_activity`): fold ops whose input is
+  # an all-absent (zero) sum, prune nodes that do not reach the output.  Every catalog runtime
+  # does both; converters of desktop frameworks may not (see docs/hardware.md, NB201 latency).
+  fold_constants: bool = True
+  prune_dead: bool = True
 
 
 def _devices(*items: Device) -> types.MappingProxyType:

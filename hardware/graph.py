@@ -347,22 +347,29 @@ def gates_on(graph: Graph, gates: Optional[np.ndarray] = None) -> np.ndarray:
   return np.array([node.gate < 0 or gates[node.gate] > 0.5 for node in graph.nodes])
 
 
-def hard_activity(graph: Graph, gates: Optional[np.ndarray] = None):
-  """Boolean (live, active) per node for 0/1 gates; the reference for the soft evaluator."""
+def hard_activity(graph: Graph, gates: Optional[np.ndarray] = None,
+                  fold_constants: bool = True, prune_dead: bool = True):
+  """Boolean (live, active) per node for 0/1 gates; the reference for the soft evaluator.
+
+  The two flags say what the deployment toolchain's graph optimiser removes (both on: the
+  default, exact semantics above).  fold_constants=False: a sum whose terms are all absent
+  still materialises a (zero) tensor and ops on it run; prune_dead=False: nodes that do not
+  reach the output still run.  Gated-off ops are absent either way.
+  """
   on = gates_on(graph, gates)
   live = np.zeros(len(graph), bool)
   for i, node in enumerate(graph.nodes):
     if node.op == 'input':
       live[i] = True
     elif node.op in SUM_OPS:
-      live[i] = on[i] and any(live[j] for j in node.inputs)
+      live[i] = on[i] and (any(live[j] for j in node.inputs) or not fold_constants)
     else:
       live[i] = on[i] and all(live[j] for j in node.inputs)
   useful = np.zeros(len(graph), bool)
   useful[graph.output] = True
   consumers = graph.consumers()
   for i in range(len(graph) - 1, -1, -1):
-    useful[i] |= any(useful[c] and on[c] for c in consumers[i])
+    useful[i] |= any(useful[c] and on[c] for c in consumers[i]) or not prune_dead
   active = live & useful
   active[0] = True  # the application always writes the input tensor
   return live, active

@@ -114,7 +114,7 @@ def width_scales(t: Template, widths: Optional[jax.Array]):
   return pick(t.stats.width_in), pick(t.stats.width_out)
 
 
-def _forward_live(t: Template, g):
+def _forward_live(t: Template, g, fold_constants: bool = True):
   inputs = jnp.asarray(t.inputs)
   is_sum = jnp.asarray(t.is_sum)
 
@@ -122,7 +122,8 @@ def _forward_live(t: Template, g):
     ins = inputs[n]
     valid = ins >= 0
     vals = live[jnp.maximum(ins, 0)]
-    any_live = jnp.max(jnp.where(valid, vals, 0.0))
+    # without constant folding a sum of absent terms is still a (zero) tensor
+    any_live = jnp.max(jnp.where(valid, vals, 0.0)) if fold_constants else 1.0
     all_live = jnp.min(jnp.where(valid, vals, 1.0))
     v = jnp.minimum(g[n], jnp.where(is_sum[n], any_live, all_live))
     return live.at[n].set(jnp.where(n == 0, 1.0, v))
@@ -196,8 +197,12 @@ def _forward_root_end(t: Template, end, alias):
   return jax.lax.fori_loop(0, t.num_nodes, body, jnp.zeros(t.num_nodes))
 
 
-def soft_activity(t: Template, gates=None, widths=None) -> dict:
+def soft_activity(t: Template, gates=None, widths=None, fold_constants: bool = True,
+                  prune_dead: bool = True) -> dict:
   """Per-node activity of one candidate.
+
+  fold_constants / prune_dead: what the toolchain's graph optimiser removes (see
+  `graph.hard_activity`); the defaults are the exact pruner's semantics.
 
   Returns dict with
     act:   node is computed (0..1);
@@ -209,8 +214,8 @@ def soft_activity(t: Template, gates=None, widths=None) -> dict:
     s_in, s_out: channel multipliers.
   """
   g = node_gates(t, gates)
-  live = _forward_live(t, g)
-  useful = _backward_useful(t, g)
+  live = _forward_live(t, g, fold_constants)
+  useful = _backward_useful(t, g) if prune_dead else jnp.ones(t.num_nodes)
   act = jnp.minimum(live, useful).at[0].set(1.0)
   alias, live_in = _alias_weights(t, live)
   alias = alias * act[:, None]
