@@ -80,13 +80,18 @@ def settings_from_flags(f) -> proxies_lib.ScoreSettings:
   if f.dataset not in nb201.DATASETS:
     raise nb201.ArchError(f'unknown --dataset={f.dataset!r}; choose one of '
                           f'{", ".join(nb201.DATASETS)}')
-  for name in ('ntk_batch', 'repeats', 'ntk_width', 'ntk_cells'):
-    if getattr(f, name) < 1:
-      raise proxies_lib.ProxyError(f'--{name} must be at least 1, got {getattr(f, name)}')
+  defaults = proxies_lib.ScoreSettings()
+  # Callers that predate the zero-cost flags (tests pass plain namespaces) get the defaults.
+  zc = {name: getattr(f, name, getattr(defaults, name))
+        for name in ('zc_batch', 'zc_width', 'zc_cells')}
+  for name, value in [(n, getattr(f, n)) for n in ('ntk_batch', 'repeats', 'ntk_width',
+                                                     'ntk_cells')] + list(zc.items()):
+    if value < 1:
+      raise proxies_lib.ProxyError(f'--{name} must be at least 1, got {value}')
   return proxies_lib.ScoreSettings(
       dataset=f.dataset, init=f.init, ntk_batch=f.ntk_batch, ntk_repeats=f.repeats,
       ntk_width=f.ntk_width, ntk_cells=f.ntk_cells, cotangent_chunk=f.cotangent_chunk,
-      sparse=f.sparse)
+      sparse=f.sparse, **zc)
 
 
 def load_images(data_dir, dataset: str):
@@ -97,7 +102,10 @@ def load_images(data_dir, dataset: str):
   if not data_dir:
     return None
   try:
-    return data_lib.load_cifar(data_dir, 'cifar100' if dataset == 'cifar100' else 'cifar10')
+    images = data_lib.load_cifar(data_dir, 'cifar100' if dataset == 'cifar100' else 'cifar10')
+    if dataset not in ('cifar10', 'cifar100'):  # ImageNet16-120 images are never shipped
+      images.source += f' standing in for {dataset} (resized to its input size)'
+    return images
   except data_lib.DataError:
     if dataset == 'cifar10':
       raise

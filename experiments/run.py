@@ -39,6 +39,9 @@ flags.DEFINE_integer('ntk_batch', 64, 'NTK batch size B.')
 flags.DEFINE_integer('repeats', 3, 'NTK repeats (fresh init and batch each), averaged.')
 flags.DEFINE_integer('ntk_width', 8, 'Channels C of the NTK proxy network (NB201: 16).')
 flags.DEFINE_integer('ntk_cells', 1, 'Cells per stage N of the NTK proxy network (NB201: 5).')
+flags.DEFINE_integer('zc_batch', 64, 'Batch of the zero-cost proxies (grad_norm, snip, synflow, ...).')
+flags.DEFINE_integer('zc_width', 16, 'Channels C of the zero-cost proxies\' network (NB201: 16).')
+flags.DEFINE_integer('zc_cells', 5, 'Cells per stage N of the zero-cost proxies\' network (NB201: 5).')
 flags.DEFINE_integer('cotangent_chunk', 0, 'Coupled NTK pullbacks vmapped together (0 = all).')
 flags.DEFINE_string('init', 'torch_default', 'Weight init: torch_default or kaiming_normal.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
@@ -103,6 +106,16 @@ def main(argv):
     common.EXPERIMENTS[_EXPERIMENT.value](flags.FLAGS)
   except common.USER_ERRORS as err:
     common.fail(str(err))
+  except RuntimeError as err:  # jax.errors.JaxRuntimeError subclasses RuntimeError
+    if 'RESOURCE_EXHAUSTED' not in str(err):
+      raise
+    # Too big a compiled batch is a setting problem, not a crash: say which knobs shrink it.
+    wanted = str(err).split('allocating', 1)[-1].split('bytes', 1)[0].strip()
+    size = f' ({int(wanted) / 2**30:.1f} GiB)' if wanted.isdigit() else ''
+    common.fail(f'out of device memory{size} for one compiled batch of --proxies='
+                f'{flags.FLAGS.proxies}; lower --batch_candidates, --ntk_batch or '
+                f'--zc_batch, or set --cotangent_chunk for ntk_cond (the exact NTK holds K x B x B '
+                f'activations)')
 
 
 if __name__ == '__main__':

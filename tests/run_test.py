@@ -49,6 +49,7 @@ def test_score_network_proxies_end_to_end_with_cifar(tmp_path, data_dir):
     (['--proxies=ntk_cond,zen_magic'], ["unknown proxy 'zen_magic'", 'ntk_cond']),
     (['--dataset=mnist'], ['unknown --dataset']),
     (['--ntk_batch=0'], ['--ntk_batch must be at least 1']),
+    (['--zc_width=0'], ['--zc_width must be at least 1']),
     (['--data_dir=/no/such/dir'], ['no cifar10 pickle batches']),
     (['stray'], ['unexpected argument']),
 ])
@@ -56,3 +57,10 @@ def test_bad_input_gives_one_line_error_and_exit_2(tmp_path, args, fragments):
   result = cli.run('--experiment=score', '--proxies=params', f'--output={tmp_path / "x.csv"}',
                     '--noprogress', *args)
   cli.assert_one_line_error(result, *fragments)
+
+
+def test_stand_in_images_are_announced(data_dir):
+  from experiments import common
+  images = common.load_images(str(data_dir / 'cifar10'), 'ImageNet16-120')
+  assert 'standing in for ImageNet16-120' in images.source
+  assert 'standing in' not in common.load_images(str(data_dir / 'cifar10'), 'cifar10').source
