@@ -51,9 +51,10 @@ class Runtime:
   fold_constants: bool = True
   prune_dead: bool = True
   # common-subexpression elimination (`graph.duplicate_of`): equal parameter-free ops on the same
-  # input run once.  Off for every catalog runtime (their predictions predate it); TorchScript's
-  # optimiser does it (docs/hardware.md, NB201 latency).  Latency/energy/MAC counts only: buffers
-  # and the arena are planned as if every node ran.
+  # input run once.  Off for every catalog runtime (their predictions predate it); TorchScript
+  # and ONNX Runtime have such a pass, and the Pi 5 TorchMobile/ONNX latencies show it
+  # (docs/hardware.md, NB201 latency).  Latency/energy/MAC counts only: buffers and the arena are
+  # planned as if every node ran.
   merge_duplicates: bool = False
 
 
