@@ -185,17 +185,20 @@ def _read_columns(path: pathlib.Path, columns):
                if c in rows[0]}, rep
 
 
-# What the deployment toolchain's graph optimiser removes (Runtime.fold_constants, prune_dead):
-# 'full' = the exact pruner (every catalog MCU runtime), 'no_fold' = ops on an all-absent (zero)
-# sum still run, 'none' = every gated-on op runs.  Chosen per column on the calibration archs.
-ELIMINATION = {'full': (True, True), 'no_fold': (False, True), 'none': (False, False)}
+# What the deployment toolchain's graph optimiser removes (Runtime.fold_constants, prune_dead,
+# merge_duplicates): 'full' = the exact pruner (every catalog MCU runtime), 'no_fold' = ops on an
+# all-absent (zero) sum still run, 'none' = every gated-on op runs; '+cse' = equal
+# parameter-free ops on the same input run once.  Chosen per column on the calibration archs.
+ELIMINATION = {'full': (True, True, False), 'no_fold': (False, True, False),
+               'none': (False, False, False), 'full+cse': (True, True, True),
+               'no_fold+cse': (False, True, True), 'none+cse': (False, False, True)}
 
 
 def elimination_runtime(policy: str, base: str = 'cmsis-nn') -> devices.Runtime:
-  fold, prune = ELIMINATION[policy]
+  fold, prune, merge = ELIMINATION[policy]
   rt = devices.get_runtime(base)
   return dataclasses.replace(rt, name=f'{rt.name}+{policy}', fold_constants=fold,
-                             prune_dead=prune)
+                             prune_dead=prune, merge_duplicates=merge)
 
 
 def validate_nb201(num_train: int = 500, seed: int = 0, steps: int = 3000) -> dict:

@@ -31,7 +31,8 @@ _CHUNK = 1024
 
 
 def _single_cost(t: Template, dev: devices.Device, rt: devices.Runtime, gates, widths, cycles):
-  act = template.soft_activity(t, gates, widths, rt.fold_constants, rt.prune_dead)
+  act = template.soft_activity(t, gates, widths, rt.fold_constants, rt.prune_dead,
+                               rt.merge_duplicates)
   c = template.counts(t, activity=act)
   arena = memory.soft_peak_bytes(t, act, im2col=rt.im2col)
   lat = latency.latency_ms(c['features'], cycles, dev.clock_mhz)
@@ -99,11 +100,16 @@ def concrete_cost(g: Graph, device='stm32f746', runtime='cmsis-nn', cycles=None)
     if not (rt.fold_constants and rt.prune_dead):
       raise ValueError(f'runtime {rt.name!r} keeps ops the exact pruner removes; use cost() for '
                        'gated graphs')
+    if rt.merge_duplicates:
+      raise ValueError(f'runtime {rt.name!r} merges duplicate ops of the graph as given, before '
+                       'pruning; use cost() for gated graphs')
     g = prune(g)
   cycles = devices.coefficients(dev, rt) if cycles is None else np.asarray(cycles)
   st = graph.node_stats(g)
   mult = np.array([0.0 if n.op in graph.ALIAS_OPS or (n.op in graph.SUM_OPS and len(n.inputs) < 2)
                    else len(n.inputs) - 1.0 if n.op == 'add' else 1.0 for n in g.nodes])
+  if rt.merge_duplicates:
+    mult[graph.duplicate_of(g) != np.arange(len(g))] = 0.0
   features = mult @ st.features
   features[FEATURES.index('inference')] = 1.0
   qch = float(mult @ st.quant_channels)

@@ -50,6 +50,12 @@ class Runtime:
   # does both; converters of desktop frameworks may not (see docs/hardware.md, NB201 latency).
   fold_constants: bool = True
   prune_dead: bool = True
+  # common-subexpression elimination (`graph.duplicate_of`): equal parameter-free ops on the same
+  # input run once.  Off for every catalog runtime (their predictions predate it); TorchScript
+  # and ONNX Runtime have such a pass, and the Pi 5 TorchMobile/ONNX latencies show it
+  # (docs/hardware.md, NB201 latency).  Latency/energy/MAC counts only: buffers and the arena are
+  # planned as if every node ran.
+  merge_duplicates: bool = False
 
 
 def _devices(*items: Device) -> types.MappingProxyType:

@@ -32,6 +32,9 @@ OPS = ('input', 'conv2d', 'depthwise_conv2d', 'dense', 'avg_pool', 'max_pool',
 ALIAS_OPS = frozenset({'identity', 'reshape'})
 SUM_OPS = frozenset({'add', 'concat'})  # live if any input is live; alias with one live input
 INPLACE_OPS = frozenset({'activation', 'batchnorm', 'add'})  # may overwrite a dying input
+# parameter-free single-input ops: two of them with equal attributes on the same input compute
+# the same tensor (common-subexpression elimination, `duplicate_of`)
+MERGEABLE_OPS = frozenset({'avg_pool', 'max_pool', 'global_avg_pool', 'activation'})
 ACTIVATIONS = ('relu', 'relu6', 'swish', 'sigmoid', 'tanh', 'softmax')
 
 # Latency feature columns: per-node work counts that cost models weigh per (device, runtime).
@@ -373,6 +376,25 @@ def hard_activity(graph: Graph, gates: Optional[np.ndarray] = None,
   active = live & useful
   active[0] = True  # the application always writes the input tensor
   return live, active
+
+
+def duplicate_of(graph: Graph) -> np.ndarray:
+  """[N] first node computing the same tensor as each node (itself if none): common-subexpression
+  elimination of parameter-free ops (`MERGEABLE_OPS`) with equal op, attributes and inputs.
+
+  Static: inputs count as equal when they are the same node (after merging), whatever the gates;
+  two ops whose inputs are equal only through a gate-dependent alias (a sum with one live term)
+  are not merged.  Ops with parameters (conv, dense, batchnorm) are never merged.
+  """
+  rep = np.arange(len(graph))
+  first: dict = {}
+  for i, node in enumerate(graph.nodes):
+    if node.op not in MERGEABLE_OPS:
+      continue
+    key = (node.op, tuple(int(rep[j]) for j in node.inputs), node.shape, node.kernel,
+           node.stride, node.activation)
+    rep[i] = first.setdefault(key, i)
+  return rep
 
 
 def prune(graph: Graph, gates: Optional[np.ndarray] = None, name: Optional[str] = None) -> Graph:

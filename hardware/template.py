@@ -37,6 +37,7 @@ class Template:
   is_alias: np.ndarray        # [N] identity/reshape
   inplace_ok: np.ndarray      # [N]
   inplace_legal: np.ndarray   # [N, I] input buffer big enough to be overwritten
+  duplicate_of: np.ndarray    # [N] graph.duplicate_of (common-subexpression representative)
 
   @property
   def num_nodes(self) -> int:
@@ -84,7 +85,7 @@ def compile_template(graph: graph_lib.Graph) -> Template:
       is_add=np.array([n.op == 'add' for n in nodes]),
       is_alias=np.array([n.op in graph_lib.ALIAS_OPS for n in nodes]),
       inplace_ok=np.array([n.op in graph_lib.INPLACE_OPS for n in nodes]),
-      inplace_legal=legal)
+      inplace_legal=legal, duplicate_of=graph_lib.duplicate_of(graph).astype(np.int32))
 
 
 def as_template(graph_or_template) -> Template:
@@ -198,11 +199,14 @@ def _forward_root_end(t: Template, end, alias):
 
 
 def soft_activity(t: Template, gates=None, widths=None, fold_constants: bool = True,
-                  prune_dead: bool = True) -> dict:
+                  prune_dead: bool = True, merge_duplicates: bool = False) -> dict:
   """Per-node activity of one candidate.
 
   fold_constants / prune_dead: what the toolchain's graph optimiser removes (see
-  `graph.hard_activity`); the defaults are the exact pruner's semantics.
+  `graph.hard_activity`); the defaults are the exact pruner's semantics.  merge_duplicates:
+  equal parameter-free ops on the same input (`graph.duplicate_of`) execute once: the group's
+  representative is charged the max of its members' executions, the others nothing (`mult`
+  only; `act`, `own` and the buffer lifetimes are unchanged).
 
   Returns dict with
     act:   node is computed (0..1);
@@ -224,6 +228,10 @@ def soft_activity(t: Template, gates=None, widths=None, fold_constants: bool = T
   n_terms = jnp.sum(jnp.minimum(live_in, useful[:, None]), axis=1)
   add_mult = jnp.maximum(n_terms - 1.0, 0.0)
   mult = jnp.where(jnp.asarray(t.is_add), add_mult, own)
+  if merge_duplicates:
+    rep = jnp.asarray(t.duplicate_of)
+    group = jax.ops.segment_max(mult, rep, num_segments=t.num_nodes)
+    mult = jnp.where(rep == jnp.arange(t.num_nodes), group, 0.0)
   end = jax.lax.stop_gradient(_backward_last_use(t, act, alias).astype(jnp.float32))
   root_end = _forward_root_end(t, end, alias)
   s_in, s_out = width_scales(t, widths)
