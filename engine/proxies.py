@@ -57,6 +57,7 @@ class ScoreSettings:
   zc_cells: int = 5
   zc_input_size: int = 0           # 0: the dataset's size; smaller for tests
   zc_depth: int = -1               # layers kept (NB201Config.depth); -1: all, less for tests
+  zico_splits: int = 2             # zico: equal mini-batches the zc batch is split into (>= 2)
 
   def zc_config(self) -> nb201.NB201Config:
     size = {'input_size': self.zc_input_size} if self.zc_input_size else {}
@@ -103,12 +104,31 @@ def _linear_regions(key, mask, inputs, s: ScoreSettings):
   return value, jax.numpy.zeros((), jax.numpy.int32)
 
 
-def _zero_cost(fn):
+def _zero_cost(fn, init=None, options=None):
+  """A zero-cost proxy of `engine.zero_cost` on the zc batch; `init` overrides settings.init and
+  `options(settings, init_key)` gives extra keyword arguments."""
   def run(key, mask, inputs, s: ScoreSettings):
     config = s.zc_config()
-    params = nb201_net.init_params(_init_keys(key, inputs, 'zc', s)[0], config, s.init)
-    return fn(params, mask, inputs['zc'], inputs['zc_labels'], config, s.sparse)
+    init_key = _init_keys(key, inputs, 'zc', s)[0]
+    params = nb201_net.init_params(init_key, config, init or s.init)
+    extra = options(s, init_key) if options else {}
+    return fn(params, mask, inputs['zc'], inputs['zc_labels'], config, s.sparse, **extra)
   return run
+
+
+def _zico_options(s: ScoreSettings, _):
+  if s.zico_splits < 2 or s.zc_batch % s.zico_splits:
+    raise ProxyError(f'zico needs --zico_splits >= 2 dividing the zc batch ({s.zc_batch}); '
+                     f'got {s.zico_splits}')
+  return {'splits': s.zico_splits}
+
+
+# zen draws Gaussian weights (from kaiming_normal) and Gaussian inputs from the shared init key,
+# so every candidate sees the same inputs.
+_ZC_OPTIONS = {
+    'zico': {'options': _zico_options},
+    'zen': {'init': 'kaiming_normal', 'options': lambda s, k: {'key': jax.random.fold_in(k, 1)}},
+}
 
 
 REGISTRY: dict[str, Proxy] = {p.name: p for p in [
@@ -119,7 +139,24 @@ REGISTRY: dict[str, Proxy] = {p.name: p for p in [
           lambda masks, s: nb201.count_params(masks, s.full_config())),
     Proxy('flops', 'analytic', True,
           lambda masks, s: nb201.count_flops(masks, s.full_config(), s.flops_convention)),
-] + [Proxy(name, 'network', True, _zero_cost(fn), 'zc') for name, fn in zc_lib.PROXIES.items()]}
+] + [Proxy(name, 'network', True, _zero_cost(fn, **_ZC_OPTIONS.get(name, {})), 'zc')
+     for name, fn in zc_lib.PROXIES.items()]}
+
+
+def fused_gradient_proxies(proxies, s: ScoreSettings):
+  """(names, fn) when two or more of grad_norm, snip, fisher and grasp are requested: fn(key,
+  mask, inputs, settings) -> {name: (value, flag)} from one shared pass
+  (`zero_cost.gradient_proxies`). None otherwise, or with per-candidate init (each proxy then
+  draws its own init from its own key, so there is no pass to share)."""
+  names = tuple(p.name for p in proxies if p.name in zc_lib.GRADIENT_GROUP)
+  if len(names) < 2 or s.per_candidate_init:
+    return None
+
+  def fn(key, mask, inputs, settings: ScoreSettings):
+    config = settings.zc_config()
+    params = nb201_net.init_params(inputs['zc_init'][0], config, settings.init)
+    return zc_lib.gradient_proxies(params, mask, inputs['zc'], inputs['zc_labels'], config, names)
+  return names, fn
 
 
 def get(names) -> list[Proxy]:

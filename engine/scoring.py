@@ -34,17 +34,24 @@ def batch_score_fn(proxies, settings: proxies_lib.ScoreSettings, candidate_chunk
                    devices=None):
   """Un-jitted f(masks [K,6,5], keys [K,2], inputs) -> {name: [K], name_flag: [K]}.
 
+  Gradient-group zero-cost proxies requested together share one pass
+  (`proxies.fused_gradient_proxies`).
+
   K must be a multiple of the number of devices. Dense mode vmaps `candidate_chunk` candidates at
   a time (0: the whole shard; smaller chunks are unrolled to bound memory). Sparse mode walks the
   shard with lax.map, vmapping `candidate_chunk` together when it is above 1.
   """
   net = [p for p in proxies if p.kind == 'network']
+  fused_names, fused_fn = proxies_lib.fused_gradient_proxies(net, settings) or ((), None)
 
   def one(mask, key, inputs):
+    values = fused_fn(key, mask, inputs, settings) if fused_fn else {}
+    for p in net:
+      if p.name not in fused_names:
+        values[p.name] = p.fn(proxies_lib.proxy_key(key, p.name), mask, inputs, settings)
     out = {}
     for p in net:
-      value, flag = p.fn(proxies_lib.proxy_key(key, p.name), mask, inputs, settings)
-      out[p.name], out[p.name + '_flag'] = value, flag
+      out[p.name], out[p.name + '_flag'] = values[p.name]
     return out
 
   def shard(masks, keys, inputs):

@@ -1,8 +1,10 @@
-"""Zero-cost proxies at initialisation: grad_norm, snip, synflow, jacob_cov and NASWOT.
+"""Zero-cost proxies at initialisation: grad_norm, snip, synflow, jacob_cov, NASWOT, fisher,
+GraSP, ZiCo and Zen-NAS.
 
 Definitions follow zero-cost-nas (Abdelfattah et al., "Zero-Cost Proxies for Lightweight NAS",
 ICLR 2021) as packaged by NAS-Bench-Suite-Zero (Krishnakumar et al., NeurIPS 2022), and NASWOT
-(Mellor et al., "Neural Architecture Search without Training", ICML 2021). Every function takes
+(Mellor et al., "Neural Architecture Search without Training", ICML 2021), ZiCo (Li et al., ICLR
+2023) and Zen-NAS (Lin et al., ICCV 2021). Every function takes
 initialised supernet params, an op mask [6, 5] and one batch, and returns (value, flag) with the
 flags of `engine.ntk` (OK, SINGULAR, NONFINITE), so it runs under jit and vmaps over candidates.
 
@@ -12,15 +14,22 @@ classifier matrix; BN parameters and biases never count. A conv the mask switche
 zero gradient in the masked supernet, so it adds nothing, as if it were absent.
 
 BatchNorm uses the batch's statistics (PyTorch train mode) except in synflow (see there).
-grad_norm and snip each run their own forward/backward pass; they could share one (not done yet).
+fisher and grasp run `probed_logits`, this module's own walk of the supernet (see there); the
+others run `nb201_net.apply`. `gradient_proxies` computes grad_norm, snip and fisher from one
+shared forward/backward pass.
 """
 from __future__ import annotations
 
+import functools
+
+import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from engine.ntk import NONFINITE, OK, SINGULAR
 from search_spaces import nb201_net
+from search_spaces.nb201 import CONV1, CONV3, NODE_INPUTS, POOL, SKIP
 
 # Leaves holding nn.Conv2d / nn.Linear weights, and how many leading (cell, edge) axes each has.
 LAYER_WEIGHTS = ('conv', 'conv1', 'conv3', 'conv_a', 'conv_b', 'shortcut', 'fc')
@@ -74,9 +83,7 @@ def grad_norm(params, mask, x, labels, config, sparse=False):
   """Sum over layers of ||dL/dW_layer||_2 (zero-cost-nas `grad_norm`): how strongly the loss
   pulls on the weights at init. Each cell's edge conv is its own layer."""
   _, grads = loss_grads(params, mask, x, labels, config, sparse)
-  norms = jax.tree_util.tree_map_with_path(
-      lambda p, g: jnp.sum(jnp.sqrt(jnp.sum(jnp.square(g), _layer_axes(p, g)))), grads)
-  value = sum(jax.tree.leaves(norms))
+  value = _grad_norm_value(grads)
   return value, _finite_flag(value)
 
 
@@ -84,8 +91,7 @@ def snip(params, mask, x, labels, config, sparse=False):
   """sum |W * dL/dW| (SNIP connection sensitivity, Lee et al. ICLR 2019, as a zero-cost proxy):
   the first-order loss change from removing each weight."""
   weights, grads = loss_grads(params, mask, x, labels, config, sparse)
-  value = sum(jnp.sum(jnp.abs(w * g)) for w, g in zip(jax.tree.leaves(weights),
-                                                      jax.tree.leaves(grads)))
+  value = _snip_value(weights, grads)
   return value, _finite_flag(value)
 
 
@@ -177,5 +183,293 @@ def nwot(params, mask, x, labels, config, sparse=False):
   return logdet, flag.astype(jnp.int32)
 
 
+# ----------------------------------------------------------------------------- probed walk
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _weight_grad(x, g, k, stride):
+  """`nb201_net.conv_weight_grad` with a forward-mode rule: it is bilinear in (x, g), so its
+  tangent is wg(dx, g) + wg(x, dg). (Its custom_vmap, which picks the fast batched form, has no
+  differentiation rule of its own.)"""
+  return nb201_net.conv_weight_grad(x, g, k, stride)
+
+
+@_weight_grad.defjvp
+def _weight_grad_jvp(k, stride, primals, tangents):
+  (x, g), (dx, dg) = primals, tangents
+  return (_weight_grad(x, g, k, stride),
+          _weight_grad(dx, g, k, stride) + _weight_grad(x, dg, k, stride))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv(x, w, stride=1):
+  """`nb201_net.conv` (same values, same fast batched weight gradient) that can also be
+  differentiated twice: GraSP's Hessian-gradient product is forward mode over the backward pass."""
+  return nb201_net._conv(x, w, stride)  # pylint: disable=protected-access
+
+
+def _conv_fwd(x, w, stride):
+  return nb201_net._conv(x, w, stride), (x, w)  # pylint: disable=protected-access
+
+
+def _conv_bwd(stride, residuals, g):
+  x, w = residuals
+  _, input_vjp = jax.vjp(lambda x_: nb201_net._conv(x_, w, stride), x)  # pylint: disable=protected-access
+  return input_vjp(g)[0], _weight_grad(x, g, w.shape[0], stride)
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _lead(path, leaf) -> int:
+  """Number of leading (cell, edge) axes of a layer-weight leaf."""
+  return leaf.ndim - len(_layer_axes(path, leaf))
+
+
+def probe_ones(params, batch: int):
+  """Ones [*lead, B, C_out] for every layer weight: the per-sample, per-channel factors that
+  `probed_logits` multiplies each Conv/Linear output by."""
+  weights, _ = split_layer_weights(params)
+  return jax.tree_util.tree_map_with_path(
+      lambda p, w: jnp.ones(w.shape[:_lead(p, w)] + (batch, w.shape[-1]), w.dtype), weights)
+
+
+def _scaled(a, s):
+  return a * s[:, None, None, :]
+
+
+def _bn(a, p, name):
+  return nb201_net.batch_norm(a, p[name + '_scale'], p[name + '_bias'])[0]
+
+
+def _probed_cell(x, mask, p, s):
+  nodes = [x]
+  for inputs in NODE_INPUTS:
+    total = jnp.zeros_like(x)
+    for e, frm in inputs:
+      h, m = nodes[frm], mask[e]
+      y = m[SKIP] * h + m[POOL] * nb201_net.avg_pool_3x3(h)
+      for col, tag in ((CONV1, '1'), (CONV3, '3')):
+        a = _scaled(conv(jax.nn.relu(h), p['conv' + tag][e]), s['conv' + tag][e])
+        y = y + m[col] * nb201_net.batch_norm(a, p[f'bn{tag}_scale'][e], p[f'bn{tag}_bias'][e])[0]
+      total = total + y
+    nodes.append(total)
+  return nodes[3]
+
+
+def probed_logits(params, mask, x, config, probes):
+  """Logits of the dense supernet (`nb201_net.apply`, BN on batch statistics) with the output of
+  every Conv/Linear layer multiplied by its probe [B, C_out] (ones from `probe_ones` leave them
+  unchanged). dLoss/dprobe[n, k] is then sum over pixels of activation * dLoss/dactivation for
+  sample n and channel k: what zero-cost-nas's fisher hooks read on each nn.Conv2d / nn.Linear
+  output (the Linear's output includes its bias). Convolutions use this module's twice-
+  differentiable `conv`. A walk of its own because `apply` has no hook on layer outputs;
+  tests/zero_cost_test.py checks that both give the same logits.
+  """
+  if config.use_stem:
+    p = params['stem']
+    x = _bn(_scaled(conv(x, p['conv']), probes['stem']['conv']), p, 'bn')
+  cells: dict[int, int] = {}
+  for kind, stage in config.layer_plan():
+    if kind == 'cell':
+      i = cells[stage] = cells.get(stage, -1) + 1
+      pick = functools.partial(jax.tree.map, lambda a, i=i: a[i])
+      x = _probed_cell(x, mask, pick(params[f'stage{stage}']), pick(probes[f'stage{stage}']))
+    else:
+      p, s = params[f'reduce{stage}'], probes[f'reduce{stage}']
+      a = _bn(_scaled(conv(jax.nn.relu(x), p['conv_a'], 2), s['conv_a']), p, 'bna')
+      b = _bn(_scaled(conv(jax.nn.relu(a), p['conv_b']), s['conv_b']), p, 'bnb')
+      x = b + _scaled(conv(nb201_net.avg_pool_2x2(x), p['shortcut']), s['shortcut'])
+  p = params['head']
+  features = jnp.mean(jax.nn.relu(_bn(x, p, 'bn')), (1, 2))
+  return (features @ p['fc'] + p['fc_bias']) * probes['head']['fc']
+
+
+# ----------------------------------------------------------------------------- gradient proxies
+
+def _grad_norm_value(grads):
+  norms = jax.tree_util.tree_map_with_path(
+      lambda p, g: jnp.sum(jnp.sqrt(jnp.sum(jnp.square(g), _layer_axes(p, g)))), grads)
+  return sum(jax.tree.leaves(norms))
+
+
+def _snip_value(weights, grads):
+  return sum(jnp.sum(jnp.abs(w * g)) for w, g in zip(jax.tree.leaves(weights),
+                                                      jax.tree.leaves(grads)))
+
+
+def _fisher_value(weights, probe_grads):
+  """sum over layers and output channels k of fan_in * 0.5 * mean_n (dL/dprobe[n, k])^2."""
+  def layer(path, w, g):
+    chex.assert_equal(g.shape[:_lead(path, w)], w.shape[:_lead(path, w)])
+    fan_in = int(np.prod(w.shape[_lead(path, w):-1]))
+    return fan_in * 0.5 * jnp.sum(jnp.mean(jnp.square(g), axis=-2))
+  return sum(jax.tree.leaves(jax.tree_util.tree_map_with_path(layer, weights, probe_grads)))
+
+
+def _grasp_value(weights, hg):
+  return -sum(jnp.sum(w * h) for w, h in zip(jax.tree.leaves(weights), jax.tree.leaves(hg)))
+
+
+GRADIENT_GROUP = ('grad_norm', 'snip', 'fisher', 'grasp')
+
+
+def gradient_proxies(params, mask, x, labels, config, names=GRADIENT_GROUP):
+  """{name: (value, flag)} for the requested members of GRADIENT_GROUP from one shared pass.
+
+  One backward pass of the cross-entropy through `probed_logits` gives the layer-weight
+  gradients g (grad_norm, snip) and the probe gradients (fisher) together. With grasp, that
+  pass is linearised (`jax.linearize` of the gradient) so the same pass also yields H g by one
+  more forward-mode evaluation. The walk is always dense (no `sparse`).
+  """
+  unknown = set(names) - set(GRADIENT_GROUP)
+  if unknown:
+    raise ValueError(f'not a gradient-group proxy: {sorted(unknown)}')
+  weights, rest = split_layer_weights(params)
+  probes = probe_ones(params, x.shape[0])
+
+  def loss(w, s):
+    return cross_entropy(probed_logits(_merge(w, rest), mask, x, config, s), labels)
+
+  grad_fn = jax.grad(loss, argnums=(0, 1))
+  if 'grasp' in names:
+    (gw, gs), hvp = jax.linearize(grad_fn, weights, probes)
+    hg = hvp(gw, jax.tree.map(jnp.zeros_like, probes))[0]
+  else:
+    gw, gs = grad_fn(weights, probes)
+  make = {'grad_norm': lambda: _grad_norm_value(gw), 'snip': lambda: _snip_value(weights, gw),
+          'fisher': lambda: _fisher_value(weights, gs),
+          'grasp': lambda: _grasp_value(weights, hg)}
+  values = {n: make[n]() for n in names}
+  return {n: (v, _finite_flag(v)) for n, v in values.items()}
+
+
+def fisher(params, mask, x, labels, config, sparse=False):
+  """Fisher channel saliency (Theis et al. 2018; Turner et al. ICLR 2020; zero-cost-nas `fisher`):
+  for every Conv/Linear layer output a and output channel k,
+  F_k = 0.5 * mean over samples n of (sum over pixels of a * dL/da)[n, k]^2; zero-cost-nas then
+  broadcasts F_k over the channel's fan_in weights (weight.shape[1:]) and sums, so the value is
+  sum over layers and channels of fan_in * F_k. The hooked activations are the raw outputs of
+  every convolution (stem, each edge's 1x1 / 3x3 conv before its BN, reduction conv_a / conv_b
+  before BN, reduction shortcut) and the classifier's logits (with bias); L is the batch-mean
+  cross-entropy with BN on batch statistics. A conv the mask switches off gets zero gradient and
+  adds nothing. Dense walk (`sparse` is unused)."""
+  del sparse
+  return gradient_proxies(params, mask, x, labels, config, ('fisher',))['fisher']
+
+
+def grasp(params, mask, x, labels, config, sparse=False):
+  """GraSP (Wang et al. ICLR 2020) as a zero-cost proxy (zero-cost-nas `grasp`, T=1, one split):
+  -sum over layer weights of W * (H g), g = dL/dW on the batch (held constant), H the Hessian of
+  the cross-entropy w.r.t. the layer weights (BN on batch statistics, BN parameters fixed).
+  zero-cost-nas gets H g from a second backward pass of g . dL/dW; here it is the forward-mode
+  derivative of the gradient in direction g (`jax.linearize`), the same quantity. Dense walk."""
+  del sparse
+  return gradient_proxies(params, mask, x, labels, config, ('grasp',))['grasp']
+
+
+# ----------------------------------------------------------------------------- ZiCo, Zen-NAS
+
+ZICO_SPLITS = 2
+
+
+def zico(params, mask, x, labels, config, sparse=False, splits=ZICO_SPLITS):
+  """ZiCo (Li et al., "Zero-Cost Proxy based on Inverse Coefficient of Variation", ICLR 2023):
+  sum over layers of log( sum over the layer's weights of mean_b |g_b| / std_b(g_b) ), g_b the
+  gradient of the cross-entropy on mini-batch b; weights whose gradient has zero std across the
+  batches are left out, and a layer whose sum is 0 (e.g. a switched-off conv) adds nothing
+  (the official code and NASLib's `zico` do the same). Needs >= 2 mini-batches: the batch is
+  split into `splits` equal consecutive parts (NASLib splits its one batch in 2), each with its
+  own BN statistics; std is the population std (numpy's default). A non-finite gradient makes
+  the value nan (flag NONFINITE)."""
+  chex.assert_rank(x, 4)
+  if splits < 2 or x.shape[0] % splits:
+    raise ValueError(f'zico needs >= 2 equal splits of the batch; got {splits} for batch '
+                     f'{x.shape[0]}')
+  xs = x.reshape((splits, -1) + x.shape[1:])
+  ls = labels.reshape(splits, -1)
+  grads = jax.vmap(lambda xb, lb: loss_grads(params, mask, xb, lb, config, sparse)[1])(xs, ls)
+
+  def layer_logs(path, g):
+    mean_abs, std = jnp.mean(jnp.abs(g), 0), jnp.std(g, 0)
+    ratio = jnp.where(std > 0, mean_abs / jnp.where(std > 0, std, 1.0), 0.0)
+    total = jnp.sum(ratio, _layer_axes(path, ratio))
+    return jnp.sum(jnp.where(total > 0, jnp.log(jnp.where(total > 0, total, 1.0)), 0.0))
+
+  value = sum(jax.tree.leaves(jax.tree_util.tree_map_with_path(layer_logs, grads)))
+  # A non-finite gradient would drop out of the std > 0 filter silently: make the value nan.
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  value = jnp.where(finite, value, jnp.nan)
+  return value, _finite_flag(value)
+
+
+ZEN_ALPHA = 0.01
+
+
+def unit_gaussian_weights(params):
+  """kaiming_normal params (layer weights N(0, 2 / fan_in)) -> layer weights N(0, 1): Zen-NAS's
+  `network_weight_gaussian_init` (BN scale 1 and shift 0 as initialised)."""
+  def scale(path, w):
+    fan_in = int(np.prod(w.shape[_lead(path, w):-1]))
+    return w * np.sqrt(fan_in / 2.0)
+  weights, rest = split_layer_weights(params)
+  return _merge(jax.tree_util.tree_map_with_path(scale, weights), rest)
+
+
+def _log_bn_scales(stats, mask):
+  """sum over the network's BN layers of log sqrt(mean over channels of the batch variance);
+  BNs of convs the mask switches off do not exist in the architecture and are left out."""
+  total = jnp.zeros(())
+  log_sigma = lambda var: 0.5 * jnp.log(jnp.mean(var, -1))
+  for name, st in stats.items():
+    if name.startswith('stage'):
+      for kind, col in (('conv1', CONV1), ('conv3', CONV3)):
+        active = mask[:, col] != 0  # [6], broadcast over the stage's cells
+        logs = log_sigma(jnp.where(active[:, None], st[kind][1], 1.0))
+        total = total + jnp.sum(jnp.where(active, logs, 0.0))
+    else:
+      for _, var in jax.tree.leaves(st, is_leaf=lambda a: isinstance(a, tuple)):
+        total = total + log_sigma(var)
+  return total
+
+
+def zen(params, mask, x, labels, config, sparse=False, key=None, alpha=ZEN_ALPHA):
+  """Zen-score (Lin et al., "Zen-NAS", ICCV 2021; official `compute_zen_score`, as in NASLib):
+  log E_n ||f(x) - f(x + alpha eps)||_1 + sum over BN layers of log sigma_bn, with
+  * layer weights N(0, 1) (`unit_gaussian_weights`: expects kaiming_normal params),
+  * x and eps standard Gaussian of the batch's shape (drawn from `key`; the batch's images and
+    `labels` are not used), alpha = 0.01,
+  * f the feature map before global average pooling (after the head's BN and ReLU), the norm the
+    per-sample sum of |.| over pixels and channels averaged over the batch (the official code;
+    the paper writes a Frobenius norm),
+  * BN on batch statistics in both forward passes, sigma_bn = sqrt(mean over channels of the
+    batch variance on the unperturbed input). The official code reads BN's running_var after
+    its two forward passes (momentum 0.1 from 1), an implementation artefact; this uses the
+    paper's batch variance.
+  """
+  del labels
+  key = jax.random.PRNGKey(0) if key is None else key
+  params = unit_gaussian_weights(params)
+  k_x, k_eps = jax.random.split(key)
+  x0 = jax.random.normal(k_x, x.shape, x.dtype)
+  x1 = x0 + alpha * jax.random.normal(k_eps, x.shape, x.dtype)
+
+  def pre_gap(inputs):
+    last = []
+
+    def keep(a):
+      last.append(a)
+      return a
+
+    _, stats = nb201_net.apply(params, mask, inputs, config, None, sparse, hook=keep)
+    head = params['head']
+    return jax.nn.relu(nb201_net.batch_norm(last[-1], head['bn_scale'], head['bn_bias'])[0]), stats
+
+  f0, stats = pre_gap(x0)
+  f1, _ = pre_gap(x1)
+  delta = jnp.mean(jnp.sum(jnp.abs(f0 - f1), (1, 2, 3)))
+  value = jnp.log(delta) + _log_bn_scales(stats, mask)
+  return value, _finite_flag(value)
+
+
 PROXIES = {'grad_norm': grad_norm, 'snip': snip, 'synflow': synflow, 'jacob_cov': jacob_cov,
-           'nwot': nwot}
+           'nwot': nwot, 'fisher': fisher, 'grasp': grasp, 'zico': zico, 'zen': zen}

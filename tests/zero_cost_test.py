@@ -18,8 +18,12 @@ OPS = np.array([[3, 2, 4, 1, 3, 0], [1, 1, 1, 1, 1, 1], [3, 3, 3, 3, 3, 3], [4, 
 
 
 @pytest.fixture(scope='module')
-def batched():
-  scorer = scoring.Scorer(NAMES, SETTINGS, seed=5, batch_candidates=4, devices=jax.devices()[:1])
+def scorer():
+  return scoring.Scorer(NAMES, SETTINGS, seed=5, batch_candidates=4, devices=jax.devices()[:1])
+
+
+@pytest.fixture(scope='module')
+def batched(scorer):
   return scorer.score_ops(OPS)
 
 
@@ -141,3 +145,152 @@ def test_labels_are_the_sampled_images_labels():
   inputs = proxies.make_inputs(proxies.get('nwot'), settings, 0, image_set)
   centre = inputs['zc'][:, 16, 16, 0] * proxies.data_lib.CIFAR_STD[0] + proxies.data_lib.CIFAR_MEAN[0]
   np.testing.assert_array_equal(np.rint(centre * 255 / 20).astype(int), inputs['zc_labels'])
+
+
+# ----------------------------------------------------------------------------- fisher, grasp, zico, zen
+
+def test_new_proxies_registered_with_their_settings():
+  assert proxies.ScoreSettings().zico_splits == 2
+  for name in ('fisher', 'grasp', 'zico', 'zen'):
+    assert proxies.REGISTRY[name].higher_is_better, name
+  with pytest.raises(proxies.ProxyError, match='zico_splits'):
+    bad = dataclasses.replace(SETTINGS, zico_splits=3)
+    proxies.REGISTRY['zico'].fn(jax.random.PRNGKey(0), jnp.asarray(nb201.ops_to_mask(OPS[0])),
+                                proxies.make_inputs(proxies.get('zico'), bad, 0, None), bad)
+
+
+@pytest.fixture(scope='module')
+def fused_tiny():
+  """gradient_proxies (all four from one pass) on the tiny net, OPS[0]: compiled once."""
+  config, params, x, labels = _tiny()
+  mask = jnp.asarray(nb201.ops_to_mask(OPS[0]))
+  return jax.jit(zc.gradient_proxies, static_argnums=(4, 5))(params, mask, x, labels, config,
+                                                             zc.GRADIENT_GROUP)
+
+
+def test_fused_gradient_proxies_equal_the_separate_ones_and_probes_keep_the_logits(fused_tiny):
+  config, params, x, labels = _tiny()
+  mask = jnp.asarray(nb201.ops_to_mask(OPS[0]))
+  probed = zc.probed_logits(params, mask, x, config, zc.probe_ones(params, 8))
+  np.testing.assert_allclose(probed, nb201_net.apply(params, mask, x, config)[0], atol=1e-5)
+  # grad_norm and snip alone run nb201_net.apply; fisher alone skips the linearisation.
+  for name in ('grad_norm', 'snip', 'fisher'):
+    value, flag = jax.jit(zc.PROXIES[name], static_argnums=4)(params, mask, x, labels, config)
+    assert int(flag) == int(fused_tiny[name][1]) == 0, name
+    np.testing.assert_allclose(float(fused_tiny[name][0]), float(value), rtol=1e-4, err_msg=name)
+
+
+def test_fisher_matches_a_direct_per_activation_sum():
+  # Stem and head only: the hooked activations are the stem conv's output and the logits.
+  config = dataclasses.replace(SETTINGS, zc_depth=0).zc_config()
+  params = nb201_net.init_params(jax.random.PRNGKey(3), config)
+  x = jax.random.normal(jax.random.PRNGKey(4), (8, 8, 8, 3))
+  labels = jnp.arange(8) % 10
+  stem, head = params['stem'], params['head']
+
+  def from_stem(a):  # stem conv output -> logits
+    h = nb201_net.batch_norm(a, stem['bn_scale'], stem['bn_bias'])[0]
+    h = nb201_net.batch_norm(h, head['bn_scale'], head['bn_bias'])[0]
+    return jnp.mean(jax.nn.relu(h), (1, 2)) @ head['fc'] + head['fc_bias']
+
+  a = nb201_net._conv(x, stem['conv'], 1)
+  logits = from_stem(a)
+  g_a = jax.grad(lambda a: zc.cross_entropy(from_stem(a), labels))(a)
+  g_z = jax.grad(lambda z: zc.cross_entropy(z, labels))(logits)
+  per_stem = np.sum(np.asarray(a * g_a), axis=(1, 2))       # [B, C]
+  per_fc = np.asarray(logits * g_z)                         # [B, classes]
+  expected = (3 * 3 * 3 * 0.5 * np.sum(np.mean(per_stem ** 2, 0))
+              + 4 * 0.5 * np.sum(np.mean(per_fc ** 2, 0)))
+  value, flag = jax.jit(zc.fisher, static_argnums=4)(params, None, x, labels, config)
+  assert int(flag) == 0
+  np.testing.assert_allclose(float(value), expected, rtol=1e-4)
+
+
+def test_grasp_matches_a_second_backward_pass_through_plain_convolutions(monkeypatch,
+                                                                        fused_tiny):
+  # zero-cost-nas's route: H g as the gradient of g . dL/dW (g held constant), here through XLA's
+  # own convolution (twice differentiable in reverse mode); grasp uses forward mode over the
+  # backward pass and zero_cost.conv's own second-order rule.
+  config, params, x, labels = _tiny()
+  mask = jnp.asarray(nb201.ops_to_mask(OPS[0]))
+  value, flag = fused_tiny['grasp']  # zc.grasp is this same linearised pass, grasp alone
+  monkeypatch.setattr(zc, 'conv', lambda x, w, stride=1: nb201_net._conv(x, w, stride))
+  weights, rest = zc.split_layer_weights(params)
+  probes = zc.probe_ones(params, 8)
+  loss = lambda w: zc.cross_entropy(zc.probed_logits(zc._merge(w, rest), mask, x, config, probes),
+                                    labels)
+  dot = lambda a, b: sum(jnp.sum(u * v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+  @jax.jit
+  def reference(w):
+    g = jax.lax.stop_gradient(jax.grad(loss)(w))
+    hg = jax.grad(lambda w: dot(g, jax.grad(loss)(w)))(w)
+    return -dot(w, hg)
+
+  assert int(flag) == 0
+  np.testing.assert_allclose(float(value), float(reference(weights)), rtol=1e-4)
+
+
+def test_zico_matches_numpy_on_the_two_half_batches():
+  config, params, x, labels = _tiny()
+  mask = jnp.asarray(nb201.ops_to_mask(OPS[0]))
+  loss_grads = jax.jit(zc.loss_grads, static_argnums=4)
+  halves = [loss_grads(params, mask, x[i:i + 4], labels[i:i + 4], config)[1] for i in (0, 4)]
+  layers = []
+  flat = [jax.tree_util.tree_flatten_with_path(h)[0] for h in halves]
+  for (path, g0), (_, g1) in zip(*flat):
+    g = np.stack([np.asarray(g0), np.asarray(g1)]).astype(np.float64)
+    if zc._name(path) in ('conv1', 'conv3'):  # [2, cells, edges, ...]: one layer per cell edge
+      layers += [g[:, i, e] for i in range(g.shape[1]) for e in range(g.shape[2])]
+    else:
+      layers.append(g)
+  expected = 0.0
+  for g in layers:
+    std, mean_abs = g.std(0), np.abs(g).mean(0)
+    total = np.sum(mean_abs[std > 0] / std[std > 0])
+    expected += np.log(total) if total > 0 else 0.0
+  value, flag = jax.jit(zc.zico, static_argnums=4)(params, mask, x, labels, config)
+  assert int(flag) == 0
+  # float32 gradients: mean / std is sensitive where the two halves' gradients nearly agree.
+  np.testing.assert_allclose(float(value), expected, rtol=1e-3)
+
+
+def test_zen_counts_the_bn_layers_of_the_architecture_only():
+  config, _, x, labels = _tiny()
+  params = nb201_net.init_params(jax.random.PRNGKey(7), config, 'kaiming_normal')
+  unit = zc.unit_gaussian_weights(params)
+  assert abs(float(jnp.std(unit['stage0']['conv3'])) - 1) < 0.05
+  np.testing.assert_array_equal(unit['stage0']['bn3_scale'], params['stage0']['bn3_scale'])
+  ops = OPS[0]  # nor_conv_3x3, nor_conv_1x1, avg_pool, skip, nor_conv_3x3, none
+  mask = jnp.asarray(nb201.ops_to_mask(ops))
+  key = jax.random.PRNGKey(11)
+  k_x, k_eps = jax.random.split(key)
+  x0 = jax.random.normal(k_x, x.shape)
+  x1 = x0 + zc.ZEN_ALPHA * jax.random.normal(k_eps, x.shape)
+
+  def pre_gap(inputs):
+    feats = []
+    stats = nb201_net.apply(unit, mask, inputs, config, hook=lambda a: feats.append(a) or a)[1]
+    h = nb201_net.batch_norm(feats[-1], unit['head']['bn_scale'], unit['head']['bn_bias'])[0]
+    return jax.nn.relu(h), stats
+
+  (f0, stats), (f1, _) = pre_gap(x0), pre_gap(x1)
+  variances = [stats['stem'][1], stats['reduce1']['a'][1], stats['reduce1']['b'][1],
+               stats['head'][1]]
+  kinds = {nb201.CONV1: 'conv1', nb201.CONV3: 'conv3'}
+  variances += [stats['stage0'][kinds[op]][1][0, e] for e, op in enumerate(ops) if op in kinds]
+  assert len(variances) == 7
+  expected = (np.log(np.mean(np.sum(np.abs(np.asarray(f0 - f1)), (1, 2, 3))))
+              + sum(0.5 * np.log(np.mean(np.asarray(v))) for v in variances))
+  value, flag = jax.jit(zc.zen, static_argnums=4)(params, mask, x, labels, config, key=key)
+  assert int(flag) == 0
+  np.testing.assert_allclose(float(value), expected, rtol=1e-4)
+
+
+def test_non_finite_values_are_flagged(scorer):
+  masks = np.asarray(nb201.ops_to_mask(OPS), np.float32)
+  masks[0, 0, nb201.CONV3] = np.nan  # poisons every activation after the first edge
+  out = scorer.score_masks(masks, scoring.candidate_keys(5, OPS))
+  for name in ('fisher', 'grasp', 'zico', 'zen'):
+    assert int(out[name + '_flag'][0]) == zc.NONFINITE and not np.isfinite(out[name][0]), name
+    assert not out[name + '_flag'][1:].any(), name
