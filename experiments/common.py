@@ -88,6 +88,7 @@ def settings_from_flags(f) -> proxies_lib.ScoreSettings:
                                                      'ntk_cells')] + list(zc.items()):
     if value < 1:
       raise proxies_lib.ProxyError(f'--{name} must be at least 1, got {value}')
+  zc['zico_splits'] = getattr(f, 'zico_splits', defaults.zico_splits)  # checked by zico itself
   return proxies_lib.ScoreSettings(
       dataset=f.dataset, init=f.init, ntk_batch=f.ntk_batch, ntk_repeats=f.repeats,
       ntk_width=f.ntk_width, ntk_cells=f.ntk_cells, cotangent_chunk=f.cotangent_chunk,
