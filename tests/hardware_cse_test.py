@@ -3,19 +3,18 @@
 import dataclasses
 import itertools
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import hardware
+import hardware_fixtures
 from hardware import devices
 from hardware import graph as G
 from hardware import template as T
 from search_spaces import nb201
 from search_spaces import nb201_graph
 
-SMALL = nb201.NB201Config(C=4, N=1, input_size=8)
+SMALL = hardware_fixtures.SMALL
 
 
 def _runtime(fold=True, prune=True, merge=True):
@@ -103,18 +102,7 @@ def test_nb201_pools_on_one_node_run_once():
 
 
 def test_merge_latency_gradient_matches_finite_differences():
-  t = nb201_graph.template(SMALL)
-  dev, rt = hardware.get_device('stm32f746'), _runtime(False, False)
-  cycles = jnp.asarray(devices.coefficients(dev, rt), jnp.float32)
-  f = jax.jit(lambda g: hardware._single_cost(t, dev, rt, g, None, cycles)['latency_ms'])
-  rng = np.random.default_rng(0)
-  gates = jnp.asarray(rng.uniform(0.2, 0.9, 30), jnp.float32)
-  grad = jax.jit(jax.grad(f))(gates)
-  for _ in range(3):
-    v = jnp.asarray(rng.normal(size=30), jnp.float32)
-    fd = (f(gates + 1e-3 * v) - f(gates - 1e-3 * v)) / 2e-3
-    np.testing.assert_allclose(grad @ v, fd, rtol=2e-2, atol=1e-4 * abs(float(f(gates))))
-  assert float(jnp.abs(grad).sum()) > 0
+  hardware_fixtures.assert_latency_gradient_matches_fd(_runtime(False, False))
 
 
 def test_concrete_cost_refuses_gated_graph_with_merging():

@@ -4,33 +4,19 @@ import dataclasses
 import itertools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import hardware
+import hardware_fixtures
 from hardware import devices
 from hardware import graph as G
 from hardware import template as T
 from search_spaces import nb201
 from search_spaces import nb201_graph
 
-SMALL = nb201.NB201Config(C=4, N=1, input_size=8)
+SMALL = hardware_fixtures.SMALL
 POLICIES = list(itertools.product([True, False], repeat=2))
-
-
-def _gated():
-  """x -> {identity (g0), conv (g1), pool (g2)} -> sum -> relu (g3) -> conv2 -> add(., sum)."""
-  b = G.GraphBuilder('gated', num_gates=4)
-  x = b.input((8, 8, 4))
-  i = b.identity(x, gate=0, name='skip')
-  c = b.conv2d(x, 4, 3, gate=1, name='conv')
-  p = b.pool(x, 'avg', 3, 1, 'same', gate=2, name='pool')
-  s = b.add(i, c, p, name='node1')
-  r = b.activation(s, 'relu', gate=3, name='relu')
-  c2 = b.conv2d(r, 4, 1, name='conv2')
-  b.add(c2, s, name='out')
-  return b.build()
 
 
 def _runtime(fold, prune):
@@ -44,7 +30,7 @@ def test_catalog_runtimes_keep_exact_pruner_semantics():
 
 
 def test_hard_activity_policies_by_hand():
-  g = _gated()
+  g = hardware_fixtures.gated_graph()
   # every sum term off: folded away by default; without folding the zero sum feeds relu/conv2
   _, active = G.hard_activity(g, np.array([0, 0, 0, 1]))
   assert active.tolist() == [True, False, False, False, False, False, False, False]
@@ -65,7 +51,7 @@ def test_hard_activity_policies_by_hand():
 
 @pytest.mark.parametrize('fold,prune', POLICIES)
 def test_soft_activity_exact_at_hard_gates(fold, prune):
-  g = _gated()
+  g = hardware_fixtures.gated_graph()
   t = T.compile_template(g)
   soft = jax.jit(lambda gates: T.soft_activity(t, gates, None, fold, prune)['act'])
   for gates in itertools.product([0, 1], repeat=4):
@@ -82,18 +68,7 @@ def test_soft_activity_exact_at_hard_gates(fold, prune):
 
 
 def test_no_fold_latency_gradient_matches_finite_differences():
-  t = nb201_graph.template(SMALL)
-  dev, rt = hardware.get_device('stm32f746'), _runtime(False, True)
-  cycles = jnp.asarray(devices.coefficients(dev, rt), jnp.float32)
-  f = jax.jit(lambda g: hardware._single_cost(t, dev, rt, g, None, cycles)['latency_ms'])
-  rng = np.random.default_rng(0)
-  gates = jnp.asarray(rng.uniform(0.2, 0.9, 30), jnp.float32)
-  grad = jax.jit(jax.grad(f))(gates)
-  for _ in range(3):
-    v = jnp.asarray(rng.normal(size=30), jnp.float32)
-    fd = (f(gates + 1e-3 * v) - f(gates - 1e-3 * v)) / 2e-3
-    np.testing.assert_allclose(grad @ v, fd, rtol=2e-2, atol=1e-4 * abs(float(f(gates))))
-  assert float(jnp.abs(grad).sum()) > 0
+  hardware_fixtures.assert_latency_gradient_matches_fd(_runtime(False, True))
 
 
 def test_policies_order_the_work():
@@ -109,4 +84,4 @@ def test_policies_order_the_work():
 
 def test_concrete_cost_refuses_gated_graph_with_other_policy():
   with pytest.raises(ValueError, match='use cost'):
-    hardware.concrete_cost(_gated(), runtime=_runtime(False, True))
+    hardware.concrete_cost(hardware_fixtures.gated_graph(), runtime=_runtime(False, True))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import hardware
+import hardware_fixtures
 from hardware import graph as G
 from hardware import memory
 from hardware import template as T
@@ -83,22 +84,9 @@ def test_soft_equals_planner_on_concrete_graphs(make):
                              memory.plan_arena(g, im2col=True).live_bytes, atol=1e-3)
 
 
-def _gated():
-  b = G.GraphBuilder('gated', num_gates=4)
-  x = b.input((8, 8, 4))
-  i = b.identity(x, gate=0, name='skip')
-  c = b.conv2d(x, 4, 3, gate=1, name='conv')
-  p = b.pool(x, 'avg', 3, 1, 'same', gate=2, name='pool')
-  s = b.add(i, c, p, name='node1')
-  r = b.activation(s, 'relu', gate=3, name='relu')
-  c2 = b.conv2d(r, 4, 1, name='conv2')
-  b.add(c2, s, name='out')
-  return b.build()
-
-
 @pytest.mark.parametrize('gates', list(itertools.product([0, 1], repeat=4)))
 def test_soft_template_exact_at_hard_gates(gates):
-  g = _gated()
+  g = hardware_fixtures.gated_graph()
   gates = np.array(gates, np.float32)
   soft = hardware.cost(g, gates)
   hard = hardware.concrete_cost(G.prune(g, gates))
@@ -107,7 +95,7 @@ def test_soft_template_exact_at_hard_gates(gates):
 
 
 def test_soft_memory_is_between_hard_corners():
-  g = _gated()
+  g = hardware_fixtures.gated_graph()
   lo = float(hardware.cost(g, np.array([0, 0, 0, 1.]))['arena_bytes'])
   hi = float(hardware.cost(g, np.array([0, 1, 0, 1.]))['arena_bytes'])
   mid = float(hardware.cost(g, np.array([0, 0.5, 0, 1.]))['arena_bytes'])
@@ -127,7 +115,7 @@ def test_flash_formula():
 
 
 def test_soft_memory_batches_with_vmap():
-  g = _gated()
+  g = hardware_fixtures.gated_graph()
   gates = np.random.default_rng(0).random((5, 4)).astype(np.float32)
   out = hardware.cost(g, gates)
   chex.assert_shape(out['sram_bytes'], (5,))
