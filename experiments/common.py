@@ -14,6 +14,10 @@ from engine import data as data_lib
 from engine import proxies as proxies_lib
 from search_spaces import nb201
 
+# Each dataset's NB201 test-accuracy column in the benchmark table.
+ACC_COLUMN = {'cifar10': 'cifar10_test_acc', 'cifar100': 'cifar100_test_acc',
+              'ImageNet16-120': 'imagenet16_120_test_acc'}
+
 USER_ERRORS = (nb201.ArchError, data_lib.DataError, proxies_lib.ProxyError, FileNotFoundError,
                ValueError)
 

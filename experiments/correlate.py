@@ -43,8 +43,6 @@ from engine import proxies as proxies_lib
 from experiments import common
 from search_spaces import nb201
 
-ACC_COLUMN = {'cifar10': 'cifar10_test_acc', 'cifar100': 'cifar100_test_acc',
-              'ImageNet16-120': 'imagenet16_120_test_acc'}
 # Our proxy name -> NASLib's column in nb201_zc_proxies_subset_naslib.csv.
 REFERENCE_NAMES = {'jacob_cov': 'jacov', 'nwot': 'nwot', 'synflow': 'synflow', 'snip': 'snip',
                    'grad_norm': 'grad_norm', 'fisher': 'fisher', 'grasp': 'grasp',
@@ -82,7 +80,7 @@ def run(f):
   if f.chunk_size < 1:
     raise ValueError(f'--chunk_size must be at least 1, got {f.chunk_size}')
   table = common.arch_index_table(f.benchmark_file, required=True)
-  acc = table.columns[ACC_COLUMN[f.dataset]]
+  acc = table.columns[common.ACC_COLUMN[f.dataset]]
   ops = common.select_archs(f.archs, f.seed, f.benchmark_file)
   reference = load_reference(f.reference_file, f.dataset) if f.reference_file else None
   images = common.load_images(f.data_dir, f.dataset)
@@ -108,7 +106,7 @@ def run(f):
   indices = table.ops_to_index(ops)
   columns = build_columns(scores, proxy_names, aggregates)
   true_acc = acc[indices]
-  write_scores(workdir, ops, indices, columns, ACC_COLUMN[f.dataset], true_acc)
+  write_scores(workdir, ops, indices, columns, common.ACC_COLUMN[f.dataset], true_acc)
   rows = [correlation_row(c, true_acc) for c in columns]
   setting = describe_setting(f, settings, proxy_names, images, len(ops))
   write_correlation(workdir, rows, setting, f.dataset, len(ops))
@@ -395,10 +393,10 @@ def describe_setting(f, settings, proxy_names, images, num_archs) -> list[str]:
   kinds = {proxies_lib.REGISTRY[n].needs for n in proxy_names}
   ds_size, ds_classes = nb201.DATASETS[f.dataset]
   lines = [f'NB201 {f.dataset}: {num_archs} archs (`--archs={f.archs}`, seed {f.seed}), '
-           f'ground truth `{ACC_COLUMN[f.dataset]}` (200-epoch test accuracy)',
+           f'ground truth `{common.ACC_COLUMN[f.dataset]}` (200-epoch test accuracy)',
            f'inputs: {input_source(images)}']
   if images is not None and f.dataset != 'cifar10' and images.source.startswith('cifar10 '):
-    # common.load_images notes the stand-in for cifar100 only; ImageNet16-120 always gets these.
+    # The report spells out what the stand-in means for the proxies (resizing, label space).
     resized = f'box-downsampled to {ds_size}x{ds_size}, ' if ds_size != 32 else ''
     lines.append(f'{f.dataset} images are not used: CIFAR-10 training images stand in, '
                  f'{resized}into a {ds_classes}-class head; proxies that use labels see '

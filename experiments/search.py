@@ -21,8 +21,6 @@ from tqdm import tqdm
 from experiments import common
 from search_spaces import nb201
 
-ACC_COLUMN = {'cifar10': 'cifar10_test_acc', 'cifar100': 'cifar100_test_acc',
-              'ImageNet16-120': 'imagenet16_120_test_acc'}
 CSV_COLUMNS = ('seed', 'searcher', 'arch_index', 'arch_str', 'test_acc', 'feasible',
                'sram_bytes', 'flash_bytes', 'latency_ms', 'energy_mj', 'macs', 'params',
                'objective', 'search_s', 'compile_s', 'run_s', 'scored', 'best_feasible_acc',
@@ -160,7 +158,7 @@ def run(f):
   obj.check_feasible(table, constraints)
   table_s = time.perf_counter() - start
   bench = common.arch_index_table(f.benchmark_file)
-  acc = bench.columns.get(ACC_COLUMN[f.dataset]) if bench is not None else None
+  acc = bench.columns.get(common.ACC_COLUMN[f.dataset]) if bench is not None else None
   images = common.load_images(f.data_dir, f.dataset)
   import jax
   device_name = f'{len(jax.local_devices())} {jax.local_devices()[0].platform} device(s)'
