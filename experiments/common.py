@@ -84,19 +84,15 @@ def settings_from_flags(f) -> proxies_lib.ScoreSettings:
   if f.dataset not in nb201.DATASETS:
     raise nb201.ArchError(f'unknown --dataset={f.dataset!r}; choose one of '
                           f'{", ".join(nb201.DATASETS)}')
-  defaults = proxies_lib.ScoreSettings()
-  # Callers that predate the zero-cost flags (tests pass plain namespaces) get the defaults.
-  zc = {name: getattr(f, name, getattr(defaults, name))
-        for name in ('zc_batch', 'zc_width', 'zc_cells')}
-  for name, value in [(n, getattr(f, n)) for n in ('ntk_batch', 'repeats', 'ntk_width',
-                                                     'ntk_cells')] + list(zc.items()):
-    if value < 1:
-      raise proxies_lib.ProxyError(f'--{name} must be at least 1, got {value}')
-  zc['zico_splits'] = getattr(f, 'zico_splits', defaults.zico_splits)  # checked by zico itself
-  return proxies_lib.ScoreSettings(
+  for name in ('ntk_batch', 'repeats', 'ntk_width', 'ntk_cells', 'zc_batch', 'zc_width',
+               'zc_cells'):
+    if getattr(f, name) < 1:
+      raise proxies_lib.ProxyError(f'--{name} must be at least 1, got {getattr(f, name)}')
+  return proxies_lib.ScoreSettings(  # zico_splits is checked by zico itself
       dataset=f.dataset, init=f.init, ntk_batch=f.ntk_batch, ntk_repeats=f.repeats,
       ntk_width=f.ntk_width, ntk_cells=f.ntk_cells, cotangent_chunk=f.cotangent_chunk,
-      sparse=f.sparse, **zc)
+      sparse=f.sparse, zc_batch=f.zc_batch, zc_width=f.zc_width, zc_cells=f.zc_cells,
+      zico_splits=f.zico_splits)
 
 
 def load_images(data_dir, dataset: str):

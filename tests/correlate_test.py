@@ -51,7 +51,8 @@ def _flags(workdir, archs_file, data_dir, **extra):
                 benchmark_file=str(_benchmark(data_dir)), reference_file=str(_reference(data_dir)),
                 data_dir=None, workdir=str(workdir), chunk_size=5, batch_candidates=4,
                 candidate_chunk=0, sparse=False, ntk_batch=64, repeats=3, ntk_width=8,
-                ntk_cells=1, cotangent_chunk=0, init='torch_default', progress=False)
+                ntk_cells=1, cotangent_chunk=0, zc_batch=64, zc_width=16, zc_cells=5,
+                zico_splits=2, init='torch_default', progress=False)
   values.update(extra)
   return types.SimpleNamespace(**values)
 
@@ -167,7 +168,8 @@ def test_score_writes_aggregate_columns(tmp_path, data_dir):
       dataset='cifar10', archs='1', proxies='params,agg:params+flops', seed=0,
       benchmark_file=str(_benchmark(data_dir)), data_dir=None, output=str(out),
       batch_candidates=1, candidate_chunk=0, sparse=False, ntk_batch=64, repeats=3, ntk_width=8,
-      ntk_cells=1, cotangent_chunk=0, init='torch_default', progress=False)
+      ntk_cells=1, cotangent_chunk=0, zc_batch=64, zc_width=16, zc_cells=5, zico_splits=2,
+      init='torch_default', progress=False)
   score.run(f)
   row = next(csv.DictReader(out.open()))
   assert list(row) == ['arch_index', 'arch_str', 'params', 'flops', 'agg:params+flops',
