@@ -152,8 +152,13 @@ class SpaceTable:
 def space_table(constraints: Constraints) -> SpaceTable:
   """Costs all 15,625 archs in batched calls (about a second once compiled) and checks them."""
   ops = nb201.all_ops()
+  return table_from_costs(cost(nb201.ops_to_mask(ops), constraints), constraints)
+
+
+def table_from_costs(costs: dict, constraints: Constraints) -> SpaceTable:
+  """The space table of precomputed costs (canonical-code order), e.g. from a disk cache."""
+  ops = nb201.all_ops()
   limits = constraints.limits()
-  costs = cost(nb201.ops_to_mask(ops), constraints)
   feasible = within_limits(costs, limits) & nb201.is_connected(ops)
   return SpaceTable(ops, costs, feasible, limits)
 

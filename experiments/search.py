@@ -85,9 +85,7 @@ def _space_table(constraints):
       os.replace(tmp, cache)
     except OSError:
       pass  # a read-only home only costs the recomputation next time
-  limits = constraints.limits()
-  feasible = obj.within_limits(costs, limits) & nb201.is_connected(ops)
-  return obj.SpaceTable(ops, costs, feasible, limits)
+  return obj.table_from_costs(costs, constraints)
 
 
 def _float_or_none(value):
