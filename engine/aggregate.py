@@ -125,3 +125,38 @@ def compute(agg: Aggregate, columns: dict, flags: dict | None = None):
     for i in np.flatnonzero(~valid):
       flagged[i].append(name)
   return total, flagged
+
+
+# -- choosing an aggregate without fooling ourselves
+
+
+def split_archs(n: int, select_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """A seeded random split of range(n) into (selection, held-out) index arrays, both sorted."""
+  if not 0.0 < select_fraction < 1.0:
+    raise ValueError(f'select_fraction must be in (0, 1), got {select_fraction}; e.g. 0.5')
+  order = np.random.default_rng(seed).permutation(n)
+  cut = int(round(select_fraction * n))
+  if cut < 3 or n - cut < 3:
+    raise ValueError(f'{n} archs are too few to split {select_fraction:.2f} / '
+                     f'{1 - select_fraction:.2f} (each side needs >= 3); score more archs')
+  return np.sort(order[:cut]), np.sort(order[cut:])
+
+
+def candidate_aggregates(names, max_components: int, methods=METHODS) -> list[Aggregate]:
+  """Every aggregate of 2..max_components of `names` under each method, in a fixed order."""
+  import itertools  # pylint: disable=import-outside-toplevel
+  names = list(dict.fromkeys(names))
+  out = []
+  for k in range(2, min(max_components, len(names)) + 1):
+    for combo in itertools.combinations(names, k):
+      for method in methods:
+        out.append(parse(f'{PREFIX}{"+".join(combo)}:{method}'))
+  return out
+
+
+def spearman_on(agg: Aggregate, columns: dict, flags: dict, acc, rows) -> float:
+  """Spearman rho of `agg` with accuracy, its ranks taken over the pool `rows` only."""
+  pool = {n: np.asarray(columns[n])[rows] for n in agg.components}
+  pool_flags = {n: np.asarray(flags[n])[rows] for n in agg.components if n in flags}
+  score, _ = compute(agg, pool, pool_flags)
+  return float(stats.spearmanr(score, np.asarray(acc)[rows]).statistic)

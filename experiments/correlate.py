@@ -81,8 +81,11 @@ def run(f):
     raise ValueError(f'--chunk_size must be at least 1, got {f.chunk_size}')
   table = common.arch_index_table(f.benchmark_file, required=True)
   acc = table.columns[common.ACC_COLUMN[f.dataset]]
-  ops = common.select_archs(f.archs, f.seed, f.benchmark_file)
   reference = load_reference(f.reference_file, f.dataset) if f.reference_file else None
+  if f.archs.strip().startswith('reference'):
+    ops = table.index_to_ops[reference_archs(f.archs, reference, f.seed)]
+  else:
+    ops = common.select_archs(f.archs, f.seed, f.benchmark_file)
   images = common.load_images(f.data_dir, f.dataset)
   workdir = pathlib.Path(_workdir(f))
   from experiments.search import enable_compile_cache
@@ -120,6 +123,28 @@ def run(f):
   print(f'wrote {workdir}/scores.csv, correlation.md/json'
         + (', scatter.png, ranks.png' if plotted else ' (no plots: matplotlib not installed)')
         + (', agreement.md/json' if reference is not None else ''))
+
+
+def reference_archs(spec: str, reference, seed: int) -> np.ndarray:
+  """--archs=reference | reference+random:N -> NB201 indices: the reference file's archs for the
+  dataset (ascending), then seeded random other archs up to N in all, so that a sample run also
+  measures agreement on every reference arch."""
+  spec = spec.strip()
+  if reference is None:
+    raise ValueError(f'--archs={spec} needs --reference_file (the NASLib zero-cost CSV)')
+  base = np.unique(reference['arch_index'])
+  if spec == 'reference':
+    return base
+  head, _, count = spec.partition(':')
+  if head != 'reference+random' or not count.isdigit():
+    raise ValueError(f'bad --archs={spec!r}; use reference or reference+random:N')
+  total = int(count)
+  if total < len(base) or total > nb201.NUM_ARCHS:
+    raise ValueError(f'--archs={spec}: N must be between the {len(base)} reference archs and '
+                     f'{nb201.NUM_ARCHS}')
+  others = np.setdiff1d(np.arange(nb201.NUM_ARCHS), base)
+  extra = np.random.default_rng(seed).choice(others, total - len(base), replace=False)
+  return np.concatenate([base, np.sort(extra)])
 
 
 def _workdir(f) -> str:

@@ -19,7 +19,8 @@ flags.DEFINE_enum('search_space', 'nb201', ['nb201', 'tinycnn', 'mlperf_tiny'], 
 flags.DEFINE_string('dataset', 'cifar10', 'cifar10, cifar100 or ImageNet16-120.')
 flags.DEFINE_string('archs', 'random:64',
                     'all | random:N | a file with one arch string or index per line | an arch '
-                    'string | an arch index.')
+                    'string | an arch index; correlate also takes reference (the '
+                    '--reference_file archs of --dataset) and reference+random:N.')
 flags.DEFINE_string('proxies', 'ntk_cond_independent,linear_regions',
                     'Comma-separated proxy names (ntk_cond is TE-NAS-exact but slow on CPU).')
 flags.DEFINE_integer('batch_candidates', 8, 'Candidates per compiled call (K).')

@@ -135,9 +135,11 @@ def test_rerun_with_other_settings_fails_in_one_line(full_run, tmp_path):
     (['--proxies=params,agg:params+flops:zscore'], ["unknown aggregate method 'zscore'"]),
     (['--reference_file=/no/such.csv'], ['--reference_file=/no/such.csv not found']),
     (['--chunk_size=0'], ['--chunk_size must be at least 1']),
+    (['--archs=reference+random:10'], ['N must be between the 724 reference archs']),
 ])
-def test_bad_input_gives_one_line_error_and_exit_2(tmp_path, args, fragments):
+def test_bad_input_gives_one_line_error_and_exit_2(tmp_path, data_dir, args, fragments):
   result = cli.run('--experiment=correlate', '--archs=1', '--proxies=params',
+                   f'--reference_file={_reference(data_dir)}',
                    f'--workdir={tmp_path / "out"}', '--noprogress', *args)
   cli.assert_one_line_error(result, *fragments)
 
@@ -225,3 +227,30 @@ def test_killed_sweep_resumes_to_the_uninterrupted_rows(tmp_path, data_dir):
   assert f'resuming: {done} of 10 chunks' in resumed.stdout
   assert ((tmp_path / 'killed' / 'scores.csv').read_text()
           == (tmp_path / 'whole' / 'scores.csv').read_text())
+
+
+def test_reference_archs_come_first_then_distinct_random_ones(data_dir):
+  reference = correlate.load_reference(_reference(data_dir), 'cifar100')
+  base = np.unique(reference['arch_index'])
+  np.testing.assert_array_equal(correlate.reference_archs('reference', reference, 0), base)
+  picked = correlate.reference_archs('reference+random:3000', reference, 0)
+  assert len(picked) == len(np.unique(picked)) == 3000
+  np.testing.assert_array_equal(picked[:len(base)], base)
+  np.testing.assert_array_equal(picked, correlate.reference_archs('reference+random:3000',
+                                                                  reference, 0))
+  with pytest.raises(ValueError, match='needs --reference_file'):
+    correlate.reference_archs('reference', None, 0)
+  with pytest.raises(ValueError, match='reference or reference\\+random:N'):
+    correlate.reference_archs('reference+rand:5000', reference, 0)
+
+
+def test_reference_sample_measures_agreement_on_every_reference_arch(tmp_path, data_dir):
+  f = _flags(tmp_path / 'out', 'reference+random:800', data_dir, proxies='params,flops',
+             chunk_size=400)
+  correlate.run(f)
+  with open(tmp_path / 'out' / 'scores.csv', newline='') as fh:
+    assert len(list(csv.DictReader(fh))) == 800
+  agreement = json.loads((tmp_path / 'out' / 'agreement.json').read_text())
+  rows = {r['name']: r for r in agreement['rows']}
+  assert rows['params']['matched'] == rows['params']['reference_archs'] == 724
+  assert rows['params']['spearman'] > 0.99

@@ -1,0 +1,146 @@
+"""Pick the best proxy aggregate on one part of a correlate run, report it on the other part.
+
+  python -m experiments.select_aggregate --scores_file=corr_cifar10/scores.csv \
+      --combine=params,flops,nwot,synflow,jacob_cov,linear_regions --max_components=4
+
+Every rank-sum and log-rank aggregate (engine/aggregate.py) of 2..max_components of the given
+proxies is scored on a seeded random `--select_fraction` of the archs (the selection split, ranks
+over that pool) and the best by Spearman rho is then measured on the remaining archs (held out,
+ranks over that pool). Only the held-out figures say how good the choice is: the best of many
+candidates on the data that chose it is biased upward. Writes aggregate_selection.md and .json
+next to the scores (or into --report_dir).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+import sys
+
+import numpy as np
+from absl import app, flags
+from scipy import stats
+
+from engine import aggregate
+from engine import proxies as proxies_lib
+from experiments import common
+
+_SCORES = flags.DEFINE_string('scores_file', None, 'scores.csv of --experiment=correlate, or its workdir.')
+_PROXIES = flags.DEFINE_string('combine', '', 'Proxies to combine (default: every plain proxy '
+                               'column in the file).')
+_MAX = flags.DEFINE_integer('max_components', 4, 'Most proxies in one aggregate.')
+_FRACTION = flags.DEFINE_float('select_fraction', 0.5, 'Share of archs the choice is made on.')
+_SEED = flags.DEFINE_integer('split_seed', 0, 'Seed of the split.')
+_TOP = flags.DEFINE_integer('top_listed', 10, 'Candidates listed in the report.')
+_OUTPUT = flags.DEFINE_string('report_dir', None, 'Folder for the report (default: the scores folder).')
+
+
+def read_scores(path: pathlib.Path):
+  """(columns {name: float [n]}, flags {name: int [n]}, acc [n], acc column name)."""
+  if path.is_dir():
+    path = path / 'scores.csv'
+  try:
+    with open(path, newline='') as fh:
+      rows = list(csv.DictReader(fh))
+  except OSError as err:
+    raise FileNotFoundError(f'cannot read {path} ({err.strerror}); pass the scores.csv '
+                            f'written by --experiment=correlate') from None
+  if not rows:
+    raise ValueError(f'{path} has no rows; the correlate run did not finish')
+  acc_names = [c for c in common.ACC_COLUMN.values() if c in rows[0]]
+  if not acc_names:
+    raise ValueError(f'{path} has no accuracy column ({", ".join(common.ACC_COLUMN.values())}); '
+                     f'pass a scores.csv from --experiment=correlate')
+  acc_name = acc_names[0]
+  columns, flag_cols = {}, {}
+  for name in rows[0]:
+    if name in proxies_lib.REGISTRY:
+      columns[name] = np.array([float(r[name]) for r in rows])
+      flag_cols[name] = np.array([int(bool(r.get(name + '_flag'))) for r in rows])
+  return columns, flag_cols, np.array([float(r[acc_name]) for r in rows]), acc_name
+
+
+def select(columns, flag_cols, acc, names, max_components, fraction, seed, top):
+  """The report as a dict: candidates ranked on the selection split, each with held-out rho."""
+  sel, held = aggregate.split_archs(len(acc), fraction, seed)
+  candidates = aggregate.candidate_aggregates(names, max_components)
+  on_sel = [(aggregate.spearman_on(a, columns, flag_cols, acc, sel), a) for a in candidates]
+  on_sel.sort(key=lambda t: -t[0])
+
+  def held_out(agg):
+    pool = {n: columns[n][held] for n in agg.components}
+    score, _ = aggregate.compute(agg, pool, {n: flag_cols[n][held] for n in agg.components})
+    truth = acc[held]
+    return {'spearman': float(stats.spearmanr(score, truth).statistic),
+            'kendall': float(stats.kendalltau(score, truth).statistic)}
+
+  singles = []
+  for n in names:
+    valid = aggregate.valid_mask(columns[n][held], flag_cols[n][held])
+    sign = 1.0 if proxies_lib.REGISTRY[n].higher_is_better else -1.0
+    rho = stats.spearmanr(sign * columns[n][held][valid], acc[held][valid]).statistic
+    singles.append({'name': n, 'held_out_spearman': float(rho), 'used': int(valid.sum())})
+  listed = [{'name': a.name, 'selection_spearman': rho, **{f'held_out_{k}': v for k, v in
+                                                         held_out(a).items()}}
+            for rho, a in on_sel[:top]]
+  return {'archs': len(acc), 'selection_archs': len(sel), 'held_out_archs': len(held),
+          'seed': seed, 'select_fraction': fraction, 'max_components': max_components,
+          'proxies': list(names), 'candidates': len(candidates), 'chosen': listed[0],
+          'top': listed, 'single_proxies_held_out': singles}
+
+
+def markdown(report, source, acc_name) -> str:
+  c = report['chosen']
+  lines = [
+      '# Aggregate selection', '',
+      f'- Scores: `{source}` ({report["archs"]} archs, ground truth `{acc_name}`).',
+      f'- Split (seed {report["seed"]}): {report["selection_archs"]} archs choose, '
+      f'{report["held_out_archs"]} are held out; ranks are taken within each part.',
+      f'- Candidates: {report["candidates"]} rank and log-rank aggregates of 2-'
+      f'{report["max_components"]} of {", ".join(report["proxies"])}.',
+      f'- **Chosen: `{c["name"]}`, held-out Spearman {c["held_out_spearman"]:.3f}, Kendall '
+      f'{c["held_out_kendall"]:.3f}** (selection-split Spearman {c["selection_spearman"]:.3f}, '
+      f'biased upward by the choice).', '',
+      '| aggregate (best on selection split first) | selection rho | held-out rho | '
+      'held-out tau |', '|---|---|---|---|']
+  for r in report['top']:
+    lines.append(f'| `{r["name"]}` | {r["selection_spearman"]:.3f} | '
+                 f'{r["held_out_spearman"]:.3f} | {r["held_out_kendall"]:.3f} |')
+  lines += ['', '| single proxy | held-out rho | archs used |', '|---|---|---|']
+  for s in report['single_proxies_held_out']:
+    lines.append(f'| {s["name"]} | {s["held_out_spearman"]:.3f} | {s["used"]} |')
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv):
+  del argv
+  if not _SCORES.value:
+    print('error: --scores_file is required: a scores.csv or workdir of --experiment=correlate',
+          file=sys.stderr)
+    return 2
+  try:
+    path = pathlib.Path(_SCORES.value)
+    columns, flag_cols, acc, acc_name = read_scores(path)
+    names = [n.strip() for n in _PROXIES.value.split(',') if n.strip()] or list(columns)
+    missing = [n for n in names if n not in columns]
+    if missing:
+      raise ValueError(f'{", ".join(missing)} not in the scores (have {", ".join(columns)}); '
+                       f'fix --combine')
+    if len(names) < 2:
+      raise ValueError('--combine needs at least two proxies to combine')
+    report = select(columns, flag_cols, acc, names, _MAX.value, _FRACTION.value, _SEED.value,
+                    _TOP.value)
+  except (ValueError, FileNotFoundError, proxies_lib.ProxyError) as err:
+    print(f'error: {err}', file=sys.stderr)
+    return 2
+  out = pathlib.Path(_OUTPUT.value) if _OUTPUT.value else (path if path.is_dir() else path.parent)
+  out.mkdir(parents=True, exist_ok=True)
+  text = markdown(report, path, acc_name)
+  common.write_text_atomic(out / 'aggregate_selection.md', text)
+  common.write_text_atomic(out / 'aggregate_selection.json', json.dumps(report, indent=1) + '\n')
+  print(text)
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(main)
