@@ -17,12 +17,13 @@ from absl import app, flags
 from scipy import stats
 
 from engine import proxies as proxies_lib
+from experiments import common
 from search_spaces import nb201
 
 _SCORES = flags.DEFINE_string('scores', 'scores.csv', 'CSV written by --experiment=score.')
 _BENCH = flags.DEFINE_string('benchmark_file', None, 'NB201 accuracy CSV (default: data dir).')
-_DATASET = flags.DEFINE_enum('dataset', 'cifar10', ['cifar10', 'cifar100', 'imagenet16_120'],
-                             'Which test accuracy column.')
+_DATASET = flags.DEFINE_enum('dataset', 'cifar10', list(common.ACC_COLUMN),
+                             'Which test accuracy column (the names --dataset takes elsewhere).')
 
 
 def load(scores_path, benchmark_file=None, dataset='cifar10'):
@@ -30,7 +31,7 @@ def load(scores_path, benchmark_file=None, dataset='cifar10'):
     rows = [r for r in csv.DictReader(f) if r['arch_index'] != '']
   table = nb201.load_arch_index(benchmark_file or str(nb201.default_benchmark_file()))
   index = np.array([int(r['arch_index']) for r in rows])
-  acc = table.columns[f'{dataset}_test_acc'][index]
+  acc = table.columns[common.ACC_COLUMN[dataset]][index]
   return rows, acc
 
 
