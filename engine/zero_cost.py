@@ -352,7 +352,16 @@ def fisher(params, mask, x, labels, config, sparse=False):
   every convolution (stem, each edge's 1x1 / 3x3 conv before its BN, reduction conv_a / conv_b
   before BN, reduction shortcut) and the classifier's logits (with bias); L is the batch-mean
   cross-entropy with BN on batch statistics. A conv the mask switches off gets zero gradient and
-  adds nothing. Dense walk (`sparse` is unused)."""
+  adds nothing. Dense walk (`sparse` is unused).
+
+  Checked against NASLib's `naslib/predictors/utils/pruners/measures/fisher.py` (the
+  zero-cost-nas `foresight/pruners/measures/fisher.py` with its Samsung header): it swaps the
+  forward of every nn.Conv2d / nn.Linear so the raw output passes an nn.Identity whose
+  (old-style) backward hook reads that output and dL/d(output); per channel
+  0.5 * mean_n (sum_hw act * grad)^2 after `net.train()`, abs, broadcast over weight.shape[1:];
+  `predictive.find_measures` sums every array. Same definition as here; NASLib's runs differ only
+  in settings (PyTorch default init drawn per arch, a fresh shuffled train batch per arch, the
+  batch size of its config)."""
   del sparse
   return gradient_proxies(params, mask, x, labels, config, ('fisher',))['fisher']
 
@@ -362,7 +371,14 @@ def grasp(params, mask, x, labels, config, sparse=False):
   -sum over layer weights of W * (H g), g = dL/dW on the batch (held constant), H the Hessian of
   the cross-entropy w.r.t. the layer weights (BN on batch statistics, BN parameters fixed).
   zero-cost-nas gets H g from a second backward pass of g . dL/dW; here it is the forward-mode
-  derivative of the gradient in direction g (`jax.linearize`), the same quantity. Dense walk."""
+  derivative of the gradient in direction g (`jax.linearize`), the same quantity. Dense walk.
+
+  Checked against NASLib's `naslib/predictors/utils/pruners/measures/grasp.py` (zero-cost-nas
+  `grasp.py`): g from `autograd.grad` without create_graph (T=1, num_iters=1, split_data=1), a
+  second pass with create_graph, z = sum(g.data * dL/dW), z.backward(), score -W * W.grad summed
+  over the Conv/Linear weights (sign kept because accuracy correlated negatively without it). It
+  does not call net.train(); the parsed NASLib graph is in train mode, so BN uses batch
+  statistics as here."""
   del sparse
   return gradient_proxies(params, mask, x, labels, config, ('grasp',))['grasp']
 
