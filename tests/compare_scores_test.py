@@ -1,0 +1,36 @@
+"""compare_scores: per-proxy Spearman between two runs on shared, unflagged archs."""
+import csv
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from experiments import compare_scores
+
+
+def _write(path, indices, values, flags=None):
+  flags = flags or [''] * len(indices)
+  with open(path, 'w', newline='') as fh:
+    w = csv.writer(fh)
+    w.writerow(['arch_index', 'arch_str', 'grasp', 'grasp_flag', 'other'])
+    for i, v, f in zip(indices, values, flags):
+      w.writerow([i, 'x', v, f, 1])
+  return path
+
+
+def test_spearman_on_shared_unflagged_archs(tmp_path, capsys):
+  a = _write(tmp_path / 'a.csv', [0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6],
+             ['', '', 'nonfinite', '', '', ''])
+  b = _write(tmp_path / 'b.csv', [5, 4, 3, 2, 1, 0, 9], [6, 4, 5, 0, 2, 1, 7])
+  rows = compare_scores.compare(a, b)
+  assert rows == [{'name': 'grasp', 'archs': 6, 'used': 5,
+                   'spearman': pytest.approx(stats.spearmanr([1, 2, 4, 5, 6],
+                                                             [1, 2, 5, 4, 6]).statistic)}]
+  assert compare_scores.main(['prog', str(a), str(b)]) == 0
+  assert '| grasp | 6 | 5 |' in capsys.readouterr().out
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+  assert compare_scores.main(['prog', str(tmp_path / 'a.csv')]) == 2
+  assert compare_scores.main(['prog', str(tmp_path / 'x.csv'), str(tmp_path / 'y.csv')]) == 2
+  assert 'cannot read' in capsys.readouterr().err
