@@ -9,6 +9,9 @@ Usable wherever a proxy name is (`--proxies=nwot,tenas,agg:nwot+synflow+flops:lo
 * `agg:A+B+...:logrank`: sum of the logs of the components' percentile ranks (rank / n), as
   AZ-NAS (Lee & Ham, CVPR 2024) combines its proxies; the product of percentile ranks, so an arch
   that is poor on any one component is pulled down harder than by the plain rank sum.
+* Weights: `W*A` inside either form multiplies that component's term by W > 0
+  (`agg:params+synflow+2*jacob_cov:logrank`). Fit weights only on part of the archs and judge
+  them on the rest (`experiments.select_aggregate --fit_weights`).
 
 Every rank is over the archs scored together (the pool), with each component oriented so that
 higher is better (a low NTK condition number ranks high) and ties sharing their mean rank
@@ -46,6 +49,10 @@ class Aggregate:
   components: tuple[str, ...]
   method: str                # 'rank' or 'logrank'
   higher_is_better: bool = True
+  weights: tuple[float, ...] = ()  # one per component; empty = all 1
+
+  def weight(self, i: int) -> float:
+    return self.weights[i] if self.weights else 1.0
 
 
 def is_aggregate(name: str) -> bool:
@@ -65,7 +72,11 @@ def parse(name: str) -> Aggregate:
   if method not in METHODS:
     raise AggregateError(f'unknown aggregate method {method!r} in {name!r}; use '
                          f'{" or ".join(METHODS)}, e.g. agg:nwot+synflow:logrank')
-  components = tuple(dict.fromkeys(c.strip() for c in body.split('+') if c.strip()))
+  terms = {}
+  for term in (t.strip() for t in body.split('+') if t.strip()):
+    weight, name_ = _weighted_term(term, name)
+    terms.setdefault(name_, weight)
+  components = tuple(terms)
   if len(components) < 2:
     raise AggregateError(f'aggregate {name!r} needs at least two proxies joined by +, e.g. '
                          f'agg:nwot+synflow+flops')
@@ -75,7 +86,25 @@ def parse(name: str) -> Aggregate:
                          f'proxies instead')
   proxies_lib.get(list(components))  # unknown component -> ProxyError naming the choices
   suffix = '' if method == 'rank' else f':{method}'
-  return Aggregate(f'{PREFIX}{"+".join(components)}{suffix}', components, method)
+  weights = tuple(terms[c] for c in components)
+  spelled = [c if w == 1.0 else f'{w:g}*{c}' for c, w in zip(components, weights)]
+  return Aggregate(f'{PREFIX}{"+".join(spelled)}{suffix}', components, method,
+                   weights=() if all(w == 1.0 for w in weights) else weights)
+
+
+def _weighted_term(term: str, name: str) -> tuple[float, str]:
+  """'W*proxy' -> (W, proxy); 'proxy' -> (1, proxy)."""
+  if '*' not in term:
+    return 1.0, term
+  weight, _, proxy = term.partition('*')
+  try:
+    value = float(weight)
+  except ValueError:
+    value = float('nan')
+  if not value > 0 or not np.isfinite(value):
+    raise AggregateError(f'bad weight {weight!r} in {name!r}; write a positive number before '
+                         f'the proxy, e.g. agg:params+2*jacob_cov:logrank')
+  return value, proxy.strip()
 
 
 def split(names) -> tuple[list[str], list[Aggregate]]:
@@ -118,10 +147,10 @@ def compute(agg: Aggregate, columns: dict, flags: dict | None = None):
   n = len(np.asarray(columns[agg.components[0]]))
   total = np.zeros(n)
   flagged = [[] for _ in range(n)]
-  for name in agg.components:
+  for i, name in enumerate(agg.components):
     valid = valid_mask(columns[name], flags.get(name))
     ranks = oriented_ranks(columns[name], proxies_lib.REGISTRY[name].higher_is_better, valid)
-    total += ranks if agg.method == 'rank' else np.log(ranks / n)
+    total += agg.weight(i) * (ranks if agg.method == 'rank' else np.log(ranks / n))
     for i in np.flatnonzero(~valid):
       flagged[i].append(name)
   return total, flagged

@@ -4,7 +4,7 @@
       --combine=params,flops,nwot,synflow,jacob_cov,linear_regions --max_components=4
 
 Every rank-sum and log-rank aggregate (engine/aggregate.py) of 2..max_components of the given
-proxies is scored on a seeded random `--select_fraction` of the archs (the selection split, ranks
+proxies (and, with --fit_weights, weighted variants of the best few) is scored on a seeded random `--select_fraction` of the archs (the selection split, ranks
 over that pool) and the best by Spearman rho is then measured on the remaining archs (held out,
 ranks over that pool). Only the held-out figures say how good the choice is: the best of many
 candidates on the data that chose it is biased upward. Writes aggregate_selection.md and .json
@@ -13,6 +13,7 @@ next to the scores (or into --report_dir).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import pathlib
 import sys
@@ -32,6 +33,9 @@ _MAX = flags.DEFINE_integer('max_components', 4, 'Most proxies in one aggregate.
 _FRACTION = flags.DEFINE_float('select_fraction', 0.5, 'Share of archs the choice is made on.')
 _SEED = flags.DEFINE_integer('split_seed', 0, 'Seed of the split.')
 _TOP = flags.DEFINE_integer('top_listed', 10, 'Candidates listed in the report.')
+_FIT = flags.DEFINE_bool('fit_weights', False, 'Also fit per-component weights (each from '
+                         'WEIGHT_GRID) for the best --refine aggregates, on the selection split.')
+_REFINE = flags.DEFINE_integer('refine', 5, 'With --fit_weights: aggregates whose weights are fit.')
 _OUTPUT = flags.DEFINE_string('report_dir', None, 'Folder for the report (default: the scores folder).')
 
 
@@ -60,12 +64,35 @@ def read_scores(path: pathlib.Path):
   return columns, flag_cols, np.array([float(r[acc_name]) for r in rows]), acc_name
 
 
-def select(columns, flag_cols, acc, names, max_components, fraction, seed, top):
+WEIGHT_GRID = (0.5, 1.0, 2.0)
+
+
+def weighted_variants(agg: aggregate.Aggregate) -> list[aggregate.Aggregate]:
+  """`agg` under every assignment of WEIGHT_GRID weights to its components (scale-free
+  duplicates, e.g. all 2, are kept: they tie with their all-1 twin and cost little)."""
+  out = []
+  for weights in itertools.product(WEIGHT_GRID, repeat=len(agg.components)):
+    terms = '+'.join(f'{w:g}*{c}' for w, c in zip(weights, agg.components))
+    out.append(aggregate.parse(f'{aggregate.PREFIX}{terms}:{agg.method}'))
+  return out
+
+
+def select(columns, flag_cols, acc, names, max_components, fraction, seed, top, fit_weights=False,
+           refine=5):
   """The report as a dict: candidates ranked on the selection split, each with held-out rho."""
   sel, held = aggregate.split_archs(len(acc), fraction, seed)
   candidates = aggregate.candidate_aggregates(names, max_components)
   on_sel = [(aggregate.spearman_on(a, columns, flag_cols, acc, sel), a) for a in candidates]
   on_sel.sort(key=lambda t: -t[0])
+  if fit_weights:
+    seen = {a.name for _, a in on_sel}
+    for _, base in on_sel[:refine]:
+      for variant in weighted_variants(base):
+        if variant.name not in seen:
+          seen.add(variant.name)
+          candidates.append(variant)
+          on_sel.append((aggregate.spearman_on(variant, columns, flag_cols, acc, sel), variant))
+    on_sel.sort(key=lambda t: -t[0])
 
   def held_out(agg):
     pool = {n: columns[n][held] for n in agg.components}
@@ -85,7 +112,8 @@ def select(columns, flag_cols, acc, names, max_components, fraction, seed, top):
             for rho, a in on_sel[:top]]
   return {'archs': len(acc), 'selection_archs': len(sel), 'held_out_archs': len(held),
           'seed': seed, 'select_fraction': fraction, 'max_components': max_components,
-          'proxies': list(names), 'candidates': len(candidates), 'chosen': listed[0],
+          'proxies': list(names), 'candidates': len(candidates), 'fit_weights': fit_weights,
+          'weight_grid': list(WEIGHT_GRID) if fit_weights else None, 'chosen': listed[0],
           'top': listed, 'single_proxies_held_out': singles}
 
 
@@ -97,7 +125,9 @@ def markdown(report, source, acc_name) -> str:
       f'- Split (seed {report["seed"]}): {report["selection_archs"]} archs choose, '
       f'{report["held_out_archs"]} are held out; ranks are taken within each part.',
       f'- Candidates: {report["candidates"]} rank and log-rank aggregates of 2-'
-      f'{report["max_components"]} of {", ".join(report["proxies"])}.',
+      f'{report["max_components"]} of {", ".join(report["proxies"])}'
+      + (f', plus per-component weights from {report["weight_grid"]} for the best '
+         f'unweighted ones (fit on the selection split only).' if report['fit_weights'] else '.'),
       f'- **Chosen: `{c["name"]}`, held-out Spearman {c["held_out_spearman"]:.3f}, Kendall '
       f'{c["held_out_kendall"]:.3f}** (selection-split Spearman {c["selection_spearman"]:.3f}, '
       f'biased upward by the choice).', '',
@@ -129,7 +159,7 @@ def main(argv):
     if len(names) < 2:
       raise ValueError('--combine needs at least two proxies to combine')
     report = select(columns, flag_cols, acc, names, _MAX.value, _FRACTION.value, _SEED.value,
-                    _TOP.value)
+                    _TOP.value, _FIT.value, _REFINE.value)
   except (ValueError, FileNotFoundError, proxies_lib.ProxyError) as err:
     print(f'error: {err}', file=sys.stderr)
     return 2

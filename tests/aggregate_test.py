@@ -66,3 +66,17 @@ def test_bad_aggregates_fail_in_one_line_as_proxy_errors(spec, fragment):
   with pytest.raises(proxies.ProxyError, match=fragment) as err:
     aggregate.split(spec)
   assert '\n' not in str(err.value)
+
+
+def test_weights_scale_each_component_term_and_normalise_the_name():
+  columns = {'nwot': np.array([1.0, 2.0, 3.0, 4.0]), 'flops': np.array([4.0, 3.0, 2.0, 1.0])}
+  agg = aggregate.parse('agg:nwot+ 2.0*flops:logrank')
+  assert agg.name == 'agg:nwot+2*flops:logrank' and agg.weights == (1.0, 2.0)
+  score, _ = aggregate.compute(agg, columns)
+  expected = np.log(np.array([1, 2, 3, 4]) / 4) + 2 * np.log(np.array([4, 3, 2, 1]) / 4)
+  np.testing.assert_allclose(score, expected)
+  # Unit weights spell and behave like the unweighted aggregate.
+  assert aggregate.parse('agg:1*nwot+flops') == aggregate.parse('agg:nwot+flops')
+  for bad in ('agg:nwot+0*flops', 'agg:nwot+x*flops', 'agg:nwot+-1*flops'):
+    with pytest.raises(aggregate.AggregateError, match='bad weight'):
+      aggregate.parse(bad)

@@ -78,3 +78,24 @@ def test_cli_writes_report_and_rejects_bad_input(tmp_path, capsys):
     assert select_aggregate.main([]) == 2
   finally:
     fl.unparse_flags()
+
+
+def test_fitted_weights_are_chosen_on_the_selection_split_only(tmp_path):
+  rng = np.random.default_rng(3)
+  n = 400
+  cols = {name: rng.normal(size=n) for name in ('params', 'nwot', 'synflow')}
+  rank = lambda v: np.argsort(np.argsort(v))
+  acc = 2 * rank(cols['nwot']) + rank(cols['synflow']) + rng.normal(scale=5, size=n)
+  flags = {name: np.zeros(n, int) for name in cols}
+  report = select_aggregate.select(cols, flags, acc, list(cols), 2, 0.5, 0, 5, fit_weights=True,
+                                   refine=1)
+  chosen = aggregate.parse(report['chosen']['name'])
+  assert chosen.weights and set(chosen.components) == {'nwot', 'synflow'}
+  assert chosen.weights[chosen.components.index('nwot')] > chosen.weights[
+      chosen.components.index('synflow')]
+  # Held-out figure recomputed on the other half with the chosen weights.
+  _, held = aggregate.split_archs(n, 0.5, 0)
+  score, _ = aggregate.compute(chosen, {k: v[held] for k, v in cols.items()})
+  from scipy import stats
+  assert report['chosen']['held_out_spearman'] == pytest.approx(
+      stats.spearmanr(score, acc[held]).statistic)
