@@ -42,7 +42,7 @@ def correlation_table(workdirs) -> str:
                        f'--experiment=correlate runs')
     runs.append((d, data))
   names = list(dict.fromkeys(r['name'] for _, data in runs for r in data['rows']))
-  head = ['proxy'] + [f'{data["dataset"]} ({data["archs"]} archs, {d.name})' for d, data in runs]
+  head = ['proxy'] + [f'{data["dataset"]} ({data["archs"]} archs, `{d}`)' for d, data in runs]
   lines = ['| ' + ' | '.join(head + ['published, CIFAR-10']) + ' |',
            '|' + '---|' * (len(head) + 1)]
   for n in names:
@@ -63,7 +63,7 @@ def agreement_table(workdirs) -> str:
   if not runs:
     return ''
   names = list(dict.fromkeys(r['name'] for _, a in runs for r in a['rows']))
-  head = ['proxy (NASLib column)'] + [f'{a["dataset"]} ({d.name})' for d, a in runs]
+  head = ['proxy (NASLib column)'] + [f'{a["dataset"]} (`{d}`)' for d, a in runs]
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for n in names:
     ref = next(r['reference_column'] for _, a in runs for r in a['rows'] if r['name'] == n)
