@@ -28,6 +28,7 @@ names so the scorer computes each component once, however many aggregates use it
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 from scipy import stats
@@ -173,7 +174,6 @@ def split_archs(n: int, select_fraction: float, seed: int) -> tuple[np.ndarray, 
 
 def candidate_aggregates(names, max_components: int, methods=METHODS) -> list[Aggregate]:
   """Every aggregate of 2..max_components of `names` under each method, in a fixed order."""
-  import itertools  # pylint: disable=import-outside-toplevel
   names = list(dict.fromkeys(names))
   out = []
   for k in range(2, min(max_components, len(names)) + 1):
