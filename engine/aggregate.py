@@ -152,8 +152,8 @@ def compute(agg: Aggregate, columns: dict, flags: dict | None = None):
     valid = valid_mask(columns[name], flags.get(name))
     ranks = oriented_ranks(columns[name], proxies_lib.REGISTRY[name].higher_is_better, valid)
     total += agg.weight(i) * (ranks if agg.method == 'rank' else np.log(ranks / n))
-    for i in np.flatnonzero(~valid):
-      flagged[i].append(name)
+    for row in np.flatnonzero(~valid):
+      flagged[row].append(name)
   return total, flagged
 
 
@@ -183,9 +183,14 @@ def candidate_aggregates(names, max_components: int, methods=METHODS) -> list[Ag
   return out
 
 
-def spearman_on(agg: Aggregate, columns: dict, flags: dict, acc, rows) -> float:
-  """Spearman rho of `agg` with accuracy, its ranks taken over the pool `rows` only."""
+def score_on(agg: Aggregate, columns: dict, flags: dict, rows) -> np.ndarray:
+  """`agg` on the archs `rows` of the columns, its ranks taken over that pool only."""
   pool = {n: np.asarray(columns[n])[rows] for n in agg.components}
   pool_flags = {n: np.asarray(flags[n])[rows] for n in agg.components if n in flags}
-  score, _ = compute(agg, pool, pool_flags)
-  return float(stats.spearmanr(score, np.asarray(acc)[rows]).statistic)
+  return compute(agg, pool, pool_flags)[0]
+
+
+def spearman_on(agg: Aggregate, columns: dict, flags: dict, acc, rows) -> float:
+  """Spearman rho of `agg` with accuracy over the pool `rows` (`score_on`)."""
+  return float(stats.spearmanr(score_on(agg, columns, flags, rows),
+                               np.asarray(acc)[rows]).statistic)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import pathlib
@@ -167,3 +168,37 @@ def _train_experiment(f):
 EXPERIMENTS = {'score': _score_experiment, 'cost': _cost_experiment,
                'search': _search_experiment, 'train': _train_experiment,
                'correlate': _correlate_experiment}
+
+
+@dataclasses.dataclass
+class ScoresCsv:
+  """A scores.csv of `--experiment=correlate` or `score`, rows with an arch_index only."""
+  path: pathlib.Path
+  indices: np.ndarray                 # NB201 arch_index per row
+  columns: dict[str, np.ndarray]      # each registered proxy's values (float)
+  flagged: dict[str, np.ndarray]      # each proxy's rows whose `_flag` column is not empty
+  accuracy: dict[str, np.ndarray]     # the ACC_COLUMN columns the file has
+
+
+def read_scores_csv(path) -> ScoresCsv:
+  """Reads a scores.csv (or the one in a workdir); a missing file or no rows is a ValueError."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    path = path / 'scores.csv'
+  try:
+    with path.open(newline='') as fh:
+      rows = list(csv.DictReader(fh))
+  except OSError as err:
+    raise ValueError(f'cannot read {path} ({err.strerror}); pass a scores.csv written by '
+                     f'--experiment=correlate or score, or its workdir') from None
+  rows = [r for r in rows if r.get('arch_index')]
+  if not rows:
+    raise ValueError(f'{path} has no rows with an arch_index; pass a scores.csv of a finished '
+                     f'--experiment=correlate or score run')
+  names = [n for n in rows[0] if n in proxies_lib.REGISTRY]
+  column = lambda name: np.array([float(r[name]) for r in rows])
+  return ScoresCsv(
+      path, np.array([int(r['arch_index']) for r in rows]),
+      {n: column(n) for n in names},
+      {n: np.array([bool(r.get(n + '_flag')) for r in rows]) for n in names},
+      {c: column(c) for c in ACC_COLUMN.values() if c in rows[0]})

@@ -10,48 +10,28 @@ NASLib reference values).
 """
 from __future__ import annotations
 
-import csv
-import pathlib
 import sys
 
 import numpy as np
 from scipy import stats
 
-from engine import proxies as proxies_lib
+from experiments import common
 
 
-def _read(path: pathlib.Path) -> tuple[dict, list[str]]:
-  """({arch_index: row}, proxy columns) of one scores CSV."""
-  if path.is_dir():
-    path = path / 'scores.csv'
-  try:
-    with path.open(newline='') as fh:
-      rows = list(csv.DictReader(fh))
-  except OSError as err:
-    raise ValueError(f'cannot read {path} ({err.strerror}); pass scores.csv files') from None
-  if not rows or 'arch_index' not in rows[0]:
-    raise ValueError(f'{path} has no arch_index rows; pass a scores.csv of correlate or score')
-  names = [n for n in rows[0] if n in proxies_lib.REGISTRY]
-  return {int(r['arch_index']): r for r in rows if r['arch_index'] != ''}, names
-
-
-def _value(row, name) -> float:
-  if row.get(name + '_flag'):
-    return float('nan')
-  return float(row[name])
+def _values(scores: common.ScoresCsv, name: str, rows) -> np.ndarray:
+  """The proxy's values on `rows`, flagged ones as nan."""
+  return np.where(scores.flagged[name][rows], np.nan, scores.columns[name][rows])
 
 
 def compare(path_a, path_b) -> list[dict]:
-  a, names_a = _read(pathlib.Path(path_a))
-  b, names_b = _read(pathlib.Path(path_b))
-  shared = sorted(set(a) & set(b))
+  a, b = common.read_scores_csv(path_a), common.read_scores_csv(path_b)
+  _, rows_a, rows_b = np.intersect1d(a.indices, b.indices, return_indices=True)
   out = []
-  for name in [n for n in names_a if n in names_b]:
-    va = np.array([_value(a[i], name) for i in shared])
-    vb = np.array([_value(b[i], name) for i in shared])
+  for name in [n for n in a.columns if n in b.columns]:
+    va, vb = _values(a, name, rows_a), _values(b, name, rows_b)
     ok = np.isfinite(va) & np.isfinite(vb)
     rho = float(stats.spearmanr(va[ok], vb[ok]).statistic) if ok.sum() >= 3 else float('nan')
-    out.append({'name': name, 'archs': len(shared), 'used': int(ok.sum()), 'spearman': rho})
+    out.append({'name': name, 'archs': len(rows_a), 'used': int(ok.sum()), 'spearman': rho})
   return out
 
 

@@ -4,15 +4,14 @@
       --combine=params,flops,nwot,synflow,jacob_cov,linear_regions --max_components=4
 
 Every rank-sum and log-rank aggregate (engine/aggregate.py) of 2..max_components of the given
-proxies (and, with --fit_weights, weighted variants of the best few) is scored on a seeded random `--select_fraction` of the archs (the selection split, ranks
-over that pool) and the best by Spearman rho is then measured on the remaining archs (held out,
-ranks over that pool). Only the held-out figures say how good the choice is: the best of many
+proxies (and, with --fit_weights, weighted variants of the best few) is scored on a seeded
+random `--select_fraction` of the archs (the selection split, ranks over that pool) and the best
+by Spearman rho is then measured on the remaining archs (held out, ranks over that pool). Only the held-out figures say how good the choice is: the best of many
 candidates on the data that chose it is biased upward. Writes aggregate_selection.md and .json
 next to the scores (or into --report_dir).
 """
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import pathlib
@@ -26,7 +25,8 @@ from engine import aggregate
 from engine import proxies as proxies_lib
 from experiments import common
 
-_SCORES = flags.DEFINE_string('scores_file', None, 'scores.csv of --experiment=correlate, or its workdir.')
+_SCORES = flags.DEFINE_string('scores_file', None,
+                              'scores.csv of --experiment=correlate, or its workdir.')
 _PROXIES = flags.DEFINE_string('combine', '', 'Proxies to combine (default: every plain proxy '
                                'column in the file).')
 _MAX = flags.DEFINE_integer('max_components', 4, 'Most proxies in one aggregate.')
@@ -36,32 +36,20 @@ _TOP = flags.DEFINE_integer('top_listed', 10, 'Candidates listed in the report.'
 _FIT = flags.DEFINE_bool('fit_weights', False, 'Also fit per-component weights (each from '
                          'WEIGHT_GRID) for the best --refine aggregates, on the selection split.')
 _REFINE = flags.DEFINE_integer('refine', 5, 'With --fit_weights: aggregates whose weights are fit.')
-_OUTPUT = flags.DEFINE_string('report_dir', None, 'Folder for the report (default: the scores folder).')
+_OUTPUT = flags.DEFINE_string('report_dir', None,
+                              'Folder for the report (default: the scores folder).')
 
 
 def read_scores(path: pathlib.Path):
   """(columns {name: float [n]}, flags {name: int [n]}, acc [n], acc column name)."""
-  if path.is_dir():
-    path = path / 'scores.csv'
-  try:
-    with open(path, newline='') as fh:
-      rows = list(csv.DictReader(fh))
-  except OSError as err:
-    raise FileNotFoundError(f'cannot read {path} ({err.strerror}); pass the scores.csv '
-                            f'written by --experiment=correlate') from None
-  if not rows:
-    raise ValueError(f'{path} has no rows; the correlate run did not finish')
-  acc_names = [c for c in common.ACC_COLUMN.values() if c in rows[0]]
-  if not acc_names:
-    raise ValueError(f'{path} has no accuracy column ({", ".join(common.ACC_COLUMN.values())}); '
-                     f'pass a scores.csv from --experiment=correlate')
-  acc_name = acc_names[0]
-  columns, flag_cols = {}, {}
-  for name in rows[0]:
-    if name in proxies_lib.REGISTRY:
-      columns[name] = np.array([float(r[name]) for r in rows])
-      flag_cols[name] = np.array([int(bool(r.get(name + '_flag'))) for r in rows])
-  return columns, flag_cols, np.array([float(r[acc_name]) for r in rows]), acc_name
+  scores = common.read_scores_csv(path)
+  if not scores.accuracy:
+    raise ValueError(f'{scores.path} has no accuracy column '
+                     f'({", ".join(common.ACC_COLUMN.values())}); pass a scores.csv from '
+                     f'--experiment=correlate')
+  acc_name, acc = next(iter(scores.accuracy.items()))
+  flag_cols = {n: f.astype(int) for n, f in scores.flagged.items()}
+  return scores.columns, flag_cols, acc, acc_name
 
 
 WEIGHT_GRID = (0.5, 1.0, 2.0)
@@ -95,9 +83,7 @@ def select(columns, flag_cols, acc, names, max_components, fraction, seed, top, 
     on_sel.sort(key=lambda t: -t[0])
 
   def held_out(agg):
-    pool = {n: columns[n][held] for n in agg.components}
-    score, _ = aggregate.compute(agg, pool, {n: flag_cols[n][held] for n in agg.components})
-    truth = acc[held]
+    score, truth = aggregate.score_on(agg, columns, flag_cols, held), acc[held]
     return {'spearman': float(stats.spearmanr(score, truth).statistic),
             'kendall': float(stats.kendalltau(score, truth).statistic)}
 
@@ -160,7 +146,7 @@ def main(argv):
       raise ValueError('--combine needs at least two proxies to combine')
     report = select(columns, flag_cols, acc, names, _MAX.value, _FRACTION.value, _SEED.value,
                     _TOP.value, _FIT.value, _REFINE.value)
-  except (ValueError, FileNotFoundError, proxies_lib.ProxyError) as err:
+  except (ValueError, proxies_lib.ProxyError) as err:
     print(f'error: {err}', file=sys.stderr)
     return 2
   out = pathlib.Path(_OUTPUT.value) if _OUTPUT.value else (path if path.is_dir() else path.parent)
