@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from search_spaces.nb201 import CONV1, CONV3, NB201Config, NODE_INPUTS, NUM_EDGES, POOL, SKIP
+from search_spaces.nb201 import CONV1, CONV3, NB201Config, NODE_INPUTS, NONE, NUM_EDGES, POOL, SKIP
 
 BN_EPS = 1e-5
 INITS = ('torch_default', 'kaiming_normal')
@@ -126,9 +126,15 @@ def _conv(x, w, stride):
 def conv(x, w, stride=1):
   """k x k convolution, padding k // 2, NHWC x HWIO (PyTorch's padding for NB201's convs).
 
-  Only its gradient is custom. Vmapping XLA's weight gradient over NTK Jacobian rows turns it
-  into a grouped convolution that runs tens of times slower on CPU, so `conv_weight_grad`
-  chooses its own batched form (see there).
+  Only its gradient is custom, for two reasons measured on XLA:CPU:
+    * inside `lax.cond` (the single-path walk) XLA's own weight and input gradients of a
+      convolution fall back to kernels 13-50x slower, while a forward convolution and a matrix
+      product keep their speed. So the input gradient of a stride-1 conv is written as a forward
+      conv with the flipped kernel, and the weight gradient as an im2col matrix product;
+    * vmapping XLA's weight gradient over NTK Jacobian rows turns it into a grouped convolution;
+      `conv_weight_grad` chooses its own batched form instead (see there).
+  The backward pass is itself differentiable (GraSP's Hessian-vector product is forward mode
+  over it).
   """
   return _conv(x, w, stride)
 
@@ -137,10 +143,16 @@ def _conv_fwd(x, w, stride):
   return _conv(x, w, stride), (x, w)
 
 
+def _input_grad(g, w, stride, x_shape):
+  if stride == 1:  # the transpose of a 'same' stride-1 conv is a 'same' conv, flipped kernel
+    return _conv(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), 1)
+  zeros = jnp.zeros(x_shape, g.dtype)
+  return jax.vjp(lambda x_: _conv(x_, w, stride), zeros)[1](g)[0]
+
+
 def _conv_bwd(stride, residuals, g):
   x, w = residuals
-  _, input_vjp = jax.vjp(lambda x_: _conv(x_, w, stride), x)
-  return input_vjp(g)[0], conv_weight_grad(x, g, w.shape[0], stride)
+  return _input_grad(g, w, stride, x.shape), conv_weight_grad(x, g, w.shape[0], stride)
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
@@ -151,31 +163,55 @@ def _native_weight_grad(x, g, k, stride):
   return jax.vjp(lambda w: _conv(x, w, stride), zeros)[1](g)[0]
 
 
-def _matmul_weight_grad(x, g, k, stride):
-  """Per-example weight gradients x [n, B, H, W, Cin], g [n, B, Ho, Wo, O] -> [n, k, k, Cin, O]:
-  one batched matrix product per kernel tap."""
+def _patches(x, k, stride, ho, wo):
+  """im2col: x [..., H, W, C] -> [..., Ho, Wo, k * k * C], taps in (dy, dx, c) order (HWIO)."""
+  if k == 1 and stride == 1:
+    return x
   pad = k // 2
-  xp = jnp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad), (0, 0)))
-  ho, wo = g.shape[2], g.shape[3]
-  taps = []
-  for dy in range(k):
-    for dx in range(k):
-      window = xp[:, :, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
-      taps.append(jnp.einsum('nbhwc,nbhwo->nco', window, g))
-  return jnp.stack(taps, 1).reshape(x.shape[0], k, k, x.shape[-1], g.shape[-1])
+  lead = x.ndim - 3
+  xp = jnp.pad(x, ((0, 0),) * lead + ((pad, pad), (pad, pad), (0, 0)))
+  taps = [xp[..., dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride, :]
+          for dy in range(k) for dx in range(k)]
+  return jnp.concatenate(taps, -1)
 
 
+def _matmul_weight_grad(x, g, k, stride):
+  """Weight gradient as one matrix product of im2col patches and g (no batch axes), or one
+  batched product per leading axis n: x [n, B, H, W, Cin], g [n, B, Ho, Wo, O] -> [n, k, k, Cin, O]."""
+  ho, wo = g.shape[-3], g.shape[-2]
+  cols = _patches(x, k, stride, ho, wo)
+  if x.ndim == 4:
+    out = cols.reshape(-1, cols.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+    return out.reshape(k, k, x.shape[-1], g.shape[-1])
+  n = x.shape[0]
+  out = jnp.einsum('npk,npo->nko', cols.reshape(n, -1, cols.shape[-1]),
+                   g.reshape(n, -1, g.shape[-1]))
+  return out.reshape(n, k, k, x.shape[-1], g.shape[-1])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def conv_weight_grad(x, g, k, stride=1):
   """d<g, conv(x, w)>/dw as [k, k, Cin, Cout], with batching chosen for speed on CPU.
 
-  Unbatched: XLA's own kernel. Vmapped over g only (coupled-NTK rows share x): the rows are
-  folded into output channels, one XLA kernel with n*Cout outputs. Vmapped over both (per-sample
-  gradients): batched matrix products, one per kernel tap.
+  Unbatched: an im2col matrix product (fast inside control flow too). Vmapped over g only
+  (coupled-NTK rows share x): the rows are folded into output channels, one product with n*Cout
+  columns. Vmapped over both (per-sample gradients): one batched product. It is bilinear in
+  (x, g), so its forward-mode rule is wg(dx, g) + wg(x, dg).
   """
+  return _batched_weight_grad(x, g, k, stride)
 
+
+@conv_weight_grad.defjvp
+def _weight_grad_jvp(k, stride, primals, tangents):
+  (x, g), (dx, dg) = primals, tangents
+  return (conv_weight_grad(x, g, k, stride),
+          conv_weight_grad(dx, g, k, stride) + conv_weight_grad(x, dg, k, stride))
+
+
+def _batched_weight_grad(x, g, k, stride):
   @jax.custom_batching.custom_vmap
   def grad(x, g):
-    return _native_weight_grad(x, g, k, stride)
+    return _matmul_weight_grad(x, g, k, stride)
 
   @grad.def_vmap
   def _rule(axis_size, in_batched, x, g):
@@ -185,9 +221,8 @@ def conv_weight_grad(x, g, k, stride=1):
     if g_batched:
       n, b, ho, wo, o = g.shape
       folded = jnp.moveaxis(g, 0, -2).reshape(b, ho, wo, n * o)
-      # Recurse into `grad`, not the native kernel: when an outer vmap (over candidates)
-      # batches x as well, it must reach the matmul rule again; XLA's own batching of the
-      # native weight gradient is the grouped convolution this function exists to avoid.
+      # Recurse into `grad`: when an outer vmap (over candidates) batches x as well, it must
+      # reach the batched-product rule again.
       out = grad(x, folded).reshape(k, k, x.shape[-1], n, o)
       return jnp.moveaxis(out, 3, 0), True
     g = jnp.broadcast_to(g, (axis_size,) + g.shape)  # only x is batched here
@@ -206,10 +241,6 @@ def batch_norm(x, scale, bias, stats=None):
   return (x - mean) * (jax.lax.rsqrt(var + BN_EPS) * scale) + bias, (mean, var)
 
 
-def relu_conv_bn(x, w, scale, bias, stats=None, stride=1):
-  return batch_norm(conv(jax.nn.relu(x), w, stride), scale, bias, stats)
-
-
 def avg_pool_3x3(x):
   """3x3 average pool, stride 1, padding 1, padding not counted (count_include_pad=False)."""
   window, strides, pad = (1, 3, 3, 1), (1, 1, 1, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
@@ -223,91 +254,283 @@ def avg_pool_2x2(x):
   return jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID') / 4.0
 
 
-# ----------------------------------------------------------------------------- supernet
+# ----------------------------------------------------------------------------- the one walk
 
-def _gated(weight, fn, zeros_fn, sparse):
-  """fn(weight) if weight != 0 else zeros; sparse mode runs fn only when it is needed."""
-  if sparse:
-    return jax.lax.cond(weight != 0, lambda: fn(weight), zeros_fn)
-  return fn(weight)
+EDGE_OPS = (SKIP, CONV1, CONV3, POOL)  # 'none' contributes nothing and is never walked
 
 
-def _mixed_edge(x, m, p, e, stats, sparse=False):
-  """Sum of the active ops of edge e on input x; returns (output, BN stats of its convs)."""
-  c = x.shape[-1]
-  no_stats = lambda: (jnp.zeros(c), jnp.ones(c))
+def edge_choices(arch):
+  """What each edge runs: [6] lists of (op, weight) for the walk.
 
-  def conv_op(kind):
-    def run(weight):
-      st = None if stats is None else stats[kind]
-      y, used = relu_conv_bn(x, p[kind][e], p[f'bn{kind[-1]}_scale'][e],
-                             p[f'bn{kind[-1]}_bias'][e], st)
-      return weight * y, used
-    return run
-
-  zero_out = lambda: (jnp.zeros_like(x), no_stats())
-  y1, s1 = _gated(m[CONV1], conv_op('conv1'), zero_out, sparse)
-  y3, s3 = _gated(m[CONV3], conv_op('conv3'), zero_out, sparse)
-  pool = _gated(m[POOL], lambda w: w * avg_pool_3x3(x), lambda: jnp.zeros_like(x), sparse)
-  return m[SKIP] * x + y1 + y3 + pool, {'conv1': s1, 'conv3': s3}
+  `arch` is op indices [6] (a single path), or an op mask [6, 5]. A concrete mask (numpy) is
+  resolved here: zero entries are not walked at all and entries of 1 carry weight None (plain
+  sum), so a one-hot or multi-hot 0/1 mask walks exactly its active ops. A traced mask walks
+  every op with its (traced) weight; the backend decides whether that weight multiplies a
+  computed op (dense) or gates it (sparse).
+  """
+  if not isinstance(arch, jax.Array) or isinstance(arch, np.ndarray):
+    a = np.asarray(arch)
+    if a.ndim == 1:
+      return [[(int(o), None)] if int(o) != NONE else [] for o in a]
+    return [[(op, None if a[e, op] == 1 else float(a[e, op])) for op in EDGE_OPS
+             if a[e, op] != 0] for e in range(NUM_EDGES)]
+  return [[(op, arch[e, op]) for op in EDGE_OPS] for e in range(NUM_EDGES)]
 
 
-def _cell(x, mask, p, stats, sparse):
-  """One cell; p holds this cell's edge params stacked over edges [6, ...]."""
-  nodes = [x]
-  edge_stats = [None] * NUM_EDGES
-  for inputs in NODE_INPUTS:
-    total = jnp.zeros_like(x)
+class Backend:
+  """What the walk needs from an execution: one method per primitive of the NB201 network.
+
+  Paths name layers: ('stem',), ('stage{s}', cell, edge, 'conv1'|'conv3'),
+  ('stage{s}', cell, 'node{j}') for a node sum, ('reduce{s}', 'a'|'b'|'shortcut'|'add'),
+  ('head',) for the head BN, ('gap',) and ('classifier',). A tensor `t` is whatever the backend
+  carries (an array, an (array, qparams) pair, an integer tensor, a graph node id).
+  """
+
+  def input(self, x):
+    return x
+
+  def conv(self, t, path, features, k, stride=1, bn=True):
+    """k x k conv (padding k // 2), then BN unless bn=False."""
+    raise NotImplementedError
+
+  def relu(self, t, path):
+    raise NotImplementedError
+
+  def pool(self, t, path, size):
+    """size 3: 3x3/s1 average pool, padding not counted; size 2: 2x2/s2."""
+    raise NotImplementedError
+
+  def identity(self, t, path):
+    return t
+
+  def add(self, terms, path, like):
+    """Sum of terms: none -> zeros shaped like `like`, one -> that term, more -> an add."""
+    raise NotImplementedError
+
+  def gate(self, weight, fn, like):
+    """One candidate op: fn() computes it. weight None: a plain term of a single path."""
+    if weight is None:
+      return fn()
+    raise NotImplementedError
+
+  def after_layer(self, t):
+    """Called on the output of the stem, of every cell and of every reduction block."""
+    return t
+
+  def head_bn(self, t, path):
+    raise NotImplementedError
+
+  def global_pool(self, t, path):
+    raise NotImplementedError
+
+  def dense(self, t, path, features):
+    raise NotImplementedError
+
+
+def _edge_op(backend: Backend, op, h, path, channels):
+  if op == SKIP:
+    return backend.identity(h, path + ('skip',))
+  if op == POOL:
+    return backend.pool(h, path + ('pool',), 3)
+  k = 1 if op == CONV1 else 3
+  conv_path = path + (f'conv{k}',)
+  return backend.conv(backend.relu(h, conv_path), conv_path, channels, k)
+
+
+def _cell(backend: Backend, edges, t, stage, index, channels):
+  nodes = [t]
+  for to_node, inputs in enumerate(NODE_INPUTS, 1):
+    terms = []
     for e, frm in inputs:
-      st = None if stats is None else jax.tree.map(lambda a: a[e], stats)
-      y, edge_stats[e] = _mixed_edge(nodes[frm], mask[e], p, e, st, sparse)
-      total = total + y
-    nodes.append(total)
-  stacked = jax.tree.map(lambda *a: jnp.stack(a), *edge_stats)
-  return nodes[3], stacked
+      for op, weight in edges[e]:
+        h, path = nodes[frm], (f'stage{stage}', index, e)
+        terms.append(backend.gate(weight, functools.partial(_edge_op, backend, op, h, path,
+                                                            channels), h))
+    nodes.append(backend.add(terms, (f'stage{stage}', index, f'node{to_node}'), t))
+  return nodes[3]
 
 
-def apply(params: Params, mask, x, config: NB201Config, stats=None, sparse=False, hook=None):
-  """Supernet forward: (logits [B, classes], BN statistics used). `stats` fixes BN statistics;
-  `sparse` runs only active ops (see the module docstring); `hook(x) -> x`, if given, is applied
-  to the features after the stem and after every cell and reduction block (synflow rescales
-  there to stay in float32 range)."""
-  hook = hook or (lambda a: a)
-  used: dict[str, Any] = {}
-  get = (lambda name: None) if stats is None else stats.get
+def _reduction(backend: Backend, t, stage, channels):
+  name = f'reduce{stage}'
+  a = backend.conv(backend.relu(t, (name, 'a')), (name, 'a'), channels, 3, 2)
+  b = backend.conv(backend.relu(a, (name, 'b')), (name, 'b'), channels, 3)
+  s = backend.conv(backend.pool(t, (name, 'pool'), 2), (name, 'shortcut'), channels, 1, bn=False)
+  return backend.add([b, s], (name, 'add'), None)
+
+
+def network(backend: Backend, arch, x, config: NB201Config):
+  """The NB201 macro network, walked once for every execution (see `Backend`): stem conv-BN;
+  per stage N cells (node j sums op(node i) over i < j; ops ReLU-conv-BN, 3x3 average pool,
+  skip); ResNet reduction blocks (ReLU-conv3x3/s2-BN, ReLU-conv3x3-BN, plus 2x2 average pool ->
+  1x1 conv); head BN, ReLU, global average pool, dense. `arch`: see `edge_choices`."""
+  edges = edge_choices(arch)
+  t = backend.input(x)
   if config.use_stem:
-    p = params['stem']
-    x, used['stem'] = batch_norm(conv(x, p['conv']), p['bn_scale'], p['bn_bias'], get('stem'))
-    x = hook(x)
-  for seg in _segments(config):
-    if seg[0] == 'cells':
-      name = f'stage{seg[1]}'
-
-      # Cells are unrolled, not scanned: inside a loop body XLA:CPU loses its fast convolution
-      # kernels (a scanned backward pass measured 6x slower).
-      cell_stats = []
-      for i in range(seg[2]):
-        pick = lambda tree: jax.tree.map(lambda a: a[i], tree)
-        x, st = _cell(x, mask, pick(params[name]),
-                      None if get(name) is None else pick(get(name)), sparse)
-        x = hook(x)
-        cell_stats.append(st)
-      used[name] = jax.tree.map(lambda *a: jnp.stack(a), *cell_stats)
+    t = backend.after_layer(backend.conv(t, ('stem',), config.C, 3))
+  cells: dict[int, int] = {}
+  for kind, stage in config.layer_plan():
+    channels = _channels(config, stage)
+    if kind == 'cell':
+      i = cells[stage] = cells.get(stage, -1) + 1
+      t = _cell(backend, edges, t, stage, i, channels)
     else:
-      name = f'reduce{seg[1]}'
-      p, st = params[name], get(name) or {}
-      a, sa = relu_conv_bn(x, p['conv_a'], p['bna_scale'], p['bna_bias'], st.get('a'), stride=2)
-      b, sb = relu_conv_bn(a, p['conv_b'], p['bnb_scale'], p['bnb_bias'], st.get('b'))
-      x = hook(b + conv(avg_pool_2x2(x), p['shortcut']))
-      used[name] = {'a': sa, 'b': sb}
-  p = params['head']
-  x, used['head'] = batch_norm(x, p['bn_scale'], p['bn_bias'], get('head'))
-  features = jnp.mean(jax.nn.relu(x), (1, 2))
-  return features @ p['fc'] + p['fc_bias'], used
+      t = _reduction(backend, t, stage, channels)
+    t = backend.after_layer(t)
+  t = backend.relu(backend.head_bn(t, ('head',)), ('head',))
+  return backend.dense(backend.global_pool(t, ('gap',)), ('classifier',), config.num_classes)
 
 
-def relu_blocks(params: Params, mask, x, config: NB201Config):
-  """[(pre-activation [B, units], active)] for every ReLU module the network has, in order.
+def path_key(path) -> str:
+  return '/'.join(str(p) for p in path)
+
+
+# ----------------------------------------------------------------------------- JAX supernet
+
+def _conv_leaves(params, path):
+  """(conv weight, BN scale, BN bias) of a path in the supernet's parameter tree (BN None for the
+  reduction shortcut). Cell convs are stacked [cells, edges, ...]."""
+  head = path[0]
+  if head == 'stem':
+    p = params['stem']
+    return p['conv'], p['bn_scale'], p['bn_bias']
+  if head.startswith('stage'):
+    _, i, e, kind = path
+    p = params[head]
+    return p[kind][i, e], p[f'bn{kind[-1]}_scale'][i, e], p[f'bn{kind[-1]}_bias'][i, e]
+  p = params[head]
+  if path[1] == 'shortcut':
+    return p['shortcut'], None, None
+  return p[f'conv_{path[1]}'], p[f'bn{path[1]}_scale'], p[f'bn{path[1]}_bias']
+
+
+def _probe_leaf(probes, path):
+  head = path[0]
+  if head.startswith('stage'):
+    _, i, e, kind = path
+    return probes[head][kind][i, e]
+  if head == 'stem':
+    return probes['stem']['conv']
+  if head == 'classifier':
+    return probes['head']['fc']
+  return probes[head]['shortcut' if path[1] == 'shortcut' else f'conv_{path[1]}']
+
+
+class Supernet(Backend):
+  """The masked supernet in JAX (scoring, pruning, soft masks), and single paths of it.
+
+  * dense: every op runs and is multiplied by its mask entry; no control flow, candidates batch
+    with vmap.
+  * sparse: each op runs under `lax.cond` on its mask entry, so a one-hot candidate costs its own
+    single-path network (the conv gradients stay fast there, see `conv`).
+  A concrete mask or op indices never walks inactive ops at all (`edge_choices`).
+
+  Records, by path key: BN statistics used (`stats`), ReLU pre-activations with whether their op
+  is active (`relus`, when `record_relus`). `fixed_stats` holds BN statistics constant;
+  `probes` multiplies every conv / dense output by a [B, C_out] factor (fisher's hooks);
+  `hook(x)` rewrites the features after the stem, every cell and every reduction block.
+  """
+
+  def __init__(self, params, sparse=False, fixed_stats=None, probes=None, hook=None,
+               record_relus=False):
+    self.params, self.sparse = params, sparse
+    self.fixed_stats, self.probes, self.hook = fixed_stats, probes, hook
+    self.record_relus = record_relus
+    self.stats: dict[str, Any] = {}
+    self.relus: dict[str, Any] = {}
+    self._active = jnp.bool_(True)
+
+  def conv(self, t, path, features, k, stride=1, bn=True):
+    w, scale, bias = _conv_leaves(self.params, path)
+    y = conv(t, w, stride)
+    if self.probes is not None:
+      y = y * _probe_leaf(self.probes, path)[:, None, None, :]
+    if scale is None:
+      return y
+    key = path_key(path)
+    fixed = None if self.fixed_stats is None else self.fixed_stats[key]
+    y, self.stats[key] = batch_norm(y, scale, bias, fixed)
+    return y
+
+  def relu(self, t, path):
+    if self.record_relus:
+      self.relus[path_key(path)] = (t.reshape(t.shape[0], -1), self._active)
+    return jax.nn.relu(t)
+
+  def pool(self, t, path, size):
+    return avg_pool_3x3(t) if size == 3 else avg_pool_2x2(t)
+
+  def add(self, terms, path, like):
+    if not terms:
+      return jnp.zeros_like(like)
+    total = terms[0]
+    for y in terms[1:]:
+      total = total + y
+    return total
+
+  def gate(self, weight, fn, like):
+    if weight is None:
+      return fn()
+    outer = self._active
+    self._active = outer & (weight != 0)
+    try:
+      if not self.sparse:
+        return weight * fn()
+      return self._cond(weight, fn)
+    finally:
+      self._active = outer
+
+  def _cond(self, weight, fn):
+    """weight * fn() under lax.cond; what fn records comes out of the branch as outputs."""
+    saved = self.stats, self.relus
+
+    def on():
+      self.stats, self.relus = {}, {}
+      y = weight * fn()
+      return y, self.stats, self.relus
+
+    shapes = jax.eval_shape(on)
+    off = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    y, stats, relus = jax.lax.cond(weight != 0, on, off)
+    self.stats, self.relus = saved
+    self.stats.update(stats)
+    self.relus.update(relus)
+    return y
+
+  def after_layer(self, t):
+    return self.hook(t) if self.hook else t
+
+  def head_bn(self, t, path):
+    p = self.params['head']
+    key = path_key(path)
+    fixed = None if self.fixed_stats is None else self.fixed_stats[key]
+    y, self.stats[key] = batch_norm(t, p['bn_scale'], p['bn_bias'], fixed)
+    return y
+
+  def global_pool(self, t, path):
+    return jnp.mean(t, (1, 2))
+
+  def dense(self, t, path, features):
+    p = self.params['head']
+    y = t @ p['fc'] + p['fc_bias']
+    if self.probes is not None:
+      y = y * _probe_leaf(self.probes, path)
+    return y
+
+
+def apply(params: Params, mask, x, config: NB201Config, stats=None, sparse=False, hook=None,
+          probes=None):
+  """Supernet forward: (logits [B, classes], BN statistics used by path key). `stats` fixes BN
+  statistics; `sparse` runs only active ops; `hook(x) -> x` is applied to the features after the
+  stem and after every cell and reduction block (synflow rescales there to stay in float32
+  range); `probes` (`probe_ones`) multiply conv and dense outputs. `mask` may be op indices [6]
+  or a concrete mask, which walks only the active ops (see `edge_choices`)."""
+  backend = Supernet(params, sparse, stats, probes, hook)
+  logits = network(backend, mask, x, config)
+  return logits, backend.stats
+
+
+def relu_blocks(params: Params, mask, x, config: NB201Config, sparse=False):
+  """[(pre-activation [B, units], active)] for every ReLU module the network has.
 
   Mirrors forward hooks on PyTorch's nn.ReLU modules (TE-NAS, NASWOT): one ReLU per conv op of
   every edge (on that op's input node), two per reduction block, and the head's. `active` is
@@ -315,38 +538,9 @@ def relu_blocks(params: Params, mask, x, config: NB201Config):
   single-path network, so callers must drop its columns (a Hamming kernel would count them).
   BatchNorm uses the batch's statistics, as `apply` does without `stats`.
   """
-  blocks = []
-  flat = lambda a: a.reshape(a.shape[0], -1)
-  if config.use_stem:
-    p = params['stem']
-    x, _ = batch_norm(conv(x, p['conv']), p['bn_scale'], p['bn_bias'])
-  for seg in _segments(config):
-    if seg[0] == 'cells':
-      p_all = params[f'stage{seg[1]}']
-      for i in range(seg[2]):
-        p = jax.tree.map(lambda a: a[i], p_all)
-        nodes = [x]
-        for inputs in NODE_INPUTS:
-          total = jnp.zeros_like(x)
-          for e, frm in inputs:
-            src = nodes[frm]
-            for col in (CONV1, CONV3):
-              blocks.append((flat(src), mask[e, col] != 0))
-            y, _ = _mixed_edge(src, mask[e], p, e, None)
-            total = total + y
-          nodes.append(total)
-        x = nodes[3]
-    else:
-      p = params[f'reduce{seg[1]}']
-      blocks.append((flat(x), jnp.bool_(True)))
-      a, _ = relu_conv_bn(x, p['conv_a'], p['bna_scale'], p['bna_bias'], stride=2)
-      blocks.append((flat(a), jnp.bool_(True)))
-      b, _ = relu_conv_bn(a, p['conv_b'], p['bnb_scale'], p['bnb_bias'])
-      x = b + conv(avg_pool_2x2(x), p['shortcut'])
-  p = params['head']
-  x, _ = batch_norm(x, p['bn_scale'], p['bn_bias'])
-  blocks.append((flat(x), jnp.bool_(True)))
-  return blocks
+  backend = Supernet(params, sparse, record_relus=True)
+  network(backend, mask, x, config)
+  return list(backend.relus.values())
 
 
 def relu_inputs(params: Params, mask, x, config: NB201Config):
@@ -357,6 +551,22 @@ def relu_inputs(params: Params, mask, x, config: NB201Config):
   """
   return jnp.concatenate([jnp.where(active, pre, 0.0)
                           for pre, active in relu_blocks(params, mask, x, config)], axis=1)
+
+
+# Leaves holding nn.Conv2d / nn.Linear weights (the zero-cost proxies' layers).
+LAYER_WEIGHTS = ('conv', 'conv1', 'conv3', 'conv_a', 'conv_b', 'shortcut', 'fc')
+
+
+def probe_ones(params, batch: int):
+  """Ones [*lead, B, C_out] for every layer weight (lead: the [cells, edges] axes of cell
+  convs): the per-sample, per-channel factors `apply(probes=...)` multiplies each Conv/Linear
+  output by. d loss / d probe[n, k] is then sum over pixels of activation * dLoss/dactivation
+  (zero-cost-nas's fisher hooks)."""
+  def ones(path, w):
+    lead = 2 if str(path[-1].key) in ('conv1', 'conv3') else 0
+    return jnp.ones(w.shape[:lead] + (batch, w.shape[-1]), w.dtype)
+  return jax.tree_util.tree_map_with_path(
+      lambda p, w: ones(p, w) if str(p[-1].key) in LAYER_WEIGHTS else None, params)
 
 
 # ----------------------------------------------------------------------------- Flax single path

@@ -1,4 +1,6 @@
 """The masked supernet against the plain Flax single-path network."""
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -41,16 +43,41 @@ class SupernetTest(chex.TestCase):
 
   def test_multi_hot_edge_sums_its_active_ops(self):
     params = net.init_params(jax.random.PRNGKey(0), CONFIG)
-    p = jax.tree.map(lambda a: a[0], params['stage0'])
     x = jax.random.normal(jax.random.PRNGKey(2), (5, 8, 8, CONFIG.C))
-    edge = jax.jit(lambda m: net._mixed_edge(x, m, p, 2, None)[0])
-    full = edge(jnp.ones(5))
-    singles = [edge(jnp.eye(5)[o]) for o in range(5)]
-    np.testing.assert_allclose(full, sum(singles), atol=1e-5)
-    np.testing.assert_allclose(singles[nb201.NONE], 0.0)
-    np.testing.assert_allclose(singles[nb201.SKIP], x)
-    soft = edge(jnp.array([0.0, 0.5, 0.0, 0.0, 2.0]))
-    np.testing.assert_allclose(soft, 0.5 * singles[1] + 2.0 * singles[4], atol=1e-5)
+
+    def mixed(m, sparse):
+      b = net.Supernet(params, sparse)
+      terms = [b.gate(m[op], functools.partial(net._edge_op, b, op, x, ('stage0', 0, 2),
+                                               CONFIG.C), x) for op in net.EDGE_OPS]
+      return b.add(terms, None, x)
+
+    for sparse in (False, True):
+      edge = jax.jit(lambda m: mixed(m, sparse))
+      full = edge(jnp.ones(5))
+      singles = [edge(jnp.eye(5)[o]) for o in range(5)]
+      np.testing.assert_allclose(full, sum(singles), atol=1e-5)
+      np.testing.assert_allclose(singles[nb201.NONE], 0.0)
+      np.testing.assert_allclose(singles[nb201.SKIP], x)
+      soft = edge(jnp.array([0.0, 0.5, 0.0, 0.0, 2.0]))
+      np.testing.assert_allclose(soft, 0.5 * singles[1] + 2.0 * singles[4], atol=1e-5)
+
+  def test_dense_sparse_and_single_path_walks_agree_with_gradients(self):
+    params = net.init_params(jax.random.PRNGKey(0), CONFIG)
+    x = _inputs()
+    labels = jnp.arange(6) % CONFIG.num_classes
+
+    def loss(p, mask, sparse):
+      logits = net.apply(p, mask, x, CONFIG, sparse=sparse)[0]
+      return jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(6), labels])
+
+    traced = jax.jit(jax.value_and_grad(loss), static_argnums=2)
+    for ops in ARCHS[:2] + [(0, 0, 0, 0, 0, 0)]:
+      mask = nb201.ops_to_mask(ops)
+      dense = traced(params, jnp.asarray(mask), False)
+      sparse = traced(params, jnp.asarray(mask), True)
+      static = jax.jit(jax.value_and_grad(lambda p: loss(p, np.asarray(ops), False)))(params)
+      for other in (sparse, static):
+        chex.assert_trees_all_close(dense, other, atol=2e-5, rtol=2e-4)
 
   def test_fixed_stats_reproduce_batch_stats_forward(self):
     params = net.init_params(jax.random.PRNGKey(0), CONFIG)
