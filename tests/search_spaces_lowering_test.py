@@ -1,6 +1,7 @@
 """Lowering of nb201, tinycnn and the MLPerf Tiny reference models to the hardware graph."""
 
 import csv
+import hashlib
 import os
 import pathlib
 
@@ -41,6 +42,67 @@ def test_nb201_counts_match_reference_counters():
     macs, torch_params = nb201_graph.count_without_dce(ops[i], CFG)
     assert torch_params == params[i]
     assert macs + CFG.num_classes == flops[i]  # NB201 also counts the classifier bias adds
+
+
+# Template fingerprints taken from nb201_graph's own walk before the template moved onto
+# nb201_net.network: sha256 (first 16 hex digits) of every node in order (name, op, inputs,
+# shape, kernel, stride, groups, bias, folded_bn, activation, gate, width, params, MACs),
+# with the node count and total params / MACs for a readable failure.
+TEMPLATE_SNAPSHOTS = [
+    (CFG, 'ac2c68f620c25442', 605, 1_692_490, 243_712_640),
+    (SMALL, 'dc2fe5149b2492eb', 254, 45_802, 404_384),
+    (nb201.NB201Config(C=8, N=1, num_classes=100, input_size=16, depth=4),
+     'ce72758b204ecb82', 98, 41_028, 2_483_328),
+    (nb201.NB201Config(C=3, N=1, depth=1, use_stem=False), '12152b43dc43c36b', 44, 616, 552_990),
+]
+
+
+def _fingerprint(g: G.Graph):
+  st = G.node_stats(g)
+  rows = [(g.name, g.num_gates, g.num_widths)] + [
+      (n.name, n.op, n.inputs, n.shape, n.kernel, n.stride, n.groups, n.bias, n.folded_bn,
+       n.activation, n.gate, n.width, int(st.params[i]), int(st.macs[i]))
+      for i, n in enumerate(g.nodes)]
+  digest = hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
+  return digest, len(g), int(st.params.sum()), int(st.macs.sum())
+
+
+@pytest.mark.parametrize('snapshot', TEMPLATE_SNAPSHOTS,
+                         ids=['C16N5', 'C4N2', 'depth4', 'no_stem'])
+def test_nb201_template_graph_unchanged(snapshot):
+  config, *expected = snapshot
+  digest, nodes, params, macs = _fingerprint(nb201_graph.template_graph(config))
+  assert (nodes, params, macs) == tuple(expected[1:])
+  assert digest == expected[0]
+
+
+def _live_archs():
+  """Op indices whose every op is live (no dead code for the lowering to remove): all ops but
+  'none', plus chains through 'none' edges that still reach every op."""
+  ops = nb201.sample_ops(np.random.default_rng(5), 200)
+  ops = ops[(ops != nb201.NONE).all(1)][:6]
+  chains = [nb201.parse_arch_str('|nor_conv_3x3~0|+|none~0|nor_conv_1x1~1|+|none~0|none~1|'
+                                 'avg_pool_3x3~2|'),
+            nb201.parse_arch_str('|skip_connect~0|+|nor_conv_3x3~0|none~1|+|none~0|'
+                                 'nor_conv_1x1~1|nor_conv_3x3~2|')]
+  return np.concatenate([ops, np.array(chains)])
+
+
+@pytest.mark.parametrize('config', [CFG, SMALL], ids=['C16N5', 'C4N2'])
+def test_nb201_lowered_counts_equal_network_counts(config):
+  # The contract: the graph `lower` builds has the network's params (PyTorch style) and its
+  # conv + classifier MACs (NB201's FLOPs less the classifier bias adds), one-hot and multi-hot.
+  ops = _live_archs()
+  multi = (np.random.default_rng(6).random((4, 6, 5)) < 0.5).astype(np.float32)
+  multi[..., nb201.NONE] = 0
+  multi[..., nb201.CONV3] = 1  # every edge keeps at least one op
+  masks = np.concatenate([nb201.ops_to_mask(ops), multi])
+  params = nb201.count_params(masks, config)
+  flops = nb201.count_flops(masks, config, 'nb201')
+  for i, m in enumerate(masks):
+    g = nb201_graph.lower(m, config)
+    assert G.torch_style_params(g) == params[i]
+    assert G.node_stats(g).macs.sum() + config.num_classes == flops[i]
 
 
 def test_nb201_largest_arch():
