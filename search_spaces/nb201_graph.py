@@ -11,10 +11,11 @@ the same gates, as they share the same arch.  A candidate is therefore just its 
 * soft masks (e.g. softmax weights [K, 6, 5]): `cost` evaluates the template in JAX with the
   same rules in min/max fuzzy logic (see hardware/graph.py), exact at 0/1 and differentiable.
 
-Lowering of the official TinyNetwork: stem conv3x3 + BN (folded); cells (ReLU -> conv -> BN
-folded; 3x3 avg pool stride 1; identity); n-ary node sums run after all their terms;
-reduction = ReLU-conv3x3/s2-BN, ReLU-conv3x3-BN, shortcut AvgPool2x2 -> conv1x1 (no BN), add;
-head BN -> ReLU -> global avg pool -> dense (bias).
+The template is built by the network's one walk (`nb201_net.network`) with `GraphBackend`, which
+emits graph nodes instead of computing: stem conv3x3 + BN (folded); cells (ReLU -> conv -> BN
+folded; 3x3 avg pool stride 1; identity), every candidate op of an edge under its gate, n-ary
+node sums after all their terms; reduction = ReLU-conv3x3/s2-BN, ReLU-conv3x3-BN, shortcut
+AvgPool2x2 -> conv1x1 (no BN), add; head BN -> ReLU -> global avg pool -> dense (bias).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 import hardware
 from hardware import graph as graph_lib
+from search_spaces import nb201_net
 from search_spaces.nb201 import EDGES, NB201Config, OPS
 
 NUM_GATES = len(EDGES) * len(OPS)
@@ -35,60 +37,91 @@ def gate_index(edge: int, op: int) -> int:
   return edge * len(OPS) + op
 
 
-def _edge_ops(b: graph_lib.GraphBuilder, x: int, edge: int, prefix: str) -> list[int]:
-  """All candidate ops of one edge on input x (outputs to be summed)."""
-  c = b.shape(x)[2]
-  outs = []
-  for o, op in enumerate(OPS):
-    gate, name = gate_index(edge, o), f'{prefix}/e{edge}/{op}'
-    if op == 'skip_connect':
-      outs.append(b.identity(x, gate=gate, name=name))
-    elif op in ('nor_conv_1x1', 'nor_conv_3x3'):
-      k = 1 if op == 'nor_conv_1x1' else 3
-      r = b.activation(x, 'relu', gate=gate, name=f'{name}/relu')
-      outs.append(b.conv2d(r, c, k, bias=False, folded_bn=True, gate=gate, name=f'{name}/conv'))
-    elif op == 'avg_pool_3x3':
-      outs.append(b.pool(x, 'avg', 3, 1, 'same', gate=gate, name=name))
-  return outs
+# Node names: the layer's place in the plan (layer{i}_cell / layer{i}_reduce), then the part.
+_EDGE_OP_NAMES = {'skip': 'skip_connect', 'pool': 'avg_pool_3x3', 'conv1': 'nor_conv_1x1',
+                  'conv3': 'nor_conv_3x3'}
+_HEAD_NAMES = {('stem', 'conv'): 'stem/conv', ('head', 'bn'): 'head/bn',
+               ('head', 'relu'): 'head/relu', ('gap', 'gap'): 'head/gap',
+               ('classifier', 'fc'): 'head/fc'}
 
 
-def _cell(b: graph_lib.GraphBuilder, x: int, prefix: str) -> int:
-  nodes = [x]
-  for to_node in (1, 2, 3):
-    terms = []
-    for e, (t, frm) in enumerate(EDGES):
-      if t == to_node:
-        terms += _edge_ops(b, nodes[frm], e, prefix)
-    nodes.append(b.add(*terms, name=f'{prefix}/node{to_node}'))
-  return nodes[3]
+class GraphBackend(nb201_net.Backend):
+  """`nb201_net.network` emitting hardware-graph nodes: a tensor is a node id of `builder`.
 
+  Walked with arch `gate_index` (every op of every edge, weight = its gate), `gate` builds one
+  candidate op with every node it makes (ReLU, conv, identity, pool) under that gate.
+  """
 
-def _reduction(b: graph_lib.GraphBuilder, x: int, c_out: int, prefix: str) -> int:
-  a = b.activation(x, 'relu', name=f'{prefix}/a/relu')
-  a = b.conv2d(a, c_out, 3, 2, bias=False, folded_bn=True, name=f'{prefix}/a/conv')
-  a = b.activation(a, 'relu', name=f'{prefix}/b/relu')
-  a = b.conv2d(a, c_out, 3, 1, bias=False, folded_bn=True, name=f'{prefix}/b/conv')
-  s = b.pool(x, 'avg', 2, 2, 'valid', name=f'{prefix}/shortcut/pool')
-  s = b.conv2d(s, c_out, 1, bias=False, name=f'{prefix}/shortcut/conv')
-  return b.add(a, s, name=f'{prefix}/add')
+  def __init__(self, builder: graph_lib.GraphBuilder, config: NB201Config):
+    self.b = builder
+    self._gate = -1
+    self._prefix = {}
+    cells: dict[int, int] = {}
+    for i, (kind, stage) in enumerate(config.layer_plan()):
+      if kind == 'cell':
+        c = cells[stage] = cells.get(stage, -1) + 1
+        self._prefix[(f'stage{stage}', c)] = f'layer{i}_cell'
+      else:
+        self._prefix[(f'reduce{stage}',)] = f'layer{i}_reduce'
+
+  def _name(self, path, part: str) -> str:
+    if path[0].startswith('stage'):
+      prefix = self._prefix[path[:2]]
+      if len(path) == 3:  # node sum
+        return f'{prefix}/{path[2]}'
+      op = f'{prefix}/e{path[2]}/{_EDGE_OP_NAMES[path[3]]}'
+      return f'{op}/{part}' if path[3] in ('conv1', 'conv3') else op
+    if path[0].startswith('reduce'):
+      branch = 'shortcut' if path[1] == 'pool' else path[1]
+      return f'{self._prefix[path[:1]]}/{branch}' + ('' if branch == 'add' else f'/{part}')
+    return _HEAD_NAMES[(path[0], part)]
+
+  def input(self, x):
+    return self.b.input(x)
+
+  def conv(self, t, path, features, k, stride=1, bn=True):
+    return self.b.conv2d(t, features, k, stride, bias=False, folded_bn=bn, gate=self._gate,
+                         name=self._name(path, 'conv'))
+
+  def relu(self, t, path):
+    return self.b.activation(t, 'relu', gate=self._gate, name=self._name(path, 'relu'))
+
+  def pool(self, t, path, size):
+    stride, padding = (1, 'same') if size == 3 else (2, 'valid')
+    return self.b.pool(t, 'avg', size, stride, padding, gate=self._gate,
+                       name=self._name(path, 'pool'))
+
+  def identity(self, t, path):
+    return self.b.identity(t, gate=self._gate, name=self._name(path, 'identity'))
+
+  def add(self, terms, path, like):
+    if not terms:
+      raise ValueError('the template walks every op, so no node sum is empty')
+    return self.b.add(*terms, name=self._name(path, 'add'))
+
+  def gate(self, weight, fn, like):
+    outer, self._gate = self._gate, -1 if weight is None else weight
+    try:
+      return fn()
+    finally:
+      self._gate = outer
+
+  def head_bn(self, t, path):
+    return self.b.batchnorm(t, name=self._name(path, 'bn'))
+
+  def global_pool(self, t, path):
+    return self.b.global_avg_pool(t, name=self._name(path, 'gap'))
+
+  def dense(self, t, path, features):
+    return self.b.dense(t, features, name=self._name(path, 'fc'))
 
 
 @functools.lru_cache(maxsize=16)
 def template_graph(config: NB201Config = NB201Config()) -> graph_lib.Graph:
   """Gated graph with every candidate op; gates = flattened [6, 5] op mask."""
   b = graph_lib.GraphBuilder(f'nb201_C{config.C}_N{config.N}', num_gates=NUM_GATES)
-  x = b.input((config.input_size, config.input_size, config.in_channels))
-  if config.use_stem:
-    x = b.conv2d(x, config.C, 3, bias=False, folded_bn=True, name='stem/conv')
-  for i, (kind, stage) in enumerate(config.layer_plan()):
-    if kind == 'reduce':
-      x = _reduction(b, x, config.C * 2 ** stage, f'layer{i}_reduce')
-    else:
-      x = _cell(b, x, f'layer{i}_cell')
-  x = b.batchnorm(x, name='head/bn')
-  x = b.activation(x, 'relu', name='head/relu')
-  x = b.global_avg_pool(x, name='head/gap')
-  b.dense(x, config.num_classes, name='head/fc')
+  nb201_net.network(GraphBackend(b, config), gate_index,
+                    (config.input_size, config.input_size, config.in_channels), config)
   return b.build()
 
 

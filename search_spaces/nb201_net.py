@@ -266,8 +266,11 @@ def edge_choices(arch):
   resolved here: zero entries are not walked at all and entries of 1 carry weight None (plain
   sum), so a one-hot or multi-hot 0/1 mask walks exactly its active ops. A traced mask walks
   every op with its (traced) weight; the backend decides whether that weight multiplies a
-  computed op (dense) or gates it (sparse).
+  computed op (dense) or gates it (sparse). A function `arch(edge, op) -> weight` walks every op
+  with the weight it returns (the hardware template passes each op's gate index).
   """
+  if callable(arch):
+    return [[(op, arch(e, op)) for op in EDGE_OPS] for e in range(NUM_EDGES)]
   if not isinstance(arch, jax.Array) or isinstance(arch, np.ndarray):
     a = np.asarray(arch)
     if a.ndim == 1:

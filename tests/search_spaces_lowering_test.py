@@ -76,6 +76,19 @@ def test_nb201_template_graph_unchanged(snapshot):
   assert digest == expected[0]
 
 
+def test_nb201_template_walk_visits_every_op_with_its_gate():
+  from search_spaces import nb201_net
+  walked = nb201_net.edge_choices(nb201_graph.gate_index)
+  assert walked == [[(op, e * 5 + op) for op in (nb201.SKIP, nb201.CONV1, nb201.CONV3, nb201.POOL)]
+                    for e in range(6)]
+  # arrays keep their meaning: a one-hot mask walks its single op as a plain term
+  assert nb201_net.edge_choices(nb201.ops_to_mask([3] * 6)) == [[(3, None)]] * 6
+  g = nb201_graph.template_graph(SMALL)
+  cell_gates = {n.gate for n in g.nodes if n.name.startswith('layer0_cell/e')}
+  assert cell_gates == {e * 5 + op for e in range(6) for op in range(1, 5)}
+  assert all(n.gate == -1 for n in g.nodes if 'cell/e' not in n.name)
+
+
 def _live_archs():
   """Op indices whose every op is live (no dead code for the lowering to remove): all ops but
   'none', plus chains through 'none' edges that still reach every op."""
