@@ -155,7 +155,8 @@ def fused_gradient_proxies(proxies, s: ScoreSettings):
   def fn(key, mask, inputs, settings: ScoreSettings):
     config = settings.zc_config()
     params = nb201_net.init_params(inputs['zc_init'][0], config, settings.init)
-    return zc_lib.gradient_proxies(params, mask, inputs['zc'], inputs['zc_labels'], config, names)
+    return zc_lib.gradient_proxies(params, mask, inputs['zc'], inputs['zc_labels'], config, names,
+                                   settings.sparse)
   return names, fn
 
 

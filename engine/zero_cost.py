@@ -14,13 +14,10 @@ classifier matrix; BN parameters and biases never count. A conv the mask switche
 zero gradient in the masked supernet, so it adds nothing, as if it were absent.
 
 BatchNorm uses the batch's statistics (PyTorch train mode) except in synflow (see there).
-fisher and grasp run `probed_logits`, this module's own walk of the supernet (see there); the
-others run `nb201_net.apply`. `gradient_proxies` computes grad_norm, snip and fisher from one
-shared forward/backward pass.
+Every proxy runs the one network walk (`nb201_net.apply`, dense or sparse); fisher's hooks are
+its probes. `gradient_proxies` computes grad_norm, snip, fisher and grasp from one shared pass.
 """
 from __future__ import annotations
-
-import functools
 
 import chex
 import jax
@@ -29,10 +26,11 @@ import numpy as np
 
 from engine.ntk import NONFINITE, OK, SINGULAR
 from search_spaces import nb201_net
-from search_spaces.nb201 import CONV1, CONV3, NODE_INPUTS, POOL, SKIP
+from search_spaces import nb201
+from search_spaces.nb201 import CONV1, CONV3
 
 # Leaves holding nn.Conv2d / nn.Linear weights, and how many leading (cell, edge) axes each has.
-LAYER_WEIGHTS = ('conv', 'conv1', 'conv3', 'conv_a', 'conv_b', 'shortcut', 'fc')
+LAYER_WEIGHTS = nb201_net.LAYER_WEIGHTS
 JACOB_COV_K = 1e-5
 
 
@@ -163,11 +161,11 @@ def jacob_cov(params, mask, x, labels, config, sparse=False):
   return value, _finite_flag(value)
 
 
-def nwot_kernel(params, mask, x, config):
+def nwot_kernel(params, mask, x, config, sparse=False):
   """NASWOT's K [B, B]: sum over the ReLU units of every active ReLU of c c^T + (1-c)(1-c)^T,
   c = the units' on/off code per sample (= number of units minus the Hamming distance)."""
   kernel = jnp.zeros((x.shape[0], x.shape[0]), jnp.float32)
-  for pre, active in nb201_net.relu_blocks(params, mask, x, config):
+  for pre, active in nb201_net.relu_blocks(params, mask, x, config, sparse):
     c = (pre > 0).astype(jnp.float32)
     kernel = kernel + jnp.where(active, c @ c.T + (1 - c) @ (1 - c).T, 0.0)
   return kernel
@@ -175,49 +173,12 @@ def nwot_kernel(params, mask, x, config):
 
 def nwot(params, mask, x, labels, config, sparse=False):
   """log |det K| of NASWOT's kernel (Mellor et al. ICML 2021, the `nwot` of NAS-Bench-Suite-Zero):
-  high when the ReLU codes of different samples differ. `labels` and `sparse` are unused (the
-  ReLU walk is dense). A singular K (e.g. duplicate codes) gives -inf and flag SINGULAR."""
-  del labels, sparse
-  sign, logdet = jnp.linalg.slogdet(nwot_kernel(params, mask, x, config))
+  high when the ReLU codes of different samples differ. `labels` is unused. A singular K (e.g.
+  duplicate codes) gives -inf and flag SINGULAR."""
+  del labels
+  sign, logdet = jnp.linalg.slogdet(nwot_kernel(params, mask, x, config, sparse))
   flag = jnp.where(jnp.isnan(logdet), NONFINITE, jnp.where(sign > 0, OK, SINGULAR))
   return logdet, flag.astype(jnp.int32)
-
-
-# ----------------------------------------------------------------------------- probed walk
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _weight_grad(x, g, k, stride):
-  """`nb201_net.conv_weight_grad` with a forward-mode rule: it is bilinear in (x, g), so its
-  tangent is wg(dx, g) + wg(x, dg). (Its custom_vmap, which picks the fast batched form, has no
-  differentiation rule of its own.)"""
-  return nb201_net.conv_weight_grad(x, g, k, stride)
-
-
-@_weight_grad.defjvp
-def _weight_grad_jvp(k, stride, primals, tangents):
-  (x, g), (dx, dg) = primals, tangents
-  return (_weight_grad(x, g, k, stride),
-          _weight_grad(dx, g, k, stride) + _weight_grad(x, dg, k, stride))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv(x, w, stride=1):
-  """`nb201_net.conv` (same values, same fast batched weight gradient) that can also be
-  differentiated twice: GraSP's Hessian-gradient product is forward mode over the backward pass."""
-  return nb201_net._conv(x, w, stride)  # pylint: disable=protected-access
-
-
-def _conv_fwd(x, w, stride):
-  return nb201_net._conv(x, w, stride), (x, w)  # pylint: disable=protected-access
-
-
-def _conv_bwd(stride, residuals, g):
-  x, w = residuals
-  _, input_vjp = jax.vjp(lambda x_: nb201_net._conv(x_, w, stride), x)  # pylint: disable=protected-access
-  return input_vjp(g)[0], _weight_grad(x, g, w.shape[0], stride)
-
-
-conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 def _lead(path, leaf) -> int:
@@ -225,63 +186,7 @@ def _lead(path, leaf) -> int:
   return leaf.ndim - len(_layer_axes(path, leaf))
 
 
-def probe_ones(params, batch: int):
-  """Ones [*lead, B, C_out] for every layer weight: the per-sample, per-channel factors that
-  `probed_logits` multiplies each Conv/Linear output by."""
-  weights, _ = split_layer_weights(params)
-  return jax.tree_util.tree_map_with_path(
-      lambda p, w: jnp.ones(w.shape[:_lead(p, w)] + (batch, w.shape[-1]), w.dtype), weights)
-
-
-def _scaled(a, s):
-  return a * s[:, None, None, :]
-
-
-def _bn(a, p, name):
-  return nb201_net.batch_norm(a, p[name + '_scale'], p[name + '_bias'])[0]
-
-
-def _probed_cell(x, mask, p, s):
-  nodes = [x]
-  for inputs in NODE_INPUTS:
-    total = jnp.zeros_like(x)
-    for e, frm in inputs:
-      h, m = nodes[frm], mask[e]
-      y = m[SKIP] * h + m[POOL] * nb201_net.avg_pool_3x3(h)
-      for col, tag in ((CONV1, '1'), (CONV3, '3')):
-        a = _scaled(conv(jax.nn.relu(h), p['conv' + tag][e]), s['conv' + tag][e])
-        y = y + m[col] * nb201_net.batch_norm(a, p[f'bn{tag}_scale'][e], p[f'bn{tag}_bias'][e])[0]
-      total = total + y
-    nodes.append(total)
-  return nodes[3]
-
-
-def probed_logits(params, mask, x, config, probes):
-  """Logits of the dense supernet (`nb201_net.apply`, BN on batch statistics) with the output of
-  every Conv/Linear layer multiplied by its probe [B, C_out] (ones from `probe_ones` leave them
-  unchanged). dLoss/dprobe[n, k] is then sum over pixels of activation * dLoss/dactivation for
-  sample n and channel k: what zero-cost-nas's fisher hooks read on each nn.Conv2d / nn.Linear
-  output (the Linear's output includes its bias). Convolutions use this module's twice-
-  differentiable `conv`. A walk of its own because `apply` has no hook on layer outputs;
-  tests/zero_cost_test.py checks that both give the same logits.
-  """
-  if config.use_stem:
-    p = params['stem']
-    x = _bn(_scaled(conv(x, p['conv']), probes['stem']['conv']), p, 'bn')
-  cells: dict[int, int] = {}
-  for kind, stage in config.layer_plan():
-    if kind == 'cell':
-      i = cells[stage] = cells.get(stage, -1) + 1
-      pick = functools.partial(jax.tree.map, lambda a, i=i: a[i])
-      x = _probed_cell(x, mask, pick(params[f'stage{stage}']), pick(probes[f'stage{stage}']))
-    else:
-      p, s = params[f'reduce{stage}'], probes[f'reduce{stage}']
-      a = _bn(_scaled(conv(jax.nn.relu(x), p['conv_a'], 2), s['conv_a']), p, 'bna')
-      b = _bn(_scaled(conv(jax.nn.relu(a), p['conv_b']), s['conv_b']), p, 'bnb')
-      x = b + _scaled(conv(nb201_net.avg_pool_2x2(x), p['shortcut']), s['shortcut'])
-  p = params['head']
-  features = jnp.mean(jax.nn.relu(_bn(x, p, 'bn')), (1, 2))
-  return (features @ p['fc'] + p['fc_bias']) * probes['head']['fc']
+probe_ones = nb201_net.probe_ones
 
 
 # ----------------------------------------------------------------------------- gradient proxies
@@ -313,13 +218,14 @@ def _grasp_value(weights, hg):
 GRADIENT_GROUP = ('grad_norm', 'snip', 'fisher', 'grasp')
 
 
-def gradient_proxies(params, mask, x, labels, config, names=GRADIENT_GROUP):
+def gradient_proxies(params, mask, x, labels, config, names=GRADIENT_GROUP, sparse=False):
   """{name: (value, flag)} for the requested members of GRADIENT_GROUP from one shared pass.
 
-  One backward pass of the cross-entropy through `probed_logits` gives the layer-weight
-  gradients g (grad_norm, snip) and the probe gradients (fisher) together. With grasp, that
-  pass is linearised (`jax.linearize` of the gradient) so the same pass also yields H g by one
-  more forward-mode evaluation. The walk is always dense (no `sparse`).
+  One backward pass of the cross-entropy through the network with probes on every Conv/Linear
+  output (`nb201_net.apply(probes=...)`) gives the layer-weight gradients g (grad_norm, snip)
+  and the probe gradients (fisher) together. With grasp, that pass is linearised
+  (`jax.linearize` of the gradient) so the same pass also yields H g by one more forward-mode
+  evaluation.
   """
   unknown = set(names) - set(GRADIENT_GROUP)
   if unknown:
@@ -328,7 +234,8 @@ def gradient_proxies(params, mask, x, labels, config, names=GRADIENT_GROUP):
   probes = probe_ones(params, x.shape[0])
 
   def loss(w, s):
-    return cross_entropy(probed_logits(_merge(w, rest), mask, x, config, s), labels)
+    logits = nb201_net.apply(_merge(w, rest), mask, x, config, None, sparse, probes=s)[0]
+    return cross_entropy(logits, labels)
 
   grad_fn = jax.grad(loss, argnums=(0, 1))
   if 'grasp' in names:
@@ -352,7 +259,7 @@ def fisher(params, mask, x, labels, config, sparse=False):
   every convolution (stem, each edge's 1x1 / 3x3 conv before its BN, reduction conv_a / conv_b
   before BN, reduction shortcut) and the classifier's logits (with bias); L is the batch-mean
   cross-entropy with BN on batch statistics. A conv the mask switches off gets zero gradient and
-  adds nothing. Dense walk (`sparse` is unused).
+  adds nothing.
 
   Checked against NASLib's `naslib/predictors/utils/pruners/measures/fisher.py` (the
   zero-cost-nas `foresight/pruners/measures/fisher.py` with its Samsung header): it swaps the
@@ -362,8 +269,7 @@ def fisher(params, mask, x, labels, config, sparse=False):
   `predictive.find_measures` sums every array. Same definition as here; NASLib's runs differ only
   in settings (PyTorch default init drawn per arch, a fresh shuffled train batch per arch, the
   batch size of its config)."""
-  del sparse
-  return gradient_proxies(params, mask, x, labels, config, ('fisher',))['fisher']
+  return gradient_proxies(params, mask, x, labels, config, ('fisher',), sparse)['fisher']
 
 
 def grasp(params, mask, x, labels, config, sparse=False):
@@ -371,7 +277,7 @@ def grasp(params, mask, x, labels, config, sparse=False):
   -sum over layer weights of W * (H g), g = dL/dW on the batch (held constant), H the Hessian of
   the cross-entropy w.r.t. the layer weights (BN on batch statistics, BN parameters fixed).
   zero-cost-nas gets H g from a second backward pass of g . dL/dW; here it is the forward-mode
-  derivative of the gradient in direction g (`jax.linearize`), the same quantity. Dense walk.
+  derivative of the gradient in direction g (`jax.linearize`), the same quantity.
 
   Checked against NASLib's `naslib/predictors/utils/pruners/measures/grasp.py` (zero-cost-nas
   `grasp.py`): g from `autograd.grad` without create_graph (T=1, num_iters=1, split_data=1), a
@@ -379,8 +285,7 @@ def grasp(params, mask, x, labels, config, sparse=False):
   over the Conv/Linear weights (sign kept because accuracy correlated negatively without it). It
   does not call net.train(); the parsed NASLib graph is in train mode, so BN uses batch
   statistics as here."""
-  del sparse
-  return gradient_proxies(params, mask, x, labels, config, ('grasp',))['grasp']
+  return gradient_proxies(params, mask, x, labels, config, ('grasp',), sparse)['grasp']
 
 
 # ----------------------------------------------------------------------------- ZiCo, Zen-NAS
@@ -434,17 +339,16 @@ def unit_gaussian_weights(params):
 def _log_bn_scales(stats, mask):
   """sum over the network's BN layers of log sqrt(mean over channels of the batch variance);
   BNs of convs the mask switches off do not exist in the architecture and are left out."""
+  mask = jnp.asarray(nb201.ops_to_mask(mask) if np.ndim(mask) == 1 else mask)
   total = jnp.zeros(())
   log_sigma = lambda var: 0.5 * jnp.log(jnp.mean(var, -1))
-  for name, st in stats.items():
-    if name.startswith('stage'):
-      for kind, col in (('conv1', CONV1), ('conv3', CONV3)):
-        active = mask[:, col] != 0  # [6], broadcast over the stage's cells
-        logs = log_sigma(jnp.where(active[:, None], st[kind][1], 1.0))
-        total = total + jnp.sum(jnp.where(active, logs, 0.0))
+  for key, (_, var) in stats.items():
+    parts = key.split('/')
+    if parts[0].startswith('stage'):  # stage/cell/edge/conv1|conv3
+      active = mask[int(parts[2]), CONV1 if parts[3] == 'conv1' else CONV3] != 0
+      total = total + jnp.where(active, log_sigma(jnp.where(active, var, 1.0)), 0.0)
     else:
-      for _, var in jax.tree.leaves(st, is_leaf=lambda a: isinstance(a, tuple)):
-        total = total + log_sigma(var)
+      total = total + log_sigma(var)
   return total
 
 
