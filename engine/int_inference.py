@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine import quant
-from engine.qat_net import ZERO_QPARAMS
-from search_spaces.nb201 import CONV1, CONV3, NB201Config, NODE_INPUTS, POOL, SKIP
+from engine.qat_net import ZERO_QPARAMS, layer_name
+from search_spaces import nb201_net
+from search_spaces.nb201 import NB201Config
 from search_spaces.nb201_net import BN_EPS
 
 ADD_LEFT_SHIFT = 20  # TFLite int8 ADD
@@ -81,11 +82,12 @@ def _round_div(total, count):
   return np.where(total >= 0, (total + count // 2) // count, -((-total + count // 2) // count))
 
 
-class IntNetwork:
+class IntNetwork(nb201_net.Backend):
   """Integer NB201 network converted from QATNetwork variables (ranges must be calibrated).
 
-  Layers are converted on first use, walking the same topology as `QATNetwork`; the
-  constructor runs one image so that `layers` holds every layer.
+  A backend of the one walk `nb201_net.network` (as `QATNetwork` is), on `QTensor`s; layers are
+  named as QATNetwork names its submodules (`qat_net.layer_name`). Layers are converted on first
+  use; the constructor runs one image so that `layers` holds every layer.
   """
 
   def __init__(self, variables, ops, config: NB201Config):
@@ -99,22 +101,17 @@ class IntNetwork:
 
   # -------------------------------------------------------------------------- conversion
 
-  def _get(self, tree, path):
-    for p in path.split('/'):
-      tree = tree[p]
-    return tree
-
-  def _layer(self, path, kind, t: QTensor, stride=1) -> IntLayer:
-    if path in self.layers:
-      return self.layers[path]
-    p = self._get(self.params, path)
-    out_scale, out_zp = _qparams(self._get(self.ranges, path)['out_q'])
+  def _layer(self, name, kind, t: QTensor, stride=1) -> IntLayer:
+    if name in self.layers:
+      return self.layers[name]
+    p = self.params[name]
+    out_scale, out_zp = _qparams(self.ranges[name]['out_q'])
     if kind == 'affine':  # head BN as a 1x1 depthwise conv
-      st = self._get(self.stats, path)
+      st = self.stats[name]
       w, b = quant.fold_batch_norm(jnp.ones((1, p['scale'].shape[0])), p['scale'], p['bias'],
                                    st['mean'], st['var'], BN_EPS)
     elif 'scale' in p:  # conv + BN, folded exactly as QConv folds it
-      st = self._get(self.stats, path)
+      st = self.stats[name]
       w, b = quant.fold_batch_norm(p['kernel'], p['scale'], p['bias'], st['mean'], st['var'],
                                    BN_EPS)
     else:
@@ -131,13 +128,13 @@ class IntNetwork:
     if kind == 'affine':
       w_q = w_q[0]
     layer = IntLayer(w_q, bias_q, mult, shift, out_scale, out_zp, stride)
-    self.layers[path] = layer
+    self.layers[name] = layer
     return layer
 
   # -------------------------------------------------------------------------- int kernels
 
-  def _conv(self, path, t: QTensor, k, stride=1) -> QTensor:
-    layer = self._layer(path, 'conv', t, stride)
+  def _conv(self, name, t: QTensor, k, stride=1) -> QTensor:
+    layer = self._layer(name, 'conv', t, stride)
     dtype = _exact_float(k * k * t.q.shape[-1])  # im2col straight into the matmul's type
     cols = _im2col((t.q - t.zero_point).astype(dtype), k, stride)
     acc = _int_matmul(cols.reshape(-1, cols.shape[-1]),
@@ -148,21 +145,21 @@ class IntNetwork:
     return QTensor(out.astype(np.int32).reshape(cols.shape[:3] + (-1,)), layer.out_scale,
                    layer.out_zero_point)
 
-  def _affine(self, path, t: QTensor) -> QTensor:
-    layer = self._layer(path, 'affine', t)
+  def _affine(self, name, t: QTensor) -> QTensor:
+    layer = self._layer(name, 'affine', t)
     acc = (t.q.astype(np.int64) - t.zero_point) * layer.weight + layer.bias
     out = quant.requantize(acc, layer.multiplier, layer.shift, layer.out_zero_point)
     return QTensor(out.astype(np.int32), layer.out_scale, layer.out_zero_point)
 
-  def _dense(self, path, t: QTensor) -> QTensor:
-    layer = self._layer(path, 'dense', t)
+  def _dense(self, name, t: QTensor) -> QTensor:
+    layer = self._layer(name, 'dense', t)
     acc = _int_matmul(t.q - t.zero_point, layer.weight) + layer.bias
     out = quant.requantize(acc, layer.multiplier, layer.shift, layer.out_zero_point)
     return QTensor(out.astype(np.int32), layer.out_scale, layer.out_zero_point)
 
-  def _add(self, path, terms: list[QTensor]) -> QTensor:
+  def _add(self, name, terms: list[QTensor]) -> QTensor:
     """TFLite ADD generalised to n inputs: rescale each to 2 * max(scale) at 20 extra bits."""
-    out_scale, out_zp = _qparams(self._get(self.ranges, path))
+    out_scale, out_zp = _qparams(self.ranges[name])
     twice_max = 2 * max(t.scale for t in terms)
     total = 0
     for t in terms:
@@ -172,10 +169,6 @@ class IntNetwork:
     m, s = quant.quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out_scale))
     out = quant.requantize(total, m, s, out_zp)
     return QTensor(out.astype(np.int32), out_scale, out_zp)
-
-  @staticmethod
-  def _relu(t: QTensor) -> QTensor:
-    return QTensor(np.maximum(t.q, t.zero_point), t.scale, t.zero_point)
 
   @staticmethod
   def _avg_pool_3x3(t: QTensor) -> QTensor:
@@ -194,43 +187,44 @@ class IntNetwork:
     total = t.q.astype(np.int64).reshape(n, h // 2, 2, w // 2, 2, c).sum((2, 4))
     return QTensor(_round_div(total, 4).astype(np.int32), t.scale, t.zero_point)
 
-  def _mean(self, path, t: QTensor) -> QTensor:
+  def _mean(self, name, t: QTensor) -> QTensor:
     """Global average pool as TFLite's int8 MEAN: int32 sum, requantize by s_in / (s_out * HW)."""
-    out_scale, out_zp = _qparams(self._get(self.ranges, path))
+    out_scale, out_zp = _qparams(self.ranges[name])
     hw = t.q.shape[1] * t.q.shape[2]
     total = (t.q.astype(np.int64) - t.zero_point).sum((1, 2))
     m, s = quant.quantize_multiplier(t.scale / (out_scale * hw))
     out = quant.requantize(total, m, s, out_zp)
     return QTensor(out.astype(np.int32), out_scale, out_zp)
 
-  # -------------------------------------------------------------------------- network
+  # -------------------------------------------------------------------------- the walk's backend
 
-  def _sum(self, path, terms, like: QTensor) -> QTensor:
+  def input(self, x) -> QTensor:
+    return self.quantize_input(x)
+
+  def conv(self, t, path, features, k, stride=1, bn=True):
+    return self._conv(layer_name(path), t, k, stride)
+
+  def relu(self, t: QTensor, path) -> QTensor:
+    return QTensor(np.maximum(t.q, t.zero_point), t.scale, t.zero_point)
+
+  def pool(self, t, path, size):
+    return self._avg_pool_3x3(t) if size == 3 else self._avg_pool_2x2(t)
+
+  def add(self, terms, path, like):
+    """Node sum: none -> constant zeros (ZERO_QPARAMS), one -> alias, more -> int8 ADD."""
     if not terms:
       scale, zp = ZERO_QPARAMS
       return QTensor(np.full_like(like.q, int(zp)), scale, int(zp))
-    return terms[0] if len(terms) == 1 else self._add(path, terms)
+    return terms[0] if len(terms) == 1 else self._add(layer_name(path), terms)
 
-  def _cell(self, name, t: QTensor) -> QTensor:
-    nodes = [t]
-    for to_node, inputs in enumerate(NODE_INPUTS, 1):
-      terms = []
-      for e, frm in inputs:
-        op, h = self.ops[e], nodes[frm]
-        if op == SKIP:
-          terms.append(h)
-        elif op == POOL:
-          terms.append(self._avg_pool_3x3(h))
-        elif op in (CONV1, CONV3):
-          terms.append(self._conv(f'{name}/edge{e}', self._relu(h), 1 if op == CONV1 else 3))
-      nodes.append(self._sum(f'{name}/node{to_node}_q', terms, t))
-    return nodes[3]
+  def head_bn(self, t, path):
+    return self._affine(layer_name(path), t)
 
-  def _reduce(self, name, t: QTensor) -> QTensor:
-    a = self._conv(f'{name}/conv_a', self._relu(t), 3, 2)
-    b = self._conv(f'{name}/conv_b', self._relu(a), 3)
-    s = self._conv(f'{name}/shortcut', self._avg_pool_2x2(t), 1)
-    return self._add(f'{name}/add_q', [b, s])
+  def global_pool(self, t, path):
+    return self._mean(layer_name(path), t)
+
+  def dense(self, t, path, features):
+    return self._dense(layer_name(path), t)
 
   def quantize_input(self, x) -> QTensor:
     """Float (normalised) images -> int8, the only float step (a camera pipeline would fold it)."""
@@ -240,20 +234,7 @@ class IntNetwork:
 
   def __call__(self, x) -> QTensor:
     """Normalised float images [N, H, W, C] -> int8 logits (QTensor [N, classes])."""
-    cfg = self.config
-    t = self.quantize_input(x)
-    if cfg.use_stem:
-      t = self._conv('stem', t, 3)
-    counts: dict[int, int] = {}
-    for kind, s in cfg.layer_plan():
-      if kind == 'reduce':
-        t = self._reduce(f'reduce{s}', t)
-      else:
-        i = counts[s] = counts.get(s, -1) + 1
-        t = self._cell(f'stage{s}_cell{i}', t)
-    t = self._relu(self._affine('head_bn', t))
-    t = self._mean('gap_q', t)
-    return self._dense('classifier', t)
+    return nb201_net.network(self, self.ops, x, self.config)
 
   def predict(self, x, batch_size=250) -> np.ndarray:
     return np.concatenate([np.argmax(self(x[i:i + batch_size]).q, -1)

@@ -1,9 +1,11 @@
 """A quantization-aware NB201 network in Flax: one variable tree, three ways to run it.
 
-Same topology and op semantics as `search_spaces.nb201_net.NB201Network` (stem conv-BN; cells
-of ReLU-conv-BN / 3x3 avg pool / skip edges summed at each node; reduction blocks; head BN, ReLU,
-global average pool, dense), laid out as the int8 graph of `search_spaces.nb201_graph` so that
-`engine.int_inference` can run it in integers. Modes:
+The network is the one walk `search_spaces.nb201_net.network` (stem conv-BN; cells of
+ReLU-conv-BN / 3x3 avg pool / skip edges summed at each node; reduction blocks; head BN, ReLU,
+global average pool, dense) run by a Flax backend (`FlaxBackend`), laid out as the int8 graph of
+`search_spaces.nb201_graph` so that `engine.int_inference` can run it in integers. In 'fp32' mode
+with batch statistics it is the scoring supernet (`nb201_net.apply`) of its single path, given
+the same weights (`variables_from_supernet`). Modes:
 
   * 'fp32':   plain float training and evaluation; BN uses batch statistics when `train`.
   * 'folded': BN folded into its convolution with the running statistics, no quantization.
@@ -30,7 +32,8 @@ import jax
 import jax.numpy as jnp
 
 from engine import quant
-from search_spaces.nb201 import CONV1, CONV3, NB201Config, NODE_INPUTS, POOL, SKIP
+from search_spaces import nb201_net
+from search_spaces.nb201 import NB201Config
 from search_spaces.nb201_net import BN_EPS, avg_pool_2x2, avg_pool_3x3
 
 MODES = ('fp32', 'folded', 'quant')
@@ -214,37 +217,59 @@ def add_terms(module_fn, terms, like, ctx: Ctx):
   return module_fn()(total, ctx)
 
 
-class QCell(nn.Module):
-  ops: Sequence[int]
+def layer_name(path) -> str:
+  """Flax submodule name of a layer of the walk (`nb201_net.network`'s path tuples):
+  ('stem',) -> 'stem'; ('stage0', 1, 2, 'conv3') -> 'stage0_cell1_edge2_conv3';
+  ('stage0', 1, 'node2') -> 'stage0_cell1_node2_q'; ('reduce1', 'a'|'b') -> 'reduce1_conv_a'|_b;
+  ('reduce1', 'shortcut') -> 'reduce1_shortcut'; ('reduce1', 'add') -> 'reduce1_add_q';
+  ('head',) -> 'head_bn'; ('gap',) -> 'gap_q'; ('classifier',) -> 'classifier'. Conv / BN /
+  dense layers hold their output quantizer as the child 'out_q'; the others are quantizers."""
+  head = path[0]
+  if head.startswith('stage'):
+    if len(path) == 4:
+      _, cell, edge, kind = path
+      return f'{head}_cell{cell}_edge{edge}_{kind}'
+    _, cell, node = path
+    return f'{head}_cell{cell}_{node}_q'
+  if head.startswith('reduce'):
+    return {'a': f'{head}_conv_a', 'b': f'{head}_conv_b', 'shortcut': f'{head}_shortcut',
+            'add': f'{head}_add_q'}[path[1]]
+  return {'stem': 'stem', 'head': 'head_bn', 'gap': 'gap_q', 'classifier': 'classifier'}[head]
 
-  @nn.compact
-  def __call__(self, t, ctx: Ctx):
-    nodes = [t]
-    for to_node, inputs in enumerate(NODE_INPUTS, 1):
-      terms = []
-      for e, frm in inputs:
-        op, h = self.ops[e], nodes[frm]
-        if op == SKIP:
-          terms.append(h)
-        elif op == POOL:
-          terms.append(avg_pool(h, 3))
-        elif op in (CONV1, CONV3):
-          k = 1 if op == CONV1 else 3
-          terms.append(QConv(h[0].shape[-1], k, name=f'edge{e}')(relu(h), ctx))
-      nodes.append(add_terms(lambda j=to_node: ActQuant(name=f'node{j}_q'), terms, t[0], ctx))
-    return nodes[3]
 
+class FlaxBackend(nb201_net.Backend):
+  """`nb201_net.network` in Flax: each layer of the walk creates its submodule (QConv, QAffine,
+  QDense, ActQuant) inside `module`'s compact `__call__`, named by `layer_name`. Tensors are
+  (x, qparams) pairs, qparams None outside 'quant' mode. Single paths only: the walk is given
+  op indices, so every gate weight is None and `gate` (the base's) just computes its op."""
 
-class QReduce(nn.Module):
-  channels: int
+  def __init__(self, module: nn.Module, ctx: Ctx):
+    self.module, self.ctx = module, ctx
 
-  @nn.compact
-  def __call__(self, t, ctx: Ctx):
-    a = QConv(self.channels, 3, 2, name='conv_a')(relu(t), ctx)
-    b = QConv(self.channels, 3, 1, name='conv_b')(relu(a), ctx)
-    pooled = avg_pool(t, 2)
-    s = QConv(self.channels, 1, bn=False, name='shortcut')(pooled, ctx)
-    return add_terms(lambda: ActQuant(name='add_q'), [b, s], None, ctx)
+  def input(self, x):
+    return ActQuant(parent=self.module, name='input_q')(x, self.ctx)
+
+  def conv(self, t, path, features, k, stride=1, bn=True):
+    return QConv(features, k, stride, bn, parent=self.module, name=layer_name(path))(t, self.ctx)
+
+  def relu(self, t, path):
+    return relu(t)
+
+  def pool(self, t, path, size):
+    return avg_pool(t, size)
+
+  def add(self, terms, path, like):
+    make = lambda: ActQuant(parent=self.module, name=layer_name(path))
+    return add_terms(make, terms, None if like is None else like[0], self.ctx)
+
+  def head_bn(self, t, path):
+    return QAffine(parent=self.module, name=layer_name(path))(t, self.ctx)
+
+  def global_pool(self, t, path):
+    return ActQuant(parent=self.module, name=layer_name(path))(jnp.mean(t[0], (1, 2)), self.ctx)
+
+  def dense(self, t, path, features):
+    return QDense(features, parent=self.module, name=layer_name(path))(t, self.ctx)
 
 
 class QATNetwork(nn.Module):
@@ -257,21 +282,8 @@ class QATNetwork(nn.Module):
   def __call__(self, x, train: bool = False, update_ranges: bool = False):
     if self.mode not in MODES:
       raise ValueError(f'unknown mode {self.mode!r}; choose one of {", ".join(MODES)}')
-    ctx = Ctx(self.mode, train, update_ranges)
-    cfg = self.config
-    t = ActQuant(name='input_q')(x, ctx)
-    if cfg.use_stem:
-      t = QConv(cfg.C, 3, name='stem')(t, ctx)
-    counts: dict[int, int] = {}
-    for kind, s in cfg.layer_plan():
-      if kind == 'reduce':
-        t = QReduce(cfg.C * 2 ** s, name=f'reduce{s}')(t, ctx)
-      else:
-        i = counts[s] = counts.get(s, -1) + 1
-        t = QCell(tuple(int(o) for o in self.ops), name=f'stage{s}_cell{i}')(t, ctx)
-    t = relu(QAffine(name='head_bn')(t, ctx))
-    t = ActQuant(name='gap_q')(jnp.mean(t[0], (1, 2)), ctx)
-    logits, _ = QDense(cfg.num_classes, name='classifier')(t, ctx)
+    backend = FlaxBackend(self, Ctx(self.mode, train, update_ranges))
+    logits, _ = nb201_net.network(backend, tuple(int(o) for o in self.ops), x, self.config)
     return logits
 
 
@@ -281,6 +293,77 @@ def init_variables(key, ops, config: NB201Config) -> dict:
   model = QATNetwork(tuple(ops), config, 'fp32')
   # jitted: run eagerly, init compiles each of its hundreds of small ops on its own
   return dict(jax.jit(lambda k, x: model.init(k, x, train=False))(key, x))
+
+
+class _SupernetVariables(nb201_net.Backend):
+  """Walks a single path collecting the QATNetwork variables that hold supernet weights."""
+
+  def __init__(self, params):
+    self.params = params
+    self.out = {'params': {}, 'batch_stats': {}, 'quant': {}}
+
+  @staticmethod
+  def _range():
+    return {k: jnp.zeros((), jnp.float32) for k in ('min', 'max', 'count')}
+
+  def _layer(self, name, params, bn_channels=None):
+    self.out['params'][name] = params
+    if bn_channels is not None:  # the supernet normalises with batch statistics only
+      self.out['batch_stats'][name] = {'mean': jnp.zeros((bn_channels,), jnp.float32),
+                                       'var': jnp.ones((bn_channels,), jnp.float32)}
+    self.out['quant'][name] = {'out_q': self._range()}
+
+  def input(self, x):
+    self.out['quant']['input_q'] = self._range()
+    return x
+
+  def conv(self, t, path, features, k, stride=1, bn=True):
+    w, scale, bias = nb201_net._conv_leaves(self.params, path)
+    if scale is None:
+      self._layer(layer_name(path), {'kernel': w})
+    else:
+      self._layer(layer_name(path), {'kernel': w, 'scale': scale, 'bias': bias}, features)
+    return t
+
+  def relu(self, t, path):
+    return t
+
+  def pool(self, t, path, size):
+    return t
+
+  def add(self, terms, path, like):
+    if len(terms) > 1:  # none: constant zeros, one: an alias (no quantizer, see add_terms)
+      self.out['quant'][layer_name(path)] = self._range()
+    return like
+
+  def head_bn(self, t, path):
+    p = self.params['head']
+    self._layer(layer_name(path), {'scale': p['bn_scale'], 'bias': p['bn_bias']},
+                p['bn_scale'].shape[-1])
+    return t
+
+  def global_pool(self, t, path):
+    self.out['quant'][layer_name(path)] = self._range()
+    return t
+
+  def dense(self, t, path, features):
+    p = self.params['head']
+    self._layer(layer_name(path), {'kernel': p['fc'], 'bias': p['fc_bias']})
+    return t
+
+
+def variables_from_supernet(params, ops, config: NB201Config) -> dict:
+  """`nb201_net.init_params` supernet params -> `QATNetwork(ops)` variables with the same
+  weights: conv kernels, BN scales and biases, classifier. BN running statistics are mean 0,
+  var 1 (the supernet keeps none) and activation ranges are zeros (uncalibrated)."""
+  backend = _SupernetVariables(params)
+  nb201_net.network(backend, tuple(int(o) for o in ops), None, config)
+  return backend.out
+
+
+def param_count(variables) -> int:
+  """Number of trainable parameters (equals `nb201.count_params` of the architecture)."""
+  return int(sum(a.size for a in jax.tree.leaves(variables['params'])))
 
 
 def reset_ranges(variables: dict) -> dict:
