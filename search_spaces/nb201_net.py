@@ -1,4 +1,4 @@
-"""The NB201 macro network in JAX: a masked supernet for scoring and a Flax single-path model.
+"""The NB201 macro network in JAX: one walk of the network and the masked supernet for scoring.
 
 `init_params` / `apply` form the masked supernet used by the scoring engine. Its input is an op
 mask [6, 5]: a one-hot row is one architecture, a multi-hot row sums its active ops, and a soft
@@ -14,15 +14,16 @@ BatchNorm always normalises with the statistics of the batch (or with statistics
 which is how the NTK's `independent` variant holds them fixed). `apply` returns the statistics
 it used, so a caller can compute them once and feed them back.
 
-`NB201Network` is the plain Flax model of one architecture (ops chosen in Python), used for
-training and as the reference the supernet is tested against (`single_path_variables`).
+`network` is the one walk of the network; other executions are backends of it: the QAT / int8
+Flax model (`engine.qat_net.QATNetwork`, which in fp32 mode with batch statistics equals this
+supernet's single path given the same weights, `qat_net.variables_from_supernet`) and the
+integer reference (`engine.int_inference`).
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -271,6 +272,8 @@ def edge_choices(arch):
   """
   if callable(arch):
     return [[(op, arch(e, op)) for op in EDGE_OPS] for e in range(NUM_EDGES)]
+  if arch is None:  # a network without cells (depth 0)
+    return [[] for _ in range(NUM_EDGES)]
   if not isinstance(arch, jax.Array) or isinstance(arch, np.ndarray):
     a = np.asarray(arch)
     if a.ndim == 1:
@@ -570,113 +573,3 @@ def probe_ones(params, batch: int):
     return jnp.ones(w.shape[:lead] + (batch, w.shape[-1]), w.dtype)
   return jax.tree_util.tree_map_with_path(
       lambda p, w: ones(p, w) if str(p[-1].key) in LAYER_WEIGHTS else None, params)
-
-
-# ----------------------------------------------------------------------------- Flax single path
-
-class _Cell(nn.Module):
-  ops: Sequence[int]
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    nodes = [x]
-    for inputs in NODE_INPUTS:
-      total = jnp.zeros_like(x)
-      for e, frm in inputs:
-        op, h = self.ops[e], nodes[frm]
-        if op == SKIP:
-          total = total + h
-        elif op == POOL:
-          total = total + avg_pool_3x3(h)
-        elif op in (CONV1, CONV3):
-          k = 1 if op == CONV1 else 3
-          y = nn.Conv(h.shape[-1], (k, k), padding=k // 2, use_bias=False,
-                      name=f'edge{e}_conv')(jax.nn.relu(h))
-          total = total + nn.BatchNorm(not train, momentum=0.9, epsilon=BN_EPS,
-                                       name=f'edge{e}_bn')(y)
-      nodes.append(total)
-    return nodes[3]
-
-
-class _Reduce(nn.Module):
-  channels: int
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    bn = lambda name: nn.BatchNorm(not train, momentum=0.9, epsilon=BN_EPS, name=name)
-    a = bn('bn_a')(nn.Conv(self.channels, (3, 3), 2, padding=1, use_bias=False,
-                           name='conv_a')(jax.nn.relu(x)))
-    b = bn('bn_b')(nn.Conv(self.channels, (3, 3), padding=1, use_bias=False,
-                           name='conv_b')(jax.nn.relu(a)))
-    return b + nn.Conv(self.channels, (1, 1), use_bias=False, name='shortcut')(avg_pool_2x2(x))
-
-
-class NB201Network(nn.Module):
-  """One NB201 architecture as an ordinary Flax model (batch_stats collection when training)."""
-  ops: Sequence[int]
-  config: NB201Config = NB201Config()
-
-  @nn.compact
-  def __call__(self, x, train: bool = True):
-    cfg = self.config
-    if cfg.use_stem:
-      x = nn.Conv(cfg.C, (3, 3), padding=1, use_bias=False, name='stem_conv')(x)
-      x = nn.BatchNorm(not train, momentum=0.9, epsilon=BN_EPS, name='stem_bn')(x)
-    counts: dict[int, int] = {}
-    for kind, s in cfg.layer_plan():
-      if kind == 'reduce':
-        x = _Reduce(_channels(cfg, s), name=f'reduce{s}')(x, train)
-      else:
-        i = counts[s] = counts.get(s, -1) + 1
-        x = _Cell(tuple(int(o) for o in self.ops), name=f'stage{s}_cell{i}')(x, train)
-    x = nn.BatchNorm(not train, momentum=0.9, epsilon=BN_EPS, name='head_bn')(x)
-    x = jnp.mean(jax.nn.relu(x), (1, 2))
-    return nn.Dense(cfg.num_classes, name='classifier')(x)
-
-
-def single_path_variables(params: Params, ops, config: NB201Config) -> dict:
-  """Supernet params -> `NB201Network(ops)` variables holding the same weights."""
-  ops = [int(o) for o in ops]
-  out: dict[str, Any] = {}
-  stats: dict[str, Any] = {}
-
-  def bn(scale, bias):
-    c = scale.shape[-1]
-    return {'scale': scale, 'bias': bias}, {'mean': jnp.zeros(c), 'var': jnp.ones(c)}
-
-  if config.use_stem:
-    p = params['stem']
-    out['stem_conv'] = {'kernel': p['conv']}
-    out['stem_bn'], stats['stem_bn'] = bn(p['bn_scale'], p['bn_bias'])
-  for seg in _segments(config):
-    if seg[0] == 'cells':
-      _, s, n = seg
-      p = params[f'stage{s}']
-      for i in range(n):
-        cell, cell_stats = {}, {}
-        for e, op in enumerate(ops):
-          if op in (CONV1, CONV3):
-            tag = '1' if op == CONV1 else '3'
-            cell[f'edge{e}_conv'] = {'kernel': p[f'conv{tag}'][i, e]}
-            cell[f'edge{e}_bn'], cell_stats[f'edge{e}_bn'] = bn(p[f'bn{tag}_scale'][i, e],
-                                                               p[f'bn{tag}_bias'][i, e])
-        if cell:  # Flax creates no entry for a cell without convolutions
-          out[f'stage{s}_cell{i}'], stats[f'stage{s}_cell{i}'] = cell, cell_stats
-    else:
-      s = seg[1]
-      p = params[f'reduce{s}']
-      red, red_stats = {}, {}
-      red['conv_a'], red['conv_b'] = {'kernel': p['conv_a']}, {'kernel': p['conv_b']}
-      red['shortcut'] = {'kernel': p['shortcut']}
-      red['bn_a'], red_stats['bn_a'] = bn(p['bna_scale'], p['bna_bias'])
-      red['bn_b'], red_stats['bn_b'] = bn(p['bnb_scale'], p['bnb_bias'])
-      out[f'reduce{s}'], stats[f'reduce{s}'] = red, red_stats
-  p = params['head']
-  out['head_bn'], stats['head_bn'] = bn(p['bn_scale'], p['bn_bias'])
-  out['classifier'] = {'kernel': p['fc'], 'bias': p['fc_bias']}
-  return {'params': out, 'batch_stats': stats}
-
-
-def count_param_arrays(variables) -> int:
-  return int(sum(np.prod(a.shape) for a in jax.tree.leaves(variables['params'])))
-

@@ -1,4 +1,4 @@
-"""The masked supernet against the plain Flax single-path network."""
+"""The masked supernet: its walks against each other and against the QAT network in fp32 mode."""
 import functools
 
 import chex
@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from engine import qat_net
 from search_spaces import nb201
 from search_spaces import nb201_net as net
 
@@ -21,25 +22,29 @@ def _inputs(batch=6, size=8, seed=1):
 class SupernetTest(chex.TestCase):
 
   @chex.variants(with_jit=True)  # eager lax.scan/cond over a whole network is minutes slow
-  def test_one_hot_supernet_equals_single_path(self):
+  def test_one_hot_supernet_equals_qat_network_in_fp32(self):
+    """The contract replacing the old plain Flax model: QATNetwork in fp32 mode with batch
+    statistics (train=True) computes the scoring supernet's single path, same weights."""
     params = net.init_params(jax.random.PRNGKey(0), CONFIG)
     x = _inputs()
     forward = self.variant(lambda p, m, x: net.apply(p, m, x, CONFIG)[0])
     for ops in ARCHS:
       logits = forward(params, jnp.asarray(nb201.ops_to_mask(ops)), x)
       chex.assert_shape(logits, (6, CONFIG.num_classes))
-      variables = net.single_path_variables(params, ops, CONFIG)
-      ref, _ = net.NB201Network(ops, CONFIG).apply(variables, x, mutable=['batch_stats'])
+      variables = qat_net.variables_from_supernet(params, ops, CONFIG)
+      model = qat_net.QATNetwork(ops, CONFIG, 'fp32')
+      ref, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
+          variables, x)
       np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=1e-4)
 
-  def test_single_path_variables_match_flax_init_structure_and_param_count(self):
+  def test_variables_from_supernet_match_qat_init_structure_and_param_count(self):
     params = net.init_params(jax.random.PRNGKey(0), CONFIG)
     for ops in ARCHS:
-      variables = net.single_path_variables(params, ops, CONFIG)
-      fresh = net.NB201Network(ops, CONFIG).init(jax.random.PRNGKey(1), _inputs())
-      chex.assert_trees_all_equal_shapes(fresh, variables)
-      assert net.count_param_arrays(variables) == nb201.count_params(nb201.ops_to_mask(ops),
-                                                                     CONFIG)
+      variables = qat_net.variables_from_supernet(params, ops, CONFIG)
+      fresh = jax.eval_shape(lambda: qat_net.init_variables(jax.random.PRNGKey(1), ops, CONFIG))
+      chex.assert_trees_all_equal_shapes_and_dtypes(fresh, variables)
+      count = nb201.count_params(nb201.ops_to_mask(ops), CONFIG)
+      assert qat_net.param_count(variables) == qat_net.param_count(fresh) == count
 
   def test_multi_hot_edge_sums_its_active_ops(self):
     params = net.init_params(jax.random.PRNGKey(0), CONFIG)

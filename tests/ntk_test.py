@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine import ntk
+from engine import qat_net
 from search_spaces import nb201
 from search_spaces import nb201_net as net
 
@@ -21,17 +22,17 @@ def _setup(ops=OPS, batch=6):
 
 
 def _flax_coupled_gram(params, ops, x):
-  """Reference: jacrev of the plain Flax model w.r.t. its kernels and BN scales."""
-  variables = net.single_path_variables(params, ops, CONFIG)
-  model = net.NB201Network(ops, CONFIG)
+  """Reference: jacrev of the QAT network (fp32, batch statistics) w.r.t. its kernels and BN
+  scales, holding the supernet's weights."""
+  variables = qat_net.variables_from_supernet(params, ops, CONFIG)
+  model = qat_net.QATNetwork(ops, CONFIG, 'fp32')
   flat = jax.tree_util.tree_flatten_with_path(variables['params'])[0]
   chosen = {jax.tree_util.keystr(p): a for p, a in flat if p[-1].key in ('kernel', 'scale')}
 
   def summed(chosen_now):
     leaves = [chosen_now.get(jax.tree_util.keystr(p), a) for p, a in flat]
     new = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(variables['params']), leaves)
-    out, _ = model.apply({'params': new, 'batch_stats': variables['batch_stats']}, x,
-                         mutable=['batch_stats'])
+    out, _ = model.apply({**variables, 'params': new}, x, train=True, mutable=['batch_stats'])
     return out.sum(-1)
 
   jac = jax.jit(jax.jacrev(summed))(chosen)
@@ -41,7 +42,7 @@ def _flax_coupled_gram(params, ops, x):
 
 class NtkTest(chex.TestCase):
 
-  def test_masked_coupled_ntk_equals_single_path_flax_ntk(self):
+  def test_masked_coupled_ntk_equals_single_path_qat_fp32_ntk(self):
     for ops in (OPS, (3, 3, 3, 3, 3, 3), (1, 2, 0, 4, 2, 1)):
       params, mask, x = _setup(ops)
       gram = _gram(params, mask, x, CONFIG, 'coupled')
