@@ -2,8 +2,8 @@
 
 `batch_score_fn` builds the function masks [K, 6, 5], keys [K, 2], inputs -> {proxy: [K]}.
 Within a device the candidates are vmapped (dense mode: every supernet op runs, masked) or, with
-`settings.sparse`, walked by `lax.map` so each runs only its active ops (for accelerators; on
-XLA:CPU convolutions inside loop bodies are ~30x slower, so dense wins there). The K axis is split
+`settings.sparse`, walked by `lax.map` so each runs only its active ops: a one-hot candidate is
+passed as op indices and costs about its own single-path network (`nb201_net.Supernet`). The K axis is split
 over devices with `shard_map`. `Scorer` drives it over any number of archs in fixed-size batches
 (one compile per batch shape, the last batch padded), keeps compile time apart from run time, and
 adds the analytic proxies.
@@ -96,24 +96,31 @@ class Scorer:
                    proxies_lib.make_inputs(self.proxies, settings, seed, images).items()}
     self.network_proxies = [p for p in self.proxies if p.kind == 'network']
     self.timing = Timing()
-    self._compiled = None
+    self._compiled = {}
     if self.network_proxies:
       self._fn = jax.jit(batch_score_fn(self.proxies, settings, candidate_chunk, self.devices))
 
-  def _compile(self, masks, keys):
+  def _call(self, archs, keys):
+    kind = (archs.dtype, archs.shape)
+    if kind not in self._compiled:
+      start = time.perf_counter()
+      self._compiled[kind] = self._fn.lower(archs, keys, self.inputs).compile()
+      self.timing.compile_s += time.perf_counter() - start
     start = time.perf_counter()
-    self._compiled = self._fn.lower(masks, keys, self.inputs).compile()
-    self.timing.compile_s += time.perf_counter() - start
-
-  def score_masks(self, masks, keys) -> dict[str, np.ndarray]:
-    """One compiled call on exactly `batch_candidates` masks [K, 6, 5] with keys [K, 2]."""
-    masks = jnp.asarray(masks, jnp.float32)
-    if self._compiled is None:
-      self._compile(masks, keys)
-    start = time.perf_counter()
-    out = jax.device_get(self._compiled(masks, keys, self.inputs))
+    out = jax.device_get(self._compiled[kind](archs, keys, self.inputs))
     self.timing.run_s += time.perf_counter() - start
     return out
+
+  def score_masks(self, masks, keys) -> dict[str, np.ndarray]:
+    """One compiled call on exactly `batch_candidates` masks [K, 6, 5] with keys [K, 2].
+
+    In sparse mode one-hot masks are passed as op indices, which take the single-path fast
+    path (`nb201_net.Supernet`); multi-hot and soft masks run under per-op conditionals."""
+    masks = np.asarray(masks, np.float32)
+    if self.settings.sparse and np.all((masks != 0).sum(-1) == 1) and np.all(
+        masks.max(-1) == 1):
+      return self._call(jnp.asarray(masks.argmax(-1), jnp.int32), keys)
+    return self._call(jnp.asarray(masks), keys)
 
   def score_ops(self, ops, progress=None) -> dict[str, np.ndarray]:
     """Scores archs given as op indices [M, 6]; `progress(n)` is called after each batch."""

@@ -109,7 +109,7 @@ def synflow(params, mask, x, labels, config, sparse=False):
   Why log space: the score is a sum over input-output paths of the product of their weights and
   grows geometrically with depth (it overflows float32 for the full NB201 network). With
   non-negative weights and input every ReLU passes its input, so the network minus the
-  classifier bias is linear. `apply`'s hook divides the features after every cell / block by
+  classifier bias is linear. The walk (`rescale`) divides the features after every cell / block by
   their (stop-gradient) maximum s_i; that divides R and every dR/dW by S = prod s_i exactly, so
   log synflow = logsumexp over leaves of log sum |W * dR'/dW| + sum log s_i.
   `x` fixes only the input's shape and `labels` is unused (one signature for all proxies).
@@ -122,16 +122,9 @@ def synflow(params, mask, x, labels, config, sparse=False):
   weights, rest = split_layer_weights(params)
 
   def scaled_output(w):
-    logs = []
-
-    def rescale(a):
-      peak = jax.lax.stop_gradient(jnp.max(a))
-      scale = jnp.where(peak > 0, peak, 1.0)
-      logs.append(jnp.log(scale))
-      return a / scale
-
-    out = nb201_net.apply(_merge(w, rest), mask, ones, config, stats, sparse, hook=rescale)[0]
-    return jnp.sum(out), sum(logs, jnp.zeros(()))
+    out, net = nb201_net.run(_merge(w, rest), mask, ones, config, sparse=sparse,
+                             fixed_stats=stats, rescale=True)
+    return jnp.sum(out), net.log_scale
 
   grads, log_scale = jax.grad(scaled_output, has_aux=True)(weights)
   leaf_logs = jnp.stack([jnp.log(jnp.sum(jnp.abs(w * g))) for w, g in
@@ -238,11 +231,12 @@ def gradient_proxies(params, mask, x, labels, config, names=GRADIENT_GROUP, spar
     return cross_entropy(logits, labels)
 
   grad_fn = jax.grad(loss, argnums=(0, 1))
+  gw, gs = grad_fn(weights, probes)
   if 'grasp' in names:
-    (gw, gs), hvp = jax.linearize(grad_fn, weights, probes)
-    hg = hvp(gw, jax.tree.map(jnp.zeros_like, probes))[0]
-  else:
-    gw, gs = grad_fn(weights, probes)
+    # Forward mode over the backward pass in direction (g, 0): H g without storing the
+    # linearisation (jax.linearize keeps residuals of every switch branch; measured slower).
+    zeros = jax.tree.map(jnp.zeros_like, probes)
+    hg = jax.jvp(grad_fn, (weights, probes), (jax.lax.stop_gradient(gw), zeros))[1][0]
   make = {'grad_norm': lambda: _grad_norm_value(gw), 'snip': lambda: _snip_value(weights, gw),
           'fisher': lambda: _fisher_value(weights, gs),
           'grasp': lambda: _grasp_value(weights, hg)}
@@ -339,7 +333,7 @@ def unit_gaussian_weights(params):
 def _log_bn_scales(stats, mask):
   """sum over the network's BN layers of log sqrt(mean over channels of the batch variance);
   BNs of convs the mask switches off do not exist in the architecture and are left out."""
-  mask = jnp.asarray(nb201.ops_to_mask(mask) if np.ndim(mask) == 1 else mask)
+  mask = jax.nn.one_hot(mask, nb201.NUM_OPS) if jnp.ndim(mask) == 1 else jnp.asarray(mask)
   total = jnp.zeros(())
   log_sigma = lambda var: 0.5 * jnp.log(jnp.mean(var, -1))
   for key, (_, var) in stats.items():
@@ -374,15 +368,9 @@ def zen(params, mask, x, labels, config, sparse=False, key=None, alpha=ZEN_ALPHA
   x1 = x0 + alpha * jax.random.normal(k_eps, x.shape, x.dtype)
 
   def pre_gap(inputs):
-    last = []
-
-    def keep(a):
-      last.append(a)
-      return a
-
-    _, stats = nb201_net.apply(params, mask, inputs, config, None, sparse, hook=keep)
+    _, net = nb201_net.run(params, mask, inputs, config, sparse=sparse)
     head = params['head']
-    return jax.nn.relu(nb201_net.batch_norm(last[-1], head['bn_scale'], head['bn_bias'])[0]), stats
+    return jax.nn.relu(nb201_net.batch_norm(net.last, head['bn_scale'], head['bn_bias'])[0]), net.stats
 
   f0, stats = pre_gap(x0)
   f1, _ = pre_gap(x1)

@@ -22,7 +22,7 @@ integer reference (`engine.int_inference`).
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -267,7 +267,8 @@ def edge_choices(arch):
   resolved here: zero entries are not walked at all and entries of 1 carry weight None (plain
   sum), so a one-hot or multi-hot 0/1 mask walks exactly its active ops. A traced mask walks
   every op with its (traced) weight; the backend decides whether that weight multiplies a
-  computed op (dense) or gates it (sparse). A function `arch(edge, op) -> weight` walks every op
+  computed op (dense) or gates it (sparse). Traced op indices [6] give one `EdgeSwitch` per edge
+  (the single-path fast path of `Supernet`). A function `arch(edge, op) -> weight` walks every op
   with the weight it returns (the hardware template passes each op's gate index).
   """
   if callable(arch):
@@ -280,7 +281,14 @@ def edge_choices(arch):
       return [[(int(o), None)] if int(o) != NONE else [] for o in a]
     return [[(op, None if a[e, op] == 1 else float(a[e, op])) for op in EDGE_OPS
              if a[e, op] != 0] for e in range(NUM_EDGES)]
+  if arch.ndim == 1:  # traced op indices: one switch per edge
+    return [[EdgeSwitch(arch[e])] for e in range(NUM_EDGES)]
   return [[(op, arch[e, op]) for op in EDGE_OPS] for e in range(NUM_EDGES)]
+
+
+class EdgeSwitch(NamedTuple):
+  """An edge whose op is a traced index: the backend runs that op alone (`Backend.edge`)."""
+  op: Any
 
 
 class Backend:
@@ -319,6 +327,21 @@ class Backend:
       return fn()
     raise NotImplementedError
 
+  def cells(self, cell, t, stage, count, edges):
+    """The `count` cells of one stage: cell(t, index) for index 0, 1, ... in turn."""
+    del stage, edges
+    for i in range(count):
+      t = cell(t, i)
+    return t
+
+  def edge(self, choices, h, path, channels):
+    """The terms one edge adds to its node: each candidate op under `gate`."""
+    if any(isinstance(c, EdgeSwitch) for c in choices):
+      raise NotImplementedError(f'{type(self).__name__} takes op indices or masks, not traced '
+                                'op indices')
+    return [self.gate(weight, functools.partial(_edge_op, self, op, h, path, channels), h)
+            for op, weight in choices]
+
   def after_layer(self, t):
     """Called on the output of the stem, of every cell and of every reduction block."""
     return t
@@ -348,10 +371,7 @@ def _cell(backend: Backend, edges, t, stage, index, channels):
   for to_node, inputs in enumerate(NODE_INPUTS, 1):
     terms = []
     for e, frm in inputs:
-      for op, weight in edges[e]:
-        h, path = nodes[frm], (f'stage{stage}', index, e)
-        terms.append(backend.gate(weight, functools.partial(_edge_op, backend, op, h, path,
-                                                            channels), h))
+      terms += backend.edge(edges[e], nodes[frm], (f'stage{stage}', index, e), channels)
     nodes.append(backend.add(terms, (f'stage{stage}', index, f'node{to_node}'), t))
   return nodes[3]
 
@@ -373,21 +393,25 @@ def network(backend: Backend, arch, x, config: NB201Config):
   t = backend.input(x)
   if config.use_stem:
     t = backend.after_layer(backend.conv(t, ('stem',), config.C, 3))
-  cells: dict[int, int] = {}
-  for kind, stage in config.layer_plan():
+  for seg in _segments(config):
+    stage = seg[1]
     channels = _channels(config, stage)
-    if kind == 'cell':
-      i = cells[stage] = cells.get(stage, -1) + 1
-      t = _cell(backend, edges, t, stage, i, channels)
+    if seg[0] == 'cells':
+      cell = functools.partial(_cell, backend, edges, stage=stage, channels=channels)
+      t = backend.cells(lambda t_, i: backend.after_layer(cell(t=t_, index=i)), t, stage, seg[2],
+                        edges)
     else:
-      t = _reduction(backend, t, stage, channels)
-    t = backend.after_layer(t)
+      t = backend.after_layer(_reduction(backend, t, stage, channels))
   t = backend.relu(backend.head_bn(t, ('head',)), ('head',))
   return backend.dense(backend.global_pool(t, ('gap',)), ('classifier',), config.num_classes)
 
 
+CELL_WILDCARD = '*'
+
+
 def path_key(path) -> str:
-  return '/'.join(str(p) for p in path)
+  """'stage0/3/2/conv3'; a traced cell index (inside a scan over cells) reads '*'."""
+  return '/'.join(CELL_WILDCARD if isinstance(p, jax.core.Tracer) else str(p) for p in path)
 
 
 # ----------------------------------------------------------------------------- JAX supernet
@@ -421,26 +445,103 @@ def _probe_leaf(probes, path):
   return probes[head]['shortcut' if path[1] == 'shortcut' else f'conv_{path[1]}']
 
 
+_CONV_KINDS = ('conv1', 'conv3')
+
+
+def _single_op(op, h, leaves, probes, fixed, conv_fn, record):
+  """One edge op of a single path, as a pure function: (output, records). Records hold both conv
+  kinds' BN statistics and (with `record`) ReLU pre-activations, zeros for the op not run, so
+  every op returns the same structure (the branches of one `lax.switch`)."""
+  c, batch = h.shape[-1], h.shape[0]
+  rec = {}
+  for kind in _CONV_KINDS:
+    rec[kind] = (jnp.zeros(c, h.dtype), jnp.zeros(c, h.dtype))
+    if record:
+      rec['relu_' + kind] = (jnp.zeros((batch, h[0].size), h.dtype), jnp.bool_(False))
+  if op == NONE:
+    return jnp.zeros_like(h), rec
+  if op == SKIP:
+    return h, rec
+  if op == POOL:
+    return avg_pool_3x3(h), rec
+  kind = 'conv1' if op == CONV1 else 'conv3'
+  w, scale, bias = leaves[kind]
+  if record:
+    rec['relu_' + kind] = (h.reshape(batch, -1), jnp.bool_(True))
+  y = conv_fn(jax.nn.relu(h), w, 1)
+  if probes is not None:
+    y = y * probes[kind][:, None, None, :]
+  y, rec[kind] = batch_norm(y, scale, bias, None if fixed is None else fixed[kind])
+  return y, rec
+
+
+@functools.lru_cache(maxsize=None)
+def _switched_edge(record: bool):
+  """f(op, h, leaves, probes, fixed) -> (output, records): the edge's op chosen by a traced index.
+
+  Why a custom VJP: differentiating a `lax.switch` makes its forward pass emit the residuals of
+  every branch (zero-filled for the branches not taken), several activation-sized buffers per
+  edge. Here the residuals are the edge's input and weights; the backward pass recomputes the
+  chosen op's forward inside a switch and pulls back through it (the fast conv gradients). The
+  forward uses XLA's plain conv, so forward mode over the backward pass (GraSP) works. Records
+  carry no gradient (callers stop gradients on statistics they feed back).
+  """
+  def run(op, h, leaves, probes, fixed, conv_fn):
+    branches = [functools.partial(_single_op, o, conv_fn=conv_fn, record=record)
+                for o in range(len(EDGE_OPS) + 1)]
+    return jax.lax.switch(op, branches, h, leaves, probes, fixed)
+
+  @jax.custom_vjp
+  def edge(op, h, leaves, probes, fixed):
+    return run(op, h, leaves, probes, fixed, _conv)
+
+  def fwd(op, h, leaves, probes, fixed):
+    return run(op, h, leaves, probes, fixed, _conv), (op, h, leaves, probes, fixed)
+
+  def bwd(res, cotangents):
+    op, h, leaves, probes, fixed = res
+    ct = cotangents[0]
+
+    def pullback(o):
+      def go(h, leaves, probes):
+        f = lambda h_, l_, p_: _single_op(o, h_, l_, p_, fixed, conv, record)[0]
+        return jax.vjp(f, h, leaves, probes)[1](ct)
+      return go
+
+    dh, dleaves, dprobes = jax.lax.switch(op, [pullback(o) for o in range(len(EDGE_OPS) + 1)],
+                                          h, leaves, probes)
+    return None, dh, dleaves, dprobes, jax.tree.map(jnp.zeros_like, fixed)
+
+  edge.defvjp(fwd, bwd)
+  return edge
+
+
 class Supernet(Backend):
   """The masked supernet in JAX (scoring, pruning, soft masks), and single paths of it.
 
   * dense: every op runs and is multiplied by its mask entry; no control flow, candidates batch
     with vmap.
-  * sparse: each op runs under `lax.cond` on its mask entry, so a one-hot candidate costs its own
-    single-path network (the conv gradients stay fast there, see `conv`).
+  * sparse: each op runs under `lax.cond` on its mask entry (multi-hot and soft masks) or, given
+    traced op indices [6], each edge runs its one op under a `lax.switch` (`_switched_edge`), so
+    a candidate costs about its own single-path network (the conv gradients stay fast there, see
+    `conv`).
   A concrete mask or op indices never walks inactive ops at all (`edge_choices`).
 
   Records, by path key: BN statistics used (`stats`), ReLU pre-activations with whether their op
   is active (`relus`, when `record_relus`). `fixed_stats` holds BN statistics constant;
   `probes` multiplies every conv / dense output by a [B, C_out] factor (fisher's hooks);
-  `hook(x)` rewrites the features after the stem, every cell and every reduction block.
+  `hook(x)` rewrites the features after the stem, every cell and every reduction block (no
+  scan over cells then); `rescale` divides them by their peak instead, summing the logs in
+  `log_scale` (synflow).
   """
 
   def __init__(self, params, sparse=False, fixed_stats=None, probes=None, hook=None,
-               record_relus=False):
+               record_relus=False, rescale=False):
     self.params, self.sparse = params, sparse
     self.fixed_stats, self.probes, self.hook = fixed_stats, probes, hook
-    self.record_relus = record_relus
+    self.record_relus, self.rescale = record_relus, rescale
+    self.log_scale = jnp.zeros(())  # sum of log rescaling factors (`rescale`)
+    self.last = None                # the features after the last layer (the head's input)
     self.stats: dict[str, Any] = {}
     self.relus: dict[str, Any] = {}
     self._active = jnp.bool_(True)
@@ -461,6 +562,57 @@ class Supernet(Backend):
     if self.record_relus:
       self.relus[path_key(path)] = (t.reshape(t.shape[0], -1), self._active)
     return jax.nn.relu(t)
+
+  def cells(self, cell, t, stage, count, edges):
+    """With switched edges (traced op indices) and no per-layer hook, a stage's cells run as one
+    `lax.scan` over their stacked weights: every cell is the same program, so it is compiled
+    once instead of N times (compile time is what this buys; run time is unchanged)."""
+    switched = any(isinstance(c, EdgeSwitch) for choices in edges for c in choices)
+    if not switched or self.hook is not None or count == 1:
+      return super().cells(cell, t, stage, count, edges)
+    prefix = f'stage{stage}/'
+    wild = prefix + CELL_WILDCARD + '/'
+    fixed = None
+    if self.fixed_stats is not None:
+      per_cell = [{k.replace(f'{prefix}{i}/', wild, 1): v for k, v in self.fixed_stats.items()
+                   if k.startswith(f'{prefix}{i}/')} for i in range(count)]
+      fixed = jax.tree.map(lambda *a: jnp.stack(a), *per_cell)
+    saved = self.stats, self.relus, self.fixed_stats
+
+    def body(carry, xs):
+      t, self.log_scale = carry
+      i, fixed_i = xs
+      self.stats, self.relus = {}, {}
+      if fixed_i is not None:
+        self.fixed_stats = fixed_i
+      t = cell(t, i)
+      return (t, self.log_scale), (self.stats, self.relus)
+
+    (t, log_scale), (stats, relus) = jax.lax.scan(body, (t, self.log_scale),
+                                                  (jnp.arange(count), fixed))
+    self.stats, self.relus, self.fixed_stats = saved
+    self.log_scale, self.last = log_scale, t
+    for recorded, into in ((stats, self.stats), (relus, self.relus)):
+      for k, v in recorded.items():
+        for i in range(count):
+          into[k.replace(wild, f'{prefix}{i}/', 1)] = jax.tree.map(lambda a, i=i: a[i], v)
+    return t
+
+  def edge(self, choices, h, path, channels):
+    if not (len(choices) == 1 and isinstance(choices[0], EdgeSwitch)):
+      return super().edge(choices, h, path, channels)
+    keys = {k: path_key(path + (k,)) for k in _CONV_KINDS}
+    leaves = {k: _conv_leaves(self.params, path + (k,)) for k in _CONV_KINDS}
+    probes = (None if self.probes is None else
+              {k: _probe_leaf(self.probes, path + (k,)) for k in _CONV_KINDS})
+    fixed = None if self.fixed_stats is None else {k: self.fixed_stats[keys[k]] for k in keys}
+    y, rec = _switched_edge(self.record_relus)(choices[0].op, h, leaves, probes, fixed)
+    for k, key in keys.items():
+      self.stats[key] = rec[k]
+      if self.record_relus:
+        pre, active = rec['relu_' + k]
+        self.relus[key] = (pre, active & self._active)
+    return [y]
 
   def pool(self, t, path, size):
     return avg_pool_3x3(t) if size == 3 else avg_pool_2x2(t)
@@ -503,7 +655,15 @@ class Supernet(Backend):
     return y
 
   def after_layer(self, t):
-    return self.hook(t) if self.hook else t
+    if self.hook:
+      t = self.hook(t)
+    if self.rescale:  # divide by the (constant) peak so deep products stay in float32 range
+      peak = jax.lax.stop_gradient(jnp.max(t))
+      scale = jnp.where(peak > 0, peak, 1.0)
+      self.log_scale = self.log_scale + jnp.log(scale)
+      t = t / scale
+    self.last = t
+    return t
 
   def head_bn(self, t, path):
     p = self.params['head']
@@ -521,6 +681,12 @@ class Supernet(Backend):
     if self.probes is not None:
       y = y * _probe_leaf(self.probes, path)
     return y
+
+
+def run(params: Params, arch, x, config: NB201Config, **options):
+  """(logits, the `Supernet` backend after the walk: stats, relus, log_scale, last)."""
+  backend = Supernet(params, **options)
+  return network(backend, arch, x, config), backend
 
 
 def apply(params: Params, mask, x, config: NB201Config, stats=None, sparse=False, hook=None,

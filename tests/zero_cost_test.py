@@ -294,3 +294,19 @@ def test_non_finite_values_are_flagged(scorer):
   for name in ('fisher', 'grasp', 'zico', 'zen'):
     assert int(out[name + '_flag'][0]) == zc.NONFINITE and not np.isfinite(out[name][0]), name
     assert not out[name + '_flag'][1:].any(), name
+
+
+def test_single_path_fast_path_equals_the_dense_supernet():
+  # sparse: one-hot candidates go in as op indices (switch per edge, scan over cells, custom
+  # VJPs); every proxy, NTK variants and linear regions included, must equal the dense walk.
+  names = NAMES + ['ntk_cond', 'ntk_cond_independent', 'linear_regions']
+  settings = dataclasses.replace(SETTINGS, sparse=True, ntk_batch=8, ntk_width=4, ntk_cells=2,
+                                 ntk_repeats=1)
+  dense_settings = dataclasses.replace(settings, sparse=False)
+  fast = scoring.Scorer(names, settings, seed=5, batch_candidates=2,
+                        devices=jax.devices()[:1]).score_ops(OPS)
+  dense = scoring.Scorer(names, dense_settings, seed=5, batch_candidates=4,
+                         devices=jax.devices()[:1]).score_ops(OPS)
+  for name in names:
+    np.testing.assert_array_equal(fast[name + '_flag'], dense[name + '_flag'], err_msg=name)
+    np.testing.assert_allclose(fast[name], dense[name], rtol=2e-3, atol=1e-5, err_msg=name)
