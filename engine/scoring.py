@@ -2,8 +2,9 @@
 
 `batch_score_fn` builds the function masks [K, 6, 5], keys [K, 2], inputs -> {proxy: [K]}.
 Within a device the candidates are vmapped (dense mode: every supernet op runs, masked) or, with
-`settings.sparse`, walked by `lax.map` so each runs only its active ops: a one-hot candidate is
-passed as op indices and costs about its own single-path network (`nb201_net.Supernet`). The K axis is split
+`settings.sparse`, walked by `lax.map` so each runs only its active ops. A one-hot candidate is
+passed as op indices (`settings.single_path`, the default) and costs about its own single-path
+network (`nb201_net.Supernet`); those are walked by `lax.map` too. The K axis is split
 over devices with `shard_map`. `Scorer` drives it over any number of archs in fixed-size batches
 (one compile per batch shape, the last batch padded), keeps compile time apart from run time, and
 adds the analytic proxies.
@@ -55,7 +56,9 @@ def batch_score_fn(proxies, settings: proxies_lib.ScoreSettings, candidate_chunk
     return out
 
   def shard(masks, keys, inputs):
-    if settings.sparse:
+    # Op indices (one-hot candidates) must not be vmapped: a batched switch index runs every
+    # branch. lax.map walks them one after the other.
+    if settings.sparse or jnp.issubdtype(masks.dtype, jnp.integer):
       return jax.lax.map(lambda mk: one(mk[0], mk[1], inputs), (masks, keys),
                          batch_size=candidate_chunk if candidate_chunk > 1 else None)
     batched = jax.vmap(one, in_axes=(0, 0, None))
@@ -114,10 +117,11 @@ class Scorer:
   def score_masks(self, masks, keys) -> dict[str, np.ndarray]:
     """One compiled call on exactly `batch_candidates` masks [K, 6, 5] with keys [K, 2].
 
-    In sparse mode one-hot masks are passed as op indices, which take the single-path fast
-    path (`nb201_net.Supernet`); multi-hot and soft masks run under per-op conditionals."""
+    One-hot masks are passed as op indices (`settings.single_path`), which take the single-path
+    fast path (`nb201_net.Supernet`); multi-hot and soft masks run densely (vmapped) or, with
+    `settings.sparse`, under per-op conditionals."""
     masks = np.asarray(masks, np.float32)
-    if self.settings.sparse and np.all((masks != 0).sum(-1) == 1) and np.all(
+    if self.settings.single_path and np.all((masks != 0).sum(-1) == 1) and np.all(
         masks.max(-1) == 1):
       return self._call(jnp.asarray(masks.argmax(-1), jnp.int32), keys)
     return self._call(jnp.asarray(masks), keys)

@@ -1,18 +1,26 @@
-"""Proxy throughput: per-arch time and archs/s at several batch sizes K, compile time apart.
+"""Proxy speed per architecture at a given network size, against the machine and the peers.
 
-  python -m experiments.bench_score --proxies=ntk_cond,ntk_cond_independent,linear_regions \
-      --ks=1,8,32,128 --ntk_width=16 --ntk_cells=5 --ntk_batch=64 --repeats=1
+  python -m experiments.bench_score \
+      --groups='synflow,snip,grasp,fisher,grad_norm,jacob_cov;ntk_cond_independent;ntk_cond' \
+      --peer_csv=/path/tenas_ntk6.csv,/path/zcn_six6.csv
 
-For each proxy and K: one Scorer (one compile for that K), then one call on K random NB201 archs
-(a second call with fresh archs when --calls=2). Run time excludes compilation. Prints a Markdown
-table and the machine it ran on.
+For each group (proxies scored together in one compiled call, as `score` and `correlate` do):
+one Scorer at K=1, the compile time apart, then each arch's run time. The archs default to the
+peers' six (`numpy.random.default_rng(20261201).choice(15625, 6)` as NB201 indices, needing the
+NB201 table; canonical codes without it). Achieved GFLOP/s uses *model* FLOPs: the work the
+definition needs in forward-pass equivalents (below) times 2 * MACs * batch, not what XLA runs
+(the single path recomputes each edge's forward in its backward pass, for instance). The
+machine's matmul peak (float32 1024^3 through XLA) is measured in the same run. Peer CSVs are
+`shared/peers/run_peers.py` outputs from the same sitting; their median gives the ratio.
 """
 from __future__ import annotations
 
+import os
 import platform
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -20,16 +28,29 @@ from engine import proxies as proxies_lib
 from engine import scoring
 from search_spaces import nb201
 
-_PROXIES = flags.DEFINE_string('proxies', 'ntk_cond,ntk_cond_independent,linear_regions',
-                               'Proxies to time, one at a time.')
-_KS = flags.DEFINE_string('ks', '1,8,32,128', 'Batch sizes K.')
-_CALLS = flags.DEFINE_integer('calls', 1, 'Timed calls per (proxy, K), each on fresh archs.')
-_WIDTH = flags.DEFINE_integer('ntk_width', 16, 'NTK network C.')
-_CELLS = flags.DEFINE_integer('ntk_cells', 5, 'NTK network N.')
-_BATCH = flags.DEFINE_integer('ntk_batch', 64, 'NTK batch size.')
-_REPEATS = flags.DEFINE_integer('repeats', 1, 'NTK repeats per arch.')
-_CHUNK = flags.DEFINE_integer('cotangent_chunk', 16, 'Coupled NTK pullbacks vmapped together.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed for the archs.')
+_GROUPS = flags.DEFINE_string(
+    'groups', 'synflow,snip,grasp,fisher,grad_norm,jacob_cov;ntk_cond_independent;ntk_cond;'
+    'linear_regions', 'Proxy groups separated by ";", each scored together.')
+_ARCHS = flags.DEFINE_string('archs', 'peers', '"peers" (the peers\' six), random:N, or a file of '
+                             'arch strings.')
+_WIDTH = flags.DEFINE_integer('width', 16, 'Network C (NTK and zero-cost networks).')
+_CELLS = flags.DEFINE_integer('cells', 5, 'Network N.')
+_BATCH = flags.DEFINE_integer('batch', 64, 'Batch B (NTK and zero-cost).')
+_CHUNK = flags.DEFINE_integer('cotangent_chunk', 16, 'Exact NTK: pullbacks vmapped together.')
+_SINGLE_PATH = flags.DEFINE_bool('single_path', True, 'Score one-hot archs on their single path.')
+_PEERS = flags.DEFINE_string('peer_csv', '', 'Comma-separated run_peers.py CSVs of this sitting.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of inits and inputs.')
+
+# Forward-pass equivalents of each proxy's definition (one forward = 2 * MACs * batch FLOPs).
+# A backward pass (input and weight gradients) is 2; forward mode over a forward+backward pass 3
+# more on top of its primal. synflow runs on one input, not the batch.
+PASSES = {'grad_norm': 3, 'snip': 3, 'fisher': 3, 'jacob_cov': 3, 'nwot': 1, 'zico': 3,
+          'zen': 2, 'ntk_cond_independent': 4}
+SHARED_GRADIENT = 3      # grad_norm, snip, fisher (and grasp's g) from one pass
+GRASP_EXTRA = 6          # jvp of the gradient: primal forward+backward again, plus tangents
+PEER_OF = {'ntk_cond': 'tenas_ntk_cond', 'ntk_cond_independent': 'tenas_ntk_cond',
+           'six': 'zcn_six'}
+SIX = {'synflow', 'snip', 'grasp', 'fisher', 'grad_norm', 'jacob_cov'}
 
 
 def machine() -> str:
@@ -40,37 +61,102 @@ def machine() -> str:
       cpu = next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
   except (OSError, StopIteration):
     pass
-  import os
   return (f'{cpu}, {os.cpu_count()} cores, {len(jax.devices())} x {dev.platform} '
           f'({dev.device_kind}), jax {jax.__version__}')
 
 
+def matmul_peak_gflops(n: int = 1024, reps: int = 5) -> float:
+  """float32 n^3 matrix product through XLA, best of `reps`."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+  f = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(f(a))
+  best = np.inf
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(f(a))
+    best = min(best, time.perf_counter() - start)
+  return 2 * n ** 3 / best / 1e9
+
+
+def forward_equivalents(names, batch: int) -> float:
+  names = set(names)
+  total = 0.0
+  grads = names & {'grad_norm', 'snip', 'fisher', 'grasp'}
+  if grads:
+    total += SHARED_GRADIENT
+  if 'grasp' in names:
+    total += GRASP_EXTRA
+  if 'synflow' in names:
+    total += 3 / batch
+  if 'ntk_cond' in names:
+    total += 1 + 2 * batch
+  for n in names - grads - {'synflow', 'ntk_cond'}:
+    total += PASSES.get(n, 0)
+  return total
+
+
+def bench_archs(spec: str) -> np.ndarray:
+  if spec == 'peers':
+    picks = np.random.default_rng(20261201).choice(nb201.NUM_ARCHS, 6, replace=False)
+    try:
+      return nb201.load_arch_index().index_to_ops[picks]
+    except nb201.ArchError:
+      print('note: NB201 table not found; the picks are canonical codes, not the peers\' archs')
+      return nb201.code_to_ops(picks)
+  if spec.startswith('random:'):
+    return nb201.sample_ops(np.random.default_rng(_SEED.value), int(spec.split(':')[1]))
+  with open(spec) as f:
+    return np.array([nb201.parse_arch_str(l) for l in f if l.strip()])
+
+
+def peer_medians(paths: str) -> dict[str, float]:
+  import csv
+  out: dict[str, list[float]] = {}
+  for path in filter(None, paths.split(',')):
+    with open(path) as f:
+      for row in csv.DictReader(f):
+        out.setdefault(row['proxy'], []).append(float(row['seconds']))
+  return {k: float(np.median(v)) for k, v in out.items()}
+
+
 def main(argv):
   del argv
-  settings = proxies_lib.ScoreSettings(ntk_width=_WIDTH.value, ntk_cells=_CELLS.value,
-                                       ntk_batch=_BATCH.value, ntk_repeats=_REPEATS.value,
-                                       cotangent_chunk=_CHUNK.value)
-  ks = [int(k) for k in _KS.value.split(',')]
-  rng = np.random.default_rng(_SEED.value)
+  w, n, b = _WIDTH.value, _CELLS.value, _BATCH.value
+  settings = proxies_lib.ScoreSettings(ntk_width=w, ntk_cells=n, ntk_batch=b, ntk_repeats=1,
+                                       zc_width=w, zc_cells=n, zc_batch=b,
+                                       cotangent_chunk=_CHUNK.value,
+                                       single_path=_SINGLE_PATH.value)
+  archs = bench_archs(_ARCHS.value)
+  config = nb201.NB201Config(C=w, N=n)
+  macs = nb201.count_flops(nb201.ops_to_mask(archs), config, 'nb201')
+  peak = matmul_peak_gflops()
+  peers = peer_medians(_PEERS.value)
   print(f'machine: {machine()}')
   print(f'date: {time.strftime("%Y-%m-%d %H:%M")}')
-  print(f'settings: NTK net C={_WIDTH.value} N={_CELLS.value}, batch {_BATCH.value}, '
-        f'{_REPEATS.value} repeat(s); linear regions {settings.lr_batches}x'
-        f'{settings.lr_batch_size} {settings.lr_patch}x{settings.lr_patch} inputs, C='
-        f'{settings.lr_width}\n')
-  print('| proxy | K | compile s | run s | s/arch | archs/s |')
-  print('|---|---|---|---|---|---|')
-  for name in _PROXIES.value.split(','):
-    for k in ks:
-      scorer = scoring.Scorer(name, settings, seed=_SEED.value, batch_candidates=k)
-      k = scorer.batch_candidates
-      for _ in range(_CALLS.value):
-        ops = nb201.sample_ops(rng, k)
-        scorer.score_ops(ops)
-      t = scorer.timing
-      per_arch = t.run_s / t.scored
-      print(f'| {name} | {k} | {t.compile_s:.1f} | {t.run_s:.2f} | {per_arch:.4f} | '
-            f'{1 / per_arch:.2f} |', flush=True)
+  print(f'network C={w} N={n}, batch {b}, one repeat, {len(archs)} archs (mean '
+        f'{macs.mean() / 1e6:.1f} MMAC/image), single_path={_SINGLE_PATH.value}; '
+        f'XLA float32 matmul peak {peak:.0f} GFLOP/s\n')
+  print('| proxies | compile s | s/arch median (min-max) | model GFLOP/arch | GFLOP/s | % of '
+        'matmul peak | peer s/arch | peer / ours |')
+  print('|---|---|---|---|---|---|---|---|')
+  for group in _GROUPS.value.split(';'):
+    names = [g for g in group.split(',') if g]
+    scorer = scoring.Scorer(names, settings, seed=_SEED.value, batch_candidates=1)
+    times = []
+    for ops in archs:
+      before = scorer.timing.run_s
+      scorer.score_ops(ops[None])
+      times.append(scorer.timing.run_s - before)
+    times = np.array(times)
+    fwd = forward_equivalents(names, b)
+    gflop = fwd * 2 * macs * b / 1e9
+    label = 'six' if set(names) == SIX else ','.join(names)
+    peer = peers.get(PEER_OF.get(label, ''))
+    rate = np.median(gflop / times) if fwd else float('nan')
+    peer_cells = (f'{peer:.2f} | {peer / np.median(times):.1f}x' if peer else '- | -')
+    print(f'| {label} | {scorer.timing.compile_s:.1f} | {np.median(times):.3f} '
+          f'({times.min():.3f}-{times.max():.3f}) | {np.median(gflop):.1f} | {rate:.1f} | '
+          f'{100 * rate / peak:.0f}% | {peer_cells} |', flush=True)
 
 
 if __name__ == '__main__':

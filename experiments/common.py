@@ -92,8 +92,8 @@ def settings_from_flags(f) -> proxies_lib.ScoreSettings:
   return proxies_lib.ScoreSettings(  # zico_splits is checked by zico itself
       dataset=f.dataset, init=f.init, ntk_batch=f.ntk_batch, ntk_repeats=f.repeats,
       ntk_width=f.ntk_width, ntk_cells=f.ntk_cells, cotangent_chunk=f.cotangent_chunk,
-      sparse=f.sparse, zc_batch=f.zc_batch, zc_width=f.zc_width, zc_cells=f.zc_cells,
-      zico_splits=f.zico_splits)
+      sparse=f.sparse, single_path=f.single_path, zc_batch=f.zc_batch, zc_width=f.zc_width,
+      zc_cells=f.zc_cells, zico_splits=f.zico_splits)
 
 
 def load_images(data_dir, dataset: str):

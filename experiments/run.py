@@ -27,8 +27,12 @@ flags.DEFINE_integer('batch_candidates', 8, 'Candidates per compiled call (K).')
 flags.DEFINE_integer('candidate_chunk', 0,
                      'Candidates vmapped together inside a call (0 = all K); bounds memory.')
 flags.DEFINE_bool('sparse', False,
-                  'Run only active ops (lax.cond inside lax.map over candidates); for '
-                  'accelerators: XLA:CPU convolutions inside control flow are ~30x slower.')
+                  'Multi-hot masks (pruning): run only active ops (lax.cond inside lax.map) '
+                  'instead of the dense masked supernet. One-hot archs always run their own '
+                  'single path (see --single_path).')
+flags.DEFINE_bool('single_path', True,
+                  'Score one-hot archs on their own single path (lax.switch per edge, scan over '
+                  'cells); false: the dense masked supernet, every op of every edge.')
 flags.DEFINE_integer('seed', 0, 'Seed for arch sampling, inputs and inits.')
 flags.DEFINE_string('output', 'scores.csv', 'Output CSV path.')
 flags.DEFINE_string('data_dir', None,

@@ -50,7 +50,7 @@ def _flags(workdir, archs_file, data_dir, **extra):
   values = dict(dataset='cifar10', archs=str(archs_file), proxies=PROXIES, seed=0,
                 benchmark_file=str(_benchmark(data_dir)), reference_file=str(_reference(data_dir)),
                 data_dir=None, workdir=str(workdir), chunk_size=5, batch_candidates=4,
-                candidate_chunk=0, sparse=False, ntk_batch=64, repeats=3, ntk_width=8,
+                candidate_chunk=0, sparse=False, single_path=True, ntk_batch=64, repeats=3, ntk_width=8,
                 ntk_cells=1, cotangent_chunk=0, zc_batch=64, zc_width=16, zc_cells=5,
                 zico_splits=2, init='torch_default', progress=False)
   values.update(extra)
@@ -169,7 +169,7 @@ def test_score_writes_aggregate_columns(tmp_path, data_dir):
   f = types.SimpleNamespace(
       dataset='cifar10', archs='1', proxies='params,agg:params+flops', seed=0,
       benchmark_file=str(_benchmark(data_dir)), data_dir=None, output=str(out),
-      batch_candidates=1, candidate_chunk=0, sparse=False, ntk_batch=64, repeats=3, ntk_width=8,
+      batch_candidates=1, candidate_chunk=0, sparse=False, single_path=True, ntk_batch=64, repeats=3, ntk_width=8,
       ntk_cells=1, cotangent_chunk=0, zc_batch=64, zc_width=16, zc_cells=5, zico_splits=2,
       init='torch_default', progress=False)
   score.run(f)

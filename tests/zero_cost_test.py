@@ -300,9 +300,9 @@ def test_single_path_fast_path_equals_the_dense_supernet():
   # sparse: one-hot candidates go in as op indices (switch per edge, scan over cells, custom
   # VJPs); every proxy, NTK variants and linear regions included, must equal the dense walk.
   names = NAMES + ['ntk_cond', 'ntk_cond_independent', 'linear_regions']
-  settings = dataclasses.replace(SETTINGS, sparse=True, ntk_batch=8, ntk_width=4, ntk_cells=2,
-                                 ntk_repeats=1)
-  dense_settings = dataclasses.replace(settings, sparse=False)
+  settings = dataclasses.replace(SETTINGS, single_path=True, ntk_batch=8, ntk_width=4,
+                                 ntk_cells=2, ntk_repeats=1)
+  dense_settings = dataclasses.replace(settings, single_path=False)
   fast = scoring.Scorer(names, settings, seed=5, batch_candidates=2,
                         devices=jax.devices()[:1]).score_ops(OPS)
   dense = scoring.Scorer(names, dense_settings, seed=5, batch_candidates=4,
