@@ -49,9 +49,26 @@ def _gram(jac, batch):
   return sum(l @ l.T for l in leaves)
 
 
+COTANGENT_BUDGET_BYTES = 4 << 30  # what one chunk of pullbacks may hold, by `auto_cotangent_chunk`
+LIVE_ACTIVATIONS = 8               # activation-sized buffers alive at once in a pullback (measured
+                                   # order; generous)
+
+
+def auto_cotangent_chunk(config, batch: int, budget: int = COTANGENT_BUDGET_BYTES) -> int:
+  """How many coupled-NTK pullbacks to vmap together: each row's pullback carries cotangents for
+  the whole batch, so a chunk of n rows holds n * batch * (largest feature map) floats several
+  times over. The largest n within `budget`, at least 1."""
+  widest = config.input_size ** 2 * max(config.C, config.in_channels) * 4
+  per_row = LIVE_ACTIVATIONS * batch * widest
+  return int(max(1, min(batch, budget // per_row)))
+
+
 def ntk_gram(params, mask, x, config, variant: str = 'coupled', cotangent_chunk: int = 0,
              sparse: bool = False):
-  """Empirical NTK Theta [B, B] of the supernet `mask` on inputs x [B, H, W, C]."""
+  """Empirical NTK Theta [B, B] of the supernet `mask` on inputs x [B, H, W, C].
+
+  `cotangent_chunk`: coupled pullbacks vmapped together; 0 picks the largest chunk that keeps
+  its memory within COTANGENT_BUDGET_BYTES (`auto_cotangent_chunk`)."""
   batch = x.shape[0]
   weights, rest = split_weights(params)
   forward = lambda p, xs, stats=None: nb201_net.apply(p, mask, xs, config, stats, sparse)
@@ -59,7 +76,7 @@ def ntk_gram(params, mask, x, config, variant: str = 'coupled', cotangent_chunk:
     _, pullback = jax.vjp(lambda w: forward(_merge(w, rest), x)[0].sum(-1), weights)
     rows = jnp.eye(batch, dtype=x.dtype)
     # Chunks are unrolled, not looped: XLA:CPU convolutions inside loop bodies are ~30x slower.
-    chunk = min(cotangent_chunk or batch, batch)
+    chunk = min(cotangent_chunk or auto_cotangent_chunk(config, batch), batch)
     parts = [jax.vmap(lambda ct: pullback(ct)[0])(rows[i:i + chunk])
              for i in range(0, batch, chunk)]
     jac = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)

@@ -40,7 +40,7 @@ class ScoreSettings:
   ntk_repeats: int = 3
   ntk_width: int = 16              # C of the proxy network (NB201: 16; TE-NAS search: 3)
   ntk_cells: int = 5               # N cells per stage (NB201: 5; TE-NAS search: 1)
-  cotangent_chunk: int = 0         # coupled NTK: pullbacks vmapped together (0 = all B)
+  cotangent_chunk: int = 0         # coupled NTK: pullbacks vmapped together (0 = auto)
   sparse: bool = False             # multi-hot masks: run only active ops (lax.cond), not dense
   single_path: bool = True         # one-hot candidates run as op indices: their own single path
   per_candidate_init: bool = False  # init from each candidate's key instead of the shared keys

@@ -48,7 +48,8 @@ flags.DEFINE_integer('zc_batch', 64, 'Batch of the zero-cost proxies (grad_norm,
 flags.DEFINE_integer('zc_width', 16, 'Channels C of the zero-cost proxies\' network (NB201: 16).')
 flags.DEFINE_integer('zc_cells', 5, 'Cells per stage N of the zero-cost proxies\' network (NB201: 5).')
 flags.DEFINE_integer('zico_splits', 2, 'zico: mini-batches the zero-cost batch is split into (>= 2).')
-flags.DEFINE_integer('cotangent_chunk', 0, 'Coupled NTK pullbacks vmapped together (0 = all).')
+flags.DEFINE_integer('cotangent_chunk', 0, 'Coupled NTK pullbacks vmapped together (0 = as many '
+                     'as fit a 4 GiB budget).')
 flags.DEFINE_string('init', 'torch_default', 'Weight init: torch_default or kaiming_normal.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.DEFINE_string('device', 'stm32f746', 'MCU from the device catalog (--list_devices).')

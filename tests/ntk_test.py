@@ -92,3 +92,11 @@ class NtkTest(chex.TestCase):
     x = x.at[0, 0, 0, 0].set(jnp.nan)
     kappa, flag = ntk.ntk_condition(jax.random.split(jax.random.PRNGKey(0), 1), mask, x[None], CONFIG)
     assert np.isnan(kappa) and flag == ntk.NONFINITE
+
+
+def test_auto_cotangent_chunk_fits_the_budget():
+  config = nb201.NB201Config()  # C=16 at 32x32: 64 KiB of features per sample
+  per_row = ntk.LIVE_ACTIVATIONS * 64 * 32 * 32 * 16 * 4
+  assert ntk.auto_cotangent_chunk(config, 64) == 64
+  assert ntk.auto_cotangent_chunk(config, 64, budget=10 * per_row) == 10
+  assert ntk.auto_cotangent_chunk(config, 64, budget=1) == 1
