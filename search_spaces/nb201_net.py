@@ -1,14 +1,16 @@
-"""The NB201 macro network in JAX: one walk of the network and the masked supernet for scoring.
+"""The NB201 macro network: its one walk (`network`, with `Backend`s) and the JAX supernet.
 
-`init_params` / `apply` form the masked supernet used by the scoring engine. Its input is an op
-mask [6, 5]: a one-hot row is one architecture, a multi-hot row sums its active ops, and a soft
-row weights them (for gradient-guided pruning). Two execution modes give the same numbers:
-  * dense (default): every op runs and is multiplied by its mask entry. No control flow, so
-    XLA:CPU keeps its fast convolution kernels (inside a `lax.cond` or loop body it falls back to
-    kernels measured ~30x slower) and candidates batch with `vmap`.
-  * sparse: each op is wrapped in `lax.cond` on its mask entry, so inside a `lax.map` over
-    candidates only the active ops run (a one-hot candidate costs its single-path network). For
-    accelerators whose control flow does not cost kernel speed.
+`init_params` / `apply` / `run` form the supernet the scoring engine uses. Its arch is an op mask
+[6, 5] (a one-hot row is one architecture, a multi-hot row sums its active ops, a soft row
+weights them, for gradient-guided pruning) or op indices [6]. Executions (docs/network.md):
+  * single path (op indices, the scoring default): each edge runs its one op under a
+    `lax.switch` with a rematerialising custom VJP, a stage's cells as one `lax.scan`; one
+    compile serves every arch, and an arch costs about its own network.
+  * dense (traced masks): every op runs and is multiplied by its mask entry; no control flow,
+    candidates batch with `vmap`.
+  * sparse (traced masks, `sparse=True`): each op under `lax.cond` on its mask entry.
+  * concrete numpy masks or op indices: only the active ops are walked at all.
+The convolution's own gradients (`conv`) keep all of these fast on XLA:CPU.
 
 BatchNorm always normalises with the statistics of the batch (or with statistics passed in,
 which is how the NTK's `independent` variant holds them fixed). `apply` returns the statistics
@@ -16,8 +18,8 @@ it used, so a caller can compute them once and feed them back.
 
 `network` is the one walk of the network; other executions are backends of it: the QAT / int8
 Flax model (`engine.qat_net.QATNetwork`, which in fp32 mode with batch statistics equals this
-supernet's single path given the same weights, `qat_net.variables_from_supernet`) and the
-integer reference (`engine.int_inference`).
+supernet's single path given the same weights, `qat_net.variables_from_supernet`), the integer
+reference (`engine.int_inference`) and the hardware lowering (`search_spaces.nb201_graph`).
 """
 from __future__ import annotations
 
