@@ -44,8 +44,7 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed of inits and inputs.')
 # Forward-pass equivalents of each proxy's definition (one forward = 2 * MACs * batch FLOPs).
 # A backward pass (input and weight gradients) is 2; forward mode over a forward+backward pass 3
 # more on top of its primal. synflow runs on one input, not the batch.
-PASSES = {'grad_norm': 3, 'snip': 3, 'fisher': 3, 'jacob_cov': 3, 'nwot': 1, 'zico': 3,
-          'zen': 2, 'ntk_cond_independent': 4}
+PASSES = {'jacob_cov': 3, 'nwot': 1, 'zico': 3, 'zen': 2, 'ntk_cond_independent': 4}
 SHARED_GRADIENT = 3      # grad_norm, snip, fisher (and grasp's g) from one pass
 GRASP_EXTRA = 6          # jvp of the gradient: primal forward+backward again, plus tangents
 PEER_OF = {'ntk_cond': 'tenas_ntk_cond', 'ntk_cond_independent': 'tenas_ntk_cond',
