@@ -3,9 +3,10 @@
 Everything after the input quantization is integer arithmetic as TFLite-Micro's int8 reference
 kernels do it: int8 x int8 products accumulated in int32 with the int32 bias, then
 `quant.requantize` (Q31 fixed-point multiplier + shift, rounding, zero point, saturation).
-Node sums use TFLite's ADD (inputs shifted left by 20 bits and rescaled to a common scale
-2 * max(input scales) before one final requantization); average pools divide the int32 window sum
-with rounding half away from zero; ReLU is max(q, zero_point). This is the reference the export
+Node sums are chains of TFLite's two-input ADD (inputs shifted left by 20 bits and rescaled to a
+common scale 2 * max(input scales) before one final requantization; partial sums are int8
+tensors with their own ranges); average pools, the global one included, divide the int32 window
+sum with rounding half away from zero on the input's grid; ReLU is max(q, zero_point). This is the reference the export
 step builds on, so it favours clarity over speed.
 
 Exact integer matmuls through BLAS: each convolution is an im2col matrix product. The int8 operands
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine import quant
-from engine.qat_net import ZERO_QPARAMS, layer_name
+from engine.qat_net import ZERO_QPARAMS, layer_name, partial_sum_name
 from search_spaces import nb201_net
 from search_spaces.nb201 import NB201Config
 from search_spaces.nb201_net import BN_EPS
@@ -46,6 +47,7 @@ class IntLayer:
   shift: np.ndarray              # [out]
   out_scale: float
   out_zero_point: int
+  weight_scale: np.ndarray       # float32 per-channel weight scales [out]
   stride: int = 1
 
 
@@ -90,7 +92,11 @@ class IntNetwork(nb201_net.Backend):
   use; the constructor runs one image so that `layers` holds every layer.
   """
 
-  def __init__(self, variables, ops, config: NB201Config):
+  def __init__(self, variables, ops, config: NB201Config, single_rounding: bool = False):
+    # TFLite Micro's kernels round twice (gemmlowp), LiteRT's XNNPACK kernels once; the
+    # exported model equals this reference bit for bit in each with the matching setting
+    # (docs/deploy.md). The default is the microcontroller runtime's.
+    self.single_rounding = single_rounding
     self.params = jax.tree.map(np.asarray, dict(variables['params']))
     self.stats = jax.tree.map(np.asarray, dict(variables.get('batch_stats', {})))
     self.ranges = jax.tree.map(np.asarray, dict(variables['quant']))
@@ -127,7 +133,7 @@ class IntNetwork(nb201_net.Backend):
     mult, shift = quant.quantize_multiplier(t.scale * w_scale.astype(np.float64) / out_scale)
     if kind == 'affine':
       w_q = w_q[0]
-    layer = IntLayer(w_q, bias_q, mult, shift, out_scale, out_zp, stride)
+    layer = IntLayer(w_q, bias_q, mult, shift, out_scale, out_zp, w_scale, stride)
     self.layers[name] = layer
     return layer
 
@@ -141,33 +147,43 @@ class IntNetwork(nb201_net.Backend):
                       layer.weight.reshape(-1, layer.weight.shape[-1]))
     if layer.bias is not None:
       acc = acc + layer.bias
-    out = quant.requantize(acc, layer.multiplier, layer.shift, layer.out_zero_point)
+    out = quant.requantize(acc, layer.multiplier, layer.shift, layer.out_zero_point,
+                           single_rounding=self.single_rounding)
     return QTensor(out.astype(np.int32).reshape(cols.shape[:3] + (-1,)), layer.out_scale,
                    layer.out_zero_point)
 
   def _affine(self, name, t: QTensor) -> QTensor:
     layer = self._layer(name, 'affine', t)
     acc = (t.q.astype(np.int64) - t.zero_point) * layer.weight + layer.bias
-    out = quant.requantize(acc, layer.multiplier, layer.shift, layer.out_zero_point)
+    out = quant.requantize(acc, layer.multiplier, layer.shift, layer.out_zero_point,
+                           single_rounding=self.single_rounding)
     return QTensor(out.astype(np.int32), layer.out_scale, layer.out_zero_point)
 
   def _dense(self, name, t: QTensor) -> QTensor:
     layer = self._layer(name, 'dense', t)
     acc = _int_matmul(t.q - t.zero_point, layer.weight) + layer.bias
-    out = quant.requantize(acc, layer.multiplier, layer.shift, layer.out_zero_point)
+    out = quant.requantize(acc, layer.multiplier, layer.shift, layer.out_zero_point,
+                           single_rounding=self.single_rounding)
     return QTensor(out.astype(np.int32), layer.out_scale, layer.out_zero_point)
 
   def _add(self, name, terms: list[QTensor]) -> QTensor:
-    """TFLite ADD generalised to n inputs: rescale each to 2 * max(scale) at 20 extra bits."""
+    """An n-term node sum as n - 1 binary ADDs, partial sums quantized (`partial_sum_name`)."""
+    total = terms[0]
+    for i, t in enumerate(terms[1:], 1):
+      total = self._add2(name if i == len(terms) - 1 else partial_sum_name(name, i), total, t)
+    return total
+
+  def _add2(self, name, a: QTensor, b: QTensor) -> QTensor:
+    """TFLite int8 ADD: rescale both inputs to 2 * max(scale) at 20 extra bits, add, requantize."""
     out_scale, out_zp = _qparams(self.ranges[name])
-    twice_max = 2 * max(t.scale for t in terms)
+    twice_max = 2 * max(a.scale, b.scale)
     total = 0
-    for t in terms:
+    for t in (a, b):
       m, s = quant.quantize_multiplier(t.scale / twice_max)
       shifted = (t.q.astype(np.int64) - t.zero_point) << ADD_LEFT_SHIFT
-      total = total + quant.multiply_by_quantized_multiplier(shifted, m, s)
+      total = total + quant.multiply_by_quantized_multiplier(shifted, m, s, self.single_rounding)
     m, s = quant.quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out_scale))
-    out = quant.requantize(total, m, s, out_zp)
+    out = quant.requantize(total, m, s, out_zp, single_rounding=self.single_rounding)
     return QTensor(out.astype(np.int32), out_scale, out_zp)
 
   @staticmethod
@@ -187,14 +203,12 @@ class IntNetwork(nb201_net.Backend):
     total = t.q.astype(np.int64).reshape(n, h // 2, 2, w // 2, 2, c).sum((2, 4))
     return QTensor(_round_div(total, 4).astype(np.int32), t.scale, t.zero_point)
 
-  def _mean(self, name, t: QTensor) -> QTensor:
-    """Global average pool as TFLite's int8 MEAN: int32 sum, requantize by s_in / (s_out * HW)."""
-    out_scale, out_zp = _qparams(self.ranges[name])
-    hw = t.q.shape[1] * t.q.shape[2]
-    total = (t.q.astype(np.int64) - t.zero_point).sum((1, 2))
-    m, s = quant.quantize_multiplier(t.scale / (out_scale * hw))
-    out = quant.requantize(total, m, s, out_zp)
-    return QTensor(out.astype(np.int32), out_scale, out_zp)
+  @staticmethod
+  def _global_avg_pool(t: QTensor) -> QTensor:
+    """TFLite's AVERAGE_POOL_2D over the whole map: same grid in and out, [N, H, W, C] -> [N, C]."""
+    total = t.q.astype(np.int64).sum((1, 2))
+    return QTensor(_round_div(total, t.q.shape[1] * t.q.shape[2]).astype(np.int32), t.scale,
+                   t.zero_point)
 
   # -------------------------------------------------------------------------- the walk's backend
 
@@ -221,7 +235,7 @@ class IntNetwork(nb201_net.Backend):
     return self._affine(layer_name(path), t)
 
   def global_pool(self, t, path):
-    return self._mean(layer_name(path), t)
+    return self._global_avg_pool(t)
 
   def dense(self, t, path, features):
     return self._dense(layer_name(path), t)

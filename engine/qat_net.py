@@ -17,9 +17,10 @@ the same weights (`variables_from_supernet`). Modes:
               fold with frozen statistics once QAT starts), so train and eval see the same graph.
 
 Where activations are quantized (as an int8 runtime stores them): the input, every conv/dense
-output, every node sum of two or more terms, the head BN output and the pooled features. ReLU
-and average pooling keep their input's quantization (max(q, zero_point) and a rounded mean are
-exact on the same grid), and a node with a single term is an alias. Activation ranges live in the
+output, every node sum of two or more terms (summed as a chain of binary adds, each partial sum
+quantized as TFLite's two-input ADD needs), and the head BN output. ReLU and average pooling,
+the global one included, keep their input's quantization (max(q, zero_point) and a rounded mean
+are exact on the same grid), and a node with a single term is an alias. Activation ranges live in the
 'quant' collection (min, max, batch count), tracked by `quant.update_range`.
 """
 from __future__ import annotations
@@ -72,6 +73,13 @@ def _window_sum(x, size, stride, pad):
   return jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, padding)
 
 
+def _round_div(total, count):
+  """Integer division rounded half away from zero (TFLite's int8 average pool)."""
+  half = jnp.floor(count / 2)
+  return jnp.where(total >= 0, jnp.floor((total + half) / count),
+                   -jnp.floor((-total + half) / count))
+
+
 def avg_pool(t, size: int):
   """NB201's 3x3/s1 (padding not counted) or 2x2/s2 average pool on a (x, qparams) tensor.
 
@@ -90,10 +98,22 @@ def avg_pool(t, size: int):
   q = jnp.round(jax.lax.stop_gradient(x) / scale) + zp
   total = _window_sum(q, size, stride, pad)
   count = _window_sum(jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype), size, stride, pad)
-  half = jnp.floor(count / 2)
-  rounded = jnp.where(total >= 0, jnp.floor((total + half) / count),
-                      -jnp.floor((-total + half) / count))
-  return y + jax.lax.stop_gradient((rounded - zp) * scale - y), qp
+  return y + jax.lax.stop_gradient((_round_div(total, count) - zp) * scale - y), qp
+
+
+def global_avg_pool(t):
+  """Global average pool [N, H, W, C] -> [N, C]. Quantized, it stays on the input's grid, as
+  TFLite's AVERAGE_POOL_2D over the whole map computes it (window sum of q / (H * W), rounded
+  half away from zero)."""
+  x, qp = t
+  y = jnp.mean(x, (1, 2))
+  if qp is None:
+    return y, qp
+  scale, zp = jax.lax.stop_gradient(qp[0]), jax.lax.stop_gradient(qp[1])
+  q = jnp.round(jax.lax.stop_gradient(x) / scale) + zp
+  total = jnp.sum(q, (1, 2))
+  return y + jax.lax.stop_gradient((_round_div(total, x.shape[1] * x.shape[2]) - zp) * scale
+                                   - y), qp
 
 
 class ActQuant(nn.Module):
@@ -205,16 +225,23 @@ class QDense(nn.Module):
     return ActQuant(name='out_q')(x @ kernel + bias, ctx)
 
 
+def partial_sum_name(name: str, i: int) -> str:
+  """Quantizer of the i-th partial sum (i = 1 .. n - 2) of an n-term node sum `name`."""
+  return f'{name}_partial{i}'
+
+
 def add_terms(module_fn, terms, like, ctx: Ctx):
-  """Node sum: no term -> constant zeros, one term -> alias, more -> a quantized add."""
+  """Node sum: no term -> constant zeros, one term -> alias, more -> a chain of quantized
+  binary adds (TFLite's ADD has two inputs): ((t0 + t1) + t2) ..., each partial sum quantized by
+  `module_fn(i)` (i = 1 .. n - 2), the last by `module_fn(None)`."""
   if not terms:
     return jnp.zeros_like(like), (ZERO_QPARAMS if ctx.quantized else None)
   if len(terms) == 1:
     return terms[0]
-  total = terms[0][0]
-  for x, _ in terms[1:]:
-    total = total + x
-  return module_fn()(total, ctx)
+  total = terms[0]
+  for i, t in enumerate(terms[1:], 1):
+    total = module_fn(i if i < len(terms) - 1 else None)(total[0] + t[0], ctx)
+  return total
 
 
 def layer_name(path) -> str:
@@ -222,8 +249,9 @@ def layer_name(path) -> str:
   ('stem',) -> 'stem'; ('stage0', 1, 2, 'conv3') -> 'stage0_cell1_edge2_conv3';
   ('stage0', 1, 'node2') -> 'stage0_cell1_node2_q'; ('reduce1', 'a'|'b') -> 'reduce1_conv_a'|_b;
   ('reduce1', 'shortcut') -> 'reduce1_shortcut'; ('reduce1', 'add') -> 'reduce1_add_q';
-  ('head',) -> 'head_bn'; ('gap',) -> 'gap_q'; ('classifier',) -> 'classifier'. Conv / BN /
-  dense layers hold their output quantizer as the child 'out_q'; the others are quantizers."""
+  ('head',) -> 'head_bn'; ('classifier',) -> 'classifier'. Conv / BN / dense layers hold their
+  output quantizer as the child 'out_q'; the others are quantizers (a node sum of n terms also
+  holds its n - 2 partial sums, `partial_sum_name`)."""
   head = path[0]
   if head.startswith('stage'):
     if len(path) == 4:
@@ -234,7 +262,7 @@ def layer_name(path) -> str:
   if head.startswith('reduce'):
     return {'a': f'{head}_conv_a', 'b': f'{head}_conv_b', 'shortcut': f'{head}_shortcut',
             'add': f'{head}_add_q'}[path[1]]
-  return {'stem': 'stem', 'head': 'head_bn', 'gap': 'gap_q', 'classifier': 'classifier'}[head]
+  return {'stem': 'stem', 'head': 'head_bn', 'classifier': 'classifier'}[head]
 
 
 class FlaxBackend(nb201_net.Backend):
@@ -259,14 +287,16 @@ class FlaxBackend(nb201_net.Backend):
     return avg_pool(t, size)
 
   def add(self, terms, path, like):
-    make = lambda: ActQuant(parent=self.module, name=layer_name(path))
+    name = layer_name(path)
+    make = lambda i: ActQuant(parent=self.module,
+                              name=name if i is None else partial_sum_name(name, i))
     return add_terms(make, terms, None if like is None else like[0], self.ctx)
 
   def head_bn(self, t, path):
     return QAffine(parent=self.module, name=layer_name(path))(t, self.ctx)
 
   def global_pool(self, t, path):
-    return ActQuant(parent=self.module, name=layer_name(path))(jnp.mean(t[0], (1, 2)), self.ctx)
+    return global_avg_pool(t)
 
   def dense(self, t, path, features):
     return QDense(features, parent=self.module, name=layer_name(path))(t, self.ctx)
@@ -334,6 +364,8 @@ class _SupernetVariables(nb201_net.Backend):
   def add(self, terms, path, like):
     if len(terms) > 1:  # none: constant zeros, one: an alias (no quantizer, see add_terms)
       self.out['quant'][layer_name(path)] = self._range()
+      for i in range(1, len(terms) - 1):
+        self.out['quant'][partial_sum_name(layer_name(path), i)] = self._range()
     return like
 
   def head_bn(self, t, path):
@@ -343,7 +375,6 @@ class _SupernetVariables(nb201_net.Backend):
     return t
 
   def global_pool(self, t, path):
-    self.out['quant'][layer_name(path)] = self._range()
     return t
 
   def dense(self, t, path, features):

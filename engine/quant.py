@@ -155,10 +155,11 @@ def multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding=True)
   """int32 x times the real number multiplier * 2^(shift - 31), as TFLite-Micro computes it.
 
   single_rounding=True is TFLite's TFLITE_SINGLE_ROUNDING path (CMSIS-NN has the same option):
-  one 64-bit product, rounded half up once. False is the default gemmlowp path: a rounding
-  doubling high multiply, then a rounding right shift. Its double rounding differs from the
-  exact result by one step at about 2^-(right shift) of the values, and such one-step errors
-  compound through a deep network, so the reference here rounds once.
+  one 64-bit product, rounded half up once; LiteRT's desktop XNNPACK kernels compute this.
+  False is the default gemmlowp path: a rounding doubling high multiply, then a rounding right
+  shift; TFLite Micro's reference kernels (the `tflite-micro` build) compute this. The two
+  differ by one step on a few values, and such steps compound through a deep network, so the
+  integer reference takes the setting of the runtime it is checked against.
   """
   x = np.asarray(x, np.int64)
   multiplier = np.asarray(multiplier, np.int64)

@@ -5,8 +5,13 @@ One run = optional init from another run's checkpoint, then a list of phases:
   * ptq:  `epochs` of float training (0 when starting from a trained fp32 run), then
           calibration of the activation ranges on `calib_batches` training batches, no training;
   * qat:  from a trained run: calibrate, then `epochs` of QAT (fake-quant, frozen BN statistics);
-          from scratch: the first half of `epochs` in fp32 (a "quant delay", as in TF's QAT),
-          then calibrate and QAT for the rest, one cosine schedule across both.
+          from scratch: the first half of the *steps* in fp32 (a "quant delay", as in TF's QAT),
+          so that BatchNorm statistics and activation ranges come from a model that has learnt
+          something, then calibrate and QAT for the rest, one cosine schedule across both. The
+          delay is counted in steps, not epochs, so `--epochs=1` works too.
+A run that diverges (non-finite or exploding loss, accuracy at chance after a real epoch, a
+quantized model at chance while its float model is not) stops with `TrainingDiverged`: it is
+never reported as a result.
 The optimizer is optax SGD with Nesterov momentum (or AdamW), a cosine schedule with linear
 warmup, weight decay on conv/dense kernels only, optional label smoothing. Augmentation (random
 crop from a 4-pixel zero pad, horizontal flip) runs inside the jitted step.
@@ -42,6 +47,14 @@ OPTIMIZERS = ('sgd', 'adamw')
 
 class CheckpointError(FileNotFoundError):
   """A missing or incompatible checkpoint; the message is one line naming the fix."""
+
+
+class TrainingDiverged(ValueError):
+  """The run diverged or learnt nothing; the message is one line saying what to change."""
+
+
+MIN_FP32_STEPS = 20   # QAT from scratch: fewest float steps before BN statistics are frozen
+CHECK_CHANCE_STEPS = 50  # an epoch this long must leave the model above chance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +106,24 @@ class TrainConfig:
                        '--init_from=<fp32 workdir>')
     self.ops()  # raises ArchError for a bad arch
 
-  def phases(self) -> list[tuple[str, int]]:
-    """[(mode, epochs)] of the training part ('fp32' or 'quant')."""
-    if self.quant == 'qat':
-      if self.init_from:
-        return [('quant', self.epochs)]
-      return [('fp32', self.epochs // 2), ('quant', self.epochs - self.epochs // 2)]
-    return [('fp32', self.epochs)]
+  def quant_delay(self, steps_per_epoch: int) -> int:
+    """Global step at which QAT starts (the float steps before it are the quant delay); the
+    total number of steps (no QAT) for fp32 and ptq."""
+    total = self.epochs * steps_per_epoch
+    if self.quant != 'qat':
+      return total
+    return 0 if self.init_from else total // 2
+
+  def check_schedule(self, steps_per_epoch: int):
+    """QAT from scratch needs float steps first: BN statistics frozen at their initial values
+    (mean 0, var 1) do not normalise anything, and the quantized network blows up."""
+    delay = self.quant_delay(steps_per_epoch)
+    if self.quant == 'qat' and not self.init_from and delay < MIN_FP32_STEPS:
+      raise ValueError(
+          f'QAT from scratch trains in float for the first half of its {2 * delay} steps to '
+          f'learn BatchNorm statistics, and {delay} float steps are too few (>= '
+          f'{MIN_FP32_STEPS}); give more --epochs or --train_images, or --init_from=<a trained '
+          f'fp32 workdir>')
 
 
 # ----------------------------------------------------------------------------- data
@@ -402,50 +426,70 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
     return qat_net.calibrate(v, ops, net_cfg,
                              (norm(i) for i in range(0, len(idx), cfg.batch_size)))
 
-  epoch, throughput = 0, []
-  for mode, n_epochs in cfg.phases():
-    phase_start = epoch
-    epoch += n_epochs
-    if mode == 'quant' and start <= phase_start:
-      variables = calib_batches(variables)  # ranges from the float model before QAT starts
-    for ep in range(max(start, phase_start), epoch):
-      key = jax.random.fold_in(jax.random.key(cfg.seed), ep)
-      perm = np.asarray(jax.random.permutation(key, n_train))
-      losses, accs, t_steps, n_imgs = [], [], 0.0, 0
-      bar = _progress(range(steps_per_epoch), progress, f'{mode} epoch {ep + 1}/{cfg.epochs}')
-      for s in bar:
-        idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-        t0 = time.perf_counter()
-        variables, opt_state, m = step(mode, variables, opt_state,
-                                       jax.random.fold_in(key, s + 1), train_images[idx],
-                                       train_labels[idx], teacher_vars)
-        m = jax.device_get(m)
-        if s > 0:  # the first step of an epoch may compile
-          t_steps += time.perf_counter() - t0
-          n_imgs += len(idx)
-        losses.append(float(m['loss']))
-        accs.append(float(m['acc']))
-        if hasattr(bar, 'set_postfix'):
-          bar.set_postfix(loss=f'{m["loss"]:.3f}')
-      ips = n_imgs / t_steps if t_steps else float('nan')
-      throughput.append((mode, ips))
+  cfg.check_schedule(steps_per_epoch)
+  delay = cfg.quant_delay(steps_per_epoch)
+  chance = 1.0 / net_cfg.num_classes
+  explode = 10.0 * np.log(net_cfg.num_classes)  # cross entropy this far above chance: diverged
+  throughput = []
+  for ep in range(start, cfg.epochs):
+    key = jax.random.fold_in(jax.random.key(cfg.seed), ep)
+    perm = np.asarray(jax.random.permutation(key, n_train))
+    losses, accs, modes = [], [], []
+    t_steps, n_imgs = {}, {}  # per mode, leaving out each mode's first step (it may compile)
+    bar = _progress(range(steps_per_epoch), progress, f'epoch {ep + 1}/{cfg.epochs}')
+    for s in bar:
+      g = ep * steps_per_epoch + s
+      mode = 'quant' if g >= delay else 'fp32'
+      if g == delay and cfg.quant == 'qat':
+        variables = calib_batches(variables)  # ranges from the float model before QAT starts
+      if not modes or modes[-1] != mode:
+        modes.append(mode)
+      idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
       t0 = time.perf_counter()
-      logits = predict(eval_fns[mode], variables, test_set.images)
-      test_acc = float(np.mean(logits.argmax(-1) == test_set.labels))
-      append_metrics(workdir, dict(epoch=ep + 1, mode=mode, train_loss=f'{np.mean(losses):.4f}',
-                                   train_acc=f'{np.mean(accs):.4f}', test_acc=f'{test_acc:.4f}',
-                                   images_per_s=f'{ips:.1f}',
-                                   seconds=f'{t_steps + time.perf_counter() - t0:.1f}'))
-      log(f'epoch {ep + 1} [{mode}] loss {np.mean(losses):.4f} train acc {np.mean(accs):.4f} '
-          f'test acc {test_acc:.4f} ({ips:.0f} img/s)')
-      save_checkpoint(workdir, ep + 1, variables, opt_state)
+      variables, opt_state, m = step(mode, variables, opt_state,
+                                     jax.random.fold_in(key, s + 1), train_images[idx],
+                                     train_labels[idx], teacher_vars)
+      m = jax.device_get(m)
+      if s > 0 and g != delay:
+        t_steps[mode] = t_steps.get(mode, 0.0) + time.perf_counter() - t0
+        n_imgs[mode] = n_imgs.get(mode, 0) + len(idx)
+      loss = float(m['loss'])
+      if not np.isfinite(loss) or loss > explode:
+        raise TrainingDiverged(
+            f'training diverged: {mode} loss {loss:.4g} at epoch {ep + 1} step {s + 1} (chance '
+            f'is {np.log(net_cfg.num_classes):.2f}); lower --lr (now {cfg.lr:g}) or raise '
+            f'--warmup_epochs (now {cfg.warmup_epochs:g})')
+      losses.append(loss)
+      accs.append(float(m['acc']))
+      if hasattr(bar, 'set_postfix'):
+        bar.set_postfix(loss=f'{loss:.3f}', mode=mode)
+    mode = modes[-1]
+    for m_, t_ in t_steps.items():
+      throughput.append((m_, n_imgs[m_] / t_))
+    ips = sum(n_imgs.values()) / sum(t_steps.values()) if t_steps else float('nan')
+    t0 = time.perf_counter()
+    logits = predict(eval_fns[mode], variables, test_set.images)
+    test_acc = float(np.mean(logits.argmax(-1) == test_set.labels))
+    append_metrics(workdir, dict(epoch=ep + 1, mode='+'.join(modes),
+                                 train_loss=f'{np.mean(losses):.4f}',
+                                 train_acc=f'{np.mean(accs):.4f}', test_acc=f'{test_acc:.4f}',
+                                 images_per_s=f'{ips:.1f}',
+                                 seconds=f'{sum(t_steps.values()) + time.perf_counter() - t0:.1f}'))
+    log(f'epoch {ep + 1} [{"+".join(modes)}] loss {np.mean(losses):.4f} train acc '
+        f'{np.mean(accs):.4f} test acc {test_acc:.4f} ({ips:.0f} img/s)')
+    if steps_per_epoch >= CHECK_CHANCE_STEPS and test_acc < 1.5 * chance:
+      raise TrainingDiverged(
+          f'the model is at chance after epoch {ep + 1} (test acc {test_acc:.3f}, chance '
+          f'{chance:.3f}) in {mode} mode: it is not learning; lower --lr (now {cfg.lr:g}) or '
+          f'check the data')
+    save_checkpoint(workdir, ep + 1, variables, opt_state)
 
   if cfg.quant == 'ptq':
     variables = calib_batches(variables)
   results = evaluate(cfg, variables, test_set, eval_fns, log)
   results['train_images_per_s'] = {m: float(np.nanmean([r for mm, r in throughput if mm == m]))
                                    for m in {m for m, _ in throughput}} if throughput else {}
-  results['epochs_run_now'] = len(throughput)
+  results['epochs_run_now'] = cfg.epochs - start
   (workdir / 'results.json').write_text(json.dumps(results, indent=1))
   plot_curves(workdir)
   return results
@@ -465,6 +509,13 @@ def evaluate(cfg: TrainConfig, variables, test_set, eval_fns, log=print) -> dict
   fq_pred = predict(eval_fns['quant'], variables, test_set.images).argmax(-1)
   res['fake_quant_test_acc'] = float(np.mean(fq_pred == labels))
   log(f'fake-quant int8 test acc {res["fake_quant_test_acc"]:.4f}')
+  chance = 1.0 / cfg.net_config().num_classes
+  if len(labels) >= 500 and res['float_test_acc'] > 3 * chance and (
+      res['fake_quant_test_acc'] < 1.5 * chance):
+    raise TrainingDiverged(
+        f'the int8 model is at chance (fake-quant test acc {res["fake_quant_test_acc"]:.3f}) '
+        f'while the float model reaches {res["float_test_acc"]:.3f}: quantization broke it; '
+        f'raise --calib_batches or train with --quant=qat')
   net = int_inference.IntNetwork(variables, cfg.ops(), cfg.net_config())
   n = len(labels) if cfg.int_eval_images < 0 else min(cfg.int_eval_images, len(labels))
   if n:

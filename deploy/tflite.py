@@ -1,0 +1,277 @@
+"""int8 TFLite flatbuffer of a quantized NB201 network, written from the integer reference.
+
+`to_tflite(variables, ops, config)` walks the one network (`nb201_net.network`) with
+`IntNetwork`'s integer kernels on one image and records, for every kernel it runs, the stock
+TFLite builtin that computes the same thing with the same numbers:
+
+| integer reference           | TFLite builtin                                                  |
+|-----------------------------|-----------------------------------------------------------------|
+| conv k x k, stride 1        | CONV_2D, SAME padding (k // 2 on every side, as PyTorch)        |
+| conv 3x3, stride 2          | PAD (1 on every side, with the input's zero point) + CONV_2D VALID: |
+|                             | TFLite's SAME at stride 2 pads 0 before and 1 after, PyTorch 1 and 1 |
+| head BN (per-channel affine)| DEPTHWISE_CONV_2D 1x1                                           |
+| ReLU                        | RELU (same scale and zero point in and out)                     |
+| 3x3 average pool, stride 1  | AVERAGE_POOL_2D 3x3 SAME: TFLite divides by the number of in-bounds |
+|                             | elements, which is NB201's count_include_pad=False              |
+| 2x2 average pool, stride 2  | AVERAGE_POOL_2D 2x2 VALID                                       |
+| global average pool         | AVERAGE_POOL_2D over the whole map, then RESHAPE to [1, C]      |
+| node sum, residual add      | ADD, chained for three terms (partial sums are int8 tensors)    |
+| classifier                  | FULLY_CONNECTED                                                 |
+
+Why written out, not converted: the TFLite converter re-derives every scale from a float model
+(and its own calibration), so its int8 model would not be the one QAT trained, and the outputs
+would not equal the integer reference bit for bit. Here every scale, zero point, int8 weight,
+int32 bias and requantization multiplier is the one `IntNetwork` computes with; TFLite derives the
+same multipliers from the same float32 scales. The schema is TFLite's own generated object API
+(`schema_py_generated`, shipped with `tflite-micro`), packed with `flatbuffers`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from engine import int_inference
+from engine.int_inference import QTensor
+from search_spaces import nb201_net
+from search_spaces.nb201 import NB201Config
+
+
+def _schema():
+  try:
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+  except ImportError as err:  # pragma: no cover - the [deploy] extra installs it
+    raise ImportError('export needs the tflite-micro package: pip install -e ".[deploy]"') from err
+  return schema
+
+
+@dataclasses.dataclass
+class _Tensor:
+  shape: tuple
+  dtype: str                     # 'int8' | 'int32'
+  scale: np.ndarray
+  zero_point: np.ndarray
+  name: str
+  data: np.ndarray | None = None
+  quantized_dimension: int = 0
+
+
+class _ModelBuilder:
+  """Tensors, constant buffers and operators of one subgraph."""
+
+  def __init__(self):
+    self.tensors: list[_Tensor] = []
+    self.ops: list[tuple[str, list[int], list[int], dict]] = []
+
+  def tensor(self, shape, scale, zero_point, name, data=None, dtype='int8', axis=0) -> int:
+    self.tensors.append(_Tensor(tuple(int(d) for d in shape), dtype,
+                                np.atleast_1d(np.asarray(scale, np.float32)),
+                                np.atleast_1d(np.asarray(zero_point, np.int64)), name, data, axis))
+    return len(self.tensors) - 1
+
+  def op(self, kind, inputs, outputs, **options):
+    self.ops.append((kind, list(inputs), list(outputs), options))
+
+  def pack(self, inputs, outputs, description) -> bytes:
+    import flatbuffers
+    s = _schema()
+    kinds = sorted({k for k, *_ in self.ops})
+    codes = []
+    for k in kinds:
+      code = getattr(s.BuiltinOperator, k)
+      codes.append(s.OperatorCodeT())
+      codes[-1].builtinCode = code
+      codes[-1].deprecatedBuiltinCode = min(code, 127)
+      codes[-1].version = _OP_VERSIONS.get(k, 1)
+    buffers = [s.BufferT()]  # buffer 0: the empty buffer of every non-constant tensor
+    tensors = []
+    for t in self.tensors:
+      tt = s.TensorT()
+      tt.shape = list(t.shape)
+      tt.type = s.TensorType.INT8 if t.dtype == 'int8' else s.TensorType.INT32
+      tt.name = t.name
+      tt.buffer = 0
+      if t.data is not None:
+        b = s.BufferT()
+        b.data = np.frombuffer(np.ascontiguousarray(t.data).tobytes(), np.uint8)
+        buffers.append(b)
+        tt.buffer = len(buffers) - 1
+      q = s.QuantizationParametersT()
+      q.scale = [float(v) for v in t.scale]
+      q.zeroPoint = [int(v) for v in t.zero_point]
+      q.quantizedDimension = t.quantized_dimension
+      tt.quantization = q
+      tensors.append(tt)
+    operators = []
+    for kind, ins, outs, opts in self.ops:
+      o = s.OperatorT()
+      o.opcodeIndex = kinds.index(kind)
+      o.inputs, o.outputs = ins, outs
+      o.builtinOptionsType, o.builtinOptions = _options(s, kind, opts)
+      operators.append(o)
+    sub = s.SubGraphT()
+    sub.tensors, sub.operators = tensors, operators
+    sub.inputs, sub.outputs = list(inputs), list(outputs)
+    sub.name = 'main'
+    model = s.ModelT()
+    model.version = 3
+    model.operatorCodes, model.subgraphs, model.buffers = codes, [sub], buffers
+    model.description = description
+    builder = flatbuffers.Builder(1 << 20)
+    builder.Finish(model.Pack(builder), file_identifier=b'TFL3')
+    return bytes(builder.Output())
+
+
+# Op versions as TFLite's converter sets them for int8 (per-channel weights where used).
+_OP_VERSIONS = {'CONV_2D': 3, 'DEPTHWISE_CONV_2D': 3, 'FULLY_CONNECTED': 4, 'ADD': 2,
+                'AVERAGE_POOL_2D': 2, 'RELU': 2, 'PAD': 2, 'RESHAPE': 1}
+
+
+def _options(s, kind, opts):
+  same = s.Padding.SAME if opts.get('padding', 'same') == 'same' else s.Padding.VALID
+  if kind == 'CONV_2D':
+    o = s.Conv2DOptionsT()
+    o.padding, o.strideW, o.strideH = same, opts['stride'], opts['stride']
+    o.dilationWFactor = o.dilationHFactor = 1
+    return s.BuiltinOptions.Conv2DOptions, o
+  if kind == 'DEPTHWISE_CONV_2D':
+    o = s.DepthwiseConv2DOptionsT()
+    o.padding, o.strideW, o.strideH, o.depthMultiplier = s.Padding.VALID, 1, 1, 1
+    o.dilationWFactor = o.dilationHFactor = 1
+    return s.BuiltinOptions.DepthwiseConv2DOptions, o
+  if kind == 'AVERAGE_POOL_2D':
+    o = s.Pool2DOptionsT()
+    o.padding, o.strideW, o.strideH = same, opts['stride'], opts['stride']
+    o.filterWidth = o.filterHeight = opts['size']
+    return s.BuiltinOptions.Pool2DOptions, o
+  if kind == 'ADD':
+    return s.BuiltinOptions.AddOptions, s.AddOptionsT()
+  if kind == 'FULLY_CONNECTED':
+    o = s.FullyConnectedOptionsT()
+    o.keepNumDims = False
+    return s.BuiltinOptions.FullyConnectedOptions, o
+  if kind == 'PAD':
+    return s.BuiltinOptions.PadOptions, s.PadOptionsT()
+  if kind == 'RESHAPE':
+    o = s.ReshapeOptionsT()
+    o.newShape = list(opts['shape'])
+    return s.BuiltinOptions.ReshapeOptions, o
+  return s.BuiltinOptions.NONE, None
+
+
+class _Exporter(int_inference.IntNetwork):
+  """`IntNetwork` that records a TFLite op for every integer kernel it runs (batch 1)."""
+
+  def __init__(self, variables, ops, config: NB201Config, single_rounding=True):
+    self.m = None  # not recording while the constructor converts the layers
+    super().__init__(variables, ops, config, single_rounding)
+    self.m = _ModelBuilder()
+
+  def _new(self, out: QTensor, name, shape=None) -> QTensor:
+    if self.m is not None:
+      out.tid = self.m.tensor(shape or out.q.shape, out.scale, out.zero_point, name)
+    return out
+
+  def quantize_input(self, x):
+    out = self._new(super().quantize_input(x), 'input')
+    self.input_tid = getattr(out, 'tid', None)
+    return out
+
+  def _conv(self, name, t, k, stride=1):
+    out = super()._conv(name, t, k, stride)
+    if self.m is None:
+      return out
+    layer = self.layers[name]
+    x = t.tid
+    padding = 'same'
+    if stride > 1:  # PyTorch's symmetric padding k // 2, as an explicit PAD
+      p = k // 2
+      padded = (1, t.q.shape[1] + 2 * p, t.q.shape[2] + 2 * p, t.q.shape[3])
+      pads = self.m.tensor((4, 2), 0.0, 0, f'{name}/paddings', dtype='int32',
+                           data=np.array([[0, 0], [p, p], [p, p], [0, 0]], np.int32))
+      y = self.m.tensor(padded, t.scale, t.zero_point, f'{name}/pad')
+      self.m.op('PAD', [x, pads], [y])
+      x, padding = y, 'valid'
+    w = np.transpose(layer.weight, (3, 0, 1, 2)).astype(np.int8)  # HWIO -> OHWI
+    w_scale = layer.weight_scale
+    wt = self.m.tensor(w.shape, w_scale, np.zeros(len(w_scale)), f'{name}/weights', w)
+    # a conv without bias (the reduction shortcut) gets zeros: LiteRT's CONV_2D rejects an
+    # absent bias, and adding 0 changes nothing
+    bias = layer.bias if layer.bias is not None else np.zeros(len(w_scale), np.int64)
+    bt = self.m.tensor(bias.shape, np.float32(t.scale) * w_scale, np.zeros(len(w_scale)),
+                       f'{name}/bias', bias.astype(np.int32), 'int32')
+    self._new(out, name)
+    self.m.op('CONV_2D', [x, wt, bt], [out.tid], stride=stride, padding=padding)
+    return out
+
+  def _affine(self, name, t):
+    out = super()._affine(name, t)
+    if self.m is None:
+      return out
+    layer = self.layers[name]
+    c = layer.weight.shape[-1]
+    w_scale = layer.weight_scale
+    wt = self.m.tensor((1, 1, 1, c), w_scale, np.zeros(c), f'{name}/weights',
+                       layer.weight.reshape(1, 1, 1, c).astype(np.int8), axis=3)
+    bt = self.m.tensor((c,), np.float32(t.scale) * w_scale, np.zeros(c), f'{name}/bias',
+                       layer.bias.astype(np.int32), 'int32')
+    self._new(out, name)
+    self.m.op('DEPTHWISE_CONV_2D', [t.tid, wt, bt], [out.tid])
+    return out
+
+  def _dense(self, name, t):
+    out = super()._dense(name, t)
+    if self.m is None:
+      return out
+    layer = self.layers[name]
+    w = layer.weight.T.astype(np.int8)  # [in, out] -> TFLite's [out, in]
+    w_scale = layer.weight_scale
+    wt = self.m.tensor(w.shape, w_scale, np.zeros(len(w_scale)), f'{name}/weights', w)
+    bt = self.m.tensor(layer.bias.shape, np.float32(t.scale) * w_scale, np.zeros(len(w_scale)),
+                       f'{name}/bias', layer.bias.astype(np.int32), 'int32')
+    self._new(out, name)
+    self.m.op('FULLY_CONNECTED', [t.tid, wt, bt], [out.tid])
+    return out
+
+  def _add2(self, name, a, b):
+    out = super()._add2(name, a, b)
+    if self.m is not None:
+      self._new(out, name)
+      self.m.op('ADD', [a.tid, b.tid], [out.tid])
+    return out
+
+  def relu(self, t, path):
+    out = super().relu(t, path)
+    if self.m is not None:
+      self._new(out, '/'.join(map(str, path)) + '/relu')
+      self.m.op('RELU', [t.tid], [out.tid])
+    return out
+
+  def pool(self, t, path, size):
+    out = super().pool(t, path, size)
+    if self.m is not None:
+      self._new(out, '/'.join(map(str, path)) + '/pool')
+      stride, padding = (1, 'same') if size == 3 else (2, 'valid')
+      self.m.op('AVERAGE_POOL_2D', [t.tid], [out.tid], size=size, stride=stride,
+                padding=padding)
+    return out
+
+  def global_pool(self, t, path):
+    out = super().global_pool(t, path)
+    if self.m is not None:
+      _, h, w, c = t.q.shape
+      pooled = self.m.tensor((1, 1, 1, c), t.scale, t.zero_point, 'gap')
+      self.m.op('AVERAGE_POOL_2D', [t.tid], [pooled], size=h, stride=1, padding='valid')
+      self._new(out, 'gap/reshape')
+      shape = self.m.tensor((2,), 0.0, 0, 'gap/shape', np.array([1, c], np.int32), 'int32')
+      self.m.op('RESHAPE', [pooled, shape], [out.tid], shape=(1, c))
+    return out
+
+
+def to_tflite(variables, ops, config: NB201Config, single_rounding=True,
+              description='zeronas-mcu NB201 int8') -> tuple[bytes, int_inference.IntNetwork]:
+  """(flatbuffer bytes of a batch-1 int8 model, the integer reference it equals)."""
+  ex = _Exporter(variables, ops, config, single_rounding)
+  x = np.zeros((1, config.input_size, config.input_size, config.in_channels), np.float32)
+  out = nb201_net.network(ex, ex.ops, x, config)
+  return ex.m.pack([ex.input_tid], [out.tid], description), ex
