@@ -162,7 +162,7 @@ def _options(s, kind, opts):
 class _Exporter(int_inference.IntNetwork):
   """`IntNetwork` that records a TFLite op for every integer kernel it runs (batch 1)."""
 
-  def __init__(self, variables, ops, config: NB201Config, single_rounding=True):
+  def __init__(self, variables, ops, config: NB201Config, single_rounding=False):
     self.m = None  # not recording while the constructor converts the layers
     super().__init__(variables, ops, config, single_rounding)
     self.m = _ModelBuilder()
@@ -263,12 +263,13 @@ class _Exporter(int_inference.IntNetwork):
       pooled = self.m.tensor((1, 1, 1, c), t.scale, t.zero_point, 'gap')
       self.m.op('AVERAGE_POOL_2D', [t.tid], [pooled], size=h, stride=1, padding='valid')
       self._new(out, 'gap/reshape')
-      shape = self.m.tensor((2,), 0.0, 0, 'gap/shape', np.array([1, c], np.int32), 'int32')
-      self.m.op('RESHAPE', [pooled, shape], [out.tid], shape=(1, c))
+      # batch -1: LiteRT may run the model on a resized batch
+      shape = self.m.tensor((2,), 0.0, 0, 'gap/shape', np.array([-1, c], np.int32), 'int32')
+      self.m.op('RESHAPE', [pooled, shape], [out.tid], shape=(-1, c))
     return out
 
 
-def to_tflite(variables, ops, config: NB201Config, single_rounding=True,
+def to_tflite(variables, ops, config: NB201Config, single_rounding=False,
               description='zeronas-mcu NB201 int8') -> tuple[bytes, int_inference.IntNetwork]:
   """(flatbuffer bytes of a batch-1 int8 model, the integer reference it equals)."""
   ex = _Exporter(variables, ops, config, single_rounding)

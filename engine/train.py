@@ -263,6 +263,8 @@ def _manager(workdir, create=True):
 def save_checkpoint(workdir, epoch: int, variables, opt_state):
   import orbax.checkpoint as ocp
   mgr = _manager(workdir)
+  if epoch in mgr.all_steps():  # PTQ re-saves its last epoch with calibrated ranges
+    mgr.delete(epoch)
   mgr.save(epoch, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
                                           opt_state=ocp.args.StandardSave(opt_state)))
   mgr.wait_until_finished()
@@ -486,6 +488,7 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
 
   if cfg.quant == 'ptq':
     variables = calib_batches(variables)
+    save_checkpoint(workdir, cfg.epochs, variables, opt_state)  # what export reads
   results = evaluate(cfg, variables, test_set, eval_fns, log)
   results['train_images_per_s'] = {m: float(np.nanmean([r for mm, r in throughput if mm == m]))
                                    for m in {m for m, _ in throughput}} if throughput else {}

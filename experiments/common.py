@@ -165,9 +165,14 @@ def _train_experiment(f):
   train.run(f)
 
 
+def _export_experiment(f):
+  from experiments import export
+  export.run(f)
+
+
 EXPERIMENTS = {'score': _score_experiment, 'cost': _cost_experiment,
                'search': _search_experiment, 'train': _train_experiment,
-               'correlate': _correlate_experiment}
+               'correlate': _correlate_experiment, 'export': _export_experiment}
 
 
 @dataclasses.dataclass

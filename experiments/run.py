@@ -102,6 +102,11 @@ flags.DEFINE_integer('train_images', 0, 'train: use the first N training images 
 flags.DEFINE_integer('test_images', 0, 'train: evaluate on the first N test images (0 = all).')
 flags.DEFINE_integer('int_eval_images', -1,
                      'train: test images run through integer-only inference (-1 = all).')
+# --experiment=export
+flags.DEFINE_integer('export_images', -1,
+                     'export: test images run in TFLite Micro and LiteRT against the integer '
+                     'reference (-1 = all).')
+flags.DEFINE_bool('litert', True, 'export: also run the model in LiteRT (XNNPACK).')
 
 
 def main(argv):

@@ -1,0 +1,163 @@
+"""Export a trained int8 run to `model.tflite` and verify it in TFLite Micro and LiteRT.
+
+`export(workdir, data_dir)` reads a `--experiment=train` workdir trained with --quant=qat or ptq
+and writes there:
+  * model.tflite: the int8 model (`deploy.tflite`), batch 1, int8 input (the normalised image
+    quantized with the model's input scale and zero point) and int8 logits;
+  * io_check.npz: golden int8 inputs (test images already quantized), the integer reference's
+    int8 logits for TFLite Micro (`tflm_logits`, double rounding) and for LiteRT's XNNPACK
+    (`litert_logits`, single rounding), labels and the input quantization;
+  * export.json and export.txt: model bytes, TFLM's arena, the hardware model's predicted peak
+    SRAM and flash for the same graph and runtime, and agreement figures.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+from deploy import runtimes
+from deploy import tflite
+from engine import int_inference
+from engine import train as train_lib
+
+IO_CHECK_IMAGES = 256
+
+
+class ExportError(ValueError):
+  """A workdir that cannot be exported; the message is one line naming the fix."""
+
+
+def _write_bytes_atomic(path: pathlib.Path, data: bytes):
+  tmp = path.with_suffix(path.suffix + '.tmp')
+  tmp.write_bytes(data)
+  tmp.replace(path)
+
+
+def predicted_costs(ops, config, device: str, runtime: str) -> dict:
+  """The hardware model's figures for the lowered graph of the exported arch."""
+  import hardware
+  from search_spaces import nb201_graph
+  graph = nb201_graph.lower(ops, config)
+  res = hardware.cost(graph, device=device, runtime=runtime)
+  counts = train_lib.hardware_weight_counts(ops, config)
+  rt = hardware.get_runtime(runtime)
+  return {'device': device, 'runtime': runtime,
+          'sram_bytes': float(res['sram_bytes']), 'arena_bytes': float(res['arena_bytes']),
+          'flash_bytes': float(res['flash_bytes']),
+          'flash_bytes_without_code': float(res['flash_bytes']) - rt.code_flash_bytes,
+          'weight_bytes': counts['weights'], 'bias_bytes': 4 * counts['biases']}
+
+
+def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
+           device: str = 'stm32f746', runtime: str = 'tflm', progress=True, log=print) -> dict:
+  """Writes model.tflite, io_check.npz, export.json/txt into `workdir`; returns the report."""
+  workdir = pathlib.Path(workdir)
+  if not (workdir / 'config.json').is_file():
+    raise ExportError(f'{workdir} is not a trained run (no config.json); pass --workdir=<a '
+                      f'workdir written by --experiment=train --quant=qat or ptq>')
+  cfg, variables = train_lib.load_run(workdir)
+  if cfg.quant == 'fp32':
+    raise ExportError(f'{workdir} was trained in fp32; export needs its int8 ranges: train with '
+                      f'--quant=qat, or quantize it with --experiment=train --quant=ptq '
+                      f'--epochs=0 --init_from={workdir} --workdir=<new dir>')
+  if not np.any(np.asarray(variables['quant']['input_q']['count']) > 0):
+    raise ExportError(f'{workdir} holds no calibrated activation ranges; rerun its training to '
+                      f'the end (the ranges are set when QAT or PTQ starts)')
+  ops, net_cfg = cfg.ops(), cfg.net_config()
+
+  t0 = time.perf_counter()
+  model, reference = tflite.to_tflite(variables, ops, net_cfg,
+                                      description=f'zeronas-mcu {cfg.arch} C{cfg.C} N{cfg.N}')
+  _write_bytes_atomic(workdir / 'model.tflite', model)
+  log(f'model.tflite: {len(model)} bytes ({time.perf_counter() - t0:.1f} s)')
+
+  _, test = train_lib.load_data(data_dir, dataclasses.replace(cfg, train_images=1))
+  n = len(test.labels) if verify_images < 0 else min(verify_images, len(test.labels))
+  x = np.asarray(train_lib._normalize(test.images[:n]))
+  labels = np.asarray(test.labels[:n])
+  q_in = reference.quantize_input(x).q.astype(np.int8)
+
+  t0 = time.perf_counter()
+  ref_tflm = _reference_logits(reference, x)
+  t_ref = time.perf_counter() - t0
+  litert_ref = int_inference.IntNetwork(variables, ops, net_cfg, single_rounding=True)
+  ref_litert = _reference_logits(litert_ref, x) if litert else None
+  log(f'integer reference on {n} images: {n / t_ref:.0f} images/s')
+
+  bar = (lambda it: train_lib._progress(it, True, 'TFLM')) if progress else None
+  t0 = time.perf_counter()
+  tflm = runtimes.tflm_run(model, q_in, bar)
+  t_tflm = time.perf_counter() - t0
+  arena = runtimes.tflm_arena(model, q_in)
+  report = {
+      'arch': cfg.arch, 'C': cfg.C, 'N': cfg.N, 'quant': cfg.quant, 'images': n,
+      'model_bytes': len(model),
+      'tflm': {'bitexact_fraction': float(np.mean(np.all(tflm == ref_tflm, -1))),
+               'max_abs_diff': int(np.max(np.abs(tflm.astype(int) - ref_tflm))),
+               'top1_agreement': float(np.mean(tflm.argmax(-1) == ref_tflm.argmax(-1))),
+               'test_acc': float(np.mean(tflm.argmax(-1) == labels)),
+               'images_per_s': n / t_tflm,
+               'arena_total_bytes': arena['total'], 'arena_head_bytes': arena['head'],
+               'arena_tail_bytes': arena['tail'], 'allocations': arena['record']},
+      'reference': {'test_acc': float(np.mean(ref_tflm.argmax(-1) == labels)),
+                    'images_per_s': n / t_ref},
+  }
+  if litert:
+    lite = runtimes.litert_run(model, q_in)
+    report['litert'] = {
+        'bitexact_fraction': float(np.mean(np.all(lite == ref_litert, -1))),
+        'top1_agreement_with_tflm_reference': float(np.mean(lite.argmax(-1) ==
+                                                            ref_tflm.argmax(-1))),
+        'test_acc': float(np.mean(lite.argmax(-1) == labels))}
+  pred = predicted_costs(ops, net_cfg, device, runtime)
+  report['predicted'] = pred
+  report['errors'] = {
+      'sram_vs_tflm_arena': pred['sram_bytes'] / arena['total'] - 1,
+      'flash_without_code_vs_model_bytes': pred['flash_bytes_without_code'] / len(model) - 1,
+      'weights_and_biases_vs_model_bytes': (pred['weight_bytes'] + pred['bias_bytes'])
+                                           / len(model) - 1}
+
+  k = min(IO_CHECK_IMAGES, n)
+  np.savez_compressed(
+      workdir / 'io_check.npz', inputs=q_in[:k], tflm_logits=ref_tflm[:k].astype(np.int8),
+      litert_logits=(ref_litert[:k] if litert else ref_tflm[:k]).astype(np.int8),
+      labels=labels[:k], input_scale=np.float32(reference.quantize_input(x[:1]).scale),
+      input_zero_point=np.int32(reference.quantize_input(x[:1]).zero_point),
+      mean=np.asarray(train_lib.data_lib.CIFAR_MEAN, np.float32),
+      std=np.asarray(train_lib.data_lib.CIFAR_STD, np.float32))
+  (workdir / 'export.json').write_text(json.dumps(report, indent=1))
+  (workdir / 'export.txt').write_text(summary(report) + '\n')
+  log(summary(report))
+  return report
+
+
+def _reference_logits(net: int_inference.IntNetwork, x, batch=250) -> np.ndarray:
+  return np.concatenate([net(x[i:i + batch]).q for i in range(0, len(x), batch)]).astype(np.int8)
+
+
+def summary(r: dict) -> str:
+  t, p, e = r['tflm'], r['predicted'], r['errors']
+  lines = [
+      f'{r["arch"]} C={r["C"]} N={r["N"]} ({r["quant"]}), {r["images"]} test images',
+      f'model.tflite {r["model_bytes"]} bytes; predicted flash without runtime code '
+      f'{p["flash_bytes_without_code"]:.0f} ({e["flash_without_code_vs_model_bytes"]:+.1%}), '
+      f'int8 weights + int32 biases {p["weight_bytes"] + p["bias_bytes"]} '
+      f'({e["weights_and_biases_vs_model_bytes"]:+.1%})',
+      f'TFLM: int8 logits equal the integer reference on {t["bitexact_fraction"]:.2%} of images '
+      f'(max |diff| {t["max_abs_diff"]}), test acc {t["test_acc"]:.4f}, '
+      f'{t["images_per_s"]:.1f} images/s',
+      f'TFLM arena {t["arena_total_bytes"]} bytes (planned activations {t["arena_head_bytes"]}, '
+      f'persistent {t["arena_tail_bytes"]}); predicted peak SRAM ({p["runtime"]}) '
+      f'{p["sram_bytes"]:.0f} ({e["sram_vs_tflm_arena"]:+.1%})']
+  if 'litert' in r:
+    lr = r['litert']
+    lines.append(f'LiteRT (XNNPACK): equal to the single-rounding reference on '
+                 f'{lr["bitexact_fraction"]:.2%} of images, top-1 agreement with the TFLM '
+                 f'reference {lr["top1_agreement_with_tflm_reference"]:.2%}, test acc '
+                 f'{lr["test_acc"]:.4f}')
+  return '\n'.join(lines)

@@ -1,0 +1,25 @@
+"""`--experiment=export`: a trained int8 run -> model.tflite, verified in TFLite Micro and LiteRT.
+
+  python -m experiments.run --experiment=export --workdir=runs/6111_qat \
+      --data_dir=../shared/data/cifar10
+
+Writes model.tflite, io_check.npz, export.json and export.txt into the workdir (deploy/export.py)
+and prints the summary.
+"""
+from __future__ import annotations
+
+from deploy import export as export_lib
+from search_spaces import nb201
+
+
+def run(f):
+  if not f['workdir'].present:
+    raise export_lib.ExportError('--experiment=export needs --workdir=<a workdir written by '
+                                 '--experiment=train --quant=qat or ptq>')
+  if f.export_images == 0 or f.export_images < -1:
+    raise export_lib.ExportError(f'--export_images must be a positive count or -1 (all test '
+                                 f'images), got {f.export_images}')
+  data_dir = f.data_dir or str(nb201.data_dir() / 'cifar10')
+  runtime = f.runtime if f['runtime'].present else 'tflm'
+  export_lib.export(f.workdir, data_dir, f.export_images, litert=f.litert, device=f.device,
+                    runtime=runtime, progress=f.progress)

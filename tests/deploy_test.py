@@ -1,0 +1,99 @@
+"""Export -> TFLite Micro and LiteRT, bit for bit against the integer reference."""
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from deploy import export as export_lib
+from deploy import runtimes
+from deploy import tflite
+from engine import int_inference
+from engine import qat_net
+from engine import train
+from search_spaces import nb201
+
+# every op kind of NB201: 3x3 and 1x1 convs, a pool, skips, a three-term node sum (node 3)
+ARCH = '|nor_conv_3x3~0|+|avg_pool_3x3~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|'
+SMALL = nb201.NB201Config(C=4, N=1)
+
+
+def _calibrated(arch=ARCH, config=SMALL, seed=0):
+  ops = nb201.parse_arch_str(arch)
+  v = qat_net.init_variables(jax.random.key(seed), ops, config)
+  rng = np.random.default_rng(seed)
+  x = np.asarray(train._normalize(rng.integers(0, 256, (32, 32, 32, 3)).astype(np.uint8)))
+  stats = jax.jit(lambda v, x: qat_net.QATNetwork(tuple(ops), config, 'fp32').apply(
+      v, x, train=True, mutable=['batch_stats'])[1]['batch_stats'])
+  for _ in range(3):
+    v = {**v, 'batch_stats': stats(v, x)}
+  return ops, qat_net.calibrate(v, ops, config, [x]), x
+
+
+def test_tflm_and_litert_equal_the_integer_reference_bit_for_bit():
+  ops, v, x = _calibrated()
+  model, ref = tflite.to_tflite(v, ops, SMALL)
+  q = ref.quantize_input(x).q.astype(np.int8)
+  want = ref(x).q
+  np.testing.assert_array_equal(runtimes.tflm_run(model, q), want)
+  # LiteRT's XNNPACK kernels round once: equal to the single-rounding reference
+  once = int_inference.IntNetwork(v, ops, SMALL, single_rounding=True)(x).q
+  np.testing.assert_array_equal(runtimes.litert_run(model, q), once)
+  # and the two roundings do differ on this network, so each check can fail
+  assert not np.array_equal(want, once)
+
+
+def test_exported_model_uses_stock_builtins_only():
+  from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as s
+  ops, v, _ = _calibrated()
+  model, _ = tflite.to_tflite(v, ops, SMALL)
+  m = s.ModelT.InitFromPackedBuf(model, 0)
+  names = {k: v for k, v in vars(s.BuiltinOperator).items() if not k.startswith('_')}
+  used = {next(k for k, c in names.items() if c == code.builtinCode) for code in m.operatorCodes}
+  assert used == {'CONV_2D', 'PAD', 'RELU', 'ADD', 'AVERAGE_POOL_2D', 'DEPTHWISE_CONV_2D',
+                  'RESHAPE', 'FULLY_CONNECTED'}
+  assert all(not code.customCode for code in m.operatorCodes)
+
+
+def _trained_ptq(data_dir, tmp_path):
+  cfg = train.TrainConfig(arch=ARCH, C=4, N=1, epochs=1, batch_size=64, lr=0.05,
+                          train_images=256, test_images=64, int_eval_images=0)
+  train.train(cfg, data_dir / 'cifar10', tmp_path / 'fp32', progress=False)
+  ptq = dict(quant='ptq', epochs=0, init_from=str(tmp_path / 'fp32'), calib_batches=2)
+  train.train(train.TrainConfig(**{**cfg.__dict__, **ptq}), data_dir / 'cifar10',
+              tmp_path / 'ptq', progress=False)
+  return tmp_path / 'ptq'
+
+
+def test_export_of_a_trained_run_is_bitexact_in_tflm(data_dir, tmp_path):
+  workdir = _trained_ptq(data_dir, tmp_path)
+  report = export_lib.export(workdir, data_dir / 'cifar10', verify_images=48, progress=False,
+                             log=lambda *_: None)
+  assert report['tflm']['bitexact_fraction'] == 1.0
+  assert report['litert']['bitexact_fraction'] == 1.0
+  assert report['tflm']['arena_total_bytes'] > report['tflm']['arena_head_bytes'] > 0
+  saved = json.loads((workdir / 'export.json').read_text())
+  assert saved['model_bytes'] == (workdir / 'model.tflite').stat().st_size
+  io = np.load(workdir / 'io_check.npz')
+  assert io['inputs'].dtype == np.int8 and io['inputs'].shape == (48, 32, 32, 3)
+  np.testing.assert_array_equal(runtimes.tflm_run((workdir / 'model.tflite').read_bytes(),
+                                                  io['inputs']), io['tflm_logits'])
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, '-m', 'experiments.run', *args], capture_output=True,
+                        text=True, timeout=300)
+
+
+@pytest.mark.parametrize('make', ['missing', 'fp32', 'empty_ckpt'])
+def test_bad_export_workdir_is_one_line_exit_2(tmp_path, make):
+  wd = tmp_path / 'run'
+  if make != 'missing':
+    wd.mkdir()
+    cfg = train.TrainConfig(arch=ARCH, quant='fp32' if make == 'fp32' else 'qat')
+    (wd / 'config.json').write_text(json.dumps(cfg.__dict__))
+  r = _cli('--experiment=export', f'--workdir={wd}')
+  assert r.returncode == 2, r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith('error: ')
