@@ -10,8 +10,8 @@ sum with rounding half away from zero on the input's grid; ReLU is max(q, zero_p
 step builds on, so it favours clarity over speed.
 
 Exact integer matmuls through BLAS: each convolution is an im2col matrix product. The int8 operands
-are multiplied as floats, which is exact because every partial sum is an integer below 2^24
-(float32) or 2^53 (float64); `_int_matmul` picks the type from the bound K * 255 * 127.
+are multiplied as float32, which is exact while every partial sum is an integer below 2^24;
+`_int_matmul` splits longer contractions into chunks of `EXACT_F32_TERMS` and sums them in int64.
 """
 from __future__ import annotations
 
@@ -56,27 +56,47 @@ def _qparams(qvars) -> tuple[float, int]:
   return float(scale), int(zp)
 
 
-def _exact_float(k: int):
-  """Float type in which a K-term sum of int8 x (int8 - zero point) products is exact."""
-  return np.float32 if k * 255 * 127 < 2 ** 24 else np.float64
+# Terms of an int8 x (int8 - zero point) dot product whose float32 sum stays exact: every
+# partial sum is an integer of magnitude below 2^24.
+EXACT_F32_TERMS = (1 << 24) // (255 * 127)
 
 
 def _int_matmul(a, b):
-  """Exact integer a @ b for integer-valued operands (|a| <= 255, |b| <= 127) through BLAS."""
-  dtype = _exact_float(a.shape[-1])
-  out = a.astype(dtype, copy=False) @ b.astype(dtype)
-  return np.rint(out).astype(np.int64)
+  """Exact integer a @ b for integer-valued operands (|a| <= 255, |b| <= 127) through float32
+  BLAS, the contraction split into chunks short enough to stay exact, summed in int64."""
+  a = a.astype(np.float32, copy=False)
+  b = b.astype(np.float32)
+  k = a.shape[-1]
+  out = None
+  for i in range(0, k, EXACT_F32_TERMS):
+    part = np.rint(a[..., i:i + EXACT_F32_TERMS] @ b[i:i + EXACT_F32_TERMS]).astype(np.int64)
+    out = part if out is None else out + part
+  return out
 
 
 def _im2col(x, k, stride):
-  """x [N, H, W, C] (already zero-point-shifted, so zero padding is exact) -> [N, Ho, Wo, k*k*C]."""
+  """x [N, H, W, C] (already zero-point-shifted, so zero padding is exact) -> [N, Ho, Wo, k*k*C].
+
+  Each tap is copied once into its slot of the output; the zero border is never materialised
+  as a padded copy of x."""
+  n, h, w, c = x.shape
+  if k == 1 and stride == 1:
+    return x
   pad = k // 2
-  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  ho = (x.shape[1] + 2 * pad - k) // stride + 1
-  wo = (x.shape[2] + 2 * pad - k) // stride + 1
-  cols = [xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
-          for dy in range(k) for dx in range(k)]
-  return np.concatenate(cols, axis=-1)
+  ho = (h + 2 * pad - k) // stride + 1
+  wo = (w + 2 * pad - k) // stride + 1
+  cols = np.zeros((n, ho, wo, k, k, c), x.dtype)
+  for dy in range(k):
+    for dx in range(k):
+      # output rows i read input row i * stride + dy - pad; keep those inside the image
+      i0 = max(0, -((dy - pad) // stride))
+      i1 = min(ho, (h - 1 - dy + pad) // stride + 1)
+      j0 = max(0, -((dx - pad) // stride))
+      j1 = min(wo, (w - 1 - dx + pad) // stride + 1)
+      r0, c0 = i0 * stride + dy - pad, j0 * stride + dx - pad
+      cols[:, i0:i1, j0:j1, dy, dx] = x[:, r0:r0 + stride * (i1 - i0 - 1) + 1:stride,
+                                        c0:c0 + stride * (j1 - j0 - 1) + 1:stride]
+  return cols.reshape(n, ho, wo, k * k * c)
 
 
 def _round_div(total, count):
@@ -141,8 +161,7 @@ class IntNetwork(nb201_net.Backend):
 
   def _conv(self, name, t: QTensor, k, stride=1) -> QTensor:
     layer = self._layer(name, 'conv', t, stride)
-    dtype = _exact_float(k * k * t.q.shape[-1])  # im2col straight into the matmul's type
-    cols = _im2col((t.q - t.zero_point).astype(dtype), k, stride)
+    cols = _im2col((t.q - t.zero_point).astype(np.float32), k, stride)
     acc = _int_matmul(cols.reshape(-1, cols.shape[-1]),
                       layer.weight.reshape(-1, layer.weight.shape[-1]))
     if layer.bias is not None:

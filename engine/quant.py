@@ -130,25 +130,33 @@ def quantize_multiplier(m):
 
 
 def _rounding_doubling_high_mul(a, b):
-  """gemmlowp SaturatingRoundingDoublingHighMul: round(a * b / 2^31), ties away from zero."""
+  """gemmlowp SaturatingRoundingDoublingHighMul: round(a * b / 2^31), ties away from zero.
+
+  Branch-free on int64 arrays: with s = sign mask (0 or -1) of a * b, |a * b| + 2^30 + s
+  shifted right by 31 is C++'s truncating division of (a * b + nudge) by 2^31 for either sign.
+  The saturating case (a == b == INT32_MIN) needs b == INT32_MIN; multipliers are positive.
+  """
   a = np.asarray(a, np.int64)
   b = np.asarray(b, np.int64)
+  if np.any(b == INT32_MIN):
+    raise ValueError('requantization multipliers must be positive')
   ab = a * b
-  nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
-  s = ab + nudge
-  out = np.where(s >= 0, s >> 31, -((-s) >> 31))  # C++ division truncates towards zero
-  overflow = (a == INT32_MIN) & (b == INT32_MIN)
-  return np.where(overflow, INT32_MAX, out)
+  sign = ab >> 63
+  r = (((ab ^ sign) - sign) + ((1 << 30) + sign)) >> 31
+  return (r ^ sign) - sign
 
 
 def _rounding_divide_by_pot(x, exponent):
-  """gemmlowp RoundingDivideByPOT: x / 2^exponent rounded half away from zero."""
+  """gemmlowp RoundingDivideByPOT: x / 2^exponent rounded half away from zero.
+
+  Branch-free: (x + 2^(e-1) - [x < 0]) >> e for e > 0 (an arithmetic shift floors, so a
+  negative tie lands away from zero), x itself for e == 0.
+  """
   x = np.asarray(x, np.int64)
   exponent = np.asarray(exponent, np.int64)
-  mask = (np.int64(1) << exponent) - 1
-  remainder = x & mask
-  threshold = (mask >> 1) + (x < 0)
-  return (x >> exponent) + (remainder > threshold)
+  half = (np.int64(1) << exponent) >> 1
+  positive = -(exponent > 0).astype(np.int64)  # all ones where e > 0
+  return (x + half + ((x >> 63) & positive)) >> exponent
 
 
 def multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding=True):
@@ -164,16 +172,38 @@ def multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding=True)
   x = np.asarray(x, np.int64)
   multiplier = np.asarray(multiplier, np.int64)
   shift = np.asarray(shift, np.int64)
-  if np.any(np.abs(x) > INT32_MAX):
-    raise OverflowError('requantization input overflows int32')
+
+  def check(v, what):
+    if v.size and (v.max() > INT32_MAX or v.min() < -INT32_MAX):
+      raise OverflowError(f'requantization input overflows int32{what}')
+
+  check(x, '')
   if single_rounding:
     total = 31 - shift
     return (x * multiplier + (np.int64(1) << (total - 1))) >> total
   left = np.maximum(shift, 0)
   right = np.maximum(-shift, 0)
-  if np.any(np.abs(x << left) > INT32_MAX):
-    raise OverflowError('requantization input overflows int32 after the left shift')
-  return _rounding_divide_by_pot(_rounding_doubling_high_mul(x << left, multiplier), right)
+  if np.any(left):
+    x = x << left
+    check(x, ' after the left shift')
+  # _rounding_doubling_high_mul then _rounding_divide_by_pot, in place on one buffer (these
+  # arrays are whole feature maps: allocations and passes over memory are the cost)
+  if np.any(multiplier == INT32_MIN):
+    raise ValueError('requantization multipliers must be positive')
+  v = x * multiplier
+  sign = v >> 63
+  v ^= sign        # v ^ s == |v| + s, so this and the next line give |v| + 2^30 + s
+  v += 1 << 30
+  v >>= 31
+  v ^= sign
+  v -= sign
+  half = (np.int64(1) << right) >> 1
+  np.right_shift(v, 63, out=sign)
+  sign &= -(right > 0).astype(np.int64)
+  v += sign
+  v += half
+  v >>= right
+  return v
 
 
 def requantize(acc, multiplier, shift, zero_point, qmin=QMIN, qmax=QMAX, single_rounding=True):

@@ -130,7 +130,7 @@ def test_requantization_matches_float_reference(single_rounding):
 
 def test_int_matmul_is_exact():
   rng = np.random.default_rng(1)
-  for k in (72, 2000):  # float32 and float64 paths
+  for k in (72, 2000):  # one float32 chunk, and a contraction split into chunks
     a = rng.integers(-255, 256, (50, k))
     b = rng.integers(-127, 128, (k, 7))
     np.testing.assert_array_equal(int_inference._int_matmul(a, b), a @ b)
@@ -175,3 +175,37 @@ def test_int8_weight_bytes_equal_hardware_model(arch):
   assert counts['head_bn_weights'] == counts['head_bn_biases'] == TINY.C * 4
   assert all(l.weight.dtype == np.int8 for l in net.layers.values())
   assert all(l.bias is None or l.bias.dtype == np.int64 for l in net.layers.values())
+
+
+def _gemmlowp_scalar(x, m, shift):
+  """TFLite's MultiplyByQuantizedMultiplier (double rounding), transcribed line by line."""
+  left, right = max(shift, 0), max(-shift, 0)
+  ab = (x * (1 << left)) * m
+  nudge = (1 << 30) if ab >= 0 else 1 - (1 << 30)
+  v = ab + nudge
+  high = v // (1 << 31) if v >= 0 else -((-v) // (1 << 31))  # C++ truncates
+  mask = (1 << right) - 1
+  threshold = (mask >> 1) + (1 if high < 0 else 0)
+  return (high >> right) + (1 if (high & mask) > threshold else 0)
+
+
+def test_branch_free_double_rounding_equals_the_scalar_definition():
+  rng = np.random.default_rng(5)
+  x = np.concatenate([np.arange(-40, 40), rng.integers(-2 ** 22, 2 ** 22, 3000)])
+  m, shift = quant.quantize_multiplier(rng.uniform(1e-6, 4.0, 6))
+  got = quant.multiply_by_quantized_multiplier(x[:, None], m, shift, single_rounding=False)
+  want = np.array([[_gemmlowp_scalar(int(v), int(mm), int(s)) for mm, s in zip(m, shift)]
+                   for v in x])
+  np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize('k,stride,size', [(3, 1, 8), (3, 2, 8), (1, 1, 8), (5, 2, 7)])
+def test_im2col_equals_padded_slices(k, stride, size):
+  x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
+  pad = k // 2
+  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  out = (size + 2 * pad - k) // stride + 1
+  want = np.concatenate([xp[:, dy:dy + stride * (out - 1) + 1:stride,
+                            dx:dx + stride * (out - 1) + 1:stride]
+                         for dy in range(k) for dx in range(k)], axis=-1)
+  np.testing.assert_array_equal(int_inference._im2col(x, k, stride), want)
