@@ -159,6 +159,11 @@ def _options(s, kind, opts):
   return s.BuiltinOptions.NONE, None
 
 
+def _live(t: QTensor) -> bool:
+  """Whether a tensor depends on the model input (constants carry no tensor id)."""
+  return getattr(t, 'tid', None) is not None
+
+
 class _Exporter(int_inference.IntNetwork):
   """`IntNetwork` that records a TFLite op for every integer kernel it runs (batch 1)."""
 
@@ -179,7 +184,7 @@ class _Exporter(int_inference.IntNetwork):
 
   def _conv(self, name, t, k, stride=1):
     out = super()._conv(name, t, k, stride)
-    if self.m is None:
+    if self.m is None or not _live(t):
       return out
     layer = self.layers[name]
     x = t.tid
@@ -206,7 +211,7 @@ class _Exporter(int_inference.IntNetwork):
 
   def _affine(self, name, t):
     out = super()._affine(name, t)
-    if self.m is None:
+    if self.m is None or not _live(t):
       return out
     layer = self.layers[name]
     c = layer.weight.shape[-1]
@@ -221,7 +226,7 @@ class _Exporter(int_inference.IntNetwork):
 
   def _dense(self, name, t):
     out = super()._dense(name, t)
-    if self.m is None:
+    if self.m is None or not _live(t):
       return out
     layer = self.layers[name]
     w = layer.weight.T.astype(np.int8)  # [in, out] -> TFLite's [out, in]
@@ -235,21 +240,31 @@ class _Exporter(int_inference.IntNetwork):
 
   def _add2(self, name, a, b):
     out = super()._add2(name, a, b)
-    if self.m is not None:
+    if self.m is not None and (_live(a) or _live(b)):
+      ins = [t.tid if _live(t) else self._constant(t, f'{name}/constant') for t in (a, b)]
       self._new(out, name)
-      self.m.op('ADD', [a.tid, b.tid], [out.tid])
+      self.m.op('ADD', ins, [out.tid])
     return out
+
+  def _constant(self, t: QTensor, name) -> int:
+    """A tensor that does not depend on the input (an op on a node with no live term: a
+    conv of zeros is its bias, per channel) as a constant, [1, 1, 1, C] when it is the same at
+    every position (ADD broadcasts it), else whole."""
+    q = t.q[:1]
+    if np.all(q == q[:, :1, :1]):
+      q = q[:, :1, :1]
+    return self.m.tensor(q.shape, t.scale, t.zero_point, name, q.astype(np.int8))
 
   def relu(self, t, path):
     out = super().relu(t, path)
-    if self.m is not None:
+    if self.m is not None and _live(t):
       self._new(out, '/'.join(map(str, path)) + '/relu')
       self.m.op('RELU', [t.tid], [out.tid])
     return out
 
   def pool(self, t, path, size):
     out = super().pool(t, path, size)
-    if self.m is not None:
+    if self.m is not None and _live(t):
       self._new(out, '/'.join(map(str, path)) + '/pool')
       stride, padding = (1, 'same') if size == 3 else (2, 'valid')
       self.m.op('AVERAGE_POOL_2D', [t.tid], [out.tid], size=size, stride=stride,
@@ -258,7 +273,7 @@ class _Exporter(int_inference.IntNetwork):
 
   def global_pool(self, t, path):
     out = super().global_pool(t, path)
-    if self.m is not None:
+    if self.m is not None and _live(t):
       _, h, w, c = t.q.shape
       pooled = self.m.tensor((1, 1, 1, c), t.scale, t.zero_point, 'gap')
       self.m.op('AVERAGE_POOL_2D', [t.tid], [pooled], size=h, stride=1, padding='valid')
@@ -275,4 +290,7 @@ def to_tflite(variables, ops, config: NB201Config, single_rounding=False,
   ex = _Exporter(variables, ops, config, single_rounding)
   x = np.zeros((1, config.input_size, config.input_size, config.in_channels), np.float32)
   out = nb201_net.network(ex, ex.ops, x, config)
+  if not _live(out):
+    raise ValueError('this arch is disconnected: its logits do not depend on the input (no '
+                     'path of non-none ops from input to output), so there is nothing to export')
   return ex.m.pack([ex.input_tid], [out.tid], description), ex

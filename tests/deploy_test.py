@@ -32,8 +32,14 @@ def _calibrated(arch=ARCH, config=SMALL, seed=0):
   return ops, qat_net.calibrate(v, ops, config, [x]), x
 
 
-def test_tflm_and_litert_equal_the_integer_reference_bit_for_bit():
-  ops, v, x = _calibrated()
+# node 1 has no live term, so the convs reading it output their bias: constants the export
+# folds and ADD broadcasts
+DEAD_NODE = '|none~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|'
+
+
+@pytest.mark.parametrize('arch', [ARCH, DEAD_NODE])
+def test_tflm_and_litert_equal_the_integer_reference_bit_for_bit(arch):
+  ops, v, x = _calibrated(arch)
   model, ref = tflite.to_tflite(v, ops, SMALL)
   q = ref.quantize_input(x).q.astype(np.int8)
   want = ref(x).q
@@ -97,3 +103,9 @@ def test_bad_export_workdir_is_one_line_exit_2(tmp_path, make):
   r = _cli('--experiment=export', f'--workdir={wd}')
   assert r.returncode == 2, r.stderr
   assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith('error: ')
+
+
+def test_disconnected_arch_is_refused():
+  ops, v, _ = _calibrated('|none~0|+|none~0|nor_conv_3x3~1|+|none~0|nor_conv_1x1~1|avg_pool_3x3~2|')
+  with pytest.raises(ValueError, match='disconnected'):
+    tflite.to_tflite(v, ops, SMALL)
