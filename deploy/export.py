@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
-import sys
 import time
 
 import numpy as np
@@ -42,11 +42,15 @@ def predicted_costs(ops, config, device: str, runtime: str) -> dict:
   """The hardware model's figures for the lowered graph of the exported arch."""
   import hardware
   from search_spaces import nb201_graph
+  from hardware import memory
   graph = nb201_graph.lower(ops, config)
   res = hardware.cost(graph, device=device, runtime=runtime)
   counts = train_lib.hardware_weight_counts(ops, config)
   rt = hardware.get_runtime(runtime)
+  tflm = memory.tflm_arena(graph)
   return {'device': device, 'runtime': runtime,
+          'tflm_arena_bytes': tflm['total'], 'tflm_planned_bytes': tflm['planned'],
+          'tflm_persistent_bytes': tflm['persistent'],
           'sram_bytes': float(res['sram_bytes']), 'arena_bytes': float(res['arena_bytes']),
           'flash_bytes': float(res['flash_bytes']),
           'flash_bytes_without_code': float(res['flash_bytes']) - rt.code_flash_bytes,
@@ -89,9 +93,10 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
   ref_litert = _reference_logits(litert_ref, x) if litert else None
   log(f'integer reference on {n} images: {n / t_ref:.0f} images/s')
 
-  bar = (lambda it: train_lib._progress(it, True, 'TFLM')) if progress else None
+  workers = max(1, min(os.cpu_count() or 1, 8))
+  log(f'TFLM on {n} images, {workers} processes ...')
   t0 = time.perf_counter()
-  tflm = runtimes.tflm_run(model, q_in, bar)
+  tflm = runtimes.tflm_run(model, q_in, workers=workers)
   t_tflm = time.perf_counter() - t0
   arena = runtimes.tflm_arena(model, q_in)
   report = {
@@ -101,7 +106,7 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
                'max_abs_diff': int(np.max(np.abs(tflm.astype(int) - ref_tflm))),
                'top1_agreement': float(np.mean(tflm.argmax(-1) == ref_tflm.argmax(-1))),
                'test_acc': float(np.mean(tflm.argmax(-1) == labels)),
-               'images_per_s': n / t_tflm,
+               'images_per_s': n / t_tflm, 'processes': workers,
                'arena_total_bytes': arena['total'], 'arena_head_bytes': arena['head'],
                'arena_tail_bytes': arena['tail'], 'allocations': arena['record']},
       'reference': {'test_acc': float(np.mean(ref_tflm.argmax(-1) == labels)),
@@ -117,6 +122,8 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
   pred = predicted_costs(ops, net_cfg, device, runtime)
   report['predicted'] = pred
   report['errors'] = {
+      'tflm_arena_model_vs_tflm_arena': pred['tflm_arena_bytes'] / arena['total'] - 1,
+      'tflm_planned_model_vs_tflm_head': pred['tflm_planned_bytes'] / arena['head'] - 1,
       'sram_vs_tflm_arena': pred['sram_bytes'] / arena['total'] - 1,
       'flash_without_code_vs_model_bytes': pred['flash_bytes_without_code'] / len(model) - 1,
       'weights_and_biases_vs_model_bytes': (pred['weight_bytes'] + pred['bias_bytes'])
@@ -152,8 +159,11 @@ def summary(r: dict) -> str:
       f'(max |diff| {t["max_abs_diff"]}), test acc {t["test_acc"]:.4f}, '
       f'{t["images_per_s"]:.1f} images/s',
       f'TFLM arena {t["arena_total_bytes"]} bytes (planned activations {t["arena_head_bytes"]}, '
-      f'persistent {t["arena_tail_bytes"]}); predicted peak SRAM ({p["runtime"]}) '
-      f'{p["sram_bytes"]:.0f} ({e["sram_vs_tflm_arena"]:+.1%})']
+      f'persistent {t["arena_tail_bytes"]}); hardware model of TFLM\'s arena '
+      f'{p["tflm_arena_bytes"]} ({e["tflm_arena_model_vs_tflm_arena"]:+.1%}; planned '
+      f'{p["tflm_planned_bytes"]}, {e["tflm_planned_model_vs_tflm_head"]:+.1%}); the search\'s '
+      f'differentiable peak SRAM ({p["runtime"]}) {p["sram_bytes"]:.0f} '
+      f'({e["sram_vs_tflm_arena"]:+.1%})']
   if 'litert' in r:
     lr = r['litert']
     lines.append(f'LiteRT (XNNPACK): equal to the single-rounding reference on '

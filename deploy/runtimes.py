@@ -44,8 +44,7 @@ def tflm_interpreter(model: bytes, arena_size: int = 8 << 20):
   return _tflm().Interpreter.from_bytes(model, arena_size=arena_size)
 
 
-def tflm_run(model: bytes, inputs: np.ndarray, progress=None) -> np.ndarray:
-  """int8 outputs of every input (batch-1 model, one invoke per input)."""
+def _tflm_invoke_all(model: bytes, inputs: np.ndarray, progress=None) -> np.ndarray:
   interp = tflm_interpreter(model)
   out = []
   it = range(len(inputs)) if progress is None else progress(range(len(inputs)))
@@ -54,6 +53,20 @@ def tflm_run(model: bytes, inputs: np.ndarray, progress=None) -> np.ndarray:
     interp.invoke()
     out.append(np.array(interp.get_output(0)))
   return np.concatenate(out)
+
+
+def tflm_run(model: bytes, inputs: np.ndarray, progress=None, workers: int = 1) -> np.ndarray:
+  """int8 outputs of every input (batch-1 model, one invoke per input, as on the MCU). TFLM's
+  interpreter runs on one core; `workers` > 1 splits the inputs over that many processes."""
+  if workers <= 1 or len(inputs) < 2 * workers:
+    return _tflm_invoke_all(model, inputs, progress)
+  import concurrent.futures
+  import multiprocessing
+  parts = np.array_split(inputs, workers)
+  ctx = multiprocessing.get_context('spawn')  # the parent holds JAX's threads: do not fork
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    futures = [pool.submit(_tflm_invoke_all, model, part) for part in parts]
+    return np.concatenate([f.result() for f in futures])
 
 
 _ALLOC = {'total': r'Arena allocation total (\d+) bytes',

@@ -139,3 +139,122 @@ def sram_bytes(arena_peak, quant_channels, runtime) -> jax.Array:
   """Arena peak + per-channel persistent data the runtime keeps in RAM + fixed overhead."""
   return (arena_peak + runtime.persistent_bytes_per_channel * quant_channels
           + runtime.sram_overhead_bytes)
+
+
+# ----------------------------------------------------------------------------- TFLite Micro
+
+TFLM_ALIGNMENT = 16  # TFLM aligns every planned buffer to 16 bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class TflmBuffers:
+  """The activation tensors an int8 TFLite model of a graph has, as this project exports it
+  (`deploy.tflite`): sizes and [first, last] op indices, in tensor order."""
+  sizes: np.ndarray
+  first: np.ndarray
+  last: np.ndarray
+  num_ops: int
+
+
+def tflm_buffers(graph: graph_lib.Graph) -> TflmBuffers:
+  """A concrete graph's tensors as the exported .tflite holds them: a PAD tensor before each
+  strided k x k conv (TFLite's SAME pads asymmetrically at stride 2), an n-term sum as n - 1
+  chained ADDs with int8 partial sums, the global pool as AVERAGE_POOL_2D then RESHAPE; aliases
+  (identity, one-term sums) add no tensor. No op works in place."""
+  st = graph_lib.node_stats(graph)
+  sizes, first, last = [], [], []
+  tensor_of = {}
+  op = 0
+
+  def new(size):
+    sizes.append(int(size))
+    first.append(op)
+    last.append(op)
+    return len(sizes) - 1
+
+  def read(t):
+    last[t] = max(last[t], op)
+
+  for i, node in enumerate(graph.nodes):
+    if node.op == 'input':
+      tensor_of[i] = new(st.out_bytes[i])
+      continue
+    ins = [tensor_of[j] for j in node.inputs]
+    if node.op in graph_lib.ALIAS_OPS or (node.op in graph_lib.SUM_OPS and len(ins) == 1):
+      tensor_of[i] = ins[0]
+      continue
+    if node.op == 'add':
+      acc = ins[0]
+      for t in ins[1:]:
+        read(acc)
+        read(t)
+        acc = new(st.out_bytes[i])
+        op += 1
+      tensor_of[i] = acc
+      continue
+    if node.op == 'conv2d' and node.stride[0] > 1 and node.kernel[0] > 1:
+      h, w, c = graph.nodes[node.inputs[0]].shape
+      read(ins[0])
+      ins = [new((h + 2 * (node.kernel[0] // 2)) * (w + 2 * (node.kernel[1] // 2)) * c)]
+      op += 1
+    if node.op == 'global_avg_pool':
+      read(ins[0])
+      ins = [new(st.out_bytes[i])]
+      op += 1
+    for t in ins:
+      read(t)
+    tensor_of[i] = new(st.out_bytes[i])
+    op += 1
+  last[tensor_of[len(graph) - 1]] = op - 1
+  return TflmBuffers(np.array(sizes), np.array(first), np.array(last), op)
+
+
+def tflm_greedy_arena(buffers: TflmBuffers) -> int:
+  """Arena bytes TFLM's GreedyMemoryPlanner needs for these buffers: sizes aligned up to 16,
+  buffers taken largest first, each put at the lowest offset where it overlaps no placed
+  buffer whose lifetime overlaps its own. Ties in size go in reverse tensor order: TFLM fills
+  its sort array from the tail, and its bubble sort is stable. The placement order decides
+  the arena, so this is the planner's exact behaviour, not an approximation of it."""
+  size = -(-buffers.sizes // TFLM_ALIGNMENT) * TFLM_ALIGNMENT
+  order = sorted(reversed(range(len(size))), key=lambda b: -size[b])  # sorted() is stable
+  placed = []  # (offset, buffer), kept in offset order
+  for b in order:
+    active = [(o, p) for o, p in placed
+              if buffers.first[p] <= buffers.last[b] and buffers.first[b] <= buffers.last[p]]
+    offset = 0
+    for o, p in active:  # offset order: take the first gap wide enough
+      if o - offset >= size[b]:
+        break
+      offset = max(offset, o + size[p])
+    placed.append((offset, b))
+    placed.sort(key=lambda e: e[0])
+  return int(max((o + size[p] for o, p in placed), default=0))
+
+
+# TFLM's persistent ("tail") arena bytes per op of an exported NB201 model: the op's
+# NodeAndRegistration (64), its output's TfLiteEvalTensor (24; conv: + weights and bias), op
+# data and builtin parameters. Measured with tflite-micro 0.dev20261023 (its host build,
+# 64-bit pointers) by least squares over 16 exported NB201 archs (C 8/16, N 1/2), ReLU fixed at
+# its struct sizes (conv and ReLU counts move together); residuals below 60 bytes. A 32-bit
+# Cortex-M build has smaller structs, so these over-estimate an MCU's tail by up to ~40%.
+TFLM_PERSISTENT_BYTES = {'conv2d': 248, 'add': 172, 'avg_pool': 145, 'global_avg_pool': 145,
+                         'activation': 104}
+TFLM_PERSISTENT_FIXED = 1917       # head's depthwise BN, classifier, PADs, RESHAPE, I/O tensors
+TFLM_PERSISTENT_PER_CHANNEL = 8    # int32 multiplier + shift per output channel
+
+
+def tflm_arena(graph: graph_lib.Graph) -> dict:
+  """TFLite Micro's arena for a concrete NB201 graph exported by `deploy.tflite`: the planned
+  activation buffers (`tflm_greedy_arena` over `tflm_buffers`) and the persistent tail.
+  {'planned', 'persistent', 'total'} in bytes."""
+  planned = tflm_greedy_arena(tflm_buffers(graph))
+  roots = _buffer_roots(graph)
+  persistent = TFLM_PERSISTENT_FIXED
+  for i, node in enumerate(graph.nodes):
+    if roots[i] != i or node.op == 'input':
+      continue  # aliases run nothing
+    ops = len(node.inputs) - 1 if node.op == 'add' else 1
+    persistent += ops * TFLM_PERSISTENT_BYTES.get(node.op, 0)
+    if node.op in ('conv2d', 'dense', 'batchnorm', 'depthwise_conv2d'):
+      persistent += TFLM_PERSISTENT_PER_CHANNEL * node.shape[-1]
+  return {'planned': planned, 'persistent': persistent, 'total': planned + persistent}

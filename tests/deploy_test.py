@@ -109,3 +109,16 @@ def test_disconnected_arch_is_refused():
   ops, v, _ = _calibrated('|none~0|+|none~0|nor_conv_3x3~1|+|none~0|nor_conv_1x1~1|avg_pool_3x3~2|')
   with pytest.raises(ValueError, match='disconnected'):
     tflite.to_tflite(v, ops, SMALL)
+
+
+@pytest.mark.parametrize('arch', [ARCH, '|nor_conv_1x1~0|+|avg_pool_3x3~0|skip_connect~1|+|nor_conv_3x3~0|skip_connect~1|nor_conv_1x1~2|'])
+def test_hardware_model_of_the_tflm_arena_matches_tflm(arch):
+  from hardware import memory
+  from search_spaces import nb201_graph
+  config = nb201.NB201Config(C=8, N=2)
+  ops, v, x = _calibrated(arch, config)
+  model, ref = tflite.to_tflite(v, ops, config)
+  measured = runtimes.tflm_arena(model, ref.quantize_input(x[:1]).q.astype(np.int8))
+  predicted = memory.tflm_arena(nb201_graph.lower(ops, config))
+  assert predicted['planned'] == measured['head']  # the planner, replicated exactly
+  assert abs(predicted['total'] / measured['total'] - 1) < 0.01

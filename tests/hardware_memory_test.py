@@ -122,3 +122,12 @@ def test_soft_memory_batches_with_vmap():
   chex.assert_shape(out['features'], (5, len(G.FEATURES)))
   single = hardware.cost(g, gates[2])
   np.testing.assert_allclose(out['arena_bytes'][2], single['arena_bytes'], rtol=1e-6)
+
+
+def test_tflm_greedy_planner_places_largest_first_in_gaps():
+  # a 96 B (steps 0-1), b and c 64 B (1-2, 2-3), d 40 B -> 48 aligned (step 3)
+  buffers = memory.TflmBuffers(sizes=np.array([96, 64, 64, 40]), first=np.array([0, 1, 2, 3]),
+                               last=np.array([1, 2, 3, 3]), num_ops=4)
+  # a at 0; c (the later of the tied pair goes first) at 0, a being dead by then; b overlaps
+  # both -> after them at 96; d overlaps c only -> at 64. Peak 96 + 64.
+  assert memory.tflm_greedy_arena(buffers) == 160
