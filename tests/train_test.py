@@ -140,3 +140,16 @@ def test_tiny_pipeline_fp32_then_qat_and_ptq(data_dir, tmp_path):
     assert res['int8_weight_bytes'] == res['hardware_model']['weights']
     assert res['int32_bias_count'] == res['hardware_model']['biases']
     assert (tmp_path / quant / 'results.json').is_file()
+
+
+def test_a_diverging_run_stops_with_a_clear_message(data_dir, tmp_path):
+  cfg = dataclasses.replace(_tiny_run(), lr=1e8, epochs=4, warmup_epochs=0.0)
+  with pytest.raises(train.TrainingDiverged, match='training diverged: .* lower --lr'):
+    train.train(cfg, data_dir / 'cifar10', tmp_path, progress=False)
+  assert not (tmp_path / 'results.json').exists()  # nothing reported as a result
+
+
+def test_qat_from_scratch_with_too_few_float_steps_is_refused(data_dir, tmp_path):
+  cfg = dataclasses.replace(_tiny_run(), quant='qat', epochs=1)  # 2 steps: 1 float step cannot learn BN statistics
+  with pytest.raises(common.USER_ERRORS, match='QAT from scratch'):
+    train.train(cfg, data_dir / 'cifar10', tmp_path, progress=False)
