@@ -72,9 +72,29 @@ class _ModelBuilder:
   def op(self, kind, inputs, outputs, **options):
     self.ops.append((kind, list(inputs), list(outputs), options))
 
+  def prune(self, inputs, outputs):
+    """Drops ops whose results never reach an output (an NB201 node whose outgoing edges are
+    all `none` is computed by the walk, but nothing reads it; the hardware lowering drops it
+    too) and the tensors no kept op uses; returns the remapped (inputs, outputs)."""
+    needed = set(outputs)
+    kept = []
+    for op in reversed(self.ops):
+      if any(t in needed for t in op[2]):
+        kept.append(op)
+        needed.update(t for t in op[1] if t >= 0)
+    kept.reverse()
+    used = sorted(set(inputs) | set(outputs) | {t for _, ins, outs, _ in kept
+                                                 for t in ins + outs if t >= 0})
+    remap = {old: new for new, old in enumerate(used)}
+    self.tensors = [self.tensors[t] for t in used]
+    self.ops = [(k, [remap.get(t, -1) for t in ins], [remap[t] for t in outs], o)
+                for k, ins, outs, o in kept]
+    return [remap[t] for t in inputs], [remap[t] for t in outputs]
+
   def pack(self, inputs, outputs, description) -> bytes:
     import flatbuffers
     s = _schema()
+    inputs, outputs = self.prune(inputs, outputs)
     kinds = sorted({k for k, *_ in self.ops})
     codes = []
     for k in kinds:
