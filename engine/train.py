@@ -5,7 +5,7 @@ One run = optional init from another run's checkpoint, then a list of phases:
   * ptq:  `epochs` of float training (0 when starting from a trained fp32 run), then
           calibration of the activation ranges on `calib_batches` training batches, no training;
   * qat:  from a trained run: calibrate, then `epochs` of QAT (fake-quant, frozen BN statistics);
-          from scratch: the first half of the *steps* in fp32 (a "quant delay", as in TF's QAT),
+          from scratch: the first 80% of the *steps* in fp32 (a "quant delay", as in TF's QAT),
           so that BatchNorm statistics and activation ranges come from a model that has learnt
           something, then calibrate and QAT for the rest, one cosine schedule across both. The
           delay is counted in steps, not epochs, so `--epochs=1` works too.
@@ -53,7 +53,8 @@ class TrainingDiverged(ValueError):
   """The run diverged or learnt nothing; the message is one line saying what to change."""
 
 
-QAT_LR_SCALE = 0.1   # learning-rate factor once QAT starts (see make_optimizer)
+QAT_LR_CAP = 0.1     # QAT steps run at most at this fraction of the peak rate (make_optimizer)
+QAT_DELAY = 0.8      # QAT from scratch: the fraction of the steps trained in float first
 MIN_FP32_STEPS = 20   # QAT from scratch: fewest float steps before BN statistics are frozen
 CHECK_CHANCE_STEPS = 50  # an epoch this long must leave the model above chance
 
@@ -113,7 +114,7 @@ class TrainConfig:
     total = self.epochs * steps_per_epoch
     if self.quant != 'qat':
       return total
-    return 0 if self.init_from else total // 2
+    return 0 if self.init_from else int(QAT_DELAY * total)
 
   def check_schedule(self, steps_per_epoch: int):
     """QAT from scratch needs float steps first: BN statistics frozen at their initial values
@@ -121,7 +122,7 @@ class TrainConfig:
     delay = self.quant_delay(steps_per_epoch)
     if self.quant == 'qat' and not self.init_from and delay < MIN_FP32_STEPS:
       raise ValueError(
-          f'QAT from scratch trains in float for the first half of its {2 * delay} steps to '
+          f'QAT from scratch trains in float for the first {QAT_DELAY:.0%} of its steps to '
           f'learn BatchNorm statistics, and {delay} float steps are too few (>= '
           f'{MIN_FP32_STEPS}); give more --epochs or --train_images, or --init_from=<a trained '
           f'fp32 workdir>')
@@ -192,11 +193,13 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
   warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
   cosine = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, total, 0.0)
   delay = cfg.quant_delay(steps_per_epoch)
-  # QAT steps run at a tenth of the float schedule: BN statistics are frozen once quantization
-  # starts, so nothing renormalises the weights, and the float rate (0.05 half way through a
-  # cosine from 0.1) took a 49%-accurate NB201 net to chance within 10 steps; at 0.01 it
-  # recovered to 48% in 40 (measured 2026-12-02, docs/deploy.md)
-  schedule = lambda count: cosine(count) * jnp.where(count >= delay, QAT_LR_SCALE, 1.0)
+  # QAT steps run at most at a tenth of the peak rate: BN statistics are frozen once
+  # quantization starts, so nothing renormalises the weights, and 0.05 (half way through a
+  # cosine from 0.1) took a 49%-accurate NB201 net to chance within 10 steps, while 0.01
+  # recovered it to 48% in 40 (measured 2026-12-02, docs/training.md)
+  cap = QAT_LR_CAP * cfg.lr
+  schedule = lambda count: jnp.where(count >= delay, jnp.minimum(cosine(count), cap),
+                                     cosine(count))
   if cfg.optimizer == 'adamw':
     return optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=_kernel_mask)
   return optax.chain(optax.add_decayed_weights(cfg.weight_decay, _kernel_mask),
@@ -424,7 +427,7 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
                                                       jax.devices()[0])
   step = make_train_step(model_fn, tx, cfg.label_smoothing, teacher, cfg.distill_alpha,
                          cfg.distill_temperature)
-  eval_fns = {m: make_eval_fn(model_fn(m)) for m in ('fp32', 'quant')}
+  eval_fns = {m: make_eval_fn(model_fn(m)) for m in ('fp32', 'folded', 'quant')}
   train_images = jnp.asarray(train_set.images)
   train_labels = jnp.asarray(train_set.labels, jnp.int32)
 
@@ -508,7 +511,9 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
 def evaluate(cfg: TrainConfig, variables, test_set, eval_fns, log=print) -> dict:
   """Test accuracy in float and, when quantized, fake-quant and integer-only with agreement."""
   labels = test_set.labels
-  float_logits = predict(eval_fns['fp32'], variables, test_set.images)
+  # a QAT model's float counterpart is its folded graph: its BN statistics froze when QAT began
+  float_logits = predict(eval_fns['folded' if cfg.quant == 'qat' else 'fp32'], variables,
+                         test_set.images)
   res: dict[str, Any] = {'arch': cfg.arch, 'C': cfg.C, 'N': cfg.N, 'quant': cfg.quant,
                          'test_images': int(len(labels)),
                          'float_test_acc': float(np.mean(float_logits.argmax(-1) == labels))}
