@@ -116,6 +116,8 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
     lite = runtimes.litert_run(model, q_in)
     report['litert'] = {
         'bitexact_fraction': float(np.mean(np.all(lite == ref_litert, -1))),
+        'top1_agreement_with_its_reference': float(np.mean(lite.argmax(-1) ==
+                                                           ref_litert.argmax(-1))),
         'top1_agreement_with_tflm_reference': float(np.mean(lite.argmax(-1) ==
                                                             ref_tflm.argmax(-1))),
         'test_acc': float(np.mean(lite.argmax(-1) == labels))}
@@ -188,7 +190,8 @@ def summary(r: dict) -> str:
   if 'litert' in r:
     lr = r['litert']
     lines.append(f'LiteRT (XNNPACK): equal to the single-rounding reference on '
-                 f'{lr["bitexact_fraction"]:.2%} of images, top-1 agreement with the TFLM '
+                 f'{lr["bitexact_fraction"]:.2%} of images (top-1 '
+                 f'{lr["top1_agreement_with_its_reference"]:.2%}), top-1 agreement with the TFLM '
                  f'reference {lr["top1_agreement_with_tflm_reference"]:.2%}, test acc '
                  f'{lr["test_acc"]:.4f}')
   return '\n'.join(lines)
