@@ -427,7 +427,7 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
                                                       jax.devices()[0])
   step = make_train_step(model_fn, tx, cfg.label_smoothing, teacher, cfg.distill_alpha,
                          cfg.distill_temperature)
-  eval_fns = {m: make_eval_fn(model_fn(m)) for m in ('fp32', 'folded', 'quant')}
+  eval_fns = {m: make_eval_fn(model_fn(m)) for m in ('fp32', 'quant')}
   train_images = jnp.asarray(train_set.images)
   train_labels = jnp.asarray(train_set.labels, jnp.int32)
 
@@ -511,13 +511,17 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
 def evaluate(cfg: TrainConfig, variables, test_set, eval_fns, log=print) -> dict:
   """Test accuracy in float and, when quantized, fake-quant and integer-only with agreement."""
   labels = test_set.labels
-  # a QAT model's float counterpart is its folded graph: its BN statistics froze when QAT began
-  float_logits = predict(eval_fns['folded' if cfg.quant == 'qat' else 'fp32'], variables,
-                         test_set.images)
   res: dict[str, Any] = {'arch': cfg.arch, 'C': cfg.C, 'N': cfg.N, 'quant': cfg.quant,
-                         'test_images': int(len(labels)),
-                         'float_test_acc': float(np.mean(float_logits.argmax(-1) == labels))}
-  log(f'float test acc {res["float_test_acc"]:.4f}')
+                         'test_images': int(len(labels))}
+  if cfg.quant == 'qat':
+    # A QAT model is its fake-quant graph: it trained with activations clipped to their int8
+    # ranges (no gradient beyond them), so its float graph, unclipped, is not the same model
+    # (15% where the fake-quant graph had 59%, arch 9). Not reported as an accuracy.
+    res['float_test_acc'] = None
+  else:
+    float_logits = predict(eval_fns['fp32'], variables, test_set.images)
+    res['float_test_acc'] = float(np.mean(float_logits.argmax(-1) == labels))
+    log(f'float test acc {res["float_test_acc"]:.4f}')
   if cfg.quant == 'fp32':
     return res
   from engine import int_inference
@@ -525,7 +529,7 @@ def evaluate(cfg: TrainConfig, variables, test_set, eval_fns, log=print) -> dict
   res['fake_quant_test_acc'] = float(np.mean(fq_pred == labels))
   log(f'fake-quant int8 test acc {res["fake_quant_test_acc"]:.4f}')
   chance = 1.0 / cfg.net_config().num_classes
-  if len(labels) >= 500 and res['float_test_acc'] > 3 * chance and (
+  if len(labels) >= 500 and (res['float_test_acc'] or 0) > 3 * chance and (
       res['fake_quant_test_acc'] < 1.5 * chance):
     raise TrainingDiverged(
         f'the int8 model is at chance (fake-quant test acc {res["fake_quant_test_acc"]:.3f}) '
