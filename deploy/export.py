@@ -84,7 +84,8 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
   n = len(test.labels) if verify_images < 0 else min(verify_images, len(test.labels))
   x = np.asarray(train_lib._normalize(test.images[:n]))
   labels = np.asarray(test.labels[:n])
-  q_in = reference.quantize_input(x).q.astype(np.int8)
+  q_input = reference.quantize_input(x)
+  q_in = q_input.q.astype(np.int8)
 
   workers = max(1, min(os.cpu_count() or 1, 8))
   t0 = time.perf_counter()
@@ -135,8 +136,8 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
   np.savez_compressed(
       workdir / 'io_check.npz', inputs=q_in[:k], tflm_logits=ref_tflm[:k].astype(np.int8),
       litert_logits=(ref_litert[:k] if litert else ref_tflm[:k]).astype(np.int8),
-      labels=labels[:k], input_scale=np.float32(reference.quantize_input(x[:1]).scale),
-      input_zero_point=np.int32(reference.quantize_input(x[:1]).zero_point),
+      labels=labels[:k], input_scale=np.float32(q_input.scale),
+      input_zero_point=np.int32(q_input.zero_point),
       mean=np.asarray(train_lib.data_lib.CIFAR_MEAN, np.float32),
       std=np.asarray(train_lib.data_lib.CIFAR_STD, np.float32))
   (workdir / 'export.json').write_text(json.dumps(report, indent=1))

@@ -192,9 +192,9 @@ class _Exporter(int_inference.IntNetwork):
     super().__init__(variables, ops, config, single_rounding)
     self.m = _ModelBuilder()
 
-  def _new(self, out: QTensor, name, shape=None) -> QTensor:
+  def _new(self, out: QTensor, name) -> QTensor:
     if self.m is not None:
-      out.tid = self.m.tensor(shape or out.q.shape, out.scale, out.zero_point, name)
+      out.tid = self.m.tensor(out.q.shape, out.scale, out.zero_point, name)
     return out
 
   def quantize_input(self, x):
@@ -217,31 +217,34 @@ class _Exporter(int_inference.IntNetwork):
       y = self.m.tensor(padded, t.scale, t.zero_point, f'{name}/pad')
       self.m.op('PAD', [x, pads], [y])
       x, padding = y, 'valid'
-    w = np.transpose(layer.weight, (3, 0, 1, 2)).astype(np.int8)  # HWIO -> OHWI
-    w_scale = layer.weight_scale
-    wt = self.m.tensor(w.shape, w_scale, np.zeros(len(w_scale)), f'{name}/weights', w)
-    # a conv without bias (the reduction shortcut) gets zeros: LiteRT's CONV_2D rejects an
-    # absent bias, and adding 0 changes nothing
-    bias = layer.bias if layer.bias is not None else np.zeros(len(w_scale), np.int64)
-    bt = self.m.tensor(bias.shape, np.float32(t.scale) * w_scale, np.zeros(len(w_scale)),
-                       f'{name}/bias', bias.astype(np.int32), 'int32')
+    w = np.transpose(layer.weight, (3, 0, 1, 2))  # HWIO -> OHWI
+    ins = [x, *self._weights_and_bias(name, t, layer, w)]
     self._new(out, name)
-    self.m.op('CONV_2D', [x, wt, bt], [out.tid], stride=stride, padding=padding)
+    self.m.op('CONV_2D', ins, [out.tid], stride=stride, padding=padding)
     return out
+
+  def _weights_and_bias(self, name, t: QTensor, layer, w, axis=0) -> tuple[int, int]:
+    """Constant tensors of a layer: int8 weights `w` (already in TFLite's layout, the output
+    channel on `axis`) with per-channel scales, and the int32 bias on scale s_in * s_w. A layer
+    without bias (the reduction shortcut) gets zeros: LiteRT's CONV_2D rejects an absent bias,
+    and adding 0 changes nothing."""
+    w_scale = layer.weight_scale
+    zeros = np.zeros(len(w_scale))
+    wt = self.m.tensor(w.shape, w_scale, zeros, f'{name}/weights', w.astype(np.int8), axis=axis)
+    bias = layer.bias if layer.bias is not None else np.zeros(len(w_scale), np.int64)
+    bt = self.m.tensor(bias.shape, np.float32(t.scale) * w_scale, zeros, f'{name}/bias',
+                       bias.astype(np.int32), 'int32')
+    return wt, bt
 
   def _affine(self, name, t):
     out = super()._affine(name, t)
     if self.m is None or not _live(t):
       return out
     layer = self.layers[name]
-    c = layer.weight.shape[-1]
-    w_scale = layer.weight_scale
-    wt = self.m.tensor((1, 1, 1, c), w_scale, np.zeros(c), f'{name}/weights',
-                       layer.weight.reshape(1, 1, 1, c).astype(np.int8), axis=3)
-    bt = self.m.tensor((c,), np.float32(t.scale) * w_scale, np.zeros(c), f'{name}/bias',
-                       layer.bias.astype(np.int32), 'int32')
+    w = layer.weight.reshape(1, 1, 1, -1)
+    ins = [t.tid, *self._weights_and_bias(name, t, layer, w, axis=3)]
     self._new(out, name)
-    self.m.op('DEPTHWISE_CONV_2D', [t.tid, wt, bt], [out.tid])
+    self.m.op('DEPTHWISE_CONV_2D', ins, [out.tid])
     return out
 
   def _dense(self, name, t):
@@ -249,13 +252,10 @@ class _Exporter(int_inference.IntNetwork):
     if self.m is None or not _live(t):
       return out
     layer = self.layers[name]
-    w = layer.weight.T.astype(np.int8)  # [in, out] -> TFLite's [out, in]
-    w_scale = layer.weight_scale
-    wt = self.m.tensor(w.shape, w_scale, np.zeros(len(w_scale)), f'{name}/weights', w)
-    bt = self.m.tensor(layer.bias.shape, np.float32(t.scale) * w_scale, np.zeros(len(w_scale)),
-                       f'{name}/bias', layer.bias.astype(np.int32), 'int32')
+    w = layer.weight.T  # [in, out] -> TFLite's [out, in]
+    ins = [t.tid, *self._weights_and_bias(name, t, layer, w)]
     self._new(out, name)
-    self.m.op('FULLY_CONNECTED', [t.tid, wt, bt], [out.tid])
+    self.m.op('FULLY_CONNECTED', ins, [out.tid])
     return out
 
   def _add2(self, name, a, b):
