@@ -58,7 +58,8 @@ def predicted_costs(ops, config, device: str, runtime: str) -> dict:
 
 
 def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
-           device: str = 'stm32f746', runtime: str = 'tflm', progress=True, log=print) -> dict:
+           device: str = 'stm32f746', runtime: str = 'tflm', progress=True, log=print,
+           c_source: bool = False, c_target: str = 'm4', c_images: int = 1000) -> dict:
   """Writes model.tflite, io_check.npz, export.json/txt into `workdir`; returns the report."""
   workdir = pathlib.Path(workdir)
   if not (workdir / 'config.json').is_file():
@@ -132,6 +133,10 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
       'weights_and_biases_vs_model_bytes': (pred['weight_bytes'] + pred['bias_bytes'])
                                            / len(model) - 1}
 
+  if c_source:
+    report['c'] = c_project(workdir / 'c_project', model, q_in[:c_images], ref_tflm[:c_images],
+                            ops, net_cfg, c_target, log=log)
+
   k = min(IO_CHECK_IMAGES, n)
   np.savez_compressed(
       workdir / 'io_check.npz', inputs=q_in[:k], tflm_logits=ref_tflm[:k].astype(np.int8),
@@ -144,6 +149,79 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
   (workdir / 'export.txt').write_text(summary(report) + '\n')
   log(summary(report))
   return report
+
+
+def c_project(out_dir, model: bytes, q_in, ref_logits, ops, config, target='m4',
+              device='nucleo-l4r5zi', log=print) -> dict:
+  """Writes the C project (`deploy.c_source`), builds it for `target` and runs `q_in` in QEMU;
+  returns bit-exactness against `ref_logits`, instruction counts and the memory comparison. When
+  the Arm toolchain or QEMU is missing, the project is still written and the report says why it
+  was not run."""
+  from deploy import c_source
+  from deploy import mcu
+  project = c_source.generate(model, out_dir)
+  report = {'dir': str(out_dir), 'target': target, 'arena_bytes': project.arena_bytes,
+            'const_bytes': project.const_bytes}
+  report.update(plan_vs_model(project, ops, config))
+  why = mcu.tools_missing(target)
+  if why:
+    report['not_run'] = why
+    log(f'C project written to {out_dir}; not built: {why}')
+    return report
+  elf = mcu.build(out_dir, target)
+  log(f'C project: running {len(q_in)} images in qemu-system-arm ({target}) ...')
+  r = mcu.run(out_dir, q_in, target)
+  report.update(measure(project, r, ref_logits, elf, ops, config, target, device))
+  return report
+
+
+def plan_vs_model(project, ops, config) -> dict:
+  """The generated arena against the hardware model's TFLM plan for the lowered graph."""
+  from hardware import memory
+  from search_spaces import nb201_graph
+  graph = nb201_graph.lower(ops, config)
+  planned = memory.tflm_greedy_arena(memory.tflm_buffers(graph))
+  return {'hardware_model_plan_bytes': planned,
+          'arena_equals_plan': project.arena_bytes == planned}
+
+
+def measure(project, r, ref_logits, elf, ops, config, target, device) -> dict:
+  """Bit-exactness, per-kernel instructions per MAC, sizes against the hardware model."""
+  import hardware
+  from deploy import mcu
+  from search_spaces import nb201_graph
+  per_kernel = {}
+  mean = r.instructions.mean(0)
+  for layer, n in zip(project.layers, mean):
+    k = per_kernel.setdefault(layer.kernel, {'work': 0, 'instructions': 0.0, 'layers': 0})
+    k['work'] += layer.macs
+    k['instructions'] += float(n)
+    k['layers'] += 1
+  for k in per_kernel.values():
+    k['instructions_per_work'] = k['instructions'] / max(k['work'], 1)
+  sizes = mcu.sizes(elf)
+  graph = nb201_graph.lower(ops, config)
+  predicted = {}
+  for runtime in ('tinyengine', 'cmsis-nn', 'tflm'):
+    res = hardware.cost(graph, device=device, runtime=runtime)
+    predicted[runtime] = {'flash_bytes': float(res['flash_bytes']),
+                          'sram_bytes': float(res['sram_bytes']),
+                          'latency_ms': float(res['latency_ms'])}
+  flash = sizes['.text'] + sizes['.rodata'] + sizes['.data']
+  stack = mcu.stack_bytes(project.out_dir, target)
+  return {
+      'images': int(len(r.logits)),
+      'bitexact_fraction': float(np.mean(np.all(r.logits == ref_logits, -1))),
+      'max_abs_diff': int(np.max(np.abs(r.logits.astype(int) - ref_logits))),
+      'instructions_per_inference': float(r.instructions.sum(1).mean()),
+      'instructions_per_kernel': per_kernel,
+      'emulator_seconds_per_inference': r.seconds / len(r.logits),
+      'sizes': sizes, 'flash_bytes': flash,
+      'sram_bytes': sizes['.bss'] + sizes['.data'] + stack['total'],
+      'stack_bytes': stack['total'], 'stack_not_static': stack['not_static'],
+      'bss_outside_arena': sizes['.bss'] - project.arena_bytes,
+      'predicted': predicted, 'device': device,
+      'flash_error_tinyengine': predicted['tinyengine']['flash_bytes'] / flash - 1}
 
 
 def _reference_logits(net: int_inference.IntNetwork, x, batch=250) -> np.ndarray:
@@ -188,6 +266,8 @@ def summary(r: dict) -> str:
       f'{p["tflm_planned_bytes"]}, {e["tflm_planned_model_vs_tflm_head"]:+.1%}); the search\'s '
       f'differentiable peak SRAM ({p["runtime"]}) {p["sram_bytes"]:.0f} '
       f'({e["sram_vs_tflm_arena"]:+.1%})']
+  if 'c' in r:
+    lines.append(c_summary(r['c']))
   if 'litert' in r:
     lr = r['litert']
     lines.append(f'LiteRT (XNNPACK): equal to the single-rounding reference on '
@@ -196,3 +276,25 @@ def summary(r: dict) -> str:
                  f'reference {lr["top1_agreement_with_tflm_reference"]:.2%}, test acc '
                  f'{lr["test_acc"]:.4f}')
   return '\n'.join(lines)
+
+
+def c_summary(c: dict) -> str:
+  head = (f'C project ({c["dir"]}): arena {c["arena_bytes"]} bytes, '
+          f'{"equal to" if c["arena_equals_plan"] else "NOT equal to"} the hardware model\'s TFLM '
+          f'plan ({c["hardware_model_plan_bytes"]})')
+  if 'not_run' in c:
+    return head + f'; not built: {c["not_run"]}'
+  s, p = c['sizes'], c['predicted']['tinyengine']
+  return '\n'.join([
+      head,
+      f'  {c["target"]} in QEMU: int8 logits equal the integer reference on '
+      f'{c["bitexact_fraction"]:.2%} of {c["images"]} images (max |diff| {c["max_abs_diff"]}); '
+      f'{c["instructions_per_inference"] / 1e6:.1f} M instructions per inference, '
+      f'{c["emulator_seconds_per_inference"]:.2f} s emulated',
+      f'  flash .text {s[".text"]} + .rodata {s[".rodata"]} = {c["flash_bytes"]} bytes '
+      f'(hardware model, tinyengine runtime: {p["flash_bytes"]:.0f}, '
+      f'{c["flash_error_tinyengine"]:+.1%}); SRAM .bss {s[".bss"]} (arena {c["arena_bytes"]}) + '
+      f'stack {c["stack_bytes"]} = {c["sram_bytes"]}',
+      '  instructions per MAC / element: ' + ', '.join(
+          f'{k} {v["instructions_per_work"]:.2f}' for k, v in sorted(
+              c['instructions_per_kernel'].items(), key=lambda kv: -kv[1]['instructions']))])

@@ -416,3 +416,16 @@ def calibrate(variables: dict, ops, config: NB201Config, batches) -> dict:
   for x in batches:
     v = step(v, jnp.asarray(x))
   return v
+
+
+def init_calibrated(key, ops, config: NB201Config, images) -> dict:
+  """An untrained int8 model: initial weights, BN statistics of `images` (normalised float
+  [N, H, W, C]) and activation ranges calibrated on them. Enough to export and count work
+  (the emulator's instruction counts do not depend on training)."""
+  v = init_variables(key, ops, config)
+  stats = jax.jit(lambda v, x: QATNetwork(tuple(ops), config, 'fp32').apply(
+      v, x, train=True, mutable=['batch_stats'])[1]['batch_stats'])
+  x = jnp.asarray(images)
+  for _ in range(3):  # the running mean settles towards the batch's statistics
+    v = {**v, 'batch_stats': stats(v, x)}
+  return calibrate(v, ops, config, [x])

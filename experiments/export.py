@@ -4,7 +4,9 @@
       --data_dir=../shared/data/cifar10
 
 Writes model.tflite, io_check.npz, export.json and export.txt into the workdir (deploy/export.py)
-and prints the summary.
+and prints the summary. With --c_source it also writes c_project/ (deploy/c_source.py), builds it
+for --c_target (m4: Cortex-M4 on QEMU's mps2-an386, m7: Cortex-M7 on mps2-an500) and checks
+--c_images test images in the emulator against the integer reference.
 """
 from __future__ import annotations
 
@@ -21,5 +23,8 @@ def run(f):
                                  f'images), got {f.export_images}')
   data_dir = f.data_dir or str(nb201.data_dir() / 'cifar10')
   runtime = f.runtime if f['runtime'].present else 'tflm'
+  if f.c_images < 1:
+    raise export_lib.ExportError(f'--c_images must be a positive count, got {f.c_images}')
   export_lib.export(f.workdir, data_dir, f.export_images, litert=f.litert, device=f.device,
-                    runtime=runtime, progress=f.progress)
+                    runtime=runtime, progress=f.progress, c_source=f.c_source,
+                    c_target=f.c_target, c_images=f.c_images)

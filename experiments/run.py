@@ -107,6 +107,13 @@ flags.DEFINE_integer('export_images', -1,
                      'export: test images run in TFLite Micro and LiteRT against the integer '
                      'reference (-1 = all).')
 flags.DEFINE_bool('litert', True, 'export: also run the model in LiteRT (XNNPACK).')
+flags.DEFINE_bool('c_source', False,
+                  'export: also write a C99 project (c_project/) and run it on an emulated '
+                  'Cortex-M (needs gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm).')
+flags.DEFINE_enum('c_target', 'm4', ['m4', 'm7'],
+                  'export --c_source: m4 (Cortex-M4, QEMU mps2-an386) or m7 (Cortex-M7, '
+                  'mps2-an500).')
+flags.DEFINE_integer('c_images', 1000, 'export --c_source: test images run in the emulator.')
 
 
 def main(argv):

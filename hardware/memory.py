@@ -209,15 +209,17 @@ def tflm_buffers(graph: graph_lib.Graph) -> TflmBuffers:
   return TflmBuffers(np.array(sizes), np.array(first), np.array(last), op)
 
 
-def tflm_greedy_arena(buffers: TflmBuffers) -> int:
-  """Arena bytes TFLM's GreedyMemoryPlanner needs for these buffers: sizes aligned up to 16,
-  buffers taken largest first, each put at the lowest offset where it overlaps no placed
-  buffer whose lifetime overlaps its own. Ties in size go in reverse tensor order: TFLM fills
-  its sort array from the tail, and its bubble sort is stable. The placement order decides
-  the arena, so this is the planner's exact behaviour, not an approximation of it."""
+def tflm_greedy_plan(buffers: TflmBuffers) -> tuple[np.ndarray, int]:
+  """TFLM's GreedyMemoryPlanner on these buffers: (byte offset of each buffer, arena bytes).
+  Sizes are aligned up to 16, buffers taken largest first, each put at the lowest offset where
+  it overlaps no placed buffer whose lifetime overlaps its own. Ties in size go in reverse
+  tensor order: TFLM fills its sort array from the tail, and its bubble sort is stable. The
+  placement order decides the arena, so this is the planner's exact behaviour, not an
+  approximation of it; the generated C project (`deploy.c_source`) lays out its arena by it."""
   size = -(-buffers.sizes // TFLM_ALIGNMENT) * TFLM_ALIGNMENT
   order = sorted(reversed(range(len(size))), key=lambda b: -size[b])  # sorted() is stable
   placed = []  # (offset, buffer), kept in offset order
+  offsets = np.zeros(len(size), np.int64)
   for b in order:
     active = [(o, p) for o, p in placed
               if buffers.first[p] <= buffers.last[b] and buffers.first[b] <= buffers.last[p]]
@@ -228,7 +230,13 @@ def tflm_greedy_arena(buffers: TflmBuffers) -> int:
       offset = max(offset, o + size[p])
     placed.append((offset, b))
     placed.sort(key=lambda e: e[0])
-  return int(max((o + size[p] for o, p in placed), default=0))
+    offsets[b] = offset
+  return offsets, int(max((o + size[p] for o, p in placed), default=0))
+
+
+def tflm_greedy_arena(buffers: TflmBuffers) -> int:
+  """Arena bytes TFLM's GreedyMemoryPlanner needs for these buffers (`tflm_greedy_plan`)."""
+  return tflm_greedy_plan(buffers)[1]
 
 
 # TFLM's persistent ("tail") arena bytes per op of an exported NB201 model: the op's

@@ -1,0 +1,154 @@
+"""Emulated Cortex-M instruction counts of NB201 archs against the hardware model's latency.
+
+  python -m experiments.bench_mcu --archs=50 --width=16 --cells=5 --out=runs/bench_mcu.csv
+
+For each of `--archs` random connected NB201 archs (seed `--seed`): an untrained int8 model
+(initial weights, ranges calibrated on noise images: counts do not depend on training) is
+exported (`deploy.tflite`), generated as C (`deploy.c_source`), built for `--target` and run on
+one image in QEMU (`deploy.mcu`). One CSV row per arch is appended as soon as it is measured, so
+a stopped run resumes where it stopped. At the end it prints Kendall tau between the hardware
+model's predicted latency (`--device`, each runtime) and the emulated instructions, the
+instructions per MAC (or element) of each kernel class, and flash / SRAM against the model.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import tempfile
+import time
+
+from absl import app, flags
+
+_ARCHS = flags.DEFINE_integer('archs', 50, 'Random connected NB201 archs to measure.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Arch sampling seed.')
+_WIDTH = flags.DEFINE_integer('width', 16, 'Channels C.')
+_CELLS = flags.DEFINE_integer('cells', 5, 'Cells per stage N.')
+_TARGET = flags.DEFINE_enum('target', 'm4', ['m4', 'm7'], 'Cortex-M4 (mps2-an386) or M7 (an500).')
+_DEVICE = flags.DEFINE_string('device', 'nucleo-l4r5zi', 'Hardware-model device for the '
+                              'predicted latency (its core should match --target).')
+_OUT = flags.DEFINE_string('out', 'runs/bench_mcu.csv', 'CSV of per-arch rows (appended, resumable).')
+
+RUNTIMES = ('cmsis-nn', 'tflm', 'tinyengine')
+FIELDS = (['arch', 'instructions', 'emulator_s', 'macs', 'flash_bytes', 'text', 'rodata',
+           'bss', 'arena', 'plan', 'stack', 'per_kernel']
+          + [f'{k}_{r}' for r in RUNTIMES for k in ('latency_ms', 'flash', 'sram')])
+
+
+def measure(arch: str, config, target: str, device: str, workdir) -> dict:
+  import jax
+  import numpy as np
+  import hardware
+  from deploy import c_source, export, mcu, tflite
+  from engine import qat_net
+  from search_spaces import nb201, nb201_graph
+  ops = nb201.parse_arch_str(arch)
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((16, config.input_size, config.input_size, 3)).astype(np.float32)
+  v = qat_net.init_calibrated(jax.random.key(0), ops, config, x)
+  model, ref = tflite.to_tflite(v, ops, config)
+  project = c_source.generate(model, workdir)
+  elf = mcu.build(workdir, target)
+  q = ref.quantize_input(x[:1]).q.astype(np.int8)
+  r = mcu.run(workdir, q, target)
+  if not np.array_equal(r.logits, ref(x[:1]).q):
+    raise RuntimeError(f'{arch}: emulated logits differ from the integer reference')
+  per = {}
+  for layer, n in zip(project.layers, r.instructions[0]):
+    k = per.setdefault(layer.kernel, [0, 0])
+    k[0] += layer.macs
+    k[1] += int(n)
+  s = mcu.sizes(elf)
+  stack = mcu.stack_bytes(workdir, target)
+  row = {'arch': arch, 'instructions': int(r.instructions[0].sum()), 'emulator_s': r.seconds,
+         'macs': sum(layer.macs for layer in project.layers
+                     if layer.kernel in ('conv', 'pointwise', 'dense', 'affine')),
+         'flash_bytes': s['.text'] + s['.rodata'] + s['.data'], 'text': s['.text'],
+         'rodata': s['.rodata'], 'bss': s['.bss'], 'arena': project.arena_bytes,
+         'plan': export.plan_vs_model(project, ops, config)['hardware_model_plan_bytes'],
+         'stack': stack['total'], 'per_kernel': json.dumps(per)}
+  graph = nb201_graph.lower(ops, config)
+  for rt in RUNTIMES:
+    res = hardware.cost(graph, device=device, runtime=rt)
+    row[f'latency_ms_{rt}'] = float(res['latency_ms'])
+    row[f'flash_{rt}'] = float(res['flash_bytes'])
+    row[f'sram_{rt}'] = float(res['sram_bytes'])
+  return row
+
+
+def summarize(rows) -> str:
+  import numpy as np
+  from hardware import latency
+  ins = np.array([float(r['instructions']) for r in rows])
+  lines = [f'{len(rows)} archs; instructions per inference {ins.min() / 1e6:.1f}-'
+           f'{ins.max() / 1e6:.1f} M (median {np.median(ins) / 1e6:.1f} M); emulator '
+           f'{np.median([float(r["emulator_s"]) for r in rows]):.2f} s per inference (median, '
+           f'max {max(float(r["emulator_s"]) for r in rows):.2f})']
+  macs = np.array([float(r['macs']) for r in rows])
+  lines.append(f'Kendall tau (MACs, instructions) {latency.kendall_tau(macs, ins):.3f}')
+  for rt in RUNTIMES:
+    lat = np.array([float(r[f'latency_ms_{rt}']) for r in rows])
+    flash = np.array([float(r[f'flash_{rt}']) for r in rows])
+    real = np.array([float(r['flash_bytes']) for r in rows])
+    err = flash / real - 1
+    lines.append(f'{rt:10s}: Kendall tau (predicted latency, instructions) '
+                 f'{latency.kendall_tau(lat, ins):.3f}; predicted flash vs .text+.rodata '
+                 f'median {np.median(err):+.1%} (range {err.min():+.1%} to {err.max():+.1%})')
+  per = {}
+  for r in rows:
+    for k, (w, n) in json.loads(r['per_kernel']).items():
+      p = per.setdefault(k, [0, 0])
+      p[0] += w
+      p[1] += n
+  lines.append('instructions per MAC (conv, pointwise, dense, affine) or element: ' + ', '.join(
+      f'{k} {n / max(w, 1):.2f}' for k, (w, n) in sorted(per.items(), key=lambda kv: -kv[1][1])))
+  eq = sum(int(r['arena']) == int(r['plan']) for r in rows)
+  lines.append(f'arena == hardware model TFLM plan on {eq}/{len(rows)} archs; stack '
+               f'{min(int(r["stack"]) for r in rows)}-{max(int(r["stack"]) for r in rows)} bytes; '
+               f'.bss - arena {np.median([int(r["bss"]) - int(r["arena"]) for r in rows]):.0f} '
+               f'bytes (median: the im2col row)')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  import numpy as np
+  from deploy import mcu
+  from experiments import common
+  from search_spaces import nb201
+  if min(_ARCHS.value, _WIDTH.value, _CELLS.value) < 1:
+    common.fail('--archs, --width and --cells must be positive')
+  why = mcu.tools_missing(_TARGET.value)
+  if why:
+    common.fail(why)
+  config = nb201.NB201Config(C=_WIDTH.value, N=_CELLS.value)
+  rng = np.random.default_rng(_SEED.value)
+  ops = nb201.sample_ops(rng, 4 * _ARCHS.value)
+  archs = [nb201.format_arch_str(o) for o in ops[nb201.is_connected(ops)]][:_ARCHS.value]
+  out = pathlib.Path(_OUT.value)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  done = {}
+  if out.exists():
+    with out.open() as f:
+      done = {r['arch']: r for r in csv.DictReader(f) if r.get(FIELDS[-1])}  # whole rows
+  new = not out.exists()
+  with out.open('a', newline='') as f, tempfile.TemporaryDirectory() as tmp:
+    w = csv.DictWriter(f, FIELDS)
+    if new:
+      w.writeheader()
+    for i, arch in enumerate(archs):
+      if arch in done:
+        continue
+      t0 = time.perf_counter()
+      row = measure(arch, config, _TARGET.value, _DEVICE.value, os.path.join(tmp, str(i)))
+      w.writerow(row)
+      f.flush()
+      done[arch] = {k: str(v) for k, v in row.items()}
+      print(f'[{len(done)}/{len(archs)}] {arch}: {row["instructions"] / 1e6:.1f} M instructions, '
+            f'{time.perf_counter() - t0:.1f} s', flush=True)
+  print(summarize([done[a] for a in archs]))
+
+
+if __name__ == '__main__':
+  app.run(main)

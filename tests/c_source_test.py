@@ -1,0 +1,99 @@
+"""Generated C (deploy.c_source) on the host and on an emulated Cortex-M, bit for bit against the
+integer reference; the arena is the hardware model's TFLM plan."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from deploy import c_source
+from deploy import export as export_lib
+from deploy import mcu
+from deploy import tflite
+from hardware import memory
+from search_spaces import nb201
+from search_spaces import nb201_graph
+from deploy_test import ARCH, DEAD_NODE, SMALL, UNUSED_NODE, _calibrated
+
+
+def _need(target):
+  why = mcu.tools_missing(target)
+  if why:
+    if os.environ.get('CI'):  # .ci/run installs the toolchain and QEMU: missing is a failure
+      pytest.fail(why)
+    pytest.skip(why)
+
+
+def _project(tmp_path, arch=ARCH, config=SMALL):
+  ops, v, x = _calibrated(arch, config)
+  model, ref = tflite.to_tflite(v, ops, config)
+  project = c_source.generate(model, tmp_path / 'c')
+  return ops, project, ref.quantize_input(x).q.astype(np.int8), ref(x).q
+
+
+@pytest.mark.parametrize('arch', [ARCH, DEAD_NODE, UNUSED_NODE])
+def test_host_build_equals_the_integer_reference(tmp_path, arch):
+  _need('host')
+  _, project, q, want = _project(tmp_path, arch)
+  mcu.build(project.out_dir, 'host')
+  np.testing.assert_array_equal(mcu.run(project.out_dir, q, 'host').logits, want)
+
+
+@pytest.mark.parametrize('target', ['m4', 'm7'])
+def test_emulated_cortex_m_equals_the_integer_reference(tmp_path, target):
+  _need(target)
+  ops, project, q, want = _project(tmp_path)
+  elf = mcu.build(project.out_dir, target)
+  r = mcu.run(project.out_dir, q[:8], target)
+  np.testing.assert_array_equal(r.logits, want[:8])
+  assert r.instructions.shape == (8, len(project.layers))
+  convs = [i for i, layer in enumerate(project.layers) if layer.kernel == 'conv']
+  assert np.all(r.instructions[:, convs] > 1000)
+  # -icount is deterministic: the same image costs the same instructions again, to one tick
+  # of the 25 MHz counter (40 instructions: where a layer starts within a tick moves)
+  again = mcu.run(project.out_dir, q[:1], target)
+  diff = np.abs(again.instructions[0] - r.instructions[0])
+  assert diff.max() <= mcu.INSTRUCTIONS_PER_TICK
+  s = mcu.sizes(elf)
+  assert s['.bss'] >= project.arena_bytes
+  weights = sum(project.const_bytes.values())
+  assert weights <= s['.rodata'] < weights + 4096  # constants are the flash, plus layer structs
+  assert 0 < mcu.stack_bytes(project.out_dir, target)['total'] < 1024
+
+
+def test_arena_is_the_hardware_models_tflm_plan(tmp_path):
+  config = nb201.NB201Config(C=8, N=2)
+  arch = '|nor_conv_1x1~0|+|avg_pool_3x3~0|skip_connect~1|+|nor_conv_3x3~0|skip_connect~1|nor_conv_1x1~2|'
+  ops, project, _, _ = _project(tmp_path, arch, config)
+  plan = memory.tflm_greedy_arena(memory.tflm_buffers(nb201_graph.lower(ops, config)))
+  assert project.arena_bytes == plan
+  # no two tensors live at the same time share bytes
+  layers = json.loads((project.out_dir / 'layers.json').read_text())
+  assert layers['arena_bytes'] == plan and len(layers['layers']) == len(project.layers)
+
+
+def test_unsupported_builtin_is_one_clear_error(tmp_path):
+  from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as s
+  import flatbuffers
+  ops, v, _ = _calibrated()
+  model, _ = tflite.to_tflite(v, ops, SMALL)
+  m = s.ModelT.InitFromPackedBuf(model, 0)
+  relu = next(c for c in m.operatorCodes if c.builtinCode == s.BuiltinOperator.RELU)
+  relu.builtinCode = relu.deprecatedBuiltinCode = s.BuiltinOperator.TANH
+  b = flatbuffers.Builder(1 << 20)
+  b.Finish(m.Pack(b), file_identifier=b'TFL3')
+  with pytest.raises(c_source.UnsupportedModel, match='no C kernel for TFLite builtin TANH'):
+    c_source.generate(bytes(b.Output()), tmp_path / 'c')
+
+
+def test_export_writes_and_verifies_the_c_project(data_dir, tmp_path):
+  _need('m4')
+  from deploy_test import _trained_ptq
+  workdir = _trained_ptq(data_dir, tmp_path)
+  report = export_lib.export(workdir, data_dir / 'cifar10', verify_images=24, litert=False,
+                             progress=False, log=lambda *_: None, c_source=True, c_images=12)
+  c = report['c']
+  assert c['images'] == 12 and c['bitexact_fraction'] == 1.0
+  assert c['arena_equals_plan']
+  assert (workdir / 'c_project' / 'model.c').is_file()
+  assert 'C project' in (workdir / 'export.txt').read_text()
