@@ -26,6 +26,8 @@ from engine import int_inference
 from engine import train as train_lib
 
 IO_CHECK_IMAGES = 256
+# runtimes whose predicted costs the C project's measurements are set against
+C_COST_RUNTIMES = ('cmsis-nn', 'tflm', 'tinyengine')
 
 
 class ExportError(ValueError):
@@ -202,7 +204,7 @@ def measure(project, r, ref_logits, elf, ops, config, target, device) -> dict:
   sizes = mcu.sizes(elf)
   graph = nb201_graph.lower(ops, config)
   predicted = {}
-  for runtime in ('tinyengine', 'cmsis-nn', 'tflm'):
+  for runtime in C_COST_RUNTIMES:
     res = hardware.cost(graph, device=device, runtime=runtime)
     predicted[runtime] = {'flash_bytes': float(res['flash_bytes']),
                           'sram_bytes': float(res['sram_bytes']),

@@ -148,19 +148,6 @@ def sizes(elf) -> dict[str, int]:
   return {k: out.get(k, 0) for k in ('.text', '.rodata', '.data', '.bss', '.ARM.exidx')}
 
 
-def symbol_sizes(elf) -> dict[str, int]:
-  """Bytes of each symbol (arm-none-eabi-nm -S)."""
-  nm = 'arm-none-eabi-nm'
-  r = subprocess.run([nm, '-S', '--size-sort', str(elf)], capture_output=True, text=True,
-                     check=True)
-  out = {}
-  for line in r.stdout.splitlines():
-    parts = line.split()
-    if len(parts) == 4:
-      out[parts[3]] = int(parts[1], 16)
-  return out
-
-
 def stack_bytes(project_dir, target: str = 'm4') -> dict:
   """Worst-case stack of the inference: zn_reset -> main -> zn_invoke -> the deepest kernel (-> the
   requantization helper where not inlined), from gcc's .su files (all static frames)."""

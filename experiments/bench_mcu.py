@@ -30,7 +30,7 @@ _DEVICE = flags.DEFINE_string('device', 'nucleo-l4r5zi', 'Hardware-model device 
                               'predicted latency (its core should match --target).')
 _OUT = flags.DEFINE_string('out', 'runs/bench_mcu.csv', 'CSV of per-arch rows (appended, resumable).')
 
-RUNTIMES = ('cmsis-nn', 'tflm', 'tinyengine')
+from deploy.export import C_COST_RUNTIMES as RUNTIMES  # noqa: E402
 FIELDS = (['arch', 'instructions', 'emulator_s', 'macs', 'flash_bytes', 'text', 'rodata',
            'bss', 'arena', 'plan', 'stack', 'per_kernel']
           + [f'{k}_{r}' for r in RUNTIMES for k in ('latency_ms', 'flash', 'sram')])
@@ -39,10 +39,9 @@ FIELDS = (['arch', 'instructions', 'emulator_s', 'macs', 'flash_bytes', 'text', 
 def measure(arch: str, config, target: str, device: str, workdir) -> dict:
   import jax
   import numpy as np
-  import hardware
   from deploy import c_source, export, mcu, tflite
   from engine import qat_net
-  from search_spaces import nb201, nb201_graph
+  from search_spaces import nb201
   ops = nb201.parse_arch_str(arch)
   rng = np.random.default_rng(0)
   x = rng.standard_normal((16, config.input_size, config.input_size, 3)).astype(np.float32)
@@ -51,29 +50,26 @@ def measure(arch: str, config, target: str, device: str, workdir) -> dict:
   project = c_source.generate(model, workdir)
   elf = mcu.build(workdir, target)
   q = ref.quantize_input(x[:1]).q.astype(np.int8)
-  r = mcu.run(workdir, q, target)
-  if not np.array_equal(r.logits, ref(x[:1]).q):
+  want = ref(x[:1]).q
+  m = export.measure(project, mcu.run(workdir, q, target), want, elf, ops, config, target,
+                     device)
+  if m['bitexact_fraction'] != 1.0:
     raise RuntimeError(f'{arch}: emulated logits differ from the integer reference')
-  per = {}
-  for layer, n in zip(project.layers, r.instructions[0]):
-    k = per.setdefault(layer.kernel, [0, 0])
-    k[0] += layer.macs
-    k[1] += int(n)
-  s = mcu.sizes(elf)
-  stack = mcu.stack_bytes(workdir, target)
-  row = {'arch': arch, 'instructions': int(r.instructions[0].sum()), 'emulator_s': r.seconds,
+  s = m['sizes']
+  row = {'arch': arch, 'instructions': int(round(m['instructions_per_inference'])),
+         'emulator_s': m['emulator_seconds_per_inference'],
          'macs': sum(layer.macs for layer in project.layers
                      if layer.kernel in ('conv', 'pointwise', 'dense', 'affine')),
-         'flash_bytes': s['.text'] + s['.rodata'] + s['.data'], 'text': s['.text'],
-         'rodata': s['.rodata'], 'bss': s['.bss'], 'arena': project.arena_bytes,
+         'flash_bytes': m['flash_bytes'], 'text': s['.text'], 'rodata': s['.rodata'],
+         'bss': s['.bss'], 'arena': project.arena_bytes,
          'plan': export.plan_vs_model(project, ops, config)['hardware_model_plan_bytes'],
-         'stack': stack['total'], 'per_kernel': json.dumps(per)}
-  graph = nb201_graph.lower(ops, config)
+         'stack': m['stack_bytes'],
+         'per_kernel': json.dumps({k: [v['work'], int(v['instructions'])]
+                                   for k, v in m['instructions_per_kernel'].items()})}
   for rt in RUNTIMES:
-    res = hardware.cost(graph, device=device, runtime=rt)
-    row[f'latency_ms_{rt}'] = float(res['latency_ms'])
-    row[f'flash_{rt}'] = float(res['flash_bytes'])
-    row[f'sram_{rt}'] = float(res['sram_bytes'])
+    for key, field in (('latency_ms', 'latency_ms'), ('flash', 'flash_bytes'),
+                       ('sram', 'sram_bytes')):
+      row[f'{key}_{rt}'] = m['predicted'][rt][field]
   return row
 
 

@@ -22,14 +22,9 @@ SMALL = nb201.NB201Config(C=4, N=1)
 
 def _calibrated(arch=ARCH, config=SMALL, seed=0):
   ops = nb201.parse_arch_str(arch)
-  v = qat_net.init_variables(jax.random.key(seed), ops, config)
   rng = np.random.default_rng(seed)
   x = np.asarray(train._normalize(rng.integers(0, 256, (32, 32, 32, 3)).astype(np.uint8)))
-  stats = jax.jit(lambda v, x: qat_net.QATNetwork(tuple(ops), config, 'fp32').apply(
-      v, x, train=True, mutable=['batch_stats'])[1]['batch_stats'])
-  for _ in range(3):
-    v = {**v, 'batch_stats': stats(v, x)}
-  return ops, qat_net.calibrate(v, ops, config, [x]), x
+  return ops, qat_net.init_calibrated(jax.random.key(seed), ops, config, x), x
 
 
 # node 1 has no live term, so the convs reading it output their bias: constants the export
