@@ -39,7 +39,7 @@ def _single_cost(t: Template, dev: devices.Device, rt: devices.Runtime, gates, w
   return dict(
       sram_bytes=memory.sram_bytes(arena, c['quant_channels'], rt),
       flash_bytes=memory.flash_bytes(c['weights'], c['biases'], c['quant_channels'],
-                                     c['kernel_calls'], rt),
+                                     c['kernel_calls'], rt, c['const_bytes']),
       latency_ms=lat, energy_mj=latency.energy_mj(lat, dev.active_power_mw), macs=c['macs'],
       params=c['params'], arena_bytes=arena, features=c['features'])
 
@@ -106,8 +106,9 @@ def concrete_cost(g: Graph, device='stm32f746', runtime='cmsis-nn', cycles=None)
     g = prune(g)
   cycles = devices.coefficients(dev, rt) if cycles is None else np.asarray(cycles)
   st = graph.node_stats(g)
-  mult = np.array([0.0 if n.op in graph.ALIAS_OPS or (n.op in graph.SUM_OPS and len(n.inputs) < 2)
-                   else len(n.inputs) - 1.0 if n.op == 'add' else 1.0 for n in g.nodes])
+  mult = np.array([0.0 if n.is_alias else n.operands - 1.0 if n.op == 'add' else 1.0
+                   for n in g.nodes])
+  consts = float(sum(len(n.const_slots) * n.shape[2] for n in g.nodes))
   if rt.merge_duplicates:
     mult[graph.duplicate_of(g) != np.arange(len(g))] = 0.0
   features = mult @ st.features
@@ -118,7 +119,8 @@ def concrete_cost(g: Graph, device='stm32f746', runtime='cmsis-nn', cycles=None)
   lat = float(features @ cycles / (dev.clock_mhz * 1e3))
   return dict(sram_bytes=float(memory.sram_bytes(arena, qch, rt)),
               flash_bytes=float(memory.flash_bytes(float(mult @ st.weights),
-                                                   float(mult @ st.biases), qch, calls, rt)),
+                                                   float(mult @ st.biases), qch, calls, rt,
+                                                   consts)),
               latency_ms=lat, energy_mj=lat * dev.active_power_mw / 1e3,
               macs=float(mult @ st.macs), params=float(mult @ st.params), arena_bytes=arena,
               features=features)

@@ -13,7 +13,13 @@ Gate semantics (shared by the exact pruner here and the JAX evaluator in `templa
   a node with no live input is a constant and is folded away (costs nothing);
 * a node whose output does not reach the graph output is dead (dropped);
 * `identity`/`reshape`, and `add`/`concat` with a single live input, are aliases: no compute,
-  no new buffer.
+  no new buffer;
+* constants are not free when an `add` uses them: an op that is on but whose input is a
+  constant (a sum with no live term is a zero tensor; a conv of it is its bias) is folded into a
+  constant tensor, and a live `add` takes its constant terms as broadcast operands stored in
+  flash, one channel vector each (after the leading constants fold into one).  Such an add is
+  never an alias.  This is what an int8 export does (a TFLite ADD with a constant input), so the
+  pruned graph carries them as `Node.const_slots`.
 
 Soft gates in [0, 1] use Goedel (min/max) fuzzy logic for the same rules, so the value at 0/1
 gates is exact and shared cells do not compound their gates across repeats.
@@ -62,10 +68,27 @@ class Node:
   activation: Optional[str] = None  # kind for op == 'activation'; fused clamp on conv/dense/add
   gate: int = -1              # index into the gate vector; -1 = always on
   width: int = -1             # conv/dense only: index into the width-multiplier vector
+  # add only (pruned graphs): positions of folded constant operands in the add's chain of
+  # len(inputs) + len(const_slots) operands; each is one int8 channel vector in flash
+  const_slots: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.op not in OPS:
       raise ValueError(f'unknown op {self.op!r}; valid ops: {", ".join(OPS)}')
+    if self.const_slots and (self.op != 'add' or list(self.const_slots) != sorted(
+        set(self.const_slots)) or self.const_slots[-1] >= self.operands):
+      raise ValueError(f'{self.name}: const_slots {self.const_slots} must be increasing '
+                       f'positions among the operands of an add')
+
+  @property
+  def operands(self) -> int:
+    """Tensors the op combines: inputs plus folded constant operands."""
+    return len(self.inputs) + len(self.const_slots)
+
+  @property
+  def is_alias(self) -> bool:
+    """No compute and no buffer: identity/reshape, or a sum of a single live input."""
+    return self.op in ALIAS_OPS or (self.op in SUM_OPS and self.operands == 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,6 +401,40 @@ def hard_activity(graph: Graph, gates: Optional[np.ndarray] = None,
   return live, active
 
 
+def hard_present(graph: Graph, gates: Optional[np.ndarray] = None,
+                 fold_constants: bool = True) -> np.ndarray:
+  """Boolean per node: it yields a tensor, live or constant (0/1 gates).  A sum is present
+  whenever it is on (with no present term it is a zero tensor); another op when it is on and
+  all its inputs are present.  Present but not live = a constant the toolchain folds; without
+  constant folding every present node is live."""
+  on = gates_on(graph, gates)
+  present = np.zeros(len(graph), bool)
+  for i, node in enumerate(graph.nodes):
+    present[i] = node.op == 'input' or (on[i] and (node.op in SUM_OPS or all(
+        present[j] for j in node.inputs)))
+  if not fold_constants:
+    present = hard_activity(graph, gates, fold_constants=False, prune_dead=False)[0]
+  return present
+
+
+def const_operand_slots(live_terms: Sequence[bool], const_terms: Sequence[bool]) -> tuple:
+  """Operand positions of constants in an add's chain, from its terms in order (a term is
+  live, constant or absent): the leading constants fold into one operand, each later constant
+  is an operand of its own.  Empty when no term is live (the whole sum is a constant)."""
+  if not any(live_terms):
+    return ()
+  slots, pos, leading = [], 0, True
+  for live, const in zip(live_terms, const_terms):
+    if live:
+      leading = False
+      pos += 1
+    elif const:
+      if not (leading and slots):
+        slots.append(pos)
+        pos += 1
+  return tuple(slots)
+
+
 def duplicate_of(graph: Graph) -> np.ndarray:
   """[N] first node computing the same tensor as each node (itself if none): common-subexpression
   elimination of parameter-free ops (`MERGEABLE_OPS`) with equal op, attributes and inputs.
@@ -400,16 +457,19 @@ def duplicate_of(graph: Graph) -> np.ndarray:
 def prune(graph: Graph, gates: Optional[np.ndarray] = None, name: Optional[str] = None) -> Graph:
   """Concrete graph of one candidate: drop inactive/dead nodes, resolve aliases, clear gates."""
   live, active = hard_activity(graph, gates)
+  const = hard_present(graph, gates) & ~live
   new_id: dict[int, int] = {}
   nodes: list[Node] = []
   for i, node in enumerate(graph.nodes):
     if not active[i]:
       continue
     ins = tuple(new_id[j] for j in node.inputs if active[j] and live[j])
-    if node.op == 'identity' or (node.op in SUM_OPS and len(ins) == 1):
+    slots = const_operand_slots([live[j] for j in node.inputs],
+                                [const[j] for j in node.inputs]) if node.op == 'add' else ()
+    if node.op == 'identity' or (node.op in SUM_OPS and len(ins) == 1 and not slots):
       new_id[i] = ins[0]
       continue
-    nodes.append(dataclasses.replace(node, inputs=ins, gate=-1))
+    nodes.append(dataclasses.replace(node, inputs=ins, gate=-1, const_slots=slots))
     new_id[i] = len(nodes) - 1
   if not active[graph.output]:  # constant output: nothing but the input remains
     nodes = nodes[:1]

@@ -1,6 +1,7 @@
 """Flash and peak-SRAM model of an int8 graph on a microcontroller.
 
-Flash = int8 weights + int32 biases + per-channel quantisation params (runtime-specific bytes)
+Flash = int8 weights + int32 biases + folded int8 constant operands of adds (`graph.py`)
+        + per-channel quantisation params (runtime-specific bytes)
         + per-kernel graph metadata + the runtime's code size.
 
 SRAM planner convention (TFLite-Micro-like arena):
@@ -57,9 +58,7 @@ class ArenaPlan:
 def _buffer_roots(graph: graph_lib.Graph) -> list[int]:
   roots = []
   for i, node in enumerate(graph.nodes):
-    alias = node.op in graph_lib.ALIAS_OPS or (node.op in graph_lib.SUM_OPS
-                                                 and len(node.inputs) == 1)
-    roots.append(roots[node.inputs[0]] if alias else i)
+    roots.append(roots[node.inputs[0]] if node.is_alias else i)
   return roots
 
 
@@ -129,9 +128,11 @@ def soft_peak_bytes(t: template_lib.Template, activity: dict, im2col: bool = Fal
   return jnp.max(soft_live_bytes(t, activity, im2col))
 
 
-def flash_bytes(weights, biases, quant_channels, kernel_calls, runtime) -> jax.Array:
-  """int8 weights + int32 biases + quantisation params + per-kernel metadata + runtime code."""
-  return (weights + 4.0 * biases + runtime.quant_bytes_per_channel * quant_channels
+def flash_bytes(weights, biases, quant_channels, kernel_calls, runtime,
+                const_bytes=0.0) -> jax.Array:
+  """int8 weights + int32 biases + folded int8 constants + quantisation params + per-kernel
+  metadata + runtime code."""
+  return (weights + 4.0 * biases + const_bytes + runtime.quant_bytes_per_channel * quant_channels
           + runtime.flash_bytes_per_kernel * kernel_calls + runtime.code_flash_bytes)
 
 
@@ -159,8 +160,9 @@ class TflmBuffers:
 def tflm_buffers(graph: graph_lib.Graph) -> TflmBuffers:
   """A concrete graph's tensors as the exported .tflite holds them: a PAD tensor before each
   strided k x k conv (TFLite's SAME pads asymmetrically at stride 2), an n-term sum as n - 1
-  chained ADDs with int8 partial sums, the global pool as AVERAGE_POOL_2D then RESHAPE; aliases
-  (identity, one-term sums) add no tensor. No op works in place."""
+  chained ADDs with int8 partial sums (a folded constant operand is a flash tensor, not an arena
+  one), the global pool as AVERAGE_POOL_2D then RESHAPE; aliases (identity, one-term sums) add
+  no tensor. No op works in place."""
   st = graph_lib.node_stats(graph)
   sizes, first, last = [], [], []
   tensor_of = {}
@@ -180,14 +182,17 @@ def tflm_buffers(graph: graph_lib.Graph) -> TflmBuffers:
       tensor_of[i] = new(st.out_bytes[i])
       continue
     ins = [tensor_of[j] for j in node.inputs]
-    if node.op in graph_lib.ALIAS_OPS or (node.op in graph_lib.SUM_OPS and len(ins) == 1):
+    if node.is_alias:
       tensor_of[i] = ins[0]
       continue
-    if node.op == 'add':
-      acc = ins[0]
-      for t in ins[1:]:
-        read(acc)
-        read(t)
+    if node.op == 'add':  # constant operands (None) live in flash, not in the arena
+      live = iter(ins)
+      operands = [None if k in node.const_slots else next(live) for k in range(node.operands)]
+      acc = operands[0]
+      for t in operands[1:]:
+        for x in (acc, t):
+          if x is not None:
+            read(x)
         acc = new(st.out_bytes[i])
         op += 1
       tensor_of[i] = acc
@@ -261,7 +266,7 @@ def tflm_arena(graph: graph_lib.Graph) -> dict:
   for i, node in enumerate(graph.nodes):
     if roots[i] != i or node.op == 'input':
       continue  # aliases run nothing
-    ops = len(node.inputs) - 1 if node.op == 'add' else 1
+    ops = node.operands - 1 if node.op == 'add' else 1
     persistent += ops * TFLM_PERSISTENT_BYTES.get(node.op, 0)
     if node.op in ('conv2d', 'dense', 'batchnorm', 'depthwise_conv2d'):
       persistent += TFLM_PERSISTENT_PER_CHANNEL * node.shape[-1]

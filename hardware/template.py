@@ -38,6 +38,8 @@ class Template:
   inplace_ok: np.ndarray      # [N]
   inplace_legal: np.ndarray   # [N, I] input buffer big enough to be overwritten
   duplicate_of: np.ndarray    # [N] graph.duplicate_of (common-subexpression representative)
+  static_consts: np.ndarray   # [N] folded constant operands a pruned add already carries
+  channels: np.ndarray        # [N] output channels (bytes of one constant operand)
 
   @property
   def num_nodes(self) -> int:
@@ -85,7 +87,9 @@ def compile_template(graph: graph_lib.Graph) -> Template:
       is_add=np.array([n.op == 'add' for n in nodes]),
       is_alias=np.array([n.op in graph_lib.ALIAS_OPS for n in nodes]),
       inplace_ok=np.array([n.op in graph_lib.INPLACE_OPS for n in nodes]),
-      inplace_legal=legal, duplicate_of=graph_lib.duplicate_of(graph).astype(np.int32))
+      inplace_legal=legal, duplicate_of=graph_lib.duplicate_of(graph).astype(np.int32),
+      static_consts=np.array([len(n.const_slots) for n in nodes], np.float32),
+      channels=np.array([n.shape[2] for n in nodes], np.float32))
 
 
 def as_template(graph_or_template) -> Template:
@@ -132,6 +136,35 @@ def _forward_live(t: Template, g, fold_constants: bool = True):
   return jax.lax.fori_loop(0, t.num_nodes, body, jnp.zeros(t.num_nodes))
 
 
+def _forward_present(t: Template, g):
+  """Node yields a tensor, live or constant (`graph.hard_present`): sums whenever on, other ops
+  when on and all inputs are present."""
+  inputs = jnp.asarray(t.inputs)
+  is_sum = jnp.asarray(t.is_sum)
+
+  def body(n, present):
+    ins = inputs[n]
+    all_in = jnp.min(jnp.where(ins >= 0, present[jnp.maximum(ins, 0)], 1.0))
+    v = jnp.where(is_sum[n], g[n], jnp.minimum(g[n], all_in))
+    return present.at[n].set(jnp.where(n == 0, 1.0, v))
+
+  return jax.lax.fori_loop(0, t.num_nodes, body, jnp.zeros(t.num_nodes))
+
+
+def _const_operands(t: Template, live, present):
+  """[N] folded constant operands of each add (`graph.const_operand_slots`): constant terms,
+  the leading ones counted once; exact at 0/1, fuzzy products in between."""
+  ins = jnp.asarray(t.inputs)
+  valid = ins >= 0
+  live_in = jnp.where(valid, live[jnp.maximum(ins, 0)], 0.0)
+  const_in = jnp.where(valid, jnp.minimum(present, 1.0 - live)[jnp.maximum(ins, 0)], 0.0)
+  seen_live = jax.lax.cummax(live_in, axis=1)
+  before = 1.0 - jnp.concatenate([jnp.zeros_like(live_in[:, :1]), seen_live[:, :-1]], axis=1)
+  leading = jnp.sum(const_in * before, axis=1)
+  n = jnp.sum(const_in, axis=1) - jnp.maximum(leading - 1.0, 0.0)
+  return jnp.where(jnp.asarray(t.is_add), n, 0.0) + jnp.asarray(t.static_consts)
+
+
 def _backward_useful(t: Template, g):
   consumers = jnp.asarray(t.consumers)
   last = t.num_nodes - 1
@@ -146,8 +179,9 @@ def _backward_useful(t: Template, g):
   return jax.lax.fori_loop(0, t.num_nodes, body, jnp.zeros(t.num_nodes))
 
 
-def _alias_weights(t: Template, live):
-  """[N, I] weight with which node n is an alias of its input slot i (0/1 when hard)."""
+def _alias_weights(t: Template, live, consts):
+  """[N, I] weight with which node n is an alias of its input slot i (0/1 when hard); a sum
+  with a constant operand is not an alias."""
   valid = jnp.asarray(t.inputs >= 0)
   vals = jnp.where(valid, live[jnp.maximum(jnp.asarray(t.inputs), 0)], 0.0)
   # max over the *other* inputs of each slot, via the top two values
@@ -156,7 +190,8 @@ def _alias_weights(t: Template, live):
   m2 = jnp.max(jnp.where(jnp.arange(vals.shape[1])[None] == top[:, None], -1.0, vals), axis=1)
   m2 = jnp.maximum(m2, 0.0)
   others = jnp.where(jnp.arange(vals.shape[1])[None] == top[:, None], m2[:, None], m1[:, None])
-  only = jnp.minimum(vals, 1.0 - others)  # "this input is the single live one"
+  # "this input is the single live one, and no constant is added to it"
+  only = jnp.minimum(jnp.minimum(vals, 1.0 - others), 1.0 - jnp.minimum(consts, 1.0)[:, None])
   sum_alias = jnp.where(jnp.asarray(t.is_sum)[:, None], only, 0.0)
   static_alias = jnp.where(jnp.asarray(t.is_alias)[:, None] & valid, 1.0, 0.0)
   return jnp.where(valid, sum_alias + static_alias, 0.0), vals
@@ -211,6 +246,7 @@ def soft_activity(t: Template, gates=None, widths=None, fold_constants: bool = T
   Returns dict with
     act:   node is computed (0..1);
     mult:  number of kernel executions (binary adds of an n-ary sum; 0 for aliases);
+    consts: folded constant operands of each add (int8 channel vectors in flash);
     own:   node owns an arena buffer (not an alias);
     end:   extended last-use step of the node's buffer;
     root_end: last-use step of the buffer holding the node's value (for in-place checks);
@@ -221,12 +257,16 @@ def soft_activity(t: Template, gates=None, widths=None, fold_constants: bool = T
   live = _forward_live(t, g, fold_constants)
   useful = _backward_useful(t, g) if prune_dead else jnp.ones(t.num_nodes)
   act = jnp.minimum(live, useful).at[0].set(1.0)
-  alias, live_in = _alias_weights(t, live)
+  if fold_constants:
+    consts = act * _const_operands(t, live, _forward_present(t, g))
+  else:  # nothing is folded, so every present node is live and no add has a constant operand
+    consts = act * jnp.asarray(t.static_consts)
+  alias, live_in = _alias_weights(t, live, consts)
   alias = alias * act[:, None]
   alias_total = jnp.clip(jnp.sum(alias, axis=1), 0.0, 1.0)
   own = jnp.where(jnp.asarray(t.is_alias), 0.0, act * (1.0 - alias_total))
   n_terms = jnp.sum(jnp.minimum(live_in, useful[:, None]), axis=1)
-  add_mult = jnp.maximum(n_terms - 1.0, 0.0)
+  add_mult = jnp.maximum(n_terms + consts - 1.0, 0.0)
   mult = jnp.where(jnp.asarray(t.is_add), add_mult, own)
   if merge_duplicates:
     rep = jnp.asarray(t.duplicate_of)
@@ -236,7 +276,7 @@ def soft_activity(t: Template, gates=None, widths=None, fold_constants: bool = T
   root_end = _forward_root_end(t, end, alias)
   s_in, s_out = width_scales(t, widths)
   return dict(act=act, mult=mult, own=own, end=end, root_end=root_end, live_in=live_in,
-              s_in=s_in, s_out=s_out)
+              consts=consts, s_in=s_in, s_out=s_out)
 
 
 def scaled(t: Template, base: np.ndarray, s_in, s_out, scale_in, scale_out):
@@ -271,7 +311,9 @@ def counts(t: Template, gates=None, widths=None, activity: Optional[dict] = None
   m = a['mult']
   features = jnp.sum(m[:, None] * feats, axis=0)
   features = features.at[graph_lib.FEATURES.index('inference')].set(1.0)
+  const_bytes = jnp.sum(a['consts'] * jnp.asarray(t.channels) * a['s_out'])
   return dict(macs=jnp.sum(m * macs), weights=jnp.sum(m * weights), biases=jnp.sum(m * biases),
+              const_bytes=const_bytes,
               params=jnp.sum(m * (weights + biases)), quant_channels=jnp.sum(m * qch),
               kernel_calls=jnp.sum(m * jnp.asarray(st.features[:, graph_lib.FEATURES.index(
                   'kernel_calls')])), features=features)

@@ -88,10 +88,13 @@ HARD = {
         (9.723835833333334, 1.4585753750000001),
 }
 
-# (device, runtime) -> (latency_ms, energy_mj) of SOFT_MASK, nb201_graph.cost at commit 1f7df36
+# (device, runtime) -> (latency_ms, energy_mj) of SOFT_MASK, nb201_graph.cost since adds take
+# folded constant operands (ops on a node whose terms are all 'none'; graph.py): this mask's
+# 'none' weights make fuzzy constant operands, +1.4% latency over commit 1f7df36's figures
+# (216.243 / 2338.935 ms).  The concrete figures above are unchanged.
 SOFT = {
-    ('stm32f746', 'cmsis-nn'): (216.24305725097656, 71.36021423339844),
-    ('nucleo-l4r5zi', 'tflm'): (2338.93505859375, 101.97756958007812),
+    ('stm32f746', 'cmsis-nn'): (219.273681640625, 72.36032104492188),
+    ('nucleo-l4r5zi', 'tflm'): (2353.023193359375, 102.5918197631836),
 }
 
 

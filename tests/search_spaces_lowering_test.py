@@ -140,9 +140,46 @@ def test_nb201_dead_code_elimination():
   assert sum(n.op == 'conv2d' for n in g.nodes) == 1 + 2 * 3
 
 
+# node 1 has no live term (edge 0->1 is none), so what its out-edges compute is a constant
+DEAD_NODE_ARCHS = (
+    '|none~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|',
+    '|none~0|+|skip_connect~0|skip_connect~1|+|nor_conv_1x1~0|nor_conv_3x3~1|nor_conv_1x1~2|',
+    # node 2 is itself a constant (a conv of dead node 1), so node 3 adds two constants
+    '|none~0|+|none~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_1x1~1|avg_pool_3x3~2|',
+)
+
+
+def test_nb201_ops_on_a_dead_node_are_constant_operands_of_the_add():
+  g = nb201_graph.lower(DEAD_NODE_ARCHS[0])
+  node2 = [n for n in g.nodes if n.name == 'layer0_cell/node2']
+  # node 2 = conv3x3(node 0) + conv3x3(zeros): a live term plus the second conv's bias
+  assert len(node2) == 1 and node2[0].op == 'add' and node2[0].operands == 2
+  assert node2[0].const_slots == (1,)
+  # node 3 = skip(node 0) + conv1x1(zeros) + conv3x3(node 2): the constant is the middle operand
+  node3 = [n for n in g.nodes if n.name == 'layer0_cell/node3'][0]
+  assert node3.const_slots == (1,) and len(node3.inputs) == 2
+  # the folded convs themselves do not run
+  assert not any('/e2/' in n.name or '/e4/' in n.name for n in g.nodes)
+  g2 = nb201_graph.lower(DEAD_NODE_ARCHS[2])
+  node3 = [n for n in g2.nodes if n.name == 'layer0_cell/node3'][0]
+  assert node3.const_slots == (1, 2) and len(node3.inputs) == 1  # skip + two constants
+
+
+def test_const_operand_slots_fold_leading_constants():
+  slots = G.const_operand_slots
+  #            live                      constant
+  assert slots([0, 0, 1, 0, 1], [1, 1, 0, 1, 0]) == (0, 2)  # c c L c L -> C' L c L
+  assert slots([1, 0], [0, 1]) == (1,)
+  assert slots([0, 1], [1, 0]) == (0,)
+  assert slots([0, 0], [1, 1]) == ()        # no live term: the whole sum is a constant
+  assert slots([1, 0, 1], [0, 0, 0]) == ()  # absent terms are no operands
+
+
 def test_nb201_template_exact_for_one_hot_and_multi_hot():
   rng = np.random.default_rng(3)
   masks = np.concatenate([nb201.ops_to_mask(nb201.sample_ops(rng, 12)),
+                          nb201.ops_to_mask(np.array([nb201.parse_arch_str(a)
+                                                      for a in DEAD_NODE_ARCHS])),
                           (rng.random((12, 6, 5)) < 0.4).astype(np.float32)])
   soft = nb201_graph.cost(masks, SMALL)
   for i, m in enumerate(masks):
