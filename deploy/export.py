@@ -26,8 +26,10 @@ from engine import int_inference
 from engine import train as train_lib
 
 IO_CHECK_IMAGES = 256
-# runtimes whose predicted costs the C project's measurements are set against
-C_COST_RUNTIMES = ('cmsis-nn', 'tflm', 'tinyengine')
+# runtimes whose predicted costs the C project's measurements are set against; 'zeronas-c' is the
+# catalog's model of the generated project itself, the one its flash is checked against
+C_COST_RUNTIMES = ('zeronas-c', 'cmsis-nn', 'tflm', 'tinyengine')
+C_RUNTIME = 'zeronas-c'
 
 
 class ExportError(ValueError):
@@ -179,19 +181,14 @@ def c_project(out_dir, model: bytes, q_in, ref_logits, ops, config, target='m4',
 
 def plan_vs_model(project, ops, config) -> dict:
   """The generated arena against the hardware model's TFLM plan for the lowered graph."""
-  from hardware import memory
-  from search_spaces import nb201_graph
-  graph = nb201_graph.lower(ops, config)
-  planned = memory.tflm_greedy_arena(memory.tflm_buffers(graph))
+  planned = predicted_c_costs(ops, config, runtimes=())['plan_bytes']
   return {'hardware_model_plan_bytes': planned,
           'arena_equals_plan': project.arena_bytes == planned}
 
 
 def measure(project, r, ref_logits, elf, ops, config, target, device) -> dict:
   """Bit-exactness, per-kernel instructions per MAC, sizes against the hardware model."""
-  import hardware
   from deploy import mcu
-  from search_spaces import nb201_graph
   per_kernel = {}
   mean = r.instructions.mean(0)
   for layer, n in zip(project.layers, mean):
@@ -202,13 +199,7 @@ def measure(project, r, ref_logits, elf, ops, config, target, device) -> dict:
   for k in per_kernel.values():
     k['instructions_per_work'] = k['instructions'] / max(k['work'], 1)
   sizes = mcu.sizes(elf)
-  graph = nb201_graph.lower(ops, config)
-  predicted = {}
-  for runtime in C_COST_RUNTIMES:
-    res = hardware.cost(graph, device=device, runtime=runtime)
-    predicted[runtime] = {'flash_bytes': float(res['flash_bytes']),
-                          'sram_bytes': float(res['sram_bytes']),
-                          'latency_ms': float(res['latency_ms'])}
+  predicted = predicted_c_costs(ops, config, device)
   flash = sizes['.text'] + sizes['.rodata'] + sizes['.data']
   stack = mcu.stack_bytes(project.out_dir, target)
   return {
@@ -223,7 +214,21 @@ def measure(project, r, ref_logits, elf, ops, config, target, device) -> dict:
       'stack_bytes': stack['total'], 'stack_not_static': stack['not_static'],
       'bss_outside_arena': sizes['.bss'] - project.arena_bytes,
       'predicted': predicted, 'device': device,
-      'flash_error_tinyengine': predicted['tinyengine']['flash_bytes'] / flash - 1}
+      'flash_error': predicted[C_RUNTIME]['flash_bytes'] / flash - 1}
+
+
+def predicted_c_costs(ops, config, device='nucleo-l4r5zi', runtimes=C_COST_RUNTIMES) -> dict:
+  """The hardware model's flash, SRAM and latency of the lowered arch for each runtime of
+  `C_COST_RUNTIMES`, and its TFLM plan (the generated arena's size by construction)."""
+  import hardware
+  from hardware import memory
+  from search_spaces import nb201_graph
+  graph = nb201_graph.lower(ops, config)
+  out = {'plan_bytes': memory.tflm_greedy_arena(memory.tflm_buffers(graph))}
+  for runtime in runtimes:
+    res = hardware.concrete_cost(graph, device=device, runtime=runtime)
+    out[runtime] = {key: float(res[key]) for key in ('flash_bytes', 'sram_bytes', 'latency_ms')}
+  return out
 
 
 def _reference_logits(net: int_inference.IntNetwork, x, batch=250) -> np.ndarray:
@@ -286,7 +291,7 @@ def c_summary(c: dict) -> str:
           f'plan ({c["hardware_model_plan_bytes"]})')
   if 'not_run' in c:
     return head + f'; not built: {c["not_run"]}'
-  s, p = c['sizes'], c['predicted']['tinyengine']
+  s, p = c['sizes'], c['predicted'][C_RUNTIME]
   return '\n'.join([
       head,
       f'  {c["target"]} in QEMU: int8 logits equal the integer reference on '
@@ -294,8 +299,8 @@ def c_summary(c: dict) -> str:
       f'{c["instructions_per_inference"] / 1e6:.1f} M instructions per inference, '
       f'{c["emulator_seconds_per_inference"]:.2f} s emulated',
       f'  flash .text {s[".text"]} + .rodata {s[".rodata"]} = {c["flash_bytes"]} bytes '
-      f'(hardware model, tinyengine runtime: {p["flash_bytes"]:.0f}, '
-      f'{c["flash_error_tinyengine"]:+.1%}); SRAM .bss {s[".bss"]} (arena {c["arena_bytes"]}) + '
+      f'(hardware model, {C_RUNTIME} runtime: {p["flash_bytes"]:.0f}, '
+      f'{c["flash_error"]:+.1%}); SRAM .bss {s[".bss"]} (arena {c["arena_bytes"]}) + '
       f'stack {c["stack_bytes"]} = {c["sram_bytes"]}',
       '  instructions per MAC / element: ' + ', '.join(
           f'{k} {v["instructions_per_work"]:.2f}' for k, v in sorted(

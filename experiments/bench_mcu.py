@@ -31,9 +31,10 @@ _DEVICE = flags.DEFINE_string('device', 'nucleo-l4r5zi', 'Hardware-model device 
 _OUT = flags.DEFINE_string('out', 'runs/bench_mcu.csv', 'CSV of per-arch rows (appended, resumable).')
 
 from deploy.export import C_COST_RUNTIMES as RUNTIMES  # noqa: E402
-FIELDS = (['arch', 'instructions', 'emulator_s', 'macs', 'flash_bytes', 'text', 'rodata',
-           'bss', 'arena', 'plan', 'stack', 'per_kernel']
-          + [f'{k}_{r}' for r in RUNTIMES for k in ('latency_ms', 'flash', 'sram')])
+# what the emulator and the toolchain measured; the hardware model's predictions are recomputed
+# from the arch at summary time, so a model change needs no new emulation
+FIELDS = ['arch', 'instructions', 'emulator_s', 'macs', 'flash_bytes', 'text', 'rodata', 'bss',
+          'arena', 'stack', 'per_kernel']
 
 
 def measure(arch: str, config, target: str, device: str, workdir) -> dict:
@@ -56,26 +57,23 @@ def measure(arch: str, config, target: str, device: str, workdir) -> dict:
   if m['bitexact_fraction'] != 1.0:
     raise RuntimeError(f'{arch}: emulated logits differ from the integer reference')
   s = m['sizes']
-  row = {'arch': arch, 'instructions': int(round(m['instructions_per_inference'])),
-         'emulator_s': m['emulator_seconds_per_inference'],
-         'macs': sum(layer.macs for layer in project.layers
-                     if layer.kernel in ('conv', 'pointwise', 'dense', 'affine')),
-         'flash_bytes': m['flash_bytes'], 'text': s['.text'], 'rodata': s['.rodata'],
-         'bss': s['.bss'], 'arena': project.arena_bytes,
-         'plan': export.plan_vs_model(project, ops, config)['hardware_model_plan_bytes'],
-         'stack': m['stack_bytes'],
-         'per_kernel': json.dumps({k: [v['work'], int(v['instructions'])]
-                                   for k, v in m['instructions_per_kernel'].items()})}
-  for rt in RUNTIMES:
-    for key, field in (('latency_ms', 'latency_ms'), ('flash', 'flash_bytes'),
-                       ('sram', 'sram_bytes')):
-      row[f'{key}_{rt}'] = m['predicted'][rt][field]
-  return row
+  return {'arch': arch, 'instructions': int(round(m['instructions_per_inference'])),
+          'emulator_s': m['emulator_seconds_per_inference'],
+          'macs': sum(layer.macs for layer in project.layers
+                      if layer.kernel in ('conv', 'pointwise', 'dense', 'affine')),
+          'flash_bytes': m['flash_bytes'], 'text': s['.text'], 'rodata': s['.rodata'],
+          'bss': s['.bss'], 'arena': project.arena_bytes, 'stack': m['stack_bytes'],
+          'per_kernel': json.dumps({k: [v['work'], int(v['instructions'])]
+                                    for k, v in m['instructions_per_kernel'].items()})}
 
 
-def summarize(rows) -> str:
+def summarize(rows, config, device: str) -> str:
   import numpy as np
+  from deploy import export
   from hardware import latency
+  from search_spaces import nb201
+  pred = [export.predicted_c_costs(nb201.parse_arch_str(r['arch']), config, device)
+          for r in rows]
   ins = np.array([float(r['instructions']) for r in rows])
   lines = [f'{len(rows)} archs; instructions per inference {ins.min() / 1e6:.1f}-'
            f'{ins.max() / 1e6:.1f} M (median {np.median(ins) / 1e6:.1f} M); emulator '
@@ -83,14 +81,14 @@ def summarize(rows) -> str:
            f'max {max(float(r["emulator_s"]) for r in rows):.2f})']
   macs = np.array([float(r['macs']) for r in rows])
   lines.append(f'Kendall tau (MACs, instructions) {latency.kendall_tau(macs, ins):.3f}')
+  real = np.array([float(r['flash_bytes']) for r in rows])
   for rt in RUNTIMES:
-    lat = np.array([float(r[f'latency_ms_{rt}']) for r in rows])
-    flash = np.array([float(r[f'flash_{rt}']) for r in rows])
-    real = np.array([float(r['flash_bytes']) for r in rows])
-    err = flash / real - 1
-    lines.append(f'{rt:10s}: Kendall tau (predicted latency, instructions) '
-                 f'{latency.kendall_tau(lat, ins):.3f}; predicted flash vs .text+.rodata '
-                 f'median {np.median(err):+.1%} (range {err.min():+.1%} to {err.max():+.1%})')
+    lat = np.array([p[rt]['latency_ms'] for p in pred])
+    err = np.array([p[rt]['flash_bytes'] for p in pred]) / real - 1
+    lines.append(f'{rt:10s}: Kendall tau (predicted latency on {device}, instructions) '
+                 f'{latency.kendall_tau(lat, ins):.3f}; predicted flash vs .text+.rodata median '
+                 f'{np.median(err):+.1%} (range {err.min():+.1%} to {err.max():+.1%}), within '
+                 f'10% on {int(np.sum(np.abs(err) <= 0.1))}/{len(rows)}')
   per = {}
   for r in rows:
     for k, (w, n) in json.loads(r['per_kernel']).items():
@@ -99,7 +97,7 @@ def summarize(rows) -> str:
       p[1] += n
   lines.append('instructions per MAC (conv, pointwise, dense, affine) or element: ' + ', '.join(
       f'{k} {n / max(w, 1):.2f}' for k, (w, n) in sorted(per.items(), key=lambda kv: -kv[1][1])))
-  eq = sum(int(r['arena']) == int(r['plan']) for r in rows)
+  eq = sum(int(r['arena']) == p['plan_bytes'] for r, p in zip(rows, pred))
   lines.append(f'arena == hardware model TFLM plan on {eq}/{len(rows)} archs; stack '
                f'{min(int(r["stack"]) for r in rows)}-{max(int(r["stack"]) for r in rows)} bytes; '
                f'.bss - arena {np.median([int(r["bss"]) - int(r["arena"]) for r in rows]):.0f} '
@@ -124,13 +122,15 @@ def main(argv):
   archs = [nb201.format_arch_str(o) for o in ops[nb201.is_connected(ops)]][:_ARCHS.value]
   out = pathlib.Path(_OUT.value)
   out.parent.mkdir(parents=True, exist_ok=True)
-  done = {}
+  done, fields = {}, FIELDS
   if out.exists():
     with out.open() as f:
-      done = {r['arch']: r for r in csv.DictReader(f) if r.get(FIELDS[-1])}  # whole rows
+      reader = csv.DictReader(f)
+      fields = reader.fieldnames or FIELDS  # a file of an older layout keeps its columns
+      done = {r['arch']: r for r in reader if r.get(fields[-1])}  # whole rows
   new = not out.exists()
   with out.open('a', newline='') as f, tempfile.TemporaryDirectory() as tmp:
-    w = csv.DictWriter(f, FIELDS)
+    w = csv.DictWriter(f, fields, restval='', extrasaction='ignore')
     if new:
       w.writeheader()
     for i, arch in enumerate(archs):
@@ -143,7 +143,7 @@ def main(argv):
       done[arch] = {k: str(v) for k, v in row.items()}
       print(f'[{len(done)}/{len(archs)}] {arch}: {row["instructions"] / 1e6:.1f} M instructions, '
             f'{time.perf_counter() - t0:.1f} s', flush=True)
-  print(summarize([done[a] for a in archs]))
+  print(summarize([done[a] for a in archs], config, _DEVICE.value))
 
 
 if __name__ == '__main__':

@@ -161,6 +161,20 @@ RUNTIMES = types.MappingProxyType({r.name: r for r in (
                          inference=0.3),
             code_flash_bytes=20_000, flash_bytes_per_kernel=60, quant_bytes_per_channel=8,
             persistent_bytes_per_channel=0, sram_overhead_bytes=1_000, im2col=True),
+    # This project's generated C (`deploy.c_source`, --experiment=export --c_source). Sizes are
+    # read off one Cortex-M4 -O2 build's symbol table (arm-none-eabi-nm, a C=4 N=1 model of 52
+    # layers, docs/deploy.md), not fitted to the archs they are checked on: kernels, startup,
+    # semihosting and libc 4.1 kB of .text; per layer a 45 B call in zn_invoke and a 31 B const
+    # descriptor; per output channel an int32 multiplier and shift. Latency scales are
+    # TinyEngine's priors (a code generator), not calibrated.
+    Runtime('zeronas-c', "this project's generated C99 (deploy/c): int8 kernels, static "
+            'arena laid out by the TFLM planner, no interpreter',
+            _per_feature(conv_macs=0.75, pointwise_macs=0.75, depthwise_macs=0.6,
+                         dense_macs=0.9, pool_reads=0.8, elementwise_ops=0.8,
+                         activation_bytes=0.8, weight_bytes=0.8, kernel_calls=0.2,
+                         inference=0.3),
+            code_flash_bytes=4_100, flash_bytes_per_kernel=76, quant_bytes_per_channel=8,
+            persistent_bytes_per_channel=0, sram_overhead_bytes=400, im2col=True),
 )})
 
 

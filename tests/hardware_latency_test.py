@@ -160,7 +160,7 @@ def test_catalog_has_required_devices_and_table():
   required = {'stm32f746', 'stm32h743', 'stm32h7a3', 'nucleo-l4r5zi', 'nrf52840', 'rp2040',
               'esp32-s3'}
   assert required <= set(devices.list_devices())
-  assert {'tflm', 'cmsis-nn', 'x-cube-ai', 'tinyengine'} == set(devices.list_runtimes())
+  assert {'tflm', 'cmsis-nn', 'x-cube-ai', 'tinyengine', 'zeronas-c'} == set(devices.list_runtimes())
   table = devices.list_devices_table()
   for name in required:
     assert name in table
