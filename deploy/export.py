@@ -22,6 +22,7 @@ import numpy as np
 
 from deploy import runtimes
 from deploy import tflite
+from engine import files
 from engine import int_inference
 from engine import train as train_lib
 
@@ -34,12 +35,6 @@ C_RUNTIME = 'zeronas-c'
 
 class ExportError(ValueError):
   """A workdir that cannot be exported; the message is one line naming the fix."""
-
-
-def _write_bytes_atomic(path: pathlib.Path, data: bytes):
-  tmp = path.with_suffix(path.suffix + '.tmp')
-  tmp.write_bytes(data)
-  tmp.replace(path)
 
 
 def predicted_costs(ops, config, device: str, runtime: str) -> dict:
@@ -82,7 +77,7 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
   t0 = time.perf_counter()
   model, reference = tflite.to_tflite(variables, ops, net_cfg,
                                       description=f'zeronas-mcu {cfg.arch} C{cfg.C} N{cfg.N}')
-  _write_bytes_atomic(workdir / 'model.tflite', model)
+  files.write_bytes_atomic(workdir / 'model.tflite', model)
   log(f'model.tflite: {len(model)} bytes ({time.perf_counter() - t0:.1f} s)')
 
   _, test = train_lib.load_data(data_dir, dataclasses.replace(cfg, train_images=1))

@@ -26,6 +26,7 @@ from absl import app, flags
 
 from engine import proxies as proxies_lib
 from engine import scoring
+from experiments import common
 from search_spaces import nb201
 
 _GROUPS = flags.DEFINE_string(
@@ -159,4 +160,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags_or_fail)

@@ -4,20 +4,25 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import os
 import pathlib
 import sys
-import tempfile
 
 import numpy as np
 
 from engine import data as data_lib
 from engine import proxies as proxies_lib
+from engine.files import write_atomic, write_text_atomic  # noqa: F401 (the experiments' helpers)
 from search_spaces import nb201
 
 # Each dataset's NB201 test-accuracy column in the benchmark table.
 ACC_COLUMN = {'cifar10': 'cifar10_test_acc', 'cifar100': 'cifar100_test_acc',
               'ImageNet16-120': 'imagenet16_120_test_acc'}
+
+
+
+class UsageError(ValueError):
+  """A command line that cannot run as given; the message names the flag and the fix."""
+
 
 USER_ERRORS = (nb201.ArchError, data_lib.DataError, proxies_lib.ProxyError, FileNotFoundError,
                ValueError)
@@ -25,8 +30,21 @@ USER_ERRORS = (nb201.ArchError, data_lib.DataError, proxies_lib.ProxyError, File
 
 def fail(message: str):
   """One line on stderr and exit code 2: the contract for every bad input."""
-  print(f'error: {message}', file=sys.stderr)
+  print(f'error: {" ".join(str(message).split())}', file=sys.stderr)
   sys.exit(2)
+
+
+def parse_flags_or_fail(argv):
+  """absl's flag parsing for `app.run(main, flags_parser=...)`: a bad flag value, an unknown
+  flag or a malformed number is one line and exit 2 (absl alone prints two lines, exits 1)."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as err:
+    message = str(err).removeprefix('flag ')  # absl: 'flag --seed=-1: -1 is not a ...'
+    if isinstance(err, flags.UnrecognizedFlagError):
+      message += '; see --help for the flags'
+    fail(message)
 
 
 def arch_index_table(benchmark_file=None, required=False):
@@ -116,19 +134,21 @@ def load_images(data_dir, dataset: str):
     return images
 
 
-def write_text_atomic(path, text: str):
-  """Writes `text` to a temporary file beside `path`, then renames it into place: a crash
-  leaves either the old file or the new one, never half of one."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'w', newline='') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+def format_number(value, digits=None):
+  """One CSV/JSON number format: '' for None, ints as ints, floats at full (round-trip)
+  precision or `digits` significant digits, and inf / nan spelled out (never a silent blank)."""
+  if value is None:
+    return ''
+  if isinstance(value, str):
+    return value
+  if isinstance(value, (bool, np.bool_)):
+    return int(value)
+  if isinstance(value, (int, np.integer)):
+    return int(value)
+  value = float(value)
+  if not np.isfinite(value):
+    return str(value)
+  return repr(value) if digits is None else f'{value:.{digits}g}'
 
 
 def write_csv_atomic(path, header, rows):
@@ -138,41 +158,6 @@ def write_csv_atomic(path, header, rows):
   writer.writerow(header)
   writer.writerows(rows)
   write_text_atomic(path, buffer.getvalue())
-
-
-def _score_experiment(f):
-  from experiments import score  # imported lazily: JAX starts only for the experiment that runs
-  score.run(f)
-
-
-def _cost_experiment(f):
-  from experiments import cost
-  cost.run(f)
-
-
-def _search_experiment(f):
-  from experiments import search
-  search.run(f)
-
-
-def _correlate_experiment(f):
-  from experiments import correlate
-  correlate.run(f)
-
-
-def _train_experiment(f):
-  from experiments import train
-  train.run(f)
-
-
-def _export_experiment(f):
-  from experiments import export
-  export.run(f)
-
-
-EXPERIMENTS = {'score': _score_experiment, 'cost': _cost_experiment,
-               'search': _search_experiment, 'train': _train_experiment,
-               'correlate': _correlate_experiment, 'export': _export_experiment}
 
 
 @dataclasses.dataclass

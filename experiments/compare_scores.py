@@ -1,6 +1,6 @@
 """How much a proxy's ranking depends on the run: Spearman rho between two runs' values.
 
-  python -m experiments.compare_scores RUN_A/scores.csv RUN_B/scores.csv
+  python -m experiments.compare_scores --scores_a=RUN_A/scores.csv --scores_b=RUN_B/scores.csv
 
 For each proxy column in both files (scores.csv of `--experiment=correlate` or `score`), Spearman
 rho (scipy.stats) between the two runs' values on the archs both scored, leaving out archs either
@@ -10,12 +10,16 @@ NASLib reference values).
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
+from absl import app, flags
 from scipy import stats
 
 from experiments import common
+
+_SCORES_A = flags.DEFINE_string('scores_a', None, 'First scores.csv of --experiment=correlate or '
+                                'score, or its workdir.')
+_SCORES_B = flags.DEFINE_string('scores_b', None, 'Second scores.csv (or workdir) to compare '
+                                'with --scores_a.')
 
 
 def _values(scores: common.ScoresCsv, name: str, rows) -> np.ndarray:
@@ -36,18 +40,21 @@ def compare(path_a, path_b) -> list[dict]:
 
 
 def main(argv):
-  if len(argv) != 3:
-    print('error: give two scores.csv files (or correlate workdirs) to compare', file=sys.stderr)
-    return 2
+  if len(argv) > 1:
+    common.fail(f'unexpected argument {argv[1]!r}; pass the two files as --scores_a=A.csv '
+                f'--scores_b=B.csv')
+  for holder in (_SCORES_A, _SCORES_B):
+    if not holder.value:
+      common.fail(f'--{holder.name} is required: a scores.csv of --experiment=correlate or '
+                  f'score, or its workdir')
+  path_a, path_b = _SCORES_A.value, _SCORES_B.value
   try:
-    rows = compare(argv[1], argv[2])
+    rows = compare(path_a, path_b)
   except ValueError as err:
-    print(f'error: {err}', file=sys.stderr)
-    return 2
+    common.fail(str(err))
   if not rows:
-    print('error: the two files share no proxy column', file=sys.stderr)
-    return 2
-  print(f'| proxy | archs in both | used | Spearman rho, {argv[1]} vs {argv[2]} |')
+    common.fail('the two files share no proxy column')
+  print(f'| proxy | archs in both | used | Spearman rho, {path_a} vs {path_b} |')
   print('|---|---|---|---|')
   for r in rows:
     print(f'| {r["name"]} | {r["archs"]} | {r["used"]} | {r["spearman"]:.3f} |')
@@ -55,4 +62,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  app.run(main, flags_parser=common.parse_flags_or_fail)

@@ -29,7 +29,6 @@ import math
 import os
 import pathlib
 import sys
-import tempfile
 import warnings
 
 import numpy as np
@@ -48,7 +47,6 @@ REFERENCE_NAMES = {'jacob_cov': 'jacov', 'nwot': 'nwot', 'synflow': 'synflow', '
                    'grad_norm': 'grad_norm', 'fisher': 'fisher', 'grasp': 'grasp',
                    'params': 'params', 'flops': 'flops'}
 TOP_FRACTIONS = (0.05, 0.10)
-DEFAULT_WORKDIR = 'correlate_out'
 MANIFEST_VERSION = 1
 # Test hook: end the process (as a crash would) after this many chunks were written by it.
 CRASH_ENV = 'ZERONAS_CORRELATE_CRASH_AFTER'
@@ -87,7 +85,7 @@ def run(f):
   else:
     ops = common.select_archs(f.archs, f.seed, f.benchmark_file)
   images = common.load_images(f.data_dir, f.dataset)
-  workdir = pathlib.Path(_workdir(f))
+  workdir = pathlib.Path(f.workdir)
   from experiments.search import enable_compile_cache
   enable_compile_cache()  # a resumed run reuses the interrupted one's compiled program
   import jax
@@ -147,16 +145,6 @@ def reference_archs(spec: str, reference, seed: int) -> np.ndarray:
   return np.concatenate([base, np.sort(extra)])
 
 
-def _workdir(f) -> str:
-  """--workdir, or DEFAULT_WORKDIR when the flag was not given (its default is the search's)."""
-  try:
-    if not f['workdir'].present:
-      return DEFAULT_WORKDIR
-  except (TypeError, KeyError):
-    pass  # not absl (tests pass a namespace): take the value as given
-  return f.workdir
-
-
 # -- the resumable sweep
 
 
@@ -204,8 +192,8 @@ def chunk_path(chunk_dir: pathlib.Path, i: int) -> pathlib.Path:
 
 
 def write_chunk(path: pathlib.Path, ops, scores: dict):
-  """The chunk's archs and every score array, all-or-nothing (temp file + os.replace)."""
-  _write_atomic(path, lambda fh: np.savez(fh, __ops__=np.asarray(ops, np.int64), **scores))
+  """The chunk's archs and every score array, all-or-nothing (`common.write_atomic`)."""
+  common.write_atomic(path, lambda fh: np.savez(fh, __ops__=np.asarray(ops, np.int64), **scores))
 
 
 def read_chunk(path: pathlib.Path, ops) -> dict | None:
@@ -254,19 +242,6 @@ def sweep(ops, chunk_size: int, chunk_dir: pathlib.Path, make_scorer, progress=T
     print(f'scored {t.scored} archs: compile {t.compile_s:.1f} s, run {t.run_s:.1f} s = '
           f'{t.run_s / t.scored:.3f} s/arch')
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def _write_atomic(path: pathlib.Path, write):
-  """`write(binary file)` into a temp file beside `path`, renamed into place when complete."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as fh:
-      write(fh)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
 
 
 # -- columns and statistics
@@ -396,8 +371,8 @@ def write_scores(workdir, ops, indices, columns, acc_name, acc):
   for i in range(len(ops)):
     row = [int(indices[i]), strs[i]]
     for c in columns:
-      row += [_fmt(c.values[i]), c.flag_text[i]]
-    rows.append(row + [_fmt(acc[i])])
+      row += [common.format_number(float(c.values[i])), c.flag_text[i]]
+    rows.append(row + [common.format_number(float(acc[i]))])
   common.write_csv_atomic(workdir / 'scores.csv', header, rows)
   try:
     import pyarrow as pa
@@ -410,7 +385,7 @@ def write_scores(workdir, ops, indices, columns, acc_name, acc):
     data[c.name] = pa.array(c.values)
     data[c.name + '_flag'] = pa.array(c.flag_text, pa.string())
   data[acc_name] = pa.array(np.asarray(acc, np.float64))
-  _write_atomic(workdir / 'scores.parquet', lambda fh: pq.write_table(pa.table(data), fh))
+  common.write_atomic(workdir / 'scores.parquet', lambda fh: pq.write_table(pa.table(data), fh))
 
 
 def describe_setting(f, settings, proxy_names, images, num_archs) -> list[str]:
@@ -521,14 +496,9 @@ def write_plots(workdir, columns, acc, dataset) -> bool:
       ax.set_title(f'{c.name} ({len(x)} archs)', fontsize=9)
       ax.tick_params(labelsize=7)
     fig.tight_layout()
-    _write_atomic(workdir / name, lambda fh: fig.savefig(fh, format='png', dpi=110))
+    common.write_atomic(workdir / name, lambda fh: fig.savefig(fh, format='png', dpi=110))
     plt.close(fig)
   return True
-
-
-def _fmt(value) -> str:
-  value = float(value)
-  return repr(value) if np.isfinite(value) else str(value)
 
 
 def _num(value) -> str:

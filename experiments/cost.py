@@ -1,5 +1,5 @@
 """`--experiment=cost`: MCU cost (SRAM, flash, latency, energy, MACs, params) per arch, one CSV
-row each, for a (device, runtime) pair; `--list_devices` prints the catalog instead.
+row each, for a (device, runtime) pair (`--list_devices`, from any experiment, prints the catalog).
 
 The numbers come from `hardware` through each search space's `cost_rows`; this module only picks
 the archs, batches NB201 for a progress bar, and writes the CSV.
@@ -17,14 +17,11 @@ _NB201_CHUNK = 1024  # archs per jitted call; a fixed shape, so one compile for 
 
 
 def run(f):
-  if f.list_devices:
-    print(hardware.list_devices_table())
-    return
   device = hardware.get_device(f.device)     # ValueError naming the valid devices
   runtime = hardware.get_runtime(f.runtime)  # ValueError naming the valid runtimes
   key_columns, rows = _SPACES[f.search_space](f, device.name, runtime.name)
 
-  out = [[*keys, *(_fmt(row[c]) for c in COST_COLUMNS),
+  out = [[*keys, *(common.format_number(row[c], digits=7) for c in COST_COLUMNS),
           int(row['fits_sram'] and row['fits_flash'])] for keys, row in rows]
   common.write_csv_atomic(f.output, [*key_columns, *COST_COLUMNS, 'fits'], out)
 
@@ -98,9 +95,3 @@ def _archs_given(f) -> bool:
     return bool(f['archs'].present)
   except (TypeError, KeyError):
     return f.archs != 'random:64'
-
-
-def _fmt(value):
-  if isinstance(value, (int, np.integer)):
-    return int(value)
-  return f'{float(value):.7g}'

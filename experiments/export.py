@@ -15,16 +15,10 @@ from search_spaces import nb201
 
 
 def run(f):
-  if not f['workdir'].present:
-    raise export_lib.ExportError('--experiment=export needs --workdir=<a workdir written by '
-                                 '--experiment=train --quant=qat or ptq>')
   if f.export_images == 0 or f.export_images < -1:
     raise export_lib.ExportError(f'--export_images must be a positive count or -1 (all test '
                                  f'images), got {f.export_images}')
   data_dir = f.data_dir or str(nb201.data_dir() / 'cifar10')
-  runtime = f.runtime if f['runtime'].present else 'tflm'
-  if f.c_images < 1:
-    raise export_lib.ExportError(f'--c_images must be a positive count, got {f.c_images}')
   export_lib.export(f.workdir, data_dir, f.export_images, litert=f.litert, device=f.device,
-                    runtime=runtime, progress=f.progress, c_source=f.c_source,
+                    runtime=f.runtime, progress=f.progress, c_source=f.c_source,
                     c_target=f.c_target, c_images=f.c_images)

@@ -2,30 +2,106 @@
 
 With no flags it runs the main job: a hardware-aware search (TE-NAS pruning under the MCU's
 SRAM and flash) for an STM32F746 / CMSIS-NN on NB201, printing the winner, its costs and fit.
-Bad input ends with one line on stderr naming the problem and the fix, and exit code 2.
+
+Each experiment is a module with `run(flags)`, registered in `EXPERIMENTS` with the flags it
+reads, the search spaces it supports and its own defaults. A flag the chosen experiment does not
+read is refused, not ignored. Bad input ends with one line on stderr naming the problem and the
+fix, and exit code 2. `--list_devices` prints the device catalog from any experiment.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import logging
 import sys
+import textwrap
+import types
+from typing import Mapping
 
 from absl import app, flags
 
 from experiments import common
+from search_spaces import nb201
 
-_EXPERIMENT = flags.DEFINE_enum('experiment', 'search', sorted(common.EXPERIMENTS),
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """What `--experiment=NAME` runs: `experiments.<module>.run(flags)`."""
+  module: str
+  flags: frozenset[str]            # flags it reads (besides ALWAYS)
+  spaces: tuple[str, ...]          # --search_space values it supports
+  defaults: Mapping[str, object] = dataclasses.field(default_factory=dict)  # for unset flags
+  required: Mapping[str, str] = dataclasses.field(default_factory=dict)  # flag -> what to pass
+  summary: str = ''
+
+
+ALWAYS = frozenset({'experiment', 'list_devices', 'progress', 'search_space'})
+SCORING = frozenset({
+    'proxies', 'batch_candidates', 'candidate_chunk', 'sparse', 'single_path', 'ntk_batch',
+    'repeats', 'ntk_width', 'ntk_cells', 'zc_batch', 'zc_width', 'zc_cells', 'zico_splits',
+    'cotangent_chunk', 'init', 'data_dir', 'dataset', 'benchmark_file', 'seed'})
+SEARCH = frozenset({
+    'seeds', 'device', 'runtime', 'searcher', 'latency_budget_ms', 'energy_budget_mj',
+    'sram_reserve_kb', 'flash_reserve_kb', 'workdir', 'proxy_weights', 'w_flops', 'w_latency',
+    'w_feasible', 'random_samples', 'evolution_samples', 'population', 'tournament', 'recheck'})
+TRAIN = frozenset({
+    'arch', 'benchmark_file', 'data_dir', 'dataset', 'seed', 'workdir', 'epochs', 'quant',
+    'init_from', 'distill_from', 'distill_alpha', 'distill_temperature', 'train_width',
+    'train_cells', 'train_batch', 'optimizer', 'lr', 'weight_decay', 'warmup_epochs',
+    'label_smoothing', 'calib_batches', 'train_images', 'test_images', 'int_eval_images'})
+EXPORT = frozenset({'workdir', 'data_dir', 'device', 'runtime', 'export_images', 'litert',
+                    'c_source', 'c_target', 'c_images'})
+
+EXPERIMENTS = types.MappingProxyType({
+    # the coupled NTK at K=24 candidates needs K x B x B activations (hundreds of GB at B=64),
+    # the independent one ~B x less, and one repeat at B=32 keeps a prune round near 20 s on
+    # 2 cores (docs/search.md)
+    'search': Experiment('search', SCORING | SEARCH, ('nb201',),
+                         types.MappingProxyType({'proxies': 'ntk_cond_independent,linear_regions',
+                                                 'ntk_batch': 32, 'repeats': 1}),
+                         summary='hardware-aware NB201 search (the main job)'),
+    'score': Experiment('score', SCORING | {'archs', 'output'}, ('nb201',),
+                        summary='proxy scores per arch, one CSV row each'),
+    'correlate': Experiment('correlate', SCORING | {'archs', 'workdir', 'chunk_size',
+                                                    'reference_file'}, ('nb201',),
+                            types.MappingProxyType({'workdir': 'correlate_out'}),
+                            summary='resumable proxy sweep and its correlation with accuracy'),
+    'cost': Experiment('cost', frozenset({'archs', 'benchmark_file', 'dataset', 'seed', 'output',
+                                          'device', 'runtime'}),
+                       ('nb201', 'tinycnn', 'mlperf_tiny'),
+                       summary='MCU cost per arch, one CSV row each'),
+    'train': Experiment('train', TRAIN, ('nb201',),
+                        types.MappingProxyType({'workdir': 'train_out'}),
+                        required=types.MappingProxyType({'arch': 'an NB201 arch string or index'}),
+                        summary='train one arch in fp32, PTQ or QAT'),
+    'export': Experiment('export', EXPORT, ('nb201',), types.MappingProxyType({'runtime': 'tflm'}),
+                         required=types.MappingProxyType({
+                             'workdir': 'a workdir written by --experiment=train --quant=qat or '
+                                        'ptq'}),
+                         summary='trained int8 run -> .tflite (+ C), verified'),
+})
+
+__doc__ += '\n' + '\n'.join(
+    ['Experiments (--experiment), their search spaces and the flags each reads (besides '
+     + ', '.join(f'--{n}' for n in sorted(ALWAYS)) + '):']
+    + [f'  {name}: {e.summary}; {"/".join(e.spaces)}\n' + textwrap.fill(
+        ' '.join(f'--{n}' for n in sorted(e.flags)), 96, initial_indent=' ' * 4,
+        subsequent_indent=' ' * 4) for name, e in EXPERIMENTS.items()])
+
+_EXPERIMENT = flags.DEFINE_enum('experiment', 'search', sorted(EXPERIMENTS),
                                 'What to run.')
 flags.DEFINE_enum('search_space', 'nb201', ['nb201', 'tinycnn', 'mlperf_tiny'], 'Search space.')
-flags.DEFINE_string('dataset', 'cifar10', 'cifar10, cifar100 or ImageNet16-120.')
+flags.DEFINE_enum('dataset', 'cifar10', list(nb201.DATASETS), 'NB201 dataset.')
 flags.DEFINE_string('archs', 'random:64',
                     'all | random:N | a file with one arch string or index per line | an arch '
                     'string | an arch index; correlate also takes reference (the '
                     '--reference_file archs of --dataset) and reference+random:N.')
 flags.DEFINE_string('proxies', 'ntk_cond_independent,linear_regions',
                     'Comma-separated proxy names (ntk_cond is TE-NAS-exact but slow on CPU).')
-flags.DEFINE_integer('batch_candidates', 8, 'Candidates per compiled call (K).')
+flags.DEFINE_integer('batch_candidates', 8, 'Candidates per compiled call (K).', lower_bound=1)
 flags.DEFINE_integer('candidate_chunk', 0,
-                     'Candidates vmapped together inside a call (0 = all K); bounds memory.')
+                     'Candidates vmapped together inside a call (0 = all K); bounds memory.',
+                     lower_bound=0)
 flags.DEFINE_bool('sparse', False,
                   'Multi-hot masks (pruning): run only active ops (lax.cond inside lax.map) '
                   'instead of the dense masked supernet. One-hot archs always run their own '
@@ -33,37 +109,48 @@ flags.DEFINE_bool('sparse', False,
 flags.DEFINE_bool('single_path', True,
                   'Score one-hot archs on their own single path (lax.switch per edge, scan over '
                   'cells); false: the dense masked supernet, every op of every edge.')
-flags.DEFINE_integer('seed', 0, 'Seed for arch sampling, inputs and inits.')
+flags.DEFINE_integer('seed', 0, 'Seed for arch sampling, inputs and inits.', lower_bound=0)
 flags.DEFINE_string('output', 'scores.csv', 'Output CSV path.')
 flags.DEFINE_string('data_dir', None,
                     'Folder with CIFAR python pickle batches; without it inputs are N(0,1).')
 flags.DEFINE_string('benchmark_file', None,
                     'NB201 CSV with arch_index,arch_str (default: the NB201 table in '
                     '$ZERONAS_DATA_DIR or ../shared/data).')
-flags.DEFINE_integer('ntk_batch', 64, 'NTK batch size B.')
-flags.DEFINE_integer('repeats', 3, 'NTK repeats (fresh init and batch each), averaged.')
-flags.DEFINE_integer('ntk_width', 8, 'Channels C of the NTK proxy network (NB201: 16).')
-flags.DEFINE_integer('ntk_cells', 1, 'Cells per stage N of the NTK proxy network (NB201: 5).')
-flags.DEFINE_integer('zc_batch', 64, 'Batch of the zero-cost proxies (grad_norm, snip, synflow, ...).')
-flags.DEFINE_integer('zc_width', 16, 'Channels C of the zero-cost proxies\' network (NB201: 16).')
-flags.DEFINE_integer('zc_cells', 5, 'Cells per stage N of the zero-cost proxies\' network (NB201: 5).')
-flags.DEFINE_integer('zico_splits', 2, 'zico: mini-batches the zero-cost batch is split into (>= 2).')
+flags.DEFINE_integer('ntk_batch', 64, 'NTK batch size B (search: 32).', lower_bound=1)
+flags.DEFINE_integer('repeats', 3, 'NTK repeats (fresh init and batch each), averaged '
+                     '(search: 1).', lower_bound=1)
+flags.DEFINE_integer('ntk_width', 8, 'Channels C of the NTK proxy network (NB201: 16).',
+                     lower_bound=1)
+flags.DEFINE_integer('ntk_cells', 1, 'Cells per stage N of the NTK proxy network (NB201: 5).',
+                     lower_bound=1)
+flags.DEFINE_integer('zc_batch', 64, 'Batch of the zero-cost proxies (grad_norm, snip, synflow, '
+                     '...).', lower_bound=1)
+flags.DEFINE_integer('zc_width', 16, 'Channels C of the zero-cost proxies\' network (NB201: 16).',
+                     lower_bound=1)
+flags.DEFINE_integer('zc_cells', 5, 'Cells per stage N of the zero-cost proxies\' network (NB201: '
+                     '5).', lower_bound=1)
+flags.DEFINE_integer('zico_splits', 2, 'zico: mini-batches the zero-cost batch is split into.',
+                     lower_bound=2)
 flags.DEFINE_integer('cotangent_chunk', 0, 'Coupled NTK pullbacks vmapped together (0 = as many '
-                     'as fit a 4 GiB budget).')
-flags.DEFINE_string('init', 'torch_default', 'Weight init: torch_default or kaiming_normal.')
+                     'as fit a 4 GiB budget).', lower_bound=0)
+flags.DEFINE_enum('init', 'torch_default', ['torch_default', 'kaiming_normal'], 'Weight init.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.DEFINE_string('device', 'stm32f746', 'MCU from the device catalog (--list_devices).')
-flags.DEFINE_string('runtime', 'cmsis-nn', 'Inference runtime: tflm, cmsis-nn, x-cube-ai, tinyengine.')
+flags.DEFINE_string('runtime', 'cmsis-nn', 'Inference runtime: tflm, cmsis-nn, x-cube-ai, '
+                    'tinyengine, zeronas-c (export: tflm).')
 flags.DEFINE_bool('list_devices', False, 'Print the device and runtime catalog and exit.')
 # --experiment=search
 flags.DEFINE_string('searcher', 'prune', 'Search strategy: prune, grad_prune, random, evolution.')
 flags.DEFINE_string('seeds', '', 'Seeds to search with, e.g. 0-9 or 0,3 (default: --seed).')
 flags.DEFINE_float('latency_budget_ms', None, 'Predicted-latency budget (ms); unset: none.')
 flags.DEFINE_float('energy_budget_mj', None, 'Predicted energy budget per inference (mJ).')
-flags.DEFINE_float('sram_reserve_kb', 0.0, 'SRAM kept free for the application (KB).')
-flags.DEFINE_float('flash_reserve_kb', 0.0, 'Flash kept free for the application (KB).')
+flags.DEFINE_float('sram_reserve_kb', 0.0, 'SRAM kept free for the application (KB).',
+                   lower_bound=0)
+flags.DEFINE_float('flash_reserve_kb', 0.0, 'Flash kept free for the application (KB).',
+                   lower_bound=0)
 flags.DEFINE_string('workdir', 'search_out', 'Folder for results.json, results.csv, pareto.png '
-                    '(correlate: its outputs and chunks, default correlate_out).')
+                    '(correlate: its outputs and chunks, default correlate_out; train: its '
+                    'checkpoints, default train_out; export: the trained run).')
 flags.DEFINE_string('proxy_weights', '',
                     'Objective weight per proxy, e.g. ntk_cond=1,linear_regions=1 (default 1).')
 flags.DEFINE_float('w_flops', 0.0, 'Objective weight of predicted MACs (relative to the max).')
@@ -71,35 +158,47 @@ flags.DEFINE_float('w_latency', 0.0,
                    'Objective weight of predicted latency (relative to the budget or max).')
 flags.DEFINE_float('w_feasible', 1.0,
                    'prune: weight of the rank of the feasible share of the archs a removal leaves.')
-flags.DEFINE_integer('random_samples', 64, 'random: archs scored.')
-flags.DEFINE_integer('evolution_samples', 64, 'evolution: archs scored in total.')
-flags.DEFINE_integer('population', 16, 'evolution: population size.')
-flags.DEFINE_integer('tournament', 4, 'evolution: tournament size.')
-flags.DEFINE_integer('recheck', 8, 'grad_prune: single-path archs re-scored exactly at the end.')
+flags.DEFINE_integer('random_samples', 64, 'random: archs scored.', lower_bound=1)
+flags.DEFINE_integer('evolution_samples', 64, 'evolution: archs scored in total.', lower_bound=1)
+flags.DEFINE_integer('population', 16, 'evolution: population size.', lower_bound=1)
+flags.DEFINE_integer('tournament', 4, 'evolution: tournament size.', lower_bound=1)
+flags.DEFINE_integer('recheck', 8, 'grad_prune: single-path archs re-scored exactly at the end.',
+                     lower_bound=1)
 # --experiment=correlate (also uses --dataset, --archs, --proxies, --data_dir, --workdir, ...)
-flags.DEFINE_integer('chunk_size', 256, 'correlate: archs per resumable chunk written to disk.')
+flags.DEFINE_integer('chunk_size', 256, 'correlate: archs per resumable chunk written to disk.',
+                     lower_bound=1)
 flags.DEFINE_string('reference_file', None,
                     'correlate: NASLib zero-cost CSV to check per-proxy agreement against.')
 # --experiment=train (also uses --dataset, --data_dir, --seed, --workdir, --progress)
 flags.DEFINE_string('arch', None, 'train: NB201 arch string or index (index needs the NB201 table).')
-flags.DEFINE_integer('epochs', 10, 'train: epochs of this run (qat from scratch: half fp32).')
-flags.DEFINE_string('quant', 'fp32', 'train: fp32, ptq (calibrate int8 ranges after training) '
-                    'or qat.')
+flags.DEFINE_integer('epochs', 10, 'train: epochs of this run (qat from scratch: the first 80% of '
+                     'the steps in fp32).', lower_bound=0)
+flags.DEFINE_enum('quant', 'fp32', ['fp32', 'ptq', 'qat'], 'train: fp32, ptq (calibrate int8 '
+                  'ranges after training) or qat.')
 flags.DEFINE_string('init_from', None, 'train: workdir of a finished run to start from.')
 flags.DEFINE_string('distill_from', None, 'train: teacher workdir; distil its soft outputs.')
-flags.DEFINE_float('distill_alpha', 0.7, 'train: weight of the distillation loss.')
-flags.DEFINE_float('distill_temperature', 4.0, 'train: distillation softmax temperature.')
-flags.DEFINE_integer('train_width', 16, 'train: channels C of the trained network (NB201: 16).')
-flags.DEFINE_integer('train_cells', 5, 'train: cells per stage N (NB201: 5).')
-flags.DEFINE_integer('train_batch', 128, 'train: batch size.')
-flags.DEFINE_string('optimizer', 'sgd', 'train: sgd (Nesterov momentum) or adamw.')
-flags.DEFINE_float('lr', 0.1, 'train: peak learning rate (cosine schedule after warmup).')
-flags.DEFINE_float('weight_decay', 5e-4, 'train: weight decay on conv/dense kernels.')
-flags.DEFINE_float('warmup_epochs', 1.0, 'train: linear warmup length.')
-flags.DEFINE_float('label_smoothing', 0.0, 'train: label smoothing.')
-flags.DEFINE_integer('calib_batches', 8, 'train: batches for int8 range calibration (ptq, qat).')
-flags.DEFINE_integer('train_images', 0, 'train: use the first N training images (0 = all).')
-flags.DEFINE_integer('test_images', 0, 'train: evaluate on the first N test images (0 = all).')
+flags.DEFINE_float('distill_alpha', 0.7, 'train: weight of the distillation loss.', lower_bound=0,
+                   upper_bound=1)
+flags.DEFINE_float('distill_temperature', 4.0, 'train: distillation softmax temperature.',
+                   lower_bound=1e-6)
+flags.DEFINE_integer('train_width', 16, 'train: channels C of the trained network (NB201: 16).',
+                     lower_bound=1)
+flags.DEFINE_integer('train_cells', 5, 'train: cells per stage N (NB201: 5).', lower_bound=1)
+flags.DEFINE_integer('train_batch', 128, 'train: batch size.', lower_bound=1)
+flags.DEFINE_enum('optimizer', 'sgd', ['sgd', 'adamw'], 'train: sgd (Nesterov momentum) or adamw.')
+flags.DEFINE_float('lr', 0.1, 'train: peak learning rate (cosine schedule after warmup).',
+                   lower_bound=0)
+flags.DEFINE_float('weight_decay', 5e-4, 'train: weight decay on conv/dense kernels.',
+                   lower_bound=0)
+flags.DEFINE_float('warmup_epochs', 1.0, 'train: linear warmup length.', lower_bound=0)
+flags.DEFINE_float('label_smoothing', 0.0, 'train: label smoothing.', lower_bound=0,
+                   upper_bound=0.99)
+flags.DEFINE_integer('calib_batches', 8, 'train: batches for int8 range calibration (ptq, qat).',
+                     lower_bound=1)
+flags.DEFINE_integer('train_images', 0, 'train: use the first N training images (0 = all).',
+                     lower_bound=0)
+flags.DEFINE_integer('test_images', 0, 'train: evaluate on the first N test images (0 = all).',
+                     lower_bound=0)
 flags.DEFINE_integer('int_eval_images', -1,
                      'train: test images run through integer-only inference (-1 = all).')
 # --experiment=export
@@ -113,7 +212,33 @@ flags.DEFINE_bool('c_source', False,
 flags.DEFINE_enum('c_target', 'm4', ['m4', 'm7'],
                   'export --c_source: m4 (Cortex-M4, QEMU mps2-an386) or m7 (Cortex-M7, '
                   'mps2-an500).')
-flags.DEFINE_integer('c_images', 1000, 'export --c_source: test images run in the emulator.')
+flags.DEFINE_integer('c_images', 1000, 'export --c_source: test images run in the emulator.',
+                     lower_bound=1)
+
+
+def check_flags(f=flags.FLAGS) -> Experiment:
+  """The chosen experiment, after refusing flags it does not read and unsupported spaces, and
+  applying its defaults to the flags the user did not set; raises common.UsageError."""
+  exp = EXPERIMENTS[f.experiment]
+  ours = set(ALWAYS) | {name for e in EXPERIMENTS.values() for name in e.flags}
+  unused = sorted(name for name in ours - exp.flags - ALWAYS if f[name].present)
+  if unused:
+    users = sorted(n for n, e in EXPERIMENTS.items() if unused[0] in e.flags)
+    raise common.UsageError(
+        f'--{unused[0]} is not used by --experiment={f.experiment}'
+        + (f' (it applies to --experiment={", ".join(users)})' if users else '')
+        + '; remove it')
+  if f.search_space not in exp.spaces:
+    raise common.UsageError(
+        f'--experiment={f.experiment} supports --search_space={" or ".join(exp.spaces)}, not '
+        f'{f.search_space}')
+  for name, what in exp.required.items():
+    if not f[name].present:
+      raise common.UsageError(f'--experiment={f.experiment} needs --{name}=<{what}>')
+  for name, value in exp.defaults.items():
+    if not f[name].present:
+      f[name].value = value
+  return exp
 
 
 def main(argv):
@@ -121,8 +246,13 @@ def main(argv):
     common.fail(f'unexpected argument {argv[1]!r}; all options are --flags (see --help)')
   # JAX logs at INFO that it found no TPU; on the CPU/GPU machines users run this is noise.
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  if flags.FLAGS.list_devices:
+    import hardware
+    print(hardware.list_devices_table())
+    return
   try:
-    common.EXPERIMENTS[_EXPERIMENT.value](flags.FLAGS)
+    exp = check_flags()
+    importlib.import_module(f'experiments.{exp.module}').run(flags.FLAGS)
   except common.USER_ERRORS as err:
     common.fail(str(err))
   except RuntimeError as err:  # jax.errors.JaxRuntimeError subclasses RuntimeError
@@ -137,5 +267,16 @@ def main(argv):
                 f'activations)')
 
 
+def cli(argv) -> int:
+  """The command line in this process (tests): parse `argv` (argv[0] is the program), run, and
+  return the exit code. Flags start from their defaults on every call."""
+  flags.FLAGS.unparse_flags()
+  try:
+    main(common.parse_flags_or_fail(list(argv)))
+  except SystemExit as err:
+    return err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+  return 0
+
+
 if __name__ == '__main__':
-  sys.exit(app.run(main))
+  sys.exit(app.run(main, flags_parser=common.parse_flags_or_fail))

@@ -46,12 +46,12 @@ def run(f):
   for i, arch in enumerate(ops):
     row = [indices[i], nb201.format_arch_str(arch)]
     for p in scorer.proxies:
-      row.append(_fmt(scores[p.name][i]))
+      row.append(common.format_number(float(scores[p.name][i])))
       if p.kind == 'network':
         row.append(ntk_lib.FLAG_NAMES[int(scores[p.name + '_flag'][i])])
     for agg in aggregates:
       value, flagged = combined[agg.name]
-      row += [_fmt(value[i]), '+'.join(flagged[i])]
+      row += [common.format_number(float(value[i])), '+'.join(flagged[i])]
     row.append(int(connected[i]))
     rows.append(row)
   common.write_csv_atomic(f.output, header, rows)
@@ -73,8 +73,3 @@ def run(f):
 def _flags(scores) -> dict:
   """proxy -> its flag array, for the proxies that have one."""
   return {k[:-len('_flag')]: v for k, v in scores.items() if k.endswith('_flag')}
-
-
-def _fmt(value) -> str:
-  value = float(value)
-  return repr(value) if np.isfinite(value) else str(value)

@@ -12,7 +12,6 @@ import json
 import os
 import pathlib
 import platform
-import tempfile
 import time
 
 import numpy as np
@@ -79,10 +78,7 @@ def _space_table(constraints):
     costs = {k: v[:len(ops)] for k, v in obj.cost(masks, constraints).items()}
     try:
       cache.parent.mkdir(parents=True, exist_ok=True)
-      fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix='.npz')
-      with os.fdopen(fd, 'wb') as fh:
-        np.savez(fh, **costs)
-      os.replace(tmp, cache)
+      common.write_atomic(cache, lambda fh: np.savez(fh, **costs))
     except OSError:
       pass  # a read-only home only costs the recomputation next time
   return obj.table_from_costs(costs, constraints)
@@ -111,34 +107,8 @@ def options_from_flags(f):
                             tournament=f.tournament, recheck=f.recheck)
 
 
-# What the search uses for these flags when they are not given: the coupled NTK at K=24
-# candidates needs K x B x B activations (hundreds of GB at B=64), the independent one ~B x less,
-# and one repeat at B=32 keeps a prune round near 20 s on 2 cores (docs/search.md).
-SEARCH_DEFAULTS = {'proxies': 'ntk_cond_independent,linear_regions', 'ntk_batch': 32,
-                   'repeats': 1}
-
-
-class _Flags:
-  """The absl flags with SEARCH_DEFAULTS standing in for flags the user did not set."""
-
-  def __init__(self, f):
-    self._f = f
-
-  def __getattr__(self, name):
-    if name in SEARCH_DEFAULTS:
-      try:
-        if not self._f[name].present:
-          return SEARCH_DEFAULTS[name]
-      except (TypeError, KeyError):
-        pass  # not absl (tests pass a namespace): take the value as given
-    return getattr(self._f, name)
-
-
 def run(f):
-  f = _Flags(f)
-  if f.search_space != 'nb201':
-    raise ValueError(f'--experiment=search supports --search_space=nb201 only, got '
-                     f'{f.search_space!r}')
+  """The search on NB201 (its defaults, e.g. the proxies, are `run.EXPERIMENTS['search']`'s)."""
   from engine import objective as obj
   from engine import search as search_lib
   search_lib.get(f.searcher)  # fail on a bad name before any work
@@ -246,16 +216,8 @@ def _write_results(workdir, records, f, constraints, table):
               data_dir=f.data_dir, machine=platform.processor() or platform.machine())
   common.write_text_atomic(workdir / 'results.json',
                 json.dumps(dict(meta=meta, results=records), indent=1, default=float))
-  rows = [[_fmt(r[c]) for c in CSV_COLUMNS] for r in records]
+  rows = [[common.format_number(r[c], digits=6) for c in CSV_COLUMNS] for r in records]
   common.write_csv_atomic(workdir / 'results.csv', CSV_COLUMNS, rows)
-
-
-def _fmt(value):
-  if value is None:
-    return ''
-  if isinstance(value, float):
-    return f'{value:.6g}'
-  return value
 
 
 def _pareto_plot(path, table, bench, acc, records, constraints):
@@ -281,9 +243,5 @@ def _pareto_plot(path, table, bench, acc, records, constraints):
   ax.set_ylim(max(true.min(), 80), true.max() + 0.5)
   ax.legend(loc='lower right', fontsize=8)
   fig.tight_layout()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp.png')
-  os.close(fd)
-  fig.savefig(tmp, dpi=120)
+  common.write_atomic(path, lambda fh: fig.savefig(fh, format='png', dpi=120))
   plt.close(fig)
-  os.replace(tmp, path)

@@ -1,6 +1,6 @@
 """Markdown tables from finished `--experiment=correlate` workdirs, one column per workdir.
 
-  python -m experiments.summarize_correlation DIR [DIR ...]
+  python -m experiments.summarize_correlation --correlate_workdirs=DIR[,DIR...]
 
 Prints (1) Spearman rho with test accuracy per proxy and aggregate, with the archs used, next to
 the published CIFAR-10 figures for the proxies that have one (labelled as published, from the
@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
+
+from absl import app, flags
+
+from experiments import common
+
+_WORKDIRS = flags.DEFINE_list('correlate_workdirs', None, 'Comma-separated workdirs of finished '
+                              '--experiment=correlate runs, one table column each.')
 
 # Published Spearman rho on NB201 CIFAR-10 over all archs (as cited in the issue).
 PUBLISHED_CIFAR10 = {'flops': 0.80, 'synflow': 0.76, 'jacob_cov': 0.80, 'nwot': 0.76,
@@ -76,16 +82,18 @@ def agreement_table(workdirs) -> str:
 
 
 def main(argv):
-  if len(argv) < 2:
-    print('error: give one or more --experiment=correlate workdirs', file=sys.stderr)
-    return 2
-  workdirs = [pathlib.Path(d) for d in argv[1:]]
+  if len(argv) > 1:
+    common.fail(f'unexpected argument {argv[1]!r}; pass the workdirs as '
+                f'--correlate_workdirs=DIR,DIR,...')
+  workdirs = [pathlib.Path(d) for d in _WORKDIRS.value or [] if d]
+  if not workdirs:
+    common.fail('--correlate_workdirs is required: one or more --experiment=correlate workdirs, '
+                'comma-separated')
   try:
     corr = correlation_table(workdirs)
     agree = agreement_table(workdirs)
   except (ValueError, KeyError) as err:
-    print(f'error: {err}', file=sys.stderr)
-    return 2
+    common.fail(str(err))
   print('Spearman rho with test accuracy\n')
   print(corr)
   if agree:
@@ -95,4 +103,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  app.run(main, flags_parser=common.parse_flags_or_fail)

@@ -1,6 +1,6 @@
 """Markdown table of finished searches: one row per `--experiment=search` workdir.
 
-  python -m experiments.summarize_search DIR [DIR ...]
+  python -m experiments.summarize_search --search_workdirs=DIR[,DIR...]
 
 Reads each DIR/results.json and prints searcher, latency budget, seeds, mean +- std of the found
 archs' true test accuracy and of the gap to the best feasible arch, how many found archs are
@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
 import numpy as np
+from absl import app, flags
+
+from experiments import common
+
+_WORKDIRS = flags.DEFINE_list('search_workdirs', None, 'Comma-separated workdirs of finished '
+                              '--experiment=search runs, one table row each.')
 
 HEADER = ('| workdir | searcher | latency budget (ms) | seeds | test acc (mean +- std) | '
           'gap (mean +- std) | feasible | run s/search | compile s (first seed) | '
@@ -45,18 +50,21 @@ def row(workdir: pathlib.Path) -> str:
 
 
 def main(argv):
-  if len(argv) < 2:
-    print('error: give one or more --experiment=search workdirs', file=sys.stderr)
-    return 2
+  if len(argv) > 1:
+    common.fail(f'unexpected argument {argv[1]!r}; pass the workdirs as '
+                f'--search_workdirs=DIR,DIR,...')
+  workdirs = [pathlib.Path(d) for d in _WORKDIRS.value or [] if d]
+  if not workdirs:
+    common.fail('--search_workdirs is required: one or more --experiment=search workdirs, '
+                'comma-separated')
   try:
-    rows = [row(pathlib.Path(d)) for d in argv[1:]]
+    rows = [row(d) for d in workdirs]
   except (ValueError, KeyError) as err:
-    print(f'error: {err}', file=sys.stderr)
-    return 2
+    common.fail(str(err))
   print(HEADER)
   print('\n'.join(rows))
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  app.run(main, flags_parser=common.parse_flags_or_fail)

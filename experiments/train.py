@@ -28,9 +28,6 @@ def arch_from_flag(spec, benchmark_file=None) -> str:
 
 
 def config_from_flags(f) -> train_lib.TrainConfig:
-  if f.search_space != 'nb201':
-    raise ValueError(f'--experiment=train supports --search_space=nb201 only, not '
-                     f'{f.search_space}')
   return train_lib.TrainConfig(
       arch=arch_from_flag(f.arch, f.benchmark_file), C=f.train_width, N=f.train_cells,
       dataset=f.dataset, epochs=f.epochs, quant=f.quant, batch_size=f.train_batch,
@@ -45,6 +42,5 @@ def config_from_flags(f) -> train_lib.TrainConfig:
 def run(f):
   cfg = config_from_flags(f)
   data_dir = f.data_dir or str(nb201.data_dir() / 'cifar10')
-  workdir = f.workdir if f['workdir'].present else 'train_out'
-  results = train_lib.train(cfg, data_dir, workdir, progress=f.progress)
+  results = train_lib.train(cfg, data_dir, f.workdir, progress=f.progress)
   print(json.dumps(results, indent=1))

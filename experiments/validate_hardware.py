@@ -10,26 +10,32 @@
 
 from __future__ import annotations
 
-import argparse
 import collections
 import csv
 import dataclasses
 import json
 import os
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 import hardware
+from experiments import common
 from hardware import devices
 from hardware import graph as graph_lib
 from hardware import latency
 from search_spaces import mlperf_tiny
 from search_spaces import nb201
 from search_spaces import nb201_graph
+
+_PART = flags.DEFINE_enum('part', 'all', ['mlperf', 'nb201', 'all'],
+                          'Which validation: (a) MLPerf Tiny, (b) NAS-Bench-201, or both.')
+_OUTPUT = flags.DEFINE_string('output', '', 'Write the full results as JSON here.')
+_NUM_TRAIN = flags.DEFINE_integer('num_train', 500, 'NB201: archs each column is calibrated on.')
+_SEED = flags.DEFINE_integer('seed', 0, 'NB201: seed of the calibration archs.')
 
 BENCHMARKS = ('ic', 'kws', 'vww', 'ad')
 CORE_OF = {'Cortex-M4': 'cortex-m4', 'Cortex-M7': 'cortex-m7', 'Cortex-M33': 'cortex-m33',
@@ -230,6 +236,9 @@ def validate_nb201(num_train: int = 500, seed: int = 0, steps: int = 3000) -> di
     for col in cols:
       y = measured[col]
       ok = np.isfinite(y) & (y > 0)
+      if num_train > ok.sum():
+        raise ValueError(f'--num_train={num_train} is more than the {ok.sum()} measured archs of '
+                         f'{col}; pass at most {ok.sum()}')
       rng = np.random.default_rng(seed)
       train = rng.choice(np.flatnonzero(ok), num_train, replace=False)
       # held out: no calibration row shares its measured representative
@@ -290,24 +299,38 @@ def _print_nb201(res):
           f'{r["kendall_tau_macs_only_chosen"]:.3f}  MdAPE {r["median_ape_unseen"]:.1f}%')
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--part', choices=('mlperf', 'nb201', 'all'), default='all')
-  parser.add_argument('--output', default='', help='write full results as JSON here')
-  parser.add_argument('--num_train', type=int, default=500)
-  parser.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args(argv)
+def main(argv):
+  if len(argv) > 1:
+    common.fail(f'unexpected argument {argv[1]!r}; validate_hardware takes only flags '
+                f'(--part, --output, --num_train, --seed)')
+  if _NUM_TRAIN.value < 1:
+    common.fail(f'--num_train must be at least 1, got {_NUM_TRAIN.value}')
+  if _SEED.value < 0:
+    common.fail(f'--seed must be non-negative, got {_SEED.value}')
+  output = pathlib.Path(_OUTPUT.value) if _OUTPUT.value else None
+  if output and not output.parent.is_dir():
+    common.fail(f'--output={_OUTPUT.value}: folder {output.parent} does not exist; create it or '
+                f'pass another path')
   out = {}
-  if args.part in ('mlperf', 'all'):
-    out['mlperf'] = validate_mlperf()
-    _print_mlperf(out['mlperf'])
-  if args.part in ('nb201', 'all'):
-    out['nb201'] = validate_nb201(args.num_train, args.seed)
-    _print_nb201(out['nb201'])
-  if args.output:
-    pathlib.Path(args.output).write_text(json.dumps(out, indent=1))
+  try:
+    if _PART.value in ('mlperf', 'all'):
+      out['mlperf'] = validate_mlperf()
+      _print_mlperf(out['mlperf'])
+    if _PART.value in ('nb201', 'all'):
+      out['nb201'] = validate_nb201(_NUM_TRAIN.value, _SEED.value)
+      _print_nb201(out['nb201'])
+  except FileNotFoundError as err:
+    common.fail(f'cannot read {err.filename} ({err.strerror}); set ZERONAS_DATA_DIR to the '
+                f'third-party data folder (default ../shared/data)')
+  except ValueError as err:
+    common.fail(str(err))
+  if output:
+    try:
+      output.write_text(json.dumps(out, indent=1))
+    except OSError as err:
+      common.fail(f'cannot write {output} ({err.strerror}); pass another --output')
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  app.run(main, flags_parser=common.parse_flags_or_fail)

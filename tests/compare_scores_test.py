@@ -3,6 +3,7 @@ import csv
 
 import numpy as np
 import pytest
+from absl import flags as absl_flags
 from scipy import stats
 
 from experiments import compare_scores
@@ -18,6 +19,17 @@ def _write(path, indices, values, flags=None):
   return path
 
 
+def _main(*args):
+  """compare_scores.main with these command-line flags; its return value or exit code."""
+  absl_flags.FLAGS(['prog', *args])
+  try:
+    return compare_scores.main(['prog'])
+  except SystemExit as exit_:
+    return exit_.code
+  finally:
+    absl_flags.FLAGS.unparse_flags()
+
+
 def test_spearman_on_shared_unflagged_archs(tmp_path, capsys):
   a = _write(tmp_path / 'a.csv', [0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6],
              ['', '', 'nonfinite', '', '', ''])
@@ -26,11 +38,11 @@ def test_spearman_on_shared_unflagged_archs(tmp_path, capsys):
   assert rows == [{'name': 'grasp', 'archs': 6, 'used': 5,
                    'spearman': pytest.approx(stats.spearmanr([1, 2, 4, 5, 6],
                                                              [1, 2, 5, 4, 6]).statistic)}]
-  assert compare_scores.main(['prog', str(a), str(b)]) == 0
+  assert _main(f'--scores_a={a}', f'--scores_b={b}') == 0
   assert '| grasp | 6 | 5 |' in capsys.readouterr().out
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
-  assert compare_scores.main(['prog', str(tmp_path / 'a.csv')]) == 2
-  assert compare_scores.main(['prog', str(tmp_path / 'x.csv'), str(tmp_path / 'y.csv')]) == 2
+  assert _main(f'--scores_a={tmp_path / "a.csv"}') == 2
+  assert _main(f'--scores_a={tmp_path / "x.csv"}', f'--scores_b={tmp_path / "y.csv"}') == 2
   assert 'cannot read' in capsys.readouterr().err

@@ -134,7 +134,7 @@ def test_rerun_with_other_settings_fails_in_one_line(full_run, tmp_path):
 @pytest.mark.parametrize('args, fragments', [
     (['--proxies=params,agg:params+flops:zscore'], ["unknown aggregate method 'zscore'"]),
     (['--reference_file=/no/such.csv'], ['--reference_file=/no/such.csv not found']),
-    (['--chunk_size=0'], ['--chunk_size must be at least 1']),
+    (['--chunk_size=0'], ['--chunk_size=0', 'positive']),
     (['--archs=reference+random:10'], ['N must be between the 724 reference archs']),
 ])
 def test_bad_input_gives_one_line_error_and_exit_2(tmp_path, data_dir, args, fragments):

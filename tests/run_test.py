@@ -47,9 +47,9 @@ def test_score_network_proxies_end_to_end_with_cifar(tmp_path, data_dir):
     (['--archs=random:x'], ['random:N']),
     (['--archs=99999'], ['out of range']),
     (['--proxies=ntk_cond,zen_magic'], ["unknown proxy 'zen_magic'", 'ntk_cond']),
-    (['--dataset=mnist'], ['unknown --dataset']),
-    (['--ntk_batch=0'], ['--ntk_batch must be at least 1']),
-    (['--zc_width=0'], ['--zc_width must be at least 1']),
+    (['--dataset=mnist'], ['--dataset=mnist', 'one of', 'cifar100']),
+    (['--ntk_batch=0'], ['--ntk_batch=0', 'positive']),
+    (['--zc_width=0'], ['--zc_width=0', 'positive']),
     (['--data_dir=/no/such/dir'], ['no cifar10 pickle batches']),
     (['stray'], ['unexpected argument']),
 ])

@@ -1,6 +1,8 @@
 """summarize_correlation: tables from correlate workdirs (hand-written JSON)."""
 import json
 
+from absl import flags as absl_flags
+
 from experiments import summarize_correlation as sc
 
 
@@ -13,6 +15,17 @@ def _workdir(path, dataset, rows, agreement=None):
   return path
 
 
+def _main(*workdirs):
+  """sc.main with --correlate_workdirs set to `workdirs`; its return value or exit code."""
+  absl_flags.FLAGS(['prog', '--correlate_workdirs=' + ','.join(map(str, workdirs))])
+  try:
+    return sc.main(['prog'])
+  except SystemExit as exit_:
+    return exit_.code
+  finally:
+    absl_flags.FLAGS.unparse_flags()
+
+
 def test_tables_have_one_column_per_workdir_and_published_figures(tmp_path, capsys):
   a = _workdir(tmp_path / 'a', 'cifar10',
                [{'name': 'synflow', 'spearman': 0.75, 'kendall': 0.5, 'used': 9, 'flagged': 1}],
@@ -20,7 +33,7 @@ def test_tables_have_one_column_per_workdir_and_published_figures(tmp_path, caps
                  'used': 9}])
   b = _workdir(tmp_path / 'b', 'cifar100',
                [{'name': 'nwot', 'spearman': None, 'kendall': None, 'used': 2, 'flagged': 0}])
-  assert sc.main(['prog', str(a), str(b)]) == 0
+  assert _main(a, b) == 0
   out = capsys.readouterr().out
   assert '| `synflow` | 0.750 (tau 0.500; 9 used, 1 flagged) |  | 0.76 |' in out
   assert '| `nwot` |  | n/a (tau n/a; 2 used) | 0.76 |' in out
@@ -28,5 +41,5 @@ def test_tables_have_one_column_per_workdir_and_published_figures(tmp_path, caps
 
 
 def test_missing_workdir_is_a_one_line_error(tmp_path, capsys):
-  assert sc.main(['prog', str(tmp_path / 'nope')]) == 2
+  assert _main(tmp_path / 'nope') == 2
   assert 'correlation.json not found' in capsys.readouterr().err

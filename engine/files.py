@@ -1,0 +1,33 @@
+"""Atomic file writes, shared by the experiments and deploy: a crash or a kill leaves either the
+old file or the new one, never half of one (sweeps resume from what is on disk)."""
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+
+def write_atomic(path, write, binary: bool = True, suffix: str = '.tmp'):
+  """`write(file)` into a temporary file beside `path`, renamed into place when complete.
+  `suffix` ends the temporary name (a writer that picks its format by extension needs it)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=suffix)
+  try:
+    with os.fdopen(fd, 'wb' if binary else 'w', **({} if binary else {'newline': ''})) as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_text_atomic(path, text: str):
+  """`text` written with `write_atomic`."""
+  write_atomic(path, lambda f: f.write(text), binary=False)
+
+
+def write_bytes_atomic(path, data: bytes):
+  """`data` written with `write_atomic`."""
+  write_atomic(path, lambda f: f.write(data))

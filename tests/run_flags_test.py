@@ -1,0 +1,108 @@
+"""Every flag is checked against the experiment: a table of bad command lines, each one line on
+stderr and exit code 2 (run in this process with `experiments.run.cli`, so no JAX work starts)."""
+import pytest
+
+from experiments import run
+
+ARCH = '|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|'
+
+BAD = [
+    # unknown names and enum values
+    (['--experiment=nope'], ['--experiment=nope', 'one of', 'search']),
+    (['--search_space=nope'], ['--search_space=nope', 'one of', 'tinycnn']),
+    (['--dataset=mnist'], ['--dataset=mnist', 'one of', 'ImageNet16-120']),
+    (['--init=xavier'], ['--init=xavier', 'kaiming_normal']),
+    (['--experiment=train', f'--arch={ARCH}', '--quant=int4'], ['--quant=int4', 'qat']),
+    (['--experiment=train', f'--arch={ARCH}', '--optimizer=rmsprop'], ['--optimizer', 'adamw']),
+    (['--experiment=export', '--workdir=w', '--c_target=m0'], ['--c_target=m0', 'm4']),
+    (['--nope=1'], ["'nope'", '--help']),
+    (['--seeed=1'], ["'seeed'", 'seed']),
+    (['stray'], ['unexpected argument', 'stray']),
+    # malformed numbers and out-of-range sizes
+    (['--lr=abc'], ['--lr=abc']),
+    (['--seed=-1'], ['--seed=-1', 'non-negative']),
+    (['--batch_candidates=0'], ['--batch_candidates=0', 'positive']),
+    (['--ntk_batch=0'], ['--ntk_batch=0', 'positive']),
+    (['--repeats=0'], ['--repeats=0']),
+    (['--zico_splits=1'], ['--zico_splits=1']),
+    (['--candidate_chunk=-1'], ['--candidate_chunk=-1']),
+    (['--population=0'], ['--population=0']),
+    (['--sram_reserve_kb=-5'], ['--sram_reserve_kb=-5']),
+    (['--experiment=correlate', '--chunk_size=0'], ['--chunk_size=0']),
+    (['--experiment=train', f'--arch={ARCH}', '--train_batch=0'], ['--train_batch=0']),
+    (['--experiment=train', f'--arch={ARCH}', '--epochs=-1'], ['--epochs=-1']),
+    (['--experiment=train', f'--arch={ARCH}', '--lr=-0.1'], ['--lr=-0.1']),
+    (['--experiment=train', f'--arch={ARCH}', '--label_smoothing=1.5'], ['--label_smoothing']),
+    (['--experiment=export', '--workdir=w', '--c_images=0'], ['--c_images=0']),
+    # flags the experiment does not read
+    (['--experiment=score', '--searcher=prune'],
+     ['--searcher is not used by --experiment=score', 'search']),
+    (['--experiment=cost', '--proxies=synflow'], ['--proxies is not used by --experiment=cost']),
+    (['--experiment=export', '--workdir=w', '--seed=1'], ['--seed is not used by --experiment=export']),
+    (['--experiment=search', '--archs=random:8'], ['--archs is not used by --experiment=search',
+                                                  'score']),
+    (['--experiment=train', f'--arch={ARCH}', '--proxies=nwot'], ['--proxies is not used']),
+    (['--experiment=correlate', '--epochs=3'], ['--epochs is not used', 'train']),
+    # unsupported spaces, missing required flags
+    (['--experiment=score', '--search_space=tinycnn', '--archs=random:8',
+      '--proxies=synflow,nwot,jacob_cov'], ['--experiment=score supports --search_space=nb201']),
+    (['--experiment=search', '--search_space=mlperf_tiny'], ['supports --search_space=nb201']),
+    (['--experiment=train'], ['--experiment=train needs --arch=']),
+    (['--experiment=export'], ['--experiment=export needs --workdir=']),
+    # values checked by the experiment before any work
+    (['--experiment=search', '--searcher=annealing'], ["unknown --searcher='annealing'"]),
+    (['--experiment=search', '--seeds=3-1'], ['--seeds']),
+    (['--experiment=search', '--device=esp8266'], ["unknown device 'esp8266'"]),
+    (['--experiment=cost', '--runtime=onnx'], ["unknown runtime 'onnx'", 'zeronas-c']),
+    (['--experiment=cost', '--archs=random:x'], ['random:N']),
+    (['--experiment=score', '--archs=|bogus~0|', '--proxies=params'], ['bogus']),
+    (['--experiment=score', '--proxies=params,zen_magic'], ["unknown proxy 'zen_magic'"]),
+    (['--experiment=export', '--workdir=/no/such/run'], ['not a trained run']),
+    (['--experiment=export', '--workdir=/no/such/run', '--export_images=0'], ['--export_images']),
+]
+
+
+@pytest.mark.parametrize('args, fragments', BAD, ids=[' '.join(a)[:60] for a, _ in BAD])
+def test_bad_command_line_is_one_line_and_exit_2(args, fragments, capsys, tmp_path):
+  args = [a.replace('--workdir=w', f'--workdir={tmp_path / "w"}') for a in args]
+  code = run.cli(['zeronas', '--noprogress', f'--output={tmp_path / "o.csv"}', *args]
+                 if '--experiment=score' in args or '--experiment=cost' in args else
+                 ['zeronas', '--noprogress', *args])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2, err
+  assert len(err) == 1 and err[0].startswith('error: '), err
+  for fragment in fragments:
+    assert fragment in err[0], err[0]
+
+
+def test_table_has_at_least_30_bad_inputs():
+  assert len(BAD) >= 30
+
+
+def test_list_devices_works_from_any_experiment(capsys):
+  for experiment in run.EXPERIMENTS:
+    extra = {'train': [f'--arch={ARCH}'], 'export': ['--workdir=w']}.get(experiment, [])
+    assert run.cli(['zeronas', f'--experiment={experiment}', '--list_devices', *extra]) == 0
+    out = capsys.readouterr().out
+    assert 'stm32f746' in out and 'zeronas-c' in out, experiment
+
+
+def test_experiment_defaults_apply_only_to_unset_flags():
+  from absl import flags
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(['zeronas', '--experiment=search', '--ntk_batch=16'])
+  run.check_flags()
+  assert flags.FLAGS.ntk_batch == 16 and flags.FLAGS.repeats == 1  # set by hand; search default
+  assert flags.FLAGS.proxies == 'ntk_cond_independent,linear_regions'
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(['zeronas', '--experiment=correlate'])
+  run.check_flags()
+  assert flags.FLAGS.workdir == 'correlate_out' and flags.FLAGS.repeats == 3
+  flags.FLAGS.unparse_flags()
+
+
+def test_every_defined_flag_belongs_to_an_experiment():
+  from absl import flags
+  ours = {f.name for f in flags.FLAGS.get_flags_for_module('experiments.run')}
+  used = set(run.ALWAYS).union(*(e.flags for e in run.EXPERIMENTS.values()))
+  assert ours == used, (ours - used, used - ours)
