@@ -72,7 +72,7 @@ class Column:
   flagged: int            # archs flagged (proxy: excluded; aggregate: a component put last)
 
 
-def run(f):
+def run(f, workdir='correlate_out'):
   settings = common.settings_from_flags(f)
   proxy_names, aggregates = aggregate.split(f.proxies)
   if f.chunk_size < 1:
@@ -85,7 +85,7 @@ def run(f):
   else:
     ops = common.select_archs(f.archs, f.seed, f.benchmark_file)
   images = common.load_images(f.data_dir, f.dataset)
-  workdir = pathlib.Path(f.workdir)
+  workdir = pathlib.Path(workdir)
   from experiments.search import enable_compile_cache
   enable_compile_cache()  # a resumed run reuses the interrupted one's compiled program
   import jax

@@ -6,6 +6,8 @@ the archs, batches NB201 for a progress bar, and writes the CSV.
 """
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 from tqdm import tqdm
 
@@ -16,14 +18,15 @@ COST_COLUMNS = ('sram_bytes', 'flash_bytes', 'latency_ms', 'energy_mj', 'macs', 
 _NB201_CHUNK = 1024  # archs per jitted call; a fixed shape, so one compile for any batch
 
 
-def run(f):
+def run(f, workdir=None):
   device = hardware.get_device(f.device)     # ValueError naming the valid devices
   runtime = hardware.get_runtime(f.runtime)  # ValueError naming the valid runtimes
   key_columns, rows = _SPACES[f.search_space](f, device.name, runtime.name)
 
   out = [[*keys, *(common.format_number(row[c], digits=7) for c in COST_COLUMNS),
           int(row['fits_sram'] and row['fits_flash'])] for keys, row in rows]
-  common.write_csv_atomic(f.output, [*key_columns, *COST_COLUMNS, 'fits'], out)
+  output = pathlib.Path(workdir or '.') / f.output
+  common.write_csv_atomic(output, [*key_columns, *COST_COLUMNS, 'fits'], out)
 
   fit = sum(r[-1] for r in out)
   no_sram = sum(not row['fits_sram'] for _, row in rows)
@@ -33,7 +36,7 @@ def run(f):
         f' ({no_sram} exceed SRAM, {no_flash} exceed flash)')
   if rows:
     lat = np.array([row['latency_ms'] for _, row in rows])
-    print(f'latency {lat.min():.4g}..{lat.max():.4g} ms; wrote {f.output}')
+    print(f'latency {lat.min():.4g}..{lat.max():.4g} ms; wrote {output}')
 
 
 def _nb201(f, device, runtime):
@@ -89,9 +92,5 @@ _SPACES = {'nb201': _nb201, 'mlperf_tiny': _mlperf_tiny, 'tinycnn': _tinycnn}
 
 
 def _archs_given(f) -> bool:
-  """Whether --archs was set on the command line (absl), else whether it differs from the
-  default; MLPerf Tiny's default is all four models, not random:64."""
-  try:
-    return bool(f['archs'].present)
-  except (TypeError, KeyError):
-    return f.archs != 'random:64'
+  """Whether --archs names models; its default (random:64) means all four MLPerf Tiny models."""
+  return f.archs != 'random:64'

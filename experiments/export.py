@@ -14,11 +14,11 @@ from deploy import export as export_lib
 from search_spaces import nb201
 
 
-def run(f):
+def run(f, workdir):
   if f.export_images == 0 or f.export_images < -1:
     raise export_lib.ExportError(f'--export_images must be a positive count or -1 (all test '
                                  f'images), got {f.export_images}')
   data_dir = f.data_dir or str(nb201.data_dir() / 'cifar10')
-  export_lib.export(f.workdir, data_dir, f.export_images, litert=f.litert, device=f.device,
+  export_lib.export(workdir, data_dir, f.export_images, litert=f.litert, device=f.device,
                     runtime=f.runtime, progress=f.progress, c_source=f.c_source,
                     c_target=f.c_target, c_images=f.c_images)

@@ -3,9 +3,12 @@
 With no flags it runs the main job: a hardware-aware search (TE-NAS pruning under the MCU's
 SRAM and flash) for an STM32F746 / CMSIS-NN on NB201, printing the winner, its costs and fit.
 
-Each experiment is a module with `run(flags)`, registered in `EXPERIMENTS` with the flags it
-reads, the search spaces it supports and its own defaults. A flag the chosen experiment does not
-read is refused, not ignored. Bad input ends with one line on stderr naming the problem and the
+Each experiment is a module with `run(config, workdir)`, registered in `EXPERIMENTS` with the
+flags it reads, the search spaces it supports and its own defaults; its config is a frozen
+dataclass of those settings (`CONFIGS`, `make_config`), built from the flags, a preset of
+experiments/configs/ (`--config=papers`, `--config=smoke`) and the experiment's defaults, in
+falling order of precedence. A flag the chosen experiment does not read is refused, not
+ignored. Bad input ends with one line on stderr naming the problem and the
 fix, and exit code 2. `--list_devices` prints the device catalog from any experiment.
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ from search_spaces import nb201
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-  """What `--experiment=NAME` runs: `experiments.<module>.run(flags)`."""
+  """What `--experiment=NAME` runs: `experiments.<module>.run(config, workdir)`."""
   module: str
   flags: frozenset[str]            # flags it reads (besides ALWAYS)
   spaces: tuple[str, ...]          # --search_space values it supports
@@ -35,7 +38,7 @@ class Experiment:
   summary: str = ''
 
 
-ALWAYS = frozenset({'experiment', 'list_devices', 'progress', 'search_space'})
+ALWAYS = frozenset({'experiment', 'config', 'list_devices', 'progress', 'search_space'})
 SCORING = frozenset({
     'proxies', 'batch_candidates', 'candidate_chunk', 'sparse', 'single_path', 'ntk_batch',
     'repeats', 'ntk_width', 'ntk_cells', 'zc_batch', 'zc_width', 'zc_cells', 'zico_splits',
@@ -90,6 +93,8 @@ __doc__ += '\n' + '\n'.join(
 
 _EXPERIMENT = flags.DEFINE_enum('experiment', 'search', sorted(EXPERIMENTS),
                                 'What to run.')
+flags.DEFINE_string('config', None, 'A preset of experiments/configs/ (e.g. papers, smoke); flags '
+                    'given here win over it.')
 flags.DEFINE_enum('search_space', 'nb201', ['nb201', 'tinycnn', 'mlperf_tiny'], 'Search space.')
 flags.DEFINE_enum('dataset', 'cifar10', list(nb201.DATASETS), 'NB201 dataset.')
 flags.DEFINE_string('archs', 'random:64',
@@ -217,8 +222,8 @@ flags.DEFINE_integer('c_images', 1000, 'export --c_source: test images run in th
 
 
 def check_flags(f=flags.FLAGS) -> Experiment:
-  """The chosen experiment, after refusing flags it does not read and unsupported spaces, and
-  applying its defaults to the flags the user did not set; raises common.UsageError."""
+  """The chosen experiment, after refusing flags it does not read, unsupported spaces and
+  missing required flags; raises common.UsageError."""
   exp = EXPERIMENTS[f.experiment]
   ours = set(ALWAYS) | {name for e in EXPERIMENTS.values() for name in e.flags}
   unused = sorted(name for name in ours - exp.flags - ALWAYS if f[name].present)
@@ -235,10 +240,64 @@ def check_flags(f=flags.FLAGS) -> Experiment:
   for name, what in exp.required.items():
     if not f[name].present:
       raise common.UsageError(f'--experiment={f.experiment} needs --{name}=<{what}>')
-  for name, value in exp.defaults.items():
-    if not f[name].present:
-      f[name].value = value
   return exp
+
+
+def _config_type(name: str, exp: Experiment):
+  """A frozen dataclass of the experiment's settings: one typed field per flag it reads (the
+  workdir is passed beside it, as in `run(config, workdir)`)."""
+  fields = []
+  for flag in sorted((exp.flags | {'progress', 'search_space'}) - {'workdir'}):
+    default = flags.FLAGS[flag].default
+    kind = type(default) if default is not None else (float if isinstance(
+        flags.FLAGS[flag].parser, flags.FloatParser) else str)
+    fields.append((flag, kind | None if default is None else kind, dataclasses.field(
+        default=exp.defaults.get(flag, default))))
+  return dataclasses.make_dataclass(f'{name.capitalize()}Config', fields, frozen=True)
+
+
+CONFIGS = types.MappingProxyType({name: _config_type(name, e) for name, e in EXPERIMENTS.items()})
+
+
+def _checked(name: str, value):
+  """`value` through the flag's own parser (types, bounds, enum choices); UsageError if bad."""
+  try:
+    return flags.FLAGS[name].parser.parse(value) if value is not None else None
+  except (ValueError, TypeError) as err:
+    raise common.UsageError(f'--{name}={value}: {err}') from None
+
+
+def make_config(experiment: str, preset: str | None = None, **overrides):
+  """The typed config of `experiment` from its defaults, a preset of experiments/configs/ and
+  `overrides` (flag names it reads), in rising order of precedence. For running experiments in
+  code: `experiments.<module>.run(make_config(...), workdir)`."""
+  if experiment not in EXPERIMENTS:
+    raise common.UsageError(f'unknown experiment {experiment!r}; choose one of '
+                            f'{", ".join(sorted(EXPERIMENTS))}')
+  exp, cls = EXPERIMENTS[experiment], CONFIGS[experiment]
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(overrides) - names)
+  if unknown:
+    raise common.UsageError(f'{unknown[0]!r} is not a setting of --experiment={experiment}')
+  from experiments import configs
+  values = {k: v for k, v in (configs.get(preset) if preset else {}).items() if k in names}
+  values.update(overrides)
+  return cls(**{k: _checked(k, v) for k, v in values.items()})
+
+
+def config_from_flags(f=flags.FLAGS):
+  """The chosen experiment's config from the command line: flags the user set win over the
+  --config preset, which wins over the experiment's defaults."""
+  exp = check_flags(f)
+  cls = CONFIGS[f.experiment]
+  given = {fl.name: f[fl.name].value for fl in dataclasses.fields(cls) if f[fl.name].present}
+  return exp, make_config(f.experiment, f.config, **given)
+
+
+def workdir_from_flags(exp: Experiment, f=flags.FLAGS):
+  if 'workdir' not in exp.flags:
+    return None
+  return f.workdir if f['workdir'].present else exp.defaults.get('workdir', f['workdir'].default)
 
 
 def main(argv):
@@ -251,8 +310,8 @@ def main(argv):
     print(hardware.list_devices_table())
     return
   try:
-    exp = check_flags()
-    importlib.import_module(f'experiments.{exp.module}').run(flags.FLAGS)
+    exp, config = config_from_flags()
+    importlib.import_module(f'experiments.{exp.module}').run(config, workdir_from_flags(exp))
   except common.USER_ERRORS as err:
     common.fail(str(err))
   except RuntimeError as err:  # jax.errors.JaxRuntimeError subclasses RuntimeError

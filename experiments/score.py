@@ -1,6 +1,7 @@
 """`--experiment=score`: training-free proxy scores for a set of NB201 archs, one CSV row each."""
 from __future__ import annotations
 
+import pathlib
 import time
 
 import numpy as np
@@ -13,7 +14,7 @@ from experiments import common
 from search_spaces import nb201
 
 
-def run(f):
+def run(f, workdir=None):
   settings = common.settings_from_flags(f)
   ops = common.select_archs(f.archs, f.seed, f.benchmark_file)
   table = common.arch_index_table(f.benchmark_file)
@@ -54,10 +55,11 @@ def run(f):
       row += [common.format_number(float(value[i])), '+'.join(flagged[i])]
     row.append(int(connected[i]))
     rows.append(row)
-  common.write_csv_atomic(f.output, header, rows)
+  output = pathlib.Path(workdir or '.') / f.output
+  common.write_csv_atomic(output, header, rows)
 
   t = scorer.timing
-  print(f'wrote {len(rows)} rows to {f.output} in {wall:.1f} s '
+  print(f'wrote {len(rows)} rows to {output} in {wall:.1f} s '
         f'(compile {t.compile_s:.1f} s, run {t.run_s:.1f} s = '
         f'{t.run_s / max(t.scored, 1):.3f} s/arch)')
   for p in scorer.proxies:

@@ -107,7 +107,7 @@ def options_from_flags(f):
                             tournament=f.tournament, recheck=f.recheck)
 
 
-def run(f):
+def run(f, workdir='search_out'):
   """The search on NB201 (its defaults, e.g. the proxies, are `run.EXPERIMENTS['search']`'s)."""
   from engine import objective as obj
   from engine import search as search_lib
@@ -118,7 +118,7 @@ def run(f):
   options = options_from_flags(f)
   weights = obj.Weights(obj.parse_weights(f.proxy_weights), f.w_flops, f.w_latency,
                         f.w_feasible)
-  workdir = pathlib.Path(f.workdir)
+  workdir = pathlib.Path(workdir)
   enable_compile_cache()
 
   start = time.perf_counter()

@@ -39,8 +39,8 @@ def config_from_flags(f) -> train_lib.TrainConfig:
       int_eval_images=f.int_eval_images, seed=f.seed)
 
 
-def run(f):
+def run(f, workdir='train_out'):
   cfg = config_from_flags(f)
   data_dir = f.data_dir or str(nb201.data_dir() / 'cifar10')
-  results = train_lib.train(cfg, data_dir, f.workdir, progress=f.progress)
+  results = train_lib.train(cfg, data_dir, workdir, progress=f.progress)
   print(json.dumps(results, indent=1))

@@ -8,7 +8,17 @@ import pathlib
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4 '
                       '--xla_backend_optimization_level=0')
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# A persistent XLA cache shared by the test processes (pytest-xdist workers) and later runs: the
+# same programs compiled by another worker or test are loaded, not compiled again. Empty
+# $ZERONAS_TEST_JAX_CACHE turns it off.
+_CACHE = os.environ.get('ZERONAS_TEST_JAX_CACHE',
+                        str(pathlib.Path.home() / '.cache' / 'zeronas-mcu' / 'jax-tests'))
+if _CACHE:
+  jax.config.update('jax_compilation_cache_dir', _CACHE)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 from search_spaces import nb201  # noqa: E402
 

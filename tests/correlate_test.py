@@ -21,6 +21,7 @@ import cli
 from engine import data as data_lib
 from engine import proxies, scoring
 from experiments import correlate, score
+from experiments import run as run_lib
 
 PROXIES = 'params,flops,agg:params+flops:logrank,agg:flops+params'
 OUTPUTS = ('manifest.json', 'scores.csv', 'correlation.md', 'correlation.json', 'scatter.png',
@@ -46,21 +47,18 @@ def archs_file(tmp_path_factory, data_dir):
 
 
 def _flags(workdir, archs_file, data_dir, **extra):
-  """The flag values of `--experiment=correlate`, for calling correlate.run in-process."""
+  """(config, workdir) of `--experiment=correlate`, for calling correlate.run in-process."""
   values = dict(dataset='cifar10', archs=str(archs_file), proxies=PROXIES, seed=0,
                 benchmark_file=str(_benchmark(data_dir)), reference_file=str(_reference(data_dir)),
-                data_dir=None, workdir=str(workdir), chunk_size=5, batch_candidates=4,
-                candidate_chunk=0, sparse=False, single_path=True, ntk_batch=64, repeats=3, ntk_width=8,
-                ntk_cells=1, cotangent_chunk=0, zc_batch=64, zc_width=16, zc_cells=5,
-                zico_splits=2, init='torch_default', progress=False)
+                chunk_size=5, batch_candidates=4, progress=False)
   values.update(extra)
-  return types.SimpleNamespace(**values)
+  return run_lib.make_config('correlate', **values), str(workdir)
 
 
-def _cli_args(f):
+def _cli_args(f, workdir):
   return ['--experiment=correlate', f'--dataset={f.dataset}', f'--archs={f.archs}',
           f'--proxies={f.proxies}', f'--seed={f.seed}', f'--benchmark_file={f.benchmark_file}',
-          f'--reference_file={f.reference_file}', f'--workdir={f.workdir}',
+          f'--reference_file={f.reference_file}', f'--workdir={workdir}',
           f'--chunk_size={f.chunk_size}', f'--batch_candidates={f.batch_candidates}',
           '--noprogress']
 
@@ -68,15 +66,14 @@ def _cli_args(f):
 @pytest.fixture(scope='module')
 def full_run(tmp_path_factory, archs_file, data_dir):
   """One uninterrupted command-line run: 13 archs in chunks of 5, 5, 3."""
-  f = _flags(tmp_path_factory.mktemp('full') / 'out', archs_file, data_dir)
-  result = cli.run(*_cli_args(f))
+  f, workdir = _flags(tmp_path_factory.mktemp('full') / 'out', archs_file, data_dir)
+  result = cli.run(*_cli_args(f, workdir))
   assert result.returncode == 0, result.stderr
-  return f, result
+  return workdir, result
 
 
 def test_correlate_writes_every_output(full_run):
-  f, result = full_run
-  workdir = f.workdir
+  workdir, result = full_run
   for name in OUTPUTS:
     assert os.path.isfile(os.path.join(workdir, name)), name
   assert sorted(os.listdir(os.path.join(workdir, 'chunks'))) == [
@@ -108,26 +105,25 @@ def test_correlate_writes_every_output(full_run):
 
 def test_resume_after_a_crash_gives_the_uninterrupted_rows(full_run, archs_file, data_dir,
                                                            tmp_path, monkeypatch):
-  f = _flags(tmp_path / 'out', archs_file, data_dir)
+  f, workdir = _flags(tmp_path / 'out', archs_file, data_dir)
   monkeypatch.setenv('ZERONAS_JAX_CACHE', '')  # no persistent XLA cache for the whole session
   monkeypatch.setenv(correlate.CRASH_ENV, '1')
   with pytest.raises(correlate.SimulatedCrash):
-    correlate.run(f)
+    correlate.run(f, workdir)
   assert os.listdir(tmp_path / 'out' / 'chunks') == ['chunk_00000.npz']
   assert not (tmp_path / 'out' / 'scores.csv').exists()
   monkeypatch.delenv(correlate.CRASH_ENV)
-  correlate.run(f)
+  correlate.run(f, workdir)
   for name in ('scores.csv', 'correlation.md', 'agreement.md'):
     assert (tmp_path / 'out' / name).read_text() == open(
-        os.path.join(full_run[0].workdir, name)).read(), name
+        os.path.join(full_run[0], name)).read(), name
 
 
-def test_rerun_with_other_settings_fails_in_one_line(full_run, tmp_path):
-  f = full_run[0]
+def test_rerun_with_other_settings_fails_in_one_line(full_run, archs_file, data_dir, tmp_path):
   workdir = tmp_path / 'copy'
-  shutil.copytree(f.workdir, workdir)
-  result = cli.run(*_cli_args(types.SimpleNamespace(**{**vars(f), 'workdir': workdir,
-                                                        'seed': 1})))
+  shutil.copytree(full_run[0], workdir)
+  f, _ = _flags(workdir, archs_file, data_dir, seed=1)
+  result = cli.run(*_cli_args(f, workdir))
   cli.assert_one_line_error(result, 'other settings', 'seed', 'new --workdir', 'delete')
 
 
@@ -166,13 +162,10 @@ def test_chunks_scored_by_fresh_scorers_equal_one_pass(tmp_path, monkeypatch):
 
 def test_score_writes_aggregate_columns(tmp_path, data_dir):
   out = tmp_path / 'scores.csv'
-  f = types.SimpleNamespace(
-      dataset='cifar10', archs='1', proxies='params,agg:params+flops', seed=0,
-      benchmark_file=str(_benchmark(data_dir)), data_dir=None, output=str(out),
-      batch_candidates=1, candidate_chunk=0, sparse=False, single_path=True, ntk_batch=64, repeats=3, ntk_width=8,
-      ntk_cells=1, cotangent_chunk=0, zc_batch=64, zc_width=16, zc_cells=5, zico_splits=2,
-      init='torch_default', progress=False)
-  score.run(f)
+  f = run_lib.make_config('score', archs='1', proxies='params,agg:params+flops',
+                          benchmark_file=str(_benchmark(data_dir)), output='scores.csv',
+                          batch_candidates=1, progress=False)
+  score.run(f, tmp_path)
   row = next(csv.DictReader(out.open()))
   assert list(row) == ['arch_index', 'arch_str', 'params', 'flops', 'agg:params+flops',
                        'agg:params+flops_flag', 'connected']
@@ -245,9 +238,9 @@ def test_reference_archs_come_first_then_distinct_random_ones(data_dir):
 
 
 def test_reference_sample_measures_agreement_on_every_reference_arch(tmp_path, data_dir):
-  f = _flags(tmp_path / 'out', 'reference+random:800', data_dir, proxies='params,flops',
-             chunk_size=400)
-  correlate.run(f)
+  f, workdir = _flags(tmp_path / 'out', 'reference+random:800', data_dir, proxies='params,flops',
+                      chunk_size=400)
+  correlate.run(f, workdir)
   with open(tmp_path / 'out' / 'scores.csv', newline='') as fh:
     assert len(list(csv.DictReader(fh))) == 800
   agreement = json.loads((tmp_path / 'out' / 'agreement.json').read_text())

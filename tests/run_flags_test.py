@@ -49,6 +49,7 @@ BAD = [
     (['--experiment=search', '--search_space=mlperf_tiny'], ['supports --search_space=nb201']),
     (['--experiment=train'], ['--experiment=train needs --arch=']),
     (['--experiment=export'], ['--experiment=export needs --workdir=']),
+    (['--config=nope'], ["unknown --config='nope'", 'papers', 'smoke']),
     # values checked by the experiment before any work
     (['--experiment=search', '--searcher=annealing'], ["unknown --searcher='annealing'"]),
     (['--experiment=search', '--seeds=3-1'], ['--seeds']),
@@ -87,18 +88,45 @@ def test_list_devices_works_from_any_experiment(capsys):
     assert 'stm32f746' in out and 'zeronas-c' in out, experiment
 
 
-def test_experiment_defaults_apply_only_to_unset_flags():
+def test_config_precedence_flag_over_preset_over_experiment_default():
   from absl import flags
   flags.FLAGS.unparse_flags()
   flags.FLAGS(['zeronas', '--experiment=search', '--ntk_batch=16'])
-  run.check_flags()
-  assert flags.FLAGS.ntk_batch == 16 and flags.FLAGS.repeats == 1  # set by hand; search default
-  assert flags.FLAGS.proxies == 'ntk_cond_independent,linear_regions'
+  _, config = run.config_from_flags()
+  assert config.ntk_batch == 16 and config.repeats == 1  # set by hand; the search's default
+  assert config.proxies == 'ntk_cond_independent,linear_regions'
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(['zeronas', '--experiment=search', '--config=papers', '--repeats=2'])
+  exp, config = run.config_from_flags()
+  assert (config.ntk_width, config.ntk_cells, config.ntk_batch, config.repeats) == (16, 5, 64, 2)
+  assert run.workdir_from_flags(exp) == 'search_out'
   flags.FLAGS.unparse_flags()
   flags.FLAGS(['zeronas', '--experiment=correlate'])
-  run.check_flags()
-  assert flags.FLAGS.workdir == 'correlate_out' and flags.FLAGS.repeats == 3
+  exp, config = run.config_from_flags()
+  assert run.workdir_from_flags(exp) == 'correlate_out' and config.repeats == 3
   flags.FLAGS.unparse_flags()
+
+
+def test_make_config_is_typed_checked_and_frozen():
+  import dataclasses
+  c = run.make_config('score', 'smoke', proxies='params')
+  assert type(c).__name__ == 'ScoreConfig' and c.proxies == 'params' and c.ntk_width == 2
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    c.seed = 3
+  with pytest.raises(ValueError, match='--batch_candidates=0'):
+    run.make_config('score', batch_candidates=0)
+  with pytest.raises(ValueError, match="'epochs' is not a setting of --experiment=score"):
+    run.make_config('score', epochs=3)
+  with pytest.raises(ValueError, match='unknown --config'):
+    run.make_config('score', 'nope')
+  assert run.make_config('search').ntk_batch == 32  # the experiment's own default
+
+
+def test_every_preset_loads_for_every_experiment():
+  from experiments import configs
+  for preset in configs.names():
+    for experiment in run.EXPERIMENTS:
+      run.make_config(experiment, preset)
 
 
 def test_every_defined_flag_belongs_to_an_experiment():
