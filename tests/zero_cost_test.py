@@ -296,10 +296,14 @@ def test_non_finite_values_are_flagged(scorer):
     assert not out[name + '_flag'][1:].any(), name
 
 
-def test_single_path_fast_path_equals_the_dense_supernet():
+# every proxy, NTK variants and linear regions included, in three groups (compiled separately,
+# so the test processes share the work)
+@pytest.mark.parametrize('names', [
+    list(zc.GRADIENT_GROUP), [n for n in NAMES if n not in zc.GRADIENT_GROUP],
+    ['ntk_cond', 'ntk_cond_independent', 'linear_regions']], ids=['gradient', 'other', 'ntk'])
+def test_single_path_fast_path_equals_the_dense_supernet(names):
   # sparse: one-hot candidates go in as op indices (switch per edge, scan over cells, custom
-  # VJPs); every proxy, NTK variants and linear regions included, must equal the dense walk.
-  names = NAMES + ['ntk_cond', 'ntk_cond_independent', 'linear_regions']
+  # VJPs); each proxy must equal the dense walk.
   settings = dataclasses.replace(SETTINGS, single_path=True, ntk_batch=8, ntk_width=4,
                                  ntk_cells=2, ntk_repeats=1)
   dense_settings = dataclasses.replace(settings, single_path=False)
