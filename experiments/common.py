@@ -134,6 +134,15 @@ def load_images(data_dir, dataset: str):
     return images
 
 
+def workdirs_flag(values, flag: str, experiment: str) -> list:
+  """A required comma-separated list of workdirs (absl DEFINE_list) as paths; one line, exit 2,
+  when it is empty."""
+  workdirs = [pathlib.Path(d) for d in values or [] if d]
+  if not workdirs:
+    fail(f'--{flag} is required: one or more --experiment={experiment} workdirs, comma-separated')
+  return workdirs
+
+
 def format_number(value, digits=None):
   """One CSV/JSON number format: '' for None, ints as ints, floats at full (round-trip)
   precision or `digits` significant digits, and inf / nan spelled out (never a silent blank)."""

@@ -85,10 +85,7 @@ def main(argv):
   if len(argv) > 1:
     common.fail(f'unexpected argument {argv[1]!r}; pass the workdirs as '
                 f'--correlate_workdirs=DIR,DIR,...')
-  workdirs = [pathlib.Path(d) for d in _WORKDIRS.value or [] if d]
-  if not workdirs:
-    common.fail('--correlate_workdirs is required: one or more --experiment=correlate workdirs, '
-                'comma-separated')
+  workdirs = common.workdirs_flag(_WORKDIRS.value, 'correlate_workdirs', 'correlate')
   try:
     corr = correlation_table(workdirs)
     agree = agreement_table(workdirs)

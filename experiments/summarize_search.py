@@ -53,10 +53,7 @@ def main(argv):
   if len(argv) > 1:
     common.fail(f'unexpected argument {argv[1]!r}; pass the workdirs as '
                 f'--search_workdirs=DIR,DIR,...')
-  workdirs = [pathlib.Path(d) for d in _WORKDIRS.value or [] if d]
-  if not workdirs:
-    common.fail('--search_workdirs is required: one or more --experiment=search workdirs, '
-                'comma-separated')
+  workdirs = common.workdirs_flag(_WORKDIRS.value, 'search_workdirs', 'search')
   try:
     rows = [row(d) for d in workdirs]
   except (ValueError, KeyError) as err:

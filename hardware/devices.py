@@ -134,6 +134,12 @@ CORE_CYCLES = types.MappingProxyType({
                                inference=10000),
 })
 
+# Cycle scales of a code generator without an interpreter (TinyEngine-like priors).
+_CODE_GENERATOR_SCALE = _per_feature(conv_macs=0.75, pointwise_macs=0.75, depthwise_macs=0.6,
+                                     dense_macs=0.9, pool_reads=0.8, elementwise_ops=0.8,
+                                     activation_bytes=0.8, weight_bytes=0.8, kernel_calls=0.2,
+                                     inference=0.3)
+
 RUNTIMES = types.MappingProxyType({r.name: r for r in (
     Runtime('tflm', 'TensorFlow Lite Micro, portable reference kernels (plain C loops)',
             _per_feature(conv_macs=3.5, pointwise_macs=3.5, depthwise_macs=3.0, dense_macs=2.0,
@@ -155,10 +161,7 @@ RUNTIMES = types.MappingProxyType({r.name: r for r in (
             persistent_bytes_per_channel=0, sram_overhead_bytes=2_000, im2col=True),
     Runtime('tinyengine', 'TinyEngine-like code generator (MCUNet): specialised kernels, '
             'in-place depthwise, no interpreter',
-            _per_feature(conv_macs=0.75, pointwise_macs=0.75, depthwise_macs=0.6,
-                         dense_macs=0.9, pool_reads=0.8, elementwise_ops=0.8,
-                         activation_bytes=0.8, weight_bytes=0.8, kernel_calls=0.2,
-                         inference=0.3),
+            _CODE_GENERATOR_SCALE,
             code_flash_bytes=20_000, flash_bytes_per_kernel=60, quant_bytes_per_channel=8,
             persistent_bytes_per_channel=0, sram_overhead_bytes=1_000, im2col=True),
     # This project's generated C (`deploy.c_source`, --experiment=export --c_source). Sizes are
@@ -169,10 +172,7 @@ RUNTIMES = types.MappingProxyType({r.name: r for r in (
     # TinyEngine's priors (a code generator), not calibrated.
     Runtime('zeronas-c', "this project's generated C99 (deploy/c): int8 kernels, static "
             'arena laid out by the TFLM planner, no interpreter',
-            _per_feature(conv_macs=0.75, pointwise_macs=0.75, depthwise_macs=0.6,
-                         dense_macs=0.9, pool_reads=0.8, elementwise_ops=0.8,
-                         activation_bytes=0.8, weight_bytes=0.8, kernel_calls=0.2,
-                         inference=0.3),
+            _CODE_GENERATOR_SCALE,
             code_flash_bytes=4_100, flash_bytes_per_kernel=76, quant_bytes_per_channel=8,
             persistent_bytes_per_channel=0, sram_overhead_bytes=400, im2col=True),
 )})
