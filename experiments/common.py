@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import os
 import pathlib
 import sys
 
@@ -132,6 +133,16 @@ def load_images(data_dir, dataset: str):
     images = data_lib.load_cifar(data_dir, 'cifar10')
     images.source += f' standing in for {dataset} (its images are not in {data_dir})'
     return images
+
+
+def enable_compile_cache():
+  """Persistent XLA cache: reruns with the same shapes skip most of the compile time."""
+  import jax
+  path = os.environ.get('ZERONAS_JAX_CACHE',
+                        str(pathlib.Path.home() / '.cache' / 'zeronas-mcu' / 'jax'))
+  if path and not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', path)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
 def workdirs_flag(values, flag: str, experiment: str) -> list:

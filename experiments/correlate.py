@@ -86,8 +86,7 @@ def run(f, workdir='correlate_out'):
     ops = common.select_archs(f.archs, f.seed, f.benchmark_file)
   images = common.load_images(f.data_dir, f.dataset)
   workdir = pathlib.Path(workdir)
-  from experiments.search import enable_compile_cache
-  enable_compile_cache()  # a resumed run reuses the interrupted one's compiled program
+  common.enable_compile_cache()  # a resumed run reuses the interrupted one's compiled program
   import jax
   devices = jax.local_devices()
   n_dev = len(devices)

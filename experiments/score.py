@@ -19,6 +19,7 @@ def run(f, workdir=None):
   ops = common.select_archs(f.archs, f.seed, f.benchmark_file)
   table = common.arch_index_table(f.benchmark_file)
   images = common.load_images(f.data_dir, f.dataset)
+  common.enable_compile_cache()  # a rerun with the same proxies and sizes skips the compile
   print(f'inputs: {images.source if images else "N(0, 1) Gaussian noise (no --data_dir given)"}')
   proxy_names, aggregates = aggregate.split(f.proxies)
   scorer = scoring.Scorer(proxy_names, settings, seed=f.seed, images=images,

@@ -43,16 +43,6 @@ def parse_seeds(spec: str, default: int) -> list[int]:
   return sorted(set(seeds))
 
 
-def enable_compile_cache():
-  """Persistent XLA cache: reruns with the same shapes skip most of the compile time."""
-  import jax
-  path = os.environ.get('ZERONAS_JAX_CACHE',
-                        str(pathlib.Path.home() / '.cache' / 'zeronas-mcu' / 'jax'))
-  if path and not jax.config.jax_compilation_cache_dir:
-    jax.config.update('jax_compilation_cache_dir', path)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-
-
 def _space_table(constraints):
   """The space's costs, cached on disk keyed by the cost model's source and the target."""
   from engine import objective as obj
@@ -119,7 +109,7 @@ def run(f, workdir='search_out'):
   weights = obj.Weights(obj.parse_weights(f.proxy_weights), f.w_flops, f.w_latency,
                         f.w_feasible)
   workdir = pathlib.Path(workdir)
-  enable_compile_cache()
+  common.enable_compile_cache()
 
   start = time.perf_counter()
   table = _space_table(constraints)
