@@ -28,3 +28,16 @@ def assert_one_line_error(result, *fragments):
   assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
   for fragment in fragments:
     assert fragment in lines[0]
+
+
+def call_main(main, *args):
+  """A companion tool's absl `main` in this process with these command-line flags: its return
+  value, or its exit code when it exits. Flags are reset afterwards."""
+  from absl import flags
+  flags.FLAGS(['prog', *args])
+  try:
+    return main(['prog'])
+  except SystemExit as exit_:
+    return exit_.code
+  finally:
+    flags.FLAGS.unparse_flags()

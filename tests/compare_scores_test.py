@@ -3,10 +3,11 @@ import csv
 
 import numpy as np
 import pytest
-from absl import flags as absl_flags
 from scipy import stats
 
 from experiments import compare_scores
+
+import cli
 
 
 def _write(path, indices, values, flags=None):
@@ -20,14 +21,7 @@ def _write(path, indices, values, flags=None):
 
 
 def _main(*args):
-  """compare_scores.main with these command-line flags; its return value or exit code."""
-  absl_flags.FLAGS(['prog', *args])
-  try:
-    return compare_scores.main(['prog'])
-  except SystemExit as exit_:
-    return exit_.code
-  finally:
-    absl_flags.FLAGS.unparse_flags()
+  return cli.call_main(compare_scores.main, *args)
 
 
 def test_spearman_on_shared_unflagged_archs(tmp_path, capsys):

@@ -1,9 +1,10 @@
 """summarize_correlation: tables from correlate workdirs (hand-written JSON)."""
 import json
 
-from absl import flags as absl_flags
 
 from experiments import summarize_correlation as sc
+
+import cli
 
 
 def _workdir(path, dataset, rows, agreement=None):
@@ -16,14 +17,7 @@ def _workdir(path, dataset, rows, agreement=None):
 
 
 def _main(*workdirs):
-  """sc.main with --correlate_workdirs set to `workdirs`; its return value or exit code."""
-  absl_flags.FLAGS(['prog', '--correlate_workdirs=' + ','.join(map(str, workdirs))])
-  try:
-    return sc.main(['prog'])
-  except SystemExit as exit_:
-    return exit_.code
-  finally:
-    absl_flags.FLAGS.unparse_flags()
+  return cli.call_main(sc.main, '--correlate_workdirs=' + ','.join(map(str, workdirs)))
 
 
 def test_tables_have_one_column_per_workdir_and_published_figures(tmp_path, capsys):

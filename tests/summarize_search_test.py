@@ -1,10 +1,10 @@
 """experiments.summarize_search: the docs' search tables come from the workdirs' results.json."""
 import json
 
-import pytest
-from absl import flags as absl_flags
 
 from experiments import summarize_search
+
+import cli
 
 
 def _write(tmp_path, name, budget, accs, gaps):
@@ -25,12 +25,6 @@ def test_row_reports_mean_std_and_times(tmp_path):
 
 
 def test_missing_results_is_a_one_line_error(tmp_path, capsys):
-  absl_flags.FLAGS(['x', f'--search_workdirs={tmp_path / "nope"}'])
-  try:
-    with pytest.raises(SystemExit) as exit_:
-      summarize_search.main(['x'])
-  finally:
-    absl_flags.FLAGS.unparse_flags()
-  assert exit_.value.code == 2
+  assert cli.call_main(summarize_search.main, f'--search_workdirs={tmp_path / "nope"}') == 2
   err = capsys.readouterr().err
   assert err.startswith('error: cannot read') and err.count('\n') == 1
