@@ -1,7 +1,6 @@
 """experiments.summarize_search: the docs' search tables come from the workdirs' results.json."""
 import json
 
-
 from experiments import summarize_search
 
 import cli
