@@ -76,7 +76,8 @@ class SupernetTest(chex.TestCase):
       return jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(6), labels])
 
     traced = jax.jit(jax.value_and_grad(loss), static_argnums=2)
-    for ops in ARCHS[:2] + [(0, 0, 0, 0, 0, 0)]:
+    # (the concrete-ops walk compiles once per arch: one mixed arch and the disconnected one)
+    for ops in ARCHS[:1] + [(0, 0, 0, 0, 0, 0)]:
       mask = nb201.ops_to_mask(ops)
       dense = traced(params, jnp.asarray(mask), False)
       sparse = traced(params, jnp.asarray(mask), True)

@@ -12,6 +12,8 @@ from search_spaces import nb201_net as net
 CONFIG = nb201.NB201Config(C=4, N=1, input_size=8)
 # Jitted: op-by-op (eager) execution of the unrolled supernet's backward passes takes minutes.
 _gram = jax.jit(ntk.ntk_gram, static_argnames=('config', 'variant', 'cotangent_chunk', 'sparse'))
+_condition = jax.jit(ntk.ntk_condition, static_argnames=('config', 'variant', 'init',
+                                                         'cotangent_chunk', 'sparse'))
 OPS = (3, 2, 4, 1, 3, 0)
 
 
@@ -81,16 +83,27 @@ class NtkTest(chex.TestCase):
     kappa, flag = cond(jnp.array([[1.0, jnp.nan], [jnp.nan, 1.0]]))
     assert np.isnan(kappa) and flag == ntk.NONFINITE
 
+  def test_repeats_average_kappa_and_the_worst_flag_wins(self):
+    _, mask, x = _setup()
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    batches = jnp.stack([x, x[::-1] * 2.0])
+    kappa, flag = _condition(keys, mask, batches, CONFIG)
+    each = [_condition(keys[r:r + 1], mask, batches[r:r + 1], CONFIG) for r in range(2)]
+    assert flag == ntk.OK and all(f == ntk.OK for _, f in each)
+    np.testing.assert_allclose(kappa, np.mean([k for k, _ in each]), rtol=1e-5)
+    kappa, flag = _condition(keys, mask, batches.at[1, 0, 0, 0, 0].set(jnp.nan), CONFIG)
+    assert np.isnan(kappa) and flag == ntk.NONFINITE
+
   def test_disconnected_cell_is_flagged_singular(self):
     _, mask, x = _setup((0, 0, 0, 0, 0, 0))
-    batches = jnp.stack([x, x])
-    kappa, flag = ntk.ntk_condition(jax.random.split(jax.random.PRNGKey(0), 2), mask, batches, CONFIG)
+    kappa, flag = _condition(jax.random.split(jax.random.PRNGKey(0), 2), mask,
+                             jnp.stack([x, x]), CONFIG)
     assert np.isinf(kappa) and flag == ntk.SINGULAR
 
   def test_nonfinite_input_is_flagged(self):
     _, mask, x = _setup()
     x = x.at[0, 0, 0, 0].set(jnp.nan)
-    kappa, flag = ntk.ntk_condition(jax.random.split(jax.random.PRNGKey(0), 1), mask, x[None], CONFIG)
+    kappa, flag = _condition(jax.random.split(jax.random.PRNGKey(0), 1), mask, x[None], CONFIG)
     assert np.isnan(kappa) and flag == ntk.NONFINITE
 
 

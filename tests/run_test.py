@@ -26,7 +26,7 @@ def test_score_network_proxies_end_to_end_with_cifar(tmp_path, data_dir):
   archs = tmp_path / 'archs.txt'
   archs.write_text(f'{ARCH}\n1\n|none~0|+|none~0|none~1|+|none~0|none~1|none~2|\n')
   result = cli.run('--experiment=score', f'--archs={archs}',
-                    '--proxies=ntk_cond,ntk_cond_independent,linear_regions',
+                    '--proxies=ntk_cond,linear_regions',
                     '--ntk_batch=8', '--repeats=1', '--ntk_width=2', '--batch_candidates=2',
                     f'--data_dir={data_dir / "cifar10"}', f'--output={out}', '--noprogress')
   assert result.returncode == 0, result.stderr

@@ -296,11 +296,12 @@ def test_non_finite_values_are_flagged(scorer):
     assert not out[name + '_flag'][1:].any(), name
 
 
-# every proxy, NTK variants and linear regions included, in three groups (compiled separately,
+# every proxy, NTK variants and linear regions included, in four groups (compiled separately,
 # so the test processes share the work)
 @pytest.mark.parametrize('names', [
     list(zc.GRADIENT_GROUP), [n for n in NAMES if n not in zc.GRADIENT_GROUP],
-    ['ntk_cond', 'ntk_cond_independent', 'linear_regions']], ids=['gradient', 'other', 'ntk'])
+    ['ntk_cond'], ['ntk_cond_independent', 'linear_regions']],
+    ids=['gradient', 'other', 'ntk', 'ntk_independent'])
 def test_single_path_fast_path_equals_the_dense_supernet(names):
   # sparse: one-hot candidates go in as op indices (switch per edge, scan over cells, custom
   # VJPs); each proxy must equal the dense walk.
