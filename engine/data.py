@@ -127,3 +127,44 @@ def sample_patches(rng: np.random.Generator, num_batches: int, batch_size: int,
   crops = images.images[idx[:, None, None], rows[:, :, None], cols[:, None, :], ch[:, None, None]]
   crops = (crops.astype(np.float32) / 255 - CIFAR_MEAN[ch][:, None, None]) / CIFAR_STD[ch][:, None, None]
   return crops.reshape(shape).astype(np.float32)
+
+
+PHOTOS = ('grace_hopper.jpg', 'Minduka_Present_Blue_Pack.png')  # matplotlib's sample photographs
+_PHOTO_SCALES = (2, 4, 8)  # box-filter shrink factors: objects at several sizes in a 32x32 crop
+
+
+def sample_photos(count: int = 4096, seed: int = 0) -> ImageSet:
+  """Natural-image stand-ins when no dataset is given: `count` random 32x32 crops of the
+  photographs matplotlib ships (no download), at several scales, with random flips, and
+  uniformly random labels of 10 classes. Raises DataError when they cannot be read."""
+  try:
+    import matplotlib.cbook
+    import matplotlib.image
+    folder = pathlib.Path(matplotlib.cbook._get_data_path('sample_data'))
+    photos = [np.asarray(matplotlib.image.imread(folder / name)) for name in PHOTOS]
+  except (ImportError, OSError, ValueError) as err:
+    raise DataError(f'cannot read matplotlib\'s sample photographs ({err}); pass --data_dir or '
+                    f'--stand_in_inputs=noise') from None
+  rng = np.random.default_rng([seed, 0x9407])
+  levels = []
+  for photo in photos:
+    photo = photo[..., :3]
+    photo = photo.astype(np.float32) / (255.0 if photo.dtype == np.uint8 else 1.0)
+    for f in _PHOTO_SCALES:
+      h, w = photo.shape[0] // f, photo.shape[1] // f
+      if min(h, w) >= 32:
+        levels.append(photo[:h * f, :w * f].reshape(h, f, w, f, 3).mean((1, 3)))
+  which = rng.integers(0, len(levels), count)
+  crops = np.empty((count, 32, 32, 3), np.float32)
+  for i, level in enumerate(levels):
+    rows = np.flatnonzero(which == i)
+    oy = rng.integers(0, level.shape[0] - 31, len(rows))
+    ox = rng.integers(0, level.shape[1] - 31, len(rows))
+    crops[rows] = level[oy[:, None, None] + np.arange(32)[:, None],
+                        ox[:, None, None] + np.arange(32)[None, :]]
+  flip = rng.random(count) < 0.5
+  crops[flip] = crops[flip, :, ::-1]
+  images = np.clip(np.round(crops * 255), 0, 255).astype(np.uint8)
+  labels = rng.integers(0, 10, count)
+  return ImageSet(images, labels, f'{count} random 32x32 crops of matplotlib\'s sample '
+                  f'photographs ({", ".join(PHOTOS)}; no --data_dir given)')

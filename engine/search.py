@@ -18,6 +18,10 @@ the constraints never win (see `engine.objective`). Four searchers:
   `recheck` best single-path archs left (by the first-order estimate) are scored exactly and
   the best by the hybrid objective wins.
 * `random`: feasible archs sampled uniformly, scored in batches, best by the objective.
+* `rerank` (the default): the feasible archs ordered by size (parameters, then MACs); the
+  largest `pool` of them are scored and the best by the objective wins. Size alone (the
+  `max_params` / `max_macs` baselines) is a strong prior on NB201; the proxies then choose among
+  the archs the hardware can still afford, which is where size stops telling them apart.
 * `evolution`: regularized evolution (Real et al., 2019) with tournament selection; each
   generation's children are scored as one batch; fitness is the hybrid rank over every arch
   scored so far, so it is comparable across generations.
@@ -32,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine import aggregate as agg_lib
 from engine import objective as obj
 from engine import proxies as proxies_lib
 from engine import scoring
@@ -53,6 +58,7 @@ class Options:
   population: int = 16
   tournament: int = 4
   recheck: int = 8             # grad_prune: single-path archs re-scored exactly at the end
+  pool: int = 256              # rerank: largest feasible archs scored
 
 
 @dataclasses.dataclass
@@ -69,13 +75,22 @@ class Result:
 class Problem:
   """What a searcher needs: proxies, settings, inputs, constraints, the space's costs.
 
+  `proxy_names` are proxies and aggregates (`engine.aggregate`, e.g.
+  `agg:params+synflow+2*jacob_cov:logrank`): each named one is a term of the objective; an
+  aggregate's components are scored but only the aggregate counts.
+
   Compiled functions are kept per batch size and reused across seeds (`reseed`), so a
   multi-seed run compiles once."""
 
   def __init__(self, proxy_names, settings: proxies_lib.ScoreSettings,
                constraints: obj.Constraints, weights: obj.Weights, images=None, seed: int = 0,
                table: obj.SpaceTable | None = None):
-    self.proxies = proxies_lib.get(proxy_names)
+    names, self.aggregates = agg_lib.split(proxy_names)
+    self.proxies = proxies_lib.get(names)
+    requested = proxy_names.split(',') if isinstance(proxy_names, str) else list(proxy_names)
+    requested = {n.strip() for n in requested}
+    # the objective's terms: proxies named directly, then the aggregates
+    self.terms = [p for p in self.proxies if p.name in requested] + self.aggregates
     self.network = [p for p in self.proxies if p.kind == 'network']
     self.settings = settings
     self.constraints = constraints
@@ -123,6 +138,7 @@ class Problem:
         part = scorer.score_masks(masks[pad], keys[pad])
         for p in self.network:
           out.setdefault(p.name, []).append(np.asarray(part[p.name], np.float64)[:n])
+          out.setdefault(p.name + '_flag', []).append(np.asarray(part[p.name + '_flag'])[:n])
       self.compile_s += scorer.timing.compile_s - before[0]
       self.run_s += scorer.timing.run_s - before[1]
     values = {name: np.concatenate(parts) for name, parts in out.items()}
@@ -135,7 +151,12 @@ class Problem:
     return values
 
   def objective(self, values: dict, ok) -> np.ndarray:
-    return obj.hybrid(values, self.proxies, values, ok, self.weights, self.refs)
+    """The hybrid objective over the pool `values` (aggregates ranked within the pool)."""
+    columns = dict(values)
+    for a in self.aggregates:
+      flags = {c: values[c + '_flag'] for c in a.components if c + '_flag' in values}
+      columns[a.name] = agg_lib.compute(a, values, flags)[0]
+    return obj.hybrid(columns, self.terms, values, ok, self.weights, self.refs)
 
   def feasible_ops(self, ops) -> np.ndarray:
     return self.table.feasible[nb201.ops_to_code(ops)]
@@ -301,6 +322,23 @@ def random_search(problem: Problem, rng: np.random.Generator, options: Options,
                  k=_round_k(options.batch), progress=progress)
 
 
+def size_order(table: obj.SpaceTable) -> np.ndarray:
+  """Codes of the feasible archs, largest first (parameters, then MACs, then code)."""
+  pool = np.flatnonzero(table.feasible)
+  return pool[np.lexsort((pool, -table.costs['macs'][pool], -table.costs['params'][pool]))]
+
+
+def rerank(problem: Problem, rng: np.random.Generator, options: Options,
+           progress=None) -> Result:
+  """Scores the `options.pool` largest feasible archs; the best by the objective wins."""
+  if options.pool < 1:
+    raise SearchError('--rerank_pool must be at least 1')
+  codes = size_order(problem.table)[:options.pool]
+  return _finish(problem, problem.table.ops[codes], 0,
+                 [f'{len(codes)} largest feasible archs (of {int(problem.table.feasible.sum())})'
+                  f' scored'], k=_round_k(options.batch), progress=progress)
+
+
 def evolution(problem: Problem, rng: np.random.Generator, options: Options,
               progress=None) -> Result:
   """Regularized evolution with batched children; see the module docstring."""
@@ -408,10 +446,10 @@ def _finish(problem: Problem, ops, scored: int, log, k: int | None = None,
                 scored + len(ops), 0.0, 0.0, log)
 
 
-SEARCHERS: dict[str, Callable] = {'prune': prune, 'grad_prune': grad_prune,
+SEARCHERS: dict[str, Callable] = {'rerank': rerank, 'prune': prune, 'grad_prune': grad_prune,
                                   'random': random_search, 'evolution': evolution}
 PROGRESS_TOTAL = {  # progress-bar units per searcher (rounds or archs)
-    'prune': lambda o: 3, 'grad_prune': lambda o: 3,
+    'rerank': lambda o: o.pool, 'prune': lambda o: 3, 'grad_prune': lambda o: 3,
     'random': lambda o: o.random_samples, 'evolution': lambda o: o.evolution_samples}
 
 

@@ -115,13 +115,14 @@ def settings_from_flags(f) -> proxies_lib.ScoreSettings:
       zc_cells=f.zc_cells, zico_splits=f.zico_splits)
 
 
-def load_images(data_dir, dataset: str):
-  """CIFAR training images for the proxies, or None (Gaussian inputs) without --data_dir.
+def load_images(data_dir, dataset: str, stand_in: str = 'noise'):
+  """CIFAR training images for the proxies; without --data_dir the `stand_in`: None (Gaussian
+  inputs) for 'noise', crops of matplotlib's sample photographs for 'photos'.
 
   CIFAR-100 and ImageNet16-120 fall back to CIFAR-10 images when only those are present; the
   returned `source` says so."""
   if not data_dir:
-    return None
+    return data_lib.sample_photos() if stand_in == 'photos' else None
   try:
     images = data_lib.load_cifar(data_dir, 'cifar100' if dataset == 'cifar100' else 'cifar10')
     if dataset not in ('cifar10', 'cifar100'):  # ImageNet16-120 images are never shipped

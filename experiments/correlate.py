@@ -84,7 +84,7 @@ def run(f, workdir='correlate_out'):
     ops = table.index_to_ops[reference_archs(f.archs, reference, f.seed)]
   else:
     ops = common.select_archs(f.archs, f.seed, f.benchmark_file)
-  images = common.load_images(f.data_dir, f.dataset)
+  images = common.load_images(f.data_dir, f.dataset, f.stand_in_inputs)
   workdir = pathlib.Path(workdir)
   common.enable_compile_cache()  # a resumed run reuses the interrupted one's compiled program
   import jax

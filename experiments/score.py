@@ -18,7 +18,7 @@ def run(f, workdir=None):
   settings = common.settings_from_flags(f)
   ops = common.select_archs(f.archs, f.seed, f.benchmark_file)
   table = common.arch_index_table(f.benchmark_file)
-  images = common.load_images(f.data_dir, f.dataset)
+  images = common.load_images(f.data_dir, f.dataset, f.stand_in_inputs)
   common.enable_compile_cache()  # a rerun with the same proxies and sizes skips the compile
   print(f'inputs: {images.source if images else "N(0, 1) Gaussian noise (no --data_dir given)"}')
   proxy_names, aggregates = aggregate.split(f.proxies)

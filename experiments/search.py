@@ -89,12 +89,12 @@ def constraints_from_flags(f):
 def options_from_flags(f):
   from engine import search as search_lib
   for name in ('random_samples', 'evolution_samples', 'population', 'tournament', 'recheck',
-               'batch_candidates'):
+               'batch_candidates', 'rerank_pool'):
     if getattr(f, name) < 1:
       raise ValueError(f'--{name} must be at least 1, got {getattr(f, name)}')
   return search_lib.Options(batch=f.batch_candidates, random_samples=f.random_samples,
                             evolution_samples=f.evolution_samples, population=f.population,
-                            tournament=f.tournament, recheck=f.recheck)
+                            tournament=f.tournament, recheck=f.recheck, pool=f.rerank_pool)
 
 
 def run(f, workdir='search_out'):
@@ -117,22 +117,29 @@ def run(f, workdir='search_out'):
   table_s = time.perf_counter() - start
   bench = common.arch_index_table(f.benchmark_file)
   acc = bench.columns.get(common.ACC_COLUMN[f.dataset]) if bench is not None else None
-  images = common.load_images(f.data_dir, f.dataset)
+  images = common.load_images(f.data_dir, f.dataset, f.stand_in_inputs)
   import jax
   device_name = f'{len(jax.local_devices())} {jax.local_devices()[0].platform} device(s)'
   limits = ', '.join(f'{k} <= {v:.4g}' for k, v in table.limits.items())
   print(f'search: {f.searcher} on NB201/{f.dataset} for {constraints.device}/'
         f'{constraints.runtime} ({limits}); {int(table.feasible.sum())} of {nb201.NUM_ARCHS} '
         f'archs feasible; space costed in {table_s:.1f} s')
-  print(f'inputs: {images.source if images else "N(0, 1) Gaussian noise (no --data_dir given)"};'
-        f' proxies {f.proxies}; NTK C={settings.ntk_width} N={settings.ntk_cells} '
-        f'B={settings.ntk_batch} x{settings.ntk_repeats}; {device_name}')
-
   problem = search_lib.Problem(f.proxies, settings, constraints, weights, images, seeds[0], table)
-  best_feasible = None
+  needs = {p.needs for p in problem.network}
+  nets = ([f'NTK C={settings.ntk_width} N={settings.ntk_cells} B={settings.ntk_batch} '
+           f'x{settings.ntk_repeats}'] if 'ntk' in needs else []) + (
+          [f'zero-cost C={settings.zc_width} N={settings.zc_cells} B={settings.zc_batch}']
+          if 'zc' in needs else [])
+  print(f'inputs: {images.source if images else "N(0, 1) Gaussian noise (no --data_dir given)"};'
+        f' objective {f.proxies}' + ''.join(f'; {n}' for n in nets) + f'; {device_name}')
+
+  best_feasible, base = None, None
   if acc is not None:
     feasible_idx = bench.ops_to_index(table.ops[table.feasible])
     best_feasible = float(acc[feasible_idx].max())
+    base = baselines(table, acc[bench.ops_to_index(table.ops)])
+    print('baselines (true test acc, gap to the best feasible): ' + ', '.join(
+        f'{name} {b["test_acc"]:.2f} ({b["gap"]:.2f})' for name, b in base.items()))
   total = search_lib.PROGRESS_TOTAL[f.searcher](options) * len(seeds)
   records = []
   with tqdm(total=total, unit='step', disable=not f.progress, file=None) as bar:
@@ -143,7 +150,7 @@ def run(f, workdir='search_out'):
       records.append(_record(f, seed, result, wall, constraints, table, bench, acc,
                              best_feasible, device_name))
       _report(records[-1], result, table.limits, bar)
-      _write_results(workdir, records, f, constraints, table)
+      _write_results(workdir, records, f, constraints, table, base)
   if len(records) > 1:
     _summary(records)
   if acc is not None:
@@ -200,10 +207,33 @@ def _summary(records):
         f'{gap[1]:.2f}, search {t[0]:.1f} s/seed (run {run[0]:.1f} s, compile in the first)')
 
 
-def _write_results(workdir, records, f, constraints, table):
+def baselines(table, acc_by_code) -> dict:
+  """The simple rules a searcher must beat, under the same constraints and costs:
+  `max_macs` and `max_params` (the feasible arch with the most MACs / parameters, ties broken by
+  the other, then by code), `random` (the mean true accuracy of a uniformly drawn feasible arch,
+  i.e. random search with one sample, in expectation) and `oracle` (the best feasible true
+  accuracy). Each: test_acc and gap to the oracle; the rules also give their arch and costs."""
+  feasible = np.flatnonzero(table.feasible)
+  acc = np.asarray(acc_by_code, np.float64)
+  best = float(acc[feasible].max())
+  out = {}
+  for name, first, second in (('max_macs', 'macs', 'params'), ('max_params', 'params', 'macs')):
+    order = np.lexsort((feasible, -table.costs[second][feasible], -table.costs[first][feasible]))
+    code = int(feasible[order[0]])
+    out[name] = dict(arch_str=nb201.format_arch_str(table.ops[code]), test_acc=float(acc[code]),
+                     gap=best - float(acc[code]),
+                     **{k: float(table.costs[k][code]) for k in ('latency_ms', 'macs', 'params')})
+  mean = float(acc[feasible].mean())
+  out['random'] = dict(test_acc=mean, gap=best - mean)
+  out['oracle'] = dict(test_acc=best, gap=0.0)
+  return out
+
+
+def _write_results(workdir, records, f, constraints, table, base=None):
   meta = dict(searcher=f.searcher, dataset=f.dataset, device=constraints.device,
               runtime=constraints.runtime, limits=table.limits, proxies=f.proxies,
-              data_dir=f.data_dir, machine=platform.processor() or platform.machine())
+              data_dir=f.data_dir, stand_in_inputs=None if f.data_dir else f.stand_in_inputs,
+              baselines=base, machine=platform.processor() or platform.machine())
   common.write_text_atomic(workdir / 'results.json',
                 json.dumps(dict(meta=meta, results=records), indent=1, default=float))
   rows = [[common.format_number(r[c], digits=6) for c in CSV_COLUMNS] for r in records]

@@ -4,7 +4,10 @@
 
 Reads each DIR/results.json and prints searcher, latency budget, seeds, mean +- std of the found
 archs' true test accuracy and of the gap to the best feasible arch, how many found archs are
-feasible, and the search time per seed (run time, the one compile, wall time). docs/search.md's
+feasible, the search time per seed (run time, the one compile, wall time), and the baselines'
+true accuracy under the same constraints (`experiments.search.baselines`: the feasible arch
+with the most MACs, the most parameters, a random feasible arch on average, the best feasible
+arch), so a searcher that loses to a size rule shows at a glance. docs/search.md's
 tables are made with it, so the numbers there can be regenerated from the workdirs.
 """
 from __future__ import annotations
@@ -22,7 +25,9 @@ _WORKDIRS = flags.DEFINE_list('search_workdirs', None, 'Comma-separated workdirs
 
 HEADER = ('| workdir | searcher | latency budget (ms) | seeds | test acc (mean +- std) | '
           'gap (mean +- std) | feasible | run s/search | compile s (first seed) | '
-          'wall s/search |\n|---|---|---|---|---|---|---|---|---|---|')
+          'wall s/search | max_macs | max_params | random | oracle |\n'
+          '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+BASELINES = ('max_macs', 'max_params', 'random', 'oracle')
 
 
 def row(workdir: pathlib.Path) -> str:
@@ -46,7 +51,13 @@ def row(workdir: pathlib.Path) -> str:
   return (f'| {workdir.name} | {data["meta"]["searcher"]} | '
           f'{"none" if budget is None else f"{budget:.2f}"} | {len(results)} | '
           f'{stat("test_acc")} | {stat("gap")} | {feasible}/{len(results)} | '
-          f'{mean("run_s"):.1f} | {results[0]["compile_s"]:.1f} | {mean("search_s"):.1f} |')
+          f'{mean("run_s"):.1f} | {results[0]["compile_s"]:.1f} | {mean("search_s"):.1f} | '
+          + ' | '.join(_baseline(data['meta'], name) for name in BASELINES) + ' |')
+
+
+def _baseline(meta, name) -> str:
+  base = (meta.get('baselines') or {}).get(name)
+  return 'n/a' if base is None else f'{base["test_acc"]:.2f}'
 
 
 def main(argv):

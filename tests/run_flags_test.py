@@ -94,7 +94,7 @@ def test_config_precedence_flag_over_preset_over_experiment_default():
   flags.FLAGS(['zeronas', '--experiment=search', '--ntk_batch=16'])
   _, config = run.config_from_flags()
   assert config.ntk_batch == 16 and config.repeats == 1  # set by hand; the search's default
-  assert config.proxies == 'ntk_cond_independent,linear_regions'
+  assert config.proxies == run.DEFAULT_SEARCH_OBJECTIVE
   flags.FLAGS.unparse_flags()
   flags.FLAGS(['zeronas', '--experiment=search', '--config=papers', '--repeats=2'])
   exp, config = run.config_from_flags()

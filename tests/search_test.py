@@ -4,6 +4,7 @@ Tiny proxy settings keep compiles short; the space's cost table comes from the s
 cache the command uses (computed once per cost-model version).
 """
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from search_spaces import nb201
 TINY = proxies.ScoreSettings(ntk_batch=4, ntk_repeats=1, ntk_width=2, ntk_cells=1,
                              lr_batches=1, lr_batch_size=64)
 OPTIONS = search.Options(batch=8, random_samples=8, evolution_samples=16, population=8,
-                         tournament=3, recheck=4)
+                         tournament=3, recheck=4, pool=16)
 
 
 @pytest.fixture(scope='module')
@@ -50,7 +51,7 @@ def _assert_feasible(problem, result, budget):
   assert np.isfinite(result.objective)
 
 
-@pytest.mark.parametrize('name', ['prune', 'random', 'evolution'])
+@pytest.mark.parametrize('name', ['rerank', 'prune', 'random', 'evolution'])
 def test_searcher_returns_feasible_arch(lr_problem, budget, name):
   result = search.search(name, lr_problem, seed=1, options=OPTIONS)
   _assert_feasible(lr_problem, result, budget)
@@ -83,6 +84,56 @@ def test_same_seed_same_result_and_seeds_differ(lr_problem):
   c = search.search('prune', lr_problem, seed=3, options=OPTIONS)
   d = search.search('prune', lr_problem, seed=3, options=OPTIONS)
   assert np.array_equal(c.ops, d.ops) and c.values == d.values
+  e = search.search('rerank', lr_problem, seed=3, options=OPTIONS)
+  f = search.search('rerank', lr_problem, seed=3, options=OPTIONS)
+  assert np.array_equal(e.ops, f.ops) and e.values == f.values
+
+
+def test_rerank_scores_the_largest_feasible_archs(lr_problem):
+  order = search.size_order(lr_problem.table)
+  params = lr_problem.table.costs['params'][order]
+  assert lr_problem.table.feasible[order].all() and (np.diff(params) <= 0).all()
+  assert len(order) == lr_problem.table.feasible.sum()
+  result = search.search('rerank', lr_problem, seed=0, options=OPTIONS)
+  assert result.scored == OPTIONS.pool
+  assert nb201.ops_to_code(result.ops) in order[:OPTIONS.pool]
+
+
+def test_baselines_are_feasible_and_the_oracle_is_the_best(budget):
+  table = search_exp._space_table(budget)
+  acc = np.random.default_rng(0).uniform(80, 95, nb201.NUM_ARCHS)
+  base = search_exp.baselines(table, acc)
+  assert list(base) == ['max_macs', 'max_params', 'random', 'oracle']
+  feasible = np.flatnonzero(table.feasible)
+  assert base['oracle']['test_acc'] == acc[feasible].max()
+  assert np.isclose(base['random']['test_acc'], acc[feasible].mean())
+  for name, cost in (('max_macs', 'macs'), ('max_params', 'params')):
+    code = nb201.ops_to_code(nb201.parse_arch_str(base[name]['arch_str']))
+    assert table.feasible[code] and table.costs[cost][code] == table.costs[cost][feasible].max()
+    assert base[name]['gap'] == base['oracle']['test_acc'] - acc[code] >= 0
+
+
+def test_an_aggregate_objective_ranks_by_the_aggregate_only(budget):
+  problem = search.Problem('agg:params+2*linear_regions:logrank', TINY, budget, obj.Weights(),
+                           None, 0, search_exp._space_table(budget))
+  assert [p.name for p in problem.proxies] == ['params', 'linear_regions']
+  assert [t.name for t in problem.terms] == ['agg:params+2*linear_regions:logrank']
+  values = {'params': np.array([3., 2., 1.]), 'linear_regions': np.array([1., 2., 3.]),
+            'linear_regions_flag': np.zeros(3, int), 'macs': np.ones(3),
+            'latency_ms': np.ones(3)}
+  # logrank: log(r_params / 3) + 2 log(r_lr / 3), r = 1 (worst) .. 3 (best)
+  score = problem.objective(values, np.ones(3, bool))
+  assert np.argmax(score) == 2 and np.argmin(score) == 0
+
+
+def test_the_default_objective_is_the_one_the_docs_name():
+  from experiments import run
+  default = run.EXPERIMENTS['search'].defaults['proxies']
+  assert run.EXPERIMENTS['search'].defaults['proxies'] == run.DEFAULT_SEARCH_OBJECTIVE
+  root = pathlib.Path(__file__).resolve().parents[1]
+  for doc in ('README.md', 'docs/search.md'):
+    assert f'`{default}`' in (root / doc).read_text(), doc
+  assert run.flags.FLAGS['searcher'].default == 'rerank'
 
 
 def test_prune_scores_every_single_op_removal(lr_problem):

@@ -20,10 +20,19 @@ def _write(tmp_path, name, budget, accs, gaps):
 def test_row_reports_mean_std_and_times(tmp_path):
   d = _write(tmp_path, 'b83', 83.09, [90.0, 92.0], [2.0, 0.0])
   assert summarize_search.row(d) == ('| b83 | prune | 83.09 | 2 | 91.00 +- 1.00 | 1.00 +- 1.00 | '
-                                     '2/2 | 1.0 | 9.0 | 1.5 |')
+                                     '2/2 | 1.0 | 9.0 | 1.5 | n/a | n/a | n/a | n/a |')
 
 
 def test_missing_results_is_a_one_line_error(tmp_path, capsys):
   assert cli.call_main(summarize_search.main, f'--search_workdirs={tmp_path / "nope"}') == 2
   err = capsys.readouterr().err
   assert err.startswith('error: cannot read') and err.count('\n') == 1
+
+
+def test_row_shows_the_baselines_of_the_run(tmp_path):
+  d = _write(tmp_path, 'free', None, [93.0], [1.0])
+  data = json.loads((d / 'results.json').read_text())
+  data['meta']['baselines'] = {'max_macs': {'test_acc': 93.54}, 'max_params': {'test_acc': 93.5},
+                               'random': {'test_acc': 88.661}, 'oracle': {'test_acc': 94.31}}
+  (d / 'results.json').write_text(json.dumps(data))
+  assert summarize_search.row(d).endswith('| 93.54 | 93.50 | 88.66 | 94.31 |')
