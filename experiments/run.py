@@ -67,6 +67,7 @@ EXPERIMENTS = types.MappingProxyType({
     # 2 cores (docs/search.md)
     'search': Experiment('search', SCORING | SEARCH, ('nb201',),
                          types.MappingProxyType({'proxies': DEFAULT_SEARCH_OBJECTIVE,
+                                                 'stand_in_inputs': 'photos',
                                                  'zc_width': 8, 'zc_cells': 1,
                                                  'ntk_batch': 32, 'repeats': 1}),
                          summary='hardware-aware NB201 search (the main job)'),
