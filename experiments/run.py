@@ -128,7 +128,7 @@ flags.DEFINE_enum('stand_in_inputs', 'noise', ['noise', 'photos'],
                   'Proxy inputs without --data_dir: N(0, 1) noise, or random crops of the '
                   'photographs matplotlib ships (natural-image statistics, no download).')
 flags.DEFINE_string('data_dir', None,
-                    'Folder with CIFAR python pickle batches; without it inputs are N(0,1).')
+                    'Folder with CIFAR python pickle batches; without it see --stand_in_inputs.')
 flags.DEFINE_string('benchmark_file', None,
                     'NB201 CSV with arch_index,arch_str (default: the NB201 table in '
                     '$ZERONAS_DATA_DIR or ../shared/data).')
