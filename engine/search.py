@@ -2,15 +2,16 @@
 
 Every searcher scores candidates in fixed-size batches (one compiled call per batch; Python
 loops only over pruning rounds or generations) and returns a feasible arch: candidates outside
-the constraints never win (see `engine.objective`). Four searchers:
+the constraints never win (see `engine.objective`). Five searchers:
 
-* `prune` (TE-NAS): start from the supernet with every non-`none` op on every edge. Each round,
-  every single-op removal of the current supernet is scored in one batch (repeats averaged
-  inside the proxy); the removals are ranked by the hybrid objective (NTK kappa and linear
-  regions ranks, TE-NAS's rank combination, plus the cost terms), and on each edge the op whose
-  removal leaves the best supernet goes. Three rounds (24, 18, 12 candidates) end at one op per
-  edge. An op is only removed if the remaining supernet still contains a feasible arch, so the
-  result is feasible by construction.
+* `prune` (TE-NAS): start from the supernet with every op on every edge (`none` included, so
+  the archs that drop an edge, which latency budgets favour, stay reachable; `prune_none`).
+  Each round, every single-op removal of the current supernet is scored in one batch (repeats
+  averaged inside the proxy); the removals are ranked by the objective plus a feasible-share
+  term, and on each edge the op whose removal leaves the best supernet goes. When two ops per
+  edge are left, the <= 2**6 feasible connected single-path archs are scored exactly and the
+  best wins (rounds of 30, 24, 18 removals, then those). An op is only removed if the remaining
+  supernet still contains a feasible arch, so the result is feasible by construction.
 * `grad_prune`: the same rounds, but an op's importance is the gradient of a differentiable
   objective (log NTK kappa, predicted latency / MACs, and a hinge penalty on the limits through
   the differentiable cost model) with respect to its soft weight: one forward/backward pass of
@@ -59,6 +60,7 @@ class Options:
   tournament: int = 4
   recheck: int = 8             # grad_prune: single-path archs re-scored exactly at the end
   pool: int = 256              # rerank: largest feasible archs scored
+  prune_none: bool = True      # prune: the start supernet holds `none` too (see `_start_mask`)
 
 
 @dataclasses.dataclass
@@ -70,6 +72,9 @@ class Result:
   compile_s: float
   run_s: float
   log: list                     # one line per round / generation, for the report
+  # (archs scored, code of the best so far by the objective): the anytime curve of the
+  # searchers that score single archs one after another (random, evolution, rerank)
+  trace: list = dataclasses.field(default_factory=list)
 
 
 class Problem:
@@ -201,9 +206,16 @@ def mask_keys(seed: int, masks) -> jax.Array:
   return jax.vmap(lambda c: jax.random.fold_in(base, c))(codes)
 
 
-def _start_mask() -> np.ndarray:
+def _start_mask(with_none: bool = False) -> np.ndarray:
+  """The supernet pruning starts from: every op on every edge, `none` only if `with_none`.
+
+  Without `none` pruning cannot reach the archs a latency budget favours: every one of the 10
+  most accurate archs under the 25th/50th/75th-percentile budgets drops an edge, and the best
+  arch without a `none` edge is 3.3 / 2.1 / 0.2 points below the best feasible one
+  (docs/search.md)."""
   mask = np.ones((nb201.NUM_EDGES, nb201.NUM_OPS), np.float32)
-  mask[:, nb201.NONE] = 0
+  if not with_none:
+    mask[:, nb201.NONE] = 0
   return mask
 
 
@@ -235,11 +247,11 @@ def _prune_edges(problem: Problem, mask, where, goodness) -> np.ndarray:
 
 
 def _single_paths(problem: Problem, mask) -> np.ndarray:
-  """The feasible single-path archs [M, 6] of a supernet mask (at most 2**6 when pruned to
-  two ops per edge)."""
+  """The feasible, connected single-path archs [M, 6] of a supernet mask (at most 2**6 when
+  pruned to two ops per edge; a cell whose output the input cannot reach is never wanted)."""
   choices = [np.flatnonzero(row) for row in mask]
   ops = np.stack(np.meshgrid(*choices, indexing='ij'), -1).reshape(-1, nb201.NUM_EDGES)
-  return ops[problem.feasible_ops(ops)]
+  return ops[problem.feasible_ops(ops) & nb201.is_connected(ops)]
 
 
 def _round_k(n: int) -> int:
@@ -249,16 +261,16 @@ def _round_k(n: int) -> int:
 
 def prune(problem: Problem, rng: np.random.Generator, options: Options, progress=None) -> Result:
   """TE-NAS prune-by-importance; see the module docstring."""
-  mask = _start_mask()
+  mask = _start_mask(options.prune_none)
   k = _round_k(len(_removals(mask)[0]))  # round 1 is the largest: one compiled shape
   log, scored = [], 0
   while (mask.sum(-1) > 1).any():
     if (mask.sum(-1) <= 2).all():
-      # Last round: when the feasible single-path archs left fit in one call (typical under a
-      # tight budget, where greedy per-edge removal can strand the cheap ops together), score
-      # them exactly instead; costs the same one call as the usual round.
+      # Last round: the <= 2**6 feasible single-path archs left are scored exactly (a few
+      # calls of the compiled shape) instead of one more greedy per-edge removal, which under a
+      # tight budget strands the cheap ops together.
       ops = _single_paths(problem, mask)
-      if len(ops) <= k:
+      if len(ops):
         log.append(f'round {len(log) + 1}: {len(ops)} feasible single-path archs scored')
         if progress:
           progress(1)
@@ -319,7 +331,7 @@ def random_search(problem: Problem, rng: np.random.Generator, options: Options,
     raise SearchError('--random_samples must be at least 1')
   ops = problem.table.ops[rng.choice(pool, n, replace=False)]
   return _finish(problem, ops, 0, [f'{n} feasible archs sampled'],
-                 k=_round_k(options.batch), progress=progress)
+                 k=_round_k(options.batch), progress=progress, anytime=True)
 
 
 def size_order(table: obj.SpaceTable) -> np.ndarray:
@@ -336,7 +348,7 @@ def rerank(problem: Problem, rng: np.random.Generator, options: Options,
   codes = size_order(problem.table)[:options.pool]
   return _finish(problem, problem.table.ops[codes], 0,
                  [f'{len(codes)} largest feasible archs (of {int(problem.table.feasible.sum())})'
-                  f' scored'], k=_round_k(options.batch), progress=progress)
+                  f' scored'], k=_round_k(options.batch), progress=progress, anytime=True)
 
 
 def evolution(problem: Problem, rng: np.random.Generator, options: Options,
@@ -369,7 +381,8 @@ def evolution(problem: Problem, rng: np.random.Generator, options: Options,
       progress(len(children))
     stalled = stalled + 1 if n_new == 0 else 0  # converged: only old archs come back
   best = archive.best()
-  return Result(best[0], best[1], best[2], archive.size, 0.0, 0.0, log)
+  return Result(best[0], best[1], best[2], archive.size, 0.0, 0.0, log,
+                trace(problem, archive.codes, archive.values))
 
 
 def _mutate(problem: Problem, parents, rng: np.random.Generator) -> np.ndarray:
@@ -427,9 +440,24 @@ class _Archive:
             {n: float(v[i]) for n, v in self.values.items()})
 
 
+def trace(problem: Problem, codes, values: dict) -> list[tuple[int, int]]:
+  """The best arch by the objective among the first n scored, for n = 8, 16, 32, ... and
+  all: what the search would have returned with a budget of n archs (the objective ranks
+  within the pool, so each prefix is ranked on its own)."""
+  codes = np.asarray(codes)
+  steps = [n for n in 2 ** np.arange(3, 31) if n < len(codes)] + [len(codes)]
+  out = []
+  for n in steps:
+    fit = problem.objective({k: v[:n] for k, v in values.items()},
+                            problem.table.feasible[codes[:n]])
+    out.append((int(n), int(codes[:n][int(np.argmax(fit))])))
+  return out
+
+
 def _finish(problem: Problem, ops, scored: int, log, k: int | None = None,
-            progress=None) -> Result:
-  """Scores the final candidates (one or a few single-path archs) and returns the best."""
+            progress=None, anytime: bool = False) -> Result:
+  """Scores the final candidates (one or a few single-path archs) and returns the best;
+  `anytime`: with the `trace` of the best after each prefix of `ops`."""
   ops = np.asarray(ops).reshape(-1, nb201.NUM_EDGES)
   k = k or (max(problem._scorers) if problem._scorers else _round_k(len(ops)))
   values = {}
@@ -443,13 +471,14 @@ def _finish(problem: Problem, ops, scored: int, log, k: int | None = None,
   if not np.isfinite(fit[i]):
     raise obj.InfeasibleError('the search found no feasible arch; raise the budgets')
   return Result(ops[i], float(fit[i]), {n: float(v[i]) for n, v in values.items()},
-                scored + len(ops), 0.0, 0.0, log)
+                scored + len(ops), 0.0, 0.0, log,
+                trace(problem, nb201.ops_to_code(ops), values) if anytime else [])
 
 
 SEARCHERS: dict[str, Callable] = {'rerank': rerank, 'prune': prune, 'grad_prune': grad_prune,
                                   'random': random_search, 'evolution': evolution}
 PROGRESS_TOTAL = {  # progress-bar units per searcher (rounds or archs)
-    'rerank': lambda o: o.pool, 'prune': lambda o: 3, 'grad_prune': lambda o: 3,
+    'rerank': lambda o: o.pool, 'prune': lambda o: 4 if o.prune_none else 3, 'grad_prune': lambda o: 3,
     'random': lambda o: o.random_samples, 'evolution': lambda o: o.evolution_samples}
 
 

@@ -48,7 +48,7 @@ SEARCH = frozenset({
     'seeds', 'device', 'runtime', 'searcher', 'latency_budget_ms', 'energy_budget_mj',
     'sram_reserve_kb', 'flash_reserve_kb', 'workdir', 'proxy_weights', 'w_flops', 'w_latency',
     'w_feasible', 'random_samples', 'evolution_samples', 'population', 'tournament', 'recheck',
-    'rerank_pool'})
+    'rerank_pool', 'prune_none'})
 TRAIN = frozenset({
     'arch', 'benchmark_file', 'data_dir', 'dataset', 'seed', 'workdir', 'epochs', 'quant',
     'init_from', 'distill_from', 'distill_alpha', 'distill_temperature', 'train_width',
@@ -181,6 +181,8 @@ flags.DEFINE_integer('population', 16, 'evolution: population size.', lower_boun
 flags.DEFINE_integer('tournament', 4, 'evolution: tournament size.', lower_bound=1)
 flags.DEFINE_integer('rerank_pool', 256, 'rerank: largest feasible archs scored.',
                      lower_bound=1)
+flags.DEFINE_bool('prune_none', True, 'prune: start from a supernet that holds `none` too, so '
+                  'archs that drop an edge (what latency budgets favour) stay reachable.')
 flags.DEFINE_integer('recheck', 8, 'grad_prune: single-path archs re-scored exactly at the end.',
                      lower_bound=1)
 # --experiment=correlate (also uses --dataset, --archs, --proxies, --data_dir, --workdir, ...)

@@ -94,7 +94,8 @@ def options_from_flags(f):
       raise ValueError(f'--{name} must be at least 1, got {getattr(f, name)}')
   return search_lib.Options(batch=f.batch_candidates, random_samples=f.random_samples,
                             evolution_samples=f.evolution_samples, population=f.population,
-                            tournament=f.tournament, recheck=f.recheck, pool=f.rerank_pool)
+                            tournament=f.tournament, recheck=f.recheck, pool=f.rerank_pool,
+                            prune_none=f.prune_none)
 
 
 def run(f, workdir='search_out'):
@@ -176,6 +177,12 @@ def _record(f, seed, result, wall, constraints, table, bench, acc, best_feasible
              scored=result.scored, device=constraints.device, runtime=constraints.runtime,
              compute=device_name, log=result.log)
   rec['test_acc'] = float(acc[rec['arch_index']]) if acc is not None else None
+  if result.trace:  # the anytime curve: [archs scored, arch index, true test acc or None]
+    idx = bench.ops_to_index(nb201.code_to_ops(np.array([c for _, c in result.trace]))) \
+        if bench else [None] * len(result.trace)
+    rec['trace'] = [[n, None if i is None else int(i),
+                     float(acc[i]) if acc is not None and i is not None else None]
+                    for (n, _), i in zip(result.trace, idx)]
   rec['best_feasible_acc'] = best_feasible
   rec['gap'] = best_feasible - rec['test_acc'] if acc is not None else None
   return rec

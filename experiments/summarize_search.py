@@ -9,6 +9,9 @@ true accuracy under the same constraints (`experiments.search.baselines`: the fe
 with the most MACs, the most parameters, a random feasible arch on average, the best feasible
 arch), so a searcher that loses to a size rule shows at a glance. docs/search.md's
 tables are made with it, so the numbers there can be regenerated from the workdirs.
+
+When the searches recorded an anytime curve (random, evolution, rerank), a second table gives
+the mean true accuracy of the best arch (by the objective) after n archs scored.
 """
 from __future__ import annotations
 
@@ -30,16 +33,21 @@ HEADER = ('| workdir | searcher | latency budget (ms) | seeds | test acc (mean +
 BASELINES = ('max_macs', 'max_params', 'random', 'oracle')
 
 
-def row(workdir: pathlib.Path) -> str:
+def _load(workdir: pathlib.Path) -> dict:
   path = workdir / 'results.json'
   try:
     data = json.loads(path.read_text())
   except (OSError, ValueError) as err:
     raise ValueError(f'cannot read {path} ({err}); pass folders written by '
                      f'--experiment=search') from None
-  results = data['results']
-  if not results:
+  if not data['results']:
     raise ValueError(f'{path} has no results; the search did not finish a seed')
+  return data
+
+
+def row(workdir: pathlib.Path) -> str:
+  data = _load(workdir)
+  results = data['results']
 
   def stat(key):
     v = np.array([r[key] for r in results if r.get(key) is not None], float)
@@ -55,6 +63,32 @@ def row(workdir: pathlib.Path) -> str:
           + ' | '.join(_baseline(data['meta'], name) for name in BASELINES) + ' |')
 
 
+def anytime_table(workdirs) -> str:
+  """Mean true test acc of the best-so-far arch after n archs scored, one row per workdir
+  that recorded traces with accuracies (empty string when none did)."""
+  curves = {}
+  for d in workdirs:
+    data = _load(d)
+    by_n = {}
+    for r in data['results']:
+      for n, _, acc in r.get('trace') or []:
+        if acc is not None:
+          by_n.setdefault(int(n), []).append(acc)
+    if by_n:
+      curves[d] = (data, by_n)
+  if not curves:
+    return ''
+  steps = sorted({n for _, by_n in curves.values() for n in by_n})
+  lines = ['| workdir | searcher | latency budget (ms) | ' + ' | '.join(f'n={n}' for n in steps)
+           + ' |', '|---|---|---|' + '---|' * len(steps)]
+  for d, (data, by_n) in curves.items():
+    budget = data['meta']['limits'].get('latency_ms')
+    cells = [f'{np.mean(by_n[n]):.2f} ({len(by_n[n])})' if n in by_n else '' for n in steps]
+    lines.append(f'| {d.name} | {data["meta"]["searcher"]} | '
+                 f'{"none" if budget is None else f"{budget:.2f}"} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 def _baseline(meta, name) -> str:
   base = (meta.get('baselines') or {}).get(name)
   return 'n/a' if base is None else f'{base["test_acc"]:.2f}'
@@ -67,10 +101,15 @@ def main(argv):
   workdirs = common.workdirs_flag(_WORKDIRS.value, 'search_workdirs', 'search')
   try:
     rows = [row(d) for d in workdirs]
+    anytime = anytime_table(workdirs)
   except (ValueError, KeyError) as err:
     common.fail(str(err))
   print(HEADER)
   print('\n'.join(rows))
+  if anytime:
+    print('\nMean true test acc of the best arch by the objective after n archs scored '
+          '(seeds averaged in parentheses):\n')
+    print(anytime)
   return 0
 
 

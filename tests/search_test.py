@@ -3,6 +3,7 @@
 Tiny proxy settings keep compiles short; the space's cost table comes from the same on-disk
 cache the command uses (computed once per cost-model version).
 """
+import dataclasses
 import json
 import pathlib
 
@@ -136,17 +137,51 @@ def test_the_default_objective_is_the_one_the_docs_name():
   assert run.flags.FLAGS['searcher'].default == 'rerank'
 
 
-def test_prune_scores_every_single_op_removal(lr_problem):
-  masks, where = search._removals(search._start_mask())
-  assert len(masks) == 24 and (masks.sum((1, 2)) == 23).all()
-  result = search.search('prune', lr_problem, seed=0, options=OPTIONS)
-  assert result.log[0].startswith('round 1: 24 removals')
-  assert result.log[1].startswith('round 2: 18 removals')
-  if 'removals' in result.log[2]:  # TE-NAS's last round, then the winner itself
-    assert result.scored == 24 + 18 + 12 + 1
-  else:  # few feasible single-path archs left: all scored exactly in one call
-    assert result.scored == 24 + 18 + int(result.log[2].split()[2])
-  assert nb201.NONE not in result.ops
+@pytest.mark.parametrize('with_none', [True, False])
+def test_prune_scores_every_single_op_removal(lr_problem, with_none):
+  ops = 5 if with_none else 4
+  masks, where = search._removals(search._start_mask(with_none))
+  assert len(masks) == 6 * ops and (masks.sum((1, 2)) == 6 * ops - 1).all()
+  options = dataclasses.replace(OPTIONS, prune_none=with_none)
+  result = search.search('prune', lr_problem, seed=0, options=options)
+  rounds = [6 * n for n in range(ops, 2, -1)]  # one removal per edge down to two ops per edge
+  for i, n in enumerate(rounds):
+    assert result.log[i].startswith(f'round {i + 1}: {n} removals'), result.log
+  # then the feasible single-path archs left, scored exactly
+  last = int(result.log[len(rounds)].split()[2])
+  assert 1 <= last <= 2 ** 6 and result.scored == sum(rounds) + last
+  assert len(result.log) == len(rounds) + 1 == search.PROGRESS_TOTAL['prune'](options)
+  if not with_none:
+    assert nb201.NONE not in result.ops
+
+
+def test_only_the_start_supernet_with_none_reaches_archs_that_drop_an_edge():
+  ops = nb201.all_ops()
+  costs = {k: np.zeros(len(ops)) for k in obj.COST_NAMES}
+  feasible = np.zeros(len(ops), bool)
+  feasible[nb201.ops_to_code([nb201.CONV3, nb201.NONE, nb201.CONV3, nb201.SKIP, nb201.NONE,
+                              nb201.CONV3])] = True
+  table = obj.SpaceTable(ops, costs, feasible, {})
+  assert table.reachable(search._start_mask(True)[None])[0]
+  assert not table.reachable(search._start_mask(False)[None])[0]
+  # and a cell whose output the input cannot reach is never a candidate of the last round
+  problem = type('P', (), {'table': table, 'feasible_ops': lambda self, o: table.feasible[
+      nb201.ops_to_code(o)]})()
+  feasible[nb201.ops_to_code([nb201.NONE] * 6)] = True
+  paths = search._single_paths(problem, search._start_mask(True))
+  assert len(paths) == 1 and nb201.is_connected(paths).all()
+
+
+def test_the_anytime_trace_is_the_search_with_a_smaller_budget(lr_problem):
+  full = search.search('rerank', lr_problem, seed=2, options=OPTIONS)
+  assert [n for n, _ in full.trace] == [8, 16] and full.trace[-1][1] == nb201.ops_to_code(
+      full.ops)
+  small = search.search('rerank', lr_problem, seed=2,
+                        options=dataclasses.replace(OPTIONS, pool=8))
+  assert full.trace[0][1] == nb201.ops_to_code(small.ops)
+  evo = search.search('evolution', lr_problem, seed=2, options=OPTIONS)
+  assert evo.trace[-1] == (evo.scored, nb201.ops_to_code(evo.ops))
+  assert all(lr_problem.table.feasible[c] for _, c in evo.trace)
 
 
 def test_pruning_keeps_a_feasible_arch_reachable():

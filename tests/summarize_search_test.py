@@ -36,3 +36,17 @@ def test_row_shows_the_baselines_of_the_run(tmp_path):
                                'random': {'test_acc': 88.661}, 'oracle': {'test_acc': 94.31}}
   (d / 'results.json').write_text(json.dumps(data))
   assert summarize_search.row(d).endswith('| 93.54 | 93.50 | 88.66 | 94.31 |')
+
+
+def test_anytime_table_averages_the_best_so_far_over_seeds(tmp_path):
+  d = _write(tmp_path, 'rand', None, [93.0, 92.0], [1.0, 2.0])
+  data = json.loads((d / 'results.json').read_text())
+  data['meta']['searcher'] = 'random'
+  data['results'][0]['trace'] = [[8, 11, 90.0], [16, 12, 93.0]]
+  data['results'][1]['trace'] = [[8, 13, 91.0], [16, 13, 92.0]]
+  (d / 'results.json').write_text(json.dumps(data))
+  no_trace = _write(tmp_path, 'prune', None, [93.0], [1.0])
+  table = summarize_search.anytime_table([d, no_trace]).splitlines()
+  assert table[0] == '| workdir | searcher | latency budget (ms) | n=8 | n=16 |'
+  assert table[2] == '| rand | random | none | 90.50 (2) | 92.50 (2) |' and len(table) == 3
+  assert summarize_search.anytime_table([no_trace]) == ''
