@@ -68,6 +68,30 @@ def test_grad_prune_returns_feasible_arch(cost_grad_problem, budget):
   assert (g[:, nb201.CONV3] > g[:, nb201.CONV1]).all() and np.isfinite(g).all()
 
 
+def test_forward_mode_gradient_equals_reverse_mode(cost_grad_problem):
+  import jax
+  import jax.numpy as jnp
+  mask = jnp.asarray(search._start_mask())
+  value, forward = cost_grad_problem._value_and_forward_grad(mask, cost_grad_problem.inputs)
+  value_r, reverse = jax.value_and_grad(cost_grad_problem._differentiable_objective)(
+      mask, cost_grad_problem.inputs)
+  assert float(value) == pytest.approx(float(value_r), rel=1e-6)
+  np.testing.assert_allclose(forward, reverse, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_grad_prune_through_a_gradient_proxy(budget):
+  """synflow is a gradient: its mask gradient is reverse-over-reverse, which JAX cannot
+  transpose here, so `grad` falls back to forward mode instead of a traceback."""
+  settings = proxies.ScoreSettings(zc_width=2, zc_cells=1, zc_batch=4)
+  problem = search.Problem('synflow', settings, budget, obj.Weights(latency=0.5), None, 0,
+                           search_exp._space_table(budget))
+  result = search.search('grad_prune', problem, seed=1, options=OPTIONS)
+  _assert_feasible(problem, result, budget)
+  g, _ = problem.grad(search._start_mask())
+  assert np.isfinite(g).all() and np.abs(g[:, 1:]).sum() > 0
+
+
 @pytest.mark.slow
 def test_grad_prune_through_the_ntk_returns_feasible_arch(budget):
   problem = search.Problem('ntk_cond_independent', TINY, budget, obj.Weights(latency=0.5),
