@@ -5,7 +5,8 @@ loops only over pruning rounds or generations) and returns a feasible arch: cand
 the constraints never win (see `engine.objective`). Five searchers:
 
 * `prune` (TE-NAS): start from the supernet with every op on every edge (`none` included, so
-  the archs that drop an edge, which latency budgets favour, stay reachable; `prune_none`).
+  the archs that drop an edge, which tight latency budgets favour, stay reachable;
+  `prune_none`, by default when the limits rule out most archs without `none`).
   Each round, every single-op removal of the current supernet is scored in one batch (repeats
   averaged inside the proxy); the removals are ranked by the objective plus a feasible-share
   term, and on each edge the op whose removal leaves the best supernet goes. When two ops per
@@ -60,7 +61,7 @@ class Options:
   tournament: int = 4
   recheck: int = 8             # grad_prune: single-path archs re-scored exactly at the end
   pool: int = 256              # rerank: largest feasible archs scored
-  prune_none: bool = True      # prune: the start supernet holds `none` too (see `_start_mask`)
+  prune_none: str = 'auto'     # prune: 'yes' | 'no' | 'auto': `none` in the start supernet?
 
 
 @dataclasses.dataclass
@@ -234,6 +235,17 @@ def _start_mask(with_none: bool = False) -> np.ndarray:
   return mask
 
 
+def prune_with_none(table: obj.SpaceTable, setting: str) -> bool:
+  """Whether `prune` starts with `none` on every edge: 'yes', 'no', or 'auto' = when the limits
+  rule out more than half of the archs without a `none` edge (then the best feasible archs
+  drop edges; with SRAM/flash alone or a loose budget `none` only adds a way to go wrong)."""
+  if setting not in ('auto', 'yes', 'no'):
+    raise SearchError(f'bad --prune_none={setting!r}; use auto, yes or no')
+  if setting != 'auto':
+    return setting == 'yes'
+  return bool(table.feasible_share(_start_mask(False)[None])[0] < 0.5)
+
+
 def _removals(mask) -> tuple[np.ndarray, np.ndarray]:
   """All single-op removals of a supernet: masks [R, 6, 5] and their (edge, op) [R, 2]."""
   where = np.argwhere(mask != 0)
@@ -276,7 +288,7 @@ def _round_k(n: int) -> int:
 
 def prune(problem: Problem, rng: np.random.Generator, options: Options, progress=None) -> Result:
   """TE-NAS prune-by-importance; see the module docstring."""
-  mask = _start_mask(options.prune_none)
+  mask = _start_mask(prune_with_none(problem.table, options.prune_none))
   k = _round_k(len(_removals(mask)[0]))  # round 1 is the largest: one compiled shape
   log, scored = [], 0
   while (mask.sum(-1) > 1).any():
@@ -492,9 +504,10 @@ def _finish(problem: Problem, ops, scored: int, log, k: int | None = None,
 
 SEARCHERS: dict[str, Callable] = {'rerank': rerank, 'prune': prune, 'grad_prune': grad_prune,
                                   'random': random_search, 'evolution': evolution}
-PROGRESS_TOTAL = {  # progress-bar units per searcher (rounds or archs)
-    'rerank': lambda o: o.pool, 'prune': lambda o: 4 if o.prune_none else 3, 'grad_prune': lambda o: 3,
-    'random': lambda o: o.random_samples, 'evolution': lambda o: o.evolution_samples}
+PROGRESS_TOTAL = {  # progress-bar units per searcher (rounds or archs), from options and table
+    'rerank': lambda o, t: o.pool, 'prune': lambda o, t: 4 if prune_with_none(t, o.prune_none)
+    else 3, 'grad_prune': lambda o, t: 3, 'random': lambda o, t: o.random_samples,
+    'evolution': lambda o, t: o.evolution_samples}
 
 
 def get(name: str) -> Callable:

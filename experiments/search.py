@@ -140,7 +140,7 @@ def run(f, workdir='search_out'):
     best_feasible = base['oracle']['test_acc']
     print('baselines (true test acc, gap to the best feasible): ' + ', '.join(
         f'{name} {b["test_acc"]:.2f} ({b["gap"]:.2f})' for name, b in base.items()))
-  total = search_lib.PROGRESS_TOTAL[f.searcher](options) * len(seeds)
+  total = search_lib.PROGRESS_TOTAL[f.searcher](options, table) * len(seeds)
   records = []
   with tqdm(total=total, unit='step', disable=not f.progress, file=None) as bar:
     for seed in seeds:

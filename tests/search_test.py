@@ -166,7 +166,7 @@ def test_prune_scores_every_single_op_removal(lr_problem, with_none):
   ops = 5 if with_none else 4
   masks, where = search._removals(search._start_mask(with_none))
   assert len(masks) == 6 * ops and (masks.sum((1, 2)) == 6 * ops - 1).all()
-  options = dataclasses.replace(OPTIONS, prune_none=with_none)
+  options = dataclasses.replace(OPTIONS, prune_none='yes' if with_none else 'no')
   result = search.search('prune', lr_problem, seed=0, options=options)
   rounds = [6 * n for n in range(ops, 2, -1)]  # one removal per edge down to two ops per edge
   for i, n in enumerate(rounds):
@@ -174,7 +174,8 @@ def test_prune_scores_every_single_op_removal(lr_problem, with_none):
   # then the feasible single-path archs left, scored exactly
   last = int(result.log[len(rounds)].split()[2])
   assert 1 <= last <= 2 ** 6 and result.scored == sum(rounds) + last
-  assert len(result.log) == len(rounds) + 1 == search.PROGRESS_TOTAL['prune'](options)
+  assert len(result.log) == len(rounds) + 1 == search.PROGRESS_TOTAL['prune'](
+      options, lr_problem.table)
   if not with_none:
     assert nb201.NONE not in result.ops
 
@@ -188,6 +189,10 @@ def test_only_the_start_supernet_with_none_reaches_archs_that_drop_an_edge():
   table = obj.SpaceTable(ops, costs, feasible, {})
   assert table.reachable(search._start_mask(True)[None])[0]
   assert not table.reachable(search._start_mask(False)[None])[0]
+  # 'auto': with `none` when most none-free archs are ruled out (here all but none are)
+  assert search.prune_with_none(table, 'auto')
+  assert not search.prune_with_none(obj.SpaceTable(ops, costs, np.ones(len(ops), bool), {}),
+                                    'auto')
   # and a cell whose output the input cannot reach is never a candidate of the last round
   problem = type('P', (), {'table': table, 'feasible_ops': lambda self, o: table.feasible[
       nb201.ops_to_code(o)]})()
