@@ -55,8 +55,9 @@ class SearchError(ValueError):
 class Options:
   """Budgets of the searchers (small, pure data, so runs are reproducible from flags)."""
   batch: int = 8               # K of random/evolution/recheck calls
-  random_samples: int = 64
-  evolution_samples: int = 64  # archs scored in total, population included
+  # ~35-50 s per search at the default objective's measured speed on 2 cores (docs/search.md)
+  random_samples: int = 512
+  evolution_samples: int = 512  # archs scored in total, population included
   population: int = 16
   tournament: int = 4
   recheck: int = 8             # grad_prune: single-path archs re-scored exactly at the end

@@ -64,28 +64,35 @@ def row(workdir: pathlib.Path) -> str:
 
 
 def anytime_table(workdirs) -> str:
-  """Mean true test acc of the best-so-far arch after n archs scored, one row per workdir
-  that recorded traces with accuracies (empty string when none did)."""
+  """Mean true test acc of the best-so-far arch after n = 8, 16, 32, ... archs scored, and at
+  the search's end (evolution stops at its budget rounded up to a whole generation, or earlier
+  when it stalls, so its n varies by seed), one row per workdir that recorded traces with
+  accuracies (empty string when none did)."""
   curves = {}
   for d in workdirs:
     data = _load(d)
-    by_n = {}
+    by_n, ends = {}, []
     for r in data['results']:
-      for n, _, acc in r.get('trace') or []:
-        if acc is not None:
-          by_n.setdefault(int(n), []).append(acc)
-    if by_n:
-      curves[d] = (data, by_n)
+      trace = [(int(n), acc) for n, _, acc in r.get('trace') or [] if acc is not None]
+      for n, acc in trace:
+        if n & (n - 1) == 0:  # a power of two
+          by_n.setdefault(n, []).append(acc)
+      if trace:
+        ends.append(trace[-1])
+    if ends:
+      curves[d] = (data, by_n, ends)
   if not curves:
     return ''
-  steps = sorted({n for _, by_n in curves.values() for n in by_n})
+  steps = sorted({n for _, by_n, _ in curves.values() for n in by_n})
   lines = ['| workdir | searcher | latency budget (ms) | ' + ' | '.join(f'n={n}' for n in steps)
-           + ' |', '|---|---|---|' + '---|' * len(steps)]
-  for d, (data, by_n) in curves.items():
+           + ' | at the end (mean n) |', '|---|---|---|' + '---|' * (len(steps) + 1)]
+  for d, (data, by_n, ends) in curves.items():
     budget = data['meta']['limits'].get('latency_ms')
     cells = [f'{np.mean(by_n[n]):.2f} ({len(by_n[n])})' if n in by_n else '' for n in steps]
+    end = (f'{np.mean([a for _, a in ends]):.2f} ({len(ends)}, n={np.mean([n for n, _ in ends]):.0f})')
     lines.append(f'| {d.name} | {data["meta"]["searcher"]} | '
-                 f'{"none" if budget is None else f"{budget:.2f}"} | ' + ' | '.join(cells) + ' |')
+                 f'{"none" if budget is None else f"{budget:.2f}"} | ' + ' | '.join(cells)
+                 + f' | {end} |')
   return '\n'.join(lines)
 
 

@@ -43,10 +43,12 @@ def test_anytime_table_averages_the_best_so_far_over_seeds(tmp_path):
   data = json.loads((d / 'results.json').read_text())
   data['meta']['searcher'] = 'random'
   data['results'][0]['trace'] = [[8, 11, 90.0], [16, 12, 93.0]]
-  data['results'][1]['trace'] = [[8, 13, 91.0], [16, 13, 92.0]]
+  data['results'][1]['trace'] = [[8, 13, 91.0], [16, 13, 92.0], [20, 14, 94.0]]
   (d / 'results.json').write_text(json.dumps(data))
   no_trace = _write(tmp_path, 'prune', None, [93.0], [1.0])
   table = summarize_search.anytime_table([d, no_trace]).splitlines()
-  assert table[0] == '| workdir | searcher | latency budget (ms) | n=8 | n=16 |'
-  assert table[2] == '| rand | random | none | 90.50 (2) | 92.50 (2) |' and len(table) == 3
+  assert table[0] == ('| workdir | searcher | latency budget (ms) | n=8 | n=16 | '
+                      'at the end (mean n) |')
+  assert table[2] == '| rand | random | none | 90.50 (2) | 92.50 (2) | 93.50 (2, n=18) |'
+  assert len(table) == 3
   assert summarize_search.anytime_table([no_trace]) == ''
