@@ -63,7 +63,7 @@ class Options:
   tournament: int = 4
   recheck: int = 8             # grad_prune: single-path archs re-scored exactly at the end
   pool: int = 256              # rerank: largest feasible archs scored
-  prune_none: str = 'auto'     # prune: 'yes' | 'no' | 'auto': `none` in the start supernet?
+  prune_none: str = 'auto'     # (grad_)prune: 'yes' | 'no' | 'auto': `none` at the start?
 
 
 @dataclasses.dataclass
@@ -238,9 +238,10 @@ def _start_mask(with_none: bool = False) -> np.ndarray:
 
 
 def prune_with_none(table: obj.SpaceTable, setting: str) -> bool:
-  """Whether `prune` starts with `none` on every edge: 'yes', 'no', or 'auto' = when the limits
-  rule out more than half of the archs without a `none` edge (then the best feasible archs
-  drop edges; with SRAM/flash alone or a loose budget `none` only adds a way to go wrong)."""
+  """Whether `prune` and `grad_prune` start with `none` on every edge: 'yes', 'no', or 'auto' =
+  when the limits rule out more than half of the archs without a `none` edge (then the best
+  feasible archs drop edges; with SRAM/flash alone or a loose budget `none` only adds a way to
+  go wrong)."""
   if setting not in ('auto', 'yes', 'no'):
     raise SearchError(f'bad --prune_none={setting!r}; use auto, yes or no')
   if setting != 'auto':
@@ -513,10 +514,15 @@ def _finish(problem: Problem, ops, scored: int, log, k: int | None = None,
 
 SEARCHERS: dict[str, Callable] = {'rerank': rerank, 'prune': prune, 'grad_prune': grad_prune,
                                   'random': random_search, 'evolution': evolution}
+def _pruning_steps(options: Options, table: obj.SpaceTable) -> int:
+  """Progress steps of `prune` / `grad_prune`: one per removal round down to two ops per edge,
+  then the last round (start ops per edge - 1)."""
+  return 4 if prune_with_none(table, options.prune_none) else 3
+
+
 PROGRESS_TOTAL = {  # progress-bar units per searcher (rounds or archs), from options and table
-    'rerank': lambda o, t: o.pool, 'prune': lambda o, t: 4 if prune_with_none(t, o.prune_none)
-    else 3, 'grad_prune': lambda o, t: 4 if prune_with_none(t, o.prune_none) else 3, 'random': lambda o, t: o.random_samples,
-    'evolution': lambda o, t: o.evolution_samples}
+    'rerank': lambda o, t: o.pool, 'prune': _pruning_steps, 'grad_prune': _pruning_steps,
+    'random': lambda o, t: o.random_samples, 'evolution': lambda o, t: o.evolution_samples}
 
 
 def get(name: str) -> Callable:

@@ -183,9 +183,9 @@ flags.DEFINE_integer('population', 16, 'evolution: population size.', lower_boun
 flags.DEFINE_integer('tournament', 4, 'evolution: tournament size.', lower_bound=1)
 flags.DEFINE_integer('rerank_pool', 256, 'rerank: largest feasible archs scored.',
                      lower_bound=1)
-flags.DEFINE_enum('prune_none', 'auto', ['auto', 'yes', 'no'], 'prune: start from a supernet '
-                  'that holds `none` too, so archs that drop an edge stay reachable; auto: when '
-                  'the limits rule out most archs without `none` (tight latency budgets).')
+flags.DEFINE_enum('prune_none', 'auto', ['auto', 'yes', 'no'], 'prune, grad_prune: start from a '
+                  'supernet that holds `none` too, so archs that drop an edge stay reachable; '
+                  'auto: when the limits rule out most archs without `none` (tight budgets).')
 flags.DEFINE_integer('recheck', 8, 'grad_prune: single-path archs re-scored exactly at the end.',
                      lower_bound=1)
 # --experiment=correlate (also uses --dataset, --archs, --proxies, --data_dir, --workdir, ...)

@@ -89,7 +89,8 @@ def anytime_table(workdirs) -> str:
   for d, (data, by_n, ends) in curves.items():
     budget = data['meta']['limits'].get('latency_ms')
     cells = [f'{np.mean(by_n[n]):.2f} ({len(by_n[n])})' if n in by_n else '' for n in steps]
-    end = (f'{np.mean([a for _, a in ends]):.2f} ({len(ends)}, n={np.mean([n for n, _ in ends]):.0f})')
+    end_n, end_acc = np.mean(ends, axis=0)
+    end = f'{end_acc:.2f} ({len(ends)}, n={end_n:.0f})'
     lines.append(f'| {d.name} | {data["meta"]["searcher"]} | '
                  f'{"none" if budget is None else f"{budget:.2f}"} | ' + ' | '.join(cells)
                  + f' | {end} |')
