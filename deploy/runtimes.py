@@ -2,8 +2,8 @@
 
 * TFLM: `tflite_micro.runtime.Interpreter` (the TFLM C++ interpreter and reference kernels,
   built for the host) with allocation recording: `tflm_arena` reads what its allocator used.
-* LiteRT: `ai_edge_litert.interpreter.Interpreter` with its default XNNPACK kernels, the
-  desktop runtime a user would try second.
+* LiteRT: `ai_edge_litert.interpreter.Interpreter` with its default XNNPACK kernels or its
+  reference kernels, the desktop runtime a user would try second.
 """
 from __future__ import annotations
 
@@ -92,16 +92,35 @@ def tflm_arena(model: bytes, sample: np.ndarray) -> dict:
   return out
 
 
-def litert_run(model: bytes, inputs: np.ndarray) -> np.ndarray:
-  """int8 outputs from LiteRT (XNNPACK), the batch dimension resized to all inputs at once."""
+LITERT_KERNELS = ('xnnpack', 'reference')
+
+
+def litert_run(model: bytes, inputs: np.ndarray, kernels: str = 'xnnpack',
+               batch: int = 1000) -> np.ndarray:
+  """int8 outputs from LiteRT, the batch dimension resized to `batch` inputs per invoke.
+
+  kernels='xnnpack' is LiteRT's default (the XNNPACK delegate); 'reference' its reference
+  kernels (`OpResolverType.BUILTIN_REF`), whose arithmetic `int_inference` reproduces
+  ('litert_reference' rounding)."""
   try:
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert import interpreter as litert
   except ImportError:
     raise RuntimeMissing('LiteRT is not installed; pip install -e ".[deploy]"') from None
-  interp = Interpreter(model_content=model)
+  if kernels not in LITERT_KERNELS:
+    raise ValueError(f'unknown LiteRT kernels {kernels!r}; use one of {", ".join(LITERT_KERNELS)}')
+  resolver = {'xnnpack': litert.OpResolverType.AUTO,
+              'reference': litert.OpResolverType.BUILTIN_REF}[kernels]
+  interp = litert.Interpreter(model_content=model, experimental_op_resolver_type=resolver)
   inp = interp.get_input_details()[0]
-  interp.resize_tensor_input(inp['index'], (len(inputs),) + tuple(inp['shape'][1:]))
-  interp.allocate_tensors()
-  interp.set_tensor(inp['index'], np.ascontiguousarray(inputs))
-  interp.invoke()
-  return np.array(interp.get_tensor(interp.get_output_details()[0]['index']))
+  out = []
+  size = None
+  for i in range(0, len(inputs), batch):
+    part = np.ascontiguousarray(inputs[i:i + batch])
+    if len(part) != size:
+      size = len(part)
+      interp.resize_tensor_input(inp['index'], (size,) + tuple(inp['shape'][1:]))
+      interp.allocate_tensors()
+    interp.set_tensor(inp['index'], part)
+    interp.invoke()
+    out.append(np.array(interp.get_tensor(interp.get_output_details()[0]['index'])))
+  return np.concatenate(out)

@@ -187,9 +187,9 @@ def _live(t: QTensor) -> bool:
 class _Exporter(int_inference.IntNetwork):
   """`IntNetwork` that records a TFLite op for every integer kernel it runs (batch 1)."""
 
-  def __init__(self, variables, ops, config: NB201Config, single_rounding=False):
+  def __init__(self, variables, ops, config: NB201Config, rounding='tflm'):
     self.m = None  # not recording while the constructor converts the layers
-    super().__init__(variables, ops, config, single_rounding)
+    super().__init__(variables, ops, config, rounding)
     self.m = _ModelBuilder()
 
   def _new(self, out: QTensor, name) -> QTensor:
@@ -304,10 +304,10 @@ class _Exporter(int_inference.IntNetwork):
     return out
 
 
-def to_tflite(variables, ops, config: NB201Config, single_rounding=False,
+def to_tflite(variables, ops, config: NB201Config, rounding='tflm',
               description='zeronas-mcu NB201 int8') -> tuple[bytes, int_inference.IntNetwork]:
   """(flatbuffer bytes of a batch-1 int8 model, the integer reference it equals)."""
-  ex = _Exporter(variables, ops, config, single_rounding)
+  ex = _Exporter(variables, ops, config, rounding)
   x = np.zeros((1, config.input_size, config.input_size, config.in_channels), np.float32)
   out = nb201_net.network(ex, ex.ops, x, config)
   if not _live(out):

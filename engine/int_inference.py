@@ -7,14 +7,24 @@ Node sums are chains of TFLite's two-input ADD (inputs shifted left by 20 bits a
 common scale 2 * max(input scales) before one final requantization; partial sums are int8
 tensors with their own ranges); average pools, the global one included, divide the int32 window
 sum with rounding half away from zero on the input's grid; ReLU is max(q, zero_point). This is the reference the export
-step builds on, so it favours clarity over speed.
+step builds on.
 
-Exact integer matmuls through BLAS: each convolution is an im2col matrix product. The int8 operands
-are multiplied as float32, which is exact while every partial sum is an integer below 2^24;
-`_int_matmul` splits longer contractions into chunks of `EXACT_F32_TERMS` and sums them in int64.
+Two executions of the same kernels (written once, on numpy or jax arrays):
+  * `net(x)`: numpy, eager, layer by layer: the reference, and what the exporter records;
+  * `net.logits(x)`: the same walk traced once per arch and batch size and compiled by XLA
+    (64-bit integers enabled for the trace only), so the elementwise integer steps fuse and the
+    convolutions run as XLA float32 convolutions on both cores. Tests hold it equal to `net(x)`
+    bit for bit; int32 overflow, which numpy raises on at once, is collected as flags in the
+    compiled code and raised after it.
+
+Exact integer products through float32: int8 activations times int8 weights (|w| <= 127)
+summed in float32 are exact while every partial sum is an integer below 2^24, in any
+summation order. Longer contractions are split into chunks (numpy: of the im2col matrix
+product, `EXACT_F32_TERMS`; XLA: of the input channels, `_xla_int_conv`) summed in int64.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import jax
@@ -28,6 +38,18 @@ from search_spaces.nb201 import NB201Config
 from search_spaces.nb201_net import BN_EPS
 
 ADD_LEFT_SHIFT = 20  # TFLite int8 ADD
+
+# How each runtime rounds its requantizations (`quant.multiply_by_quantized_multiplier`):
+# kernel kind -> single rounding? ('*': every kind not named). Measured on exported models
+# (docs/deploy.md): TFLite Micro rounds twice everywhere (gemmlowp); LiteRT's reference kernels
+# (`OpResolverType.BUILTIN_REF`) twice except its per-channel FULLY_CONNECTED, which rounds
+# once; 'single' (TFLITE_SINGLE_ROUNDING builds; LiteRT's default XNNPACK kernels on small
+# networks, not on large ones, whose fp32 requantization no integer rounding reproduces).
+ROUNDINGS = {
+    'tflm': {'*': False},
+    'litert_reference': {'*': False, 'dense': True},
+    'single': {'*': True},
+}
 
 
 @dataclasses.dataclass
@@ -64,14 +86,41 @@ EXACT_F32_TERMS = (1 << 24) // (255 * 127)
 def _int_matmul(a, b):
   """Exact integer a @ b for integer-valued operands (|a| <= 255, |b| <= 127) through float32
   BLAS, the contraction split into chunks short enough to stay exact, summed in int64."""
-  a = a.astype(np.float32, copy=False)
-  b = b.astype(np.float32)
+  xp = quant._namespace(a)
+  a = a.astype(np.float32)
+  b = np.asarray(b, np.float32)
   k = a.shape[-1]
   out = None
   for i in range(0, k, EXACT_F32_TERMS):
-    part = np.rint(a[..., i:i + EXACT_F32_TERMS] @ b[i:i + EXACT_F32_TERMS]).astype(np.int64)
+    part = xp.rint(a[..., i:i + EXACT_F32_TERMS] @ b[i:i + EXACT_F32_TERMS]).astype(np.int64)
     out = part if out is None else out + part
   return out
+
+
+def _xla_int_conv(q, zero_point, w, k, stride):
+  """Exact integer convolution of (q - zero_point) with w, zero padding k // 2 on every side
+  (as `_im2col`), through XLA float32 convolutions: q: [N, H, W, C] int8 values, w: int8 HWIO.
+
+  It convolves q itself (zero-padded) and subtracts zero_point times the sum of the weights
+  whose taps fall inside the image (a constant per output position and channel): the same
+  integer, but |q| <= 128 halves the largest product against |q - zp| <= 255, so 3x3 convs
+  stay exact in one float32 pass up to 114 input channels. Longer contractions are split into
+  equal chunks of input channels, summed in int64."""
+  max_channels = max(1, ((1 << 24) // (128 * 127)) // (k * k))
+  chunks = -(-q.shape[-1] // max_channels)
+  size = -(-q.shape[-1] // chunks)
+  pad = [(k // 2, k // 2)] * 2
+  dims = ('NHWC', 'HWIO', 'NHWC')
+  out = None
+  for i in range(0, q.shape[-1], size):
+    part = jax.lax.conv_general_dilated(
+        q[..., i:i + size].astype(jnp.float32), jnp.asarray(w[:, :, i:i + size], jnp.float32),
+        (stride, stride), pad, dimension_numbers=dims, precision=jax.lax.Precision.HIGHEST)
+    part = part.astype(jnp.int32)  # exact integers below 2^24
+    out = part if out is None else out + part
+  inside = np.ones((1,) + tuple(q.shape[1:]), np.int64)
+  tap_sums = _im2col(inside, k, stride)[0] @ w.reshape(-1, w.shape[-1]).astype(np.int64)
+  return out.astype(jnp.int64) - int(zero_point) * tap_sums
 
 
 def _im2col(x, k, stride):
@@ -101,7 +150,8 @@ def _im2col(x, k, stride):
 
 def _round_div(total, count):
   """TFLite's int average: divide with rounding half away from zero."""
-  return np.where(total >= 0, (total + count // 2) // count, -((-total + count // 2) // count))
+  xp = quant._namespace(total)
+  return xp.where(total >= 0, (total + count // 2) // count, -((-total + count // 2) // count))
 
 
 class IntNetwork(nb201_net.Backend):
@@ -112,17 +162,22 @@ class IntNetwork(nb201_net.Backend):
   use; the constructor runs one image so that `layers` holds every layer.
   """
 
-  def __init__(self, variables, ops, config: NB201Config, single_rounding: bool = False):
-    # TFLite Micro's kernels round twice (gemmlowp), LiteRT's XNNPACK kernels once; the
-    # exported model equals this reference bit for bit in each with the matching setting
-    # (docs/deploy.md). The default is the microcontroller runtime's.
-    self.single_rounding = single_rounding
+  def __init__(self, variables, ops, config: NB201Config, rounding: str = 'tflm'):
+    # Runtimes differ in how they round (ROUNDINGS); the exported model equals this reference
+    # bit for bit in each with the matching setting (docs/deploy.md). The default is the
+    # microcontroller runtime's.
+    if rounding not in ROUNDINGS:
+      raise ValueError(f'unknown rounding {rounding!r}; use one of {", ".join(ROUNDINGS)}')
+    self.rounding = rounding
     self.params = jax.tree.map(np.asarray, dict(variables['params']))
     self.stats = jax.tree.map(np.asarray, dict(variables.get('batch_stats', {})))
     self.ranges = jax.tree.map(np.asarray, dict(variables['quant']))
     self.ops = tuple(int(o) for o in ops)
     self.config = config
     self.layers: dict[str, IntLayer] = {}
+    self._qparams: dict[str, tuple[float, int]] = {}
+    self._flags = None       # the compiled path's overflow flags (`quant.multiply_by_...`)
+    self._compiled = {}      # batch size -> compiled `logits`
     self(np.zeros((1, config.input_size, config.input_size, config.in_channels), np.float32))
 
   # -------------------------------------------------------------------------- conversion
@@ -131,7 +186,7 @@ class IntNetwork(nb201_net.Backend):
     if name in self.layers:
       return self.layers[name]
     p = self.params[name]
-    out_scale, out_zp = _qparams(self.ranges[name]['out_q'])
+    out_scale, out_zp = self._range_qparams(name, 'out_q')
     if kind == 'affine':  # head BN as a 1x1 depthwise conv
       st = self.stats[name]
       w, b = quant.fold_batch_norm(jnp.ones((1, p['scale'].shape[0])), p['scale'], p['bias'],
@@ -157,33 +212,54 @@ class IntNetwork(nb201_net.Backend):
     self.layers[name] = layer
     return layer
 
+  def _range_qparams(self, name, key=None) -> tuple[float, int]:
+    """(scale, zero point) of a tracked range, as Python numbers, computed once (eagerly: the
+    compiled path reads them as constants)."""
+    cache_key = f'{name}:{key}'
+    if cache_key not in self._qparams:
+      ranges = self.ranges[name] if key is None else self.ranges[name][key]
+      self._qparams[cache_key] = _qparams(ranges)
+    return self._qparams[cache_key]
+
   # -------------------------------------------------------------------------- int kernels
+  # numpy or jax arrays (`self.xp`); the layers' constants are numpy either way.
+
+  xp = np
+
+  def _single(self, kind) -> bool:
+    table = ROUNDINGS[self.rounding]
+    return table.get(kind, table['*'])
+
+  def _requantize(self, acc, kind, layer_or_multiplier, shift=None, zero_point=None):
+    if isinstance(layer_or_multiplier, IntLayer):
+      l = layer_or_multiplier
+      layer_or_multiplier, shift, zero_point = l.multiplier, l.shift, l.out_zero_point
+    out = quant.requantize(acc, layer_or_multiplier, shift, zero_point,
+                           single_rounding=self._single(kind), flags=self._flags)
+    return out.astype(np.int32)
 
   def _conv(self, name, t: QTensor, k, stride=1) -> QTensor:
     layer = self._layer(name, 'conv', t, stride)
-    cols = _im2col((t.q - t.zero_point).astype(np.float32), k, stride)
-    acc = _int_matmul(cols.reshape(-1, cols.shape[-1]),
-                      layer.weight.reshape(-1, layer.weight.shape[-1]))
+    if self.xp is np:
+      cols = _im2col((t.q - t.zero_point).astype(np.float32), k, stride)
+      acc = _int_matmul(cols.reshape(-1, cols.shape[-1]),
+                        layer.weight.reshape(-1, layer.weight.shape[-1]))
+      acc = acc.reshape(cols.shape[:3] + (-1,))
+    else:
+      acc = _xla_int_conv(t.q, t.zero_point, layer.weight, k, stride)
     if layer.bias is not None:
       acc = acc + layer.bias
-    out = quant.requantize(acc, layer.multiplier, layer.shift, layer.out_zero_point,
-                           single_rounding=self.single_rounding)
-    return QTensor(out.astype(np.int32).reshape(cols.shape[:3] + (-1,)), layer.out_scale,
-                   layer.out_zero_point)
+    return QTensor(self._requantize(acc, 'conv', layer), layer.out_scale, layer.out_zero_point)
 
   def _affine(self, name, t: QTensor) -> QTensor:
     layer = self._layer(name, 'affine', t)
     acc = (t.q.astype(np.int64) - t.zero_point) * layer.weight + layer.bias
-    out = quant.requantize(acc, layer.multiplier, layer.shift, layer.out_zero_point,
-                           single_rounding=self.single_rounding)
-    return QTensor(out.astype(np.int32), layer.out_scale, layer.out_zero_point)
+    return QTensor(self._requantize(acc, 'affine', layer), layer.out_scale, layer.out_zero_point)
 
   def _dense(self, name, t: QTensor) -> QTensor:
     layer = self._layer(name, 'dense', t)
     acc = _int_matmul(t.q - t.zero_point, layer.weight) + layer.bias
-    out = quant.requantize(acc, layer.multiplier, layer.shift, layer.out_zero_point,
-                           single_rounding=self.single_rounding)
-    return QTensor(out.astype(np.int32), layer.out_scale, layer.out_zero_point)
+    return QTensor(self._requantize(acc, 'dense', layer), layer.out_scale, layer.out_zero_point)
 
   def _add(self, name, terms: list[QTensor]) -> QTensor:
     """An n-term node sum as n - 1 binary ADDs, partial sums quantized (`partial_sum_name`)."""
@@ -194,23 +270,22 @@ class IntNetwork(nb201_net.Backend):
 
   def _add2(self, name, a: QTensor, b: QTensor) -> QTensor:
     """TFLite int8 ADD: rescale both inputs to 2 * max(scale) at 20 extra bits, add, requantize."""
-    out_scale, out_zp = _qparams(self.ranges[name])
+    out_scale, out_zp = self._range_qparams(name)
     twice_max = 2 * max(a.scale, b.scale)
     total = 0
     for t in (a, b):
       m, s = quant.quantize_multiplier(t.scale / twice_max)
       shifted = (t.q.astype(np.int64) - t.zero_point) << ADD_LEFT_SHIFT
-      total = total + quant.multiply_by_quantized_multiplier(shifted, m, s, self.single_rounding)
+      total = total + quant.multiply_by_quantized_multiplier(shifted, m, s, self._single('add'),
+                                                             self._flags)
     m, s = quant.quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out_scale))
-    out = quant.requantize(total, m, s, out_zp, single_rounding=self.single_rounding)
-    return QTensor(out.astype(np.int32), out_scale, out_zp)
+    return QTensor(self._requantize(total, 'add', m, s, out_zp), out_scale, out_zp)
 
-  @staticmethod
-  def _avg_pool_3x3(t: QTensor) -> QTensor:
+  def _avg_pool_3x3(self, t: QTensor) -> QTensor:
     """3x3, stride 1, padding 1 not counted; same scale and zero point in and out."""
     n, h, w, c = t.q.shape
-    xp = np.pad(t.q.astype(np.int64), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    total = sum(xp[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3))
+    padded = self.xp.pad(t.q.astype(np.int64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    total = sum(padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3))
     ones = np.pad(np.ones((h, w), np.int64), 1)
     count = sum(ones[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3))
     return QTensor(_round_div(total, count[None, :, :, None]).astype(np.int32), t.scale,
@@ -232,13 +307,13 @@ class IntNetwork(nb201_net.Backend):
   # -------------------------------------------------------------------------- the walk's backend
 
   def input(self, x) -> QTensor:
-    return self.quantize_input(x)
+    return x if isinstance(x, QTensor) else self.quantize_input(x)
 
   def conv(self, t, path, features, k, stride=1, bn=True):
     return self._conv(layer_name(path), t, k, stride)
 
   def relu(self, t: QTensor, path) -> QTensor:
-    return QTensor(np.maximum(t.q, t.zero_point), t.scale, t.zero_point)
+    return QTensor(self.xp.maximum(t.q, t.zero_point), t.scale, t.zero_point)
 
   def pool(self, t, path, size):
     return self._avg_pool_3x3(t) if size == 3 else self._avg_pool_2x2(t)
@@ -247,7 +322,7 @@ class IntNetwork(nb201_net.Backend):
     """Node sum: none -> constant zeros (ZERO_QPARAMS), one -> alias, more -> int8 ADD."""
     if not terms:
       scale, zp = ZERO_QPARAMS
-      return QTensor(np.full_like(like.q, int(zp)), scale, int(zp))
+      return QTensor(self.xp.full_like(like.q, int(zp)), scale, int(zp))
     return terms[0] if len(terms) == 1 else self._add(layer_name(path), terms)
 
   def head_bn(self, t, path):
@@ -261,17 +336,54 @@ class IntNetwork(nb201_net.Backend):
 
   def quantize_input(self, x) -> QTensor:
     """Float (normalised) images -> int8, the only float step (a camera pipeline would fold it)."""
-    scale, zp = _qparams(self.ranges['input_q'])
+    scale, zp = self._range_qparams('input_q')
     q = np.round(np.asarray(x, np.float32) / np.float32(scale)) + zp
     return QTensor(np.clip(q, quant.QMIN, quant.QMAX).astype(np.int32), scale, zp)
 
   def __call__(self, x) -> QTensor:
-    """Normalised float images [N, H, W, C] -> int8 logits (QTensor [N, classes])."""
+    """Normalised float images [N, H, W, C] -> int8 logits (QTensor [N, classes]); numpy,
+    eager: the reference."""
     return nb201_net.network(self, self.ops, x, self.config)
 
-  def predict(self, x, batch_size=250) -> np.ndarray:
-    return np.concatenate([np.argmax(self(x[i:i + batch_size]).q, -1)
-                           for i in range(0, len(x), batch_size)])
+  def logits(self, x, batch_size=500) -> np.ndarray:
+    """int8 logits [N, classes] of normalised float images, equal bit for bit to `self(x).q`,
+    through one XLA program per batch size (the last batch is padded to it)."""
+    q = self.quantize_input(np.asarray(x, np.float32))
+    n = len(q.q)
+    if n == 0:
+      return np.zeros((0, self.config.num_classes), np.int8)
+    batch_size = min(batch_size, n)
+    run = self._compiled.get(batch_size) or self._compile(batch_size, q.scale, q.zero_point)
+    self._compiled[batch_size] = run
+    parts = []
+    for i in range(0, n, batch_size):
+      part = q.q[i:i + batch_size]
+      pad = batch_size - len(part)
+      if pad:
+        part = np.concatenate([part, np.full((pad,) + part.shape[1:], q.zero_point, np.int32)])
+      with jax.enable_x64(True):
+        out, overflow = run(part)
+      if bool(overflow):
+        raise OverflowError('requantization input overflows int32 in the integer network '
+                            f'(images {i} to {i + batch_size - 1})')
+      parts.append(np.asarray(out)[:batch_size - pad])
+    return np.concatenate(parts).astype(np.int8)
+
+  def _compile(self, batch_size, scale, zero_point):
+    fast = copy.copy(self)
+    fast.xp = jnp
+
+    def run(q):
+      fast._flags = []
+      out = nb201_net.network(fast, self.ops, QTensor(q, scale, zero_point), self.config)
+      overflow = jnp.any(jnp.stack(fast._flags)) if fast._flags else jnp.zeros((), bool)
+      fast._flags = None
+      return out.q, overflow
+
+    return jax.jit(run)
+
+  def predict(self, x, batch_size=500) -> np.ndarray:
+    return np.argmax(self.logits(x, batch_size), -1)
 
   # -------------------------------------------------------------------------- flash
 

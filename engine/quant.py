@@ -129,55 +129,52 @@ def quantize_multiplier(m):
   return q.astype(np.int64), shift.astype(np.int64)
 
 
-def _rounding_doubling_high_mul(a, b):
-  """gemmlowp SaturatingRoundingDoublingHighMul: round(a * b / 2^31), ties away from zero.
-
-  Branch-free on int64 arrays: with s = sign mask (0 or -1) of a * b, |a * b| + 2^30 + s
-  shifted right by 31 is C++'s truncating division of (a * b + nudge) by 2^31 for either sign.
-  The saturating case (a == b == INT32_MIN) needs b == INT32_MIN; multipliers are positive.
-  """
-  a = np.asarray(a, np.int64)
-  b = np.asarray(b, np.int64)
-  if np.any(b == INT32_MIN):
-    raise ValueError('requantization multipliers must be positive')
-  ab = a * b
-  sign = ab >> 63
-  r = (((ab ^ sign) - sign) + ((1 << 30) + sign)) >> 31
-  return (r ^ sign) - sign
+def _namespace(x):
+  """numpy for numpy inputs, jax.numpy for jax arrays and tracers (the integer kernels run in
+  both: numpy is the reference, XLA the fast path, `engine.int_inference`)."""
+  if isinstance(x, jax.Array):
+    if not jax.config.jax_enable_x64:
+      raise RuntimeError('integer kernels on jax arrays need 64-bit types: run them inside '
+                         '`with jax.enable_x64(True):`')
+    return jnp
+  return np
 
 
-def _rounding_divide_by_pot(x, exponent):
-  """gemmlowp RoundingDivideByPOT: x / 2^exponent rounded half away from zero.
-
-  Branch-free: (x + 2^(e-1) - [x < 0]) >> e for e > 0 (an arithmetic shift floors, so a
-  negative tie lands away from zero), x itself for e == 0.
-  """
-  x = np.asarray(x, np.int64)
-  exponent = np.asarray(exponent, np.int64)
-  half = (np.int64(1) << exponent) >> 1
-  positive = -(exponent > 0).astype(np.int64)  # all ones where e > 0
-  return (x + half + ((x >> 63) & positive)) >> exponent
+def _int32_overflow(v, what, flags):
+  """numpy: raise on values outside int32; jax (no exceptions in compiled code): append a
+  boolean to `flags` for the caller to raise on."""
+  if isinstance(v, jax.Array):
+    if flags is not None:
+      flags.append(jnp.any((v > INT32_MAX) | (v < -INT32_MAX)))
+  elif v.size and (v.max() > INT32_MAX or v.min() < -INT32_MAX):
+    raise OverflowError(f'requantization input overflows int32{what}')
 
 
-def multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding=True):
+def multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding=True, flags=None):
   """int32 x times the real number multiplier * 2^(shift - 31), as TFLite-Micro computes it.
 
   single_rounding=True is TFLite's TFLITE_SINGLE_ROUNDING path (CMSIS-NN has the same option):
   one 64-bit product, rounded half up once; LiteRT's desktop XNNPACK kernels compute this.
-  False is the default gemmlowp path: a rounding doubling high multiply, then a rounding right
-  shift; TFLite Micro's reference kernels (the `tflite-micro` build) compute this. The two
-  differ by one step on a few values, and such steps compound through a deep network, so the
-  integer reference takes the setting of the runtime it is checked against.
+  False is the default gemmlowp path: a rounding doubling high multiply (round(x * m / 2^31),
+  ties away from zero), then a rounding right shift (ties away from zero); TFLite Micro's
+  reference kernels (the `tflite-micro` build) compute this. The two differ by one step on a
+  few values, and such steps compound through a deep network, so the integer reference takes
+  the setting of the runtime it is checked against.
+
+  Branch-free on int64, numpy or jax arrays (multiplier and shift are numpy constants). With
+  s = sign mask (0 or -1) of the product p, (|p| + 2^30 + s) >> 31 is C++'s truncating
+  division of (p + nudge) by 2^31 for either sign; (v + 2^(e-1) - [v < 0]) >> e rounds a
+  right shift half away from zero (an arithmetic shift floors). Multipliers are positive, so
+  gemmlowp's one saturating case (both factors INT32_MIN) cannot occur. Values outside int32
+  raise in numpy and are flagged into `flags` in jax.
   """
-  x = np.asarray(x, np.int64)
+  xp = _namespace(x)
+  x = xp.asarray(x, xp.int64)
   multiplier = np.asarray(multiplier, np.int64)
   shift = np.asarray(shift, np.int64)
-
-  def check(v, what):
-    if v.size and (v.max() > INT32_MAX or v.min() < -INT32_MAX):
-      raise OverflowError(f'requantization input overflows int32{what}')
-
-  check(x, '')
+  if np.any(multiplier <= 0):
+    raise ValueError('requantization multipliers must be positive')
+  _int32_overflow(x, '', flags)
   if single_rounding:
     total = 31 - shift
     return (x * multiplier + (np.int64(1) << (total - 1))) >> total
@@ -185,29 +182,20 @@ def multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding=True)
   right = np.maximum(-shift, 0)
   if np.any(left):
     x = x << left
-    check(x, ' after the left shift')
-  # _rounding_doubling_high_mul then _rounding_divide_by_pot, in place on one buffer (these
-  # arrays are whole feature maps: allocations and passes over memory are the cost)
-  if np.any(multiplier == INT32_MIN):
-    raise ValueError('requantization multipliers must be positive')
+    _int32_overflow(x, ' after the left shift', flags)
   v = x * multiplier
   sign = v >> 63
-  v ^= sign        # v ^ s == |v| + s, so this and the next line give |v| + 2^30 + s
-  v += 1 << 30
-  v >>= 31
-  v ^= sign
-  v -= sign
+  high = ((v ^ sign) + (1 << 30)) >> 31  # v ^ s == |v| + s
+  high = (high ^ sign) - sign
   half = (np.int64(1) << right) >> 1
-  np.right_shift(v, 63, out=sign)
-  sign &= -(right > 0).astype(np.int64)
-  v += sign
-  v += half
-  v >>= right
-  return v
+  negative_and_shifted = (high >> 63) & -(right > 0).astype(np.int64)
+  return (high + half + negative_and_shifted) >> right
 
 
-def requantize(acc, multiplier, shift, zero_point, qmin=QMIN, qmax=QMAX, single_rounding=True):
+def requantize(acc, multiplier, shift, zero_point, qmin=QMIN, qmax=QMAX, single_rounding=True,
+               flags=None):
   """int32 accumulator -> int8 output: scale by the fixed-point multiplier, add the zero point,
-  saturate."""
-  out = multiply_by_quantized_multiplier(acc, multiplier, shift, single_rounding) + zero_point
-  return np.clip(out, qmin, qmax).astype(np.int8)
+  saturate (numpy or jax arrays, like `multiply_by_quantized_multiplier`)."""
+  out = multiply_by_quantized_multiplier(acc, multiplier, shift, single_rounding, flags)
+  out = out + zero_point
+  return _namespace(out).clip(out, qmin, qmax).astype(np.int8)

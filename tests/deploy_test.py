@@ -43,17 +43,36 @@ def test_tflm_and_litert_equal_the_integer_reference_bit_for_bit(arch):
   q = ref.quantize_input(x).q.astype(np.int8)
   want = ref(x).q
   np.testing.assert_array_equal(runtimes.tflm_run(model, q), want)
-  # LiteRT's XNNPACK kernels round once: equal to the single-rounding reference
-  once = int_inference.IntNetwork(v, ops, SMALL, single_rounding=True)(x).q
+  # LiteRT's XNNPACK kernels round once (on a network this small): equal to the
+  # single-rounding reference
+  once = int_inference.IntNetwork(v, ops, SMALL, rounding='single')(x).q
   np.testing.assert_array_equal(runtimes.litert_run(model, q), once)
   # and the two roundings do differ on this network, so each check can fail
   assert not np.array_equal(want, once)
+  # LiteRT's reference kernels: double rounding but for FULLY_CONNECTED
+  lite_ref = int_inference.IntNetwork(v, ops, SMALL, rounding='litert_reference')
+  np.testing.assert_array_equal(runtimes.litert_run(model, q, 'reference'), lite_ref.logits(x))
   if arch == UNUSED_NODE:  # node 1's pool is gone: only the reductions' 2x2 and the global pool
     from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as s
     m = s.ModelT.InitFromPackedBuf(model, 0)
     pool = [i for i, c in enumerate(m.operatorCodes)
             if c.builtinCode == s.BuiltinOperator.AVERAGE_POOL_2D]
     assert sum(o.opcodeIndex in pool for o in m.subgraphs[0].operators) == 3
+
+
+@pytest.mark.slow
+def test_litert_reference_kernels_equal_their_reference_at_nb201_size():
+  # C=16 N=5: XNNPACK's float32 requantization leaves the single-rounding reference on many
+  # images, the reference kernels stay bit-exact with theirs (FULLY_CONNECTED rounding once,
+  # which the TFLM rounding gets wrong on some images)
+  config = nb201.NB201Config(C=16, N=5)
+  ops, v, x = _calibrated('|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|'
+                          'nor_conv_3x3~1|nor_conv_1x1~2|', config)
+  model, ref = tflite.to_tflite(v, ops, config)
+  q = ref.quantize_input(x).q.astype(np.int8)
+  want = int_inference.IntNetwork(v, ops, config, rounding='litert_reference').logits(x)
+  np.testing.assert_array_equal(runtimes.litert_run(model, q, 'reference'), want)
+  np.testing.assert_array_equal(runtimes.tflm_run(model, q), ref.logits(x))
 
 
 def test_exported_model_uses_stock_builtins_only():
@@ -83,7 +102,8 @@ def test_export_of_a_trained_run_is_bitexact_in_tflm(data_dir, tmp_path):
   report = export_lib.export(workdir, data_dir / 'cifar10', verify_images=48, progress=False,
                              log=lambda *_: None)
   assert report['tflm']['bitexact_fraction'] == 1.0
-  assert report['litert']['bitexact_fraction'] == 1.0
+  assert report['litert']['xnnpack']['bitexact_fraction'] == 1.0
+  assert report['litert']['reference']['bitexact_fraction'] == 1.0
   assert report['tflm']['arena_total_bytes'] > report['tflm']['arena_head_bytes'] > 0
   saved = json.loads((workdir / 'export.json').read_text())
   assert saved['model_bytes'] == (workdir / 'model.tflite').stat().st_size

@@ -145,7 +145,7 @@ def test_integer_inference_agrees_with_fake_quant(arch):
   # rounding (the default) moves a few values a step, which a deep network compounds
   tflm = int_inference.IntNetwork(v, ops, TINY)(x)
   assert np.mean(np.argmax(tflm.q, -1) == np.argmax(fq, -1)) >= 0.9
-  net = int_inference.IntNetwork(v, ops, TINY, single_rounding=True)
+  net = int_inference.IntNetwork(v, ops, TINY, rounding='single')
   out = net(x)
   assert out.q.dtype == np.int32 and out.q.min() >= -128 and out.q.max() <= 127
   steps = (out.q - out.zero_point) * out.scale
@@ -154,6 +154,48 @@ def test_integer_inference_agrees_with_fake_quant(arch):
   assert np.max(np.abs(steps - fq)) <= 2.01 * out.scale
   assert np.mean(np.abs(steps - fq) < out.scale / 2) >= 0.98
   assert np.mean(np.argmax(out.q, -1) == np.argmax(fq, -1)) >= 0.98
+
+
+@pytest.mark.parametrize('rounding', ['tflm', 'single'])
+@pytest.mark.parametrize('arch', [ARCH_6111, ARCH_ZERO_NODE])
+def test_compiled_integer_network_equals_the_numpy_reference(arch, rounding):
+  ops, v = _variables(arch)
+  x = _inputs(70, seed=7)
+  net = int_inference.IntNetwork(v, ops, TINY, rounding=rounding)
+  want = net(x).q
+  # batch 32 over 70 images: two full batches and a padded last one, one compiled program
+  got = net.logits(x, batch_size=32)
+  assert got.dtype == np.int8 and got.shape == want.shape
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(net.predict(x[:5]), np.argmax(want[:5], -1))
+
+
+@pytest.mark.parametrize('channels,zero_point', [(120, -128), (120, 127), (16, 5)])
+def test_xla_int_conv_is_exact(channels, zero_point):
+  # 3x3 over 120 input channels is 1,080 terms: two float32 chunks of 60 channels
+  rng = np.random.default_rng(2)
+  q = rng.integers(-128, 128, (2, 5, 5, channels))
+  q[0, :2] = -128  # extreme products
+  w = rng.integers(-127, 128, (3, 3, channels, 4)).astype(np.int8)
+  w[..., 0] = 127
+  with jax.enable_x64(True):
+    got = np.asarray(int_inference._xla_int_conv(jnp.asarray(q), zero_point, w, 3, 2))
+  cols = int_inference._im2col((q - zero_point).astype(np.int64), 3, 2)
+  np.testing.assert_array_equal(got, cols @ w.reshape(-1, 4).astype(np.int64))
+
+
+def test_int32_overflow_raises_in_numpy_and_is_flagged_in_jax():
+  m, shift = quant.quantize_multiplier(np.array([0.5]))
+  big = np.array([2 ** 31 + 5, 7])
+  with pytest.raises(OverflowError, match='overflows int32'):
+    quant.requantize(big, m, shift, 0)
+  flags = []
+  with jax.enable_x64(True):
+    quant.requantize(jnp.asarray(big), m, shift, 0, flags=flags)
+    quant.requantize(jnp.asarray(big[1:]), m, shift, 0, flags=flags)
+    assert [bool(f) for f in flags] == [True, False]
+  with pytest.raises(RuntimeError, match='enable_x64'):
+    quant.requantize(jnp.asarray([1, 2]), m, shift, 0)
 
 
 @pytest.mark.parametrize('arch', [ARCH_6111, ARCH_ZERO_NODE])
