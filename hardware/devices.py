@@ -45,6 +45,8 @@ class Runtime:
   persistent_bytes_per_channel: int  # per-channel multipliers/shifts kept in RAM
   sram_overhead_bytes: int           # interpreter / tensor structs / stack headroom
   im2col: bool                       # kxk convs use an int16 im2col scratch buffer
+  model_flash_bytes: int = 0         # fixed per-model metadata (e.g. a .tflite's header, op
+                                     # codes, subgraph tables)
   # graph optimiser of the deployment toolchain (`graph.hard_activity`): fold ops whose input is
   # an all-absent (zero) sum, prune nodes that do not reach the output.  Every catalog runtime
   # does both; converters of desktop frameworks may not (see docs/hardware.md, NB201 latency).
@@ -140,18 +142,27 @@ _CODE_GENERATOR_SCALE = _per_feature(conv_macs=0.75, pointwise_macs=0.75, depthw
                                      activation_bytes=0.8, weight_bytes=0.8, kernel_calls=0.2,
                                      inference=0.3)
 
+# A .tflite's bytes beyond int8 weights and int32 biases, least squares over 16 exported NB201
+# models (C 4/8/16, N 1/2; residuals within 2.7% of the file): 28 bytes per quantized channel
+# (the weight and the bias tensor each carry a float32 scale and an int64 zero point per
+# channel, plus vector headers), 196 per kernel call (operator, output tensor with its name,
+# shape and quantization), 3,700 per model. Held-out C=16 N=5 archs 9, 24, 56, 6111: -1.3% to
+# +1.0% (docs/deploy.md, Flash).
+_TFLITE_FLASH = dict(flash_bytes_per_kernel=196, quant_bytes_per_channel=28,
+                     model_flash_bytes=3_700)
+
 RUNTIMES = types.MappingProxyType({r.name: r for r in (
     Runtime('tflm', 'TensorFlow Lite Micro, portable reference kernels (plain C loops)',
             _per_feature(conv_macs=3.5, pointwise_macs=3.5, depthwise_macs=3.0, dense_macs=2.0,
                          pool_reads=1.5, elementwise_ops=2.0, activation_bytes=1.0,
                          weight_bytes=1.0, kernel_calls=1.5, inference=1.5),
-            code_flash_bytes=60_000, flash_bytes_per_kernel=400, quant_bytes_per_channel=12,
+            code_flash_bytes=60_000, **_TFLITE_FLASH,
             persistent_bytes_per_channel=8, sram_overhead_bytes=6_000, im2col=False),
     Runtime('cmsis-nn', 'TensorFlow Lite Micro with CMSIS-NN optimized int8 kernels',
             _per_feature(conv_macs=1, pointwise_macs=1, depthwise_macs=1, dense_macs=1,
                          pool_reads=1, elementwise_ops=1, activation_bytes=1, weight_bytes=1,
                          kernel_calls=1, inference=1),
-            code_flash_bytes=80_000, flash_bytes_per_kernel=400, quant_bytes_per_channel=12,
+            code_flash_bytes=80_000, **_TFLITE_FLASH,
             persistent_bytes_per_channel=8, sram_overhead_bytes=6_000, im2col=True),
     Runtime('x-cube-ai', 'ST X-CUBE-AI / STM32Cube.AI generated C code with its int8 library',
             _per_feature(conv_macs=0.9, pointwise_macs=0.9, depthwise_macs=0.8, dense_macs=0.9,

@@ -131,9 +131,10 @@ def soft_peak_bytes(t: template_lib.Template, activity: dict, im2col: bool = Fal
 def flash_bytes(weights, biases, quant_channels, kernel_calls, runtime,
                 const_bytes=0.0) -> jax.Array:
   """int8 weights + int32 biases + folded int8 constants + quantisation params + per-kernel
-  metadata + runtime code."""
+  and per-model metadata + runtime code."""
   return (weights + 4.0 * biases + const_bytes + runtime.quant_bytes_per_channel * quant_channels
-          + runtime.flash_bytes_per_kernel * kernel_calls + runtime.code_flash_bytes)
+          + runtime.flash_bytes_per_kernel * kernel_calls + runtime.model_flash_bytes
+          + runtime.code_flash_bytes)
 
 
 def sram_bytes(arena_peak, quant_channels, runtime) -> jax.Array:

@@ -105,6 +105,8 @@ def test_export_of_a_trained_run_is_bitexact_in_tflm(data_dir, tmp_path):
   assert report['litert']['xnnpack']['bitexact_fraction'] == 1.0
   assert report['litert']['reference']['bitexact_fraction'] == 1.0
   assert report['tflm']['arena_total_bytes'] > report['tflm']['arena_head_bytes'] > 0
+  # the hardware model's flash (without the runtime's code) against the file: within 5%
+  assert abs(report['errors']['flash_without_code_vs_model_bytes']) < 0.05
   saved = json.loads((workdir / 'export.json').read_text())
   assert saved['model_bytes'] == (workdir / 'model.tflite').stat().st_size
   io = np.load(workdir / 'io_check.npz')

@@ -108,7 +108,7 @@ def test_flash_formula():
   r = hardware.concrete_cost(g, runtime=rt)
   weights, biases, channels, kernels = 3 * 3 * 4 * 8 + 8 * 10, 8 + 10, 8 + 10, 4
   expected = (weights + 4 * biases + rt.quant_bytes_per_channel * channels
-              + rt.flash_bytes_per_kernel * kernels + rt.code_flash_bytes)
+              + rt.flash_bytes_per_kernel * kernels + rt.model_flash_bytes + rt.code_flash_bytes)
   assert r['flash_bytes'] == pytest.approx(expected)
   assert r['sram_bytes'] == pytest.approx(768 + rt.persistent_bytes_per_channel * channels
                                           + rt.sram_overhead_bytes)
