@@ -322,7 +322,11 @@ class IntNetwork(nb201_net.Backend):
     """Node sum: none -> constant zeros (ZERO_QPARAMS), one -> alias, more -> int8 ADD."""
     if not terms:
       scale, zp = ZERO_QPARAMS
-      return QTensor(self.xp.full_like(like.q, int(zp)), scale, int(zp))
+      if self.xp is np:
+        return QTensor(np.full_like(like.q, int(zp)), scale, int(zp))
+      # compiled: one image's worth, broadcast by whatever reads it, so that XLA's constant
+      # folding of the convs that read it works on one image, not on the batch
+      return QTensor(jnp.full((1,) + like.q.shape[1:], int(zp), like.q.dtype), scale, int(zp))
     return terms[0] if len(terms) == 1 else self._add(layer_name(path), terms)
 
   def head_bn(self, t, path):
@@ -378,7 +382,7 @@ class IntNetwork(nb201_net.Backend):
       out = nb201_net.network(fast, self.ops, QTensor(q, scale, zero_point), self.config)
       overflow = jnp.any(jnp.stack(fast._flags)) if fast._flags else jnp.zeros((), bool)
       fast._flags = None
-      return out.q, overflow
+      return jnp.broadcast_to(out.q, (q.shape[0],) + out.q.shape[1:]), overflow
 
     return jax.jit(run)
 
