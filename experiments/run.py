@@ -229,7 +229,8 @@ flags.DEFINE_integer('int_eval_images', -1,
 flags.DEFINE_integer('export_images', -1,
                      'export: test images run in TFLite Micro and LiteRT against the integer '
                      'reference (-1 = all).')
-flags.DEFINE_bool('litert', True, 'export: also run the model in LiteRT (XNNPACK).')
+flags.DEFINE_bool('litert', True, 'export: also run the model in LiteRT (its XNNPACK and its reference '
+                  'kernels).')
 flags.DEFINE_bool('c_source', False,
                   'export: also write a C99 project (c_project/) and run it on an emulated '
                   'Cortex-M (needs gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm).')
