@@ -144,8 +144,10 @@ def _int32_overflow(v, what, flags):
   """numpy: raise on values outside int32; jax (no exceptions in compiled code): append a
   boolean to `flags` for the caller to raise on."""
   if isinstance(v, jax.Array):
-    if flags is not None:
-      flags.append(jnp.any((v > INT32_MAX) | (v < -INT32_MAX)))
+    if flags is None:
+      raise ValueError('integer kernels on jax arrays cannot raise on int32 overflow: pass '
+                       'flags=[] and check the flags they append')
+    flags.append(jnp.any((v > INT32_MAX) | (v < -INT32_MAX)))
   elif v.size and (v.max() > INT32_MAX or v.min() < -INT32_MAX):
     raise OverflowError(f'requantization input overflows int32{what}')
 

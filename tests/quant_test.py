@@ -194,8 +194,10 @@ def test_int32_overflow_raises_in_numpy_and_is_flagged_in_jax():
     quant.requantize(jnp.asarray(big), m, shift, 0, flags=flags)
     quant.requantize(jnp.asarray(big[1:]), m, shift, 0, flags=flags)
     assert [bool(f) for f in flags] == [True, False]
+    with pytest.raises(ValueError, match='flags'):
+      quant.requantize(jnp.asarray([1, 2]), m, shift, 0)
   with pytest.raises(RuntimeError, match='enable_x64'):
-    quant.requantize(jnp.asarray([1, 2]), m, shift, 0)
+    quant.requantize(jnp.asarray([1, 2]), m, shift, 0, flags=[])
 
 
 @pytest.mark.parametrize('arch', [ARCH_6111, ARCH_ZERO_NODE])
