@@ -91,9 +91,8 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
   t0 = time.perf_counter()
   ref_tflm = reference_logits(variables, ops, net_cfg, x)
   t_ref = time.perf_counter() - t0
-  ref_litert = {'xnnpack': reference_logits(variables, ops, net_cfg, x, 'single'),
-                'reference': reference_logits(variables, ops, net_cfg, x, 'litert_reference')
-                } if litert else None
+  ref_litert = {kernels: reference_logits(variables, ops, net_cfg, x, rounding)
+                for kernels, rounding in LITERT_ROUNDING.items()} if litert else None
   log(f'integer reference on {n} images: {n / t_ref:.0f} images/s (compile included)')
 
   workers = max(1, min(os.cpu_count() or 1, 8))
@@ -125,7 +124,7 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
       t0 = time.perf_counter()
       lite = runtimes.litert_run(model, q_in, kernels)
       report['litert'][kernels] = {
-          'rounding_of_its_reference': 'single' if kernels == 'xnnpack' else 'litert_reference',
+          'rounding_of_its_reference': LITERT_ROUNDING[kernels],
           'bitexact_fraction': float(np.mean(np.all(lite == mine, -1))),
           'max_abs_diff': int(np.max(np.abs(lite.astype(int) - mine))),
           'top1_agreement_with_its_reference': float(np.mean(lite.argmax(-1) == mine.argmax(-1))),
@@ -237,6 +236,11 @@ def predicted_c_costs(ops, config, device='nucleo-l4r5zi', runtimes=C_COST_RUNTI
     res = hardware.concrete_cost(graph, device=device, runtime=runtime)
     out[runtime] = {key: float(res[key]) for key in ('flash_bytes', 'sram_bytes', 'latency_ms')}
   return out
+
+
+# LiteRT's kernel sets (`runtimes.litert_run`) -> the integer reference rounding each is
+# checked against (`int_inference.ROUNDINGS`)
+LITERT_ROUNDING = {'xnnpack': 'single', 'reference': 'litert_reference'}
 
 
 def reference_logits(variables, ops, config, x, rounding='tflm') -> np.ndarray:

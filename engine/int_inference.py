@@ -87,7 +87,7 @@ def _int_matmul(a, b):
   """Exact integer a @ b for integer-valued operands (|a| <= 255, |b| <= 127) through float32
   BLAS, the contraction split into chunks short enough to stay exact, summed in int64."""
   xp = quant._namespace(a)
-  a = a.astype(np.float32)
+  a = xp.asarray(a, np.float32)  # no copy when it is float32 already (the im2col matrix)
   b = np.asarray(b, np.float32)
   k = a.shape[-1]
   out = None
@@ -175,7 +175,7 @@ class IntNetwork(nb201_net.Backend):
     self.ops = tuple(int(o) for o in ops)
     self.config = config
     self.layers: dict[str, IntLayer] = {}
-    self._qparams: dict[str, tuple[float, int]] = {}
+    self._qparams: dict[tuple, tuple[float, int]] = {}
     self._flags = None       # the compiled path's overflow flags (`quant.multiply_by_...`)
     self._compiled = {}      # batch size -> compiled `logits`
     self(np.zeros((1, config.input_size, config.input_size, config.in_channels), np.float32))
@@ -215,7 +215,7 @@ class IntNetwork(nb201_net.Backend):
   def _range_qparams(self, name, key=None) -> tuple[float, int]:
     """(scale, zero point) of a tracked range, as Python numbers, computed once (eagerly: the
     compiled path reads them as constants)."""
-    cache_key = f'{name}:{key}'
+    cache_key = (name, key)
     if cache_key not in self._qparams:
       ranges = self.ranges[name] if key is None else self.ranges[name][key]
       self._qparams[cache_key] = _qparams(ranges)
