@@ -65,13 +65,13 @@ EXPERIMENTS = types.MappingProxyType({
     # the coupled NTK at K=24 candidates needs K x B x B activations (hundreds of GB at B=64),
     # the independent one ~B x less, and one repeat at B=32 keeps a prune round near 20 s on
     # 2 cores (docs/search.md)
-    'search': Experiment('search', SCORING | SEARCH, ('nb201',),
+    'search': Experiment('search', SCORING | SEARCH, ('nb201', 'tinycnn'),
                          types.MappingProxyType({'proxies': DEFAULT_SEARCH_OBJECTIVE,
                                                  'stand_in_inputs': 'photos',
                                                  'zc_width': 8, 'zc_cells': 1,
                                                  'ntk_batch': 32, 'repeats': 1}),
                          summary='hardware-aware NB201 search (the main job)'),
-    'score': Experiment('score', SCORING | {'archs', 'output'}, ('nb201',),
+    'score': Experiment('score', SCORING | {'archs', 'output'}, ('nb201', 'tinycnn'),
                         summary='proxy scores per arch, one CSV row each'),
     'correlate': Experiment('correlate', SCORING | {'archs', 'workdir', 'chunk_size',
                                                     'reference_file'}, ('nb201',),
@@ -331,6 +331,13 @@ def main(argv):
     return
   try:
     exp, config = config_from_flags()
+    if config.search_space != 'nb201' and exp.module in ('score', 'correlate', 'search'):
+      # plug-in spaces run through the space interface (experiments/space_jobs.py)
+      from experiments import space_jobs
+      if exp.module == 'search' and not flags.FLAGS['searcher'].present:
+        config = dataclasses.replace(config, searcher='random')
+      space_jobs.run(exp.module, config, workdir_from_flags(exp))
+      return
     importlib.import_module(f'experiments.{exp.module}').run(config, workdir_from_flags(exp))
   except common.USER_ERRORS as err:
     common.fail(str(err))

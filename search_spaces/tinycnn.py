@@ -21,11 +21,14 @@ import dataclasses
 import itertools
 from typing import Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 import hardware
 from hardware import graph as graph_lib
+from search_spaces import nb201_net as layers
+from search_spaces import space as space_lib
 
 FILTERS = (8, 16, 32)
 KERNELS = (3, 5)
@@ -79,18 +82,54 @@ def enumerate_archs() -> list[TinyCNNArch]:
   return out
 
 
+# ----------------------------------------------------------------------------- the one walk
+
+def network(backend, x):
+  """The tinycnn network, walked once for every backend (lowering, masked JAX, concrete JAX):
+  [conv -> activation -> 2x2 pool] per layer, then the classifier on the flattened features."""
+  t = backend.input(x)
+  for i in range(backend.num_layers):
+    t = backend.conv(t, i)
+    t = backend.activation(t, i)
+    t = backend.pool(t, i)
+    backend.head(t, i)
+  return backend.output()
+
+
+class _GraphBackend:
+  """Lowering: the hardware layer graph (ReLU fused into the conv, swish a separate node)."""
+
+  def __init__(self, arch: TinyCNNArch, num_classes: int, widths: bool):
+    self.arch, self.num_classes, self.widths = arch, num_classes, widths
+    self.num_layers = len(arch.filters)
+    self.b = graph_lib.GraphBuilder(arch.encode(), num_widths=self.num_layers if widths else 0)
+
+  def input(self, shape):
+    return self.b.input(shape)
+
+  def conv(self, t, i):
+    fused = 'relu' if self.arch.activation == 'relu' else None
+    return self.b.conv2d(t, self.arch.filters[i], self.arch.kernels[i], activation=fused,
+                         width=i if self.widths else -1, name=f'layer{i}/conv')
+
+  def activation(self, t, i):
+    if self.arch.activation == 'relu':
+      return t
+    return self.b.activation(t, self.arch.activation, name=f'layer{i}/{self.arch.activation}')
+
+  def pool(self, t, i):
+    return self.b.pool(t, self.arch.pooling, 2, 2, 'valid', name=f'layer{i}/pool')
+
+  def head(self, t, i):
+    if i == self.num_layers - 1:
+      self.b.dense(self.b.reshape(t, name='flatten'), self.num_classes, name='fc')
+
+  def output(self):
+    return self.b.build()
+
+
 def _build(arch: TinyCNNArch, input_shape, num_classes, widths: bool) -> graph_lib.Graph:
-  b = graph_lib.GraphBuilder(arch.encode(), num_widths=len(arch.filters) if widths else 0)
-  x = b.input(input_shape)
-  for i, (f, k) in enumerate(zip(arch.filters, arch.kernels)):
-    fused = 'relu' if arch.activation == 'relu' else None
-    x = b.conv2d(x, f, k, activation=fused, width=i if widths else -1, name=f'layer{i}/conv')
-    if fused is None:
-      x = b.activation(x, arch.activation, name=f'layer{i}/{arch.activation}')
-    x = b.pool(x, arch.pooling, 2, 2, 'valid', name=f'layer{i}/pool')
-  x = b.reshape(x, name='flatten')
-  b.dense(x, num_classes, name='fc')
-  return b.build()
+  return network(_GraphBackend(arch, num_classes, widths), tuple(input_shape))
 
 
 def lower(arch, input_shape=(32, 32, 3), num_classes: int = 10) -> graph_lib.Graph:
@@ -161,3 +200,277 @@ def score(rows: Sequence[dict], accuracy_proxy, device, rate_hz: float = 1.0,
       dev.sram_kb * 1024 if sram_limit_bytes is None else sram_limit_bytes,
       dev.active_power_mw if power_limit_mw is None else power_limit_mw,
       flash_ok & on_time))
+
+
+# ----------------------------------------------------------------------------- JAX network
+#
+# One padded parameter set serves every arch: conv i is [5, 5, C_in, 32] and there is one
+# classifier per depth. An arch row (`to_array`) masks the kernel taps, input and output
+# channels it does not have, so `init` / `apply` take the row as a traced array: one compile
+# for all 1,032 archs, candidates batch under vmap. `concrete_params` slices an arch's own
+# weights out of the padded ones; the concrete backend runs those (training, the reference the
+# masked network is tested against).
+
+ROW = ('layers', 'f0', 'f1', 'f2', 'k0', 'k1', 'k2', 'swish', 'avg')
+_PAD_FILTERS, _PAD_KERNEL = max(FILTERS), max(KERNELS)
+
+
+def to_array(archs) -> np.ndarray:
+  """Archs -> int32 rows [K, 9]: layers, filters x3, kernels x3, swish?, avg pool? (unused layers
+  padded with the smallest filter and kernel; they are masked off)."""
+  rows = []
+  for a in archs:
+    a = decode(a) if isinstance(a, str) else a
+    n = len(a.filters)
+    f = list(a.filters) + [FILTERS[0]] * (MAX_LAYERS - n)
+    k = list(a.kernels) + [KERNELS[0]] * (MAX_LAYERS - n)
+    rows.append([n, *f, *k, a.activation == 'swish', a.pooling == 'avg'])
+  return np.asarray(rows, np.int32).reshape(-1, len(ROW))
+
+
+def from_array(row) -> TinyCNNArch:
+  row = [int(v) for v in np.asarray(row)]
+  n = row[0]
+  return TinyCNNArch(tuple(row[1:1 + n]), tuple(row[4:4 + n]), ACTIVATIONS[row[7]],
+                     POOLINGS[row[8]])
+
+
+def _in_channels(row, i, input_shape):
+  return input_shape[2] if i == 0 else row[i]   # row[i] = filters of layer i - 1
+
+
+def _head_size(input_shape, depth):
+  return (input_shape[0] >> depth) * (input_shape[1] >> depth)
+
+
+def padded_shapes(input_shape=(32, 32, 3), num_classes=10) -> dict:
+  shapes = {}
+  for i in range(MAX_LAYERS):
+    cin = input_shape[2] if i == 0 else _PAD_FILTERS
+    shapes[f'conv{i}'] = {'w': (_PAD_KERNEL, _PAD_KERNEL, cin, _PAD_FILTERS), 'b': (_PAD_FILTERS,)}
+    shapes[f'fc{i}'] = {'w': (_head_size(input_shape, i + 1) * _PAD_FILTERS, num_classes),
+                        'b': (num_classes,)}
+  return shapes
+
+
+def fan_in(row, input_shape=(32, 32, 3)) -> dict:
+  """Each layer's fan-in under the arch (traced-friendly)."""
+  out = {}
+  for i in range(MAX_LAYERS):
+    out[f'conv{i}'] = row[4 + i] ** 2 * _in_channels(row, i, input_shape)
+    out[f'fc{i}'] = _head_size(input_shape, i + 1) * row[1 + i]
+  return out
+
+
+def _masks(row, input_shape) -> dict:
+  """Per layer: a 0/1 array of the padded weight's shape, 1 where the arch has the weight."""
+  taps = jnp.abs(jnp.arange(_PAD_KERNEL) - _PAD_KERNEL // 2)
+  chans = jnp.arange(_PAD_FILTERS)
+  masks = {}
+  for i in range(MAX_LAYERS):
+    tap = taps <= row[4 + i] // 2
+    cin = (jnp.arange(input_shape[2]) < input_shape[2]) if i == 0 else chans < row[i]
+    cout = chans < row[1 + i]
+    masks[f'conv{i}'] = (tap[:, None, None, None] & tap[None, :, None, None]
+                         & cin[None, None, :, None] & cout[None, None, None, :])
+    s = _head_size(input_shape, i + 1)
+    rows = jnp.tile(chans < row[1 + i], s)  # flatten order (h, w, c)
+    masks[f'fc{i}'] = jnp.broadcast_to(rows[:, None], (s * _PAD_FILTERS, 1))
+  return masks
+
+
+def init(key, row, kind='torch_default', input_shape=(32, 32, 3), num_classes=10):
+  """Padded params for the arch `row`: weights U(+-1/sqrt(fan_in)) (PyTorch's default) or
+  N(0, 2/fan_in) (kaiming_normal) on the arch's own entries, 0 elsewhere; biases 0."""
+  row = jnp.asarray(row)
+  shapes = padded_shapes(input_shape, num_classes)
+  fans, masks = fan_in(row, input_shape), _masks(row, input_shape)
+  keys = jax.random.split(key, len(shapes))
+  params = {}
+  for k, (name, shape) in zip(keys, shapes.items()):
+    fan = jnp.asarray(fans[name], jnp.float32)
+    if kind == 'torch_default':
+      w = jax.random.uniform(k, shape['w'], jnp.float32, -1.0, 1.0) / jnp.sqrt(fan)
+    elif kind == 'kaiming_normal':
+      w = jax.random.normal(k, shape['w'], jnp.float32) * jnp.sqrt(2.0 / fan)
+    else:
+      raise ValueError(f'unknown init {kind!r}; choose torch_default or kaiming_normal')
+    params[name] = {'w': jnp.where(masks[name], w, 0.0), 'b': jnp.zeros(shape['b'], jnp.float32)}
+  return params
+
+
+def concrete_params(padded, arch, input_shape=(32, 32, 3)) -> dict:
+  """The arch's own weights out of padded params (same values, its own shapes)."""
+  arch = decode(arch) if isinstance(arch, str) else arch
+  out, pad = {}, _PAD_KERNEL // 2
+  for i, (f, k) in enumerate(zip(arch.filters, arch.kernels)):
+    cin = input_shape[2] if i == 0 else arch.filters[i - 1]
+    w = padded[f'conv{i}']['w'][pad - k // 2:pad + k // 2 + 1, pad - k // 2:pad + k // 2 + 1, :cin, :f]
+    out[f'conv{i}'] = {'w': w, 'b': padded[f'conv{i}']['b'][:f]}
+  d = len(arch.filters) - 1
+  s = _head_size(input_shape, d + 1)
+  w = padded[f'fc{d}']['w'].reshape(s, _PAD_FILTERS, -1)[:, :arch.filters[-1]]
+  out['fc'] = {'w': w.reshape(s * arch.filters[-1], -1), 'b': padded[f'fc{d}']['b']}
+  return out
+
+
+def _conv(x, w, b):
+  # the engine's convolution: its custom gradient is several times faster on XLA:CPU
+  return layers.conv(x, w) + b
+
+
+def _pool(x, kind):
+  # 2x2 / stride 2 as a reshape: XLA:CPU's reduce_window gradient (select-and-scatter) made
+  # training ~10x slower
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+  return jnp.max(x, (2, 4)) if kind == 'max' else jnp.mean(x, (2, 4))
+
+
+def _swish(x):
+  return x * jax.nn.sigmoid(x)
+
+
+class _MaskedBackend:
+  """The padded network under a traced arch row (scoring, vmapped over candidates)."""
+
+  num_layers = MAX_LAYERS
+
+  def __init__(self, params, row, probes, input_shape):
+    self.params, self.row, self.probes = params, jnp.asarray(row), probes
+    self.masks = _masks(self.row, input_shape)
+    self.swish, self.avg = self.row[7] == 1, self.row[8] == 1
+    self.codes, self.logits, self.features = [], None, None
+
+  def input(self, x):
+    return x
+
+  def _probe(self, y, name):
+    return y if self.probes is None else y * self.probes[name][:, None, None, :] \
+        if y.ndim == 4 else y * self.probes[name]
+
+  def conv(self, t, i):
+    p = self.params[f'conv{i}']
+    cout = jnp.arange(_PAD_FILTERS) < self.row[1 + i]
+    y = _conv(t, p['w'] * self.masks[f'conv{i}'], p['b'] * cout)
+    y = self._probe(y, f'conv{i}')
+    self.codes.append((y, (i < self.row[0]) & cout))
+    return y
+
+  def activation(self, t, i):
+    return jnp.where(self.swish, _swish(t), jax.nn.relu(t))
+
+  def pool(self, t, i):
+    return jnp.where(self.avg, _pool(t, 'avg'), _pool(t, 'max'))
+
+  def head(self, t, i):
+    p = self.params[f'fc{i}']
+    flat = t.reshape(t.shape[0], -1)
+    logits = self._probe(flat @ (p['w'] * self.masks[f'fc{i}']) + p['b'], f'fc{i}')
+    chosen = self.row[0] == i + 1
+    self.logits = logits if self.logits is None else jnp.where(chosen, logits, self.logits)
+    if self.features is None:
+      self.features = flat
+    else:  # pad to the widest flatten (depth 1); zeros add nothing to any feature statistic
+      pad = jnp.pad(flat, ((0, 0), (0, self.features.shape[1] - flat.shape[1])))
+      self.features = jnp.where(chosen, pad, self.features)
+
+  def output(self):
+    return space_lib.Outputs(self.logits, tuple(self.codes), ~self.swish, self.features,
+                             jnp.zeros(()))
+
+
+class _ConcreteBackend:
+  """The arch's own network on its own weights (`concrete_params`): training and reference."""
+
+  def __init__(self, params, arch: TinyCNNArch, probes=None):
+    self.params, self.arch, self.probes = params, arch, probes
+    self.num_layers = len(arch.filters)
+    self.codes, self.logits, self.features = [], None, None
+
+  def input(self, x):
+    return x
+
+  def conv(self, t, i):
+    p = self.params[f'conv{i}']
+    y = _conv(t, p['w'], p['b'])
+    if self.probes is not None:
+      y = y * self.probes[f'conv{i}'][:, None, None, :]
+    self.codes.append((y, jnp.ones((), bool)))
+    return y
+
+  def activation(self, t, i):
+    return _swish(t) if self.arch.activation == 'swish' else jax.nn.relu(t)
+
+  def pool(self, t, i):
+    return _pool(t, self.arch.pooling)
+
+  def head(self, t, i):
+    if i == self.num_layers - 1:
+      self.features = t.reshape(t.shape[0], -1)
+      self.logits = self.features @ self.params['fc']['w'] + self.params['fc']['b']
+      if self.probes is not None:
+        self.logits = self.logits * self.probes['fc']
+
+  def output(self):
+    return space_lib.Outputs(self.logits, tuple(self.codes),
+                             jnp.asarray(self.arch.activation == 'relu'), self.features,
+                             jnp.zeros(()))
+
+
+def apply(params, row, x, probes=None, bn='batch', input_shape=(32, 32, 3)):
+  """Masked network on padded params (see `init`) -> space.Outputs. tinycnn has no BN."""
+  del bn
+  return network(_MaskedBackend(params, row, probes, input_shape), x)
+
+
+def apply_concrete(params, arch, x, probes=None):
+  """The arch's own network (`concrete_params`) -> space.Outputs."""
+  arch = decode(arch) if isinstance(arch, str) else arch
+  return network(_ConcreteBackend(params, arch, probes), x)
+
+
+def make_net(group=(), input_shape=(32, 32, 3), num_classes=10) -> space_lib.Net:
+  del group
+  input_shape = tuple(input_shape)
+  if input_shape[0] % 8 or input_shape[1] % 8:
+    raise ValueError(f'tinycnn needs an input size divisible by 8 (three 2x2 pools); got '
+                     f'{input_shape[:2]}')
+  return space_lib.Net(
+      init=lambda key, row, kind='torch_default': init(key, row, kind, input_shape, num_classes),
+      apply=lambda params, row, x, probes=None, bn='batch': apply(params, row, x, probes, bn,
+                                                                 input_shape),
+      fan_in=lambda row: fan_in(row, input_shape),
+      input_shape=input_shape, num_classes=num_classes,
+      example_row=to_array([enumerate_archs()[-1]])[0])
+
+
+def sample(rng: np.random.Generator, n: int) -> list[TinyCNNArch]:
+  """n distinct archs drawn uniformly (all 1,032 when n >= 1,032), in a seeded order."""
+  space = enumerate_archs()
+  pick = rng.permutation(len(space))[:n]
+  return [space[i] for i in pick]
+
+
+def stratum(arch: TinyCNNArch) -> str:
+  return f'{len(arch.filters)}-{arch.activation}-{arch.pooling}'
+
+
+SPACE = space_lib.register(space_lib.SearchSpace(
+    name='tinycnn',
+    summary='the seed\'s 1-3 layer CNNs (1,032 archs)',
+    decode=decode, encode=lambda a: a.encode(), sample=sample, enumerate=enumerate_archs,
+    to_array=to_array, net=make_net,
+    lower=lambda arch, input_shape=(32, 32, 3), num_classes=10: lower(arch, input_shape,
+                                                                      num_classes),
+    stratum=stratum, train_net=lambda *a, **k: train_net(*a, **k)))
+
+
+def train_net(arch, input_shape=(32, 32, 3), num_classes=10):
+  """(init(key) -> the arch's own params, apply(params, x) -> logits) for training: the same
+  weights the masked network draws for this arch and key, at the arch's own shapes."""
+  arch = decode(arch) if isinstance(arch, str) else arch
+  row = to_array([arch])[0]
+  return (lambda key: concrete_params(init(key, row, 'torch_default', input_shape, num_classes),
+                                      arch, input_shape),
+          lambda params, x: apply_concrete(params, arch, x).logits)

@@ -1,0 +1,130 @@
+"""Score archs of any registered search space with `engine.space_proxies`: inputs, shared init
+keys, one compiled call per group of archs and batch of K candidates.
+
+Candidates of one call run under `lax.map` (`candidate_chunk` of them vmapped together inside
+it): each candidate's weights depend on its arch (masks and fan-in), so vmapping many of them
+turns every convolution into a grouped one, which XLA:CPU runs slowly; `lax.map` keeps them
+ordinary convolutions and the loop compiled. One compile serves every call of a group.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine import data as data_lib
+from engine import space_proxies as sp
+
+
+@dataclasses.dataclass(frozen=True)
+class SpaceScoreSettings:
+  zc_batch: int = 64
+  ntk_batch: int = 64
+  lr_segments: int = 8
+  batch_candidates: int = 8
+  candidate_chunk: int = 1
+
+
+class UnknownProxy(ValueError):
+  pass
+
+
+def check_names(names) -> list[str]:
+  if isinstance(names, str):
+    names = [n.strip() for n in names.split(',') if n.strip()]
+  unknown = [n for n in names if n not in sp.PROXIES]
+  if unknown or not names:
+    raise UnknownProxy(f'unknown proxy {(unknown or [""])[0]!r} for this search space; choose '
+                       f'from {", ".join(sp.PROXIES)}')
+  return list(dict.fromkeys(names))
+
+
+def make_inputs(space, names, seed: int, images, s: SpaceScoreSettings) -> dict:
+  """The batches every candidate is scored on. `images`: an ImageSet or None (Gaussian noise)."""
+  rng = np.random.default_rng([seed, 0x5bace])
+  shape = tuple(space.input_shape)
+  kinds = {sp.PROXIES[n][0] for n in names}
+  inputs = {}
+
+  def batch(n):
+    if images is None:
+      return (rng.standard_normal((n,) + shape).astype(np.float32),
+              rng.integers(0, space.num_classes, n).astype(np.int32))
+    x, y = data_lib.sample_batches(rng, 1, n, images, shape[0], num_classes=space.num_classes)
+    return x[0], y[0].astype(np.int32)
+
+  if 'zc' in kinds:
+    inputs['zc'], inputs['zc_labels'] = batch(s.zc_batch)
+  if 'ntk' in kinds:
+    inputs['ntk'] = batch(s.ntk_batch)[0]
+  if 'lr' in kinds:
+    inputs['lr'] = batch(2 * s.lr_segments)[0].reshape((s.lr_segments, 2) + shape)
+  return inputs
+
+
+def init_keys(names, seed: int) -> dict:
+  base = jax.random.PRNGKey(seed)
+  return {n: jax.random.fold_in(base, zlib.crc32(n.encode()) & 0x7FFFFFFF)
+          for n in list(names) + ['gradient']}
+
+
+@dataclasses.dataclass
+class Timing:
+  compile_s: float = 0.0
+  run_s: float = 0.0
+
+
+def score(space, archs, names, seed: int = 0, images=None,
+          s: SpaceScoreSettings = SpaceScoreSettings(), progress=None, inputs=None):
+  """-> ({name: values [N]}, {name: flags [N]}, Timing) for `archs` (objects or strings)."""
+  names = check_names(names)
+  archs = space.parse(archs) if isinstance(archs, str) else [
+      space.decode(a) if isinstance(a, str) else a for a in archs]
+  inputs = make_inputs(space, names, seed, images, s) if inputs is None else inputs
+  keys = init_keys(names, seed)
+  network = [n for n in names if sp.PROXIES[n][0] != 'analytic']
+  values = {n: np.full(len(archs), np.nan) for n in names}
+  flags = {n: np.zeros(len(archs), np.int32) for n in names}
+  timing = Timing()
+  analytic = [n for n in names if sp.PROXIES[n][0] == 'analytic']
+  if analytic:
+    graphs = [space.lower(a, space.input_shape, space.num_classes) for a in archs]
+    for n, v in sp.analytic(graphs, analytic).items():
+      values[n] = v
+  if not network:
+    return values, flags, timing
+  groups: dict = {}
+  for i, a in enumerate(archs):
+    groups.setdefault(space.group(a), []).append(i)
+  bar = progress(total=len(archs), unit='arch') if progress else None
+  for group, idx in groups.items():
+    net = space.net(group, space.input_shape, space.num_classes)
+    rows = space.to_array([archs[i] for i in idx])
+    k = s.batch_candidates
+
+    def call(batch_rows, batch_inputs, net=net):
+      one = lambda r: sp.network_proxies(net, r, batch_inputs, network, keys)
+      return jax.lax.map(one, batch_rows, batch_size=max(1, s.candidate_chunk))
+
+    pad = -len(rows) % k
+    rows = np.concatenate([rows, np.repeat(rows[-1:], pad, 0)]) if pad else rows
+    start = time.perf_counter()
+    compiled = jax.jit(call).lower(rows[:k], inputs).compile()
+    timing.compile_s += time.perf_counter() - start
+    start = time.perf_counter()
+    for c in range(0, len(rows), k):
+      out = jax.device_get(compiled(rows[c:c + k], inputs))
+      take = min(k, len(idx) - c)
+      for n in network:
+        values[n][np.asarray(idx[c:c + take])] = out[n][0][:take]
+        flags[n][np.asarray(idx[c:c + take])] = out[n][1][:take]
+      if bar:
+        bar.update(take)
+    timing.run_s += time.perf_counter() - start
+  if bar:
+    bar.close()
+  return values, flags, timing

@@ -1,0 +1,249 @@
+"""`score`, `correlate` and `search` on the plug-in search spaces (`search_spaces.space`), e.g.
+
+  python -m experiments.run --experiment=search --search_space=tinycnn
+  python -m experiments.run --experiment=correlate --search_space=tinycnn --workdir=tiny_corr
+
+NB201 keeps its own fast path (experiments/score.py, correlate.py, search.py); these jobs use only
+the space's interface, so a new space needs no code here.
+
+search: the seed's objective, accuracy proxy / (peak SRAM x average power), 0 when SRAM, flash
+or power exceed their limits or an inference does not fit its period (`tinycnn.score`'s rule,
+generic: power from the cost model's energy and latency at --rate). The accuracy proxy is the
+candidate's percentile rank (0, 1] under --proxies among the candidates scored. Searchers:
+`random` (the seed's: --random_samples archs drawn, all scored in compiled batches) and
+`exhaustive` (every arch of a finite space).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pathlib
+import time
+
+import numpy as np
+from scipy import stats
+from tqdm import tqdm
+
+import hardware
+from engine import aggregate as agg_lib
+from engine import data as data_lib
+from engine import proxies as proxies_lib
+from engine import space_proxies
+from engine import space_scoring
+from experiments import common
+from search_spaces import space as space_lib
+
+GROUND_TRUTH = pathlib.Path(__file__).resolve().parents[1] / 'search_spaces' / 'ground_truth'
+SEARCHERS = ('random', 'exhaustive')
+RATE_HZ = 1.0
+
+
+def _settings(config) -> space_scoring.SpaceScoreSettings:
+  return space_scoring.SpaceScoreSettings(
+      zc_batch=config.zc_batch, ntk_batch=config.ntk_batch,
+      batch_candidates=config.batch_candidates, candidate_chunk=max(1, config.candidate_chunk))
+
+
+def _images(config):
+  return data_lib.load_cifar(config.data_dir, 'cifar10', 'train') if config.data_dir else None
+
+
+def score_columns(space, archs, names, config, progress=True):
+  """({column: values}, {column: flags}, timing) with aggregates computed over `archs`."""
+  plain, aggregates = agg_lib.split(names)
+  unknown = [n for n in plain if n not in space_proxies.PROXIES]
+  if unknown:
+    raise proxies_lib.ProxyError(f'proxy {unknown[0]!r} has no implementation for search space '
+                                 f'{space.name}; choose from {", ".join(space_proxies.PROXIES)}')
+  values, flags, timing = space_scoring.score(
+      space, archs, plain, config.seed, _images(config), _settings(config),
+      progress=tqdm if progress else None)
+  for a in aggregates:
+    values[a.name], flagged = agg_lib.compute(a, values, flags)
+    flags[a.name] = np.array([1 if f else 0 for f in flagged], np.int32)
+  return values, flags, timing
+
+
+def _write_csv(path, header, rows):
+  buf = io.StringIO()
+  w = csv.writer(buf)
+  w.writerow(header)
+  w.writerows(rows)
+  common.write_text_atomic(path, buf.getvalue())
+
+
+# ----------------------------------------------------------------------------- score
+
+def score(config, workdir=None):
+  space = space_lib.get(config.search_space)
+  archs = space.parse(config.archs)
+  values, flags, timing = score_columns(space, archs, config.proxies, config, config.progress)
+  cols = list(values)
+  rows = [[space.encode(a)] + [f'{values[c][i]:.6g}' for c in cols] +
+          [int(flags[c][i]) for c in cols] for i, a in enumerate(archs)]
+  _write_csv(config.output, ['arch'] + cols + [f'{c}_flag' for c in cols], rows)
+  print(f'scored {len(archs)} {space.name} archs: compile {timing.compile_s:.1f} s, run '
+        f'{timing.run_s:.1f} s = {timing.run_s / max(1, len(archs)):.3f} s/arch -> '
+        f'{config.output}')
+
+
+# ----------------------------------------------------------------------------- ground truth
+
+def load_ground_truth(space, path=None) -> dict:
+  """{arch string: [accuracies by seed]} of a space's trained table."""
+  path = pathlib.Path(path) if path else GROUND_TRUTH / f'{space.name}.csv'
+  if not path.is_file():
+    raise FileNotFoundError(f'no trained ground truth for {space.name} at {path}; make one with '
+                            f'python -m experiments.ground_truth --search_space={space.name} or '
+                            f'pass --benchmark_file')
+  table: dict = {}
+  with path.open() as fh:
+    for row in csv.DictReader(fh):
+      acc = float(row['test_acc'])
+      if np.isfinite(acc):
+        table.setdefault(row['arch'], {})[int(row['seed'])] = acc
+  return table
+
+
+def noise_summary(table: dict) -> dict:
+  """Seed-to-seed noise of a ground truth: per-arch std (pp) and seed-vs-seed Spearman."""
+  multi = {a: s for a, s in table.items() if len(s) > 1}
+  if not multi:
+    return {'archs': 0}
+  seeds = sorted(set.intersection(*(set(s) for s in multi.values())))
+  stds = [np.std(list(s.values()), ddof=1) for s in multi.values()]
+  rhos = [stats.spearmanr([multi[a][s1] for a in multi], [multi[a][s2] for a in multi])[0]
+          for i, s1 in enumerate(seeds) for s2 in seeds[i + 1:]]
+  return {'archs': len(multi), 'seeds': len(seeds), 'mean_std_pp': float(np.mean(stds)),
+          'max_std_pp': float(np.max(stds)),
+          'seed_vs_seed_spearman': float(np.mean(rhos)) if rhos else float('nan')}
+
+
+# ----------------------------------------------------------------------------- correlate
+
+def correlate(config, workdir):
+  space = space_lib.get(config.search_space)
+  table = load_ground_truth(space, config.benchmark_file)
+  archs = [space.decode(a) for a in sorted(table)]
+  acc = np.array([table[space.encode(a)][min(table[space.encode(a)])] for a in archs])
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  values, flags, timing = score_columns(space, archs, config.proxies, config, config.progress)
+  results = {}
+  for name, v in values.items():
+    ok = np.isfinite(v) & (flags[name] == 0)
+    base = name.split(':')[0] if not agg_lib.is_aggregate(name) else None
+    sign = 1.0 if (base is None or proxies_lib.REGISTRY[base].higher_is_better) else -1.0
+    if ok.sum() >= 3:
+      rho = stats.spearmanr(sign * v[ok], acc[ok])[0]
+      tau = stats.kendalltau(sign * v[ok], acc[ok])[0]
+    else:
+      rho = tau = float('nan')
+    results[name] = {'archs': int(ok.sum()), 'flagged': int((~ok).sum()),
+                     'spearman': float(rho), 'kendall': float(tau)}
+  noise = noise_summary(table)
+  report = {'space': space.name, 'archs': len(archs), 'proxies': results, 'noise': noise,
+            'compile_s': timing.compile_s, 'run_s': timing.run_s, 'seed': config.seed,
+            'inputs': 'cifar10 train' if config.data_dir else 'Gaussian noise'}
+  common.write_text_atomic(workdir / 'correlation.json', json.dumps(report, indent=1))
+  lines = [f'| proxy | archs (flagged) | Spearman | Kendall |', '|---|---|---|---|']
+  lines += [f'| `{n}` | {r["archs"]} ({r["flagged"]}) | {r["spearman"]:.3f} | {r["kendall"]:.3f} |'
+            for n, r in results.items()]
+  common.write_text_atomic(workdir / 'correlation.md', '\n'.join(lines) + '\n')
+  cols = list(values)
+  _write_csv(workdir / 'scores.csv', ['arch', 'test_acc'] + cols + [f'{c}_flag' for c in cols],
+             [[space.encode(a), acc[i]] + [f'{values[c][i]:.6g}' for c in cols]
+              + [int(flags[c][i]) for c in cols] for i, a in enumerate(archs)])
+  print(f'{space.name}: {len(archs)} trained archs, compile {timing.compile_s:.1f} s, run '
+        f'{timing.run_s:.1f} s')
+  print('\n'.join(lines))
+  if noise.get('archs'):
+    print(f'ground-truth noise: {noise["archs"]} archs x {noise["seeds"]} seeds, mean std '
+          f'{noise["mean_std_pp"]:.2f} pp, seed-vs-seed Spearman {noise["seed_vs_seed_spearman"]:.3f}')
+  return report
+
+
+# ----------------------------------------------------------------------------- search
+
+def seed_objective(cost_rows, accuracy_proxy, device, rate_hz=RATE_HZ, sram_limit=None,
+                   flash_limit=None, power_limit=None):
+  """(objective, feasible) of the seed: accuracy_proxy / (SRAM KB x mW), 0 when infeasible."""
+  dev = hardware.get_device(device)
+  sram = np.array([r['sram_bytes'] for r in cost_rows], float)
+  flash = np.array([r['flash_bytes'] for r in cost_rows], float)
+  lat = np.array([r['latency_ms'] for r in cost_rows], float)
+  energy = np.array([r['energy_mj'] for r in cost_rows], float)
+  busy = np.clip(lat * rate_hz / 1e3, 0, 1)
+  power = energy * rate_hz + dev.sleep_power_mw * (1 - busy)
+  ok = ((sram <= (dev.sram_kb * 1024 if sram_limit is None else sram_limit))
+        & (flash <= (dev.flash_kb * 1024 if flash_limit is None else flash_limit))
+        & (power <= (dev.active_power_mw if power_limit is None else power_limit))
+        & (lat <= 1e3 / rate_hz))
+  return np.where(ok, np.asarray(accuracy_proxy, float) / (sram / 1024 * power), 0.0), ok
+
+
+def percentile(values, flags, higher_is_better=True):
+  valid = agg_lib.valid_mask(values, flags)
+  return agg_lib.oriented_ranks(values, higher_is_better, valid) / len(values)
+
+
+def search(config, workdir):
+  space = space_lib.get(config.search_space)
+  if config.searcher not in SEARCHERS:
+    raise ValueError(f'--searcher={config.searcher} is not available for {space.name}; choose '
+                     f'{" or ".join(SEARCHERS)}')
+  seeds = [config.seed]
+  if config.seeds:
+    from experiments.search import parse_seeds
+    seeds = parse_seeds(config.seeds, config.seed)
+  names = config.proxies
+  plain, aggregates = agg_lib.split(names)
+  column = aggregates[0].name if aggregates else plain[0]
+  higher = True if aggregates else proxies_lib.REGISTRY[column].higher_is_better
+  try:
+    table = load_ground_truth(space)
+  except FileNotFoundError:
+    table = {}
+  workdir = pathlib.Path(workdir)
+  results = []
+  for seed in seeds:
+    start = time.perf_counter()
+    if config.searcher == 'exhaustive':
+      archs = space.parse('all')
+    else:
+      archs = space.sample(np.random.default_rng([seed, 0x5eed]), config.random_samples)
+    values, flags, timing = score_columns(space, archs, names, config, config.progress)
+    proxy = percentile(values[column], flags[column], higher)
+    rows = hardware.cost_rows({space.encode(a): space.lower(a) for a in archs}, config.device,
+                              config.runtime)
+    objective, ok = seed_objective(rows, proxy, config.device)
+    if not ok.any():
+      raise ValueError(f'no {space.name} arch of the {len(archs)} scored fits {config.device}; '
+                       f'try a larger device (--list_devices)')
+    best = int(np.argmax(objective))
+    arch = space.encode(archs[best])
+    trained = table.get(arch, {}).get(0)
+    results.append({'seed': seed, 'searcher': config.searcher, 'arch': arch,
+                    'objective': float(objective[best]), 'proxy_percentile': float(proxy[best]),
+                    'sram_bytes': rows[best]['sram_bytes'], 'flash_bytes': rows[best]['flash_bytes'],
+                    'latency_ms': rows[best]['latency_ms'], 'energy_mj': rows[best]['energy_mj'],
+                    'trained_acc': trained, 'scored': len(archs),
+                    'compile_s': timing.compile_s, 'search_s': time.perf_counter() - start})
+    print(f'seed {seed}: {arch} objective {objective[best]:.4g}, SRAM '
+          f'{rows[best]["sram_bytes"] / 1024:.1f} KB, {rows[best]["latency_ms"]:.2f} ms'
+          + (f', trained acc {trained:.2f}%' if trained is not None else ''))
+  workdir.mkdir(parents=True, exist_ok=True)
+  common.write_text_atomic(workdir / 'results.json', json.dumps(results, indent=1))
+  return results
+
+
+def run(experiment: str, config, workdir):
+  if experiment == 'score':
+    return score(config)
+  if experiment == 'correlate':
+    return correlate(config, workdir)
+  if experiment == 'search':
+    return search(config, workdir)
+  raise ValueError(f'--experiment={experiment} does not support --search_space='
+                   f'{config.search_space}')

@@ -1,0 +1,126 @@
+"""What a search space must say so that every proxy, searcher, the cost model and the experiments
+can use it without naming it: the contract (`SearchSpace`, `Net`, `Outputs`) and the registry.
+
+A space describes
+  * its archs: `decode` (string -> arch, one-line ValueError on a bad string), `encode`,
+    `sample`, `enumerate` (None for spaces too big to list), `to_array` (archs -> int32 rows
+    [K, D], the form the compiled network takes), `stratum` (a label to stratify samples by);
+  * its network: `net(group, input_shape, num_classes)` returns a `Net` whose `init` and
+    `apply` take an arch row as a traced array, so one compile serves every arch of a `group`
+    (archs whose tensors have the same shapes; `group(arch)` names it) and candidates batch
+    under `vmap` / `lax.map`. A space with one shape for all archs has one group, `()`;
+  * `train_net(arch)`: the arch's own network (same walk, unpadded) for training;
+  * its lowering to the hardware layer graph: `lower(arch, input_shape, num_classes)`.
+
+`Net.apply(params, arch_row, x, probes=None, bn='batch') -> Outputs`:
+  * layer weights (the Conv/Linear kernels the zero-cost proxies differentiate) are the leaves
+    named 'w' of `params[layer]`; weights an arch does not use must get zero gradient (mask
+    them inside apply), so proxies see only the arch's own layers;
+  * `probes[layer]` [B, C_out] multiplies that layer's output per sample and channel (fisher
+    reads d loss / d probe); `probe_shapes(params, batch)` says which;
+  * `bn='identity'` makes any BatchNorm the identity (synflow's BN-free net).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Hashable, NamedTuple, Optional, Sequence
+
+import jax
+import numpy as np
+
+
+class Outputs(NamedTuple):
+  logits: jax.Array        # [B, classes]
+  # per nonlinearity: (pre-activation [B, ...], unit mask broadcastable to it: the units the
+  # arch really has); the order is fixed by the network, not by the arch
+  codes: tuple
+  piecewise_linear: jax.Array  # bool: every nonlinearity is ReLU-like (linear regions exist)
+  features: jax.Array      # [B, F] the features the classifier reads (zeros where padded)
+  bn_log_sigma: jax.Array  # sum over BN layers of log sqrt(mean channel batch variance); 0 if none
+
+
+@dataclasses.dataclass(frozen=True)
+class Net:
+  init: Callable    # (key, arch_row, kind='torch_default'|'kaiming_normal') -> params
+  apply: Callable   # (params, arch_row, x, probes=None, bn='batch') -> Outputs
+  fan_in: Callable  # (arch_row) -> {layer: fan_in of its weight} (traced scalars)
+  input_shape: tuple
+  num_classes: int
+
+  example_row: Any = None  # one arch row of the group (for shapes)
+
+  def probe_shapes(self, batch: int) -> dict:
+    params = jax.eval_shape(lambda: self.init(jax.random.PRNGKey(0), self.example_row))
+    return {name: (batch, leaf['w'].shape[-1]) for name, leaf in params.items() if 'w' in leaf}
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+  name: str
+  summary: str
+  decode: Callable[[str], Any]
+  encode: Callable[[Any], str]
+  sample: Callable[[np.random.Generator, int], list]
+  enumerate: Optional[Callable[[], list]]
+  to_array: Callable[[Sequence[Any]], np.ndarray]
+  net: Callable[..., Net]                  # (group, input_shape, num_classes) -> Net
+  lower: Callable[..., Any]                # (arch, input_shape, num_classes) -> hardware Graph
+  # (arch, input_shape, num_classes) -> (init(key) -> params, apply(params, x) -> logits): the
+  # arch's own network at its own shapes, for training
+  train_net: Optional[Callable[..., tuple]] = None
+  group: Callable[[Any], Hashable] = lambda arch: ()
+  stratum: Callable[[Any], str] = lambda arch: ''
+  input_shape: tuple = (32, 32, 3)
+  num_classes: int = 10
+
+  def parse(self, archs) -> list:
+    """'all' | 'random:N' | 'a,b,c' | a list of archs or strings -> archs (one-line errors)."""
+    if isinstance(archs, str):
+      spec = archs.strip()
+      if spec in ('', 'all'):
+        if self.enumerate is None:
+          raise ValueError(f'{self.name} is too large to enumerate; use --archs=random:N')
+        return self.enumerate()
+      if spec.startswith('random:'):
+        try:
+          n = int(spec.split(':', 1)[1])
+        except ValueError:
+          n = 0
+        if n < 1:
+          raise ValueError(f'bad --archs={spec!r}; use random:N with N >= 1')
+        return self.sample(np.random.default_rng(0), n)
+      return [self.decode(a) for a in spec.split(',') if a.strip()]
+    return [self.decode(a) if isinstance(a, str) else a for a in archs]
+
+
+class SpaceError(ValueError):
+  """Unknown space; the message is one line naming the registered ones."""
+
+
+_REGISTRY: dict[str, SearchSpace] = {}
+
+
+def register(space: SearchSpace) -> SearchSpace:
+  _REGISTRY[space.name] = space
+  return space
+
+
+def unregister(name: str) -> None:
+  _REGISTRY.pop(name, None)
+
+
+def get(name: str) -> SearchSpace:
+  _load_builtin()
+  if name not in _REGISTRY:
+    raise SpaceError(f'unknown search space {name!r}; registered: {", ".join(sorted(_REGISTRY))}')
+  return _REGISTRY[name]
+
+
+def names() -> list[str]:
+  _load_builtin()
+  return sorted(_REGISTRY)
+
+
+def _load_builtin():
+  # importing a built-in space module registers it
+  from search_spaces import tinycnn  # noqa: F401

@@ -1,0 +1,178 @@
+"""The plug-in search-space interface: tinycnn's network contracts, batched == single scoring,
+one-line errors, and a toy space registered here that scores, costs and searches with no code
+outside this file."""
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hardware
+from engine import space_proxies as sp
+from engine import space_scoring
+from experiments import space_jobs
+from hardware import graph as graph_lib
+from search_spaces import space as space_lib
+from search_spaces import tinycnn
+
+ARCHS = ('f8k3-relu-max', 'f16k5-f8k3-swish-avg', 'f32k5-f16k3-f8k5-relu-avg')
+SMALL = space_scoring.SpaceScoreSettings(zc_batch=8, ntk_batch=4, lr_segments=2,
+                                         batch_candidates=2)
+
+
+def _x(n=4, seed=0):
+  return jax.random.normal(jax.random.PRNGKey(seed), (n, 32, 32, 3))
+
+
+@pytest.mark.parametrize('code', ARCHS)
+def test_tinycnn_masked_equals_concrete(code):
+  space = space_lib.get('tinycnn')
+  arch = space.decode(code)
+  row = space.to_array([arch])[0]
+  params = tinycnn.init(jax.random.PRNGKey(1), row)
+  masked = tinycnn.apply(params, row, _x())
+  concrete = tinycnn.apply_concrete(tinycnn.concrete_params(params, arch), arch, _x())
+  np.testing.assert_allclose(masked.logits, concrete.logits, rtol=1e-5, atol=1e-5)
+  assert tinycnn.from_array(row) == arch
+
+
+@pytest.mark.parametrize('code', ARCHS)
+def test_tinycnn_lowering_counts_equal_network(code):
+  """The lowered graph's params and MACs are those of the arch's own network."""
+  arch = tinycnn.decode(code)
+  init, apply = tinycnn.train_net(arch)
+  params = init(jax.random.PRNGKey(0))
+  stats = graph_lib.node_stats(tinycnn.lower(arch))
+  assert stats.params.sum() == sum(v.size for v in jax.tree.leaves(params))
+  macs = 0
+  size = 32
+  for i, (f, k) in enumerate(zip(arch.filters, arch.kernels)):
+    cin = 3 if i == 0 else arch.filters[i - 1]
+    macs += size * size * k * k * cin * f
+    size //= 2
+  macs += size * size * arch.filters[-1] * 10
+  assert stats.macs.sum() == macs
+  assert apply(params, _x(2)).shape == (2, 10)
+
+
+def test_masked_proxies_equal_concrete_reference():
+  """Each proxy on the padded, masked network equals the same proxy on the arch's own network."""
+  space = space_lib.get('tinycnn')
+  arch = space.decode('f16k5-f8k3-relu-avg')
+  row = jnp.asarray(space.to_array([arch])[0])
+  net = space.net()
+  params = net.init(jax.random.PRNGKey(2), row)
+  own = tinycnn.concrete_params(params, arch)
+  concrete = space_lib.Net(
+      init=lambda key, r, kind='torch_default': tinycnn.concrete_params(
+          tinycnn.init(key, row, kind), arch),
+      apply=lambda p, r, x, probes=None, bn='batch': tinycnn.apply_concrete(
+          {k: v for k, v in p.items()}, arch, x,
+          None if probes is None else {'conv0': probes['conv0'], 'conv1': probes['conv1'],
+                                       'fc': probes['fc']}),
+      fan_in=lambda r: {'conv0': 75, 'conv1': 9 * 16, 'fc': 64 * 8},
+      input_shape=(32, 32, 3), num_classes=10, example_row=row)
+  x = _x(8)
+  labels = jnp.arange(8) % 10
+  fast = sp.gradient_proxies(net, params, row, x, labels)
+  ref = sp.gradient_proxies(concrete, own, row, x, labels)
+  for name in sp.GRADIENT_GROUP:
+    np.testing.assert_allclose(fast[name][0], ref[name][0], rtol=2e-4, err_msg=name)
+  for fn in (sp.synflow, sp.jacob_cov, sp.nwot):
+    np.testing.assert_allclose(fn(net, params, row, x)[0], fn(concrete, own, row, x)[0],
+                               rtol=2e-4, err_msg=fn.__name__)
+  np.testing.assert_allclose(sp.ntk_cond(net, params, row, x[:4])[0],
+                             sp.ntk_cond(concrete, own, row, x[:4])[0], rtol=2e-3)
+
+
+def test_batched_scores_equal_one_at_a_time():
+  space = space_lib.get('tinycnn')
+  names = ['params', 'grad_norm', 'snip', 'synflow', 'nwot', 'zen', 'linear_regions']
+  together, flags, _ = space_scoring.score(space, list(ARCHS), names, 0, None, SMALL)
+  for i, code in enumerate(ARCHS):
+    one, _, _ = space_scoring.score(space, [code], names, 0, None, SMALL)
+    for n in names:
+      np.testing.assert_allclose(together[n][i], one[n][0], rtol=1e-5, equal_nan=True,
+                                 err_msg=f'{n} {code}')
+  # linear regions are undefined on the swish arch: nan and flagged, never a number
+  assert np.isnan(together['linear_regions'][1]) and flags['linear_regions'][1] != 0
+  assert np.isfinite(together['linear_regions'][[0, 2]]).all()
+
+
+@pytest.mark.parametrize('bad', ['f8k9-relu-max', 'f16k3-tanh-max', 'nonsense', ''])
+def test_bad_encodings_are_one_line_errors(bad):
+  space = space_lib.get('tinycnn')
+  with pytest.raises(ValueError) as err:
+    space.decode(bad)
+  assert '\n' not in str(err.value) and 'expected' in str(err.value)
+
+
+def test_unknown_space_names_the_registered_ones():
+  with pytest.raises(space_lib.SpaceError, match='tinycnn'):
+    space_lib.get('nope')
+
+
+# ----------------------------------------------------------------------------- a toy space
+# A one-hidden-layer MLP on 8x8 grey images, hidden width 4 or 8: everything it needs is here.
+
+WIDTHS = (4, 8)
+
+
+def _toy_lower(arch, input_shape=(8, 8, 1), num_classes=10):
+  b = graph_lib.GraphBuilder(f'mlp{arch}')
+  x = b.reshape(b.input(input_shape), name='flatten')
+  b.dense(b.dense(x, arch, activation='relu', name='hidden'), num_classes, name='fc')
+  return b.build()
+
+
+def _toy_net(group=(), input_shape=(8, 8, 1), num_classes=10):
+  def init(key, row, kind='torch_default'):
+    k1, k2 = jax.random.split(key)
+    live = jnp.arange(8) < row[0]
+    w1 = jax.random.uniform(k1, (64, 8), minval=-1, maxval=1) / 8.0
+    w2 = jax.random.uniform(k2, (8, num_classes), minval=-1, maxval=1) / jnp.sqrt(row[0])
+    return {'hidden': {'w': w1 * live, 'b': jnp.zeros(8)},
+            'fc': {'w': w2 * live[:, None], 'b': jnp.zeros(num_classes)}}
+
+  def apply(params, row, x, probes=None, bn='batch'):
+    live = jnp.arange(8) < row[0]
+    pre = x.reshape(x.shape[0], -1) @ (params['hidden']['w'] * live) + params['hidden']['b']
+    if probes is not None:
+      pre = pre * probes['hidden']
+    h = jax.nn.relu(pre)
+    logits = h @ (params['fc']['w'] * live[:, None]) + params['fc']['b']
+    if probes is not None:
+      logits = logits * probes['fc']
+    return space_lib.Outputs(logits, ((pre, live),), jnp.asarray(True), h, jnp.zeros(()))
+
+  return space_lib.Net(init, apply, lambda row: {'hidden': 64, 'fc': row[0]}, input_shape,
+                       num_classes, example_row=np.array([8], np.int32))
+
+
+@pytest.fixture
+def toy_space():
+  space = space_lib.register(space_lib.SearchSpace(
+      name='toy_mlp', summary='test only', decode=lambda s: int(s.removeprefix('mlp')),
+      encode=lambda a: f'mlp{a}', sample=lambda rng, n: list(rng.choice(WIDTHS, n)),
+      enumerate=lambda: list(WIDTHS), to_array=lambda archs: np.array([[a] for a in archs],
+                                                                      np.int32),
+      net=_toy_net, lower=_toy_lower, input_shape=(8, 8, 1)))
+  yield space
+  space_lib.unregister('toy_mlp')
+
+
+def test_toy_space_scores_costs_and_searches(toy_space, tmp_path):
+  values, flags, _ = space_scoring.score(toy_space, ['mlp4', 'mlp8'],
+                                         ['params', 'grad_norm', 'nwot', 'synflow'], 0, None,
+                                         SMALL)
+  assert values['params'].tolist() == [64 * 4 + 4 + 4 * 10 + 10, 64 * 8 + 8 + 8 * 10 + 10]
+  assert np.isfinite(values['grad_norm']).all() and (flags['grad_norm'] == 0).all()
+  rows = hardware.cost_rows({'mlp4': toy_space.lower(4)}, 'stm32f746', 'cmsis-nn')
+  assert rows[0]['sram_bytes'] > 0 and rows[0]['latency_ms'] > 0
+  config = types.SimpleNamespace(
+      search_space='toy_mlp', searcher='exhaustive', seeds='', seed=0, proxies='synflow',
+      zc_batch=8, ntk_batch=4, batch_candidates=2, candidate_chunk=1, data_dir=None,
+      progress=False, device='stm32f746', runtime='cmsis-nn', random_samples=2)
+  results = space_jobs.search(config, tmp_path)
+  assert results[0]['arch'] in ('mlp4', 'mlp8') and results[0]['objective'] > 0
