@@ -43,10 +43,11 @@ def check_names(names) -> list[str]:
   return list(dict.fromkeys(names))
 
 
-def make_inputs(space, names, seed: int, images, s: SpaceScoreSettings) -> dict:
-  """The batches every candidate is scored on. `images`: an ImageSet or None (Gaussian noise)."""
+def make_inputs(space, names, seed: int, images, s: SpaceScoreSettings, shape=None) -> dict:
+  """The batches every candidate is scored on. `images`: an ImageSet or None (Gaussian noise);
+  `shape`: the input shape (default: the space's)."""
   rng = np.random.default_rng([seed, 0x5bace])
-  shape = tuple(space.input_shape)
+  shape = tuple(shape or space.input_shape)
   kinds = {sp.PROXIES[n][0] for n in names}
   inputs = {}
 
@@ -84,7 +85,6 @@ def score(space, archs, names, seed: int = 0, images=None,
   names = check_names(names)
   archs = space.parse(archs) if isinstance(archs, str) else [
       space.decode(a) if isinstance(a, str) else a for a in archs]
-  inputs = make_inputs(space, names, seed, images, s) if inputs is None else inputs
   keys = init_keys(names, seed)
   network = [n for n in names if sp.PROXIES[n][0] != 'analytic']
   values = {n: np.full(len(archs), np.nan) for n in names}
@@ -102,7 +102,10 @@ def score(space, archs, names, seed: int = 0, images=None,
     groups.setdefault(space.group(a), []).append(i)
   bar = progress(total=len(archs), unit='arch') if progress else None
   for group, idx in groups.items():
-    net = space.net(group, space.input_shape, space.num_classes)
+    shape = space.shape_of(group)
+    net = space.net(group, shape, space.num_classes)
+    group_inputs = (make_inputs(space, names, seed, images, s, shape) if inputs is None
+                    else inputs)
     rows = space.to_array([archs[i] for i in idx])
     k = s.batch_candidates
 
@@ -113,11 +116,11 @@ def score(space, archs, names, seed: int = 0, images=None,
     pad = -len(rows) % k
     rows = np.concatenate([rows, np.repeat(rows[-1:], pad, 0)]) if pad else rows
     start = time.perf_counter()
-    compiled = jax.jit(call).lower(rows[:k], inputs).compile()
+    compiled = jax.jit(call).lower(rows[:k], group_inputs).compile()
     timing.compile_s += time.perf_counter() - start
     start = time.perf_counter()
     for c in range(0, len(rows), k):
-      out = jax.device_get(compiled(rows[c:c + k], inputs))
+      out = jax.device_get(compiled(rows[c:c + k], group_inputs))
       take = min(k, len(idx) - c)
       for n in network:
         values[n][np.asarray(idx[c:c + take])] = out[n][0][:take]

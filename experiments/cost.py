@@ -88,7 +88,19 @@ def _tinycnn(f, device, runtime):
   return ('arch',), [((r['arch'],), r) for r in rows]
 
 
-_SPACES = {'nb201': _nb201, 'mlperf_tiny': _mlperf_tiny, 'tinycnn': _tinycnn}
+def _plugin(f, device, runtime):
+  """Any space registered in search_spaces.space (archs by its own parser)."""
+  import hardware
+  from search_spaces import space as space_lib
+  space = space_lib.get(f.search_space)
+  spec = f.archs.strip()
+  archs = (space.sample(np.random.default_rng(f.seed), int(spec.split(':', 1)[1]))
+           if spec.startswith('random:') and spec.split(':', 1)[1].isdigit() else space.parse(spec))
+  rows = hardware.cost_rows({space.encode(a): space.lower(a) for a in archs}, device, runtime)
+  return ('arch',), [((r['arch'],), r) for r in rows]
+
+
+_SPACES = {'nb201': _nb201, 'mlperf_tiny': _mlperf_tiny, 'tinycnn': _tinycnn, 'mbv2': _plugin}
 
 
 def _archs_given(f) -> bool:

@@ -65,13 +65,13 @@ EXPERIMENTS = types.MappingProxyType({
     # the coupled NTK at K=24 candidates needs K x B x B activations (hundreds of GB at B=64),
     # the independent one ~B x less, and one repeat at B=32 keeps a prune round near 20 s on
     # 2 cores (docs/search.md)
-    'search': Experiment('search', SCORING | SEARCH, ('nb201', 'tinycnn'),
+    'search': Experiment('search', SCORING | SEARCH, ('nb201', 'tinycnn', 'mbv2'),
                          types.MappingProxyType({'proxies': DEFAULT_SEARCH_OBJECTIVE,
                                                  'stand_in_inputs': 'photos',
                                                  'zc_width': 8, 'zc_cells': 1,
                                                  'ntk_batch': 32, 'repeats': 1}),
                          summary='hardware-aware NB201 search (the main job)'),
-    'score': Experiment('score', SCORING | {'archs', 'output'}, ('nb201', 'tinycnn'),
+    'score': Experiment('score', SCORING | {'archs', 'output'}, ('nb201', 'tinycnn', 'mbv2'),
                         summary='proxy scores per arch, one CSV row each'),
     'correlate': Experiment('correlate', SCORING | {'archs', 'workdir', 'chunk_size',
                                                     'reference_file'}, ('nb201',),
@@ -79,7 +79,7 @@ EXPERIMENTS = types.MappingProxyType({
                             summary='resumable proxy sweep and its correlation with accuracy'),
     'cost': Experiment('cost', frozenset({'archs', 'benchmark_file', 'dataset', 'seed', 'output',
                                           'device', 'runtime'}),
-                       ('nb201', 'tinycnn', 'mlperf_tiny'),
+                       ('nb201', 'tinycnn', 'mbv2', 'mlperf_tiny'),
                        summary='MCU cost per arch, one CSV row each'),
     'train': Experiment('train', TRAIN, ('nb201',),
                         types.MappingProxyType({'workdir': 'train_out'}),
@@ -103,7 +103,8 @@ _EXPERIMENT = flags.DEFINE_enum('experiment', 'search', sorted(EXPERIMENTS),
                                 'What to run.')
 flags.DEFINE_string('config', None, 'A preset of experiments/configs/ (e.g. papers, smoke); flags '
                     'given here win over it.')
-flags.DEFINE_enum('search_space', 'nb201', ['nb201', 'tinycnn', 'mlperf_tiny'], 'Search space.')
+flags.DEFINE_enum('search_space', 'nb201', ['nb201', 'tinycnn', 'mbv2', 'mlperf_tiny'],
+                  'Search space.')
 flags.DEFINE_enum('dataset', 'cifar10', list(nb201.DATASETS), 'NB201 dataset.')
 flags.DEFINE_string('archs', 'random:64',
                     'all | random:N | a file with one arch string or index per line | an arch '

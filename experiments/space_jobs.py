@@ -37,6 +37,7 @@ from search_spaces import space as space_lib
 GROUND_TRUTH = pathlib.Path(__file__).resolve().parents[1] / 'search_spaces' / 'ground_truth'
 SEARCHERS = ('random', 'exhaustive')
 RATE_HZ = 1.0
+MIN_GROUP_SAMPLES = 8
 
 
 def _settings(config) -> space_scoring.SpaceScoreSettings:
@@ -188,6 +189,20 @@ def percentile(values, flags, higher_is_better=True):
   return agg_lib.oriented_ranks(values, higher_is_better, valid) / len(values)
 
 
+def choose_group(space, archs, rows, feasible):
+  """TinyNAS's space optimisation (MCUNet, Lin et al. 2020) for spaces with several groups
+  (width x resolution): the group whose feasible sampled archs have the highest mean MACs (more
+  computation that still fits tends to mean more accuracy). One group is then scored: one
+  compile instead of one per group."""
+  macs: dict = {}
+  for a, r, ok in zip(archs, rows, feasible):
+    if ok:
+      macs.setdefault(space.group(a), []).append(r['macs'])
+  # a group with a handful of feasible samples leaves the proxy nothing to choose from
+  enough = {g: m for g, m in macs.items() if len(m) >= MIN_GROUP_SAMPLES} or macs
+  return max(enough, key=lambda g: np.mean(enough[g]))
+
+
 def search(config, workdir):
   space = space_lib.get(config.search_space)
   if config.searcher not in SEARCHERS:
@@ -213,25 +228,41 @@ def search(config, workdir):
       archs = space.parse('all')
     else:
       archs = space.sample(np.random.default_rng([seed, 0x5eed]), config.random_samples)
-    values, flags, timing = score_columns(space, archs, names, config, config.progress)
-    proxy = percentile(values[column], flags[column], higher)
+    # hard limits first: only archs that fit are scored
     rows = hardware.cost_rows({space.encode(a): space.lower(a) for a in archs}, config.device,
                               config.runtime)
-    objective, ok = seed_objective(rows, proxy, config.device)
-    if not ok.any():
-      raise ValueError(f'no {space.name} arch of the {len(archs)} scored fits {config.device}; '
-                       f'try a larger device (--list_devices)')
+    _, feasible = seed_objective(rows, np.ones(len(archs)), config.device)
+    if not feasible.any():
+      raise ValueError(f'no {space.name} arch of the {len(archs)} sampled fits {config.device} '
+                       f'({config.runtime}); sample more (--random_samples) or pick a larger '
+                       f'device (--list_devices)')
+    keep = np.flatnonzero(feasible)
+    chosen_group = None
+    if len({space.group(archs[i]) for i in keep}) > 1:
+      chosen_group = choose_group(space, archs, rows, feasible)
+      keep = np.array([i for i in keep if space.group(archs[i]) == chosen_group])
+    pool = [archs[i] for i in keep]
+    values, flags, timing = score_columns(space, pool, names, config, config.progress)
+    proxy = percentile(values[column], flags[column], higher)
+    pool_rows = [rows[i] for i in keep]
+    objective, ok = seed_objective(pool_rows, proxy, config.device)
     best = int(np.argmax(objective))
-    arch = space.encode(archs[best])
+    row = pool_rows[best]
+    arch = space.encode(pool[best])
     trained = table.get(arch, {}).get(0)
     results.append({'seed': seed, 'searcher': config.searcher, 'arch': arch,
                     'objective': float(objective[best]), 'proxy_percentile': float(proxy[best]),
-                    'sram_bytes': rows[best]['sram_bytes'], 'flash_bytes': rows[best]['flash_bytes'],
-                    'latency_ms': rows[best]['latency_ms'], 'energy_mj': rows[best]['energy_mj'],
-                    'trained_acc': trained, 'scored': len(archs),
+                    'sram_bytes': row['sram_bytes'], 'flash_bytes': row['flash_bytes'],
+                    'latency_ms': row['latency_ms'], 'energy_mj': row['energy_mj'],
+                    'macs': row['macs'], 'trained_acc': trained, 'sampled': len(archs),
+                    'feasible': int(feasible.sum()), 'scored': len(pool),
+                    'group': None if chosen_group is None else list(chosen_group),
+                    'device': config.device, 'runtime': config.runtime,
                     'compile_s': timing.compile_s, 'search_s': time.perf_counter() - start})
     print(f'seed {seed}: {arch} objective {objective[best]:.4g}, SRAM '
-          f'{rows[best]["sram_bytes"] / 1024:.1f} KB, {rows[best]["latency_ms"]:.2f} ms'
+          f'{row["sram_bytes"] / 1024:.1f} KB, flash {row["flash_bytes"] / 1024:.0f} KB, '
+          f'{row["latency_ms"]:.2f} ms on {config.device} ({len(pool)} of {len(archs)} sampled '
+          f'scored, {time.perf_counter() - start:.0f} s)'
           + (f', trained acc {trained:.2f}%' if trained is not None else ''))
   workdir.mkdir(parents=True, exist_ok=True)
   common.write_text_atomic(workdir / 'results.json', json.dumps(results, indent=1))

@@ -72,6 +72,11 @@ class SearchSpace:
   stratum: Callable[[Any], str] = lambda arch: ''
   input_shape: tuple = (32, 32, 3)
   num_classes: int = 10
+  # a group's input shape when groups differ in resolution; None: `input_shape`
+  group_input_shape: Callable[[Hashable], Optional[tuple]] = lambda group: None
+
+  def shape_of(self, group) -> tuple:
+    return tuple(self.group_input_shape(group) or self.input_shape)
 
   def parse(self, archs) -> list:
     """'all' | 'random:N' | 'a,b,c' | a list of archs or strings -> archs (one-line errors)."""
@@ -123,4 +128,4 @@ def names() -> list[str]:
 
 def _load_builtin():
   # importing a built-in space module registers it
-  from search_spaces import tinycnn  # noqa: F401
+  from search_spaces import mbv2, tinycnn  # noqa: F401

@@ -176,3 +176,55 @@ def test_toy_space_scores_costs_and_searches(toy_space, tmp_path):
       progress=False, device='stm32f746', runtime='cmsis-nn', random_samples=2)
   results = space_jobs.search(config, tmp_path)
   assert results[0]['arch'] in ('mlp4', 'mlp8') and results[0]['objective'] > 0
+
+
+# ----------------------------------------------------------------------------- MobileNetV2
+
+MBV2 = ('w0.5-r96-k3e6.k5e3-k7e4.k3e3.k3e3-k3e3.k3e3-k5e6.k5e6-k3e4.k7e3',
+        'w0.5-r96-k7e3.k3e6.k5e4.k7e6-k3e3.k3e3-k5e4.k5e4.k3e3-k7e6.k7e6-k3e3.k3e3.k5e6.k7e4')
+
+
+@pytest.mark.parametrize('code', MBV2)
+def test_mbv2_lowering_weights_equal_the_masked_network(code):
+  from search_spaces import mbv2
+  space = space_lib.get('mbv2')
+  arch = space.decode(code)
+  assert space.encode(arch) == code
+  row = jnp.asarray(space.to_array([arch])[0])
+  masks = mbv2._arch_masks(row, space.group(arch))
+  shapes = mbv2.padded_shapes(space.group(arch))
+  live = 0
+  for name, (mask, _, active) in masks.items():
+    if bool(active):
+      full = np.ones(shapes[name]['w'], bool)
+      live += int(full.sum() if mask is None else np.broadcast_to(mask, full.shape).sum())
+  assert graph_lib.node_stats(space.lower(arch)).weights.sum() == live
+
+
+def test_mbv2_batched_proxies_equal_one_at_a_time():
+  """The scorer's compiled batch (lax.map over rows) equals each arch alone, on a small group."""
+  from search_spaces import mbv2
+  space = space_lib.get('mbv2')
+  net = mbv2.make_net((0.5, 32))
+  rows = jnp.asarray(space.to_array([space.decode(c) for c in MBV2]))
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 32, 32, 3))
+  inputs = {'zc': x, 'zc_labels': jnp.arange(8) % 10}
+  names = ['nwot', 'synflow']
+  keys = space_scoring.init_keys(names, 0)
+  fn = jax.jit(lambda r: jax.lax.map(lambda row: sp.network_proxies(net, row, inputs, names,
+                                                                    keys), r))
+  together = fn(rows)
+  for i in range(len(MBV2)):
+    alone = fn(rows[[i, i]])  # the same compiled shape, this arch alone
+    for n in names:
+      np.testing.assert_allclose(together[n][0][i], alone[n][0][0], rtol=1e-5, err_msg=n)
+  assert not np.allclose(together['nwot'][0][0], together['nwot'][0][1])
+
+
+@pytest.mark.parametrize('bad', ['w0.3-r96-k3e3.k3e3-k3e3.k3e3-k3e3.k3e3-k3e3.k3e3-k3e3.k3e3',
+                                 'w0.5-r96-k3e3', 'w0.5-r96-k9e3.k3e3-k3e3.k3e3-k3e3.k3e3-'
+                                 'k3e3.k3e3-k3e3.k3e3', 'junk'])
+def test_mbv2_bad_encodings_are_one_line_errors(bad):
+  with pytest.raises(ValueError) as err:
+    space_lib.get('mbv2').decode(bad)
+  assert '\n' not in str(err.value) and 'expected' in str(err.value)
