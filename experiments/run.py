@@ -74,7 +74,7 @@ EXPERIMENTS = types.MappingProxyType({
     'score': Experiment('score', SCORING | {'archs', 'output'}, ('nb201', 'tinycnn', 'mbv2'),
                         summary='proxy scores per arch, one CSV row each'),
     'correlate': Experiment('correlate', SCORING | {'archs', 'workdir', 'chunk_size',
-                                                    'reference_file'}, ('nb201',),
+                                                    'reference_file'}, ('nb201', 'tinycnn'),
                             types.MappingProxyType({'workdir': 'correlate_out'}),
                             summary='resumable proxy sweep and its correlation with accuracy'),
     'cost': Experiment('cost', frozenset({'archs', 'benchmark_file', 'dataset', 'seed', 'output',
