@@ -228,3 +228,18 @@ def test_mbv2_bad_encodings_are_one_line_errors(bad):
   with pytest.raises(ValueError) as err:
     space_lib.get('mbv2').decode(bad)
   assert '\n' not in str(err.value) and 'expected' in str(err.value)
+
+
+@pytest.mark.parametrize('code', MBV2)
+def test_mbv2_tflm_arena_matches_the_prediction(code):
+  """The arch's graph written as an int8 .tflite (random weights) and run in TFLite Micro: its
+  arena is within 5% of the memory model's prediction."""
+  from deploy import graph_tflite
+  from deploy import runtimes
+  from hardware import memory
+  graph = space_lib.get('mbv2').lower(code)
+  model = graph_tflite.to_tflite(graph)
+  measured = runtimes.tflm_arena(model, np.zeros((1,) + graph.nodes[0].shape, np.int8))
+  predicted = memory.tflm_arena(graph)
+  assert abs(measured['total'] / predicted['total'] - 1) < 0.05
+  assert measured['head'] == predicted['planned']
