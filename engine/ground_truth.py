@@ -115,10 +115,15 @@ def jobs(space, num_archs: int, noise_archs: int, noise_seeds: int, seed: int = 
 
 
 def run_sweep(space, workdir, data_dir, num_archs=300, noise_archs=30, noise_seeds=2,
-              chunk=12, cfg: GroundTruthConfig = GroundTruthConfig(), progress=None, log=print):
-  """Train the jobs chunk by chunk into workdir/chunks/NNNN.csv; completed chunks are skipped."""
+              chunk=12, cfg: GroundTruthConfig = GroundTruthConfig(), progress=None,
+              max_images: int = 0):
+  """Train the jobs chunk by chunk into workdir/chunks/NNNN.csv; completed chunks are skipped.
+  `max_images` > 0 keeps that many train and test images (tests)."""
   train = data_lib.load_cifar(data_dir, 'cifar10', 'train')
   test = data_lib.load_cifar(data_dir, 'cifar10', 'test')
+  if max_images:
+    train = data_lib.ImageSet(train.images[:max_images], train.labels[:max_images], train.source)
+    test = data_lib.ImageSet(test.images[:max_images], test.labels[:max_images], test.source)
   todo = jobs(space, num_archs, noise_archs, noise_seeds)
   chunks = pathlib.Path(workdir) / 'chunks'
   chunks.mkdir(parents=True, exist_ok=True)
