@@ -8,8 +8,9 @@ zero gradient, probes scale layer outputs, `Outputs.codes` are the pre-activatio
 nonlinearities with the mask of units the arch has).
 
 The definitions are those of `engine.zero_cost` (zero-cost-nas / NAS-Bench-Suite-Zero, NASWOT,
-ZiCo, Zen-NAS; see there), which is NB201's fast path; tests hold the two against each other on
-an NB201 arch. On spaces whose nonlinearity is not ReLU (tinycnn's swish):
+ZiCo, Zen-NAS; see there), NB201's fast path, written again over the `Net` contract (NB201's
+params and probes have their own layout). Tests hold each space's padded, masked network against
+the arch's own network under these proxies, and batched scores against single ones. On spaces whose nonlinearity is not ReLU (tinycnn's swish):
   * nwot codes a unit as on when its pre-activation is positive: for swish that is the half
     where it is close to the identity, as NASWOT is used on GELU/swish nets;
   * linear regions are undefined (a swish network is not piecewise linear): value nan, flag
