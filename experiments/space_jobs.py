@@ -162,6 +162,7 @@ def correlate(config, workdir):
   _write_csv(workdir / 'scores.csv', ['arch', 'test_acc'] + cols + [f'{c}_flag' for c in cols],
              [[space.encode(a), acc[i]] + [f'{values[c][i]:.6g}' for c in cols]
               + [int(flags[c][i]) for c in cols] for i, a in enumerate(archs)])
+  plotted = _scatter(workdir / 'scatter.png', space.name, acc, values, flags, results)
   print(f'{space.name}: {len(archs)} trained archs, compile {timing.compile_s:.1f} s, run '
         f'{timing.run_s:.1f} s')
   print('\n'.join(lines))
@@ -169,6 +170,33 @@ def correlate(config, workdir):
     print(f'ground-truth noise: {noise["archs"]} archs x {noise["seeds"]} seeds, mean std '
           f'{noise["mean_std_pp"]:.2f} pp, seed-vs-seed Spearman {noise["seed_vs_seed_spearman"]:.3f}')
   return report
+
+
+def _scatter(path, space_name, acc, values, flags, results) -> bool:
+  """Each proxy against trained accuracy, one panel per proxy (ranks, flagged archs left out)."""
+  try:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return False
+  names = list(values)
+  cols = 4
+  rows = -(-len(names) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+  for ax, name in zip(axes.flat, names):
+    ok = np.isfinite(values[name]) & (flags[name] == 0)
+    if ok.sum() >= 3:
+      ax.scatter(stats.rankdata(values[name][ok]), acc[ok], s=4, alpha=0.6)
+    ax.set_title(f'{name[:34]}\nrho {results[name]["spearman"]:.2f}', fontsize=8)
+    ax.tick_params(labelsize=6)
+  for ax in list(axes.flat)[len(names):]:
+    ax.axis('off')
+  fig.suptitle(f'{space_name}: proxy rank vs trained test accuracy (%)', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
 
 
 # ----------------------------------------------------------------------------- search
