@@ -73,6 +73,11 @@ def init_keys(names, seed: int) -> dict:
           for n in list(names) + ['gradient']}
 
 
+# compiled scorers by (space, group, proxies, seed, settings, input shapes): a search that
+# scores a few archs at a time compiles once
+_COMPILED: dict = {}
+
+
 @dataclasses.dataclass
 class Timing:
   compile_s: float = 0.0
@@ -116,7 +121,12 @@ def score(space, archs, names, seed: int = 0, images=None,
     pad = -len(rows) % k
     rows = np.concatenate([rows, np.repeat(rows[-1:], pad, 0)]) if pad else rows
     start = time.perf_counter()
-    compiled = jax.jit(call).lower(rows[:k], group_inputs).compile()
+    cache_key = (space.name, group, tuple(network), seed, s, jax.tree.map(
+        lambda a: (np.shape(a), str(np.asarray(a).dtype)), group_inputs))
+    compiled = _COMPILED.get(repr(cache_key))
+    if compiled is None:
+      compiled = jax.jit(call).lower(rows[:k], group_inputs).compile()
+      _COMPILED[repr(cache_key)] = compiled
     timing.compile_s += time.perf_counter() - start
     start = time.perf_counter()
     for c in range(0, len(rows), k):

@@ -10,8 +10,10 @@ search: the seed's objective, accuracy proxy / (peak SRAM x average power), 0 wh
 or power exceed their limits or an inference does not fit its period (`tinycnn.score`'s rule,
 generic: power from the cost model's energy and latency at --rate). The accuracy proxy is the
 candidate's percentile rank (0, 1] under --proxies among the candidates scored. Searchers:
-`random` (the seed's: --random_samples archs drawn, all scored in compiled batches) and
-`exhaustive` (every arch of a finite space).
+`random` (the seed's: --random_samples archs drawn, all scored in compiled batches),
+`exhaustive` (every arch of a finite space) and `evolution` (regularized evolution with the
+space's `mutate`: --population, --tournament, --evolution_samples archs scored in all,
+--batch_candidates children per compiled call).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from experiments import common
 from search_spaces import space as space_lib
 
 GROUND_TRUTH = pathlib.Path(__file__).resolve().parents[1] / 'search_spaces' / 'ground_truth'
-SEARCHERS = ('random', 'exhaustive')
+SEARCHERS = ('random', 'exhaustive', 'evolution')
 RATE_HZ = 1.0
 MIN_GROUP_SAMPLES = 8
 
@@ -274,6 +276,72 @@ def choose_group(space, archs, rows, feasible):
   return max(enough, key=lambda g: np.mean(enough[g]))
 
 
+def _pool_objective(space, codes, scored, plain, aggregates, column, higher, device):
+  """Seed objective of every scored arch, the proxy's percentile taken over all of them."""
+  values = {n: np.array([scored[c][2][n] for c in codes]) for n in plain}
+  flags = {n: np.array([scored[c][3][n] for c in codes]) for n in plain}
+  for a in aggregates:
+    values[a.name], flagged = agg_lib.compute(a, values, flags)
+    flags[a.name] = np.array([1 if f else 0 for f in flagged], np.int32)
+  proxy = percentile(values[column], flags[column], higher)
+  objective, _ = seed_objective([scored[c][1] for c in codes], proxy, device)
+  return objective, proxy
+
+
+def _evolution(space, config, seed, plain, aggregates, column, higher, archs, rows, keep):
+  """Regularized evolution (Real et al. 2019) from the feasible sampled archs `keep`: each
+  round, --batch_candidates tournaments of --tournament pick parents, their mutants that fit
+  are scored in one compiled call and join the population, the oldest leave."""
+  if space.mutate is None:
+    raise ValueError(f'{space.name} defines no mutate(); use --searcher=random')
+  rng = np.random.default_rng([seed, 0xe70])
+  images, settings = _images(config), _settings(config)
+  scored = {}  # code -> (arch, cost row, values, flags)
+  timing = space_scoring.Timing()
+
+  def add(batch, batch_rows):
+    values, flags, t = space_scoring.score(space, batch, plain, config.seed, images, settings)
+    timing.compile_s += t.compile_s
+    timing.run_s += t.run_s
+    for i, (a, r) in enumerate(zip(batch, batch_rows)):
+      scored[space.encode(a)] = (a, r, {n: values[n][i] for n in plain},
+                                 {n: int(flags[n][i]) for n in plain})
+
+  population = [archs[i] for i in keep[:config.population]]
+  add(population, [rows[i] for i in keep[:config.population]])
+  population = [space.encode(a) for a in population]
+  group = space.group(scored[population[0]][0])
+  while len(scored) < config.evolution_samples:
+    codes = list(scored)
+    objective, _ = _pool_objective(space, codes, scored, plain, aggregates, column, higher,
+                                   config.device)
+    rank = {c: objective[i] for i, c in enumerate(codes)}
+    children, child_rows = [], []
+    for _ in range(config.batch_candidates):
+      contenders = rng.choice(len(population), min(config.tournament, len(population)),
+                              replace=False)
+      parent = max((population[i] for i in contenders), key=rank.get)
+      for _ in range(20):  # a new neighbour in the group that fits
+        child = space.mutate(scored[parent][0], rng)
+        code = space.encode(child)
+        if code in scored or space.group(child) != group or any(
+            space.encode(c) == code for c in children):
+          continue
+        row = hardware.cost_rows({code: space.lower(child)}, config.device, config.runtime)[0]
+        if seed_objective([row], [1.0], config.device)[1][0]:
+          children.append(child)
+          child_rows.append(row)
+          break
+    if not children:
+      break  # the neighbourhood is exhausted
+    add(children, child_rows)
+    population = (population + [space.encode(c) for c in children])[-config.population:]
+  codes = list(scored)
+  objective, proxy = _pool_objective(space, codes, scored, plain, aggregates, column, higher,
+                                     config.device)
+  return codes, objective, proxy, [scored[c][1] for c in codes], timing
+
+
 def search(config, workdir):
   space = space_lib.get(config.search_space)
   if config.searcher not in SEARCHERS:
@@ -312,14 +380,20 @@ def search(config, workdir):
     if len({space.group(archs[i]) for i in keep}) > 1:
       chosen_group = choose_group(space, archs, rows, feasible)
       keep = np.array([i for i in keep if space.group(archs[i]) == chosen_group])
-    pool = [archs[i] for i in keep]
-    values, flags, timing = score_columns(space, pool, names, config, config.progress)
-    proxy = percentile(values[column], flags[column], higher)
-    pool_rows = [rows[i] for i in keep]
-    objective, ok = seed_objective(pool_rows, proxy, config.device)
+    if config.searcher == 'evolution':
+      rng_keep = np.random.default_rng([seed, 0xe71]).permutation(keep)
+      pool, objective, proxy, pool_rows, timing = _evolution(
+          space, config, seed, plain, aggregates, column, higher, archs, rows, rng_keep)
+    else:
+      pool = [archs[i] for i in keep]
+      values, flags, timing = score_columns(space, pool, names, config, config.progress)
+      proxy = percentile(values[column], flags[column], higher)
+      pool_rows = [rows[i] for i in keep]
+      objective, _ = seed_objective(pool_rows, proxy, config.device)
+      pool = [space.encode(a) for a in pool]
     best = int(np.argmax(objective))
     row = pool_rows[best]
-    arch = space.encode(pool[best])
+    arch = pool[best]
     trained = table.get(arch, {}).get(0)
     results.append({'seed': seed, 'searcher': config.searcher, 'arch': arch,
                     'objective': float(objective[best]), 'proxy_percentile': float(proxy[best]),

@@ -91,6 +91,25 @@ def sample(rng: np.random.Generator, n: int) -> list[MBV2Arch]:
   return out
 
 
+def mutate(arch: MBV2Arch, rng: np.random.Generator) -> MBV2Arch:
+  """One random edit inside the arch's width x resolution group: a block's kernel or expand
+  ratio, or a stage one block deeper or shallower (within 2-4)."""
+  blocks = [list(s) for s in arch.blocks]
+  s = int(rng.integers(len(blocks)))
+  j = int(rng.integers(len(blocks[s])))
+  move = rng.integers(3)
+  k, e = blocks[s][j]
+  if move == 0:
+    blocks[s][j] = (int(rng.choice([v for v in KERNELS if v != k])), e)
+  elif move == 1:
+    blocks[s][j] = (k, int(rng.choice([v for v in EXPANDS if v != e])))
+  elif len(blocks[s]) < MAX_DEPTH and (len(blocks[s]) == DEPTHS[0] or rng.random() < 0.5):
+    blocks[s].append((int(rng.choice(KERNELS)), int(rng.choice(EXPANDS))))
+  else:
+    blocks[s].pop()
+  return MBV2Arch(arch.width, arch.resolution, tuple(tuple(b) for b in blocks))
+
+
 def group(arch: MBV2Arch):
   return (arch.width, arch.resolution)
 
@@ -349,7 +368,8 @@ def make_net(group_key=(1.0, 96), input_shape=None, num_classes=NUM_CLASSES) -> 
 SPACE = space_lib.register(space_lib.SearchSpace(
     name='mbv2', summary='MCUNet-style MobileNetV2 (kernel, expand, depth, width, resolution)',
     decode=decode, encode=lambda a: a.encode(), sample=sample, enumerate=None,
-    to_array=to_array, net=lambda g=(1.0, 96), input_shape=None, num_classes=NUM_CLASSES:
+    to_array=to_array, mutate=mutate,
+    net=lambda g=(1.0, 96), input_shape=None, num_classes=NUM_CLASSES:
     make_net(g, input_shape, num_classes), lower=lower, group=group, stratum=stratum,
     input_shape=(96, 96, 3), num_classes=NUM_CLASSES,
     group_input_shape=lambda g: (g[1], g[1], 3)))

@@ -9,6 +9,7 @@ A space describes
     `apply` take an arch row as a traced array, so one compile serves every arch of a `group`
     (archs whose tensors have the same shapes; `group(arch)` names it) and candidates batch
     under `vmap` / `lax.map`. A space with one shape for all archs has one group, `()`;
+  * `mutate(arch, rng)`: a neighbour in the same group, for evolution (optional);
   * `train_net(arch)`: the arch's own network (same walk, unpadded) for training;
   * its lowering to the hardware layer graph: `lower(arch, input_shape, num_classes)`.
 
@@ -68,6 +69,8 @@ class SearchSpace:
   # (arch, input_shape, num_classes) -> (init(key) -> params, apply(params, x) -> logits): the
   # arch's own network at its own shapes, for training
   train_net: Optional[Callable[..., tuple]] = None
+  # (arch, rng) -> a neighbouring arch of the same group (evolution); None: no evolution
+  mutate: Optional[Callable[[Any, np.random.Generator], Any]] = None
   group: Callable[[Any], Hashable] = lambda arch: ()
   stratum: Callable[[Any], str] = lambda arch: ''
   input_shape: tuple = (32, 32, 3)

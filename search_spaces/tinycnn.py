@@ -463,7 +463,8 @@ SPACE = space_lib.register(space_lib.SearchSpace(
     to_array=to_array, net=make_net,
     lower=lambda arch, input_shape=(32, 32, 3), num_classes=10: lower(arch, input_shape,
                                                                       num_classes),
-    stratum=stratum, train_net=lambda *a, **k: train_net(*a, **k)))
+    stratum=stratum, train_net=lambda *a, **k: train_net(*a, **k),
+    mutate=lambda a, rng: mutate(a, rng)))
 
 
 def train_net(arch, input_shape=(32, 32, 3), num_classes=10):
@@ -474,3 +475,26 @@ def train_net(arch, input_shape=(32, 32, 3), num_classes=10):
   return (lambda key: concrete_params(init(key, row, 'torch_default', input_shape, num_classes),
                                       arch, input_shape),
           lambda params, x: apply_concrete(params, arch, x).logits)
+
+
+def mutate(arch: TinyCNNArch, rng: np.random.Generator) -> TinyCNNArch:
+  """One random edit: a layer's filters or kernel, the activation, the pooling, or a layer
+  added or removed (within 1-3)."""
+  f, k = list(arch.filters), list(arch.kernels)
+  act, pool = arch.activation, arch.pooling
+  move = rng.integers(5)
+  i = int(rng.integers(len(f)))
+  if move == 0:
+    f[i] = int(rng.choice([v for v in FILTERS if v != f[i]]))
+  elif move == 1:
+    k[i] = int(rng.choice([v for v in KERNELS if v != k[i]]))
+  elif move == 2:
+    act = 'swish' if act == 'relu' else 'relu'
+  elif move == 3:
+    pool = 'avg' if pool == 'max' else 'max'
+  elif len(f) < MAX_LAYERS and (len(f) == 1 or rng.random() < 0.5):
+    f.insert(i + 1, int(rng.choice(FILTERS)))
+    k.insert(i + 1, int(rng.choice(KERNELS)))
+  else:
+    del f[i], k[i]
+  return TinyCNNArch(tuple(f), tuple(k), act, pool)

@@ -157,7 +157,8 @@ def toy_space():
       encode=lambda a: f'mlp{a}', sample=lambda rng, n: list(rng.choice(WIDTHS, n)),
       enumerate=lambda: list(WIDTHS), to_array=lambda archs: np.array([[a] for a in archs],
                                                                       np.int32),
-      net=_toy_net, lower=_toy_lower, input_shape=(8, 8, 1)))
+      net=_toy_net, lower=_toy_lower, input_shape=(8, 8, 1),
+      mutate=lambda a, rng: 8 if a == 4 else 4))
   yield space
   space_lib.unregister('toy_mlp')
 
@@ -173,9 +174,14 @@ def test_toy_space_scores_costs_and_searches(toy_space, tmp_path):
   config = types.SimpleNamespace(
       search_space='toy_mlp', searcher='exhaustive', seeds='', seed=0, proxies='synflow',
       zc_batch=8, ntk_batch=4, batch_candidates=2, candidate_chunk=1, data_dir=None,
-      progress=False, device='stm32f746', runtime='cmsis-nn', random_samples=2)
+      progress=False, device='stm32f746', runtime='cmsis-nn', random_samples=2,
+      population=1, tournament=1, evolution_samples=2)
   results = space_jobs.search(config, tmp_path)
   assert results[0]['arch'] in ('mlp4', 'mlp8') and results[0]['objective'] > 0
+  evolved = space_jobs.search(types.SimpleNamespace(**{**vars(config), 'searcher': 'evolution'}),
+                              tmp_path)
+  assert evolved[0]['scored'] == 2  # the start and its one mutant
+  assert evolved[0]['arch'] == results[0]['arch']  # both saw the whole space
 
 
 # ----------------------------------------------------------------------------- MobileNetV2
