@@ -18,6 +18,7 @@ space's `mutate`: --population, --tournament, --evolution_samples archs scored i
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import pathlib
@@ -52,16 +53,55 @@ def _images(config):
   return data_lib.load_cifar(config.data_dir, 'cifar10', 'train') if config.data_dir else None
 
 
-def score_columns(space, archs, names, config, progress=True):
-  """({column: values}, {column: flags}, timing) with aggregates computed over `archs`."""
+def score_columns(space, archs, names, config, progress=True, cache_dir=None, chunk=64):
+  """({column: values}, {column: flags}, timing) with aggregates computed over `archs`.
+
+  With `cache_dir`, proxy values are kept per arch in chunk files (written atomically, named by
+  the settings that produced them): a rerun, or a run over more archs, scores only the archs
+  no chunk holds yet, so a killed sweep resumes without losing or duplicating work."""
   plain, aggregates = agg_lib.split(names)
   unknown = [n for n in plain if n not in space_proxies.PROXIES]
   if unknown:
     raise proxies_lib.ProxyError(f'proxy {unknown[0]!r} has no implementation for search space '
                                  f'{space.name}; choose from {", ".join(space_proxies.PROXIES)}')
-  values, flags, timing = space_scoring.score(
-      space, archs, plain, config.seed, _images(config), _settings(config),
-      progress=tqdm if progress else None)
+  codes = [space.encode(a) for a in archs]
+  cached: dict = {}
+  if cache_dir is not None:
+    settings = json.dumps([space.name, sorted(plain), config.seed, config.zc_batch,
+                           config.ntk_batch, str(config.data_dir)])
+    cache_dir = pathlib.Path(cache_dir) / hashlib.sha256(settings.encode()).hexdigest()[:12]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    common.write_text_atomic(cache_dir / 'settings.json', settings)
+    for path in sorted(cache_dir.glob('*.npz')):
+      with np.load(path) as z:
+        for i, c in enumerate(z['codes']):
+          cached[str(c)] = {n: (z[n][i], z[n + '_flag'][i]) for n in plain}
+  todo = [a for a, c in zip(archs, codes) if c not in cached]
+  timing = space_scoring.Timing()
+  bar = tqdm(total=len(todo), unit='arch') if progress and todo else None
+  step = chunk if cache_dir is not None else max(1, len(todo))
+  for start in range(0, len(todo), step):
+    part = todo[start:start + step]
+    values, flags, t = space_scoring.score(space, part, plain, config.seed, _images(config),
+                                           _settings(config))
+    timing.compile_s += t.compile_s
+    timing.run_s += t.run_s
+    part_codes = [space.encode(a) for a in part]
+    for i, c in enumerate(part_codes):
+      cached[c] = {n: (values[n][i], flags[n][i]) for n in plain}
+    if cache_dir is not None:
+      name = hashlib.sha256('\n'.join(part_codes).encode()).hexdigest()[:16]
+      arrays = {'codes': np.array(part_codes)}
+      for n in plain:
+        arrays[n], arrays[n + '_flag'] = values[n], flags[n]
+      common.write_atomic(cache_dir / f'{name}.npz', lambda fh: np.savez(fh, **arrays),
+                          suffix='.npz')
+    if bar:
+      bar.update(len(part))
+  if bar:
+    bar.close()
+  values = {n: np.array([cached[c][n][0] for c in codes], float) for n in plain}
+  flags = {n: np.array([cached[c][n][1] for c in codes], np.int32) for n in plain}
   for a in aggregates:
     values[a.name], flagged = agg_lib.compute(a, values, flags)
     flags[a.name] = np.array([1 if f else 0 for f in flagged], np.int32)
@@ -132,7 +172,8 @@ def correlate(config, workdir):
   acc = np.array([table[space.encode(a)][min(table[space.encode(a)])] for a in archs])
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  values, flags, timing = score_columns(space, archs, config.proxies, config, config.progress)
+  values, flags, timing = score_columns(space, archs, config.proxies, config, config.progress,
+                                       cache_dir=workdir / 'chunks', chunk=config.chunk_size)
   results = {}
   for name, v in values.items():
     ok = np.isfinite(v) & (flags[name] == 0)
