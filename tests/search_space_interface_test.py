@@ -221,7 +221,7 @@ def test_mbv2_batched_proxies_equal_one_at_a_time():
                                                                     keys), r))
   together = fn(rows)
   for i in range(len(MBV2)):
-    alone = fn(rows[[i, i]])  # the same compiled shape, this arch alone
+    alone = fn(rows[jnp.array([i, i])])  # the same compiled shape, this arch alone
     for n in names:
       np.testing.assert_allclose(together[n][0][i], alone[n][0][0], rtol=1e-5, err_msg=n)
   assert not np.allclose(together['nwot'][0][0], together['nwot'][0][1])
