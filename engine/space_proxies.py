@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.ntk import NONFINITE, OK, SINGULAR
-from engine.zero_cost import JACOB_COV_K, ZEN_ALPHA, cross_entropy
+from engine.zero_cost import (ZEN_ALPHA, _finite_flag, _merge, cross_entropy, jacob_cov_value,
+                              log_score_flagged, nwot_value, zico_layer_log, zico_value)
 
 GRADIENT_GROUP = ('grad_norm', 'snip', 'fisher', 'grasp')
 
@@ -44,15 +45,6 @@ def split_weights(params):
   pick = lambda keep: jax.tree_util.tree_map_with_path(
       lambda p, a: a if _is_weight(p) == keep else None, params)
   return pick(True), pick(False)
-
-
-def _merge(weights, rest):
-  return jax.tree.map(lambda w, r: w if r is None else r, weights, rest,
-                      is_leaf=lambda a: a is None)
-
-
-def _finite_flag(value):
-  return jnp.where(jnp.isfinite(value), OK, NONFINITE).astype(jnp.int32)
 
 
 def _layers(tree):
@@ -98,22 +90,11 @@ def synflow(net, params, row, x):
                                                bn='identity').logits))(weights)
   total = sum(jnp.sum(jnp.abs(w * g)) for w, g in zip(_layers(weights).values(),
                                                        _layers(grads).values()))
-  value = jnp.log(total)
-  flag = jnp.where(jnp.isnan(value) | (value == jnp.inf), NONFINITE,
-                   jnp.where(value == -jnp.inf, SINGULAR, OK))
-  return value, flag.astype(jnp.int32)
+  return log_score_flagged(jnp.log(total))
 
 
 def jacob_cov(net, params, row, x):
-  jac = jax.grad(lambda xs: net.apply(params, row, xs).logits.sum())(x).reshape(x.shape[0], -1)
-  centred = jac - jnp.mean(jac, axis=1, keepdims=True)
-  norms = jnp.sqrt(jnp.sum(jnp.square(centred), axis=1))
-  corr = (centred @ centred.T) / (norms[:, None] * norms[None, :])
-  finite = jnp.all(jnp.isfinite(corr))
-  eig = jnp.linalg.eigvalsh(jnp.where(finite, corr, jnp.eye(corr.shape[0], dtype=corr.dtype)))
-  value = -jnp.sum(jnp.log(eig + JACOB_COV_K) + 1.0 / (eig + JACOB_COV_K))
-  value = jnp.where(finite, value, jnp.nan)
-  return value, _finite_flag(value)
+  return jacob_cov_value(jax.grad(lambda xs: net.apply(params, row, xs).logits.sum())(x))
 
 
 def nwot(net, params, row, x):
@@ -123,9 +104,7 @@ def nwot(net, params, row, x):
     c = (pre.reshape(pre.shape[0], -1) > 0).astype(jnp.float32) * units
     off = (1 - c) * units
     kernel = kernel + c @ c.T + off @ off.T
-  sign, logdet = jnp.linalg.slogdet(kernel)
-  flag = jnp.where(jnp.isnan(logdet), NONFINITE, jnp.where(sign > 0, OK, SINGULAR))
-  return logdet, flag.astype(jnp.int32)
+  return nwot_value(kernel)
 
 
 def zico(net, params, row, x, labels, splits=2):
@@ -139,14 +118,7 @@ def zico(net, params, row, x, labels, splits=2):
   grad = lambda xb, lb: jax.grad(
       lambda w: cross_entropy(net.apply(_merge(w, rest), row, xb).logits, lb))(weights)
   grads = _layers(jax.vmap(grad)(xs, ls))
-  value = jnp.zeros(())
-  for g in grads.values():
-    mean_abs, std = jnp.mean(jnp.abs(g), 0), jnp.std(g, 0)
-    total = jnp.sum(jnp.where(std > 0, mean_abs / jnp.where(std > 0, std, 1.0), 0.0))
-    value = value + jnp.where(total > 0, jnp.log(jnp.where(total > 0, total, 1.0)), 0.0)
-  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in grads.values()]))
-  value = jnp.where(finite, value, jnp.nan)
-  return value, _finite_flag(value)
+  return zico_value(grads, {k: zico_layer_log(g, tuple(range(g.ndim - 1))) for k, g in grads.items()})
 
 
 def zen(net, row, x, key, alpha=ZEN_ALPHA):

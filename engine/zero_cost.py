@@ -129,7 +129,11 @@ def synflow(params, mask, x, labels, config, sparse=False):
   grads, log_scale = jax.grad(scaled_output, has_aux=True)(weights)
   leaf_logs = jnp.stack([jnp.log(jnp.sum(jnp.abs(w * g))) for w, g in
                          zip(jax.tree.leaves(weights), jax.tree.leaves(grads))])
-  value = jax.nn.logsumexp(leaf_logs) + log_scale
+  return log_score_flagged(jax.nn.logsumexp(leaf_logs) + log_scale)
+
+
+def log_score_flagged(value):
+  """(value, flag) of a log score: -inf (a zero score) SINGULAR, nan or +inf NONFINITE."""
   flag = jnp.where(jnp.isnan(value) | (value == jnp.inf), NONFINITE,
                    jnp.where(value == -jnp.inf, SINGULAR, OK))
   return value, flag.astype(jnp.int32)
@@ -143,7 +147,12 @@ def jacob_cov(params, mask, x, labels, config, sparse=False):
   flag NONFINITE (zero-cost-nas returns nan there too)."""
   del labels
   jac = jax.grad(lambda xs: nb201_net.apply(params, mask, xs, config, None, sparse)[0].sum())(x)
-  jac = jac.reshape(x.shape[0], -1)
+  return jacob_cov_value(jac)
+
+
+def jacob_cov_value(jac):
+  """(value, flag) of jacob_cov from the per-sample input Jacobians [B, ...]."""
+  jac = jac.reshape(jac.shape[0], -1)
   centred = jac - jnp.mean(jac, axis=1, keepdims=True)
   norms = jnp.sqrt(jnp.sum(jnp.square(centred), axis=1))
   corr = (centred @ centred.T) / (norms[:, None] * norms[None, :])
@@ -169,7 +178,12 @@ def nwot(params, mask, x, labels, config, sparse=False):
   high when the ReLU codes of different samples differ. `labels` is unused. A singular K (e.g.
   duplicate codes) gives -inf and flag SINGULAR."""
   del labels
-  sign, logdet = jnp.linalg.slogdet(nwot_kernel(params, mask, x, config, sparse))
+  return nwot_value(nwot_kernel(params, mask, x, config, sparse))
+
+
+def nwot_value(kernel):
+  """(log |det K|, flag) of a NASWOT kernel; singular K: -inf, flag SINGULAR."""
+  sign, logdet = jnp.linalg.slogdet(kernel)
   flag = jnp.where(jnp.isnan(logdet), NONFINITE, jnp.where(sign > 0, OK, SINGULAR))
   return logdet, flag.astype(jnp.int32)
 
@@ -304,14 +318,24 @@ def zico(params, mask, x, labels, config, sparse=False, splits=ZICO_SPLITS):
   ls = labels.reshape(splits, -1)
   grads = jax.vmap(lambda xb, lb: loss_grads(params, mask, xb, lb, config, sparse)[1])(xs, ls)
 
-  def layer_logs(path, g):
-    mean_abs, std = jnp.mean(jnp.abs(g), 0), jnp.std(g, 0)
-    ratio = jnp.where(std > 0, mean_abs / jnp.where(std > 0, std, 1.0), 0.0)
-    total = jnp.sum(ratio, _layer_axes(path, ratio))
-    return jnp.sum(jnp.where(total > 0, jnp.log(jnp.where(total > 0, total, 1.0)), 0.0))
+  layer_logs = lambda path, g: zico_layer_log(g, _layer_axes(path, g[0]))
+  return zico_value(grads, jax.tree_util.tree_map_with_path(layer_logs, grads))
 
-  value = sum(jax.tree.leaves(jax.tree_util.tree_map_with_path(layer_logs, grads)))
-  # A non-finite gradient would drop out of the std > 0 filter silently: make the value nan.
+
+def zico_layer_log(g, axes):
+  """One layer's ZiCo term from its mini-batch gradients g [splits, ...]: log of the sum over
+  `axes` (of one gradient) of mean|g| / std(g), weights with zero std left out; a sum of 0
+  adds nothing."""
+  mean_abs, std = jnp.mean(jnp.abs(g), 0), jnp.std(g, 0)
+  ratio = jnp.where(std > 0, mean_abs / jnp.where(std > 0, std, 1.0), 0.0)
+  total = jnp.sum(ratio, axes)
+  return jnp.sum(jnp.where(total > 0, jnp.log(jnp.where(total > 0, total, 1.0)), 0.0))
+
+
+def zico_value(grads, layer_logs):
+  """(value, flag): the sum of the layers' terms, nan when any gradient is not finite (it would
+  drop out of the std > 0 filter silently)."""
+  value = sum(jax.tree.leaves(layer_logs))
   finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   value = jnp.where(finite, value, jnp.nan)
   return value, _finite_flag(value)
