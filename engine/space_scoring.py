@@ -13,7 +13,6 @@ import time
 import zlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from engine import data as data_lib

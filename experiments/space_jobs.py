@@ -7,10 +7,10 @@ NB201 keeps its own fast path (experiments/score.py, correlate.py, search.py); t
 the space's interface, so a new space needs no code here.
 
 search: the seed's objective, accuracy proxy / (peak SRAM x average power), 0 when SRAM, flash
-or power exceed their limits or an inference does not fit its period (`tinycnn.score`'s rule,
-generic: power from the cost model's energy and latency at --rate). The accuracy proxy is the
-candidate's percentile rank (0, 1] under --proxies among the candidates scored. Searchers:
-`random` (the seed's: --random_samples archs drawn, all scored in compiled batches),
+or power exceed their limits or an inference does not fit its period (`engine.seed_objective`:
+power from the cost model's energy and latency at one inference per second). The accuracy
+proxy is the candidate's percentile rank (0, 1] under --proxies among the candidates scored.
+Searchers: `random` (the seed's: --random_samples archs drawn, all scored in compiled batches),
 `exhaustive` (every arch of a finite space) and `evolution` (regularized evolution with the
 space's `mutate`: --population, --tournament, --evolution_samples archs scored in all,
 --batch_candidates children per compiled call).
@@ -32,6 +32,7 @@ import hardware
 from engine import aggregate as agg_lib
 from engine import data as data_lib
 from engine import proxies as proxies_lib
+from engine import seed_objective as seed_objective_lib
 from engine import space_proxies
 from engine import space_scoring
 from experiments import common
@@ -80,9 +81,10 @@ def score_columns(space, archs, names, config, progress=True, cache_dir=None, ch
   timing = space_scoring.Timing()
   bar = tqdm(total=len(todo), unit='arch') if progress and todo else None
   step = chunk if cache_dir is not None else max(1, len(todo))
+  images = _images(config) if todo else None  # read once, not per chunk
   for start in range(0, len(todo), step):
     part = todo[start:start + step]
-    values, flags, t = space_scoring.score(space, part, plain, config.seed, _images(config),
+    values, flags, t = space_scoring.score(space, part, plain, config.seed, images,
                                            _settings(config))
     timing.compile_s += t.compile_s
     timing.run_s += t.run_s
@@ -195,7 +197,7 @@ def correlate(config, workdir):
             'compile_s': timing.compile_s, 'run_s': timing.run_s, 'seed': config.seed,
             'inputs': 'cifar10 train' if config.data_dir else 'Gaussian noise'}
   common.write_text_atomic(workdir / 'correlation.json', json.dumps(report, indent=1))
-  lines = [f'| proxy | archs (flagged) | Spearman | Kendall | search gap (pp) |',
+  lines = ['| proxy | archs (flagged) | Spearman | Kendall | search gap (pp) |',
            '|---|---|---|---|---|']
   lines += [f'| `{n}` | {r["archs"]} ({r["flagged"]}) | {r["spearman"]:.3f} | {r["kendall"]:.3f} '
             f'| {r["search_gap_pp"]:.2f} |' for n, r in results.items()]
@@ -205,7 +207,7 @@ def correlate(config, workdir):
   _write_csv(workdir / 'scores.csv', ['arch', 'test_acc'] + cols + [f'{c}_flag' for c in cols],
              [[space.encode(a), acc[i]] + [f'{values[c][i]:.6g}' for c in cols]
               + [int(flags[c][i]) for c in cols] for i, a in enumerate(archs)])
-  plotted = _scatter(workdir / 'scatter.png', space.name, acc, values, flags, results)
+  _scatter(workdir / 'scatter.png', space.name, acc, values, flags, results)
   print(f'{space.name}: {len(archs)} trained archs, compile {timing.compile_s:.1f} s, run '
         f'{timing.run_s:.1f} s')
   print('\n'.join(lines))
@@ -281,21 +283,9 @@ def search_gaps(space, archs, acc, values, flags, device='stm32f746', runtime='c
           'proxies': {n: float(np.mean(g)) if g else float('nan') for n, g in gaps.items()}}
 
 
-def seed_objective(cost_rows, accuracy_proxy, device, rate_hz=RATE_HZ, sram_limit=None,
-                   flash_limit=None, power_limit=None):
-  """(objective, feasible) of the seed: accuracy_proxy / (SRAM KB x mW), 0 when infeasible."""
-  dev = hardware.get_device(device)
-  sram = np.array([r['sram_bytes'] for r in cost_rows], float)
-  flash = np.array([r['flash_bytes'] for r in cost_rows], float)
-  lat = np.array([r['latency_ms'] for r in cost_rows], float)
-  energy = np.array([r['energy_mj'] for r in cost_rows], float)
-  busy = np.clip(lat * rate_hz / 1e3, 0, 1)
-  power = energy * rate_hz + dev.sleep_power_mw * (1 - busy)
-  ok = ((sram <= (dev.sram_kb * 1024 if sram_limit is None else sram_limit))
-        & (flash <= (dev.flash_kb * 1024 if flash_limit is None else flash_limit))
-        & (power <= (dev.active_power_mw if power_limit is None else power_limit))
-        & (lat <= 1e3 / rate_hz))
-  return np.where(ok, np.asarray(accuracy_proxy, float) / (sram / 1024 * power), 0.0), ok
+def seed_objective(cost_rows, accuracy_proxy, device, rate_hz=RATE_HZ):
+  """(objective, feasible) of the seed (`engine.seed_objective`) at --rate."""
+  return seed_objective_lib.score_and_feasible(cost_rows, accuracy_proxy, device, rate_hz)
 
 
 def percentile(values, flags, higher_is_better=True):

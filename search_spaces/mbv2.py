@@ -281,13 +281,7 @@ def init(key, row, kind='torch_default', group_key=(1.0, 96), num_classes=NUM_CL
   params = {}
   for k, (name, shape) in zip(jax.random.split(key, len(shapes)), shapes.items()):
     mask, fan, _ = masks[name]
-    fan = jnp.asarray(fan, jnp.float32)
-    if kind == 'torch_default':
-      w = jax.random.uniform(k, shape['w'], jnp.float32, -1.0, 1.0) / jnp.sqrt(fan)
-    elif kind == 'kaiming_normal':
-      w = jax.random.normal(k, shape['w'], jnp.float32) * jnp.sqrt(2.0 / fan)
-    else:
-      raise ValueError(f'unknown init {kind!r}; choose torch_default or kaiming_normal')
+    w = space_lib.init_weight(k, shape['w'], fan, kind)
     params[name] = {'w': w if mask is None else jnp.where(mask, w, 0.0)}
     if 'b' in shape:
       params[name]['b'] = jnp.zeros(shape['b'], jnp.float32)

@@ -27,6 +27,7 @@ import dataclasses
 from typing import Any, Callable, Hashable, NamedTuple, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -99,6 +100,20 @@ class SearchSpace:
         return self.sample(np.random.default_rng(0), n)
       return [self.decode(a) for a in spec.split(',') if a.strip()]
     return [self.decode(a) if isinstance(a, str) else a for a in archs]
+
+
+INITS = ('torch_default', 'kaiming_normal')
+
+
+def init_weight(key, shape, fan_in, kind='torch_default'):
+  """A layer weight for a plug-in space's padded network, `fan_in` possibly traced (it depends
+  on the arch row): U(+-1/sqrt(fan_in)) (PyTorch's default) or N(0, 2/fan_in) (kaiming_normal)."""
+  fan = jnp.asarray(fan_in, jnp.float32)
+  if kind == 'torch_default':
+    return jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0) / jnp.sqrt(fan)
+  if kind == 'kaiming_normal':
+    return jax.random.normal(key, shape, jnp.float32) * jnp.sqrt(2.0 / fan)
+  raise ValueError(f'unknown init {kind!r}; choose {" or ".join(INITS)}')
 
 
 class SpaceError(ValueError):

@@ -8,18 +8,15 @@ network: sum_{L=1..3} 6^L * 2 * 2 = 1,032 candidates.
 Encoding (also the CSV arch name): 'f16k3-f32k5-relu-max' (layers joined by '-', then the
 activation and the pooling).
 
-Objective (the seed's): accuracy_proxy / (memory x power), 0 when a hard limit (memory,
-power) is violated.  Power is the average power at a given inference rate:
-energy per inference x rate + sleep power for the rest of each period, so it depends on the
-architecture (a constant active power alone would not); an architecture whose latency exceeds
-the period also scores 0.
+The seed's objective, accuracy_proxy / (memory x power) under hard limits, is in
+`engine/seed_objective.py`; it applies to any space's cost rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +24,7 @@ import numpy as np
 
 import hardware
 from hardware import graph as graph_lib
-from search_spaces import nb201_net as layers
+from search_spaces.nb201_net import conv as _fast_conv
 from search_spaces import space as space_lib
 
 FILTERS = (8, 16, 32)
@@ -162,46 +159,6 @@ def cost_rows(archs=None, device='stm32f746', runtime='cmsis-nn', input_shape=(3
   return hardware.cost_rows(graphs, device, runtime, cycles)
 
 
-# ------------------------------------------------------------------------------ objective
-
-
-def average_power_mw(energy_mj, latency_ms, rate_hz, sleep_power_mw):
-  """Mean power when running one inference every 1/rate_hz seconds and sleeping otherwise."""
-  busy = jnp.clip(jnp.asarray(latency_ms) * rate_hz / 1e3, 0.0, 1.0)
-  return jnp.asarray(energy_mj) * rate_hz + sleep_power_mw * (1.0 - busy)
-
-
-def objective(accuracy_proxy, memory_bytes, power_mw, memory_limit_bytes, power_limit_mw,
-              feasible=True):
-  """accuracy_proxy / (memory x power); 0 where memory or power exceed their hard limits or
-  `feasible` is false.  Memory in KB and power in mW inside the ratio (scale only)."""
-  acc = jnp.asarray(accuracy_proxy, jnp.float32)
-  mem = jnp.asarray(memory_bytes, jnp.float32)
-  power = jnp.asarray(power_mw, jnp.float32)
-  ok = (mem <= memory_limit_bytes) & (power <= power_limit_mw) & jnp.asarray(feasible)
-  return jnp.where(ok, acc / (mem / 1024.0 * power), 0.0)
-
-
-def score(rows: Sequence[dict], accuracy_proxy, device, rate_hz: float = 1.0,
-          power_limit_mw: Optional[float] = None, sram_limit_bytes: Optional[float] = None,
-          flash_limit_bytes: Optional[float] = None) -> np.ndarray:
-  """Seed objective for cost rows: memory = peak SRAM; limits default to the device's SRAM and
-  flash and its active power; an inference must finish within its period."""
-  dev = hardware.get_device(device)
-  sram = np.array([r['sram_bytes'] for r in rows], float)
-  flash = np.array([r['flash_bytes'] for r in rows], float)
-  lat = np.array([r['latency_ms'] for r in rows], float)
-  energy = np.array([r['energy_mj'] for r in rows], float)
-  power = average_power_mw(energy, lat, rate_hz, dev.sleep_power_mw)
-  flash_ok = flash <= (dev.flash_kb * 1024 if flash_limit_bytes is None else flash_limit_bytes)
-  on_time = lat <= 1e3 / rate_hz
-  return np.asarray(objective(
-      accuracy_proxy, sram, power,
-      dev.sram_kb * 1024 if sram_limit_bytes is None else sram_limit_bytes,
-      dev.active_power_mw if power_limit_mw is None else power_limit_mw,
-      flash_ok & on_time))
-
-
 # ----------------------------------------------------------------------------- JAX network
 #
 # One padded parameter set serves every arch: conv i is [5, 5, C_in, 32] and there is one
@@ -288,13 +245,7 @@ def init(key, row, kind='torch_default', input_shape=(32, 32, 3), num_classes=10
   keys = jax.random.split(key, len(shapes))
   params = {}
   for k, (name, shape) in zip(keys, shapes.items()):
-    fan = jnp.asarray(fans[name], jnp.float32)
-    if kind == 'torch_default':
-      w = jax.random.uniform(k, shape['w'], jnp.float32, -1.0, 1.0) / jnp.sqrt(fan)
-    elif kind == 'kaiming_normal':
-      w = jax.random.normal(k, shape['w'], jnp.float32) * jnp.sqrt(2.0 / fan)
-    else:
-      raise ValueError(f'unknown init {kind!r}; choose torch_default or kaiming_normal')
+    w = space_lib.init_weight(k, shape['w'], fans[name], kind)
     params[name] = {'w': jnp.where(masks[name], w, 0.0), 'b': jnp.zeros(shape['b'], jnp.float32)}
   return params
 
@@ -316,7 +267,7 @@ def concrete_params(padded, arch, input_shape=(32, 32, 3)) -> dict:
 
 def _conv(x, w, b):
   # the engine's convolution: its custom gradient is several times faster on XLA:CPU
-  return layers.conv(x, w) + b
+  return _fast_conv(x, w) + b
 
 
 def _pool(x, kind):

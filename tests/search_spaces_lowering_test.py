@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import hardware
+from engine import seed_objective
 from hardware import graph as G
 from hardware import memory
 from search_spaces import mlperf_tiny
@@ -255,11 +256,11 @@ def test_tinycnn_space():
 
 def test_tinycnn_objective_hard_limits():
   rows = tinycnn.cost_rows('f8k3-relu-max,f32k5-f32k5-f32k5-swish-avg', 'stm32f746', 'cmsis-nn')
-  s = tinycnn.score(rows, [0.5, 0.7], 'stm32f746', rate_hz=1.0)
+  s = seed_objective.score(rows, [0.5, 0.7], 'stm32f746', rate_hz=1.0)
   assert np.all(s > 0)
-  s = tinycnn.score(rows, [0.5, 0.7], 'stm32f746', sram_limit_bytes=30_000)
+  s = seed_objective.score(rows, [0.5, 0.7], 'stm32f746', sram_limit_bytes=30_000)
   assert s[0] > 0 and s[1] == 0
-  s = tinycnn.score(rows, [0.5, 0.7], 'stm32f746', rate_hz=50.0)  # 2nd misses the 20 ms period
+  s = seed_objective.score(rows, [0.5, 0.7], 'stm32f746', rate_hz=50.0)  # 2nd misses the 20 ms period
   assert s[1] == 0
-  assert float(tinycnn.objective(0.5, 2048, 2.0, 1e6, 10.0)) == pytest.approx(0.5 / (2 * 2))
-  assert float(tinycnn.objective(0.5, 2048, 20.0, 1e6, 10.0)) == 0.0
+  assert float(seed_objective.objective(0.5, 2048, 2.0, 1e6, 10.0)) == pytest.approx(0.5 / (2 * 2))
+  assert float(seed_objective.objective(0.5, 2048, 20.0, 1e6, 10.0)) == 0.0
