@@ -354,16 +354,32 @@ def unit_gaussian_weights(params):
   return _merge(jax.tree_util.tree_map_with_path(scale, weights), rest)
 
 
+def _live_nodes(mask):
+  """[4] bool: whether each cell node is reachable from the cell input through non-none ops
+  (`nb201.is_connected` on a traced mask [6, 5])."""
+  edge_live = jnp.any(mask[:, 1:] != 0, -1)
+  live = [jnp.asarray(True)]
+  for to_node in (1, 2, 3):
+    live.append(jnp.any(jnp.stack([live[frm] & edge_live[e] for e, frm in nb201.NODE_INPUTS[to_node - 1]])))
+  return live
+
+
 def _log_bn_scales(stats, mask):
-  """sum over the network's BN layers of log sqrt(mean over channels of the batch variance);
-  BNs of convs the mask switches off do not exist in the architecture and are left out."""
+  """sum over the network's BN layers of log sqrt(mean over channels of the batch variance).
+  BNs of convs the mask switches off, and of convs whose input node only `none` edges feed (a
+  zero tensor, so batch variance 0 and log sigma = -inf), do not exist in the architecture (the
+  lowering drops them too) and are left out. A cell whose output is unreachable still gives
+  -inf through the network's constant output, flagged by the caller."""
   mask = jax.nn.one_hot(mask, nb201.NUM_OPS) if jnp.ndim(mask) == 1 else jnp.asarray(mask)
+  live = _live_nodes(mask)
   total = jnp.zeros(())
   log_sigma = lambda var: 0.5 * jnp.log(jnp.mean(var, -1))
   for key, (_, var) in stats.items():
     parts = key.split('/')
     if parts[0].startswith('stage'):  # stage/cell/edge/conv1|conv3
-      active = mask[int(parts[2]), CONV1 if parts[3] == 'conv1' else CONV3] != 0
+      edge = int(parts[2])
+      active = ((mask[edge, CONV1 if parts[3] == 'conv1' else CONV3] != 0)
+                & live[nb201.EDGES[edge][1]])
       total = total + jnp.where(active, log_sigma(jnp.where(active, var, 1.0)), 0.0)
     else:
       total = total + log_sigma(var)
