@@ -107,15 +107,32 @@ class SupernetTest(chex.TestCase):
       net.init_params(jax.random.PRNGKey(0), CONFIG, 'xavier')
 
 
-def test_conv_custom_gradient_matches_xla():
-  x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 5))
-  for k, stride in ((1, 1), (3, 1), (3, 2), (1, 2)):
+@pytest.mark.parametrize('size', [8, 7])  # 7: a strided input grad falls back to XLA's
+def test_conv_custom_gradient_matches_xla(size):
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, size, size, 5))
+  for k, stride in ((1, 1), (3, 1), (3, 2), (1, 2), (5, 4)):
     w = jax.random.normal(jax.random.PRNGKey(k + stride), (k, k, 5, 4))
     g = jax.random.normal(jax.random.PRNGKey(9), net.conv(x, w, stride).shape)
     ours = jax.vjp(lambda x_, w_: net.conv(x_, w_, stride), x, w)[1](g)
     xla = jax.vjp(lambda x_, w_: net._conv(x_, w_, stride), x, w)[1](g)
     for a, b in zip(ours, xla):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_strided_input_grad_is_batched_and_differentiable_like_xla():
+  """The phase-wise input gradient of a stride-2 conv under vmap over cotangents (the exact
+  NTK's rows) and under forward mode over the backward pass (GraSP's Hessian-vector product)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 5))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 5, 4))
+  gs = jax.random.normal(jax.random.PRNGKey(2), (3, 2, 4, 4, 4))
+  grad_x = lambda f, w_, g: jax.vjp(lambda x_: f(x_, w_, 2), x)[1](g)[0]
+  np.testing.assert_allclose(jax.vmap(lambda g: grad_x(net.conv, w, g))(gs),
+                             jax.vmap(lambda g: grad_x(net._conv, w, g))(gs), rtol=1e-4, atol=1e-4)
+  dw = jax.random.normal(jax.random.PRNGKey(3), w.shape)
+  ours = jax.jvp(lambda w_: grad_x(net.conv, w_, gs[0]), (w,), (dw,))
+  xla = jax.jvp(lambda w_: grad_x(net._conv, w_, gs[0]), (w,), (dw,))
+  for a, b in zip(ours, xla):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_conv_weight_grad_batching_rules_match_native():
