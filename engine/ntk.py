@@ -52,15 +52,18 @@ def _gram(jac, batch):
 COTANGENT_BUDGET_BYTES = 4 << 30  # what one chunk of pullbacks may hold, by `auto_cotangent_chunk`
 LIVE_ACTIVATIONS = 8               # activation-sized buffers alive at once in a pullback (measured
                                    # order; generous)
+FASTEST_COTANGENT_CHUNK = 16       # XLA:CPU, NB201 C=16 N=5, B=64, 2 archs: chunks of 8/16/32/64
+                                   # took 18.2/15.7/17.7/18.3 s per arch (2026-12-03)
 
 
 def auto_cotangent_chunk(config, batch: int, budget: int = COTANGENT_BUDGET_BYTES) -> int:
   """How many coupled-NTK pullbacks to vmap together: each row's pullback carries cotangents for
   the whole batch, so a chunk of n rows holds n * batch * (largest feature map) floats several
-  times over. The largest n within `budget`, at least 1."""
+  times over. The largest n within `budget`, at least 1, and at most FASTEST_COTANGENT_CHUNK
+  (larger chunks were slower, not faster)."""
   widest = config.input_size ** 2 * max(config.C, config.in_channels) * 4
   per_row = LIVE_ACTIVATIONS * batch * widest
-  return int(max(1, min(batch, budget // per_row)))
+  return int(max(1, min(batch, FASTEST_COTANGENT_CHUNK, budget // per_row)))
 
 
 def ntk_gram(params, mask, x, config, variant: str = 'coupled', cotangent_chunk: int = 0,

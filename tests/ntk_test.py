@@ -110,6 +110,7 @@ class NtkTest(chex.TestCase):
 def test_auto_cotangent_chunk_fits_the_budget():
   config = nb201.NB201Config()  # C=16 at 32x32: 64 KiB of features per sample
   per_row = ntk.LIVE_ACTIVATIONS * 64 * 32 * 32 * 16 * 4
-  assert ntk.auto_cotangent_chunk(config, 64) == 64
+  assert ntk.auto_cotangent_chunk(config, 64) == ntk.FASTEST_COTANGENT_CHUNK == 16
+  assert ntk.auto_cotangent_chunk(config, 8) == 8
   assert ntk.auto_cotangent_chunk(config, 64, budget=10 * per_row) == 10
   assert ntk.auto_cotangent_chunk(config, 64, budget=1) == 1
