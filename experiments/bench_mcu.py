@@ -21,6 +21,8 @@ import time
 
 from absl import app, flags
 
+from experiments import common
+
 _ARCHS = flags.DEFINE_integer('archs', 50, 'Random connected NB201 archs to measure.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Arch sampling seed.')
 _WIDTH = flags.DEFINE_integer('width', 16, 'Channels C.')
@@ -109,7 +111,6 @@ def main(argv):
   del argv
   import numpy as np
   from deploy import mcu
-  from experiments import common
   from search_spaces import nb201
   if min(_ARCHS.value, _WIDTH.value, _CELLS.value) < 1:
     common.fail('--archs, --width and --cells must be positive')

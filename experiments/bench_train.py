@@ -12,6 +12,8 @@ import time
 
 from absl import app, flags
 
+from experiments import common
+
 _ARCH = flags.DEFINE_string('arch', '6111', 'NB201 arch string or index.')
 _WIDTH = flags.DEFINE_integer('width', 16, 'Channels C.')
 _CELLS = flags.DEFINE_integer('cells', 5, 'Cells per stage N.')
@@ -25,7 +27,6 @@ def main(argv):
   import numpy as np
   import optax
   from engine import qat_net, train
-  from experiments import common
   from experiments import train as train_exp
   from search_spaces import nb201
   try:
