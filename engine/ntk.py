@@ -78,11 +78,13 @@ def ntk_gram(params, mask, x, config, variant: str = 'coupled', cotangent_chunk:
   if variant == 'coupled':
     _, pullback = jax.vjp(lambda w: forward(_merge(w, rest), x)[0].sum(-1), weights)
     rows = jnp.eye(batch, dtype=x.dtype)
-    # Chunks are unrolled, not looped: XLA:CPU convolutions inside loop bodies are ~30x slower.
     chunk = min(cotangent_chunk or auto_cotangent_chunk(config, batch), batch)
-    parts = [jax.vmap(lambda ct: pullback(ct)[0])(rows[i:i + chunk])
-             for i in range(0, batch, chunk)]
-    jac = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+    chunk = max(d for d in range(1, chunk + 1) if batch % d == 0)  # equal chunks, one loop body
+    # A loop over the chunks, not unrolled copies: one pullback to compile (26 s instead of
+    # 39 s at C=16 N=5, B=64, chunks of 16), and it ran as fast (2026-12-03).
+    jac = jax.lax.map(jax.vmap(lambda ct: pullback(ct)[0]),
+                      rows.reshape(batch // chunk, chunk, batch))
+    jac = jax.tree.map(lambda a: a.reshape((batch,) + a.shape[2:]), jac)
   elif variant == 'independent':
     stats = jax.lax.stop_gradient(forward(params, x)[1])
 

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.ntk import NONFINITE, OK, SINGULAR
+from engine import ntk
 from engine.zero_cost import (ZEN_ALPHA, _finite_flag, _merge, cross_entropy, jacob_cov_value,
                               log_score_flagged, nwot_value, zico_layer_log, zico_value)
 
@@ -143,14 +143,7 @@ def ntk_cond(net, params, row, x):
   weights, rest = split_weights(params)
   jac = jax.jacrev(lambda w: net.apply(_merge(w, rest), row, x).logits.sum(-1))(weights)
   flat = jnp.concatenate([j.reshape(x.shape[0], -1) for j in jax.tree.leaves(jac)], 1)
-  gram = flat @ flat.T
-  eig = jnp.linalg.eigvalsh(gram)
-  lo, hi = eig[0], eig[-1]
-  finite = jnp.all(jnp.isfinite(eig))
-  singular = lo <= hi * 1e-6
-  value = jnp.where(finite & ~singular, hi / jnp.where(lo > 0, lo, 1.0), jnp.inf)
-  value = jnp.where(finite, value, jnp.nan)
-  flag = jnp.where(finite, jnp.where(singular, SINGULAR, OK), NONFINITE)
+  value, flag = ntk.condition_number(flat @ flat.T)  # NB201's rule: same flags, same tolerance
   return value, flag.astype(jnp.int32)
 
 
