@@ -151,13 +151,23 @@ def jacob_cov(params, mask, x, labels, config, sparse=False):
 
 
 def jacob_cov_value(jac):
-  """(value, flag) of jacob_cov from the per-sample input Jacobians [B, ...]."""
-  jac = jac.reshape(jac.shape[0], -1)
+  """(value, flag) of jacob_cov from the per-sample input Jacobians [B, ...].
+
+  The eigenvalues of the B x B correlation matrix Z Z^T (Z: the centred, unit-norm rows) are
+  taken as the squared singular values of Z, not from eigvalsh(Z Z^T): in float32 the latter
+  is off by about eps * B absolutely (~8e-6 at B = 64), the size of k = 1e-5 itself, so the
+  1 / (v + k) terms of near-zero eigenvalues moved the score by ~1% under rounding-level changes
+  of the input (and a slightly negative v can reach log of a negative number). sigma^2 is
+  accurate to ~(eps * sqrt(B))^2 there; it matched a float64 reference to 1e-6 relative."""
+  batch = jac.shape[0]
+  jac = jac.reshape(batch, -1)
   centred = jac - jnp.mean(jac, axis=1, keepdims=True)
-  norms = jnp.sqrt(jnp.sum(jnp.square(centred), axis=1))
-  corr = (centred @ centred.T) / (norms[:, None] * norms[None, :])
-  finite = jnp.all(jnp.isfinite(corr))
-  eig = jnp.linalg.eigvalsh(jnp.where(finite, corr, jnp.eye(corr.shape[0], dtype=corr.dtype)))
+  rows = centred / jnp.sqrt(jnp.sum(jnp.square(centred), axis=1, keepdims=True))
+  finite = jnp.all(jnp.isfinite(rows))
+  sigma = jnp.linalg.svd(jnp.where(finite, rows, 0.0), compute_uv=False)
+  eig = jnp.square(sigma)
+  if eig.shape[0] < batch:  # fewer Jacobian entries than samples: the rest of Z Z^T's spectrum is 0
+    eig = jnp.concatenate([eig, jnp.zeros((batch - eig.shape[0],), eig.dtype)])
   value = -jnp.sum(jnp.log(eig + JACOB_COV_K) + 1.0 / (eig + JACOB_COV_K))
   value = jnp.where(finite, value, jnp.nan)
   return value, _finite_flag(value)

@@ -326,3 +326,26 @@ def test_single_path_fast_path_equals_the_dense_supernet(names):
   for name in names:
     np.testing.assert_array_equal(fast[name + '_flag'], dense[name + '_flag'], err_msg=name)
     np.testing.assert_allclose(fast[name], dense[name], rtol=2e-3, atol=1e-5, err_msg=name)
+
+
+def _jacob_cov_float64(jac):
+  """NASLib's definition in float64: -sum(log(v + k) + 1 / (v + k)), v the eigenvalues of the
+  rows' correlation matrix."""
+  v = np.linalg.eigvalsh(np.corrcoef(np.asarray(jac, np.float64).reshape(len(jac), -1)))
+  return -np.sum(np.log(v + zc.JACOB_COV_K) + 1.0 / (v + zc.JACOB_COV_K))
+
+
+def test_jacob_cov_matches_a_float64_reference_near_singular_too():
+  rng = np.random.default_rng(0)
+  base = rng.normal(size=(60, 3, 16, 16))
+  near_copies = base[:4] + 1e-4 * rng.normal(size=(4, 3, 16, 16))  # 4 eigenvalues ~1e-8
+  for jac in (rng.normal(size=(64, 3, 16, 16)), np.concatenate([base, near_copies]),
+              rng.normal(size=(8, 5))):  # fewer entries (5) than samples (8): 3 zero eigenvalues
+    jac = jac.astype(np.float32)
+    value, flag = jax.jit(zc.jacob_cov_value)(jnp.asarray(jac))
+    assert int(flag) == zc.OK
+    # float32 eigvalsh of the correlation matrix was ~1% off on the near-singular case
+    np.testing.assert_allclose(float(value), _jacob_cov_float64(jac), rtol=1e-5)
+  constant = np.ones((4, 10), np.float32)  # a row with no variance: correlation undefined
+  value, flag = zc.jacob_cov_value(jnp.asarray(constant))
+  assert np.isnan(float(value)) and int(flag) == zc.NONFINITE
