@@ -365,12 +365,12 @@ def unit_gaussian_weights(params):
 
 
 def _live_nodes(mask):
-  """[4] bool: whether each cell node is reachable from the cell input through non-none ops
+  """Per cell node (4 traced bools): reachable from the cell input through non-none ops
   (`nb201.is_connected` on a traced mask [6, 5])."""
   edge_live = jnp.any(mask[:, 1:] != 0, -1)
   live = [jnp.asarray(True)]
-  for to_node in (1, 2, 3):
-    live.append(jnp.any(jnp.stack([live[frm] & edge_live[e] for e, frm in nb201.NODE_INPUTS[to_node - 1]])))
+  for inputs in nb201.NODE_INPUTS:  # nodes 1, 2, 3
+    live.append(jnp.any(jnp.stack([live[frm] & edge_live[e] for e, frm in inputs])))
   return live
 
 

@@ -20,7 +20,6 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 

@@ -295,7 +295,7 @@ def make_config(experiment: str, preset: str | None = None, **overrides):
   if experiment not in EXPERIMENTS:
     raise common.UsageError(f'unknown experiment {experiment!r}; choose one of '
                             f'{", ".join(sorted(EXPERIMENTS))}')
-  exp, cls = EXPERIMENTS[experiment], CONFIGS[experiment]
+  cls = CONFIGS[experiment]
   names = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(overrides) - names)
   if unknown:

@@ -17,7 +17,6 @@ import json
 import pathlib
 import sys
 
-import numpy as np
 from absl import app, flags
 from scipy import stats
 

@@ -1,7 +1,6 @@
 """compare_scores: per-proxy Spearman between two runs on shared, unflagged archs."""
 import csv
 
-import numpy as np
 import pytest
 from scipy import stats
 

@@ -3,7 +3,6 @@
 import itertools
 
 import chex
-import jax
 import numpy as np
 import pytest
 
