@@ -364,16 +364,6 @@ def unit_gaussian_weights(params):
   return _merge(jax.tree_util.tree_map_with_path(scale, weights), rest)
 
 
-def _live_nodes(mask):
-  """Per cell node (4 traced bools): reachable from the cell input through non-none ops
-  (`nb201.is_connected` on a traced mask [6, 5])."""
-  edge_live = jnp.any(mask[:, 1:] != 0, -1)
-  live = [jnp.asarray(True)]
-  for inputs in nb201.NODE_INPUTS:  # nodes 1, 2, 3
-    live.append(jnp.any(jnp.stack([live[frm] & edge_live[e] for e, frm in inputs])))
-  return live
-
-
 def _log_bn_scales(stats, mask):
   """sum over the network's BN layers of log sqrt(mean over channels of the batch variance).
   BNs of convs the mask switches off, and of convs whose input node only `none` edges feed (a
@@ -381,7 +371,7 @@ def _log_bn_scales(stats, mask):
   lowering drops them too) and are left out. A cell whose output is unreachable still gives
   -inf through the network's constant output, flagged by the caller."""
   mask = jax.nn.one_hot(mask, nb201.NUM_OPS) if jnp.ndim(mask) == 1 else jnp.asarray(mask)
-  live = _live_nodes(mask)
+  live = nb201.live_nodes(jnp.any(mask[:, 1:] != 0, -1))  # any non-none op on the edge
   total = jnp.zeros(())
   log_sigma = lambda var: 0.5 * jnp.log(jnp.mean(var, -1))
   for key, (_, var) in stats.items():

@@ -159,17 +159,22 @@ def sample_ops(rng: np.random.Generator, num: int) -> np.ndarray:
   return code_to_ops(rng.choice(NUM_ARCHS, size=num, replace=False))
 
 
+def live_nodes(edge_live) -> list:
+  """Per cell node 0-3, whether the cell input reaches it through edges with
+  edge_live[..., e] true, one entry per node (node 0 always). Takes numpy or traced JAX
+  booleans [..., 6], so the engine's traced masks use the same rule as the numpy tables."""
+  live = [np.ones(np.shape(edge_live)[:-1], bool)]
+  for inputs in NODE_INPUTS:  # nodes 1, 2, 3
+    reach = np.zeros(np.shape(edge_live)[:-1], bool)
+    for e, frm in inputs:
+      reach = reach | (live[frm] & edge_live[..., e])
+    live.append(reach)
+  return live
+
+
 def is_connected(ops) -> np.ndarray:
   """Whether the cell output (node 3) is reachable from the input through non-none ops."""
-  ops = np.asarray(ops)
-  live = [np.ones(ops.shape[:-1], bool)]
-  for to_node in (1, 2, 3):
-    reach = np.zeros(ops.shape[:-1], bool)
-    for e, (t, frm) in enumerate(EDGES):
-      if t == to_node:
-        reach |= live[frm] & (ops[..., e] != NONE)
-    live.append(reach)
-  return live[3]
+  return live_nodes(np.asarray(ops) != NONE)[3]
 
 
 # ----------------------------------------------------------------------------- params and FLOPs
