@@ -54,6 +54,14 @@ def _images(config):
   return data_lib.load_cifar(config.data_dir, 'cifar10', 'train') if config.data_dir else None
 
 
+def _add_aggregates(values, flags, aggregates):
+  """Adds each aggregate's column to `values` and `flags` (1 where a component was flagged),
+  computed over the archs of the columns."""
+  for a in aggregates:
+    values[a.name], flagged = agg_lib.compute(a, values, flags)
+    flags[a.name] = np.array([1 if f else 0 for f in flagged], np.int32)
+
+
 def score_columns(space, archs, names, config, progress=True, cache_dir=None, chunk=64):
   """({column: values}, {column: flags}, timing) with aggregates computed over `archs`.
 
@@ -77,18 +85,18 @@ def score_columns(space, archs, names, config, progress=True, cache_dir=None, ch
       with np.load(path) as z:
         for i, c in enumerate(z['codes']):
           cached[str(c)] = {n: (z[n][i], z[n + '_flag'][i]) for n in plain}
-  todo = [a for a, c in zip(archs, codes) if c not in cached]
+  todo = [(a, c) for a, c in zip(archs, codes) if c not in cached]
   timing = space_scoring.Timing()
   bar = tqdm(total=len(todo), unit='arch') if progress and todo else None
   step = chunk if cache_dir is not None else max(1, len(todo))
   images = _images(config) if todo else None  # read once, not per chunk
   for start in range(0, len(todo), step):
-    part = todo[start:start + step]
+    part = [a for a, _ in todo[start:start + step]]
+    part_codes = [c for _, c in todo[start:start + step]]
     values, flags, t = space_scoring.score(space, part, plain, config.seed, images,
                                            _settings(config))
     timing.compile_s += t.compile_s
     timing.run_s += t.run_s
-    part_codes = [space.encode(a) for a in part]
     for i, c in enumerate(part_codes):
       cached[c] = {n: (values[n][i], flags[n][i]) for n in plain}
     if cache_dir is not None:
@@ -104,9 +112,7 @@ def score_columns(space, archs, names, config, progress=True, cache_dir=None, ch
     bar.close()
   values = {n: np.array([cached[c][n][0] for c in codes], float) for n in plain}
   flags = {n: np.array([cached[c][n][1] for c in codes], np.int32) for n in plain}
-  for a in aggregates:
-    values[a.name], flagged = agg_lib.compute(a, values, flags)
-    flags[a.name] = np.array([1 if f else 0 for f in flagged], np.int32)
+  _add_aggregates(values, flags, aggregates)
   return values, flags, timing
 
 
@@ -311,9 +317,7 @@ def _pool_objective(space, codes, scored, plain, aggregates, column, higher, dev
   """Seed objective of every scored arch, the proxy's percentile taken over all of them."""
   values = {n: np.array([scored[c][2][n] for c in codes]) for n in plain}
   flags = {n: np.array([scored[c][3][n] for c in codes]) for n in plain}
-  for a in aggregates:
-    values[a.name], flagged = agg_lib.compute(a, values, flags)
-    flags[a.name] = np.array([1 if f else 0 for f in flagged], np.int32)
+  _add_aggregates(values, flags, aggregates)
   proxy = percentile(values[column], flags[column], higher)
   objective, _ = seed_objective([scored[c][1] for c in codes], proxy, device)
   return objective, proxy
