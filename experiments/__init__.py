@@ -1,4 +1,3 @@
 """User-facing experiments; run `python -m experiments.run --help`."""
-from engine import xla_cpu as _xla_cpu
-
-_xla_cpu.apply()  # XLA:CPU settings before JAX starts its backend (engine/xla_cpu.py)
+# Importing the engine applies its XLA:CPU settings (engine/xla_cpu.py) before JAX starts.
+import engine  # noqa: F401,E402

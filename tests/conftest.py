@@ -9,9 +9,8 @@ import pathlib
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4 '
                       '--xla_backend_optimization_level=0 '
                       '--xla_llvm_disable_expensive_passes=true')
-from engine import xla_cpu  # noqa: E402  the engine's own XLA:CPU settings, as in production
-
-xla_cpu.apply()
+# Importing the engine applies its own XLA:CPU settings (engine/xla_cpu.py), as in production.
+import engine  # noqa: E402,F401
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
