@@ -17,7 +17,8 @@ same batch position with the same batch-mates whichever process scores it.
 Then, over the whole pool: aggregates (`engine.aggregate`), `scores.csv` and `scores.parquet`,
 `correlation.md` / `.json` (Spearman, Kendall, Pearson and top-5%/10% precision against the
 dataset's NB201 test accuracy), `scatter.png` and `ranks.png`, and with --reference_file
-`agreement.md` / `.json` (Spearman between our values and NASLib's per proxy). See
+`agreement.md` / `.json` (Spearman between our values and NASLib's per proxy). With --partial,
+nothing is scored: the same outputs over the chunks finished so far go to WORKDIR/partial/. See
 docs/correlation.md.
 """
 from __future__ import annotations
@@ -91,7 +92,7 @@ def run(f, workdir='correlate_out'):
   devices = jax.local_devices()
   n_dev = len(devices)
   config = run_config(proxy_names, settings, f, images, ops, n_dev, devices[0].platform)
-  check_manifest(workdir, config)
+  check_manifest(workdir, config, create=not f.partial)
   print(f'inputs: {input_source(images)}')
   print(f'correlate: {len(ops)} archs, proxies {", ".join(proxy_names)}'
         + (f', aggregates {", ".join(a.name for a in aggregates)}' if aggregates else '')
@@ -102,13 +103,21 @@ def run(f, workdir='correlate_out'):
     return scoring.Scorer(proxy_names, settings, seed=f.seed, images=images,
                           batch_candidates=f.batch_candidates, candidate_chunk=f.candidate_chunk)
 
-  scores = sweep(ops, f.chunk_size, workdir / 'chunks', make_scorer, f.progress)
+  setting = describe_setting(f, settings, proxy_names, images, len(ops))
+  if f.partial:
+    done, scores = finished_scores(ops, f.chunk_size, workdir / 'chunks')
+    setting.append(f'**partial**: the {int(done.sum())} of {len(ops)} archs whose chunks were '
+                   f'finished when it was tabulated (`--partial`); not the final table')
+    print(f'partial: {int(done.sum())} of {len(ops)} archs scored so far; nothing is scored')
+    ops, workdir = ops[done], workdir / 'partial'
+    workdir.mkdir(exist_ok=True)
+  else:
+    scores = sweep(ops, f.chunk_size, workdir / 'chunks', make_scorer, f.progress)
   indices = table.ops_to_index(ops)
   columns = build_columns(scores, proxy_names, aggregates)
   true_acc = acc[indices]
   write_scores(workdir, ops, indices, columns, common.ACC_COLUMN[f.dataset], true_acc)
   rows = [correlation_row(c, true_acc) for c in columns]
-  setting = describe_setting(f, settings, proxy_names, images, len(ops))
   write_correlation(workdir, rows, setting, f.dataset, len(ops))
   plotted = write_plots(workdir, columns, true_acc, f.dataset)
   if reference is not None:
@@ -166,9 +175,13 @@ def run_config(proxy_names, settings, f, images, ops, n_dev, platform) -> dict:
   return json.loads(json.dumps(config))
 
 
-def check_manifest(workdir: pathlib.Path, config: dict):
-  """Writes the manifest of a new run, or checks that a resumed one has the same config."""
+def check_manifest(workdir: pathlib.Path, config: dict, create: bool = True):
+  """Writes the manifest of a new run (if `create`), or checks that a resumed one has the same
+  config."""
   path = workdir / 'manifest.json'
+  if not create and not path.is_file():
+    raise ResumeError(f'{workdir} holds no correlate run to tabulate (no manifest.json); start '
+                      f'the sweep without --partial first')
   if path.is_file():
     try:
       old = json.loads(path.read_text())
@@ -206,13 +219,30 @@ def read_chunk(path: pathlib.Path, ops) -> dict | None:
     return None
 
 
+def read_chunks(ops, chunk_size: int, chunk_dir: pathlib.Path) -> list:
+  """Per chunk of ops: its scores from disk, or None where it is not finished."""
+  return [read_chunk(chunk_path(chunk_dir, i), ops[s:s + chunk_size]) if
+          chunk_path(chunk_dir, i).is_file() else None
+          for i, s in enumerate(range(0, len(ops), chunk_size))]
+
+
+def finished_scores(ops, chunk_size: int, chunk_dir: pathlib.Path):
+  """(done [M] bool, {column: [done.sum()]}): the archs whose chunks are on disk, in order."""
+  parts = read_chunks(ops, chunk_size, chunk_dir)
+  done = np.concatenate([np.full(len(ops[s:s + chunk_size]), p is not None)
+                         for s, p in zip(range(0, len(ops), chunk_size), parts)])
+  finished = [p for p in parts if p is not None]
+  if not finished:
+    raise ResumeError(f'no finished chunk in {chunk_dir} yet; nothing to tabulate')
+  return done, {k: np.concatenate([p[k] for p in finished]) for k in finished[0]}
+
+
 def sweep(ops, chunk_size: int, chunk_dir: pathlib.Path, make_scorer, progress=True) -> dict:
   """Scores ops [M, 6] chunk by chunk, skipping chunks already on disk; {column: [M]}.
 
   The scorer is built (and compiled) only if some chunk is left to score."""
   starts = range(0, len(ops), chunk_size)
-  parts = [read_chunk(chunk_path(chunk_dir, i), ops[s:s + chunk_size]) if
-           chunk_path(chunk_dir, i).is_file() else None for i, s in enumerate(starts)]
+  parts = read_chunks(ops, chunk_size, chunk_dir)
   todo = [i for i, p in enumerate(parts) if p is None]
   done = len(ops) - sum(len(ops[starts[i]:starts[i] + chunk_size]) for i in todo)
   if done:

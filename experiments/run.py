@@ -74,7 +74,8 @@ EXPERIMENTS = types.MappingProxyType({
     'score': Experiment('score', SCORING | {'archs', 'output'}, ('nb201', 'tinycnn', 'mbv2'),
                         summary='proxy scores per arch, one CSV row each'),
     'correlate': Experiment('correlate', SCORING | {'archs', 'workdir', 'chunk_size',
-                                                    'reference_file'}, ('nb201', 'tinycnn'),
+                                                    'reference_file', 'partial'},
+                            ('nb201', 'tinycnn'),
                             types.MappingProxyType({'workdir': 'correlate_out'}),
                             summary='resumable proxy sweep and its correlation with accuracy'),
     'cost': Experiment('cost', frozenset({'archs', 'benchmark_file', 'dataset', 'seed', 'output',
@@ -194,6 +195,9 @@ flags.DEFINE_integer('chunk_size', 256, 'correlate: archs per resumable chunk wr
                      lower_bound=1)
 flags.DEFINE_string('reference_file', None,
                     'correlate: NASLib zero-cost CSV to check per-proxy agreement against.')
+flags.DEFINE_bool('partial', False, 'correlate (NB201): score nothing; tabulate the chunks '
+                  'already in --workdir into WORKDIR/partial/ (a long sweep\'s interim results; '
+                  'safe beside the running sweep).')
 # --experiment=train (also uses --dataset, --data_dir, --seed, --workdir, --progress)
 flags.DEFINE_string('arch', None, 'train: NB201 arch string or index (index needs the NB201 table).')
 flags.DEFINE_integer('epochs', 10, 'train: epochs of this run (qat from scratch: the first 80% of '

@@ -174,6 +174,10 @@ def noise_summary(table: dict) -> dict:
 # ----------------------------------------------------------------------------- correlate
 
 def correlate(config, workdir):
+  if config.partial:
+    raise common.UsageError(f'--partial tabulates NB201 sweeps only; drop it for '
+                            f'--search_space={config.search_space} (its sweep resumes by '
+                            f'rerunning the same command)')
   space = space_lib.get(config.search_space)
   table = load_ground_truth(space, config.benchmark_file)
   archs = [space.decode(a) for a in sorted(table)]

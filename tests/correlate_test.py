@@ -127,11 +127,40 @@ def test_rerun_with_other_settings_fails_in_one_line(full_run, archs_file, data_
   cli.assert_one_line_error(result, 'other settings', 'seed', 'new --workdir', 'delete')
 
 
+def test_partial_tabulates_the_finished_chunks_and_scores_nothing(full_run, archs_file,
+                                                                   data_dir, tmp_path):
+  workdir = tmp_path / 'copy'
+  shutil.copytree(full_run[0], workdir)
+  (workdir / 'chunks' / 'chunk_00001.npz').unlink()  # archs 5-9 not scored yet
+  f, _ = _flags(workdir, archs_file, data_dir)
+  result = cli.run(*_cli_args(f, workdir), '--partial')  # the process that wrote the chunks
+  assert result.returncode == 0, result.stderr
+  assert 'partial: 8 of 13 archs scored so far' in result.stdout
+  assert sorted(os.listdir(workdir / 'chunks')) == ['chunk_00000.npz', 'chunk_00002.npz']
+  full = list(csv.DictReader(open(os.path.join(full_run[0], 'scores.csv'))))
+  partial = list(csv.DictReader(open(workdir / 'partial' / 'scores.csv')))
+  finished = full[:5] + full[10:]
+  assert [r['arch_index'] for r in partial] == [r['arch_index'] for r in finished]
+  for ours, theirs in zip(partial, finished):  # aggregates differ: they rank a smaller pool
+    assert [ours[k] for k in ('params', 'flops', 'cifar10_test_acc')] == [
+        theirs[k] for k in ('params', 'flops', 'cifar10_test_acc')]
+  table = json.load(open(workdir / 'partial' / 'correlation.json'))
+  assert table['archs'] == 8 and table['rows'][0]['used'] == 8
+  assert '**partial**: the 8 of 13 archs' in (workdir / 'partial' / 'correlation.md').read_text()
+  assert (workdir / 'scores.csv').read_text() == open(
+      os.path.join(full_run[0], 'scores.csv')).read()  # the full run's outputs are left alone
+  other, _ = _flags(workdir, archs_file, data_dir, seed=1)
+  cli.assert_one_line_error(cli.run(*_cli_args(other, workdir), '--partial'), 'other settings',
+                            'seed')
+
+
 @pytest.mark.parametrize('args, fragments', [
     (['--proxies=params,agg:params+flops:zscore'], ["unknown aggregate method 'zscore'"]),
     (['--reference_file=/no/such.csv'], ['--reference_file=/no/such.csv not found']),
     (['--chunk_size=0'], ['--chunk_size=0', 'positive']),
     (['--archs=reference+random:10'], ['N must be between the 724 reference archs']),
+    (['--partial'], ['no correlate run to tabulate', 'without --partial']),
+    (['--partial', '--search_space=tinycnn'], ['--partial tabulates NB201 sweeps only']),
 ])
 def test_bad_input_gives_one_line_error_and_exit_2(tmp_path, data_dir, args, fragments):
   result = cli.run('--experiment=correlate', '--archs=1', '--proxies=params',
