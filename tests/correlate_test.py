@@ -6,6 +6,7 @@ small linear-region network, and the real SIGKILL test is marked slow."""
 import csv
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 import cli
 from engine import data as data_lib
 from engine import proxies, scoring
-from experiments import correlate, score
+from experiments import common, correlate, score
 from experiments import run as run_lib
 
 PROXIES = 'params,flops,agg:params+flops:logrank,agg:flops+params'
@@ -276,3 +277,26 @@ def test_reference_sample_measures_agreement_on_every_reference_arch(tmp_path, d
   rows = {r['name']: r for r in agreement['rows']}
   assert rows['params']['matched'] == rows['params']['reference_archs'] == 724
   assert rows['params']['spearman'] > 0.99
+
+
+def test_committed_sweep_chunks_belong_to_the_documented_command(data_dir):
+  """results/ntk_cond_c16n5_1000 (results/README.md): its manifest is the one the documented
+  command writes on a CPU, and every chunk on disk holds that command's archs with a finite value
+  or a flag, so the next session resumes it instead of failing or mixing runs."""
+  root = pathlib.Path(__file__).resolve().parents[1] / 'results' / 'ntk_cond_c16n5_1000'
+  f = run_lib.make_config(
+      'correlate', dataset='cifar10', archs='reference+random:1000', proxies='ntk_cond',
+      ntk_width=16, ntk_cells=5, ntk_batch=64, repeats=1, cotangent_chunk=16, chunk_size=16,
+      batch_candidates=1, benchmark_file=str(_benchmark(data_dir)),
+      reference_file=str(_reference(data_dir)), data_dir=str(data_dir / 'cifar10'))
+  table = common.arch_index_table(f.benchmark_file, required=True)
+  reference = correlate.load_reference(f.reference_file, f.dataset)
+  ops = table.index_to_ops[correlate.reference_archs(f.archs, reference, f.seed)]
+  images = common.load_images(f.data_dir, f.dataset, f.stand_in_inputs)
+  config = correlate.run_config(['ntk_cond'], common.settings_from_flags(f), f, images, ops, 1,
+                                'cpu')
+  assert json.loads((root / 'manifest.json').read_text()) == config
+  files = sorted((root / 'chunks').iterdir())
+  done, scores = correlate.finished_scores(ops, f.chunk_size, root / 'chunks')
+  assert int(done.sum()) == f.chunk_size * len(files)  # every file read back for its archs
+  assert np.all(np.isfinite(scores['ntk_cond']) | (scores['ntk_cond_flag'] != 0))
