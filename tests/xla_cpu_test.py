@@ -3,26 +3,30 @@ import os
 
 from engine import xla_cpu
 
+YNN = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
+OPT = '--xla_backend_optimization_level=1'
 
-def test_adds_the_ynn_setting_once(monkeypatch):
-  monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0')
+
+def test_adds_the_settings_once(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
   assert xla_cpu.apply()
   flags = os.environ['XLA_FLAGS']
-  assert flags == ('--xla_backend_optimization_level=0 '
-                   '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution')
+  assert flags == f'--xla_force_host_platform_device_count=2 {YNN} {OPT}'
   assert not xla_cpu.apply()
   assert os.environ['XLA_FLAGS'] == flags
 
 
 def test_the_users_setting_wins(monkeypatch):
-  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=+individual_convolution')
+  mine = '--xla_cpu_experimental_ynn_fusion_type=+individual_convolution'
+  monkeypatch.setenv('XLA_FLAGS', mine)
+  assert xla_cpu.apply()  # only the option the user did not name is added
+  assert os.environ['XLA_FLAGS'] == f'{mine} {OPT}'
+  monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0 ' + mine)
   assert not xla_cpu.apply()
-  assert os.environ['XLA_FLAGS'] == (
-      '--xla_cpu_experimental_ynn_fusion_type=+individual_convolution')
+  assert os.environ['XLA_FLAGS'] == '--xla_backend_optimization_level=0 ' + mine
 
 
 def test_starts_from_no_flags(monkeypatch):
   monkeypatch.delenv('XLA_FLAGS', raising=False)
   assert xla_cpu.apply()
-  assert os.environ['XLA_FLAGS'] == (
-      '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution')
+  assert os.environ['XLA_FLAGS'] == f'{YNN} {OPT}'
