@@ -89,7 +89,8 @@ def ntk_gram(params, mask, x, config, variant: str = 'coupled', cotangent_chunk:
     jac = jax.lax.map(jax.vmap(lambda ct: pullback(ct)[0]),
                       rows.reshape(batch // chunk, chunk, batch))
     jac = jax.tree.map(lambda a: a.reshape((batch,) + a.shape[2:]), jac)
-  elif variant == 'independent':
+    return _gram(jac, batch)
+  if variant == 'independent':
     stats = jax.lax.stop_gradient(forward(params, x)[1])
 
     def sample_output(w, xi):
@@ -97,9 +98,7 @@ def ntk_gram(params, mask, x, config, variant: str = 'coupled', cotangent_chunk:
 
     jac = jax.vmap(jax.grad(sample_output), in_axes=(None, 0), out_axes=-1)(weights, x)
     return _gram(jac, batch, samples_last=True)
-  else:
-    raise ValueError(f'unknown NTK variant {variant!r}; choose one of {", ".join(VARIANTS)}')
-  return _gram(jac, batch)
+  raise ValueError(f'unknown NTK variant {variant!r}; choose one of {", ".join(VARIANTS)}')
 
 
 def condition_number(gram):
