@@ -585,11 +585,6 @@ def _switched_edge(record: bool):
   return edge
 
 
-def _unstack(a, count):
-  """a [count, ...] -> count arrays [...], with one split (cheaper to trace than a[i])."""
-  return [jnp.squeeze(part, 0) for part in jax.lax.split(a, (1,) * count)]
-
-
 class Supernet(Backend):
   """The masked supernet in JAX (scoring, pruning, soft masks), and single paths of it.
 
@@ -668,11 +663,12 @@ class Supernet(Backend):
     self.log_scale, self.last = log_scale, t
     for recorded, into in ((stats, self.stats), (relus, self.relus)):
       for k, v in recorded.items():
-        # one split per leaf: indexing each cell's slice (a[i]) was seconds of trace per scorer
-        per_cell = jax.tree.map(lambda a: _unstack(a, count), v)
+        # one unstack per leaf: indexing each cell's slice (a[i]) was seconds of trace per scorer
+        leaves, treedef = jax.tree.flatten(v)
+        per_leaf = [jax.lax.unstack(a) for a in leaves]
         for i in range(count):
-          into[k.replace(wild, f'{prefix}{i}/', 1)] = jax.tree.map(
-              lambda parts, i=i: parts[i], per_cell, is_leaf=lambda x: isinstance(x, list))
+          into[k.replace(wild, f'{prefix}{i}/', 1)] = treedef.unflatten(
+              [parts[i] for parts in per_leaf])
     return t
 
   def edge(self, choices, h, path, channels):
