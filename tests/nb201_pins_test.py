@@ -1,0 +1,46 @@
+"""NB201's proxy values pinned: every registered proxy on 8 archs, as recorded before NB201 became
+a plug-in space (issue 31). A refactor that moves a value beyond float32 round-off fails here.
+
+The values were recorded at small network sizes (compile time on 2 cores), under the suite's XLA
+settings (conftest.py), with `ZERONAS_RECORD_PINS=1 python -m pytest tests/nb201_pins_test.py`.
+Tolerance: relative 2e-4 (absolute 1e-5 near zero): XLA may reorder float32 sums between
+versions of a program; a changed definition or init moves values by far more.
+"""
+import json
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from engine import proxies, scoring
+from search_spaces import nb201
+
+PINS = pathlib.Path(__file__).parent / 'data' / 'nb201_pins.json'
+SETTINGS = proxies.ScoreSettings(
+    ntk_batch=8, ntk_repeats=2, ntk_width=4, ntk_cells=1, lr_batches=2, lr_batch_size=200,
+    zc_batch=8, zc_width=4, zc_cells=1, zc_input_size=8, zc_depth=2)
+NAMES = list(proxies.REGISTRY)
+ARCHS = nb201.sample_ops(np.random.default_rng(31), 8)
+SEED = 7
+
+
+def _scores():
+  scorer = scoring.Scorer(NAMES, SETTINGS, seed=SEED, batch_candidates=4,
+                          devices=jax.devices()[:1])
+  return {k: np.asarray(v, np.float64) for k, v in scorer.score_ops(ARCHS).items()}
+
+
+def test_every_nb201_proxy_matches_its_recorded_value():
+  scores = _scores()
+  if os.environ.get('ZERONAS_RECORD_PINS'):
+    PINS.write_text(json.dumps({
+        'archs': [nb201.format_arch_str(a) for a in ARCHS],
+        'values': {k: [float(x) for x in v] for k, v in sorted(scores.items())}}, indent=1))
+    pytest.skip(f'recorded {PINS}')
+  pinned = json.loads(PINS.read_text())
+  assert pinned['archs'] == [nb201.format_arch_str(a) for a in ARCHS]
+  assert sorted(pinned['values']) == sorted(scores), 'a proxy was added or removed: re-record'
+  for name, values in pinned['values'].items():
+    np.testing.assert_allclose(scores[name], values, rtol=2e-4, atol=1e-5, err_msg=name)
