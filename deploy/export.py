@@ -41,7 +41,7 @@ class ExportError(ValueError):
 def predicted_costs(ops, config, device: str, runtime: str) -> dict:
   """The hardware model's figures for the lowered graph of the exported arch."""
   import hardware
-  from search_spaces import nb201_graph
+  from search_spaces.nb201 import graph as nb201_graph
   from hardware import memory
   graph = nb201_graph.lower(ops, config)
   res = hardware.cost(graph, device=device, runtime=runtime)
@@ -229,7 +229,7 @@ def predicted_c_costs(ops, config, device='nucleo-l4r5zi', runtimes=C_COST_RUNTI
   `C_COST_RUNTIMES`, and its TFLM plan (the generated arena's size by construction)."""
   import hardware
   from hardware import memory
-  from search_spaces import nb201_graph
+  from search_spaces.nb201 import graph as nb201_graph
   graph = nb201_graph.lower(ops, config)
   out = {'plan_bytes': memory.tflm_greedy_arena(memory.tflm_buffers(graph))}
   for runtime in runtimes:

@@ -33,7 +33,7 @@ import numpy as np
 
 from engine import int_inference
 from engine.int_inference import QTensor
-from search_spaces import nb201_net
+from search_spaces.nb201 import net as nb201_net
 from search_spaces.nb201 import NB201Config
 
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from scipy import stats
 
 from engine import data as data_lib
 from engine.files import write_text_atomic
@@ -157,3 +158,36 @@ def collect(workdir) -> list[dict]:
     with path.open() as fh:
       rows += list(csv.DictReader(fh))
   return rows
+
+
+GROUND_TRUTH = pathlib.Path(__file__).resolve().parents[1] / 'search_spaces' / 'ground_truth'
+
+
+def load_ground_truth(space, path=None) -> dict:
+  """{arch string: [accuracies by seed]} of a space's trained table."""
+  path = pathlib.Path(path) if path else GROUND_TRUTH / f'{space.name}.csv'
+  if not path.is_file():
+    raise FileNotFoundError(f'no trained ground truth for {space.name} at {path}; make one with '
+                            f'python -m experiments.ground_truth --search_space={space.name} or '
+                            f'pass --benchmark_file')
+  table: dict = {}
+  with path.open() as fh:
+    for row in csv.DictReader(fh):
+      acc = float(row['test_acc'])
+      if np.isfinite(acc):
+        table.setdefault(row['arch'], {})[int(row['seed'])] = acc
+  return table
+
+
+def noise_summary(table: dict) -> dict:
+  """Seed-to-seed noise of a ground truth: per-arch std (pp) and seed-vs-seed Spearman."""
+  multi = {a: s for a, s in table.items() if len(s) > 1}
+  if not multi:
+    return {'archs': 0}
+  seeds = sorted(set.intersection(*(set(s) for s in multi.values())))
+  stds = [np.std(list(s.values()), ddof=1) for s in multi.values()]
+  rhos = [stats.spearmanr([multi[a][s1] for a in multi], [multi[a][s2] for a in multi])[0]
+          for i, s1 in enumerate(seeds) for s2 in seeds[i + 1:]]
+  return {'archs': len(multi), 'seeds': len(seeds), 'mean_std_pp': float(np.mean(stds)),
+          'max_std_pp': float(np.max(stds)),
+          'seed_vs_seed_spearman': float(np.mean(rhos)) if rhos else float('nan')}

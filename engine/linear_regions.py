@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from search_spaces import nb201_net
+from search_spaces.nb201 import net as nb201_net
 
 
 def pack_bits(bits):

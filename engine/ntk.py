@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from search_spaces import nb201_net
+from search_spaces.nb201 import net as nb201_net
 
 OK, SINGULAR, NONFINITE = 0, 1, 2  # ordered by severity: a repeat's worst flag wins
 FLAG_NAMES = {OK: '', NONFINITE: 'nonfinite', SINGULAR: 'singular'}

@@ -23,7 +23,7 @@ from engine import linear_regions as lr_lib
 from engine import ntk as ntk_lib
 from engine import zero_cost as zc_lib
 from search_spaces import nb201
-from search_spaces import nb201_net
+from search_spaces.nb201 import net as nb201_net
 
 
 class ProxyError(ValueError):
@@ -59,6 +59,22 @@ class ScoreSettings:
   zc_input_size: int = 0           # 0: the dataset's size; smaller for tests
   zc_depth: int = -1               # layers kept (NB201Config.depth); -1: all, less for tests
   zico_splits: int = 2             # zico: equal mini-batches the zc batch is split into (>= 2)
+
+  @classmethod
+  def from_config(cls, c) -> 'ScoreSettings':
+    """The settings an experiment's config (or flags) asks for; one-line errors."""
+    if c.dataset not in nb201.DATASETS:
+      raise nb201.ArchError(f'unknown --dataset={c.dataset!r}; choose one of '
+                            f'{", ".join(nb201.DATASETS)}')
+    for name in ('ntk_batch', 'repeats', 'ntk_width', 'ntk_cells', 'zc_batch', 'zc_width',
+                 'zc_cells'):
+      if getattr(c, name) < 1:
+        raise ProxyError(f'--{name} must be at least 1, got {getattr(c, name)}')
+    return cls(  # zico_splits is checked by zico itself
+        dataset=c.dataset, init=c.init, ntk_batch=c.ntk_batch, ntk_repeats=c.repeats,
+        ntk_width=c.ntk_width, ntk_cells=c.ntk_cells, cotangent_chunk=c.cotangent_chunk,
+        sparse=c.sparse, single_path=c.single_path, zc_batch=c.zc_batch, zc_width=c.zc_width,
+        zc_cells=c.zc_cells, zico_splits=c.zico_splits)
 
   def zc_config(self) -> nb201.NB201Config:
     size = {'input_size': self.zc_input_size} if self.zc_input_size else {}

@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 
 from engine import quant
-from search_spaces import nb201_net
+from search_spaces.nb201 import net as nb201_net
 from search_spaces.nb201 import NB201Config
-from search_spaces.nb201_net import BN_EPS, avg_pool_2x2, avg_pool_3x3
+from search_spaces.nb201.net import BN_EPS, avg_pool_2x2, avg_pool_3x3
 
 MODES = ('fp32', 'folded', 'quant')
 BN_MOMENTUM = 0.9

@@ -147,3 +147,86 @@ class Scorer:
         if progress:
           progress(n)
     return {name: np.concatenate(parts) for name, parts in results.items()}
+
+
+class SearchScorer:
+  """NB201's scorer for the searchers (`engine.search`): masks [M, 6, 5] in, proxy values out.
+
+  One `Scorer` per batch size K, kept across seeds (`reseed` swaps inputs, not programs);
+  candidate keys come from the mask's active-op bit pattern, so a supernet and an arch get
+  reproducible inits whatever batch they land in. `traced` gives the differentiable proxies of
+  one (soft) mask for `grad_prune`."""
+
+  def __init__(self, proxy_names, settings: proxies_lib.ScoreSettings, seed: int = 0,
+               images=None):
+    self.proxies = proxies_lib.get(proxy_names)
+    self.names = [p.name for p in self.proxies]
+    self.higher_is_better = {p.name: p.higher_is_better for p in proxies_lib.REGISTRY.values()}
+    self.network = [p for p in self.proxies if p.kind == 'network']
+    self.settings, self.images = settings, images
+    self._scorers: dict[int, Scorer] = {}
+    self.compile_s = self.run_s = 0.0
+    self.reseed(seed)
+
+  def reseed(self, seed: int):
+    self.seed = seed
+    self.inputs = {k: jnp.asarray(v) for k, v in proxies_lib.make_inputs(
+        self.network, self.settings, seed, self.images).items()}
+    for s in self._scorers.values():
+      s.seed, s.inputs = seed, self.inputs
+
+  def inputs_for(self, group) -> dict:
+    return self.inputs
+
+  def default_k(self, n: int) -> int:
+    """Reuse a compiled batch shape when none is asked for (the final scoring of a winner)."""
+    return max(self._scorers) if self._scorers else n
+
+  def _scorer(self, k: int) -> Scorer:
+    if k not in self._scorers:
+      s = Scorer([p.name for p in self.network], self.settings, self.seed, self.images,
+                 batch_candidates=k)
+      s.inputs = self.inputs
+      self._scorers[k] = s
+    return self._scorers[k]
+
+  def score_archs(self, group, archs, k=None) -> dict[str, np.ndarray]:
+    return self.score_masks(group, nb201.ops_to_mask(np.asarray(archs)), k)
+
+  def score_masks(self, group, masks, k=None) -> dict[str, np.ndarray]:
+    masks = np.asarray(masks, np.float32)
+    m = len(masks)
+    out: dict[str, list] = {}
+    if self.network:
+      scorer = self._scorer(k or self.default_k(m))
+      k = scorer.batch_candidates
+      keys = mask_keys(self.seed, masks)
+      before = scorer.timing.compile_s, scorer.timing.run_s
+      for start in range(0, m, k):
+        n = min(k, m - start)
+        pad = np.r_[np.arange(start, start + n), np.full(k - n, start + n - 1)]
+        part = scorer.score_masks(masks[pad], keys[pad])
+        for p in self.network:
+          out.setdefault(p.name, []).append(np.asarray(part[p.name], np.float64)[:n])
+          out.setdefault(p.name + '_flag', []).append(np.asarray(part[p.name + '_flag'])[:n])
+      self.compile_s += scorer.timing.compile_s - before[0]
+      self.run_s += scorer.timing.run_s - before[1]
+    values = {name: np.concatenate(parts) for name, parts in out.items()}
+    for p in self.proxies:
+      if p.kind == 'analytic':
+        values[p.name] = np.asarray(p.fn(masks, self.settings), np.float64)
+    return values
+
+  def traced(self, group, mask, inputs, names) -> dict:
+    """{name: value} of the network proxies `names` at one mask [6, 5] (traceable)."""
+    key = jax.random.PRNGKey(0)  # shared inits live in `inputs`; the key is unused then
+    return {p.name: p.fn(proxies_lib.proxy_key(key, p.name), mask, inputs, self.settings)[0]
+            for p in self.network if p.name in names}
+
+
+def mask_keys(seed: int, masks) -> jax.Array:
+  """Per-candidate keys from the seed and the mask's active-op bit pattern (reproducible)."""
+  bits = (np.asarray(masks) != 0).reshape(len(masks), -1)
+  codes = jnp.asarray((bits * (1 << np.arange(bits.shape[1]))).sum(-1), jnp.uint32)
+  base = jax.random.PRNGKey(seed)
+  return jax.vmap(lambda c: jax.random.fold_in(base, c))(codes)

@@ -27,6 +27,11 @@ class SpaceScoreSettings:
   batch_candidates: int = 8
   candidate_chunk: int = 1
 
+  @classmethod
+  def from_config(cls, c) -> 'SpaceScoreSettings':
+    return cls(zc_batch=c.zc_batch, ntk_batch=c.ntk_batch, batch_candidates=c.batch_candidates,
+               candidate_chunk=max(1, c.candidate_chunk))
+
 
 class UnknownProxy(ValueError):
   pass
@@ -89,7 +94,6 @@ def score(space, archs, names, seed: int = 0, images=None,
   names = check_names(names)
   archs = space.parse(archs) if isinstance(archs, str) else [
       space.decode(a) if isinstance(a, str) else a for a in archs]
-  keys = init_keys(names, seed)
   network = [n for n in names if sp.PROXIES[n][0] != 'analytic']
   values = {n: np.full(len(archs), np.nan) for n in names}
   flags = {n: np.zeros(len(archs), np.int32) for n in names}
@@ -111,32 +115,112 @@ def score(space, archs, names, seed: int = 0, images=None,
     group_inputs = (make_inputs(space, names, seed, images, s, shape) if inputs is None
                     else inputs)
     rows = space.to_array([archs[i] for i in idx])
-    k = s.batch_candidates
-
-    def call(batch_rows, batch_inputs, net=net):
-      one = lambda r: sp.network_proxies(net, r, batch_inputs, network, keys)
-      return jax.lax.map(one, batch_rows, batch_size=max(1, s.candidate_chunk))
-
-    pad = -len(rows) % k
-    rows = np.concatenate([rows, np.repeat(rows[-1:], pad, 0)]) if pad else rows
-    start = time.perf_counter()
-    cache_key = (space.name, group, tuple(network), seed, s, jax.tree.map(
-        lambda a: (np.shape(a), str(np.asarray(a).dtype)), group_inputs))
-    compiled = _COMPILED.get(repr(cache_key))
-    if compiled is None:
-      compiled = jax.jit(call).lower(rows[:k], group_inputs).compile()
-      _COMPILED[repr(cache_key)] = compiled
-    timing.compile_s += time.perf_counter() - start
-    start = time.perf_counter()
-    for c in range(0, len(rows), k):
-      out = jax.device_get(compiled(rows[c:c + k], group_inputs))
-      take = min(k, len(idx) - c)
-      for n in network:
-        values[n][np.asarray(idx[c:c + take])] = out[n][0][:take]
-        flags[n][np.asarray(idx[c:c + take])] = out[n][1][:take]
-      if bar:
-        bar.update(take)
-    timing.run_s += time.perf_counter() - start
+    _score_rows((space.name, group), net, rows, network, seed, group_inputs, s, timing,
+                values, flags, np.asarray(idx), bar)
   if bar:
     bar.close()
   return values, flags, timing
+
+
+def _score_rows(cache_name, net, rows, network, seed, inputs, s, timing, values, flags, idx,
+                bar=None):
+  """Scores arch rows (int rows, or relaxed masks) of one net in compiled calls of K
+  candidates, writing into values[name][idx] / flags[name][idx]."""
+  keys = init_keys(network, seed)
+  k = s.batch_candidates
+
+  def call(batch_rows, batch_inputs):
+    one = lambda r: sp.network_proxies(net, r, batch_inputs, network, keys)
+    return jax.lax.map(one, batch_rows, batch_size=max(1, s.candidate_chunk))
+
+  n_rows = len(rows)
+  pad = -n_rows % k
+  rows = np.concatenate([rows, np.repeat(rows[-1:], pad, 0)]) if pad else rows
+  start = time.perf_counter()
+  cache_key = (cache_name, str(rows.dtype), rows.shape[1:], tuple(network), seed, s,
+               jax.tree.map(lambda a: (np.shape(a), str(np.asarray(a).dtype)), inputs))
+  compiled = _COMPILED.get(repr(cache_key))
+  if compiled is None:
+    compiled = jax.jit(call).lower(rows[:k], inputs).compile()
+    _COMPILED[repr(cache_key)] = compiled
+  timing.compile_s += time.perf_counter() - start
+  start = time.perf_counter()
+  for c in range(0, len(rows), k):
+    out = jax.device_get(compiled(rows[c:c + k], inputs))
+    take = min(k, n_rows - c)
+    for n in network:
+      values[n][idx[c:c + take]] = out[n][0][:take]
+      flags[n][idx[c:c + take]] = out[n][1][:take]
+    if bar:
+      bar.update(take)
+  timing.run_s += time.perf_counter() - start
+
+
+class NetScorer:
+  """The scorer of a plug-in space for the searchers (`engine.search`): archs or relaxed masks
+  [M, S, O] in, proxy values (and `name_flag`s) out, through the space's `Net` (one-hot masks
+  go through the arch's own rows; multi-hot and soft ones through `relax.net`)."""
+
+  def __init__(self, space, proxy_names, settings: SpaceScoreSettings, seed: int = 0,
+               images=None):
+    self.space, self.settings, self.images = space, settings, images
+    self.names = check_names(proxy_names)
+    self.higher_is_better = {n: higher for n, (_, higher) in sp.PROXIES.items()}
+    self.network = [n for n in self.names if sp.PROXIES[n][0] != 'analytic']
+    self.compile_s = self.run_s = 0.0
+    self.reseed(seed)
+
+  def reseed(self, seed: int):
+    self.seed = seed
+    self._inputs: dict = {}
+
+  def inputs_for(self, group) -> dict:
+    if group not in self._inputs:
+      self._inputs[group] = make_inputs(self.space, self.names, self.seed, self.images,
+                                        self.settings, self.space.shape_of(group))
+    return self._inputs[group]
+
+  def default_k(self, n: int) -> int:
+    return self.settings.batch_candidates
+
+  def _settings(self, k):
+    return dataclasses.replace(self.settings, batch_candidates=k) if k else self.settings
+
+  def _add(self, timing):
+    self.compile_s += timing.compile_s
+    self.run_s += timing.run_s
+
+  def score_archs(self, group, archs, k=None) -> dict:
+    values, flags, timing = score(self.space, archs, self.names, self.seed, self.images,
+                                  self._settings(k), inputs=self.inputs_for(group))
+    self._add(timing)
+    return {**values, **{n + '_flag': f for n, f in flags.items()}}
+
+  def score_masks(self, group, masks, k=None) -> dict:
+    masks = np.asarray(masks, np.float32)
+    relax = self.space.relax
+    if np.all((masks != 0).sum(-1) == 1) and np.all(masks.max(-1) == 1):
+      return self.score_archs(group, relax.from_rows(group, masks.argmax(-1)), k)
+    values = {n: np.full(len(masks), np.nan) for n in self.names}
+    flags = {n: np.zeros(len(masks), np.int32) for n in self.names}
+    timing = Timing()
+    analytic = [n for n in self.names if sp.PROXIES[n][0] == 'analytic']
+    if analytic:  # the supernet's size from the relaxed cost model
+      shape = self.space.shape_of(group)
+      costs = relax.cost(group, masks, 'stm32f746', 'tflm', input_shape=shape,
+                         num_classes=self.space.num_classes)
+      for n in analytic:
+        values[n] = np.asarray(costs['params' if n == 'params' else 'macs'], np.float64)
+    if self.network:
+      net = relax.net(group, self.space.shape_of(group), self.space.num_classes)
+      _score_rows((self.space.name, group, 'relaxed'), net, masks, self.network, self.seed,
+                  self.inputs_for(group), self._settings(k), timing, values, flags,
+                  np.arange(len(masks)))
+    self._add(timing)
+    return {**values, **{n + '_flag': f for n, f in flags.items()}}
+
+  def traced(self, group, mask, inputs, names) -> dict:
+    net = self.space.relax.net(group, self.space.shape_of(group), self.space.num_classes)
+    keys = init_keys(self.network, self.seed)
+    out = sp.network_proxies(net, mask, inputs, [n for n in self.network if n in names], keys)
+    return {n: v for n, (v, _) in out.items()}

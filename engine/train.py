@@ -378,7 +378,7 @@ def plot_curves(workdir) -> Optional[pathlib.Path]:
 def hardware_weight_counts(ops, config: nb201.NB201Config) -> dict:
   """int8 weight and int32 bias element counts the hardware model charges to flash."""
   from hardware import graph as graph_lib
-  from search_spaces import nb201_graph
+  from search_spaces.nb201 import graph as nb201_graph
   st = graph_lib.node_stats(nb201_graph.lower(ops, config))
   return {'weights': int(st.weights.sum()), 'biases': int(st.biases.sum())}
 

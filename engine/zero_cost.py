@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.ntk import NONFINITE, OK, SINGULAR
-from search_spaces import nb201_net
+from search_spaces.nb201 import net as nb201_net
 from search_spaces import nb201
 from search_spaces.nb201 import CONV1, CONV3
 

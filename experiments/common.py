@@ -101,18 +101,7 @@ def select_archs(spec: str, seed: int, benchmark_file=None) -> np.ndarray:
 
 
 def settings_from_flags(f) -> proxies_lib.ScoreSettings:
-  if f.dataset not in nb201.DATASETS:
-    raise nb201.ArchError(f'unknown --dataset={f.dataset!r}; choose one of '
-                          f'{", ".join(nb201.DATASETS)}')
-  for name in ('ntk_batch', 'repeats', 'ntk_width', 'ntk_cells', 'zc_batch', 'zc_width',
-               'zc_cells'):
-    if getattr(f, name) < 1:
-      raise proxies_lib.ProxyError(f'--{name} must be at least 1, got {getattr(f, name)}')
-  return proxies_lib.ScoreSettings(  # zico_splits is checked by zico itself
-      dataset=f.dataset, init=f.init, ntk_batch=f.ntk_batch, ntk_repeats=f.repeats,
-      ntk_width=f.ntk_width, ntk_cells=f.ntk_cells, cotangent_chunk=f.cotangent_chunk,
-      sparse=f.sparse, single_path=f.single_path, zc_batch=f.zc_batch, zc_width=f.zc_width,
-      zc_cells=f.zc_cells, zico_splits=f.zico_splits)
+  return proxies_lib.ScoreSettings.from_config(f)
 
 
 def load_images(data_dir, dataset: str, stand_in: str = 'noise'):

@@ -40,7 +40,8 @@ def run(f, workdir=None):
 
 
 def _nb201(f, device, runtime):
-  from search_spaces import nb201, nb201_graph
+  from search_spaces import nb201
+  from search_spaces.nb201 import graph as nb201_graph
   config = nb201.NB201Config.for_dataset(f.dataset)
   ops = common.select_archs(f.archs, f.seed, f.benchmark_file)
   table = common.arch_index_table(f.benchmark_file)
@@ -91,8 +92,8 @@ def _tinycnn(f, device, runtime):
 def _plugin(f, device, runtime):
   """Any space registered in search_spaces.space (archs by its own parser)."""
   import hardware
-  from search_spaces import space as space_lib
-  space = space_lib.get(f.search_space)
+  from search_spaces import registry
+  space = registry.get(f.search_space)
   spec = f.archs.strip()
   archs = (space.sample(np.random.default_rng(f.seed), int(spec.split(':', 1)[1]))
            if spec.startswith('random:') and spec.split(':', 1)[1].isdigit() else space.parse(spec))

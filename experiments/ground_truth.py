@@ -19,7 +19,8 @@ from tqdm import tqdm
 from engine import ground_truth as gt
 from experiments import common
 from search_spaces import nb201
-from search_spaces import space as space_lib
+
+from search_spaces import registry
 
 flags.DEFINE_string('search_space', 'tinycnn', 'A registered finite search space.')
 flags.DEFINE_string('data_dir', None, 'CIFAR-10 python batches (data_batch_1 trains, test_batch '
@@ -34,7 +35,7 @@ FLAGS = flags.FLAGS
 
 
 def run(config: dict, workdir) -> list[dict]:
-  space = space_lib.get(config['search_space'])
+  space = registry.get(config['search_space'])
   if space.enumerate is None or space.train_net is None:
     raise ValueError(f'{space.name} has no finite list of archs or no training network; a ground '
                      f'truth sweep needs both')

@@ -1,7 +1,8 @@
 """zeronas-mcu entry point: `python -m experiments.run --experiment=NAME [flags]`.
 
-With no flags it runs the main job: a hardware-aware search (TE-NAS pruning under the MCU's
-SRAM and flash) for an STM32F746 / CMSIS-NN on NB201, printing the winner, its costs and fit.
+With no flags it runs the main job: a hardware-aware search (rerank of the largest feasible
+cells by the default proxy aggregate, under the MCU's SRAM and flash) for an STM32F746 /
+CMSIS-NN on NB201, printing the winner, its costs and fit.
 
 Each experiment is a module with `run(config, workdir)`, registered in `EXPERIMENTS` with the
 flags it reads, the search spaces it supports and its own defaults; its config is a frozen
@@ -48,7 +49,7 @@ SEARCH = frozenset({
     'seeds', 'device', 'runtime', 'searcher', 'latency_budget_ms', 'energy_budget_mj',
     'sram_reserve_kb', 'flash_reserve_kb', 'workdir', 'proxy_weights', 'w_flops', 'w_latency',
     'w_feasible', 'random_samples', 'evolution_samples', 'population', 'tournament', 'recheck',
-    'rerank_pool', 'prune_none'})
+    'rerank_pool', 'prune_none', 'objective', 'space_samples'})
 TRAIN = frozenset({
     'arch', 'benchmark_file', 'data_dir', 'dataset', 'seed', 'workdir', 'epochs', 'quant',
     'init_from', 'distill_from', 'distill_alpha', 'distill_temperature', 'train_width',
@@ -70,7 +71,7 @@ EXPERIMENTS = types.MappingProxyType({
                                                  'stand_in_inputs': 'photos',
                                                  'zc_width': 8, 'zc_cells': 1,
                                                  'ntk_batch': 32, 'repeats': 1}),
-                         summary='hardware-aware NB201 search (the main job)'),
+                         summary='hardware-aware search on any space (the main job)'),
     'score': Experiment('score', SCORING | {'archs', 'output'}, ('nb201', 'tinycnn', 'mbv2'),
                         summary='proxy scores per arch, one CSV row each'),
     'correlate': Experiment('correlate', SCORING | {'archs', 'workdir', 'chunk_size',
@@ -160,6 +161,12 @@ flags.DEFINE_bool('list_devices', False, 'Print the device and runtime catalog a
 # --experiment=search
 flags.DEFINE_string('searcher', 'rerank',
                     'Search strategy: rerank, prune, grad_prune, random, evolution.')
+flags.DEFINE_enum('objective', 'hybrid', ['hybrid', 'seed'],
+                  'Search objective: hybrid (proxy ranks minus weighted MACs/latency) or seed '
+                  '(accuracy proxy / (peak SRAM x average power)); both under the hard limits.')
+flags.DEFINE_integer('space_samples', 4096, 'Archs drawn to stand for a space too large to '
+                     'enumerate (mbv2); the search keeps one width x resolution group of them.',
+                     lower_bound=8)
 flags.DEFINE_string('seeds', '', 'Seeds to search with, e.g. 0-9 or 0,3 (default: --seed).')
 flags.DEFINE_float('latency_budget_ms', None, 'Predicted-latency budget (ms); unset: none.')
 flags.DEFINE_float('energy_budget_mj', None, 'Predicted energy budget per inference (mJ).')
@@ -336,11 +343,9 @@ def main(argv):
     return
   try:
     exp, config = config_from_flags()
-    if config.search_space != 'nb201' and exp.module in ('score', 'correlate', 'search'):
-      # plug-in spaces run through the space interface (experiments/space_jobs.py)
+    if config.search_space != 'nb201' and exp.module in ('score', 'correlate'):
+      # plug-in spaces score through the space interface (experiments/space_jobs.py)
       from experiments import space_jobs
-      if exp.module == 'search' and not flags.FLAGS['searcher'].present:
-        config = dataclasses.replace(config, searcher='random')
       space_jobs.run(exp.module, config, workdir_from_flags(exp))
       return
     importlib.import_module(f'experiments.{exp.module}').run(config, workdir_from_flags(exp))

@@ -1,9 +1,11 @@
-"""`--experiment=search` (the default job): hardware-aware zero-shot NAS on NB201 for an MCU.
+"""`--experiment=search` (the default job): hardware-aware zero-shot NAS for an MCU, on any
+registered search space (`--search_space`), through one path (engine/search/).
 
 For each seed: run the chosen searcher, print the winner, its predicted MCU cost and whether it
 fits; write `results.json` and `results.csv` (atomically: temp file + rename) into --workdir,
-plus `pareto.png` (predicted latency vs true test accuracy, with the oracle front over all
-15,625 archs under the same cost model) when the NB201 benchmark table is available.
+plus `pareto.png` (predicted latency vs true test accuracy, with the oracle front over the
+archs the search knows, under the same cost model) when true accuracies are known: NB201's
+benchmark table, or a space's trained ground truth (search_spaces/ground_truth/).
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments import common
-from search_spaces import nb201
 
 CSV_COLUMNS = ('seed', 'searcher', 'arch_index', 'arch_str', 'test_acc', 'feasible',
                'sram_bytes', 'flash_bytes', 'latency_ms', 'energy_mj', 'macs', 'params',
@@ -43,35 +44,66 @@ def parse_seeds(spec: str, default: int) -> list[int]:
   return sorted(set(seeds))
 
 
-def _space_table(constraints):
-  """The space's costs, cached on disk keyed by the cost model's source and the target."""
-  from engine import objective as obj
+def _source_digest(space, *parts) -> str:
+  """Key of a cached cost table: the target, and the source of the cost model and of the
+  space's own module (its package, for a space in one)."""
+  import inspect
   root = pathlib.Path(__file__).resolve().parents[1]
-  digest = hashlib.sha256(repr((constraints.device, constraints.runtime,
-                                constraints.dataset)).encode())
-  for src in sorted((root / 'hardware').glob('*.py')) + [root / 'search_spaces' /
-                                                          'nb201_graph.py']:
+  module = pathlib.Path(inspect.getsourcefile(space.lower)).resolve()
+  own = sorted(module.parent.glob('*.py')) if module.parent.name != 'search_spaces' else [module]
+  digest = hashlib.sha256(repr((space.name,) + parts).encode())
+  for src in sorted((root / 'hardware').glob('*.py')) + own:
     digest.update(src.read_bytes())
+  return digest.hexdigest()[:16]
+
+
+def _cached_costs(space, archs, input_shape, num_classes, constraints):
+  """Costs of every arch of an enumerable space, cached on disk (keyed by the cost model's and
+  the spaces' source and the target): NB201's 15,625 take a few seconds to cost, a cache hit
+  milliseconds."""
+  from engine import search as search_lib
+  key = _source_digest(space, constraints.device, constraints.runtime, input_shape,
+                       num_classes)
   cache = pathlib.Path(os.environ.get('ZERONAS_CACHE', pathlib.Path.home() / '.cache' /
-                                      'zeronas-mcu')) / f'nb201_costs_{digest.hexdigest()[:16]}.npz'
-  ops = nb201.all_ops()
-  costs = None
+                                      'zeronas-mcu')) / f'{space.name}_costs_{key}.npz'
   if cache.is_file():
     try:
       with np.load(cache) as z:
-        costs = {k: z[k] for k in obj.COST_NAMES}
+        costs = {k: z[k] for k in search_lib.COST_NAMES}
+      if all(len(v) == len(archs) for v in costs.values()):
+        return costs
     except (OSError, KeyError, ValueError):
-      costs = None
-  if costs is None:
-    # One padded shape (16 x 1,024), so a single compile.
-    masks = nb201.ops_to_mask(np.concatenate([ops, np.repeat(ops[-1:], 16384 - len(ops), 0)]))
-    costs = {k: v[:len(ops)] for k, v in obj.cost(masks, constraints).items()}
-    try:
-      cache.parent.mkdir(parents=True, exist_ok=True)
-      common.write_atomic(cache, lambda fh: np.savez(fh, **costs))
-    except OSError:
-      pass  # a read-only home only costs the recomputation next time
-  return obj.table_from_costs(costs, constraints)
+      pass
+  costs = None
+  by_group: dict = {}
+  for i, a in enumerate(archs):
+    by_group.setdefault(space.group(a), []).append(i)
+  costs = {k: np.zeros(len(archs)) for k in search_lib.COST_NAMES}
+  for group, idx in by_group.items():
+    part = search_lib.space_costs(space, group, [archs[i] for i in idx], input_shape,
+                                  num_classes, constraints.device, constraints.runtime)
+    for k in costs:
+      costs[k][idx] = part[k]
+  try:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    common.write_atomic(cache, lambda fh: np.savez(fh, **costs))
+  except OSError:
+    pass  # a read-only home only costs the recomputation next time
+  return costs
+
+
+def space_table(space, constraints, dataset='cifar10', space_samples=4096, seed=0):
+  """The candidates the search knows: every arch of an enumerable space (costs cached), else
+  `space_samples` archs drawn with `seed`; restricted to one group (engine.search)."""
+  from engine import search as search_lib
+  shape, classes = space.shape_for(dataset if space.datasets else None)
+  if space.enumerate is not None:
+    archs = space.enumerate()
+    costs = _cached_costs(space, archs, shape, classes, constraints)
+  else:
+    archs = space.sample(np.random.default_rng([seed, 0x5eed]), space_samples)
+    costs = None
+  return search_lib.build_table(space, constraints, archs, shape, classes, costs)
 
 
 def _float_or_none(value):
@@ -79,11 +111,12 @@ def _float_or_none(value):
 
 
 def constraints_from_flags(f):
-  from engine import objective as obj
-  return obj.Constraints(device=f.device, runtime=f.runtime, dataset=f.dataset,
-                         sram_reserve_kb=f.sram_reserve_kb, flash_reserve_kb=f.flash_reserve_kb,
-                         latency_budget_ms=_float_or_none(f.latency_budget_ms),
-                         energy_budget_mj=_float_or_none(f.energy_budget_mj))
+  from engine import search as search_lib
+  return search_lib.Constraints(device=f.device, runtime=f.runtime,
+                                sram_reserve_kb=f.sram_reserve_kb,
+                                flash_reserve_kb=f.flash_reserve_kb,
+                                latency_budget_ms=_float_or_none(f.latency_budget_ms),
+                                energy_budget_mj=_float_or_none(f.energy_budget_mj))
 
 
 def options_from_flags(f):
@@ -98,93 +131,125 @@ def options_from_flags(f):
                             prune_none=f.prune_none)
 
 
+def accuracies(space, f, archs) -> np.ndarray | None:
+  """True test accuracy (%) of each arch, nan where unknown: NB201's benchmark table for
+  --dataset, or a space's trained ground truth (search_spaces/ground_truth/); None without."""
+  if space.datasets is not None:  # a benchmark indexed by dataset (NB201)
+    bench = common.arch_index_table(f.benchmark_file)
+    if bench is None:
+      return None
+    column = bench.columns[common.ACC_COLUMN[f.dataset]]
+    return np.asarray(column[bench.ops_to_index(space.to_array(archs))], np.float64)
+  from engine import ground_truth as gt_lib
+  try:
+    table = gt_lib.load_ground_truth(space, f.benchmark_file)
+  except FileNotFoundError:
+    if f.benchmark_file:
+      raise
+    return None
+  first = lambda runs: runs[min(runs)] if runs else np.nan
+  return np.array([first(table.get(space.encode(a), {})) for a in archs], np.float64)
+
+
 def run(f, workdir='search_out'):
-  """The search on NB201 (its defaults, e.g. the proxies, are `run.EXPERIMENTS['search']`'s)."""
-  from engine import objective as obj
+  """The search on any registered space (its defaults, e.g. the proxies, are
+  `run.EXPERIMENTS['search']`'s)."""
+  from engine import aggregate as agg_lib
   from engine import search as search_lib
+  from search_spaces import registry
+  space = registry.get(f.search_space)
   search_lib.get(f.searcher)  # fail on a bad name before any work
   seeds = parse_seeds(f.seeds, f.seed)
-  settings = common.settings_from_flags(f)
   constraints = constraints_from_flags(f)
   options = options_from_flags(f)
-  weights = obj.Weights(obj.parse_weights(f.proxy_weights), f.w_flops, f.w_latency,
-                        f.w_feasible)
+  weights = search_lib.Weights(search_lib.parse_weights(f.proxy_weights), f.w_flops,
+                               f.w_latency, f.w_feasible)
+  plain, _ = agg_lib.split(f.proxies)
   workdir = pathlib.Path(workdir)
   common.enable_compile_cache()
 
   start = time.perf_counter()
-  table = _space_table(constraints)
-  obj.check_feasible(table, constraints)
+  table = space_table(space, constraints, f.dataset, f.space_samples, f.seed)
   table_s = time.perf_counter() - start
-  bench = common.arch_index_table(f.benchmark_file)
-  acc = bench.columns.get(common.ACC_COLUMN[f.dataset]) if bench is not None else None
   images = common.load_images(f.data_dir, f.dataset, f.stand_in_inputs)
+  scorer = search_lib.make_scorer(space, plain, f, seeds[0], images)
+  problem = search_lib.Problem(table, scorer, f.proxies, weights, f.objective)
+  search_lib.check(f.searcher, problem)
   import jax
   device_name = f'{len(jax.local_devices())} {jax.local_devices()[0].platform} device(s)'
   limits = ', '.join(f'{k} <= {v:.4g}' for k, v in table.limits.items())
-  print(f'search: {f.searcher} on NB201/{f.dataset} for {constraints.device}/'
-        f'{constraints.runtime} ({limits}); {int(table.feasible.sum())} of {nb201.NUM_ARCHS} '
-        f'archs feasible; space costed in {table_s:.1f} s')
-  problem = search_lib.Problem(f.proxies, settings, constraints, weights, images, seeds[0], table)
-  needs = {p.needs for p in problem.network}
+  where = (f'{space.name}/{f.dataset}' if space.datasets else space.name) + (
+      f' (group {table.group})' if table.group != () else '')
+  known = 'archs' if space.enumerate is not None else 'sampled archs in the group'
+  print(f'search: {f.searcher} on {where} for {constraints.device}/{constraints.runtime} '
+        f'({limits}); {int(table.feasible.sum())} of {len(table.archs)} {known} feasible; '
+        f'costed in {table_s:.1f} s')
+  settings = getattr(scorer, 'settings', None)
+  needs = {p.needs for p in getattr(scorer, 'network', []) if hasattr(p, 'needs')}
   nets = ([f'NTK C={settings.ntk_width} N={settings.ntk_cells} B={settings.ntk_batch} '
            f'x{settings.ntk_repeats}'] if 'ntk' in needs else []) + (
           [f'zero-cost C={settings.zc_width} N={settings.zc_cells} B={settings.zc_batch}']
           if 'zc' in needs else [])
   print(f'inputs: {images.source if images else "N(0, 1) Gaussian noise (no --data_dir given)"};'
-        f' objective {f.proxies}' + ''.join(f'; {n}' for n in nets) + f'; {device_name}')
+        f' objective {f.objective} over {f.proxies}' + ''.join(f'; {n}' for n in nets)
+        + f'; {device_name}')
 
+  acc = accuracies(space, f, table.archs)
   best_feasible, base = None, None
-  if acc is not None:
-    base = baselines(table, acc[bench.ops_to_index(table.ops)])
+  if acc is not None and np.isfinite(acc[table.feasible]).any():
+    base = baselines(space, table, acc)
     best_feasible = base['oracle']['test_acc']
     print('baselines (true test acc, gap to the best feasible): ' + ', '.join(
         f'{name} {b["test_acc"]:.2f} ({b["gap"]:.2f})' for name, b in base.items()))
-  total = search_lib.PROGRESS_TOTAL[f.searcher](options, table) * len(seeds)
+  total = search_lib.PROGRESS_TOTAL[f.searcher](problem, options) * len(seeds)
   records = []
   with tqdm(total=total, unit='step', disable=not f.progress, file=None) as bar:
     for seed in seeds:
       t0 = time.perf_counter()
       result = search_lib.search(f.searcher, problem, seed, options, bar.update)
       wall = time.perf_counter() - t0
-      records.append(_record(f, seed, result, wall, constraints, table, bench, acc,
+      records.append(_record(space, f, seed, result, wall, constraints, problem.table, acc,
                              best_feasible, device_name))
       _report(records[-1], result, table.limits, bar)
-      _write_results(workdir, records, f, constraints, table, base)
+      _write_results(workdir, records, f, constraints, problem.table, base)
   if len(records) > 1:
     _summary(records)
-  if acc is not None:
+  if acc is not None and np.isfinite(acc).any():
     try:
-      _pareto_plot(workdir / 'pareto.png', table, bench, acc, records, constraints)
+      _pareto_plot(workdir / 'pareto.png', problem.table, acc, records, constraints, space)
       print(f'wrote {workdir / "results.json"}, results.csv and pareto.png')
     except ImportError:
       print(f'wrote {workdir / "results.json"} and results.csv (no pareto.png: matplotlib is '
             f'not installed; pip install matplotlib)')
   else:
-    print(f'wrote {workdir / "results.json"} and results.csv (no benchmark table: no true '
-          f'accuracy and no Pareto plot; pass --benchmark_file)')
+    print(f'wrote {workdir / "results.json"} and results.csv (no true accuracy for these archs: '
+          f'no baselines and no Pareto plot; pass --benchmark_file)')
 
 
-def _record(f, seed, result, wall, constraints, table, bench, acc, best_feasible, device_name):
-  code = int(nb201.ops_to_code(result.ops))
-  costs = {k: float(table.costs[k][code]) for k in ('sram_bytes', 'flash_bytes', 'latency_ms',
-                                                    'energy_mj', 'macs', 'params')}
-  rec = dict(seed=seed, searcher=f.searcher, arch_str=nb201.format_arch_str(result.ops),
-             arch_index=int(bench.ops_to_index(result.ops[None])[0]) if bench else None,
-             feasible=bool(table.feasible[code]), **costs, objective=result.objective,
+def _record(space, f, seed, result, wall, constraints, table, acc, best_feasible, device_name):
+  i = result.index
+  costs = {k: float(table.costs[k][i]) for k in ('sram_bytes', 'flash_bytes', 'latency_ms',
+                                                 'energy_mj', 'macs', 'params')}
+  bench_index = None
+  if space.datasets is not None:
+    bench = common.arch_index_table(f.benchmark_file)
+    if bench is not None:
+      bench_index = int(bench.ops_to_index(space.to_array([result.arch]))[0])
+  rec = dict(seed=seed, searcher=f.searcher, arch_str=space.encode(result.arch),
+             arch_index=bench_index, feasible=bool(table.feasible[i]), **costs,
+             objective=result.objective,
              proxies={k: v for k, v in result.values.items() if k not in costs},
              search_s=wall, compile_s=result.compile_s, run_s=result.run_s,
              scored=result.scored, device=constraints.device, runtime=constraints.runtime,
              compute=device_name, log=result.log)
-  rec['test_acc'] = float(acc[rec['arch_index']]) if acc is not None else None
-  if result.trace:  # the anytime curve: [archs scored, arch index, true test acc or None]
-    idx = bench.ops_to_index(nb201.code_to_ops(np.array([c for _, c in result.trace]))) \
-        if bench else [None] * len(result.trace)
-    rec['trace'] = [[n, None if i is None else int(i),
-                     float(acc[i]) if acc is not None and i is not None else None]
-                    for (n, _), i in zip(result.trace, idx)]
+  known = acc is not None and i < len(acc) and np.isfinite(acc[i])
+  rec['test_acc'] = float(acc[i]) if known else None
+  if result.trace:  # the anytime curve: [archs scored, arch, true test acc or None]
+    rec['trace'] = [[n, space.encode(table.archs[j]),
+                     float(acc[j]) if acc is not None and j < len(acc) and np.isfinite(acc[j])
+                     else None] for n, j in result.trace]
   rec['best_feasible_acc'] = best_feasible
-  rec['gap'] = best_feasible - rec['test_acc'] if acc is not None else None
+  rec['gap'] = best_feasible - rec['test_acc'] if known and best_feasible is not None else None
   return rec
 
 
@@ -213,22 +278,23 @@ def _summary(records):
         f'{gap[1]:.2f}, search {t[0]:.1f} s/seed (run {run[0]:.1f} s, compile in the first)')
 
 
-def baselines(table, acc_by_code) -> dict:
-  """The simple rules a searcher must beat, under the same constraints and costs:
-  `max_macs` and `max_params` (the feasible arch with the most MACs / parameters, ties broken by
-  the other, then by code), `random` (the mean true accuracy of a uniformly drawn feasible arch,
-  i.e. random search with one sample, in expectation) and `oracle` (the best feasible true
-  accuracy). Each: test_acc and gap to the oracle; the rules also give their arch and costs."""
-  feasible = np.flatnonzero(table.feasible)
-  acc = np.asarray(acc_by_code, np.float64)
+def baselines(space, table, acc) -> dict:
+  """The simple rules a searcher must beat, under the same constraints and costs, over the
+  feasible archs with a known accuracy: `max_macs` and `max_params` (the feasible arch with the
+  most MACs / parameters, ties broken by the other, then by order), `random` (the mean true
+  accuracy of a uniformly drawn feasible arch, i.e. random search with one sample, in
+  expectation) and `oracle` (the best feasible true accuracy). Each: test_acc and gap to the
+  oracle; the rules also give their arch and costs."""
+  acc = np.asarray(acc, np.float64)
+  feasible = np.flatnonzero(table.feasible & np.isfinite(acc[:len(table.feasible)]))
   best = float(acc[feasible].max())
   out = {}
   for name, first, second in (('max_macs', 'macs', 'params'), ('max_params', 'params', 'macs')):
     order = np.lexsort((feasible, -table.costs[second][feasible], -table.costs[first][feasible]))
-    code = int(feasible[order[0]])
-    out[name] = dict(arch_str=nb201.format_arch_str(table.ops[code]), test_acc=float(acc[code]),
-                     gap=best - float(acc[code]),
-                     **{k: float(table.costs[k][code]) for k in ('latency_ms', 'macs', 'params')})
+    i = int(feasible[order[0]])
+    out[name] = dict(arch_str=space.encode(table.archs[i]), test_acc=float(acc[i]),
+                     gap=best - float(acc[i]),
+                     **{k: float(table.costs[k][i]) for k in ('latency_ms', 'macs', 'params')})
   mean = float(acc[feasible].mean())
   out['random'] = dict(test_acc=mean, gap=best - mean)
   out['oracle'] = dict(test_acc=best, gap=0.0)
@@ -236,7 +302,8 @@ def baselines(table, acc_by_code) -> dict:
 
 
 def _write_results(workdir, records, f, constraints, table, base=None):
-  meta = dict(searcher=f.searcher, dataset=f.dataset, device=constraints.device,
+  meta = dict(searcher=f.searcher, search_space=f.search_space, objective=f.objective,
+              dataset=f.dataset, device=constraints.device,
               runtime=constraints.runtime, limits=table.limits, proxies=f.proxies,
               data_dir=f.data_dir, stand_in_inputs=None if f.data_dir else f.stand_in_inputs,
               baselines=base, machine=platform.processor() or platform.machine())
@@ -246,27 +313,34 @@ def _write_results(workdir, records, f, constraints, table, base=None):
   common.write_csv_atomic(workdir / 'results.csv', CSV_COLUMNS, rows)
 
 
-def _pareto_plot(path, table, bench, acc, records, constraints):
-  """Predicted latency vs true accuracy: every arch, the oracle front, the found archs."""
+def _pareto_plot(path, table, acc, records, constraints, space):
+  """Predicted latency vs true accuracy: every known arch, the oracle front, the found archs."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  n = len(table.archs)
+  true = np.full(n, np.nan)
+  true[:min(n, len(acc))] = acc[:n]
+  known = np.isfinite(true)
   lat = table.costs['latency_ms']
-  true = acc[bench.ops_to_index(table.ops)]
-  order = np.argsort(lat, kind='stable')
+  order = np.argsort(np.where(known, lat, np.inf), kind='stable')[:int(known.sum())]
   front = order[true[order] >= np.maximum.accumulate(true[order])]  # best acc at <= latency
   fig, ax = plt.subplots(figsize=(6.4, 4.4))
-  ax.scatter(lat[~table.feasible], true[~table.feasible], s=2, c='0.85', label='infeasible')
-  ax.scatter(lat[table.feasible], true[table.feasible], s=2, c='0.6', label='feasible')
+  off = known & ~table.feasible
+  on = known & table.feasible
+  ax.scatter(lat[off], true[off], s=2, c='0.85', label='infeasible')
+  ax.scatter(lat[on], true[on], s=2, c='0.6', label='feasible')
   ax.step(lat[front], true[front], where='post', c='k', lw=1, label='oracle front')
-  found = np.array([[r['latency_ms'], r['test_acc']] for r in records])
-  ax.scatter(found[:, 0], found[:, 1], s=30, c='tab:red', marker='*',
-             label=f'found ({records[0]["searcher"]}, {len(records)} seeds)')
+  found = np.array([[r['latency_ms'], r['test_acc']] for r in records
+                    if r['test_acc'] is not None])
+  if len(found):
+    ax.scatter(found[:, 0], found[:, 1], s=30, c='tab:red', marker='*',
+               label=f'found ({records[0]["searcher"]}, {len(records)} seeds)')
   if 'latency_ms' in table.limits:
     ax.axvline(table.limits['latency_ms'], c='tab:blue', ls='--', lw=1, label='latency budget')
   ax.set_xlabel(f'predicted latency on {constraints.device}/{constraints.runtime} (ms)')
-  ax.set_ylabel('NB201 test accuracy (%)')
-  ax.set_ylim(max(true.min(), 80), true.max() + 0.5)
+  ax.set_ylabel(f'{space.name} test accuracy (%)')
+  ax.set_ylim(max(np.nanmin(true), np.nanmax(true) - 15), np.nanmax(true) + 0.5)
   ax.legend(loc='lower right', fontsize=8)
   fig.tight_layout()
   common.write_atomic(path, lambda fh: fig.savefig(fh, format='png', dpi=120))

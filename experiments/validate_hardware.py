@@ -29,7 +29,7 @@ from hardware import graph as graph_lib
 from hardware import latency
 from search_spaces import mlperf_tiny
 from search_spaces import nb201
-from search_spaces import nb201_graph
+from search_spaces.nb201 import graph as nb201_graph
 
 _PART = flags.DEFINE_enum('part', 'all', ['mlperf', 'nb201', 'all'],
                           'Which validation: (a) MLPerf Tiny, (b) NAS-Bench-201, or both.')

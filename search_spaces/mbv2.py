@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hardware import graph as graph_lib
-from search_spaces import space as space_lib
+from search_spaces import interface as space_lib
+from search_spaces import registry
 
 KERNELS = (3, 5, 7)
 EXPANDS = (3, 4, 6)
@@ -359,7 +360,7 @@ def make_net(group_key=(1.0, 96), input_shape=None, num_classes=NUM_CLASSES) -> 
       num_classes=num_classes, example_row=example)
 
 
-SPACE = space_lib.register(space_lib.SearchSpace(
+SPACE = registry.register(space_lib.SearchSpace(
     name='mbv2', summary='MCUNet-style MobileNetV2 (kernel, expand, depth, width, resolution)',
     decode=decode, encode=lambda a: a.encode(), sample=sample, enumerate=None,
     to_array=to_array, mutate=mutate,

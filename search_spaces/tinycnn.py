@@ -24,8 +24,9 @@ import numpy as np
 
 import hardware
 from hardware import graph as graph_lib
-from search_spaces.nb201_net import conv as _fast_conv
-from search_spaces import space as space_lib
+from search_spaces.nb201.net import conv as _fast_conv
+from search_spaces import interface as space_lib
+from search_spaces import registry
 
 FILTERS = (8, 16, 32)
 KERNELS = (3, 5)
@@ -407,7 +408,7 @@ def stratum(arch: TinyCNNArch) -> str:
   return f'{len(arch.filters)}-{arch.activation}-{arch.pooling}'
 
 
-SPACE = space_lib.register(space_lib.SearchSpace(
+SPACE = registry.register(space_lib.SearchSpace(
     name='tinycnn',
     summary='the seed\'s 1-3 layer CNNs (1,032 archs)',
     decode=decode, encode=lambda a: a.encode(), sample=sample, enumerate=enumerate_archs,

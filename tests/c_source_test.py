@@ -12,7 +12,7 @@ from deploy import mcu
 from deploy import tflite
 from hardware import memory
 from search_spaces import nb201
-from search_spaces import nb201_graph
+from search_spaces.nb201 import graph as nb201_graph
 from deploy_test import ARCH, DEAD_NODE, SMALL, UNUSED_NODE, _calibrated
 
 

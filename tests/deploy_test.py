@@ -141,7 +141,7 @@ def test_disconnected_arch_is_refused():
 @pytest.mark.parametrize('arch', [ARCH, '|nor_conv_1x1~0|+|avg_pool_3x3~0|skip_connect~1|+|nor_conv_3x3~0|skip_connect~1|nor_conv_1x1~2|', DEAD_NODE])
 def test_hardware_model_of_the_tflm_arena_matches_tflm(arch):
   from hardware import memory
-  from search_spaces import nb201_graph
+  from search_spaces.nb201 import graph as nb201_graph
   config = nb201.NB201Config(C=8, N=2)
   ops, v, x = _calibrated(arch, config)
   model, ref = tflite.to_tflite(v, ops, config)

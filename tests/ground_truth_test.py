@@ -3,11 +3,11 @@ duplicating rows."""
 import collections
 
 from engine import ground_truth as gt
-from search_spaces import space as space_lib
+from search_spaces import registry
 
 
 def test_every_prefix_is_stratified():
-  space = space_lib.get('tinycnn')
+  space = registry.get('tinycnn')
   order = gt.stratified_order(space)
   assert len(order) == 1032 and len(set(order)) == 1032
   counts = collections.Counter(space.stratum(a) for a in order[:72])  # 6 per stratum
@@ -15,13 +15,13 @@ def test_every_prefix_is_stratified():
 
 
 def test_jobs_put_seed_zero_first():
-  jobs = gt.jobs(space_lib.get('tinycnn'), 5, 2, 2)
+  jobs = gt.jobs(registry.get('tinycnn'), 5, 2, 2)
   assert [s for _, s in jobs] == [0] * 5 + [1, 1, 2, 2]
   assert [a for a, _ in jobs[5:7]] == [a for a, _ in jobs[:2]]
 
 
 def test_sweep_resumes_without_losing_or_duplicating_rows(tmp_path, data_dir):
-  space = space_lib.get('tinycnn')
+  space = registry.get('tinycnn')
   cifar = data_dir / 'cifar10'
   cfg = gt.GroundTruthConfig(epochs=1, batch_size=64)
   first = gt.run_sweep(space, tmp_path, cifar, num_archs=3, noise_archs=0, noise_seeds=0,

@@ -13,7 +13,7 @@ from hardware import devices
 from hardware import graph as G
 from hardware import template as T
 from search_spaces import nb201
-from search_spaces import nb201_graph
+from search_spaces.nb201 import graph as nb201_graph
 
 SMALL = hardware_fixtures.SMALL
 POLICIES = list(itertools.product([True, False], repeat=2))

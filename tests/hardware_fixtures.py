@@ -7,7 +7,7 @@ import hardware
 from hardware import devices
 from hardware import graph as G
 from search_spaces import nb201
-from search_spaces import nb201_graph
+from search_spaces.nb201 import graph as nb201_graph
 
 SMALL = nb201.NB201Config(C=4, N=1, input_size=8)
 

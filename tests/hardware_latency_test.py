@@ -12,7 +12,7 @@ from hardware import graph as G
 from hardware import latency
 from hardware import template as T
 from search_spaces import nb201
-from search_spaces import nb201_graph
+from search_spaces.nb201 import graph as nb201_graph
 from search_spaces import tinycnn
 
 SMALL = nb201.NB201Config(C=4, N=1, input_size=8)

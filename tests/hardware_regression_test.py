@@ -13,7 +13,7 @@ import pytest
 
 import hardware
 from search_spaces import mlperf_tiny
-from search_spaces import nb201_graph
+from search_spaces.nb201 import graph as nb201_graph
 from search_spaces import tinycnn
 
 ARCHS = ('|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|'

@@ -10,7 +10,7 @@ import pytest
 
 from engine import qat_net
 from search_spaces import nb201
-from search_spaces import nb201_net as net
+from search_spaces.nb201 import net
 
 CONFIG = nb201.NB201Config(C=4, N=2, input_size=8)
 ARCHS = [(3, 2, 4, 1, 3, 0), (1, 1, 1, 1, 1, 1), (3, 3, 3, 3, 3, 3), (4, 0, 2, 0, 0, 3)]

@@ -7,7 +7,7 @@ import numpy as np
 from engine import ntk
 from engine import qat_net
 from search_spaces import nb201
-from search_spaces import nb201_net as net
+from search_spaces.nb201 import net
 
 CONFIG = nb201.NB201Config(C=4, N=1, input_size=8)
 # Jitted: op-by-op (eager) execution of the unrolled supernet's backward passes takes minutes.

@@ -203,7 +203,7 @@ def test_int32_overflow_raises_in_numpy_and_is_flagged_in_jax():
 @pytest.mark.parametrize('arch', [ARCH_6111, ARCH_ZERO_NODE])
 def test_int8_weight_bytes_equal_hardware_model(arch):
   from hardware import graph as graph_lib
-  from search_spaces import nb201_graph
+  from search_spaces.nb201 import graph as nb201_graph
   ops, v = _variables(arch)
   net = int_inference.IntNetwork(v, ops, TINY)
   counts = net.weight_counts()

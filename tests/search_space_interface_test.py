@@ -11,9 +11,10 @@ import pytest
 import hardware
 from engine import space_proxies as sp
 from engine import space_scoring
-from experiments import space_jobs
+from engine import search
 from hardware import graph as graph_lib
-from search_spaces import space as space_lib
+from search_spaces import interface as space_lib
+from search_spaces import registry
 from search_spaces import tinycnn
 
 ARCHS = ('f8k3-relu-max', 'f16k5-f8k3-swish-avg', 'f32k5-f16k3-f8k5-relu-avg')
@@ -27,7 +28,7 @@ def _x(n=4, seed=0):
 
 @pytest.mark.parametrize('code', ARCHS)
 def test_tinycnn_masked_equals_concrete(code):
-  space = space_lib.get('tinycnn')
+  space = registry.get('tinycnn')
   arch = space.decode(code)
   row = space.to_array([arch])[0]
   params = tinycnn.init(jax.random.PRNGKey(1), row)
@@ -58,7 +59,7 @@ def test_tinycnn_lowering_counts_equal_network(code):
 
 def test_masked_proxies_equal_concrete_reference():
   """Each proxy on the padded, masked network equals the same proxy on the arch's own network."""
-  space = space_lib.get('tinycnn')
+  space = registry.get('tinycnn')
   arch = space.decode('f16k5-f8k3-relu-avg')
   row = jnp.asarray(space.to_array([arch])[0])
   net = space.net()
@@ -87,7 +88,7 @@ def test_masked_proxies_equal_concrete_reference():
 
 
 def test_batched_scores_equal_one_at_a_time():
-  space = space_lib.get('tinycnn')
+  space = registry.get('tinycnn')
   names = ['params', 'grad_norm', 'snip', 'synflow', 'nwot', 'zen', 'linear_regions']
   together, flags, _ = space_scoring.score(space, list(ARCHS), names, 0, None, SMALL)
   for i, code in enumerate(ARCHS):
@@ -102,15 +103,15 @@ def test_batched_scores_equal_one_at_a_time():
 
 @pytest.mark.parametrize('bad', ['f8k9-relu-max', 'f16k3-tanh-max', 'nonsense', ''])
 def test_bad_encodings_are_one_line_errors(bad):
-  space = space_lib.get('tinycnn')
+  space = registry.get('tinycnn')
   with pytest.raises(ValueError) as err:
     space.decode(bad)
   assert '\n' not in str(err.value) and 'expected' in str(err.value)
 
 
 def test_unknown_space_names_the_registered_ones():
-  with pytest.raises(space_lib.SpaceError, match='tinycnn'):
-    space_lib.get('nope')
+  with pytest.raises(registry.SpaceError, match='tinycnn'):
+    registry.get('nope')
 
 
 # ----------------------------------------------------------------------------- a toy space
@@ -152,7 +153,7 @@ def _toy_net(group=(), input_shape=(8, 8, 1), num_classes=10):
 
 @pytest.fixture
 def toy_space():
-  space = space_lib.register(space_lib.SearchSpace(
+  space = registry.register(space_lib.SearchSpace(
       name='toy_mlp', summary='test only', decode=lambda s: int(s.removeprefix('mlp')),
       encode=lambda a: f'mlp{a}', sample=lambda rng, n: list(rng.choice(WIDTHS, n)),
       enumerate=lambda: list(WIDTHS), to_array=lambda archs: np.array([[a] for a in archs],
@@ -160,7 +161,7 @@ def toy_space():
       net=_toy_net, lower=_toy_lower, input_shape=(8, 8, 1),
       mutate=lambda a, rng: 8 if a == 4 else 4))
   yield space
-  space_lib.unregister('toy_mlp')
+  registry.unregister('toy_mlp')
 
 
 def test_toy_space_scores_costs_and_searches(toy_space, tmp_path):
@@ -171,17 +172,21 @@ def test_toy_space_scores_costs_and_searches(toy_space, tmp_path):
   assert np.isfinite(values['grad_norm']).all() and (flags['grad_norm'] == 0).all()
   rows = hardware.cost_rows({'mlp4': toy_space.lower(4)}, 'stm32f746', 'cmsis-nn')
   assert rows[0]['sram_bytes'] > 0 and rows[0]['latency_ms'] > 0
-  config = types.SimpleNamespace(
-      search_space='toy_mlp', searcher='exhaustive', seeds='', seed=0, proxies='synflow',
-      zc_batch=8, ntk_batch=4, batch_candidates=2, candidate_chunk=1, data_dir=None,
-      progress=False, device='stm32f746', runtime='cmsis-nn', random_samples=2,
-      population=1, tournament=1, evolution_samples=2)
-  results = space_jobs.search(config, tmp_path)
-  assert results[0]['arch'] in ('mlp4', 'mlp8') and results[0]['objective'] > 0
-  evolved = space_jobs.search(types.SimpleNamespace(**{**vars(config), 'searcher': 'evolution'}),
-                              tmp_path)
-  assert evolved[0]['scored'] == 2  # the start and its one mutant
-  assert evolved[0]['arch'] == results[0]['arch']  # both saw the whole space
+  # the one searcher library serves a space with no relaxation: rerank, random, evolution
+  table = search.build_table(toy_space, search.Constraints(), toy_space.enumerate(),
+                             toy_space.input_shape, toy_space.num_classes)
+  config = types.SimpleNamespace(zc_batch=8, ntk_batch=4, batch_candidates=2, candidate_chunk=1)
+  problem = search.Problem(table, search.make_scorer(toy_space, ['synflow'], config, 0, None),
+                           'synflow', search.Weights())
+  options = search.Options(batch=2, pool=2, random_samples=2, population=2, tournament=1,
+                           evolution_samples=2)
+  best = search.search('rerank', problem, 0, options)
+  assert best.arch in (4, 8) and best.scored == 2
+  evolved = search.search('evolution', problem, 0, options)
+  assert evolved.scored == 2  # the start and its one mutant
+  assert evolved.arch == best.arch  # both saw the whole space
+  with pytest.raises(search.SearchError, match='relaxed toy_mlp'):
+    search.check('prune', problem)
 
 
 # ----------------------------------------------------------------------------- MobileNetV2
@@ -193,7 +198,7 @@ MBV2 = ('w0.5-r96-k3e6.k5e3-k7e4.k3e3.k3e3-k3e3.k3e3-k5e6.k5e6-k3e4.k7e3',
 @pytest.mark.parametrize('code', MBV2)
 def test_mbv2_lowering_weights_equal_the_masked_network(code):
   from search_spaces import mbv2
-  space = space_lib.get('mbv2')
+  space = registry.get('mbv2')
   arch = space.decode(code)
   assert space.encode(arch) == code
   row = jnp.asarray(space.to_array([arch])[0])
@@ -210,7 +215,7 @@ def test_mbv2_lowering_weights_equal_the_masked_network(code):
 def test_mbv2_batched_proxies_equal_one_at_a_time():
   """The scorer's compiled batch (lax.map over rows) equals each arch alone, on a small group."""
   from search_spaces import mbv2
-  space = space_lib.get('mbv2')
+  space = registry.get('mbv2')
   net = mbv2.make_net((0.5, 32))
   rows = jnp.asarray(space.to_array([space.decode(c) for c in MBV2]))
   x = jax.random.normal(jax.random.PRNGKey(0), (8, 32, 32, 3))
@@ -232,7 +237,7 @@ def test_mbv2_batched_proxies_equal_one_at_a_time():
                                  'k3e3.k3e3-k3e3.k3e3', 'junk'])
 def test_mbv2_bad_encodings_are_one_line_errors(bad):
   with pytest.raises(ValueError) as err:
-    space_lib.get('mbv2').decode(bad)
+    registry.get('mbv2').decode(bad)
   assert '\n' not in str(err.value) and 'expected' in str(err.value)
 
 
@@ -243,7 +248,7 @@ def test_mbv2_tflm_arena_matches_the_prediction(code):
   from deploy import graph_tflite
   from deploy import runtimes
   from hardware import memory
-  graph = space_lib.get('mbv2').lower(code)
+  graph = registry.get('mbv2').lower(code)
   model = graph_tflite.to_tflite(graph)
   measured = runtimes.tflm_arena(model, np.zeros((1,) + graph.nodes[0].shape, np.int8))
   predicted = memory.tflm_arena(graph)

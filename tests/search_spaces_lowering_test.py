@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 import hardware
-from engine import seed_objective
 from hardware import graph as G
 from hardware import memory
 from search_spaces import mlperf_tiny
 from search_spaces import nb201
-from search_spaces import nb201_graph
+from search_spaces.nb201 import graph as nb201_graph
 from search_spaces import tinycnn
 
 CFG = nb201.NB201Config()
@@ -78,7 +77,7 @@ def test_nb201_template_graph_unchanged(snapshot):
 
 
 def test_nb201_template_walk_visits_every_op_with_its_gate():
-  from search_spaces import nb201_net
+  from search_spaces.nb201 import net as nb201_net
   walked = nb201_net.edge_choices(nb201_graph.gate_index)
   assert walked == [[(op, e * 5 + op) for op in (nb201.SKIP, nb201.CONV1, nb201.CONV3, nb201.POOL)]
                     for e in range(6)]
@@ -254,13 +253,17 @@ def test_tinycnn_space():
   assert [n.op for n in relu.nodes] == ['input', 'conv2d', 'max_pool', 'reshape', 'dense']
 
 
-def test_tinycnn_objective_hard_limits():
+def test_the_seed_objective_on_tinycnn_and_its_hard_limits():
+  from engine.search import objective as obj
+  from engine.search.problem import Term
   rows = tinycnn.cost_rows('f8k3-relu-max,f32k5-f32k5-f32k5-swish-avg', 'stm32f746', 'cmsis-nn')
-  s = seed_objective.score(rows, [0.5, 0.7], 'stm32f746', rate_hz=1.0)
-  assert np.all(s > 0)
-  s = seed_objective.score(rows, [0.5, 0.7], 'stm32f746', sram_limit_bytes=30_000)
-  assert s[0] > 0 and s[1] == 0
-  s = seed_objective.score(rows, [0.5, 0.7], 'stm32f746', rate_hz=50.0)  # 2nd misses the 20 ms period
-  assert s[1] == 0
-  assert float(seed_objective.objective(0.5, 2048, 2.0, 1e6, 10.0)) == pytest.approx(0.5 / (2 * 2))
-  assert float(seed_objective.objective(0.5, 2048, 20.0, 1e6, 10.0)) == 0.0
+  costs = {k: np.array([r[k] for r in rows], float) for k in obj.COST_NAMES}
+  seed = lambda ok, **kw: obj.seed({'p': np.array([0.5, 0.7])}, [Term('p', True)], costs, ok,
+                                   obj.Weights(), 'stm32f746', **kw)
+  dev = hardware.get_device('stm32f746')
+  power = costs['energy_mj'] + dev.sleep_power_mw * (1 - costs['latency_ms'] / 1e3)
+  expected = np.array([0.5, 1.0]) / (costs['sram_bytes'] / 1024 * power)  # ranks 1, 2 of 2
+  np.testing.assert_allclose(seed([True, True]), expected, rtol=1e-9)
+  assert seed([True, False])[1] == -np.inf  # outside the search's limits
+  assert seed([True, True], rate_hz=50.0)[1] == -np.inf  # the 2nd misses the 20 ms period
+  assert np.isfinite(seed([True, True], rate_hz=50.0)[0])

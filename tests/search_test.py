@@ -1,4 +1,5 @@
-"""Hardware-aware searchers: feasible winners, reproducibility, one-line errors, outputs.
+"""Hardware-aware searchers on NB201: feasible winners, reproducibility, one-line errors,
+outputs. (The same searchers on the plug-in spaces: tests/searchers_test.py.)
 
 Tiny proxy settings keep compiles short; the space's cost table comes from the same on-disk
 cache the command uses (computed once per cost-model version).
@@ -12,11 +13,12 @@ import pytest
 
 import cli
 
-from engine import objective as obj
-from engine import proxies
+from engine import aggregate, proxies, scoring
 from engine import search
+from engine.search import objective as obj
+from engine.search import searchers
 from experiments import search as search_exp
-from search_spaces import nb201
+from search_spaces import nb201, registry
 
 TINY = proxies.ScoreSettings(ntk_batch=4, ntk_repeats=1, ntk_width=2, ntk_cells=1,
                              lr_batches=1, lr_batch_size=64)
@@ -24,31 +26,55 @@ OPTIONS = search.Options(batch=8, random_samples=8, evolution_samples=16, popula
                          tournament=3, recheck=4, pool=16)
 
 
+NB201 = registry.get('nb201')
+
+
+def _table(constraints):
+  return search_exp.space_table(NB201, constraints)
+
+
+def _problem(names, settings, constraints, weights):
+  plain, _ = aggregate.split(names)
+  return search.Problem(_table(constraints), scoring.SearchScorer(plain, settings, 0, None),
+                        names, weights)
+
+
+def _toy_table(feasible):
+  """The NB201 table with zero costs and the given feasibility."""
+  archs = NB201.enumerate()
+  valid = nb201.is_connected(nb201.all_ops())
+  return search.SpaceTable(NB201, (), archs, {k: np.zeros(len(archs)) for k in obj.COST_NAMES},
+                           valid, feasible & valid, {}, (32, 32, 3), 10, 'stm32f746',
+                           'cmsis-nn', nb201.all_ops())
+
+
+def _toy_problem(table):
+  return type('P', (), {'table': table, 'space': NB201})()
+
+
 @pytest.fixture(scope='module')
 def budget():
   """Constraints with the median predicted latency as budget: half the space is ruled out."""
-  table = search_exp._space_table(obj.Constraints())
+  table = _table(obj.Constraints())
   return obj.Constraints(latency_budget_ms=float(np.median(table.costs['latency_ms'])))
 
 
 @pytest.fixture(scope='module')
 def lr_problem(budget):
-  return search.Problem('linear_regions', TINY, budget, obj.Weights(), None, 0,
-                        search_exp._space_table(budget))
+  return _problem('linear_regions', TINY, budget, obj.Weights())
 
 
 @pytest.fixture(scope='module')
 def cost_grad_problem(budget):
   """grad_prune on gradients of the cost model alone (linear regions have none): fast."""
-  return search.Problem('linear_regions', TINY, budget, obj.Weights(latency=1.0), None, 0,
-                        search_exp._space_table(budget))
+  return _problem('linear_regions', TINY, budget, obj.Weights(latency=1.0))
 
 
 def _assert_feasible(problem, result, budget):
-  code = nb201.ops_to_code(result.ops)
-  assert problem.table.feasible[code]
+  code = nb201.ops_to_code(result.arch)
+  assert code == result.index and problem.table.feasible[code]
   assert problem.table.costs['latency_ms'][code] <= budget.latency_budget_ms
-  assert nb201.is_connected(result.ops)
+  assert nb201.is_connected(np.asarray(result.arch))
   assert np.isfinite(result.objective)
 
 
@@ -56,14 +82,14 @@ def _assert_feasible(problem, result, budget):
 def test_searcher_returns_feasible_arch(lr_problem, budget, name):
   result = search.search(name, lr_problem, seed=1, options=OPTIONS)
   _assert_feasible(lr_problem, result, budget)
-  assert result.ops.shape == (nb201.NUM_EDGES,) and result.log
+  assert len(result.arch) == nb201.NUM_EDGES and result.log
 
 
 def test_grad_prune_returns_feasible_arch(cost_grad_problem, budget):
   result = search.search('grad_prune', cost_grad_problem, seed=1, options=OPTIONS)
   _assert_feasible(cost_grad_problem, result, budget)
   assert result.log[-1].startswith('recheck')
-  g, _ = cost_grad_problem.grad(search._start_mask())
+  g, _ = cost_grad_problem.grad(searchers.start_mask(cost_grad_problem))
   # Latency gradient: a 3x3 conv costs more than a 1x1 conv, skip and pooling cost ~nothing.
   assert (g[:, nb201.CONV3] > g[:, nb201.CONV1]).all() and np.isfinite(g).all()
 
@@ -71,10 +97,10 @@ def test_grad_prune_returns_feasible_arch(cost_grad_problem, budget):
 def test_forward_mode_gradient_equals_reverse_mode(cost_grad_problem):
   import jax
   import jax.numpy as jnp
-  mask = search._start_mask()
+  mask = searchers.start_mask(cost_grad_problem)
   reverse, value_r = cost_grad_problem.grad(mask)  # reverse mode compiles for the cost model
   value, forward = jax.jit(cost_grad_problem._value_and_forward_grad)(
-      jnp.asarray(mask), cost_grad_problem.inputs)
+      jnp.asarray(mask), cost_grad_problem.scorer.inputs_for(()))
   assert float(value) == pytest.approx(value_r, rel=1e-6)
   np.testing.assert_allclose(forward, reverse, rtol=1e-5, atol=1e-7)
 
@@ -84,34 +110,32 @@ def test_grad_prune_through_a_gradient_proxy(budget):
   """synflow is a gradient: its mask gradient is reverse-over-reverse, which JAX cannot
   transpose here, so `grad` falls back to forward mode instead of a traceback."""
   settings = proxies.ScoreSettings(zc_width=2, zc_cells=1, zc_batch=4)
-  problem = search.Problem('synflow', settings, budget, obj.Weights(latency=0.5), None, 0,
-                           search_exp._space_table(budget))
+  problem = _problem('synflow', settings, budget, obj.Weights(latency=0.5))
   result = search.search('grad_prune', problem, seed=1, options=OPTIONS)
   _assert_feasible(problem, result, budget)
-  g, _ = problem.grad(search._start_mask())
+  g, _ = problem.grad(searchers.start_mask(problem))
   assert np.isfinite(g).all() and np.abs(g[:, 1:]).sum() > 0
 
 
 @pytest.mark.slow
 def test_grad_prune_through_the_ntk_returns_feasible_arch(budget):
-  problem = search.Problem('ntk_cond_independent', TINY, budget, obj.Weights(latency=0.5),
-                           None, 0, search_exp._space_table(budget))
+  problem = _problem('ntk_cond_independent', TINY, budget, obj.Weights(latency=0.5))
   result = search.search('grad_prune', problem, seed=1, options=OPTIONS)
   _assert_feasible(problem, result, budget)
-  g, _ = problem.grad(search._start_mask())
+  g, _ = problem.grad(searchers.start_mask(problem))
   assert np.isfinite(g).all() and np.abs(g[:, 1:]).sum() > 0
 
 
 def test_same_seed_same_result_and_seeds_differ(lr_problem):
   a = search.search('evolution', lr_problem, seed=3, options=OPTIONS)
   b = search.search('evolution', lr_problem, seed=3, options=OPTIONS)
-  assert np.array_equal(a.ops, b.ops) and a.objective == b.objective and a.values == b.values
+  assert a.arch == b.arch and a.objective == b.objective and a.values == b.values
   c = search.search('prune', lr_problem, seed=3, options=OPTIONS)
   d = search.search('prune', lr_problem, seed=3, options=OPTIONS)
-  assert np.array_equal(c.ops, d.ops) and c.values == d.values
+  assert c.arch == d.arch and c.values == d.values
   e = search.search('rerank', lr_problem, seed=3, options=OPTIONS)
   f = search.search('rerank', lr_problem, seed=3, options=OPTIONS)
-  assert np.array_equal(e.ops, f.ops) and e.values == f.values
+  assert e.arch == f.arch and e.values == f.values
 
 
 def test_rerank_scores_the_largest_feasible_archs(lr_problem):
@@ -121,13 +145,13 @@ def test_rerank_scores_the_largest_feasible_archs(lr_problem):
   assert len(order) == lr_problem.table.feasible.sum()
   result = search.search('rerank', lr_problem, seed=0, options=OPTIONS)
   assert result.scored == OPTIONS.pool
-  assert nb201.ops_to_code(result.ops) in order[:OPTIONS.pool]
+  assert result.index in order[:OPTIONS.pool]
 
 
 def test_baselines_are_feasible_and_the_oracle_is_the_best(budget):
-  table = search_exp._space_table(budget)
+  table = _table(budget)
   acc = np.random.default_rng(0).uniform(80, 95, nb201.NUM_ARCHS)
-  base = search_exp.baselines(table, acc)
+  base = search_exp.baselines(NB201, table, acc)
   assert list(base) == ['max_macs', 'max_params', 'random', 'oracle']
   feasible = np.flatnonzero(table.feasible)
   assert base['oracle']['test_acc'] == acc[feasible].max()
@@ -139,9 +163,8 @@ def test_baselines_are_feasible_and_the_oracle_is_the_best(budget):
 
 
 def test_an_aggregate_objective_ranks_by_the_aggregate_only(budget):
-  problem = search.Problem('agg:params+2*linear_regions:logrank', TINY, budget, obj.Weights(),
-                           None, 0, search_exp._space_table(budget))
-  assert [p.name for p in problem.proxies] == ['params', 'linear_regions']
+  problem = _problem('agg:params+2*linear_regions:logrank', TINY, budget, obj.Weights())
+  assert problem.scorer.names == ['params', 'linear_regions']
   assert [t.name for t in problem.terms] == ['agg:params+2*linear_regions:logrank']
   values = {'params': np.array([3., 2., 1.]), 'linear_regions': np.array([1., 2., 3.]),
             'linear_regions_flag': np.zeros(3, int), 'macs': np.ones(3),
@@ -163,7 +186,7 @@ def test_the_default_objective_is_the_one_the_docs_name():
 
 def test_prune_scores_every_single_op_removal(lr_problem):
   for with_none, ops in ((True, 5), (False, 4)):
-    masks, where = search._removals(search._start_mask(with_none))
+    masks, where = searchers._removals(searchers.start_mask(lr_problem, with_none))
     assert len(masks) == 6 * ops and (masks.sum((1, 2)) == 6 * ops - 1).all()
   # the search itself with `none` (the start supernet without it is the same code, one op fewer)
   options = dataclasses.replace(OPTIONS, prune_none='yes')
@@ -175,56 +198,48 @@ def test_prune_scores_every_single_op_removal(lr_problem):
   last = int(result.log[len(rounds)].split()[2])
   assert 1 <= last <= 2 ** 6 and result.scored == sum(rounds) + last
   assert len(result.log) == len(rounds) + 1 == search.PROGRESS_TOTAL['prune'](
-      options, lr_problem.table)
+      lr_problem, options)
 
 
 def test_only_the_start_supernet_with_none_reaches_archs_that_drop_an_edge():
-  ops = nb201.all_ops()
-  costs = {k: np.zeros(len(ops)) for k in obj.COST_NAMES}
-  feasible = np.zeros(len(ops), bool)
+  feasible = np.zeros(nb201.NUM_ARCHS, bool)
   feasible[nb201.ops_to_code([nb201.CONV3, nb201.NONE, nb201.CONV3, nb201.SKIP, nb201.NONE,
                               nb201.CONV3])] = True
-  table = obj.SpaceTable(ops, costs, feasible, {})
-  assert table.reachable(search._start_mask(True)[None])[0]
-  assert not table.reachable(search._start_mask(False)[None])[0]
+  feasible[nb201.ops_to_code([nb201.NONE] * 6)] = True  # disconnected: never feasible
+  problem = _toy_problem(_toy_table(feasible))
+  assert problem.table.reachable(searchers.start_mask(problem, True)[None])[0]
+  assert not problem.table.reachable(searchers.start_mask(problem, False)[None])[0]
   # 'auto': with `none` when most none-free archs are ruled out (here all but none are)
-  assert search.prune_with_none(table, 'auto')
-  assert not search.prune_with_none(obj.SpaceTable(ops, costs, np.ones(len(ops), bool), {}),
-                                    'auto')
+  assert searchers.prune_with_optional(problem, 'auto')
+  assert not searchers.prune_with_optional(_toy_problem(_toy_table(np.ones(len(feasible),
+                                                                             bool))), 'auto')
   # and a cell whose output the input cannot reach is never a candidate of the last round
-  problem = type('P', (), {'table': table, 'feasible_ops': lambda self, o: table.feasible[
-      nb201.ops_to_code(o)]})()
-  feasible[nb201.ops_to_code([nb201.NONE] * 6)] = True
-  paths = search._single_paths(problem, search._start_mask(True))
-  assert len(paths) == 1 and nb201.is_connected(paths).all()
+  left = problem.table.inside(searchers.start_mask(problem, True))
+  assert len(left) == 1 and nb201.is_connected(nb201.code_to_ops(left)).all()
 
 
 def test_the_anytime_trace_is_the_search_with_a_smaller_budget(lr_problem):
   full = search.search('rerank', lr_problem, seed=2, options=OPTIONS)
-  assert [n for n, _ in full.trace] == [8, 16] and full.trace[-1][1] == nb201.ops_to_code(
-      full.ops)
+  assert [n for n, _ in full.trace] == [8, 16] and full.trace[-1][1] == full.index
   small = search.search('rerank', lr_problem, seed=2,
                         options=dataclasses.replace(OPTIONS, pool=8))
-  assert full.trace[0][1] == nb201.ops_to_code(small.ops)
+  assert full.trace[0][1] == small.index
   evo = search.search('evolution', lr_problem, seed=2, options=OPTIONS)
-  assert evo.trace[-1] == (evo.scored, nb201.ops_to_code(evo.ops))
+  assert evo.trace[-1] == (evo.scored, evo.index)
   assert all(lr_problem.table.feasible[c] for _, c in evo.trace)
 
 
 def test_pruning_keeps_a_feasible_arch_reachable():
-  ops = nb201.all_ops()
-  costs = {k: np.zeros(len(ops)) for k in obj.COST_NAMES}
   only = nb201.ops_to_code([nb201.CONV1] * 6)  # a single feasible arch: all conv1x1
-  feasible = np.zeros(len(ops), bool)
+  feasible = np.zeros(nb201.NUM_ARCHS, bool)
   feasible[only] = True
-  table = obj.SpaceTable(ops, costs, feasible, {})
-  problem = type('P', (), {'table': table})()
-  mask = search._start_mask()
-  _, where = search._removals(mask)
+  problem = _toy_problem(_toy_table(feasible))
+  mask = searchers.start_mask(problem)
+  _, where = searchers._removals(mask)
   goodness = (where[:, 1] == nb201.CONV1).astype(float)  # the objective wants conv1x1 gone
-  pruned = search._prune_edges(problem, mask, where, goodness)
+  pruned = searchers._prune_slots(problem, mask, where, goodness)
   assert (pruned[:, nb201.CONV1] == 1).all()
-  assert (pruned.sum(-1) == 3).all() and table.reachable(pruned[None])[0]
+  assert (pruned.sum(-1) == 3).all() and problem.table.reachable(pruned[None])[0]
 
 
 def test_objective_ranks_and_infeasible_never_wins():
@@ -243,10 +258,12 @@ def test_objective_ranks_and_infeasible_never_wins():
 def test_mutations_stay_feasible(lr_problem):
   rng = np.random.default_rng(0)
   pool = np.flatnonzero(lr_problem.table.feasible)
-  parents = lr_problem.table.ops[rng.choice(pool, 64)]
-  children = search._mutate(lr_problem, parents, rng)
-  assert lr_problem.feasible_ops(children).all()
-  assert ((children != parents).sum(-1) <= 1).all()
+  parents = rng.choice(pool, 64)
+  children = searchers._mutate(lr_problem, parents, rng)
+  assert lr_problem.table.feasible[children].all()
+  rows = lr_problem.table.rows
+  assert ((rows[children] != rows[parents]).sum(-1) <= 1).all()
+  assert (children != parents).mean() > 0.5  # most found a feasible neighbour
 
 
 def test_parse_seeds_and_weights():
@@ -265,7 +282,8 @@ def _run(*args):
 
 
 @pytest.mark.parametrize('args, fragments', [
-    (['--latency_budget_ms=0.001'], ['no NB201 arch fits stm32f746', 'latency_ms']),
+    (['--latency_budget_ms=0.001'], ['no nb201 arch of the 15625 considered fits stm32f746',
+                                      'latency_ms']),
     (['--device=stm32f746', '--flash_reserve_kb=1020'], ['flash_bytes', 'reserves']),
     (['--searcher=annealing'], ["unknown --searcher='annealing'", 'prune']),
     (['--seeds=x'], ['--seeds']),

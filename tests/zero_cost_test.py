@@ -8,7 +8,8 @@ import pytest
 
 from engine import proxies, scoring
 from engine import zero_cost as zc
-from search_spaces import nb201, nb201_net
+from search_spaces import nb201
+from search_spaces.nb201 import net as nb201_net
 
 # Tiny proxy network (compile time rules on 2 CPU cores): stem, one cell, one reduction block and
 # the head; 4 channels, 8x8 inputs, batch 8.

@@ -258,7 +258,7 @@ def data_dir() -> pathlib.Path:
   env = os.environ.get('ZERONAS_DATA_DIR')
   if env:
     return pathlib.Path(env)
-  return pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+  return pathlib.Path(__file__).resolve().parents[3] / 'shared' / 'data'
 
 
 def default_benchmark_file() -> pathlib.Path:

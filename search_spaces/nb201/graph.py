@@ -27,7 +27,7 @@ import numpy as np
 
 import hardware
 from hardware import graph as graph_lib
-from search_spaces import nb201_net
+from search_spaces.nb201 import net as nb201_net
 from search_spaces.nb201 import EDGES, NB201Config, OPS
 
 NUM_GATES = len(EDGES) * len(OPS)

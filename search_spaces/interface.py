@@ -1,5 +1,6 @@
 """What a search space must say so that every proxy, searcher, the cost model and the experiments
-can use it without naming it: the contract (`SearchSpace`, `Net`, `Outputs`) and the registry.
+can use it without naming it: the contract (`SearchSpace`, `Net`, `Outputs`). The registry of
+spaces is `search_spaces.registry`.
 
 A space describes
   * its archs: `decode` (string -> arch, one-line ValueError on a bad string), `encode`,
@@ -24,7 +25,7 @@ A space describes
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Hashable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Hashable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +58,38 @@ class Net:
 
 
 @dataclasses.dataclass(frozen=True)
+class Relaxation:
+  """A space's archs of one group as choices, and its supernet over them (what `prune` and
+  `grad_prune` need; a space without one gets a one-line refusal from those searchers).
+
+  An arch of group g is one option per decision slot: a row of option indices [S], slot s
+  having `slots(g)[s]` options. A relaxed arch is a mask [S, O] (O = max(slots(g))): a one-hot
+  row is one arch, a multi-hot row the supernet holding those options (their outputs summed,
+  as NB201's supernet sums the ops of an edge), soft values weight the options (gradients).
+  Entries past a slot's own option count are 0. Every arch has exactly one row (slots an arch
+  does not use, e.g. the kernel of a block past its stage's depth, hold option 0), so rows and
+  archs map one to one.
+  """
+  slots: Callable[[Hashable], tuple]                # group -> options per slot
+  to_rows: Callable[[Sequence[Any]], np.ndarray]   # archs (one group) -> int [K, S]
+  from_rows: Callable[[Hashable, np.ndarray], list]  # (group, rows [K, S]) -> archs
+  # (group, input_shape, num_classes) -> a Net whose arch row is a float mask [S, O]; at the
+  # one-hot mask of arch a, init and apply equal `SearchSpace.net`'s at a's row (same key)
+  net: Optional[Callable[..., Net]] = None
+  # (group, masks [K, S, O] (jnp), device, runtime, input_shape, num_classes) ->
+  # {'sram_bytes', 'flash_bytes', 'latency_ms', 'energy_mj', 'macs', 'params': jnp [K]}:
+  # differentiable in the masks and equal to the lowered arch's cost at one-hot masks (a gated
+  # hardware template, `hardware.cost(template, gates, widths)`, as NB201's `graph.cost`)
+  cost: Optional[Callable[..., dict]] = None
+  # an option `prune` leaves out of its start supernet unless --prune_none says otherwise
+  # (NB201's `none`); None: every option is in it
+  optional: Optional[int] = None
+  # (rows [K, S]) -> bool [K]: archs whose output depends on the input (NB201: a path through
+  # non-`none` ops); None: all
+  valid: Optional[Callable[[np.ndarray], np.ndarray]] = None
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchSpace:
   name: str
   summary: str
@@ -78,6 +111,23 @@ class SearchSpace:
   num_classes: int = 10
   # a group's input shape when groups differ in resolution; None: `input_shape`
   group_input_shape: Callable[[Hashable], Optional[tuple]] = lambda group: None
+  # the archs as choices and their supernet (prune, grad_prune); None: those searchers refuse
+  relax: Optional[Relaxation] = None
+  # (proxy names, config, seed, images) -> the space's own scorer for the searchers (the
+  # protocol of `engine.space_scoring.NetScorer`); None: that scorer, over `net`
+  scorer: Optional[Callable] = None
+  # dataset name -> (input shape, classes) the space is built for; None: `input_shape` and
+  # `num_classes` only
+  datasets: Optional[Mapping[str, tuple]] = None
+
+  def shape_for(self, dataset: Optional[str] = None) -> tuple:
+    """(input shape, classes) of the network for `dataset` (None: the space's own)."""
+    if dataset is None or self.datasets is None:
+      return tuple(self.input_shape), self.num_classes
+    if dataset not in self.datasets:
+      raise ValueError(f'{self.name} is not defined for --dataset={dataset}; choose '
+                       f'{" or ".join(self.datasets)}')
+    return tuple(self.datasets[dataset][0]), self.datasets[dataset][1]
 
   def shape_of(self, group) -> tuple:
     return tuple(self.group_input_shape(group) or self.input_shape)
@@ -114,36 +164,3 @@ def init_weight(key, shape, fan_in, kind='torch_default'):
   if kind == 'kaiming_normal':
     return jax.random.normal(key, shape, jnp.float32) * jnp.sqrt(2.0 / fan)
   raise ValueError(f'unknown init {kind!r}; choose {" or ".join(INITS)}')
-
-
-class SpaceError(ValueError):
-  """Unknown space; the message is one line naming the registered ones."""
-
-
-_REGISTRY: dict[str, SearchSpace] = {}
-
-
-def register(space: SearchSpace) -> SearchSpace:
-  _REGISTRY[space.name] = space
-  return space
-
-
-def unregister(name: str) -> None:
-  _REGISTRY.pop(name, None)
-
-
-def get(name: str) -> SearchSpace:
-  _load_builtin()
-  if name not in _REGISTRY:
-    raise SpaceError(f'unknown search space {name!r}; registered: {", ".join(sorted(_REGISTRY))}')
-  return _REGISTRY[name]
-
-
-def names() -> list[str]:
-  _load_builtin()
-  return sorted(_REGISTRY)
-
-
-def _load_builtin():
-  # importing a built-in space module registers it
-  from search_spaces import mbv2, tinycnn  # noqa: F401

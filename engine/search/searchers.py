@@ -1,0 +1,430 @@
+"""Hardware-aware zero-shot searchers over any search space, chosen by name from `SEARCHERS`.
+
+Every searcher scores candidates in fixed-size batches (one compiled call per batch; Python
+loops only over pruning rounds or generations) and returns a feasible arch: candidates outside
+the limits never win (`engine.search.objective`). What each needs of a space:
+
+* `rerank` (the default) and `random`: the table of archs (`problem.SpaceTable`: every arch of
+  an enumerable space, else a sample).
+  - `rerank`: the feasible archs ordered by size (parameters, then MACs); the largest `pool` of
+    them are scored and the best by the objective wins. Size alone (the `max_params` /
+    `max_macs` baselines) is a strong prior; the proxies then choose among the archs the
+    hardware can still afford, which is where size stops telling them apart.
+  - `random`: feasible archs sampled uniformly, scored in batches, best by the objective.
+* `evolution`: regularized evolution (Real et al., 2019) with tournament selection; each
+  generation's children are scored as one batch; fitness is the objective's rank over every arch
+  scored so far, so it is comparable across generations. Children come from one changed choice
+  (spaces with `relax`) or the space's `mutate`, redrawn until feasible.
+* `prune` and `grad_prune` need the space's relaxation (`interface.Relaxation`): its archs as
+  choices and a supernet over them.
+  - `prune` (TE-NAS): start from the supernet with every option in every slot (the optional
+    option, NB201's `none`, only with `prune_none`, by default when the limits rule out most
+    archs without it). Each round every single-option removal is scored in one batch; the
+    removals are ranked by the objective plus a feasible-share term, and in each slot the
+    option whose removal leaves the best supernet goes. When two options per slot are left, the
+    feasible archs left are scored exactly and the best wins. An option is only removed if the
+    supernet still holds a feasible arch, so the result is feasible by construction.
+  - `grad_prune`: the same rounds, but an option's importance is the gradient of a
+    differentiable objective (each differentiable proxy's relative change, predicted latency /
+    MACs, and a hinge penalty on the limits through the space's differentiable cost model) with
+    respect to its soft weight: one gradient of the supernet per round instead of one proxy
+    evaluation per removal. At the end the `recheck` best archs left (by the first-order
+    estimate) are scored exactly and the best by the objective wins.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import numpy as np
+
+from engine.search import objective as obj
+from engine.search.problem import Problem
+
+
+class SearchError(ValueError):
+  """Bad searcher name or option, or a searcher the space cannot serve; one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """Budgets of the searchers (small, pure data, so runs are reproducible from flags)."""
+  batch: int = 8               # K of random/evolution/recheck calls
+  random_samples: int = 512
+  evolution_samples: int = 512  # archs scored in total, population included
+  population: int = 16
+  tournament: int = 4
+  recheck: int = 8             # grad_prune: archs re-scored exactly at the end
+  pool: int = 256              # rerank: largest feasible archs scored
+  prune_none: str = 'auto'     # (grad_)prune: 'yes' | 'no' | 'auto': the optional option?
+
+
+@dataclasses.dataclass
+class Result:
+  index: int                    # the winner's index in the problem's table
+  arch: object                  # the winner
+  objective: float
+  values: dict                  # proxy name -> value of the winner
+  scored: int                   # candidates (or gradient passes) evaluated
+  compile_s: float
+  run_s: float
+  log: list                     # one line per round / generation, for the report
+  # (archs scored, table index of the best so far by the objective): the anytime curve of the
+  # searchers that score single archs one after another (random, evolution, rerank)
+  trace: list = dataclasses.field(default_factory=list)
+
+
+def _relaxation(problem: Problem, searcher: str):
+  if problem.table.rows is None:
+    raise SearchError(f'--searcher={searcher} needs a relaxed {problem.space.name} (its archs '
+                      f'as choices and a supernet over them), which it does not define; use '
+                      f'rerank, random or evolution')
+  return problem.space.relax
+
+
+def start_mask(problem: Problem, with_optional: bool = False) -> np.ndarray:
+  """The supernet pruning starts from: every option of every slot, the space's optional option
+  (NB201's `none`) only if `with_optional`.
+
+  Without `none` NB201 pruning cannot reach the archs a latency budget favours: every one of the
+  10 most accurate archs under the 25th/50th/75th-percentile budgets drops an edge
+  (docs/search.md)."""
+  slots = problem.table.slots
+  mask = (np.arange(max(slots))[None] < np.asarray(slots)[:, None]).astype(np.float32)
+  optional = problem.space.relax.optional
+  if optional is not None and not with_optional:
+    mask[:, optional] = 0
+  return mask
+
+
+def prune_with_optional(problem: Problem, setting: str) -> bool:
+  """Whether `prune` and `grad_prune` start with the optional option in every slot: 'yes',
+  'no', or 'auto' = when the limits rule out more than half of the archs without it (then the
+  best feasible archs use it; with SRAM/flash alone or a loose budget it only adds a way to go
+  wrong)."""
+  if setting not in ('auto', 'yes', 'no'):
+    raise SearchError(f'bad --prune_none={setting!r}; use auto, yes or no')
+  if problem.space.relax.optional is None:
+    return False
+  if setting != 'auto':
+    return setting == 'yes'
+  return bool(problem.table.feasible_share(start_mask(problem, False)[None])[0] < 0.5)
+
+
+def _removals(mask) -> tuple[np.ndarray, np.ndarray]:
+  """All single-option removals of a supernet: masks [R, S, O] and their (slot, option) [R, 2]."""
+  where = np.argwhere(mask != 0)
+  where = where[(mask != 0).sum(-1)[where[:, 0]] > 1]  # keep at least one option per slot
+  out = np.repeat(mask[None], len(where), 0)
+  out[np.arange(len(where)), where[:, 0], where[:, 1]] = 0
+  return out, where
+
+
+def _prune_slots(problem: Problem, mask, where, goodness) -> np.ndarray:
+  """Removes in each slot the option with the best `goodness` whose removal keeps a feasible
+  arch reachable; slots are visited most-confident first (largest goodness)."""
+  mask = mask.copy()
+  order = np.argsort(-goodness, kind='stable')
+  done = set()
+  for i in order:
+    s, o = where[i]
+    if s in done or mask[s].sum() <= 1:
+      continue
+    trial = mask.copy()
+    trial[s, o] = 0
+    if problem.table.reachable(trial[None])[0]:
+      mask = trial
+      done.add(s)
+  return mask
+
+
+def _round_k(n: int) -> int:
+  devices = len(jax.local_devices())
+  return -(-n // devices) * devices
+
+
+def _feasible_term(problem: Problem, mask, masks) -> np.ndarray:
+  """Hardware-aware term of a removal's goodness: keep the archs left feasible. Its weight
+  grows with the share of the current supernet's archs the limits rule out (squared: ~0 when
+  only a few are, as with SRAM/flash alone, ~1 under a tight latency budget)."""
+  binding = (1 - problem.table.feasible_share(mask[None])[0]) ** 2
+  return problem.weights.feasible * binding * obj.percentile_rank(
+      problem.table.feasible_share(masks), True)
+
+
+def prune(problem: Problem, rng: np.random.Generator, options: Options, progress=None) -> Result:
+  """TE-NAS prune-by-importance; see the module docstring."""
+  _relaxation(problem, 'prune')
+  mask = start_mask(problem, prune_with_optional(problem, options.prune_none))
+  k = _round_k(len(_removals(mask)[0]))  # round 1 is the largest: one compiled shape
+  log, scored = [], 0
+  while (mask.sum(-1) > 1).any():
+    if (mask.sum(-1) <= 2).all():
+      # Last round: the feasible archs left are scored exactly (a few calls of the compiled
+      # shape) instead of one more greedy per-slot removal, which under a tight budget strands
+      # the cheap options together.
+      idx = problem.table.inside(mask)
+      if len(idx):
+        log.append(f'round {len(log) + 1}: {len(idx)} feasible archs left scored')
+        if progress:
+          progress(1)
+        return _finish(problem, idx, scored, log, k)
+    masks, where = _removals(mask)
+    values = problem.score_supernets(masks, k)
+    ok = problem.table.reachable(masks)
+    goodness = problem.objective(values, ok) + _feasible_term(problem, mask, masks)
+    mask = _prune_slots(problem, mask, where, goodness)
+    scored += len(masks)
+    log.append(f'round {len(log) + 1}: {len(masks)} removals scored, '
+               f'{int(mask.sum())} options left')
+    if progress:
+      progress(1)
+  return _finish(problem, problem.table.inside(mask), scored, log)
+
+
+def grad_prune(problem: Problem, rng: np.random.Generator, options: Options,
+               progress=None) -> Result:
+  """Gradient-guided pruning with an exact re-check at the end; see the module docstring."""
+  _relaxation(problem, 'grad_prune')
+  mask = start_mask(problem, prune_with_optional(problem, options.prune_none))
+  log, passes = [], 0
+  while (mask.sum(-1) > 2).any() or (options.recheck <= 1 and (mask.sum(-1) > 1).any()):
+    g, value = problem.grad(mask)
+    passes += 1
+    masks, where = _removals(mask)
+    # Removing option o changes J by about -g[o]: the largest gradient is the best removal;
+    # ranked, plus `prune`'s feasible-share term (without it a tight budget strands the search
+    # with a single all-pooling NB201 arch: 50.78% on 2 of 5 seeds at 83.54 ms).
+    goodness = obj.percentile_rank(g[where[:, 0], where[:, 1]], True)
+    mask = _prune_slots(problem, mask, where, goodness + _feasible_term(problem, mask, masks))
+    log.append(f'round {len(log) + 1}: J={value:.4g}, {int(mask.sum())} options left')
+    if progress:
+      progress(1)
+  if (mask.sum(-1) == 1).all():
+    return _finish(problem, problem.table.inside(mask), passes, log)
+  # Last round: every feasible arch left, first-order estimate, exact re-check.
+  g, _ = problem.grad(mask)
+  passes += 1
+  idx = problem.table.inside(mask)
+  # J(arch) - J(supernet) ~ -sum of the gradients of the options the arch drops.
+  rows = problem.table.rows[idx]
+  kept = g[np.arange(rows.shape[1]), rows].sum(-1)
+  top = idx[np.argsort(kept, kind='stable')[:max(1, options.recheck)]]
+  log.append(f'recheck: {len(top)} of {len(idx)} feasible archs left scored exactly')
+  if progress:
+    progress(1)
+  return _finish(problem, top, passes, log, k=_round_k(min(options.batch, len(top))))
+
+
+def random_search(problem: Problem, rng: np.random.Generator, options: Options,
+                  progress=None) -> Result:
+  """Uniform samples from the feasible archs, scored in batches; best by the objective."""
+  pool = np.flatnonzero(problem.table.feasible)
+  n = min(options.random_samples, len(pool))
+  if n < 1:
+    raise SearchError('--random_samples must be at least 1')
+  idx = rng.choice(pool, n, replace=False)
+  return _finish(problem, idx, 0, [f'{n} feasible archs sampled'], k=_round_k(options.batch),
+                 progress=progress, anytime=True)
+
+
+def size_order(table) -> np.ndarray:
+  """Table indices of the feasible archs, largest first (parameters, then MACs, then order)."""
+  pool = np.flatnonzero(table.feasible)
+  return pool[np.lexsort((pool, -table.costs['macs'][pool], -table.costs['params'][pool]))]
+
+
+def rerank(problem: Problem, rng: np.random.Generator, options: Options,
+           progress=None) -> Result:
+  """Scores the `options.pool` largest feasible archs; the best by the objective wins."""
+  if options.pool < 1:
+    raise SearchError('--rerank_pool must be at least 1')
+  idx = size_order(problem.table)[:options.pool]
+  return _finish(problem, idx, 0,
+                 [f'{len(idx)} largest feasible archs (of {int(problem.table.feasible.sum())})'
+                  f' scored'], k=_round_k(options.batch), progress=progress, anytime=True)
+
+
+def evolution(problem: Problem, rng: np.random.Generator, options: Options,
+              progress=None) -> Result:
+  """Regularized evolution with batched children; see the module docstring."""
+  if options.population < 2 or options.tournament < 1 or options.evolution_samples < 1:
+    raise SearchError('evolution needs --population >= 2, --tournament >= 1 and '
+                      '--evolution_samples >= 1')
+  if problem.table.rows is None and problem.space.mutate is None:
+    raise SearchError(f'--searcher=evolution needs {problem.space.name} to define mutate() or '
+                      f'a relaxation; use rerank or random')
+  k = _round_k(options.batch)
+  pool = np.flatnonzero(problem.table.feasible)
+  archive = _Archive(problem, k)
+  population = rng.choice(pool, min(options.population, len(pool)), replace=False)
+  archive.add(population)
+  members = list(population)
+  log = [f'initial population of {len(population)} scored']
+  if progress:
+    progress(len(population))
+  stalled = 0
+  while archive.size < options.evolution_samples and stalled < 8:
+    fitness = archive.fitness()
+    current = np.asarray(members)
+    picks = rng.integers(0, len(current), (k, min(options.tournament, len(current))))
+    parents = current[picks[np.arange(k), fitness[current[picks]].argmax(-1)]]
+    children = _mutate(problem, parents, rng)
+    n_new = archive.add(children)
+    members = (members + list(children))[-len(population):]  # the oldest leave
+    log.append(f'generation {len(log)}: {len(children)} children, {n_new} new archs')
+    if progress:
+      progress(len(children))
+    stalled = stalled + 1 if n_new == 0 else 0  # converged: only old archs come back
+  i, fit = archive.best()
+  return Result(int(i), problem.table.archs[i], fit,
+                {n: float(v[list(archive.indices).index(i)]) for n, v in archive.values.items()},
+                archive.size, 0.0, 0.0, log, trace(problem, archive.indices, archive.values))
+
+
+def _mutate(problem: Problem, parents, rng: np.random.Generator) -> np.ndarray:
+  """One random change per parent (one choice, or the space's `mutate`), redrawn a few times
+  until feasible; a parent with no feasible mutation found is copied. Returns table indices."""
+  table = problem.table
+  children = np.asarray(parents).copy()
+  todo = np.ones(len(parents), bool)
+  for _ in range(16):
+    if table.rows is not None:  # vectorised over the parents' choice rows
+      slots = np.asarray(table.slots)
+      trial = table.rows[parents].copy()
+      slot = rng.integers(0, trial.shape[1], len(parents))
+      shift = rng.integers(1, slots[slot])
+      n = np.arange(len(parents))
+      trial[n, slot] = (trial[n, slot] + shift) % slots[slot]
+      archs = problem.space.relax.from_rows(table.group, trial)
+    else:
+      archs = [problem.space.mutate(table.archs[p], rng) for p in parents]
+      archs = [a if problem.space.group(a) == table.group else table.archs[p]
+               for a, p in zip(archs, parents)]
+    idx = table.index_of(archs)
+    take = todo & table.feasible[idx]
+    children[take] = idx[take]
+    todo &= ~take
+    if not todo.any():
+      break
+  return children
+
+
+class _Archive:
+  """Every arch scored so far (table indices), so repeats are not rescored and fitness is a
+  rank over one growing pool."""
+
+  def __init__(self, problem: Problem, k: int):
+    self.problem, self.k = problem, k
+    self.indices = np.zeros(0, np.int64)
+    self.values: dict[str, np.ndarray] = {}
+
+  @property
+  def size(self) -> int:
+    return len(self.indices)
+
+  def add(self, idx) -> int:
+    idx = np.unique(np.asarray(idx, np.int64))
+    new = idx[~np.isin(idx, self.indices)]
+    if len(new):
+      values = self.problem.score(new, self.k)
+      self.indices = np.r_[self.indices, new]
+      self.values = {n: np.r_[self.values.get(n, np.zeros(0)), v] for n, v in values.items()}
+    return len(new)
+
+  def fitness(self) -> np.ndarray:
+    """Objective of every arch in the table: the rank over the archive, -inf if unseen."""
+    out = np.full(len(self.problem.table.archs), -np.inf)
+    ok = self.problem.table.feasible[self.indices]
+    out[self.indices] = self.problem.objective(self.values, ok)
+    return out
+
+  def best(self):
+    fit = self.fitness()[self.indices]
+    i = int(np.argmax(fit))
+    return self.indices[i], float(fit[i])
+
+
+def trace(problem: Problem, idx, values: dict) -> list[tuple[int, int]]:
+  """The best arch by the objective among the first n scored, for n = 8, 16, 32, ... and
+  all: what the search would have returned with a budget of n archs (the objective ranks
+  within the pool, so each prefix is ranked on its own)."""
+  idx = np.asarray(idx)
+  steps = [n for n in 2 ** np.arange(3, 31) if n < len(idx)] + [len(idx)]
+  out = []
+  for n in steps:
+    fit = problem.objective({k: v[:n] for k, v in values.items()},
+                            problem.table.feasible[idx[:n]])
+    out.append((int(n), int(idx[:n][int(np.argmax(fit))])))
+  return out
+
+
+def _finish(problem: Problem, idx, scored: int, log, k: int | None = None,
+            progress=None, anytime: bool = False) -> Result:
+  """Scores the final candidates (table indices) and returns the best; `anytime`: with the
+  `trace` of the best after each prefix of `idx`."""
+  idx = np.asarray(idx, np.int64).reshape(-1)
+  if not len(idx):
+    raise obj.InfeasibleError('the search found no feasible arch; raise the budgets')
+  k = k or problem.scorer.default_k(len(idx))
+  values = {}
+  for start in range(0, len(idx), k):
+    part = problem.score(idx[start:start + k], k)
+    values = {n: np.r_[values.get(n, np.zeros(0)), v] for n, v in part.items()}
+    if progress:
+      progress(len(part['latency_ms']))
+  fit = problem.objective(values, problem.table.feasible[idx])
+  i = int(np.argmax(fit))
+  if not np.isfinite(fit[i]):
+    raise obj.InfeasibleError('the search found no feasible arch; raise the budgets')
+  return Result(int(idx[i]), problem.table.archs[idx[i]], float(fit[i]),
+                {n: float(v[i]) for n, v in values.items()}, scored + len(idx), 0.0, 0.0, log,
+                trace(problem, idx, values) if anytime else [])
+
+
+SEARCHERS: dict[str, Callable] = {'rerank': rerank, 'prune': prune, 'grad_prune': grad_prune,
+                                  'random': random_search, 'evolution': evolution}
+NEEDS_RELAXATION = ('prune', 'grad_prune')
+
+
+def _pruning_steps(problem: Problem, options: Options) -> int:
+  """Progress steps of `prune` / `grad_prune`: one per removal round down to two options per
+  slot, then the last round."""
+  mask = start_mask(problem, prune_with_optional(problem, options.prune_none))
+  return int(mask.sum(-1).max()) - 1
+
+
+PROGRESS_TOTAL = {  # progress-bar units per searcher (rounds or archs), from problem and options
+    'rerank': lambda p, o: min(o.pool, int(p.table.feasible.sum())),
+    'prune': _pruning_steps, 'grad_prune': _pruning_steps,
+    'random': lambda p, o: min(o.random_samples, int(p.table.feasible.sum())),
+    'evolution': lambda p, o: o.evolution_samples}
+
+
+def get(name: str) -> Callable:
+  if name not in SEARCHERS:
+    raise SearchError(f'unknown --searcher={name!r}; choose one of {", ".join(SEARCHERS)}')
+  return SEARCHERS[name]
+
+
+def check(name: str, problem: Problem):
+  """A one-line SearchError when the space cannot serve the searcher (before any work)."""
+  get(name)
+  if name in NEEDS_RELAXATION:
+    _relaxation(problem, name)
+  if name == 'evolution' and problem.table.rows is None and problem.space.mutate is None:
+    raise SearchError(f'--searcher=evolution needs {problem.space.name} to define mutate() or '
+                      f'a relaxation; use rerank or random')
+
+
+def search(name: str, problem: Problem, seed: int, options: Options = Options(),
+           progress=None) -> Result:
+  """Runs searcher `name` for `seed`; compile and run time of this search filled in."""
+  fn = get(name)
+  problem.reseed(seed)
+  compile0, run0 = problem.compile_s, problem.run_s
+  result = fn(problem, np.random.default_rng([seed, 0x5ea7c4]), options, progress)
+  result.compile_s = problem.compile_s - compile0
+  result.run_s = problem.run_s - run0
+  return result
