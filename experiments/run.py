@@ -253,6 +253,58 @@ flags.DEFINE_integer('c_images', 1000, 'export --c_source: test images run in th
                      lower_bound=1)
 
 
+# Flags that only some spaces or searchers read. Each: (experiments it concerns, whether the
+# chosen space and flags read it, what reads it). A flag given where it is not read is refused
+# in one line, never ignored. Spaces are told apart by what they offer, never by name.
+_OWN_SCORER = ('spaces with their own scorer (nb201)', lambda f, space: space.scorer is not None)
+_DATASETS = ('spaces defined per dataset (nb201)', lambda f, space: space.datasets is not None)
+_SEARCHERS = lambda *names: (f'--searcher={" or ".join(names)}',
+                             lambda f, space: f.searcher in names)
+SCORING_ONLY_NB201 = ('ntk_width', 'ntk_cells', 'zc_width', 'zc_cells', 'single_path', 'sparse',
+                      'cotangent_chunk', 'init', 'repeats', 'zico_splits')
+READ_WHEN = {
+    **{name: (('score', 'correlate', 'search'),) + _OWN_SCORER for name in SCORING_ONLY_NB201},
+    'dataset': (('score', 'correlate', 'search', 'cost'),) + _DATASETS,
+    'benchmark_file': (('score', 'cost'),) + _DATASETS,
+    'reference_file': (('correlate',),) + _OWN_SCORER,
+    'partial': (('correlate',),) + _OWN_SCORER,
+    'space_samples': (('search',), 'spaces too large to enumerate (mbv2)',
+                      lambda f, space: space.enumerate is None),
+    'random_samples': (('search',),) + _SEARCHERS('random'),
+    'evolution_samples': (('search',),) + _SEARCHERS('evolution'),
+    'population': (('search',),) + _SEARCHERS('evolution'),
+    'tournament': (('search',),) + _SEARCHERS('evolution'),
+    'rerank_pool': (('search',),) + _SEARCHERS('rerank'),
+    'recheck': (('search',),) + _SEARCHERS('grad_prune'),
+    'w_feasible': (('search',),) + _SEARCHERS('prune', 'grad_prune'),
+    'batch_candidates': (('search',), '--searcher=rerank, random, evolution or grad_prune',
+                         lambda f, space: f.searcher != 'prune'),
+    'prune_none': (('search',), '--searcher=prune or grad_prune on spaces with an optional op '
+                   '(nb201\'s none)',
+                   lambda f, space: f.searcher in ('prune', 'grad_prune') and space.relax
+                   is not None and space.relax.optional is not None),
+    'w_flops': (('search',), '--objective=hybrid or --searcher=grad_prune',
+                lambda f, space: f.objective == 'hybrid' or f.searcher == 'grad_prune'),
+    'w_latency': (('search',), '--objective=hybrid or --searcher=grad_prune',
+                  lambda f, space: f.objective == 'hybrid' or f.searcher == 'grad_prune'),
+    'seed': (('cost',), 'search spaces (random:N samples)', lambda f, space: True),
+}
+
+
+def _refuse_unread(f, exp_name: str):
+  """UsageError for the first flag the user gave that the chosen space or searcher does not
+  read (READ_WHEN)."""
+  from search_spaces import registry
+  # not a registered space (mlperf_tiny: fixed reference models) reads none of these
+  space = registry.get(f.search_space) if f.search_space in registry.names() else None
+  for name, (experiments, readers, reads) in READ_WHEN.items():
+    if exp_name in experiments and f[name].present and (space is None or not reads(f, space)):
+      raise common.UsageError(
+          f'--{name} is not read by --experiment={exp_name} on --search_space={f.search_space}'
+          + (f' with --searcher={f.searcher}' if exp_name == 'search' else '')
+          + f' (only {readers} read it); remove it')
+
+
 def check_flags(f=flags.FLAGS) -> Experiment:
   """The chosen experiment, after refusing flags it does not read, unsupported spaces and
   missing required flags; raises common.UsageError."""
@@ -272,6 +324,7 @@ def check_flags(f=flags.FLAGS) -> Experiment:
   for name, what in exp.required.items():
     if not f[name].present:
       raise common.UsageError(f'--experiment={f.experiment} needs --{name}=<{what}>')
+  _refuse_unread(f, f.experiment)
   return exp
 
 

@@ -44,7 +44,8 @@ def _settings(config) -> space_scoring.SpaceScoreSettings:
 
 
 def _images(config):
-  return data_lib.load_cifar(config.data_dir, 'cifar10', 'train') if config.data_dir else None
+  """CIFAR-10 training images, or without --data_dir the --stand_in_inputs."""
+  return common.load_images(config.data_dir, 'cifar10', config.stand_in_inputs)
 
 
 def _add_aggregates(values, flags, aggregates):
@@ -168,7 +169,7 @@ def correlate(config, workdir):
   report = {'space': space.name, 'archs': len(archs), 'proxies': results, 'noise': noise,
             'search': {k: v for k, v in gaps.items() if k != 'proxies'},
             'compile_s': timing.compile_s, 'run_s': timing.run_s, 'seed': config.seed,
-            'inputs': 'cifar10 train' if config.data_dir else 'Gaussian noise'}
+            'inputs': (_images(config) or type('', (), {'source': 'Gaussian noise'})).source}
   common.write_text_atomic(workdir / 'correlation.json', json.dumps(report, indent=1))
   lines = ['| proxy | archs (flagged) | Spearman | Kendall | search gap (pp) |',
            '|---|---|---|---|---|']

@@ -48,8 +48,14 @@ BAD = [
      ['--experiment=train supports --search_space=nb201']),
     (['--experiment=score', '--search_space=tinycnn', '--archs=random:8',
       '--proxies=ntk_cond_independent'], ['no implementation for search space tinycnn']),
-    (['--experiment=search', '--search_space=tinycnn', '--searcher=prune'],
-     ['--searcher=prune is not available for tinycnn']),
+    (['--experiment=search', '--searcher=prune', '--rerank_pool=3'],
+     ['--rerank_pool is not read', '--searcher=prune', 'only --searcher=rerank']),
+    (['--experiment=search', '--search_space=mbv2', '--ntk_width=4'],
+     ['--ntk_width is not read', 'mbv2', 'own scorer']),
+    (['--experiment=search', '--search_space=tinycnn', '--space_samples=64'],
+     ['--space_samples is not read', 'too large to enumerate']),
+    (['--experiment=score', '--search_space=tinycnn', '--archs=random:8', '--dataset=cifar100'],
+     ['--dataset is not read', 'per dataset']),
     (['--experiment=score', '--search_space=mbv2', '--archs=w2-r96'], ['bad mbv2 arch']),
     (['--experiment=search', '--search_space=mlperf_tiny'], ['supports --search_space=nb201']),
     (['--experiment=train'], ['--experiment=train needs --arch=']),
@@ -139,3 +145,66 @@ def test_every_defined_flag_belongs_to_an_experiment():
   ours = {f.name for f in flags.FLAGS.get_flags_for_module('experiments.run')}
   used = set(run.ALWAYS).union(*(e.flags for e in run.EXPERIMENTS.values()))
   assert ours == used, (ours - used, used - ours)
+
+
+# A value other than the default for every flag type (the config is built, nothing runs).
+def _other_value(flag):
+  from absl import flags
+  if isinstance(flag, flags.BooleanFlag):
+    return str(not flag.default).lower()
+  if isinstance(flag.parser, flags.EnumParser):
+    return next(v for v in flag.parser.enum_values if v != flag.default)
+  if isinstance(flag.parser, flags.IntegerParser):
+    return str((flag.default or 0) + 3)
+  if isinstance(flag.parser, flags.FloatParser):
+    value = (flag.default or 0) + 0.5
+    upper = flag.parser.upper_bound
+    return str(value if upper is None or value <= upper else (flag.default + upper) / 2
+               if flag.default < upper else flag.default / 2)
+  return 'x' if flag.default != 'x' else 'y'
+
+
+def _sources_reading(name: str) -> bool:
+  """Whether some module other than the flag registry reads the setting as an attribute."""
+  import pathlib
+  import re
+  root = pathlib.Path(run.__file__).resolve().parents[1]
+  pattern = re.compile(rf'\.{name}\b')
+  files = [p for d in ('engine', 'experiments', 'search_spaces', 'deploy')
+           for p in (root / d).rglob('*.py') if p.name != 'run.py']
+  return any(pattern.search(p.read_text()) for p in files)
+
+
+def test_every_flag_is_read_or_refused_for_every_experiment_and_space():
+  """Each (experiment, space, flag): the command line either builds a config holding the flag's
+  value, which the code reads, or is refused in one line (exit 2 through `cli`)."""
+  from absl import flags
+  from search_spaces import registry
+  ours = sorted(f.name for f in flags.FLAGS.get_flags_for_module('experiments.run'))
+  skip = {'experiment', 'list_devices', 'config', 'search_space', 'progress'}
+  spaces = registry.names() + ['mlperf_tiny']
+  checked = refused = 0
+  for experiment, exp in run.EXPERIMENTS.items():
+    required = [f'--{k}=x' for k in exp.required]
+    for space in spaces:
+      for name in ours:
+        if name in skip or name in exp.required:
+          continue
+        flag = flags.FLAGS[name]
+        argv = ['zeronas', f'--experiment={experiment}', f'--search_space={space}',
+                f'--{name}={_other_value(flag)}', *required]
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(argv)
+        try:
+          _, config = run.config_from_flags()
+        except run.common.UsageError as err:
+          assert '\n' not in str(err) and str(err), (argv, err)
+          refused += 1
+          continue
+        finally:
+          flags.FLAGS.unparse_flags()
+        value = getattr(config, name, None) if name != 'workdir' else 'read by the job'
+        assert value is not None and value != flag.default, (argv, 'accepted but not read')
+        assert name == 'workdir' or _sources_reading(name), (name, 'no code reads it')
+        checked += 1
+  assert checked > 200 and refused > 1000, (checked, refused)
