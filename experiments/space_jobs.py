@@ -169,7 +169,8 @@ def correlate(config, workdir):
   report = {'space': space.name, 'archs': len(archs), 'proxies': results, 'noise': noise,
             'search': {k: v for k, v in gaps.items() if k != 'proxies'},
             'compile_s': timing.compile_s, 'run_s': timing.run_s, 'seed': config.seed,
-            'inputs': (_images(config) or type('', (), {'source': 'Gaussian noise'})).source}
+            'inputs': 'cifar10 train' if config.data_dir else
+                      f'{config.stand_in_inputs} (--stand_in_inputs, no --data_dir)'}
   common.write_text_atomic(workdir / 'correlation.json', json.dumps(report, indent=1))
   lines = ['| proxy | archs (flagged) | Spearman | Kendall | search gap (pp) |',
            '|---|---|---|---|---|']
