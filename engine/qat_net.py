@@ -1,9 +1,9 @@
 """A quantization-aware NB201 network in Flax: one variable tree, three ways to run it.
 
-The network is the one walk `search_spaces.nb201_net.network` (stem conv-BN; cells of
+The network is the one walk `search_spaces.nb201.net.network` (stem conv-BN; cells of
 ReLU-conv-BN / 3x3 avg pool / skip edges summed at each node; reduction blocks; head BN, ReLU,
 global average pool, dense) run by a Flax backend (`FlaxBackend`), laid out as the int8 graph of
-`search_spaces.nb201_graph` so that `engine.int_inference` can run it in integers. In 'fp32' mode
+`search_spaces.nb201.graph` so that `engine.int_inference` can run it in integers. In 'fp32' mode
 with batch statistics it is the scoring supernet (`nb201_net.apply`) of its single path, given
 the same weights (`variables_from_supernet`). Modes:
 

@@ -4,7 +4,7 @@
 Within a device the candidates are vmapped (dense mode: every supernet op runs, masked) or, with
 `settings.sparse`, walked by `lax.map` so each runs only its active ops. A one-hot candidate is
 passed as op indices (`settings.single_path`, the default) and costs about its own single-path
-network (`nb201_net.Supernet`); those are walked by `lax.map` too. The K axis is split
+network (`nb201.net.Supernet`); those are walked by `lax.map` too. The K axis is split
 over devices with `shard_map`. `Scorer` drives it over any number of archs in fixed-size batches
 (one compile per batch shape, the last batch padded), keeps compile time apart from run time, and
 adds the analytic proxies.
@@ -118,7 +118,7 @@ class Scorer:
     """One compiled call on exactly `batch_candidates` masks [K, 6, 5] with keys [K, 2].
 
     One-hot masks are passed as op indices (`settings.single_path`), which take the single-path
-    fast path (`nb201_net.Supernet`); multi-hot and soft masks run densely (vmapped) or, with
+    fast path (`nb201.net.Supernet`); multi-hot and soft masks run densely (vmapped) or, with
     `settings.sparse`, under per-op conditionals."""
     masks = np.asarray(masks, np.float32)
     if self.settings.single_path and np.all((masks != 0).sum(-1) == 1) and np.all(

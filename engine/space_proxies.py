@@ -3,7 +3,7 @@
 Every function takes a space's `Net`, an arch row (traced) and a batch and returns (value, flag)
 with the flags of `engine.ntk` (OK, SINGULAR, NONFINITE), so it runs under jit and batches over
 candidates. No function names a space: the network is only `net.init` / `net.apply` and the
-contract of `search_spaces.space` (layer weights are the leaves named 'w', unused weights get
+contract of `search_spaces.interface` (layer weights are the leaves named 'w', unused weights get
 zero gradient, probes scale layer outputs, `Outputs.codes` are the pre-activations of the
 nonlinearities with the mask of units the arch has).
 

@@ -138,10 +138,6 @@ def score(config, workdir=None):
 # ----------------------------------------------------------------------------- correlate
 
 def correlate(config, workdir):
-  if config.partial:
-    raise common.UsageError(f'--partial tabulates NB201 sweeps only; drop it for '
-                            f'--search_space={config.search_space} (its sweep resumes by '
-                            f'rerunning the same command)')
   space = registry.get(config.search_space)
   table = gt_lib.load_ground_truth(space, config.benchmark_file)
   archs = [space.decode(a) for a in sorted(table)]

@@ -2,7 +2,7 @@
 
 A cell has 4 nodes; node j sums op_(j,i)(node i) over i < j, and node 3 is the output. An
 architecture picks one of 5 ops on each of the 6 edges (5**6 = 15,625 archs). Everything here is
-numpy and vectorised over archs; the network itself lives in `nb201_net`.
+numpy and vectorised over archs; the network itself lives in `nb201.net`.
 
 Three ways to name an arch:
   * op tuple / op-index array ``[6]`` of indices into ``OPS`` (edge order ``EDGES``),

@@ -19,7 +19,7 @@ it used, so a caller can compute them once and feed them back.
 `network` is the one walk of the network; other executions are backends of it: the QAT / int8
 Flax model (`engine.qat_net.QATNetwork`, which in fp32 mode with batch statistics equals this
 supernet's single path given the same weights, `qat_net.variables_from_supernet`), the integer
-reference (`engine.int_inference`) and the hardware lowering (`search_spaces.nb201_graph`).
+reference (`engine.int_inference`) and the hardware lowering (`search_spaces.nb201.graph`).
 """
 from __future__ import annotations
 
