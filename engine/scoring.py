@@ -158,7 +158,8 @@ class SearchScorer:
   one (soft) mask for `grad_prune`."""
 
   def __init__(self, proxy_names, settings: proxies_lib.ScoreSettings, seed: int = 0,
-               images=None):
+               images=None, candidate_chunk: int = 0):
+    self.candidate_chunk = candidate_chunk
     self.proxies = proxies_lib.get(proxy_names)
     self.names = [p.name for p in self.proxies]
     self.higher_is_better = {p.name: p.higher_is_better for p in proxies_lib.REGISTRY.values()}
@@ -185,15 +186,15 @@ class SearchScorer:
   def _scorer(self, k: int) -> Scorer:
     if k not in self._scorers:
       s = Scorer([p.name for p in self.network], self.settings, self.seed, self.images,
-                 batch_candidates=k)
+                 batch_candidates=k, candidate_chunk=self.candidate_chunk)
       s.inputs = self.inputs
       self._scorers[k] = s
     return self._scorers[k]
 
-  def score_archs(self, group, archs, k=None) -> dict[str, np.ndarray]:
-    return self.score_masks(group, nb201.ops_to_mask(np.asarray(archs)), k)
+  def score_archs(self, group, archs, k=None, progress=None) -> dict[str, np.ndarray]:
+    return self.score_masks(group, nb201.ops_to_mask(np.asarray(archs)), k, progress)
 
-  def score_masks(self, group, masks, k=None) -> dict[str, np.ndarray]:
+  def score_masks(self, group, masks, k=None, progress=None) -> dict[str, np.ndarray]:
     masks = np.asarray(masks, np.float32)
     m = len(masks)
     out: dict[str, list] = {}
@@ -209,6 +210,8 @@ class SearchScorer:
         for p in self.network:
           out.setdefault(p.name, []).append(np.asarray(part[p.name], np.float64)[:n])
           out.setdefault(p.name + '_flag', []).append(np.asarray(part[p.name + '_flag'])[:n])
+        if progress:
+          progress(n)
       self.compile_s += scorer.timing.compile_s - before[0]
       self.run_s += scorer.timing.run_s - before[1]
     values = {name: np.concatenate(parts) for name, parts in out.items()}

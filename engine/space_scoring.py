@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import types
 import zlib
 
 import jax
@@ -37,13 +38,13 @@ class UnknownProxy(ValueError):
   pass
 
 
-def check_names(names) -> list[str]:
+def check_names(names, space_name: str = 'this search space') -> list[str]:
   if isinstance(names, str):
     names = [n.strip() for n in names.split(',') if n.strip()]
   unknown = [n for n in names if n not in sp.PROXIES]
   if unknown or not names:
-    raise UnknownProxy(f'unknown proxy {(unknown or [""])[0]!r} for this search space; choose '
-                       f'from {", ".join(sp.PROXIES)}')
+    raise UnknownProxy(f'proxy {(unknown or [""])[0]!r} has no implementation for search space '
+                       f'{space_name}; choose from {", ".join(sp.PROXIES)}')
   return list(dict.fromkeys(names))
 
 
@@ -164,7 +165,7 @@ class NetScorer:
   def __init__(self, space, proxy_names, settings: SpaceScoreSettings, seed: int = 0,
                images=None):
     self.space, self.settings, self.images = space, settings, images
-    self.names = check_names(proxy_names)
+    self.names = check_names(proxy_names, space.name)
     self.higher_is_better = {n: higher for n, (_, higher) in sp.PROXIES.items()}
     self.network = [n for n in self.names if sp.PROXIES[n][0] != 'analytic']
     self.compile_s = self.run_s = 0.0
@@ -190,17 +191,19 @@ class NetScorer:
     self.compile_s += timing.compile_s
     self.run_s += timing.run_s
 
-  def score_archs(self, group, archs, k=None) -> dict:
+  def score_archs(self, group, archs, k=None, progress=None) -> dict:
+    bar = (lambda **_: types.SimpleNamespace(update=progress, close=lambda: None)) \
+        if progress else None
     values, flags, timing = score(self.space, archs, self.names, self.seed, self.images,
-                                  self._settings(k), inputs=self.inputs_for(group))
+                                  self._settings(k), bar, inputs=self.inputs_for(group))
     self._add(timing)
     return {**values, **{n + '_flag': f for n, f in flags.items()}}
 
-  def score_masks(self, group, masks, k=None) -> dict:
+  def score_masks(self, group, masks, k=None, progress=None) -> dict:
     masks = np.asarray(masks, np.float32)
     relax = self.space.relax
     if np.all((masks != 0).sum(-1) == 1) and np.all(masks.max(-1) == 1):
-      return self.score_archs(group, relax.from_rows(group, masks.argmax(-1)), k)
+      return self.score_archs(group, relax.from_rows(group, masks.argmax(-1)), k, progress)
     values = {n: np.full(len(masks), np.nan) for n in self.names}
     flags = {n: np.zeros(len(masks), np.int32) for n in self.names}
     timing = Timing()

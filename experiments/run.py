@@ -396,10 +396,10 @@ def main(argv):
     return
   try:
     exp, config = config_from_flags()
-    if config.search_space != 'nb201' and exp.module in ('score', 'correlate'):
-      # plug-in spaces score through the space interface (experiments/space_jobs.py)
+    if config.search_space != 'nb201' and exp.module == 'correlate':
+      # the plug-in spaces' sweep against their trained tables (experiments/space_jobs.py)
       from experiments import space_jobs
-      space_jobs.run(exp.module, config, workdir_from_flags(exp))
+      space_jobs.correlate(config, workdir_from_flags(exp))
       return
     importlib.import_module(f'experiments.{exp.module}').run(config, workdir_from_flags(exp))
   except common.USER_ERRORS as err:

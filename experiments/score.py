@@ -1,4 +1,5 @@
-"""`--experiment=score`: training-free proxy scores for a set of NB201 archs, one CSV row each."""
+"""`--experiment=score`: training-free proxy scores for a set of archs of any registered space,
+one CSV row each, through the space's scorer (the one the searchers use)."""
 from __future__ import annotations
 
 import pathlib
@@ -9,67 +10,87 @@ from tqdm import tqdm
 
 from engine import aggregate
 from engine import ntk as ntk_lib
-from engine import scoring
+from engine import search as search_lib
 from experiments import common
-from search_spaces import nb201
+from search_spaces import registry
+
+
+def select(space, f) -> list:
+  """--archs as archs of `space`: NB201-style benchmark spaces take indices and files too
+  (`common.select_archs`); every space takes all, random:N (drawn with --seed) and its own
+  arch strings, comma-separated."""
+  if space.datasets is not None:
+    return space.relax.from_rows((), common.select_archs(f.archs, f.seed, f.benchmark_file))
+  spec = f.archs.strip()
+  if spec.startswith('random:'):
+    count = spec.split(':', 1)[1]
+    if not count.isdigit() or int(count) < 1:
+      raise ValueError(f'bad --archs={spec!r}; use random:N with N a positive integer')
+    return space.sample(np.random.default_rng(f.seed), int(count))
+  return space.parse(spec)
 
 
 def run(f, workdir=None):
-  settings = common.settings_from_flags(f)
-  ops = common.select_archs(f.archs, f.seed, f.benchmark_file)
-  table = common.arch_index_table(f.benchmark_file)
+  space = registry.get(f.search_space)
+  archs = select(space, f)
   images = common.load_images(f.data_dir, f.dataset, f.stand_in_inputs)
   common.enable_compile_cache()  # a rerun with the same proxies and sizes skips the compile
-  print(f'inputs: {images.source if images else "N(0, 1) Gaussian noise (no --data_dir given)"}')
   proxy_names, aggregates = aggregate.split(f.proxies)
-  scorer = scoring.Scorer(proxy_names, settings, seed=f.seed, images=images,
-                          batch_candidates=f.batch_candidates,
-                          candidate_chunk=f.candidate_chunk)
-  names = [p.name for p in scorer.proxies]
-  print(f'scoring {len(ops)} archs with {", ".join(names)} on {len(scorer.devices)} '
-        f'{scorer.devices[0].platform} device(s), {scorer.batch_candidates} per call')
+  scorer = search_lib.make_scorer(space, proxy_names, f, f.seed, images)
+  print(f'inputs: {images.source if images else "N(0, 1) Gaussian noise (no --data_dir given)"}')
+  print(f'scoring {len(archs)} {space.name} archs with {", ".join(scorer.names)}, '
+        f'{f.batch_candidates} per compiled call')
+  groups: dict = {}
+  for i, a in enumerate(archs):
+    groups.setdefault(space.group(a), []).append(i)
+  scores: dict = {}
   start = time.perf_counter()
-  with tqdm(total=len(ops), unit='arch', disable=not f.progress, file=None) as bar:
-    scores = scorer.score_ops(ops, progress=bar.update)
+  with tqdm(total=len(archs), unit='arch', disable=not f.progress, file=None) as bar:
+    for group, idx in groups.items():
+      part = scorer.score_archs(group, [archs[i] for i in idx], f.batch_candidates, bar.update)
+      for name, values in part.items():
+        scores.setdefault(name, np.zeros(len(archs), np.asarray(values).dtype))[idx] = values
   wall = time.perf_counter() - start
 
-  header = ['arch_index', 'arch_str']
-  for p in scorer.proxies:
-    header.append(p.name)
-    if p.kind == 'network':
-      header.append(p.name + '_flag')
+  bench = common.arch_index_table(f.benchmark_file) if space.datasets is not None else None
+  flagged = [n for n in scorer.names if n + '_flag' in scores]
+  header = (['arch_index'] if space.datasets is not None else []) + ['arch_str']
+  for name in scorer.names:
+    header += [name] + ([name + '_flag'] if name in flagged else [])
   for agg in aggregates:
     header += [agg.name, agg.name + '_flag']
-  header.append('connected')
-  indices = table.ops_to_index(ops) if table is not None else [''] * len(ops)
-  connected = nb201.is_connected(ops)
+  valid = np.ones(len(archs), bool)
+  if space.relax is not None and space.relax.valid is not None:
+    valid = np.asarray(space.relax.valid(space.to_array(archs)), bool)
+    header.append('connected')
+  indices = bench.ops_to_index(space.to_array(archs)) if bench is not None else None
   combined = {agg.name: aggregate.compute(agg, scores, _flags(scores)) for agg in aggregates}
   rows = []
-  for i, arch in enumerate(ops):
-    row = [indices[i], nb201.format_arch_str(arch)]
-    for p in scorer.proxies:
-      row.append(common.format_number(float(scores[p.name][i])))
-      if p.kind == 'network':
-        row.append(ntk_lib.FLAG_NAMES[int(scores[p.name + '_flag'][i])])
+  for i, arch in enumerate(archs):
+    row = ([indices[i] if indices is not None else ''] if space.datasets is not None else [])
+    row.append(space.encode(arch))
+    for name in scorer.names:
+      row.append(common.format_number(float(scores[name][i])))
+      if name in flagged:
+        row.append(ntk_lib.FLAG_NAMES[int(scores[name + '_flag'][i])])
     for agg in aggregates:
-      value, flagged = combined[agg.name]
-      row += [common.format_number(float(value[i])), '+'.join(flagged[i])]
-    row.append(int(connected[i]))
+      value, why = combined[agg.name]
+      row += [common.format_number(float(value[i])), '+'.join(why[i])]
+    if 'connected' in header:
+      row.append(int(valid[i]))
     rows.append(row)
   output = pathlib.Path(workdir or '.') / f.output
   common.write_csv_atomic(output, header, rows)
 
-  t = scorer.timing
   print(f'wrote {len(rows)} rows to {output} in {wall:.1f} s '
-        f'(compile {t.compile_s:.1f} s, run {t.run_s:.1f} s = '
-        f'{t.run_s / max(t.scored, 1):.3f} s/arch)')
-  for p in scorer.proxies:
-    if p.kind == 'network':
-      flags = scores[p.name + '_flag']
-      if flags.any():
-        counts = {ntk_lib.FLAG_NAMES[v]: int((flags == v).sum()) for v in np.unique(flags) if v}
-        print(f'flagged {p.name}: {counts}')
-  if table is None:
+        f'(compile {scorer.compile_s:.1f} s, run {scorer.run_s:.1f} s = '
+        f'{scorer.run_s / max(len(archs), 1):.3f} s/arch)')
+  for name in flagged:
+    flags = scores[name + '_flag']
+    if flags.any():
+      counts = {ntk_lib.FLAG_NAMES[v]: int((flags == v).sum()) for v in np.unique(flags) if v}
+      print(f'flagged {name}: {counts}')
+  if space.datasets is not None and bench is None:
     print('note: arch_index left blank: NB201 benchmark table not found (pass --benchmark_file)')
 
 

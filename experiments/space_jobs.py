@@ -1,10 +1,10 @@
-"""`score` and `correlate` on the plug-in search spaces (`search_spaces.interface`), e.g.
+"""`correlate` on the plug-in search spaces (`search_spaces.interface`), e.g.
 
   python -m experiments.run --experiment=correlate --search_space=tinycnn --workdir=tiny_corr
 
-NB201 keeps its own fast path (experiments/score.py, correlate.py); these jobs use only the
+NB201 keeps its own sweep (experiments/correlate.py); this job uses only the
 space's interface, so a new space needs no code here. Search runs on every space through one
-path (experiments/search.py, engine/search/).
+path (experiments/search.py, engine/search/), and so does score (experiments/score.py).
 
 correlate also reports each proxy's search gap: the seed's random search on the trained archs
 under the seed objective (`engine.search.objective.seed`), the proxy's percentile rank as the
@@ -117,23 +117,6 @@ def _write_csv(path, header, rows):
   w.writerows(rows)
   common.write_text_atomic(path, buf.getvalue())
 
-
-# ----------------------------------------------------------------------------- score
-
-def score(config, workdir=None):
-  space = registry.get(config.search_space)
-  archs = space.parse(config.archs)
-  values, flags, timing = score_columns(space, archs, config.proxies, config, config.progress)
-  cols = list(values)
-  rows = [[space.encode(a)] + [f'{values[c][i]:.6g}' for c in cols] +
-          [int(flags[c][i]) for c in cols] for i, a in enumerate(archs)]
-  _write_csv(config.output, ['arch'] + cols + [f'{c}_flag' for c in cols], rows)
-  print(f'scored {len(archs)} {space.name} archs: compile {timing.compile_s:.1f} s, run '
-        f'{timing.run_s:.1f} s = {timing.run_s / max(1, len(archs)):.3f} s/arch -> '
-        f'{config.output}')
-
-
-# ----------------------------------------------------------------------------- ground truth
 
 # ----------------------------------------------------------------------------- correlate
 
@@ -260,12 +243,3 @@ def search_gaps(space, archs, acc, values, flags, device='stm32f746', runtime='c
 def percentile(values, flags, higher_is_better=True):
   valid = agg_lib.valid_mask(values, flags)
   return agg_lib.oriented_ranks(values, higher_is_better, valid) / len(values)
-
-
-def run(experiment: str, config, workdir):
-  if experiment == 'score':
-    return score(config)
-  if experiment == 'correlate':
-    return correlate(config, workdir)
-  raise ValueError(f'--experiment={experiment} does not support --search_space='
-                   f'{config.search_space}')

@@ -64,7 +64,7 @@ def make_scorer(proxy_names, config, seed, images):
   """NB201's own scorer (the single path, `engine.scoring.SearchScorer`)."""
   from engine import proxies, scoring
   return scoring.SearchScorer(proxy_names, proxies.ScoreSettings.from_config(config), seed,
-                              images)
+                              images, config.candidate_chunk)
 
 
 RELAXATION = interface.Relaxation(
