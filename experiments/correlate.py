@@ -1,11 +1,15 @@
-"""`--experiment=correlate`: how well proxies and aggregates rank NB201 archs, resumably.
+"""`--experiment=correlate`: how well proxies and aggregates rank a space's archs, resumably.
 
   python -m experiments.run --experiment=correlate --dataset=cifar10 --archs=random:1000 \
       --proxies=nwot,synflow,tenas,agg:nwot+synflow+flops:logrank \
       --data_dir=../shared/data/cifar10 --workdir=corr_out \
       [--reference_file=../shared/data/nb201/nb201_zc_proxies_subset_naslib.csv]
 
-Scores the archs with `engine.scoring.Scorer` in chunks of --chunk_size archs. Each finished
+Any registered space (`--search_space`): NB201 against its benchmark table for --dataset (its
+archs chosen by --archs), a plug-in space against its trained ground truth
+(search_spaces/ground_truth/, or --benchmark_file; --archs picks among the trained archs: all,
+random:N or a list). Scores the archs with the space's scorer (the one the searchers use) in
+chunks of --chunk_size archs. Each finished
 chunk is written atomically to WORKDIR/chunks/; WORKDIR/manifest.json records every setting that
 changes the numbers. Rerunning the same command after a crash or a kill skips the finished chunks
 and ends with exactly the rows of an uninterrupted run; a rerun with other settings into the same
@@ -17,7 +21,11 @@ same batch position with the same batch-mates whichever process scores it.
 Then, over the whole pool: aggregates (`engine.aggregate`), `scores.csv` and `scores.parquet`,
 `correlation.md` / `.json` (Spearman, Kendall, Pearson and top-5%/10% precision against the
 dataset's NB201 test accuracy), `scatter.png` and `ranks.png`, and with --reference_file
-`agreement.md` / `.json` (Spearman between our values and NASLib's per proxy). With --partial,
+`agreement.md` / `.json` (Spearman between our values and NASLib's per proxy). Against a trained
+ground truth with several seeds per arch it also reports the seed-to-seed noise, and each
+column's search gap: the seed's random search (`engine.search.objective.seed`) on the trained
+archs with the column as its accuracy term, against the same search with the trained accuracy.
+With --partial,
 nothing is scored: the same outputs over the chunks finished so far go to WORKDIR/partial/. See
 docs/correlation.md.
 """
@@ -38,10 +46,13 @@ from tqdm import tqdm
 
 from engine import aggregate
 from engine import data as data_lib
+from engine import ground_truth as gt_lib
 from engine import ntk as ntk_lib
 from engine import proxies as proxies_lib
+from engine import search as search_lib
 from experiments import common
-from search_spaces import nb201
+from experiments import score as score_lib
+from search_spaces import nb201, registry
 
 # Our proxy name -> NASLib's column in nb201_zc_proxies_subset_naslib.csv.
 REFERENCE_NAMES = {'jacob_cov': 'jacov', 'nwot': 'nwot', 'synflow': 'synflow', 'snip': 'snip',
@@ -73,62 +84,172 @@ class Column:
   flagged: int            # archs flagged (proxy: excluded; aggregate: a component put last)
 
 
+@dataclasses.dataclass
+class Truth:
+  """The archs a correlate run scores and what they are compared with."""
+  archs: list
+  acc: np.ndarray              # test accuracy (%) per arch
+  acc_name: str                # its column in scores.csv
+  source: str                  # for the report
+  indices: np.ndarray | None = None  # NB201 benchmark indices (benchmark spaces)
+  reference: dict | None = None      # NASLib reference values (--reference_file)
+  trained: dict | None = None        # {arch string: {seed: acc}} of a trained ground truth
+
+
+def ground_truth(space, f) -> Truth:
+  """The benchmark table for --dataset (spaces defined per dataset: NB201) or the space's
+  trained ground truth; --archs picks the archs among those with an accuracy."""
+  if space.datasets is not None:
+    table = common.arch_index_table(f.benchmark_file, required=True)
+    reference = load_reference(f.reference_file, f.dataset) if f.reference_file else None
+    if f.archs.strip().startswith('reference'):
+      ops = table.index_to_ops[reference_archs(f.archs, reference, f.seed)]
+    else:
+      ops = common.select_archs(f.archs, f.seed, f.benchmark_file)
+    indices = table.ops_to_index(ops)
+    return Truth(space.relax.from_rows((), ops),
+                 table.columns[common.ACC_COLUMN[f.dataset]][indices],
+                 common.ACC_COLUMN[f.dataset],
+                 f'`{common.ACC_COLUMN[f.dataset]}` (200-epoch test accuracy)', indices,
+                 reference)
+  trained = gt_lib.load_ground_truth(space, f.benchmark_file)
+  codes = sorted(trained)
+  spec = f.archs.strip()
+  if spec.startswith('random:'):
+    count = spec.split(':', 1)[1]
+    if not count.isdigit() or not 0 < int(count):
+      raise ValueError(f'bad --archs={spec!r}; use random:N with N a positive integer')
+    pick = np.random.default_rng(f.seed).choice(len(codes), min(int(count), len(codes)),
+                                                replace=False)
+    codes = [codes[i] for i in sorted(pick)]
+  elif spec != 'all':
+    wanted = [space.encode(a) for a in space.parse(spec)]
+    missing = [c for c in wanted if c not in trained]
+    if missing:
+      raise ValueError(f'{missing[0]} has no trained accuracy in the ground truth; pick archs '
+                       f'it holds (--archs=all or random:N)')
+    codes = wanted
+  first = lambda runs: runs[min(runs)]
+  return Truth([space.decode(c) for c in codes], np.array([first(trained[c]) for c in codes]),
+               'test_acc', f'trained test accuracy (the lowest seed of each arch, '
+               f'{f.benchmark_file or "search_spaces/ground_truth/" + space.name + ".csv"})',
+               trained=trained)
+
+
 def run(f, workdir='correlate_out'):
-  settings = common.settings_from_flags(f)
+  space = registry.get(f.search_space)
   proxy_names, aggregates = aggregate.split(f.proxies)
   if f.chunk_size < 1:
     raise ValueError(f'--chunk_size must be at least 1, got {f.chunk_size}')
-  table = common.arch_index_table(f.benchmark_file, required=True)
-  acc = table.columns[common.ACC_COLUMN[f.dataset]]
-  reference = load_reference(f.reference_file, f.dataset) if f.reference_file else None
-  if f.archs.strip().startswith('reference'):
-    ops = table.index_to_ops[reference_archs(f.archs, reference, f.seed)]
-  else:
-    ops = common.select_archs(f.archs, f.seed, f.benchmark_file)
+  truth = ground_truth(space, f)
+  ops = space.to_array(truth.archs)  # the arch rows chunks are keyed by
   images = common.load_images(f.data_dir, f.dataset, f.stand_in_inputs)
+  scorer = search_lib.make_scorer(space, proxy_names, f, f.seed, images)
   workdir = pathlib.Path(workdir)
   common.enable_compile_cache()  # a resumed run reuses the interrupted one's compiled program
   import jax
   devices = jax.local_devices()
   n_dev = len(devices)
-  config = run_config(proxy_names, settings, f, images, ops, n_dev, devices[0].platform)
+  config = run_config(proxy_names, scorer.settings, f, images, ops, n_dev, devices[0].platform)
   check_manifest(workdir, config, create=not f.partial)
   print(f'inputs: {input_source(images)}')
-  print(f'correlate: {len(ops)} archs, proxies {", ".join(proxy_names)}'
+  print(f'correlate: {len(ops)} {space.name} archs, proxies {", ".join(proxy_names)}'
         + (f', aggregates {", ".join(a.name for a in aggregates)}' if aggregates else '')
         + f'; chunks of {f.chunk_size} in {workdir / "chunks"}')
 
-  def make_scorer():
-    from engine import scoring
-    return scoring.Scorer(proxy_names, settings, seed=f.seed, images=images,
-                          batch_candidates=f.batch_candidates, candidate_chunk=f.candidate_chunk)
+  def score_chunk(start, stop, progress):
+    return score_lib.score_by_group(space, scorer, truth.archs[start:stop], f.batch_candidates,
+                                    progress)
 
-  setting = describe_setting(f, settings, proxy_names, images, len(ops))
+  setting = describe_setting(f, space, truth, scorer.settings, proxy_names, images, len(ops))
+  archs, acc, indices = truth.archs, truth.acc, truth.indices
   if f.partial:
     done, scores = finished_scores(ops, f.chunk_size, workdir / 'chunks')
     setting.append(f'**partial**: the {int(done.sum())} of {len(ops)} archs whose chunks were '
                    f'finished when it was tabulated (`--partial`); not the final table')
     print(f'partial: {int(done.sum())} of {len(ops)} archs scored so far; nothing is scored')
-    ops, workdir = ops[done], workdir / 'partial'
+    archs, acc = [a for a, d in zip(archs, done) if d], acc[done]
+    indices = indices[done] if indices is not None else None
+    workdir = workdir / 'partial'
     workdir.mkdir(exist_ok=True)
   else:
-    scores = sweep(ops, f.chunk_size, workdir / 'chunks', make_scorer, f.progress)
-  indices = table.ops_to_index(ops)
-  columns = build_columns(scores, proxy_names, aggregates)
-  true_acc = acc[indices]
-  write_scores(workdir, ops, indices, columns, common.ACC_COLUMN[f.dataset], true_acc)
-  rows = [correlation_row(c, true_acc) for c in columns]
-  write_correlation(workdir, rows, setting, f.dataset, len(ops))
-  plotted = write_plots(workdir, columns, true_acc, f.dataset)
-  if reference is not None:
-    write_agreement(workdir, agreement_rows(columns, indices, reference), f.dataset,
+    scores = sweep(ops, f.chunk_size, workdir / 'chunks', score_chunk, scorer, f.progress)
+  columns = build_columns(scores, proxy_names, aggregates, scorer.higher_is_better)
+  write_scores(workdir, [space.encode(a) for a in archs], indices, columns, truth.acc_name, acc)
+  rows = [correlation_row(c, acc) for c in columns]
+  extra = {}
+  if truth.trained is not None:
+    extra['noise'] = gt_lib.noise_summary(truth.trained)
+    extra['search'] = search_gaps(space, archs, acc, columns)
+    for r in rows:
+      r['search_gap_pp'] = extra['search']['columns'][r['name']]
+  title = f'{space.name} {f.dataset}' if space.datasets is not None else space.name
+  write_correlation(workdir, rows, setting, title, len(archs), extra)
+  plotted = write_plots(workdir, columns, acc, title)
+  if truth.reference is not None:
+    write_agreement(workdir, agreement_rows(columns, indices, truth.reference), f.dataset,
                     f.reference_file)
   for r in rows:
     print(f'{r["name"]}: Spearman {_num(r["spearman"])}, Kendall {_num(r["kendall"])} '
-          f'({r["used"]} archs, {r["flagged"]} flagged)')
+          f'({r["used"]} archs, {r["flagged"]} flagged)'
+          + (f', search gap {_num(r["search_gap_pp"])} pp' if 'search_gap_pp' in r else ''))
+  if extra:
+    noise = extra['noise']
+    print(f'random feasible pick: search gap {_num(extra["search"]["random_pick_gap_pp"])} pp'
+          + (f'; ground-truth noise: {noise["archs"]} archs x {noise["seeds"]} seeds, mean std '
+             f'{noise["mean_std_pp"]:.2f} pp, seed-vs-seed Spearman '
+             f'{noise["seed_vs_seed_spearman"]:.3f}' if noise.get('archs') else ''))
   print(f'wrote {workdir}/scores.csv, correlation.md/json'
         + (', scatter.png, ranks.png' if plotted else ' (no plots: matplotlib not installed)')
-        + (', agreement.md/json' if reference is not None else ''))
+        + (', agreement.md/json' if truth.reference is not None else ''))
+
+
+GAP_SEEDS, GAP_SAMPLES = 10, 100
+
+
+def search_gaps(space, archs, acc, columns, device='stm32f746', runtime='cmsis-nn',
+                seeds=GAP_SEEDS, samples=GAP_SAMPLES) -> dict:
+  """The seed's random search on the trained archs, scored by each column: per seed, `samples`
+  archs drawn; the search keeps the feasible ones and picks the best seed objective with the
+  column's percentile (among them) as the accuracy term. Its gap: the trained accuracy of the
+  arch the same objective picks with the *trained* accuracy, minus the trained accuracy of the
+  searched pick (points; mean over seeds). `random_pick_gap_pp`: the same gap for a uniformly
+  random feasible pick (the baseline a proxy must beat)."""
+  from engine.search import objective as obj
+  from engine.search.problem import Term
+  by_group: dict = {}
+  for i, a in enumerate(archs):
+    by_group.setdefault(space.group(a), []).append(i)
+  costs = {k: np.zeros(len(archs)) for k in obj.COST_NAMES}
+  for group, idx in by_group.items():
+    part = search_lib.space_costs(space, group, [archs[i] for i in idx], space.input_shape,
+                                  space.num_classes, device, runtime)
+    for k in costs:
+      costs[k][idx] = part[k]
+  feasible = obj.within_limits(costs, obj.Constraints(device, runtime).limits())
+  seed_objective = lambda pool, proxy: obj.seed(
+      {'p': proxy}, [Term('p', True)], {k: v[pool] for k, v in costs.items()},
+      feasible[pool], obj.Weights(), device)
+  acc = np.asarray(acc, np.float64)
+  true_obj = seed_objective(np.arange(len(archs)), acc / 100.0)
+  feasible &= np.isfinite(true_obj)
+  gaps = {c.name: [] for c in columns}
+  random_gaps = []
+  for seed in range(seeds):
+    rng = np.random.default_rng([seed, 0x6a9])
+    pool = rng.choice(len(archs), min(samples, len(archs)), replace=False)
+    pool = pool[feasible[pool]]
+    if not len(pool):
+      continue
+    best_acc = acc[pool[np.argmax(true_obj[pool])]]
+    random_gaps.append(best_acc - np.mean(acc[pool]))
+    for c in columns:
+      proxy = aggregate.oriented_ranks(c.oriented[pool], True, c.valid[pool]) / len(pool)
+      gaps[c.name].append(best_acc - acc[pool[np.argmax(seed_objective(pool, proxy))]])
+  return {'device': device, 'runtime': runtime, 'seeds': seeds, 'samples': samples,
+          'feasible': int(feasible.sum()),
+          'random_pick_gap_pp': float(np.mean(random_gaps)) if random_gaps else float('nan'),
+          'columns': {n: float(np.mean(g)) if g else float('nan') for n, g in gaps.items()}}
 
 
 def reference_archs(spec: str, reference, seed: int) -> np.ndarray:
@@ -237,10 +358,10 @@ def finished_scores(ops, chunk_size: int, chunk_dir: pathlib.Path):
   return done, {k: np.concatenate([p[k] for p in finished]) for k in finished[0]}
 
 
-def sweep(ops, chunk_size: int, chunk_dir: pathlib.Path, make_scorer, progress=True) -> dict:
-  """Scores ops [M, 6] chunk by chunk, skipping chunks already on disk; {column: [M]}.
-
-  The scorer is built (and compiled) only if some chunk is left to score."""
+def sweep(ops, chunk_size: int, chunk_dir: pathlib.Path, score_chunk, scorer,
+          progress=True) -> dict:
+  """Scores arch rows [M, ...] chunk by chunk (`score_chunk(start, stop, progress)`), skipping
+  chunks already on disk; {column: [M]}. The scorer compiles only if a chunk is left."""
   starts = range(0, len(ops), chunk_size)
   parts = read_chunks(ops, chunk_size, chunk_dir)
   todo = [i for i, p in enumerate(parts) if p is None]
@@ -249,7 +370,7 @@ def sweep(ops, chunk_size: int, chunk_dir: pathlib.Path, make_scorer, progress=T
     print(f'resuming: {len(parts) - len(todo)} of {len(parts)} chunks ({done} archs) already '
           f'scored')
   crash_after = int(os.environ.get(CRASH_ENV, '0') or 0)
-  scorer = make_scorer() if todo else None
+  scored = 0
   with tqdm(total=len(ops), initial=done, unit='arch', disable=not progress,
             file=sys.stderr) as bar:
     for count, i in enumerate(todo, 1):
@@ -260,30 +381,32 @@ def sweep(ops, chunk_size: int, chunk_dir: pathlib.Path, make_scorer, progress=T
         reported[0] += n
         bar.update(n)
 
-      scores = scorer.score_ops(chunk, progress=advance)
+      scores = score_chunk(starts[i], starts[i] + len(chunk), advance)
       bar.update(len(chunk) - reported[0])  # analytic-only scorers report nothing
+      scored += len(chunk)
       write_chunk(chunk_path(chunk_dir, i), chunk, scores)
       parts[i] = scores
       if count == crash_after:
         raise SimulatedCrash(f'{CRASH_ENV}={crash_after}: stopping after {count} chunks')
-  if scorer is not None and scorer.timing.scored:
-    t = scorer.timing
-    print(f'scored {t.scored} archs: compile {t.compile_s:.1f} s, run {t.run_s:.1f} s = '
-          f'{t.run_s / t.scored:.3f} s/arch')
+  if scored:
+    print(f'scored {scored} archs: compile {scorer.compile_s:.1f} s, run {scorer.run_s:.1f} s = '
+          f'{scorer.run_s / scored:.3f} s/arch')
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 # -- columns and statistics
 
 
-def build_columns(scores: dict, proxy_names, aggregates) -> list[Column]:
+def build_columns(scores: dict, proxy_names, aggregates, higher_is_better=None) -> list[Column]:
   """Each proxy (flagged or non-finite values excluded) then each aggregate over the pool."""
   flags = {n: scores[n + '_flag'] for n in proxy_names if n + '_flag' in scores}
   columns = []
   for name in proxy_names:
     values = np.asarray(scores[name], np.float64)
     valid = aggregate.valid_mask(values, flags.get(name))
-    sign = 1.0 if proxies_lib.REGISTRY[name].higher_is_better else -1.0
+    higher = (higher_is_better or {}).get(name, None)
+    higher = proxies_lib.REGISTRY[name].higher_is_better if higher is None else higher
+    sign = 1.0 if higher else -1.0
     if name in flags:
       text = [ntk_lib.FLAG_NAMES.get(int(v), str(int(v))) for v in flags[name]]
     else:
@@ -390,15 +513,16 @@ def agreement_rows(columns, indices, reference: dict) -> list[dict]:
 # -- outputs
 
 
-def write_scores(workdir, ops, indices, columns, acc_name, acc):
-  header = ['arch_index', 'arch_str']
+def write_scores(workdir, strs, indices, columns, acc_name, acc):
+  """scores.csv (and .parquet): arch_index (benchmark spaces), arch_str, each column and its
+  flag, the accuracy."""
+  header = (['arch_index'] if indices is not None else []) + ['arch_str']
   for c in columns:
     header += [c.name, c.name + '_flag']
   header.append(acc_name)
-  strs = [nb201.format_arch_str(a) for a in ops]
   rows = []
-  for i in range(len(ops)):
-    row = [int(indices[i]), strs[i]]
+  for i in range(len(strs)):
+    row = ([int(indices[i])] if indices is not None else []) + [strs[i]]
     for c in columns:
       row += [common.format_number(float(c.values[i])), c.flag_text[i]]
     rows.append(row + [common.format_number(float(acc[i]))])
@@ -409,7 +533,8 @@ def write_scores(workdir, ops, indices, columns, acc_name, acc):
   except ImportError:
     print('note: no scores.parquet: pyarrow is not installed (pip install pyarrow)')
     return
-  data = {'arch_index': pa.array(np.asarray(indices, np.int64)), 'arch_str': pa.array(strs)}
+  data = {'arch_index': pa.array(np.asarray(indices, np.int64))} if indices is not None else {}
+  data['arch_str'] = pa.array(strs)
   for c in columns:
     data[c.name] = pa.array(c.values)
     data[c.name + '_flag'] = pa.array(c.flag_text, pa.string())
@@ -417,13 +542,17 @@ def write_scores(workdir, ops, indices, columns, acc_name, acc):
   common.write_atomic(workdir / 'scores.parquet', lambda fh: pq.write_table(pa.table(data), fh))
 
 
-def describe_setting(f, settings, proxy_names, images, num_archs) -> list[str]:
+def describe_setting(f, space, truth, settings, proxy_names, images, num_archs) -> list[str]:
   """Markdown bullet lines: what the numbers were computed on."""
+  where = f'{space.name} {f.dataset}' if space.datasets is not None else space.name
+  lines = [f'{where}: {num_archs} archs (`--archs={f.archs}`, seed {f.seed}), ground truth '
+           f'{truth.source}', f'inputs: {input_source(images)}']
+  if not hasattr(settings, 'ntk_config'):  # the engine's scorer over the space's Net
+    lines.append(f'{space.name}\'s own network at {space.input_shape} inputs: zero-cost batch '
+                 f'{settings.zc_batch} with labels, NTK batch {settings.ntk_batch}, one init')
+    return lines
   kinds = {proxies_lib.REGISTRY[n].needs for n in proxy_names}
   ds_size, ds_classes = nb201.DATASETS[f.dataset]
-  lines = [f'NB201 {f.dataset}: {num_archs} archs (`--archs={f.archs}`, seed {f.seed}), '
-           f'ground truth `{common.ACC_COLUMN[f.dataset]}` (200-epoch test accuracy)',
-           f'inputs: {input_source(images)}']
   if images is not None and f.dataset != 'cifar10' and images.source.startswith('cifar10 '):
     # The report spells out what the stand-in means for the proxies (resizing, label space).
     resized = f'box-downsampled to {ds_size}x{ds_size}, ' if ds_size != 32 else ''
@@ -450,16 +579,21 @@ def describe_setting(f, settings, proxy_names, images, num_archs) -> list[str]:
   return lines
 
 
-def write_correlation(workdir, rows, setting, dataset, num_archs):
+def write_correlation(workdir, rows, setting, title, num_archs, extra=None):
+  gap = bool(extra)
   header = ('| proxy | kind | archs used | flagged | Spearman rho | Kendall tau | Pearson r | '
-            'top-5% precision | top-10% precision |')
-  table = [header, '|' + '---|' * 9]
+            'top-5% precision | top-10% precision |' + (' search gap (pp) |' if gap else ''))
+  table = [header, '|' + '---|' * (10 if gap else 9)]
   for r in rows:
     table.append(f'| {r["name"]} | {r["kind"]} | {r["used"]} | {r["flagged"]} | '
                  f'{_num(r["spearman"])} | {_num(r["kendall"])} | {_num(r["pearson"])} | '
-                 f'{_num(r["top5_precision"])} | {_num(r["top10_precision"])} |')
+                 f'{_num(r["top5_precision"])} | {_num(r["top10_precision"])} |'
+                 + (f' {_num(r["search_gap_pp"])} |' if gap else ''))
+  if gap:
+    table.append('| random feasible pick |' + ' |' * 8
+                 + f' {_num(extra["search"]["random_pick_gap_pp"])} |')
   text = '\n'.join([
-      f'# Proxy correlation with NB201 {dataset} test accuracy', '',
+      f'# Proxy correlation with {title} test accuracy', '',
       '## Setting', '', *[f'* {line}' for line in setting], '',
       '## Correlation', '', *table, '',
       'Statistics use each score oriented so that higher predicts better (scipy.stats). A proxy '
@@ -468,8 +602,9 @@ def write_correlation(workdir, rows, setting, dataset, num_archs):
       'where that happened. Top-p% precision: the share of the score\'s top p% of the archs '
       'used that is also in their true top p%.', ''])
   common.write_text_atomic(workdir / 'correlation.md', text)
-  payload = {'dataset': dataset, 'archs': num_archs, 'setting': setting,
-             'rows': [{k: _json(v) for k, v in r.items()} for r in rows]}
+  payload = {'dataset': title, 'archs': num_archs, 'setting': setting,
+             'rows': [{k: _json(v) for k, v in r.items()} for r in rows],
+             **{k: json.loads(json.dumps(v, default=_json)) for k, v in (extra or {}).items()}}
   common.write_text_atomic(workdir / 'correlation.json', json.dumps(payload, indent=1) + '\n')
 
 
@@ -495,7 +630,7 @@ def write_agreement(workdir, rows, dataset, reference_file):
   common.write_text_atomic(workdir / 'agreement.json', json.dumps(payload, indent=1) + '\n')
 
 
-def write_plots(workdir, columns, acc, dataset) -> bool:
+def write_plots(workdir, columns, acc, title) -> bool:
   """scatter.png (score vs accuracy) and ranks.png (rank vs rank), one panel per column."""
   try:
     import matplotlib
@@ -520,7 +655,7 @@ def write_plots(workdir, columns, acc, dataset) -> bool:
         if len(x) and x.min() > 0 and x.max() > 1e3 * x.min():
           ax.set_xscale('log')
         ax.set_xlabel(c.name, fontsize=8)
-        ax.set_ylabel(f'{dataset} test accuracy (%)', fontsize=8)
+        ax.set_ylabel(f'{title} test accuracy (%)', fontsize=8)
       ax.scatter(x, y, s=3, alpha=0.5)
       ax.set_title(f'{c.name} ({len(x)} archs)', fontsize=9)
       ax.tick_params(labelsize=7)

@@ -396,11 +396,6 @@ def main(argv):
     return
   try:
     exp, config = config_from_flags()
-    if config.search_space != 'nb201' and exp.module == 'correlate':
-      # the plug-in spaces' sweep against their trained tables (experiments/space_jobs.py)
-      from experiments import space_jobs
-      space_jobs.correlate(config, workdir_from_flags(exp))
-      return
     importlib.import_module(f'experiments.{exp.module}').run(config, workdir_from_flags(exp))
   except common.USER_ERRORS as err:
     common.fail(str(err))

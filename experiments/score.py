@@ -30,6 +30,19 @@ def select(space, f) -> list:
   return space.parse(spec)
 
 
+def score_by_group(space, scorer, archs, k, progress=None) -> dict:
+  """{name: [N]} of archs of any groups, each group in compiled calls of `k` candidates."""
+  groups: dict = {}
+  for i, a in enumerate(archs):
+    groups.setdefault(space.group(a), []).append(i)
+  scores: dict = {}
+  for group, idx in groups.items():
+    part = scorer.score_archs(group, [archs[i] for i in idx], k, progress)
+    for name, values in part.items():
+      scores.setdefault(name, np.zeros(len(archs), np.asarray(values).dtype))[idx] = values
+  return scores
+
+
 def run(f, workdir=None):
   space = registry.get(f.search_space)
   archs = select(space, f)
@@ -40,16 +53,9 @@ def run(f, workdir=None):
   print(f'inputs: {images.source if images else "N(0, 1) Gaussian noise (no --data_dir given)"}')
   print(f'scoring {len(archs)} {space.name} archs with {", ".join(scorer.names)}, '
         f'{f.batch_candidates} per compiled call')
-  groups: dict = {}
-  for i, a in enumerate(archs):
-    groups.setdefault(space.group(a), []).append(i)
-  scores: dict = {}
   start = time.perf_counter()
   with tqdm(total=len(archs), unit='arch', disable=not f.progress, file=None) as bar:
-    for group, idx in groups.items():
-      part = scorer.score_archs(group, [archs[i] for i in idx], f.batch_candidates, bar.update)
-      for name, values in part.items():
-        scores.setdefault(name, np.zeros(len(archs), np.asarray(values).dtype))[idx] = values
+    scores = score_by_group(space, scorer, archs, f.batch_candidates, bar.update)
   wall = time.perf_counter() - start
 
   bench = common.arch_index_table(f.benchmark_file) if space.datasets is not None else None

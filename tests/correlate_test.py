@@ -14,7 +14,6 @@ import sys
 import time
 import types
 
-import jax
 import numpy as np
 import pytest
 
@@ -23,6 +22,7 @@ from engine import data as data_lib
 from engine import proxies, scoring
 from experiments import common, correlate, score
 from experiments import run as run_lib
+from search_spaces import registry
 
 PROXIES = 'params,flops,agg:params+flops:logrank,agg:flops+params'
 OUTPUTS = ('manifest.json', 'scores.csv', 'correlation.md', 'correlation.json', 'scatter.png',
@@ -177,14 +177,20 @@ def test_chunks_scored_by_fresh_scorers_equal_one_pass(tmp_path, monkeypatch):
   settings = proxies.ScoreSettings(lr_batches=2, lr_batch_size=64)
   ops = np.array([[3, 2, 4, 1, 3, 0], [1, 1, 1, 1, 1, 1], [3, 3, 3, 3, 3, 3],
                   [4, 0, 2, 0, 0, 3], [2, 2, 2, 2, 2, 2], [0, 3, 1, 4, 2, 3]])
-  make = lambda: scoring.Scorer('linear_regions,params', settings, seed=3, batch_candidates=2,
-                                devices=jax.devices()[:1])
-  whole = make().score_ops(ops)
+  make = lambda: scoring.SearchScorer(['linear_regions', 'params'], settings, seed=3)
+  whole = make().score_archs((), ops, 4)
+
+  def sweep():  # a fresh scorer per process
+    scorer = make()
+    return correlate.sweep(ops, 3, tmp_path,
+                           lambda start, stop, p: scorer.score_archs((), ops[start:stop], 4, p),
+                           scorer, progress=False)
+
   monkeypatch.setenv(correlate.CRASH_ENV, '1')
   with pytest.raises(correlate.SimulatedCrash):
-    correlate.sweep(ops, 3, tmp_path, make, progress=False)
+    sweep()
   monkeypatch.delenv(correlate.CRASH_ENV)
-  resumed = correlate.sweep(ops, 3, tmp_path, make, progress=False)
+  resumed = sweep()
   assert resumed.keys() == whole.keys()
   for name in whole:
     np.testing.assert_array_equal(resumed[name], whole[name], err_msg=name)
@@ -208,7 +214,9 @@ def test_setting_says_cifar10_images_stand_in_for_imagenet16():
   images = data_lib.ImageSet(np.zeros((1, 32, 32, 3), np.uint8), np.zeros(1, np.int64),
                              'cifar10 train (data_batch_1)')
   settings = proxies.ScoreSettings(dataset='ImageNet16-120')
-  text = '\n'.join(correlate.describe_setting(f, settings, ['nwot', 'params'], images, 3))
+  truth = correlate.Truth([], np.zeros(0), 'imagenet16_120_test_acc', 'the benchmark')
+  text = '\n'.join(correlate.describe_setting(f, registry.get('nb201'), truth, settings,
+                                              ['nwot', 'params'], images, 3))
   assert 'CIFAR-10 training images stand in, box-downsampled to 16x16, into a 120-class' in text
   assert 'C=16 N=5, batch 64 with labels, 16x16 inputs, 120 classes' in text
 
