@@ -317,3 +317,14 @@ def counts(t: Template, gates=None, widths=None, activity: Optional[dict] = None
               params=jnp.sum(m * (weights + biases)), quant_channels=jnp.sum(m * qch),
               kernel_calls=jnp.sum(m * jnp.asarray(st.features[:, graph_lib.FEATURES.index(
                   'kernel_calls')])), features=features)
+
+
+def union_width(weights, sizes) -> jax.Array:
+  """Width multiplier (of max(sizes) channels) of a layer whose channel count is one of `sizes`
+  (ascending), chosen with option weights [..., len(sizes)]: a channel is on with the Goedel OR
+  (max) of the weights of the options that have it, as gates combine (graph.py). Exact at a
+  one-hot choice; a multi-hot one gets the width of the union (its largest option)."""
+  sizes = np.asarray(sizes, np.float32)
+  have = jax.lax.cummax(jnp.asarray(weights, jnp.float32), axis=np.ndim(weights) - 1,
+                        reverse=True)
+  return have @ (np.diff(sizes, prepend=0.0) / sizes[-1])

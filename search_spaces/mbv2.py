@@ -24,12 +24,16 @@ non-affine with batch statistics (scale 1, shift 0 at init, as in the proxies' s
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import hardware
 from hardware import graph as graph_lib
+from hardware import template as hardware_template
 from search_spaces import interface as space_lib
 from search_spaces import registry
 
@@ -132,9 +136,47 @@ def to_array(archs) -> np.ndarray:
   return np.asarray(rows, np.int32).reshape(-1, len(STAGES) * (1 + 2 * MAX_DEPTH))
 
 
-def _block_choice(row, stage, j):
-  base = len(STAGES) + 2 * (stage * MAX_DEPTH + j)
-  return row[base], row[base + 1]
+# ----------------------------------------------------------------------------- choices
+#
+# The relaxation's slots: `to_array`'s layout with option indices for values (per stage its depth
+# in DEPTHS, then per stage and block slot its kernel in KERNELS and expand ratio in EXPANDS).
+# `to_array` pads a block past its stage's depth with the first kernel and expand ratio, so that
+# block's slots hold option 0 and rows and archs map one to one.
+
+SLOT_VALUES = np.array([DEPTHS] * len(STAGES) + [KERNELS, EXPANDS] * (len(STAGES) * MAX_DEPTH),
+                       np.int32)  # [S, O]: the value of each slot's options
+NUM_SLOTS, NUM_OPTIONS = SLOT_VALUES.shape
+
+
+def _kernel_slot(stage: int, j: int) -> int:
+  return len(STAGES) + 2 * (stage * MAX_DEPTH + j)
+
+
+def _expand_slot(stage: int, j: int) -> int:
+  return _kernel_slot(stage, j) + 1
+
+
+def to_rows(archs) -> np.ndarray:
+  """Archs (one group) -> option indices [K, S]."""
+  values = to_array(archs)
+  return np.argmax(values[:, :, None] == SLOT_VALUES, -1).astype(np.int32)
+
+
+def from_rows(group_key, rows) -> list[MBV2Arch]:
+  """(group (w, r), option indices [K, S]) -> archs; a block past its stage's depth is dropped."""
+  width, res = group_key
+  rows = np.asarray(rows).reshape(-1, NUM_SLOTS)
+  out = []
+  for v in SLOT_VALUES[np.arange(NUM_SLOTS), rows]:
+    blocks = tuple(tuple((int(v[_kernel_slot(s, j)]), int(v[_expand_slot(s, j)]))
+                         for j in range(v[s])) for s in range(len(STAGES)))
+    out.append(MBV2Arch(float(width), int(res), blocks))
+  return out
+
+
+def one_hot(row) -> jax.Array:
+  """A `to_array` row (traced or not) -> its relaxed mask [S, O] (float, one-hot)."""
+  return (jnp.asarray(row)[:, None] == SLOT_VALUES).astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------- the one walk
@@ -189,6 +231,94 @@ def lower(arch, input_shape=None, num_classes=NUM_CLASSES) -> graph_lib.Graph:
   arch = decode(arch) if isinstance(arch, str) else arch
   shape = (arch.resolution, arch.resolution, 3)
   return network(_GraphBackend(arch, num_classes), shape)
+
+
+# ----------------------------------------------------------------------------- relaxed cost
+#
+# One gated template per (w, r) group holds every arch of it: each block at expand 6 with its
+# expand conv's channels a width multiplier, each kernel option its own depthwise conv under the
+# gate of that option (the options summed, as NB201's template sums the ops of an edge), each
+# block a shallower stage lacks under a depth gate. A relaxed mask [S, O] is its gates: the mask
+# flattened (kernel option o of slot s is gate s * O + o), then one depth gate per block.
+
+_NUM_BLOCKS = len(STAGES) * MAX_DEPTH
+_NUM_GATES = NUM_SLOTS * NUM_OPTIONS + _NUM_BLOCKS
+
+
+def _depth_gate(stage: int, j: int) -> int:
+  return NUM_SLOTS * NUM_OPTIONS + stage * MAX_DEPTH + j
+
+
+class _TemplateBackend(_GraphBackend):
+  """The walk emitting the gated template; every option's nodes present, at 0/1 gates
+  `graph.prune` of it is the arch's own graph (the options' sums and a missing block's residual
+  add become aliases)."""
+
+  def __init__(self, group_key, num_classes: int):
+    width, res = group_key
+    super().__init__(MBV2Arch(width, res, (((MAX_K, MAX_E),) * MAX_DEPTH,) * len(STAGES)),
+                     num_classes)
+    self.b = graph_lib.GraphBuilder(f'mbv2_w{width:g}_r{res}_template', num_gates=_NUM_GATES,
+                                    num_widths=_NUM_BLOCKS)
+
+  def block(self, t, s, j, cin, cout, stride):
+    name = f's{s}/b{j}'
+    # blocks every depth option has (j < DEPTHS[0]) are always on
+    gate = _depth_gate(s, j) if j >= DEPTHS[0] else -1
+    y = self.b.conv2d(t, cin * MAX_E, 1, folded_bn=True, activation='relu6', gate=gate,
+                      width=s * MAX_DEPTH + j, name=f'{name}/expand')
+    y = self.b.add(*[self.b.depthwise_conv2d(
+        y, k, stride, folded_bn=True, activation='relu6',
+        gate=_kernel_slot(s, j) * NUM_OPTIONS + o, name=f'{name}/dw{k}')
+                     for o, k in enumerate(KERNELS)], name=f'{name}/dw')
+    # the project conv has the depth gate too: else the project of an absent block's (zero)
+    # kernel sum would be a constant (its bias) that the residual add keeps as an operand
+    y = self.b.conv2d(y, cout, 1, folded_bn=True, gate=gate, name=f'{name}/project')
+    if stride == 1 and cin == cout:
+      y = self.b.add(y, t, name=f'{name}/add')
+    return y
+
+
+@functools.lru_cache(maxsize=16)
+def template(group_key, num_classes: int = NUM_CLASSES) -> hardware.Template:
+  """The group's gated template, compiled (`hardware.compile_template`)."""
+  res = group_key[1]
+  graph = network(_TemplateBackend(group_key, num_classes), (res, res, 3))
+  return hardware.compile_template(graph)
+
+
+def template_inputs(masks) -> tuple[jax.Array, jax.Array]:
+  """Relaxed masks [K, S, O] -> the template's (gates [K, G], widths [K, blocks]), in the
+  template's Goedel logic: a kernel option's gate is its weight, a block is on with the max
+  weight of the depth options that include it, an expand channel with the max weight of the
+  expand options that have it (`template.union_width`). Exact at one-hot masks; a multi-hot mask
+  is the union of its options."""
+  masks = jnp.asarray(masks, jnp.float32)
+  k = masks.shape[0]
+  includes = np.array([[d > j for d in DEPTHS] for j in range(MAX_DEPTH)])  # [blocks, O]
+  depth = masks[:, :len(STAGES), None, :]  # [K, stages, 1, O]
+  blocks = jnp.max(jnp.where(includes, depth, 0.0), -1).reshape(k, _NUM_BLOCKS)
+  expand = masks[:, [_expand_slot(s, j) for s in range(len(STAGES)) for j in range(MAX_DEPTH)]]
+  gates = jnp.concatenate([masks.reshape(k, -1), blocks], 1)
+  return gates, hardware_template.union_width(expand, EXPANDS)
+
+
+def relaxed_cost(group_key, masks, device='stm32f746', runtime='cmsis-nn', input_shape=None,
+                 num_classes=None) -> dict:
+  """Hardware cost of relaxed masks [K, S, O] of a (w, r) group (`hardware.cost` of the gated
+  template; the input is the group's resolution, `input_shape` is ignored as in `lower`):
+  differentiable in the masks and, at one-hot masks, the lowered arch's cost up to float32
+  rounding (expand 4 is the width multiplier 4/6; max relative error over 50 archs of 9 groups
+  and 3 runtimes: 0 for SRAM, flash, MACs and params, 2e-7 for latency and energy).
+
+  Soft masks follow the template's Goedel (min/max) logic, as NB201's: blocks in series are only
+  as live as the weakest one's strongest option, so gradients reach the options that bind there
+  (others get 0), and an expand slot whose largest ratio is its strongest option costs the full
+  width (gradient 0 for that slot)."""
+  del input_shape
+  gates, widths = template_inputs(masks)
+  t = template(tuple(group_key), int(num_classes or NUM_CLASSES))
+  return hardware.cost(t, gates, widths, device=device, runtime=runtime)
 
 
 # ----------------------------------------------------------------------------- JAX (masked)
@@ -250,50 +380,88 @@ def padded_shapes(group_key, num_classes=NUM_CLASSES) -> dict:
   return shapes
 
 
-def _arch_masks(row, group_key, num_classes=NUM_CLASSES):
-  """{layer: (weight mask, fan_in, block active)} under the arch row."""
+class _Layer(NamedTuple):
+  mask: Any     # multiplies the padded weight (None: all of it); 0 where no option has it
+  fan_in: Any   # of the weight (traced); under a soft mask the mask-weighted sum of the options'
+  gate: Any     # the weight of the layer's block in the network (1: in every arch)
+
+
+_RADIUS = np.abs(np.arange(MAX_K) - MAX_K // 2)
+# [O, MAX_K, MAX_K]: the taps of each kernel option
+_TAPS = np.stack([np.outer(_RADIUS <= k // 2, _RADIUS <= k // 2) for k in KERNELS]).astype(
+    np.float32)
+
+
+def _relaxed_masks(mask, group_key) -> dict:
+  """{layer: _Layer} under a relaxed mask [S, O] (at a one-hot mask, the arch's 0/1 masks).
+
+  Each option's weight enters the network once: kernel options weight the depthwise taps (a
+  multi-hot mask sums their tap masks), expand options the project conv's input channels (the
+  sum of their channel masks; the expand and depthwise convs keep every channel some option
+  has, since weighting them too would count an option twice and the BN after them would cancel
+  it), depth options a block's residual branch (the summed weight of the depth options that
+  include the block; a stage's first block, in every arch and without a residual, has none).
+  """
   width, _ = group_key
+  mask = jnp.asarray(mask)
   c = lambda n: channels(n, width)
-  out = {'stem': (None, 27, True), 'first_dw': (None, 9, True),
-         'first_pw': (None, c(STEM), True)}
-  taps = jnp.abs(jnp.arange(MAX_K) - MAX_K // 2)
+  one = jnp.ones(())
+  out = {'stem': _Layer(None, 27, one), 'first_dw': _Layer(None, 9, one),
+         'first_pw': _Layer(None, c(STEM), one)}
   cin = c(FIRST)
   for s, (ch, _) in enumerate(STAGES):
     cout = c(ch)
     for j in range(MAX_DEPTH):
       ci = cin if j == 0 else cout
-      k, e = _block_choice(row, s, j)
-      active = (j < row[s]) if j else jnp.asarray(True)
-      mid_live = jnp.arange(ci * MAX_E) < ci * e
-      tap = taps <= k // 2
-      out[f's{s}b{j}_expand'] = (mid_live[None, None, None, :], ci, active)
-      out[f's{s}b{j}_dw'] = ((tap[:, None] & tap[None, :])[:, :, None, None]
-                             & mid_live[None, None, None, :], k * k, active)
-      out[f's{s}b{j}_project'] = (mid_live[None, None, :, None], ci * e, active)
+      kernel, expand = mask[_kernel_slot(s, j)], mask[_expand_slot(s, j)]
+      options = np.arange(ci * MAX_E) < ci * np.array(EXPANDS)[:, None]  # [O, mid]
+      mid = expand @ options.astype(np.float32)
+      have = (mid != 0).astype(jnp.float32)
+      taps = jnp.tensordot(kernel, _TAPS, 1)
+      gate = one if j == 0 else jnp.sum(jnp.where(np.array(DEPTHS) > j, mask[s], 0.0))
+      name = f's{s}b{j}'
+      out[f'{name}_expand'] = _Layer(have[None, None, None, :], ci, gate)
+      out[f'{name}_dw'] = _Layer(taps[:, :, None, None] * have,
+                                 kernel @ np.square(KERNELS).astype(np.float32), gate)
+      out[f'{name}_project'] = _Layer(mid[None, None, :, None],
+                                      ci * (expand @ np.array(EXPANDS, np.float32)), gate)
     cin = cout
-  out['fc'] = (None, cin, True)
+  out['fc'] = _Layer(None, cin, one)
   return out
 
 
-def init(key, row, kind='torch_default', group_key=(1.0, 96), num_classes=NUM_CLASSES):
-  row = jnp.asarray(row)
+def _arch_masks(row, group_key, num_classes=NUM_CLASSES):
+  """{layer: (weight mask, fan_in, block gate)} under an arch row (its one-hot mask's)."""
+  del num_classes
+  return _relaxed_masks(one_hot(row), group_key)
+
+
+def relaxed_init(key, mask, kind='torch_default', group_key=(1.0, 96), num_classes=NUM_CLASSES):
+  """Padded params under a relaxed mask [S, O]: each weight drawn at its layer's fan-in, 0 where
+  no option of the mask has it."""
   shapes = padded_shapes(group_key, num_classes)
-  masks = _arch_masks(row, group_key, num_classes)
+  layers = _relaxed_masks(mask, group_key)
   params = {}
   for k, (name, shape) in zip(jax.random.split(key, len(shapes)), shapes.items()):
-    mask, fan, _ = masks[name]
-    w = space_lib.init_weight(k, shape['w'], fan, kind)
-    params[name] = {'w': w if mask is None else jnp.where(mask, w, 0.0)}
+    layer = layers[name]
+    w = space_lib.init_weight(k, shape['w'], layer.fan_in, kind)
+    params[name] = {'w': w if layer.mask is None else jnp.where(layer.mask != 0, w, 0.0)}
     if 'b' in shape:
       params[name]['b'] = jnp.zeros(shape['b'], jnp.float32)
   return params
 
 
+def init(key, row, kind='torch_default', group_key=(1.0, 96), num_classes=NUM_CLASSES):
+  return relaxed_init(key, one_hot(row), kind, group_key, num_classes)
+
+
 class _MaskedBackend:
-  def __init__(self, params, row, probes, bn, group_key):
-    self.params, self.row, self.probes, self.bn = params, jnp.asarray(row), probes, bn
+  """The padded network under a relaxed mask [S, O] (`apply`: an arch row's one-hot mask)."""
+
+  def __init__(self, params, mask, probes, bn, group_key):
+    self.params, self.probes, self.bn = params, probes, bn
     self.width = group_key[0]
-    self.masks = _arch_masks(self.row, group_key)
+    self.masks = _relaxed_masks(mask, group_key)
     self.codes, self.log_sigma = [], jnp.zeros(())
 
   def c(self, n):
@@ -303,7 +471,7 @@ class _MaskedBackend:
     return x
 
   def _layer(self, t, name, stride=1, groups=1, units=None, active=True, relu6=True):
-    mask = self.masks[name][0]
+    mask = self.masks[name].mask
     w = self.params[name]['w'] if mask is None else self.params[name]['w'] * mask
     y = _conv(t, w, stride, groups)
     if self.probes is not None:
@@ -323,14 +491,15 @@ class _MaskedBackend:
 
   def block(self, t, s, j, cin, cout, stride):
     name = f's{s}b{j}'
-    active = self.masks[f'{name}_expand'][2]
-    units = self.masks[f'{name}_expand'][0][0, 0, 0]
+    expand = self.masks[f'{name}_expand']
+    active = expand.gate > 0
+    units = expand.mask[0, 0, 0] != 0
     y = self._layer(t, f'{name}_expand', units=units, active=active)
     y = self._layer(y, f'{name}_dw', stride, groups=y.shape[-1], units=units, active=active)
     y = self._layer(y, f'{name}_project', relu6=False, active=active)
     if j == 0:
       return y + t if stride == 1 and cin == cout else y
-    return t + jnp.where(active, 1.0, 0.0) * y  # a block the arch lacks is the identity
+    return t + expand.gate * y  # a block the arch lacks (gate 0) is the identity
 
   def head(self, t):
     feats = jnp.mean(t, (1, 2))
@@ -341,24 +510,56 @@ class _MaskedBackend:
                              t.reshape(t.shape[0], -1), self.log_sigma)
 
 
+def relaxed_apply(params, mask, x, probes=None, bn='batch', group_key=(1.0, 96)):
+  return network(_MaskedBackend(params, mask, probes, bn, group_key), x)
+
+
 def apply(params, row, x, probes=None, bn='batch', group_key=(1.0, 96)):
-  return network(_MaskedBackend(params, row, probes, bn, group_key), x)
+  return relaxed_apply(params, one_hot(row), x, probes, bn, group_key)
+
+
+def relaxed_fan_in(mask, group_key=(1.0, 96)) -> dict:
+  return {name: layer.fan_in for name, layer in _relaxed_masks(mask, group_key).items()}
 
 
 def fan_in(row, group_key=(1.0, 96)) -> dict:
-  return {name: fan for name, (_, fan, _) in _arch_masks(jnp.asarray(row), group_key).items()}
+  return relaxed_fan_in(one_hot(row), group_key)
+
+
+def _group_net(group_key, num_classes, to_mask, example_row) -> space_lib.Net:
+  """The group's network over an arch encoding (`to_mask`: the Net's arch row -> relaxed mask)."""
+  res = group_key[1]
+  return space_lib.Net(
+      init=lambda key, row, kind='torch_default': relaxed_init(key, to_mask(row), kind,
+                                                               group_key, num_classes),
+      apply=lambda params, row, x, probes=None, bn='batch': relaxed_apply(
+          params, to_mask(row), x, probes, bn, group_key),
+      fan_in=lambda row: relaxed_fan_in(to_mask(row), group_key), input_shape=(res, res, 3),
+      num_classes=num_classes, example_row=example_row)
+
+
+def _widest_row(group_key) -> np.ndarray:
+  blocks = (((MAX_K, MAX_E),) * MAX_DEPTH,) * len(STAGES)
+  return to_array([MBV2Arch(group_key[0], RESOLUTIONS[0], blocks)])[0]
 
 
 def make_net(group_key=(1.0, 96), input_shape=None, num_classes=NUM_CLASSES) -> space_lib.Net:
-  width, res = group_key
-  example = to_array([MBV2Arch(width, RESOLUTIONS[0], tuple(((7, 6),) * 4 for _ in STAGES))])[0]
-  return space_lib.Net(
-      init=lambda key, row, kind='torch_default': init(key, row, kind, group_key, num_classes),
-      apply=lambda params, row, x, probes=None, bn='batch': apply(params, row, x, probes, bn,
-                                                                 group_key),
-      fan_in=lambda row: fan_in(row, group_key), input_shape=(res, res, 3),
-      num_classes=num_classes, example_row=example)
+  """The group's masked network; its arch row is `to_array`'s."""
+  return _group_net(group_key, num_classes, one_hot, _widest_row(group_key))
 
+
+def make_relaxed_net(group_key=(1.0, 96), input_shape=None,
+                     num_classes=NUM_CLASSES) -> space_lib.Net:
+  """The group's supernet; its arch row is a relaxed mask [S, O] (`RELAXATION.net`)."""
+  example = (_widest_row(group_key)[:, None] == SLOT_VALUES).astype(np.float32)
+  return _group_net(group_key, num_classes, lambda m: jnp.asarray(m, jnp.float32), example)
+
+
+RELAXATION = space_lib.Relaxation(
+    slots=lambda group_key: (NUM_OPTIONS,) * NUM_SLOTS, to_rows=to_rows, from_rows=from_rows,
+    net=lambda g=(1.0, 96), input_shape=None, num_classes=NUM_CLASSES:
+    make_relaxed_net(g, input_shape, num_classes),
+    cost=relaxed_cost)
 
 SPACE = registry.register(space_lib.SearchSpace(
     name='mbv2', summary='MCUNet-style MobileNetV2 (kernel, expand, depth, width, resolution)',
@@ -367,4 +568,4 @@ SPACE = registry.register(space_lib.SearchSpace(
     net=lambda g=(1.0, 96), input_shape=None, num_classes=NUM_CLASSES:
     make_net(g, input_shape, num_classes), lower=lower, group=group, stratum=stratum,
     input_shape=(96, 96, 3), num_classes=NUM_CLASSES,
-    group_input_shape=lambda g: (g[1], g[1], 3)))
+    group_input_shape=lambda g: (g[1], g[1], 3), relax=RELAXATION))

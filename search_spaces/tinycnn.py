@@ -9,12 +9,13 @@ Encoding (also the CSV arch name): 'f16k3-f32k5-relu-max' (layers joined by '-',
 activation and the pooling).
 
 The seed's objective, accuracy_proxy / (memory x power) under hard limits, is in
-`engine/seed_objective.py`; it applies to any space's cost rows.
+`engine/search/objective.py` (`seed`, `--objective=seed`); it applies to any space.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from typing import Sequence
 
@@ -24,6 +25,7 @@ import numpy as np
 
 import hardware
 from hardware import graph as graph_lib
+from hardware import template as hardware_template
 from search_spaces.nb201.net import conv as _fast_conv
 from search_spaces import interface as space_lib
 from search_spaces import registry
@@ -160,6 +162,75 @@ def cost_rows(archs=None, device='stm32f746', runtime='cmsis-nn', input_shape=(3
   return hardware.cost_rows(graphs, device, runtime, cycles)
 
 
+# ----------------------------------------------------------------------------- relaxed cost
+
+def _gate(slot: int, option: int) -> int:
+  return slot * NUM_OPTIONS + option
+
+
+class _TemplateBackend(_GraphBackend):
+  """The walk emitting the relaxed cost's gated template: each option's nodes under the gate of
+  that option (the mask flattened: option o of slot s is gate s * O + o), the options of a
+  decision summed (an alias at 0/1 gates, so the pruned template is the arch's own graph),
+  32 filters per layer with width multipliers, a classifier per depth under that depth's gate
+  (the layers past the depth reach no live classifier, so they are pruned as dead)."""
+
+  def __init__(self, num_classes: int):
+    arch = TinyCNNArch((_PAD_FILTERS,) * MAX_LAYERS, (_PAD_KERNEL,) * MAX_LAYERS)
+    super().__init__(arch, num_classes, widths=True)
+    self.b = graph_lib.GraphBuilder('tinycnn_template', num_gates=NUM_SLOTS * NUM_OPTIONS,
+                                    num_widths=MAX_LAYERS)
+    self.heads = []
+
+  def conv(self, t, i):
+    return self.b.add(*[self.b.conv2d(t, _PAD_FILTERS, k, width=i, gate=_gate(_KERNELS + i, o),
+                                      name=f'layer{i}/conv{k}')
+                        for o, k in enumerate(KERNELS)], name=f'layer{i}/conv')
+
+  def activation(self, t, i):
+    # the arch's own graph fuses ReLU into the conv (no cost of its own): here an identity
+    relu = self.b.identity(t, gate=_gate(_ACTIVATION, 0), name=f'layer{i}/relu')
+    swish = self.b.activation(t, 'swish', gate=_gate(_ACTIVATION, 1), name=f'layer{i}/swish')
+    return self.b.add(relu, swish, name=f'layer{i}/activation')
+
+  def pool(self, t, i):
+    return self.b.add(*[self.b.pool(t, kind, 2, 2, 'valid', gate=_gate(_POOLING, o),
+                                    name=f'layer{i}/{kind}_pool')
+                        for o, kind in enumerate(POOLINGS)], name=f'layer{i}/pool')
+
+  def head(self, t, i):
+    flat = self.b.reshape(t, name=f'head{i}/flatten')
+    self.heads.append(self.b.dense(flat, self.num_classes, gate=_gate(_LAYERS, i),
+                                   name=f'head{i}/fc'))
+
+  def output(self):
+    self.b.add(*self.heads, name='logits')
+    return self.b.build()
+
+
+@functools.lru_cache(maxsize=16)
+def template(input_shape=(32, 32, 3), num_classes: int = 10) -> hardware.Template:
+  """The gated template at this input shape and class count, compiled."""
+  return hardware.compile_template(network(_TemplateBackend(num_classes), tuple(input_shape)))
+
+
+def relaxed_cost(group, masks, device='stm32f746', runtime='cmsis-nn', input_shape=None,
+                 num_classes=None) -> dict:
+  """Hardware cost of relaxed masks [K, 9, 3] (`hardware.cost` of the gated template):
+  differentiable in the masks and the lowered arch's cost at one-hot masks (float32 rounding).
+  The template's Goedel (min/max) logic reads the options as truth values, as NB201's: a
+  multi-hot mask costs the union of its options (every option's nodes, a layer at its widest
+  filter option: the width multiplier is `template.union_width`), a soft one lies in between
+  (layers in series are only as live as the weakest one's strongest option, so gradients reach
+  the options that bind)."""
+  del group
+  masks = jnp.asarray(masks, jnp.float32)
+  widths = hardware_template.union_width(masks[:, _FILTERS:_FILTERS + MAX_LAYERS], FILTERS)
+  t = template(tuple(input_shape or (32, 32, 3)), int(num_classes or 10))
+  return hardware.cost(t, masks.reshape(masks.shape[0], -1), widths, device=device,
+                       runtime=runtime)
+
+
 # ----------------------------------------------------------------------------- JAX network
 #
 # One padded parameter set serves every arch: conv i is [5, 5, C_in, 32] and there is one
@@ -193,8 +264,40 @@ def from_array(row) -> TinyCNNArch:
                      POOLINGS[row[8]])
 
 
-def _in_channels(row, i, input_shape):
-  return input_shape[2] if i == 0 else row[i]   # row[i] = filters of layer i - 1
+# ----------------------------------------------------------------------------- choices
+#
+# The relaxation's slots: `to_array`'s row with option indices for values (layers 1-3, filters
+# x3, kernels x3, activation, pooling). `to_array` pads an unused layer with the first filter
+# count and kernel, so its slots hold option 0 and rows and archs map one to one. Slots with
+# two options have a third value that matches nothing (their mask's third column is 0).
+
+_NONE = -1
+SLOT_VALUES = np.array([(1, 2, 3)] + [FILTERS] * MAX_LAYERS + [KERNELS + (_NONE,)] * MAX_LAYERS
+                       + [(0, 1, _NONE)] * 2, np.int32)  # [S, O]
+NUM_SLOTS, NUM_OPTIONS = SLOT_VALUES.shape
+SLOTS = tuple(int(n) for n in np.sum(SLOT_VALUES != _NONE, 1))
+# the first slot of each kind
+_LAYERS, _FILTERS = 0, 1
+_KERNELS = _FILTERS + MAX_LAYERS
+_ACTIVATION = _KERNELS + MAX_LAYERS
+_POOLING = _ACTIVATION + 1
+
+
+def to_rows(archs) -> np.ndarray:
+  """Archs -> option indices [K, 9]."""
+  return np.argmax(to_array(archs)[:, :, None] == SLOT_VALUES, -1).astype(np.int32)
+
+
+def from_rows(group, rows) -> list[TinyCNNArch]:
+  """(group (), option indices [K, 9]) -> archs (an unused layer's slots are ignored)."""
+  del group
+  rows = np.asarray(rows).reshape(-1, NUM_SLOTS)
+  return [from_array(v) for v in SLOT_VALUES[np.arange(NUM_SLOTS), rows]]
+
+
+def one_hot(row) -> jax.Array:
+  """A `to_array` row (traced or not) -> its relaxed mask [9, 3] (float, one-hot)."""
+  return (jnp.asarray(row)[:, None] == SLOT_VALUES).astype(jnp.float32)
 
 
 def _head_size(input_shape, depth):
@@ -211,44 +314,80 @@ def padded_shapes(input_shape=(32, 32, 3), num_classes=10) -> dict:
   return shapes
 
 
-def fan_in(row, input_shape=(32, 32, 3)) -> dict:
-  """Each layer's fan-in under the arch (traced-friendly)."""
+_RADIUS = np.abs(np.arange(_PAD_KERNEL) - _PAD_KERNEL // 2)
+# per option of a kernel slot: its taps [O, k, k] (the padding option none); of a filter slot:
+# its output channels [O, 32]
+_TAPS = np.stack([np.outer(_RADIUS <= k // 2, _RADIUS <= k // 2) for k in KERNELS]
+                 + [np.zeros((_PAD_KERNEL,) * 2, bool)]).astype(np.float32)
+_CHANNELS = (np.arange(_PAD_FILTERS) < np.array(FILTERS)[:, None]).astype(np.float32)
+
+
+def _out_channels(mask, i):
+  """[32] weight of each output channel of layer i under a relaxed mask (the sum of its filter
+  options' channel masks)."""
+  return mask[_FILTERS + i] @ _CHANNELS
+
+
+def _depth_weight(mask, i):
+  """The weight of the classifier after layer i (depth i + 1)."""
+  return mask[_LAYERS, i]
+
+
+def relaxed_fan_in(mask, input_shape=(32, 32, 3)) -> dict:
+  """Each layer's fan-in under a relaxed mask [9, 3]: the mask-weighted sum of its options'
+  (traced-friendly; at a one-hot mask, the arch's)."""
+  mask = jnp.asarray(mask)
+  filters = mask[_FILTERS:_FILTERS + MAX_LAYERS] @ np.array(FILTERS, np.float32)
+  taps = mask[_KERNELS:_KERNELS + MAX_LAYERS] @ _TAPS.sum((1, 2))
   out = {}
   for i in range(MAX_LAYERS):
-    out[f'conv{i}'] = row[4 + i] ** 2 * _in_channels(row, i, input_shape)
-    out[f'fc{i}'] = _head_size(input_shape, i + 1) * row[1 + i]
+    out[f'conv{i}'] = taps[i] * (input_shape[2] if i == 0 else filters[i - 1])
+    out[f'fc{i}'] = _head_size(input_shape, i + 1) * filters[i]
   return out
 
 
-def _masks(row, input_shape) -> dict:
-  """Per layer: a 0/1 array of the padded weight's shape, 1 where the arch has the weight."""
-  taps = jnp.abs(jnp.arange(_PAD_KERNEL) - _PAD_KERNEL // 2)
-  chans = jnp.arange(_PAD_FILTERS)
+def fan_in(row, input_shape=(32, 32, 3)) -> dict:
+  """Each layer's fan-in under the arch row (traced-friendly)."""
+  return relaxed_fan_in(one_hot(row), input_shape)
+
+
+def _masks(mask, input_shape) -> dict:
+  """Per layer: the padded weight's multiplier under a relaxed mask [9, 3], 0 where no option has
+  the weight (at a one-hot mask, the arch's 0/1 mask). Kernel options weight the taps and filter
+  options a layer's output channels (a multi-hot mask sums their masks); a layer's input
+  channels are those some option of the previous layer has (their weights are already in them)."""
+  mask = jnp.asarray(mask)
   masks = {}
   for i in range(MAX_LAYERS):
-    tap = taps <= row[4 + i] // 2
-    cin = (jnp.arange(input_shape[2]) < input_shape[2]) if i == 0 else chans < row[i]
-    cout = chans < row[1 + i]
-    masks[f'conv{i}'] = (tap[:, None, None, None] & tap[None, :, None, None]
-                         & cin[None, None, :, None] & cout[None, None, None, :])
+    taps = jnp.tensordot(mask[_KERNELS + i], _TAPS, 1)
+    cin = (jnp.ones(input_shape[2]) if i == 0 else
+           (_out_channels(mask, i - 1) != 0).astype(jnp.float32))
+    cout = _out_channels(mask, i)
+    masks[f'conv{i}'] = taps[:, :, None, None] * cin[None, None, :, None] * cout
     s = _head_size(input_shape, i + 1)
-    rows = jnp.tile(chans < row[1 + i], s)  # flatten order (h, w, c)
-    masks[f'fc{i}'] = jnp.broadcast_to(rows[:, None], (s * _PAD_FILTERS, 1))
+    rows = jnp.tile(cout != 0, s).astype(jnp.float32)  # flatten order (h, w, c)
+    masks[f'fc{i}'] = rows[:, None]
   return masks
 
 
-def init(key, row, kind='torch_default', input_shape=(32, 32, 3), num_classes=10):
-  """Padded params for the arch `row`: weights U(+-1/sqrt(fan_in)) (PyTorch's default) or
-  N(0, 2/fan_in) (kaiming_normal) on the arch's own entries, 0 elsewhere; biases 0."""
-  row = jnp.asarray(row)
+def relaxed_init(key, mask, kind='torch_default', input_shape=(32, 32, 3), num_classes=10):
+  """Padded params under a relaxed mask [9, 3]: weights U(+-1/sqrt(fan_in)) (PyTorch's default)
+  or N(0, 2/fan_in) (kaiming_normal) where some option of the mask has them, 0 elsewhere;
+  biases 0."""
   shapes = padded_shapes(input_shape, num_classes)
-  fans, masks = fan_in(row, input_shape), _masks(row, input_shape)
+  fans, masks = relaxed_fan_in(mask, input_shape), _masks(mask, input_shape)
   keys = jax.random.split(key, len(shapes))
   params = {}
   for k, (name, shape) in zip(keys, shapes.items()):
     w = space_lib.init_weight(k, shape['w'], fans[name], kind)
-    params[name] = {'w': jnp.where(masks[name], w, 0.0), 'b': jnp.zeros(shape['b'], jnp.float32)}
+    params[name] = {'w': jnp.where(masks[name] != 0, w, 0.0),
+                    'b': jnp.zeros(shape['b'], jnp.float32)}
   return params
+
+
+def init(key, row, kind='torch_default', input_shape=(32, 32, 3), num_classes=10):
+  """Padded params for the arch `row` (its one-hot mask's, `relaxed_init`)."""
+  return relaxed_init(key, one_hot(row), kind, input_shape, num_classes)
 
 
 def concrete_params(padded, arch, input_shape=(32, 32, 3)) -> dict:
@@ -284,15 +423,17 @@ def _swish(x):
 
 
 class _MaskedBackend:
-  """The padded network under a traced arch row (scoring, vmapped over candidates)."""
+  """The padded network under a relaxed mask [9, 3] (scoring, vmapped over candidates; `apply`
+  passes an arch row's one-hot mask). A multi-hot mask sums its options' outputs: of the
+  activations, of the poolings and of the classifiers of its depths."""
 
   num_layers = MAX_LAYERS
 
-  def __init__(self, params, row, probes, input_shape):
-    self.params, self.row, self.probes = params, jnp.asarray(row), probes
-    self.masks = _masks(self.row, input_shape)
-    self.swish, self.avg = self.row[7] == 1, self.row[8] == 1
-    self.codes, self.logits, self.features = [], None, None
+  def __init__(self, params, mask, probes, input_shape):
+    self.params, self.mask, self.probes = params, jnp.asarray(mask), probes
+    self.masks = _masks(self.mask, input_shape)
+    self.widest = _head_size(input_shape, 1) * _PAD_FILTERS
+    self.codes, self.logits, self.features = [], 0.0, 0.0
 
   def input(self, x):
     return x
@@ -303,33 +444,34 @@ class _MaskedBackend:
 
   def conv(self, t, i):
     p = self.params[f'conv{i}']
-    cout = jnp.arange(_PAD_FILTERS) < self.row[1 + i]
+    cout = _out_channels(self.mask, i)
     y = _conv(t, p['w'] * self.masks[f'conv{i}'], p['b'] * cout)
     y = self._probe(y, f'conv{i}')
-    self.codes.append((y, (i < self.row[0]) & cout))
+    in_depth = jnp.sum(self.mask[_LAYERS, i:]) > 0  # some depth option has layer i
+    self.codes.append((y, in_depth & (cout != 0)))
     return y
 
   def activation(self, t, i):
-    return jnp.where(self.swish, _swish(t), jax.nn.relu(t))
+    relu, swish = self.mask[_ACTIVATION, :2]
+    return relu * jax.nn.relu(t) + swish * _swish(t)
 
   def pool(self, t, i):
-    return jnp.where(self.avg, _pool(t, 'avg'), _pool(t, 'max'))
+    max_, avg = self.mask[_POOLING, :2]
+    return max_ * _pool(t, 'max') + avg * _pool(t, 'avg')
 
   def head(self, t, i):
     p = self.params[f'fc{i}']
     flat = t.reshape(t.shape[0], -1)
     logits = self._probe(flat @ (p['w'] * self.masks[f'fc{i}']) + p['b'], f'fc{i}')
-    chosen = self.row[0] == i + 1
-    self.logits = logits if self.logits is None else jnp.where(chosen, logits, self.logits)
-    if self.features is None:
-      self.features = flat
-    else:  # pad to the widest flatten (depth 1); zeros add nothing to any feature statistic
-      pad = jnp.pad(flat, ((0, 0), (0, self.features.shape[1] - flat.shape[1])))
-      self.features = jnp.where(chosen, pad, self.features)
+    weight = _depth_weight(self.mask, i)
+    self.logits = self.logits + weight * logits
+    # padded to the widest flatten (depth 1); zeros add nothing to any feature statistic
+    pad = jnp.pad(flat, ((0, 0), (0, self.widest - flat.shape[1])))
+    self.features = self.features + weight * pad
 
   def output(self):
-    return space_lib.Outputs(self.logits, tuple(self.codes), ~self.swish, self.features,
-                             jnp.zeros(()))
+    return space_lib.Outputs(self.logits, tuple(self.codes), self.mask[_ACTIVATION, 1] == 0,
+                             self.features, jnp.zeros(()))
 
 
 class _ConcreteBackend:
@@ -370,10 +512,16 @@ class _ConcreteBackend:
                              jnp.zeros(()))
 
 
-def apply(params, row, x, probes=None, bn='batch', input_shape=(32, 32, 3)):
-  """Masked network on padded params (see `init`) -> space.Outputs. tinycnn has no BN."""
+def relaxed_apply(params, mask, x, probes=None, bn='batch', input_shape=(32, 32, 3)):
+  """The supernet of a relaxed mask [9, 3] on padded params -> space.Outputs. tinycnn has no
+  BN."""
   del bn
-  return network(_MaskedBackend(params, row, probes, input_shape), x)
+  return network(_MaskedBackend(params, mask, probes, input_shape), x)
+
+
+def apply(params, row, x, probes=None, bn='batch', input_shape=(32, 32, 3)):
+  """Masked network on padded params (see `init`) -> space.Outputs."""
+  return relaxed_apply(params, one_hot(row), x, probes, bn, input_shape)
 
 
 def apply_concrete(params, arch, x, probes=None):
@@ -382,19 +530,33 @@ def apply_concrete(params, arch, x, probes=None):
   return network(_ConcreteBackend(params, arch, probes), x)
 
 
-def make_net(group=(), input_shape=(32, 32, 3), num_classes=10) -> space_lib.Net:
-  del group
+def _net(input_shape, num_classes, to_mask, example_row) -> space_lib.Net:
+  """The padded network over an arch encoding (`to_mask`: the Net's arch row -> relaxed mask)."""
   input_shape = tuple(input_shape)
   if input_shape[0] % 8 or input_shape[1] % 8:
     raise ValueError(f'tinycnn needs an input size divisible by 8 (three 2x2 pools); got '
                      f'{input_shape[:2]}')
   return space_lib.Net(
-      init=lambda key, row, kind='torch_default': init(key, row, kind, input_shape, num_classes),
-      apply=lambda params, row, x, probes=None, bn='batch': apply(params, row, x, probes, bn,
-                                                                 input_shape),
-      fan_in=lambda row: fan_in(row, input_shape),
-      input_shape=input_shape, num_classes=num_classes,
-      example_row=to_array([enumerate_archs()[-1]])[0])
+      init=lambda key, row, kind='torch_default': relaxed_init(key, to_mask(row), kind,
+                                                               input_shape, num_classes),
+      apply=lambda params, row, x, probes=None, bn='batch': relaxed_apply(
+          params, to_mask(row), x, probes, bn, input_shape),
+      fan_in=lambda row: relaxed_fan_in(to_mask(row), input_shape),
+      input_shape=input_shape, num_classes=num_classes, example_row=example_row)
+
+
+def make_net(group=(), input_shape=(32, 32, 3), num_classes=10) -> space_lib.Net:
+  """The masked network; its arch row is `to_array`'s."""
+  del group
+  return _net(input_shape, num_classes, one_hot, to_array([enumerate_archs()[-1]])[0])
+
+
+def make_relaxed_net(group=(), input_shape=(32, 32, 3), num_classes=10) -> space_lib.Net:
+  """The supernet; its arch row is a relaxed mask [9, 3] (`RELAXATION.net`)."""
+  del group
+  example = (to_array([enumerate_archs()[-1]])[0][:, None] == SLOT_VALUES).astype(np.float32)
+  return _net(input_shape or (32, 32, 3), num_classes or 10,
+              lambda m: jnp.asarray(m, jnp.float32), example)
 
 
 def sample(rng: np.random.Generator, n: int) -> list[TinyCNNArch]:
@@ -408,6 +570,10 @@ def stratum(arch: TinyCNNArch) -> str:
   return f'{len(arch.filters)}-{arch.activation}-{arch.pooling}'
 
 
+RELAXATION = space_lib.Relaxation(
+    slots=lambda group: SLOTS, to_rows=to_rows, from_rows=from_rows, net=make_relaxed_net,
+    cost=relaxed_cost)
+
 SPACE = registry.register(space_lib.SearchSpace(
     name='tinycnn',
     summary='the seed\'s 1-3 layer CNNs (1,032 archs)',
@@ -416,7 +582,7 @@ SPACE = registry.register(space_lib.SearchSpace(
     lower=lambda arch, input_shape=(32, 32, 3), num_classes=10: lower(arch, input_shape,
                                                                       num_classes),
     stratum=stratum, train_net=lambda *a, **k: train_net(*a, **k),
-    mutate=lambda a, rng: mutate(a, rng)))
+    mutate=lambda a, rng: mutate(a, rng), relax=RELAXATION))
 
 
 def train_net(arch, input_shape=(32, 32, 3), num_classes=10):
