@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine import ntk
+from engine import proxies as proxies_lib
 from engine.zero_cost import (ZEN_ALPHA, _finite_flag, _merge, cross_entropy, jacob_cov_value,
                               log_score_flagged, nwot_value, zico_layer_log, zico_value)
 
@@ -170,14 +171,14 @@ def linear_regions(net, params, row, ends, points=64):
   return value, _finite_flag(value)
 
 
-# name -> (kind of inputs, higher is better)
-PROXIES = {
-    'grad_norm': ('zc', True), 'snip': ('zc', True), 'fisher': ('zc', True),
-    'grasp': ('zc', True), 'synflow': ('zc', True), 'jacob_cov': ('zc', True),
-    'nwot': ('zc', True), 'zico': ('zc', True), 'zen': ('zc', True),
-    'ntk_cond': ('ntk', False), 'linear_regions': ('lr', True),
-    'params': ('analytic', True), 'flops': ('analytic', True),
-}
+# The proxies this module implements over a `Net`, by name; what each reads and which way is
+# better come from the one proxy registry (`engine.proxies.REGISTRY`): name -> (kind of inputs,
+# higher is better). (ntk_cond here is the batch-coupled NTK of the whole net; NB201's
+# `ntk_cond_independent` has no Net implementation yet.)
+IMPLEMENTED = ('grad_norm', 'snip', 'fisher', 'grasp', 'synflow', 'jacob_cov', 'nwot', 'zico',
+               'zen', 'ntk_cond', 'linear_regions', 'params', 'flops')
+PROXIES = {name: (proxies_lib.REGISTRY[name].needs or 'analytic',
+                  proxies_lib.REGISTRY[name].higher_is_better) for name in IMPLEMENTED}
 
 
 def network_proxies(net, row, inputs, names, keys) -> dict:
