@@ -179,6 +179,13 @@ class SearchScorer:
   def inputs_for(self, group) -> dict:
     return self.inputs
 
+  def networks(self) -> list[str]:
+    """The proxy networks scored on, for the report."""
+    s, needs = self.settings, {p.needs for p in self.network}
+    return ([f'NTK C={s.ntk_width} N={s.ntk_cells} B={s.ntk_batch} x{s.ntk_repeats}']
+            if 'ntk' in needs else []) + (
+        [f'zero-cost C={s.zc_width} N={s.zc_cells} B={s.zc_batch}'] if 'zc' in needs else [])
+
   def default_k(self, n: int) -> int:
     """Reuse a compiled batch shape when none is asked for (the final scoring of a winner)."""
     return max(self._scorers) if self._scorers else n

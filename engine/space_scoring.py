@@ -184,6 +184,13 @@ class NetScorer:
   def default_k(self, n: int) -> int:
     return self.settings.batch_candidates
 
+  def networks(self) -> list[str]:
+    """The proxy networks scored on, for the report: the space's own."""
+    kinds = {sp.PROXIES[n][0] for n in self.network}
+    batches = ([f'zero-cost B={self.settings.zc_batch}'] if 'zc' in kinds else []) + (
+        [f'NTK B={self.settings.ntk_batch}'] if 'ntk' in kinds else [])
+    return [', '.join([f'{self.space.name}\'s own network'] + batches)] if self.network else []
+
   def _settings(self, k):
     return dataclasses.replace(self.settings, batch_candidates=k) if k else self.settings
 

@@ -184,14 +184,9 @@ def run(f, workdir='search_out'):
   print(f'search: {f.searcher} on {where} for {constraints.device}/{constraints.runtime} '
         f'({limits}); {int(table.feasible.sum())} of {len(table.archs)} {known} feasible; '
         f'costed in {table_s:.1f} s')
-  settings = getattr(scorer, 'settings', None)
-  needs = {p.needs for p in getattr(scorer, 'network', []) if hasattr(p, 'needs')}
-  nets = ([f'NTK C={settings.ntk_width} N={settings.ntk_cells} B={settings.ntk_batch} '
-           f'x{settings.ntk_repeats}'] if 'ntk' in needs else []) + (
-          [f'zero-cost C={settings.zc_width} N={settings.zc_cells} B={settings.zc_batch}']
-          if 'zc' in needs else [])
   print(f'inputs: {images.source if images else "N(0, 1) Gaussian noise (no --data_dir given)"};'
-        f' objective {f.objective} over {f.proxies}' + ''.join(f'; {n}' for n in nets)
+        f' objective {f.objective} over {f.proxies}' + ''.join(f'; {n}' for n in
+                                                             scorer.networks())
         + f'; {device_name}')
 
   acc = accuracies(space, f, table.archs)
