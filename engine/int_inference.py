@@ -33,9 +33,9 @@ import numpy as np
 
 from engine import quant
 from engine.qat_net import ZERO_QPARAMS, layer_name, partial_sum_name
+from search_spaces.kernels import BN_EPS
 from search_spaces.nb201 import net as nb201_net
 from search_spaces.nb201 import NB201Config
-from search_spaces.nb201.net import BN_EPS
 
 ADD_LEFT_SHIFT = 20  # TFLite int8 ADD
 

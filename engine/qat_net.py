@@ -5,7 +5,7 @@ ReLU-conv-BN / 3x3 avg pool / skip edges summed at each node; reduction blocks; 
 global average pool, dense) run by a Flax backend (`FlaxBackend`), laid out as the int8 graph of
 `search_spaces.nb201.graph` so that `engine.int_inference` can run it in integers. In 'fp32' mode
 with batch statistics it is the scoring supernet (`nb201_net.apply`) of its single path, given
-the same weights (`variables_from_supernet`). Modes:
+the same weights (`search_spaces.nb201.qat_variables.variables_from_supernet`). Modes:
 
   * 'fp32':   plain float training and evaluation; BN uses batch statistics when `train`.
   * 'folded': BN folded into its convolution with the running statistics, no quantization.
@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 
 from engine import quant
+from search_spaces.kernels import BN_EPS, avg_pool_2x2, avg_pool_3x3
 from search_spaces.nb201 import net as nb201_net
 from search_spaces.nb201 import NB201Config
-from search_spaces.nb201.net import BN_EPS, avg_pool_2x2, avg_pool_3x3
 
 MODES = ('fp32', 'folded', 'quant')
 BN_MOMENTUM = 0.9
@@ -325,71 +325,11 @@ def init_variables(key, ops, config: NB201Config) -> dict:
   return dict(jax.jit(lambda k, x: model.init(k, x, train=False))(key, x))
 
 
-class _SupernetVariables(nb201_net.Backend):
-  """Walks a single path collecting the QATNetwork variables that hold supernet weights."""
-
-  def __init__(self, params):
-    self.params = params
-    self.out = {'params': {}, 'batch_stats': {}, 'quant': {}}
-
-  @staticmethod
-  def _range():
-    return {k: jnp.zeros((), jnp.float32) for k in ('min', 'max', 'count')}
-
-  def _layer(self, name, params, bn_channels=None):
-    self.out['params'][name] = params
-    if bn_channels is not None:  # the supernet normalises with batch statistics only
-      self.out['batch_stats'][name] = {'mean': jnp.zeros((bn_channels,), jnp.float32),
-                                       'var': jnp.ones((bn_channels,), jnp.float32)}
-    self.out['quant'][name] = {'out_q': self._range()}
-
-  def input(self, x):
-    self.out['quant']['input_q'] = self._range()
-    return x
-
-  def conv(self, t, path, features, k, stride=1, bn=True):
-    w, scale, bias = nb201_net._conv_leaves(self.params, path)
-    if scale is None:
-      self._layer(layer_name(path), {'kernel': w})
-    else:
-      self._layer(layer_name(path), {'kernel': w, 'scale': scale, 'bias': bias}, features)
-    return t
-
-  def relu(self, t, path):
-    return t
-
-  def pool(self, t, path, size):
-    return t
-
-  def add(self, terms, path, like):
-    if len(terms) > 1:  # none: constant zeros, one: an alias (no quantizer, see add_terms)
-      self.out['quant'][layer_name(path)] = self._range()
-      for i in range(1, len(terms) - 1):
-        self.out['quant'][partial_sum_name(layer_name(path), i)] = self._range()
-    return like
-
-  def head_bn(self, t, path):
-    p = self.params['head']
-    self._layer(layer_name(path), {'scale': p['bn_scale'], 'bias': p['bn_bias']},
-                p['bn_scale'].shape[-1])
-    return t
-
-  def global_pool(self, t, path):
-    return t
-
-  def dense(self, t, path, features):
-    p = self.params['head']
-    self._layer(layer_name(path), {'kernel': p['fc'], 'bias': p['fc_bias']})
-    return t
-
-
 def variables_from_supernet(params, ops, config: NB201Config) -> dict:
-  """`nb201_net.init_params` supernet params -> `QATNetwork(ops)` variables with the same
-  weights: conv kernels, BN scales and biases, classifier. BN running statistics are mean 0,
-  var 1 (the supernet keeps none) and activation ranges are zeros (uncalibrated)."""
-  backend = _SupernetVariables(params)
-  nb201_net.network(backend, tuple(int(o) for o in ops), None, config)
-  return backend.out
+  """`search_spaces.nb201.qat_variables.variables_from_supernet`, for callers that still reach it
+  here (tests/ntk_test.py). Imported on call because that module imports this one."""
+  from search_spaces.nb201 import qat_variables
+  return qat_variables.variables_from_supernet(params, ops, config)
 
 
 def param_count(variables) -> int:

@@ -29,7 +29,7 @@ from hardware import graph as graph_lib
 from hardware import latency
 from search_spaces import mlperf_tiny
 from search_spaces import nb201
-from search_spaces.nb201 import graph as nb201_graph
+from search_spaces import registry
 
 _PART = flags.DEFINE_enum('part', 'all', ['mlperf', 'nb201', 'all'],
                           'Which validation: (a) MLPerf Tiny, (b) NAS-Bench-201, or both.')
@@ -216,15 +216,17 @@ def validate_nb201(num_train: int = 500, seed: int = 0, steps: int = 3000) -> di
   for col, (file, dataset, _) in NB201_DEVICES.items():
     by_file[(file, dataset)].append(col)
   feature_cache, results = {}, {}
+  space = registry.get('nb201')
   init = np.asarray(devices.coefficients('stm32f746', 'cmsis-nn'))
   for (file, dataset), cols in by_file.items():
     ops, measured, rep = _read_columns(data_dir() / file, cols)
-    cfg = nb201.NB201Config.for_dataset(dataset)
+    input_shape, classes = space.shape_for(dataset)
     if dataset not in feature_cache:
       feats, macs = {}, {}
       for policy in ELIMINATION:
-        out = nb201_graph.cost(nb201.ops_to_mask(ops), cfg,
-                               runtime=elimination_runtime(policy))
+        # the space's gated hardware template; NB201's also returns the latency features
+        out = space.relax.cost((), nb201.ops_to_mask(ops), 'stm32f746',
+                               elimination_runtime(policy), input_shape, classes)
         feats[policy] = np.asarray(out['features'], np.float64)
         macs[policy] = np.asarray(out['macs'], np.float64)
       feature_cache[dataset] = (feats, macs)

@@ -35,6 +35,7 @@ import hardware
 from hardware import graph as graph_lib
 from hardware import template as hardware_template
 from search_spaces import interface as space_lib
+from search_spaces.kernels import BN_EPS
 from search_spaces import registry
 
 KERNELS = (3, 5, 7)
@@ -45,7 +46,6 @@ RESOLUTIONS = (96, 128, 160)
 STAGES = ((24, 2), (40, 2), (80, 2), (96, 1), (160, 2))
 STEM, FIRST = 32, 16
 NUM_CLASSES = 10
-BN_EPS = 1e-5
 MAX_DEPTH, MAX_K, MAX_E = max(DEPTHS), max(KERNELS), max(EXPANDS)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import hardware
 from hardware import graph as graph_lib
 from hardware import template as hardware_template
-from search_spaces.nb201.net import conv as _fast_conv
+from search_spaces.kernels import conv as _fast_conv
 from search_spaces import interface as space_lib
 from search_spaces import registry
 

@@ -1,4 +1,5 @@
-"""The masked supernet: its walks against each other and against the QAT network in fp32 mode."""
+"""The masked supernet: its walks against each other and against the QAT network in fp32 mode
+(the kernels it shares with other spaces are tested in kernels_test.py)."""
 import dataclasses
 import functools
 
@@ -11,6 +12,7 @@ import pytest
 from engine import qat_net
 from search_spaces import nb201
 from search_spaces.nb201 import net
+from search_spaces.nb201 import qat_variables
 
 CONFIG = nb201.NB201Config(C=4, N=2, input_size=8)
 ARCHS = [(3, 2, 4, 1, 3, 0), (1, 1, 1, 1, 1, 1), (3, 3, 3, 3, 3, 3), (4, 0, 2, 0, 0, 3)]
@@ -32,7 +34,7 @@ class SupernetTest(chex.TestCase):
     for ops in ARCHS:
       logits = forward(params, jnp.asarray(nb201.ops_to_mask(ops)), x)
       chex.assert_shape(logits, (6, CONFIG.num_classes))
-      variables = qat_net.variables_from_supernet(params, ops, CONFIG)
+      variables = qat_variables.variables_from_supernet(params, ops, CONFIG)
       model = qat_net.QATNetwork(ops, CONFIG, 'fp32')
       ref, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
           variables, x)
@@ -41,7 +43,7 @@ class SupernetTest(chex.TestCase):
   def test_variables_from_supernet_match_qat_init_structure_and_param_count(self):
     params = net.init_params(jax.random.PRNGKey(0), CONFIG)
     for ops in ARCHS:
-      variables = qat_net.variables_from_supernet(params, ops, CONFIG)
+      variables = qat_variables.variables_from_supernet(params, ops, CONFIG)
       fresh = jax.eval_shape(lambda: qat_net.init_variables(jax.random.PRNGKey(1), ops, CONFIG))
       chex.assert_trees_all_equal_shapes_and_dtypes(fresh, variables)
       count = nb201.count_params(nb201.ops_to_mask(ops), CONFIG)
@@ -98,50 +100,6 @@ class SupernetTest(chex.TestCase):
     # round-off of ~1e-6 on logits of order 1.
     np.testing.assert_allclose(logits, again, rtol=1e-5, atol=1e-5)
 
-  def test_avg_pool_ignores_padding(self):
-    x = jnp.ones((1, 4, 4, 1))
-    np.testing.assert_allclose(net.avg_pool_3x3(x), x)
-
   def test_unknown_init_is_rejected(self):
     with pytest.raises(ValueError, match='unknown init'):
       net.init_params(jax.random.PRNGKey(0), CONFIG, 'xavier')
-
-
-@pytest.mark.parametrize('size', [8, 7])  # 7: a strided input grad falls back to XLA's
-def test_conv_custom_gradient_matches_xla(size):
-  x = jax.random.normal(jax.random.PRNGKey(0), (3, size, size, 5))
-  for k, stride in ((1, 1), (3, 1), (3, 2), (1, 2), (5, 4)):
-    w = jax.random.normal(jax.random.PRNGKey(k + stride), (k, k, 5, 4))
-    g = jax.random.normal(jax.random.PRNGKey(9), net.conv(x, w, stride).shape)
-    ours = jax.vjp(lambda x_, w_: net.conv(x_, w_, stride), x, w)[1](g)
-    xla = jax.vjp(lambda x_, w_: net._conv(x_, w_, stride), x, w)[1](g)
-    for a, b in zip(ours, xla):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-
-
-def test_strided_input_grad_is_batched_and_differentiable_like_xla():
-  """The phase-wise input gradient of a stride-2 conv under vmap over cotangents (the exact
-  NTK's rows) and under forward mode over the backward pass (GraSP's Hessian-vector product)."""
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 5))
-  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 5, 4))
-  gs = jax.random.normal(jax.random.PRNGKey(2), (3, 2, 4, 4, 4))
-  grad_x = lambda f, w_, g: jax.vjp(lambda x_: f(x_, w_, 2), x)[1](g)[0]
-  np.testing.assert_allclose(jax.vmap(lambda g: grad_x(net.conv, w, g))(gs),
-                             jax.vmap(lambda g: grad_x(net._conv, w, g))(gs), rtol=1e-4, atol=1e-4)
-  dw = jax.random.normal(jax.random.PRNGKey(3), w.shape)
-  ours = jax.jvp(lambda w_: grad_x(net.conv, w_, gs[0]), (w,), (dw,))
-  xla = jax.jvp(lambda w_: grad_x(net._conv, w_, gs[0]), (w,), (dw,))
-  for a, b in zip(ours, xla):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-
-
-def test_conv_weight_grad_batching_rules_match_native():
-  x = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 8, 8, 5))
-  g = jax.random.normal(jax.random.PRNGKey(1), (4, 3, 4, 4, 6))
-  native = lambda x_, g_: net._native_weight_grad(x_, g_, 3, 2)
-  ours = lambda x_, g_: net.conv_weight_grad(x_, g_, 3, 2)
-  np.testing.assert_allclose(jax.vmap(ours)(x, g), jax.vmap(native)(x, g), rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(jax.vmap(ours, (None, 0))(x[0], g),
-                             jax.vmap(native, (None, 0))(x[0], g), rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(jax.vmap(ours, (0, None))(x, g[0]),
-                             jax.vmap(native, (0, None))(x, g[0]), rtol=1e-4, atol=1e-4)

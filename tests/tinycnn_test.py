@@ -115,7 +115,7 @@ def test_multi_hot_mask_is_the_sum_of_its_options(nets):
 
 def test_network_gradient_matches_finite_differences(nets):
   """d sum(logits^2) / d mask at a soft mask (jax.grad) against central differences, in float32:
-  under x64 the engine's custom convolution gradient (`nb201.net.conv`) returns NaN. At eps 1e-2
+  under x64 the engine's custom convolution gradient (`kernels.conv`) returns NaN. At eps 1e-2
   float32 rounding costs ~1e-5 of the loss and the few ReLU / max-pool kinks crossed a little
   more: rtol 2e-2. The activation slot is (relu 1, swish 0), its gradient still taken through
   the swish branch: with a nonzero swish weight this program's gradient is NaN when compiled at
