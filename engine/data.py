@@ -59,7 +59,7 @@ def load_cifar(data_dir, dataset: str = 'cifar10', split: str = 'train') -> Imag
       data = np.asarray(batch[b'data'], np.uint8)
       images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
       labels.append(np.asarray(batch[label_key], np.int64))
-    except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
+    except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError, IndexError) as err:
       raise DataError(f'{f} is not a CIFAR python pickle batch ({type(err).__name__}: {err})') from None
   names = ', '.join(f.name for f in files)
   return ImageSet(np.concatenate(images), np.concatenate(labels), f'{dataset} {split} ({names})')

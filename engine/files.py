@@ -2,6 +2,7 @@
 old file or the new one, never half of one (sweeps resume from what is on disk)."""
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import tempfile
@@ -11,6 +12,11 @@ def write_atomic(path, write, binary: bool = True, suffix: str = '.tmp'):
   """`write(file)` into a temporary file beside `path`, renamed into place when complete.
   `suffix` ends the temporary name (a writer that picks its format by extension needs it)."""
   path = pathlib.Path(path)
+  if os.path.lexists(path) and not path.is_file():
+    # os.replace would swap out a device (/dev/null) and fail late on a folder: refuse first
+    code = errno.EISDIR if path.is_dir() else errno.EEXIST
+    raise OSError(code, 'exists and is not a regular file' if code == errno.EEXIST else
+                  os.strerror(code), str(path))
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=suffix)
   try:

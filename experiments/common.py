@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import dis
 import io
+import json
 import os
 import pathlib
 import sys
@@ -28,11 +30,297 @@ class UsageError(ValueError):
 USER_ERRORS = (nb201.ArchError, data_lib.DataError, proxies_lib.ProxyError, FileNotFoundError,
                ValueError)
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Path flags: what each names, and the fix when it cannot be used.
+PATH_FLAGS = {
+    'output': 'pass a file path in a folder you can write to, e.g. --output=scores.csv',
+    'workdir': 'pass a folder you can write to (it is created if missing)',
+    'benchmark_file': 'pass a readable CSV, or leave it unset for the shared data\'s table',
+    'reference_file': 'pass the readable NASLib zero-cost CSV',
+    'data_dir': 'pass a readable folder holding cifar-10-batches-py/',
+    'init_from': 'pass a workdir written by --experiment=train',
+    'distill_from': 'pass a workdir written by --experiment=train',
+    'archs': 'pass a readable file with one arch per line',
+}
+
+# Optional packages: a missing one is a setup step, not a crash.
+OPTIONAL_PACKAGES = {'tflite_micro': '.[deploy]', 'ai_edge_litert': '.[deploy]',
+                     'flatbuffers': '.[deploy]', 'matplotlib': '.[test]'}
+
+
+def _raised_by_a_check(err: BaseException) -> bool:
+  """Whether `err` comes from a `raise` statement of this project's code (a check that
+  rejected an input), not from a library (numpy, jax) or a call that failed inside our code
+  (`int(...)`, `array.reshape(...)`): those are bugs in how we called it."""
+  tb = err.__traceback__
+  if tb is None:
+    return False
+  while tb.tb_next is not None:
+    tb = tb.tb_next
+  file = pathlib.Path(os.path.abspath(tb.tb_frame.f_code.co_filename))
+  if REPO not in file.parents or 'site-packages' in file.parts or '.venv' in file.parts:
+    return False
+  return any(i.offset == tb.tb_lasti and i.opname == 'RAISE_VARARGS'
+             for i in dis.get_instructions(tb.tb_frame.f_code))
+
+
+def _path_flag_of(filenames, paths: dict):
+  """(flag, value) of the user-given path that one of `filenames` is, lies under, lies above
+  (/dev/null of /dev/null/x.csv), or is the temporary sibling of (write_atomic); else None."""
+  for name in filenames:
+    if name is None:
+      continue
+    hit = pathlib.Path(os.path.abspath(os.fsdecode(name)))
+    for flag, value in paths.items():
+      given = pathlib.Path(os.path.abspath(value))
+      if (hit == given or given in hit.parents or hit in given.parents
+          or (hit.parent == given.parent and hit.name.startswith(given.name))):
+        return flag, value
+  return None
+
+
+def user_error_message(err: BaseException, paths: dict | None = None) -> str | None:
+  """The one line to show for `err` if it is the user's to fix, else None (a bug: let its
+  traceback show). `paths`: {flag: value} of the paths the user gave.
+
+  User errors: this project's error classes and the ValueErrors its checks raise (never one
+  raised inside numpy or jax); an OSError on a user-given path; a missing optional package or
+  tool."""
+  paths = {k: str(v) for k, v in (paths or {}).items() if v not in (None, '')}
+  if isinstance(err, UsageError):
+    return str(err)
+  if isinstance(err, OSError):
+    if err.filename is None and err.errno is None:  # raised by a check, with its own message
+      return str(err) if _raised_by_a_check(err) else None
+    found = _path_flag_of((err.filename, err.filename2), paths)
+    if found is None:
+      return None
+    flag, value = found
+    where = os.fsdecode(err.filename)
+    where = '' if os.path.abspath(where) == os.path.abspath(value) else f' ({where})'
+    return f'--{flag}={value}: {err.strerror or err}{where}; {PATH_FLAGS.get(flag, "fix the path")}'
+  if isinstance(err, ValueError):
+    if not _raised_by_a_check(err):
+      return None
+    return str(err)
+  if isinstance(err, ImportError):
+    if isinstance(err, ModuleNotFoundError) and err.name in OPTIONAL_PACKAGES:
+      return (f'the optional package {err.name} is not installed; pip install -e '
+              f'"{OPTIONAL_PACKAGES[err.name]}"')
+    return str(err) if 'pip install' in str(err) and _raised_by_a_check(err) else None
+  mcu = sys.modules.get('deploy.mcu')  # only importable tools can be missing
+  if mcu is not None and isinstance(err, mcu.ToolMissing):
+    return str(err)
+  return None
+
+
+def path_flags(config, workdir=None) -> dict:
+  """{flag: value} of the paths set in an experiment's config (and its workdir)."""
+  found = {name: getattr(config, name, None) for name in PATH_FLAGS}
+  found['workdir'] = workdir
+  archs = found.get('archs')
+  if archs is not None and not is_file(archs):
+    del found['archs']  # an arch string or random:N, not a path
+  return {k: v for k, v in found.items() if v not in (None, '')}
+
 
 def fail(message: str):
   """One line on stderr and exit code 2: the contract for every bad input."""
   print(f'error: {" ".join(str(message).split())}', file=sys.stderr)
   sys.exit(2)
+
+
+def read_text(path, flag: str) -> str:
+  """A user-given text file's contents; unreadable or not UTF-8 is a UsageError naming --flag."""
+  try:
+    return pathlib.Path(path).read_text()
+  except UnicodeDecodeError:
+    raise UsageError(f'--{flag}={path} is not a UTF-8 text file; {PATH_FLAGS[flag]}') from None
+  except OSError as err:
+    raise UsageError(f'--{flag}={path}: cannot read it ({err.strerror}); '
+                     f'{PATH_FLAGS[flag]}') from None
+
+
+def _first_existing(path: pathlib.Path) -> pathlib.Path:
+  path = pathlib.Path(os.path.abspath(path))
+  while not os.path.lexists(path) and path != path.parent:
+    path = path.parent
+  return path
+
+
+def check_output_file(value, flag: str = 'output'):
+  """Before any work: `value` can be written as a file (it, or the folders it needs, can be
+  created). UsageError otherwise."""
+  fix = PATH_FLAGS.get(flag, 'pass a file path you can write to')
+  if not str(value).strip():
+    raise UsageError(f'--{flag} is empty; {fix}')
+  path = pathlib.Path(value)
+  try:
+    if path.is_dir():
+      raise UsageError(f'--{flag}={value} is a folder; pass a file path, e.g. '
+                       f'--{flag}={path / "scores.csv"}')
+    if os.path.lexists(path) and not path.is_file():
+      raise UsageError(f'--{flag}={value} exists and is not a regular file; {fix}')
+    if path.is_file() and not os.access(path, os.W_OK):
+      raise UsageError(f'--{flag}={value} is read-only; {fix}')
+    _check_can_create(path.parent, flag, value, fix)
+  except OSError as err:  # a name too long, a loop of links
+    raise UsageError(f'--{flag}={value}: {err.strerror}; {fix}') from None
+
+
+def check_workdir(value, flag: str = 'workdir'):
+  """Before any work: `value` is a folder that can be written in, or can be created."""
+  fix = PATH_FLAGS.get(flag, 'pass a folder you can write to')
+  if not str(value).strip():
+    raise UsageError(f'--{flag} is empty; {fix}')
+  path = pathlib.Path(value)
+  try:
+    if os.path.lexists(path) and not path.is_dir():
+      raise UsageError(f'--{flag}={value} is a file, not a folder; {fix}')
+    _check_can_create(path, flag, value, fix)
+  except OSError as err:
+    raise UsageError(f'--{flag}={value}: {err.strerror}; {fix}') from None
+
+
+def _check_can_create(folder, flag, value, fix):
+  """`folder` exists and can be written in, or its nearest existing ancestor can."""
+  base = _first_existing(pathlib.Path(folder))
+  if not base.is_dir():
+    raise UsageError(f'--{flag}={value}: {base} is not a folder; {fix}')
+  if not os.access(base, os.W_OK | os.X_OK):
+    raise UsageError(f'--{flag}={value}: no permission to write in {base}; {fix}')
+
+
+def check_input_file(value, flag: str):
+  """A user-given file to read: it exists, is a file and is readable."""
+  fix = PATH_FLAGS.get(flag, 'pass a readable file')
+  path = pathlib.Path(value)
+  try:
+    if path.is_dir():
+      raise UsageError(f'--{flag}={value} is a folder, not a file; {fix}')
+    if not path.is_file():
+      raise UsageError(f'--{flag}={value} not found; {fix}')
+    if not os.access(path, os.R_OK):
+      raise UsageError(f'--{flag}={value} is not readable (permissions); {fix}')
+  except OSError as err:
+    raise UsageError(f'--{flag}={value}: {err.strerror}; {fix}') from None
+
+
+def check_train_run(value, flag: str, fix: str | None = None):
+  """A workdir of --experiment=train (--init_from, --distill_from, export's --workdir, or a
+  train --workdir being resumed): if it holds a config.json, that is a train config. A missing
+  config.json is left to the experiment, which says what it needs."""
+  path = pathlib.Path(value) / 'config.json'
+  if not is_file(path):
+    return
+  what = fix or PATH_FLAGS.get(flag, 'pass a workdir written by --experiment=train')
+  try:
+    data = json.loads(path.read_text())
+  except (OSError, ValueError) as err:
+    detail = (err.strerror if isinstance(err, OSError) else 'not UTF-8' if
+              isinstance(err, UnicodeError) else f'not JSON: {err}')
+    raise UsageError(f'--{flag}={value} holds a config.json that is not a training run\'s '
+                     f'({detail}); {what}') from None
+  from engine import train as train_lib  # heavy (jax, orbax): only for the train experiments
+  fields = {f.name: f for f in dataclasses.fields(train_lib.TrainConfig)}
+  problem = None
+  if not isinstance(data, dict):
+    problem = f'a JSON {type(data).__name__}, not an object'
+  elif set(data) - set(fields):
+    problem = f'unknown keys {", ".join(sorted(set(data) - set(fields)))}'
+  elif 'arch' not in data:
+    problem = 'no arch'
+  else:
+    try:
+      train_lib.TrainConfig(**data).ops()
+      bad = [k for k in ('C', 'N', 'epochs', 'seed') if k in data
+             and (not isinstance(data[k], int) or isinstance(data[k], bool) or data[k] < 0)]
+      if bad:
+        problem = f'{bad[0]}={data[bad[0]]!r} is not a non-negative integer'
+    except (TypeError, ValueError, AttributeError) as err:
+      problem = str(err)
+  if problem:
+    raise UsageError(f'--{flag}={value} holds a config.json not written by --experiment=train '
+                     f'({problem}); {what}')
+
+
+def _check_benchmark_file(value, space_name: str, dataset: str | None, needs_accuracy: bool):
+  """--benchmark_file's content, before any work: NB201's table (per dataset) or a space's
+  trained ground truth (arch, seed, test_acc)."""
+  check_input_file(value, 'benchmark_file')
+  from search_spaces import registry
+  space = registry.get(space_name) if space_name in registry.names() else None
+  if space is None:
+    return
+  if space.datasets is not None:
+    table = arch_index_table(value, required=True)
+    column = ACC_COLUMN.get(dataset)
+    if needs_accuracy and column is not None and column not in table.columns:
+      raise UsageError(f'--benchmark_file={value} has no {column} column (the accuracy for '
+                       f'--dataset={dataset}); pass the NB201 accuracy table, e.g. '
+                       f'{nb201.default_benchmark_file()}')
+    return
+  fix = (f'pass a trained ground truth with arch, seed and test_acc columns, as written by '
+         f'python -m experiments.ground_truth --search_space={space_name}')
+  rows = list(csv.reader(io.StringIO(read_text(value, 'benchmark_file'))))
+  header = rows[0] if rows else []
+  missing = [c for c in ('arch', 'seed', 'test_acc') if c not in header]
+  if missing:
+    raise UsageError(f'--benchmark_file={value} lacks the {", ".join(missing)} column'
+                     f'{"s" if len(missing) > 1 else ""}; {fix}')
+  at = {c: header.index(c) for c in ('arch', 'seed', 'test_acc')}
+  for n, row in enumerate(rows[1:], 2):
+    if not row:
+      continue
+    try:
+      int(row[at['seed']])
+      float(row[at['test_acc']])
+      row[at['arch']]
+    except (ValueError, IndexError):
+      raise UsageError(f'--benchmark_file={value}:{n}: not a row of arch, an integer seed and a '
+                       f'numeric test_acc; {fix}') from None
+
+
+def check_paths(config, workdir, experiment: str):
+  """Every path the user gave, checked before any work starts (a long job must not fail at its
+  end on an unwritable output): outputs writable, inputs readable and of the right kind."""
+  get = lambda name: getattr(config, name, None)
+  if get('output') is not None:
+    check_output_file(get('output'))
+  if workdir is not None:
+    if experiment == 'export':  # reads a trained run and writes beside it
+      check_train_run(workdir, 'workdir', 'pass a workdir written by --experiment=train')
+      if os.path.lexists(workdir):  # a missing one: export says what it needs
+        check_workdir(workdir)
+    else:
+      check_workdir(workdir)
+    if experiment == 'train':
+      check_train_run(workdir, 'workdir', 'pass a new --workdir (or the one of this run)')
+  for flag in ('init_from', 'distill_from'):
+    if get(flag):
+      check_input_folder(get(flag), flag)
+      check_train_run(get(flag), flag)
+  if get('reference_file'):
+    check_input_file(get('reference_file'), 'reference_file')
+  if get('benchmark_file'):
+    _check_benchmark_file(get('benchmark_file'), get('search_space'), get('dataset'),
+                          experiment in ('search', 'correlate'))
+
+
+def check_input_folder(value, flag: str):
+  """A user-given folder to read: it exists and is a folder."""
+  fix = PATH_FLAGS.get(flag, 'pass an existing folder')
+  path = pathlib.Path(value)
+  try:
+    if not os.path.lexists(path):
+      raise UsageError(f'--{flag}={value} not found; {fix}')
+    if not path.is_dir():
+      raise UsageError(f'--{flag}={value} is a file, not a folder; {fix}')
+    if not os.access(path, os.R_OK | os.X_OK):
+      raise UsageError(f'--{flag}={value} is not readable (permissions); {fix}')
+  except OSError as err:
+    raise UsageError(f'--{flag}={value}: {err.strerror}; {fix}') from None
 
 
 def parse_flags_or_fail(argv):
@@ -48,20 +336,40 @@ def parse_flags_or_fail(argv):
     fail(message)
 
 
+def is_file(path) -> bool:
+  """Path.is_file() that says False, not raises, for a name too long or otherwise impossible (an
+  arch string is tried as a file name first)."""
+  try:
+    return pathlib.Path(path).is_file()
+  except (OSError, ValueError):
+    return False
+
+
 def arch_index_table(benchmark_file=None, required=False):
-  """The NB201 index table, or None when it is not available and not required."""
+  """The NB201 index table, or None when it is not available and not required. A file that is
+  not the table is an ArchError naming it."""
   path = pathlib.Path(benchmark_file) if benchmark_file else nb201.default_benchmark_file()
-  if not path.is_file():
+  if not is_file(path):
     if required or benchmark_file:
       raise nb201.ArchError(f'NB201 arch indices need the benchmark table, not found at {path}; '
                             f'pass --benchmark_file or set ZERONAS_DATA_DIR')
     return None
-  return nb201.load_arch_index(str(path))
+  try:
+    return nb201.load_arch_index(str(path))
+  except (ValueError, KeyError, IndexError, TypeError, csv.Error) as err:
+    detail = (f'{type(err).__name__}: {err}' if not isinstance(err, nb201.ArchError) else
+              str(err).replace(str(path), 'it'))
+    if isinstance(err, UnicodeError):
+      detail = 'not UTF-8 text'
+    raise nb201.ArchError(
+        f'--benchmark_file={path} is not an NB201 benchmark table ({detail}); pass a CSV with '
+        f'arch_index (0..{nb201.NUM_ARCHS - 1}) and arch_str columns for all '
+        f'{nb201.NUM_ARCHS} archs, e.g. {nb201.default_benchmark_file()}') from None
 
 
 def _parse_arch_token(token: str, table_fn) -> np.ndarray:
   token = token.strip()
-  if token.lstrip('-').isdigit():
+  if token.lstrip('-').isdecimal():
     index = int(token)
     if not 0 <= index < nb201.NUM_ARCHS:
       raise nb201.ArchError(f'arch index {index} out of range; NB201 indices are 0..'
@@ -79,16 +387,17 @@ def select_archs(spec: str, seed: int, benchmark_file=None) -> np.ndarray:
     return found.index_to_ops.copy() if found is not None else nb201.all_ops()
   if spec.startswith('random:'):
     count = spec.split(':', 1)[1]
-    if not count.isdigit():
+    if not count.isdecimal():
       raise nb201.ArchError(f'bad --archs={spec!r}; use random:N with N a positive integer')
     return nb201.sample_ops(np.random.default_rng(seed), int(count))
-  if spec.startswith('|') or spec.lstrip('-').isdigit():
+  if spec.startswith('|') or spec.lstrip('-').isdecimal():
     return _parse_arch_token(spec, table)[None]
   path = pathlib.Path(spec)
-  if not path.is_file():
+  if not is_file(path):
     raise nb201.ArchError(f'--archs={spec!r} is not all, random:N, an arch string, an index or '
                           f'an existing file')
-  lines = [l for l in path.read_text().splitlines() if l.strip() and not l.startswith('#')]
+  lines = [l for l in read_text(path, 'archs').splitlines()
+           if l.strip() and not l.startswith('#')]
   if not lines:
     raise nb201.ArchError(f'{path} lists no archs; put one arch string or index per line')
   rows = []

@@ -117,7 +117,7 @@ def ground_truth(space, f) -> Truth:
   spec = f.archs.strip()
   if spec.startswith('random:'):
     count = spec.split(':', 1)[1]
-    if not count.isdigit() or not 0 < int(count):
+    if not count.isdecimal() or not 0 < int(count):
       raise ValueError(f'bad --archs={spec!r}; use random:N with N a positive integer')
     pick = np.random.default_rng(f.seed).choice(len(codes), min(int(count), len(codes)),
                                                 replace=False)
@@ -263,7 +263,7 @@ def reference_archs(spec: str, reference, seed: int) -> np.ndarray:
   if spec == 'reference':
     return base
   head, _, count = spec.partition(':')
-  if head != 'reference+random' or not count.isdigit():
+  if head != 'reference+random' or not count.isdecimal():
     raise ValueError(f'bad --archs={spec!r}; use reference or reference+random:N')
   total = int(count)
   if total < len(base) or total > nb201.NUM_ARCHS:

@@ -78,7 +78,7 @@ def _tinycnn(f, device, runtime):
   if spec.startswith('random:'):
     space = tinycnn.enumerate_archs()
     count = spec.split(':', 1)[1]
-    if not count.isdigit() or not 0 < int(count) <= len(space):
+    if not count.isdecimal() or not 0 < int(count) <= len(space):
       raise ValueError(f'bad --archs={spec!r} for tinycnn; use random:N with N in '
                        f'1..{len(space)}, all, or encodings like f16k3-f32k5-relu-max')
     picks = np.random.default_rng(f.seed).choice(len(space), int(count), replace=False)
@@ -96,7 +96,7 @@ def _plugin(f, device, runtime):
   space = registry.get(f.search_space)
   spec = f.archs.strip()
   archs = (space.sample(np.random.default_rng(f.seed), int(spec.split(':', 1)[1]))
-           if spec.startswith('random:') and spec.split(':', 1)[1].isdigit() else space.parse(spec))
+           if spec.startswith('random:') and spec.split(':', 1)[1].isdecimal() else space.parse(spec))
   rows = hardware.cost_rows({space.encode(a): space.lower(a) for a in archs}, device, runtime)
   return ('arch',), [((r['arch'],), r) for r in rows]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import math
 import sys
 import textwrap
 import types
@@ -347,9 +348,12 @@ CONFIGS = types.MappingProxyType({name: _config_type(name, e) for name, e in EXP
 def _checked(name: str, value):
   """`value` through the flag's own parser (types, bounds, enum choices); UsageError if bad."""
   try:
-    return flags.FLAGS[name].parser.parse(value) if value is not None else None
+    parsed = flags.FLAGS[name].parser.parse(value) if value is not None else None
   except (ValueError, TypeError) as err:
     raise common.UsageError(f'--{name}={value}: {err}') from None
+  if isinstance(parsed, float) and not math.isfinite(parsed):  # absl takes nan and inf
+    raise common.UsageError(f'--{name}={value}: not a finite number; pass a number')
+  return parsed
 
 
 def make_config(experiment: str, preset: str | None = None, **overrides):
@@ -385,22 +389,41 @@ def workdir_from_flags(exp: Experiment, f=flags.FLAGS):
   return f.workdir if f['workdir'].present else exp.defaults.get('workdir', f['workdir'].default)
 
 
+class _QuietOrbax(logging.Filter):
+  def filter(self, record):
+    return record.levelno >= logging.ERROR or 'orbax' not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     common.fail(f'unexpected argument {argv[1]!r}; all options are --flags (see --help)')
   # JAX logs at INFO that it found no TPU; on the CPU/GPU machines users run this is noise.
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  # Orbax (train's checkpoints) logs each step at INFO and WARNING through absl: below ERROR it
+  # is noise, and it would bury a one-line error.
+  absl_logger = logging.getLogger('absl')
+  if not any(isinstance(f, _QuietOrbax) for f in absl_logger.filters):
+    absl_logger.addFilter(_QuietOrbax())
   if flags.FLAGS.list_devices:
     import hardware
     print(hardware.list_devices_table())
     return
+  # The error boundary: an error the user can fix (common.user_error_message: a bad value, a
+  # bad file, an unwritable path, a foreign workdir, a missing optional tool) is one line and
+  # exit 2; anything else is a bug and keeps its traceback.
+  paths = {}
   try:
     exp, config = config_from_flags()
-    importlib.import_module(f'experiments.{exp.module}').run(config, workdir_from_flags(exp))
-  except common.USER_ERRORS as err:
-    common.fail(str(err))
-  except RuntimeError as err:  # jax.errors.JaxRuntimeError subclasses RuntimeError
-    if 'RESOURCE_EXHAUSTED' not in str(err):
+    workdir = workdir_from_flags(exp)
+    paths = common.path_flags(config, workdir)
+    common.check_paths(config, workdir, exp.module)  # before any long work
+    importlib.import_module(f'experiments.{exp.module}').run(config, workdir)
+  except (ValueError, OSError, ImportError, RuntimeError) as err:
+    message = common.user_error_message(err, paths)
+    if message is not None:
+      common.fail(message)
+    # jax.errors.JaxRuntimeError subclasses RuntimeError
+    if not isinstance(err, RuntimeError) or 'RESOURCE_EXHAUSTED' not in str(err):
       raise
     # Too big a compiled batch is a setting problem, not a crash: say which knobs shrink it.
     wanted = str(err).split('allocating', 1)[-1].split('bytes', 1)[0].strip()

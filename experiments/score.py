@@ -24,7 +24,7 @@ def select(space, f) -> list:
   spec = f.archs.strip()
   if spec.startswith('random:'):
     count = spec.split(':', 1)[1]
-    if not count.isdigit() or int(count) < 1:
+    if not count.isdecimal() or int(count) < 1:
       raise ValueError(f'bad --archs={spec!r}; use random:N with N a positive integer')
     return space.sample(np.random.default_rng(f.seed), int(count))
   return space.parse(spec)
