@@ -82,18 +82,23 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 
 def sample_batches(rng: np.random.Generator, num_batches: int, batch_size: int,
                    images: ImageSet | None, input_size: int = 32, augment: bool = True,
-                   num_classes: int = 0):
+                   num_classes: int = 0, channels: int = 3):
   """[num_batches, batch_size, S, S, 3] normalised inputs: random images with NB201's train
-  augmentation (pad-4 random crop, horizontal flip) when `augment`, or N(0, 1) noise without data.
+  augmentation (pad-4 random crop, horizontal flip) when `augment`, or N(0, 1) noise without data
+  (with `channels` channels; images are RGB).
 
   With `num_classes` > 0 it returns (inputs, labels [num_batches, batch_size] int32): the chosen
   images' labels, or uniformly random classes for noise (drawn after the noise, so the inputs
   are the same as without labels)."""
   if images is None:
-    x = rng.standard_normal((num_batches, batch_size, input_size, input_size, 3)).astype(np.float32)
+    x = rng.standard_normal((num_batches, batch_size, input_size, input_size, channels)).astype(
+        np.float32)
     if num_classes:
       return x, rng.integers(0, num_classes, (num_batches, batch_size)).astype(np.int32)
     return x
+  if channels != 3:
+    raise ValueError(f'the images are RGB but the network takes {channels} channels; score it '
+                     f'on stand-in inputs (--stand_in_inputs)')
   idx = rng.integers(0, len(images.images), (num_batches, batch_size))
   x = normalize(images.images[idx.reshape(-1)])
   if augment:

@@ -2,7 +2,9 @@
 
 Theta = J J^T, where row i of J is the gradient of sample i's summed logits with respect to the
 network's weights (TE-NAS takes every parameter named 'weight': conv kernels, BN scales and the
-classifier matrix; no biases). kappa = lambda_max / lambda_min of the B x B Theta.
+classifier matrix; no biases: the leaves `net.ntk_weight` names). kappa = lambda_max /
+lambda_min of the B x B Theta. Every function takes a space's network (`interface.Net`) and an
+arch row; none names a space.
 
 Two variants:
   * 'coupled' (TE-NAS exact): BatchNorm normalises with batch statistics and is differentiated
@@ -19,21 +21,21 @@ flag SINGULAR. Disconnected cells (all paths through `none`) make Theta singular
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
-
-from search_spaces.nb201 import net as nb201_net
 
 OK, SINGULAR, NONFINITE = 0, 1, 2  # ordered by severity: a repeat's worst flag wins
 FLAG_NAMES = {OK: '', NONFINITE: 'nonfinite', SINGULAR: 'singular'}
 VARIANTS = ('coupled', 'independent')
 
 
-def split_weights(params):
+def split_weights(net, params):
   """(weights, the rest): the parameters TE-NAS differentiates, and the biases it leaves out."""
-  weights = jax.tree_util.tree_map_with_path(lambda p, a: a if nb201_net.is_weight(p) else None,
+  weights = jax.tree_util.tree_map_with_path(lambda p, a: a if net.ntk_weight(p) else None,
                                              params)
-  rest = jax.tree_util.tree_map_with_path(lambda p, a: None if nb201_net.is_weight(p) else a,
+  rest = jax.tree_util.tree_map_with_path(lambda p, a: None if net.ntk_weight(p) else a,
                                           params)
   return weights, rest
 
@@ -60,29 +62,28 @@ FASTEST_COTANGENT_CHUNK = 16       # XLA:CPU, NB201 C=16 N=5, B=64, 2 archs: chu
                                    # took 18.2/15.7/17.7/18.3 s per arch (2026-12-03)
 
 
-def auto_cotangent_chunk(config, batch: int, budget: int = COTANGENT_BUDGET_BYTES) -> int:
+def auto_cotangent_chunk(net, batch: int, budget: int = COTANGENT_BUDGET_BYTES) -> int:
   """How many coupled-NTK pullbacks to vmap together: each row's pullback carries cotangents for
   the whole batch, so a chunk of n rows holds n * batch * (largest feature map) floats several
   times over. The largest n within `budget`, at least 1, and at most FASTEST_COTANGENT_CHUNK
   (larger chunks were slower, not faster)."""
-  widest = config.input_size ** 2 * max(config.C, config.in_channels) * 4
+  widest = (net.widest or 16 * math.prod(net.input_shape)) * 4
   per_row = LIVE_ACTIVATIONS * batch * widest
   return int(max(1, min(batch, FASTEST_COTANGENT_CHUNK, budget // per_row)))
 
 
-def ntk_gram(params, mask, x, config, variant: str = 'coupled', cotangent_chunk: int = 0,
-             sparse: bool = False):
-  """Empirical NTK Theta [B, B] of the supernet `mask` on inputs x [B, H, W, C].
+def ntk_gram(net, params, row, x, variant: str = 'coupled', cotangent_chunk: int = 0):
+  """Empirical NTK Theta [B, B] of the network at arch `row` on inputs x [B, H, W, C].
 
   `cotangent_chunk`: coupled pullbacks vmapped together; 0 picks the largest chunk that keeps
   its memory within COTANGENT_BUDGET_BYTES (`auto_cotangent_chunk`)."""
   batch = x.shape[0]
-  weights, rest = split_weights(params)
-  forward = lambda p, xs, stats=None: nb201_net.apply(p, mask, xs, config, stats, sparse)
+  weights, rest = split_weights(net, params)
+  forward = lambda p, xs, stats=None: net.apply(p, row, xs, stats=stats)
   if variant == 'coupled':
-    _, pullback = jax.vjp(lambda w: forward(_merge(w, rest), x)[0].sum(-1), weights)
+    _, pullback = jax.vjp(lambda w: forward(_merge(w, rest), x).logits.sum(-1), weights)
     rows = jnp.eye(batch, dtype=x.dtype)
-    chunk = min(cotangent_chunk or auto_cotangent_chunk(config, batch), batch)
+    chunk = min(cotangent_chunk or auto_cotangent_chunk(net, batch), batch)
     chunk = max(d for d in range(1, chunk + 1) if batch % d == 0)  # equal chunks, one loop body
     # A loop over the chunks, not unrolled copies: one pullback to compile (26 s instead of
     # 39 s at C=16 N=5, B=64, chunks of 16), and it ran as fast (2026-12-03).
@@ -91,10 +92,10 @@ def ntk_gram(params, mask, x, config, variant: str = 'coupled', cotangent_chunk:
     jac = jax.tree.map(lambda a: a.reshape((batch,) + a.shape[2:]), jac)
     return _gram(jac, batch)
   if variant == 'independent':
-    stats = jax.lax.stop_gradient(forward(params, x)[1])
+    stats = jax.lax.stop_gradient(forward(params, x).stats)
 
     def sample_output(w, xi):
-      return forward(_merge(w, rest), xi[None], stats)[0].sum()
+      return forward(_merge(w, rest), xi[None], stats).logits.sum()
 
     jac = jax.vmap(jax.grad(sample_output), in_axes=(None, 0), out_axes=-1)(weights, x)
     return _gram(jac, batch, samples_last=True)
@@ -115,8 +116,8 @@ def condition_number(gram):
   return kappa, flag
 
 
-def ntk_condition(init_keys, mask, batches, config, variant='coupled', init='torch_default',
-                  cotangent_chunk: int = 0, sparse: bool = False):
+def ntk_condition(net, init_keys, row, batches, variant='coupled', init='torch_default',
+                  cotangent_chunk: int = 0):
   """Mean kappa over repeats: repeat r initialises from init_keys[r] and uses batches[r].
 
   Repeats are unrolled: vmapping over different weights would turn every convolution into a
@@ -125,8 +126,8 @@ def ntk_condition(init_keys, mask, batches, config, variant='coupled', init='tor
   """
   results = []
   for r in range(batches.shape[0]):
-    params = nb201_net.init_params(init_keys[r], config, init)
-    results.append(condition_number(ntk_gram(params, mask, batches[r], config, variant,
-                                             cotangent_chunk, sparse)))
+    params = net.init(init_keys[r], row, init)
+    results.append(condition_number(ntk_gram(net, params, row, batches[r], variant,
+                                             cotangent_chunk)))
   kappas, flags = (jnp.stack(a) for a in zip(*results))
   return jnp.mean(kappas), jnp.max(flags)

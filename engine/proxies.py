@@ -1,7 +1,12 @@
-"""Registry of training-free proxies, chosen by name, and the settings they share.
+"""The training-free proxies, chosen by name from one registry, and the settings, inputs and keys
+they share, for every search space.
 
-A *network* proxy is a pure function (key, mask [6, 5], inputs, settings) -> (value, flag) that
-runs under jit, vmap and lax.map; an *analytic* proxy maps masks [K, 6, 5] to values in numpy.
+A *network* proxy is a pure function (key, row, inputs, settings, nets) -> (value, flag) that
+runs under jit, vmap and lax.map: `row` is one candidate's arch row (op indices, or a relaxed
+mask), `nets` the space's networks by the input kind they read ('zc', 'ntk', 'lr';
+`SearchSpace.proxy_nets`), and the function only calls `net.init` / `net.apply`
+(`engine.zero_cost`, `engine.ntk`, `engine.linear_regions`). An *analytic* proxy (params, flops)
+comes from the space's size (`SearchSpace.size`, or its lowered graph), in numpy.
 
 Initialisation: as in TE-NAS, every candidate of a run starts from the same weights for a given
 repeat (keys from the run seed and the repeat index, in `inputs`), so repeats differ and
@@ -22,8 +27,6 @@ from engine import data as data_lib
 from engine import linear_regions as lr_lib
 from engine import ntk as ntk_lib
 from engine import zero_cost as zc_lib
-from search_spaces import nb201
-from search_spaces.nb201 import net as nb201_net
 
 
 class ProxyError(ValueError):
@@ -33,26 +36,29 @@ class ProxyError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class ScoreSettings:
   """How proxies are computed. Defaults follow TE-NAS except where a field says otherwise."""
-  dataset: str = 'cifar10'
+  dataset: str = 'cifar10'        # the dataset the space's network is built for
   init: str = 'torch_default'      # TE-NAS's launch script ends up with PyTorch's default init
   # NTK: batch, repeats (fresh init and fresh batch each) and the proxy network's size.
   ntk_batch: int = 64
   ntk_repeats: int = 3
-  ntk_width: int = 16              # C of the proxy network (NB201: 16; TE-NAS search: 3)
+  # the proxy networks' size where a space scales its network for proxies (NB201's C and N)
+  ntk_width: int = 16              # C of the NTK network (NB201: 16; TE-NAS search: 3)
   ntk_cells: int = 5               # N cells per stage (NB201: 5; TE-NAS search: 1)
   cotangent_chunk: int = 0         # coupled NTK: pullbacks vmapped together (0 = auto)
   sparse: bool = False             # multi-hot masks: run only active ops (lax.cond), not dense
   single_path: bool = True         # one-hot candidates run as op indices: their own single path
   per_candidate_init: bool = False  # init from each candidate's key instead of the shared keys
-  # Linear regions: TE-NAS's thin network and 3 x 1000 crops of 3 x 3 pixels.
+  # Linear regions by patterns (`Net.regions`): TE-NAS's 3 x 1000 crops of 3 x 3 pixels on a
+  # thin network; by segments: `lr_segments` pairs of inputs.
   lr_batches: int = 3
   lr_batch_size: int = 1000
   lr_patch: int = 3
   lr_width: int = 1
   lr_repeats: int = 1
+  lr_segments: int = 8
   flops_convention: str = 'naslib'
   # Zero-cost proxies (grad_norm, snip, synflow, jacob_cov, nwot): one batch, one init, on the
-  # full NB201 network by default (NAS-Bench-Suite-Zero's setting).
+  # space's full network by default (NB201: NAS-Bench-Suite-Zero's setting).
   zc_batch: int = 64
   zc_width: int = 16
   zc_cells: int = 5
@@ -63,9 +69,6 @@ class ScoreSettings:
   @classmethod
   def from_config(cls, c) -> 'ScoreSettings':
     """The settings an experiment's config (or flags) asks for; one-line errors."""
-    if c.dataset not in nb201.DATASETS:
-      raise nb201.ArchError(f'unknown --dataset={c.dataset!r}; choose one of '
-                            f'{", ".join(nb201.DATASETS)}')
     for name in ('ntk_batch', 'repeats', 'ntk_width', 'ntk_cells', 'zc_batch', 'zc_width',
                  'zc_cells'):
       if getattr(c, name) < 1:
@@ -75,21 +78,6 @@ class ScoreSettings:
         ntk_width=c.ntk_width, ntk_cells=c.ntk_cells, cotangent_chunk=c.cotangent_chunk,
         sparse=c.sparse, single_path=c.single_path, zc_batch=c.zc_batch, zc_width=c.zc_width,
         zc_cells=c.zc_cells, zico_splits=c.zico_splits)
-
-  def zc_config(self) -> nb201.NB201Config:
-    size = {'input_size': self.zc_input_size} if self.zc_input_size else {}
-    return nb201.NB201Config.for_dataset(self.dataset, C=self.zc_width, N=self.zc_cells,
-                                         depth=self.zc_depth, **size)
-
-  def ntk_config(self) -> nb201.NB201Config:
-    return nb201.NB201Config.for_dataset(self.dataset, C=self.ntk_width, N=self.ntk_cells)
-
-  def lr_config(self) -> nb201.NB201Config:
-    return nb201.NB201Config.for_dataset(self.dataset, C=self.lr_width, N=1, use_stem=False,
-                                         depth=1, in_channels=1, input_size=self.lr_patch)
-
-  def full_config(self) -> nb201.NB201Config:
-    return nb201.NB201Config.for_dataset(self.dataset)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,27 +97,26 @@ def _init_keys(key, inputs, name, s: ScoreSettings):
 
 
 def _ntk(variant):
-  def fn(key, mask, inputs, s: ScoreSettings):
-    return ntk_lib.ntk_condition(_init_keys(key, inputs, 'ntk', s), mask, inputs['ntk'],
-                                 s.ntk_config(), variant, s.init, s.cotangent_chunk, s.sparse)
+  def fn(key, row, inputs, s: ScoreSettings, nets):
+    return ntk_lib.ntk_condition(nets['ntk'], _init_keys(key, inputs, 'ntk', s), row,
+                                 inputs['ntk'], variant, s.init, s.cotangent_chunk)
   return fn
 
 
-def _linear_regions(key, mask, inputs, s: ScoreSettings):
-  value = lr_lib.linear_regions(_init_keys(key, inputs, 'lr', s), mask, inputs['lr'],
-                                s.lr_config(), s.init)
-  return value, jax.numpy.zeros((), jax.numpy.int32)
+def _linear_regions(key, row, inputs, s: ScoreSettings, nets):
+  return lr_lib.linear_regions(nets['lr'], _init_keys(key, inputs, 'lr', s), row, inputs['lr'],
+                               s.init)
 
 
 def _zero_cost(fn, init=None, options=None):
   """A zero-cost proxy of `engine.zero_cost` on the zc batch; `init` overrides settings.init and
   `options(settings, init_key)` gives extra keyword arguments."""
-  def run(key, mask, inputs, s: ScoreSettings):
-    config = s.zc_config()
+  def run(key, row, inputs, s: ScoreSettings, nets):
+    net = nets['zc']
     init_key = _init_keys(key, inputs, 'zc', s)[0]
-    params = nb201_net.init_params(init_key, config, init or s.init)
+    params = net.init(init_key, row, init or s.init)
     extra = options(s, init_key) if options else {}
-    return fn(params, mask, inputs['zc'], inputs['zc_labels'], config, s.sparse, **extra)
+    return fn(net, params, row, inputs['zc'], inputs['zc_labels'], **extra)
   return run
 
 
@@ -152,28 +139,25 @@ REGISTRY: dict[str, Proxy] = {p.name: p for p in [
     Proxy('ntk_cond', 'network', False, _ntk('coupled'), 'ntk'),
     Proxy('ntk_cond_independent', 'network', False, _ntk('independent'), 'ntk'),
     Proxy('linear_regions', 'network', True, _linear_regions, 'lr'),
-    Proxy('params', 'analytic', True,
-          lambda masks, s: nb201.count_params(masks, s.full_config())),
-    Proxy('flops', 'analytic', True,
-          lambda masks, s: nb201.count_flops(masks, s.full_config(), s.flops_convention)),
+    Proxy('params', 'analytic', True, None),
+    Proxy('flops', 'analytic', True, None),
 ] + [Proxy(name, 'network', True, _zero_cost(fn, **_ZC_OPTIONS.get(name, {})), 'zc')
      for name, fn in zc_lib.PROXIES.items()]}
 
 
 def fused_gradient_proxies(proxies, s: ScoreSettings):
   """(names, fn) when two or more of grad_norm, snip, fisher and grasp are requested: fn(key,
-  mask, inputs, settings) -> {name: (value, flag)} from one shared pass
+  row, inputs, settings, nets) -> {name: (value, flag)} from one shared pass
   (`zero_cost.gradient_proxies`). None otherwise, or with per-candidate init (each proxy then
   draws its own init from its own key, so there is no pass to share)."""
   names = tuple(p.name for p in proxies if p.name in zc_lib.GRADIENT_GROUP)
   if len(names) < 2 or s.per_candidate_init:
     return None
 
-  def fn(key, mask, inputs, settings: ScoreSettings):
-    config = settings.zc_config()
-    params = nb201_net.init_params(inputs['zc_init'][0], config, settings.init)
-    return zc_lib.gradient_proxies(params, mask, inputs['zc'], inputs['zc_labels'], config, names,
-                                   settings.sparse)
+  def fn(key, row, inputs, settings: ScoreSettings, nets):
+    net = nets['zc']
+    params = net.init(inputs['zc_init'][0], row, settings.init)
+    return zc_lib.gradient_proxies(net, params, row, inputs['zc'], inputs['zc_labels'], names)
   return names, fn
 
 
@@ -195,25 +179,34 @@ def proxy_key(key, name: str):
 
 
 def make_inputs(proxies, settings: ScoreSettings, seed: int,
-                images: data_lib.ImageSet | None) -> dict[str, np.ndarray]:
-  """The input batches every candidate is scored on (shared, so candidates compare fairly)."""
+                images: data_lib.ImageSet | None, nets) -> dict[str, np.ndarray]:
+  """The input batches every candidate is scored on (shared, so candidates compare fairly), at
+  the input shapes of the space's proxy networks `nets` ({kind: Net})."""
   needs = {p.needs for p in proxies}
   rng = np.random.default_rng([seed, 0x2ee7])
   inputs = {}
   if 'ntk' in needs:
-    size = settings.ntk_config().input_size
+    shape = nets['ntk'].input_shape
     inputs['ntk'] = data_lib.sample_batches(rng, settings.ntk_repeats, settings.ntk_batch, images,
-                                            size)
+                                            shape[0], channels=shape[-1])
     inputs['ntk_init'] = _repeat_keys(seed, 'ntk', settings.ntk_repeats)
   if 'lr' in needs:
-    patches = [data_lib.sample_patches(rng, settings.lr_batches, settings.lr_batch_size, images,
-                                       settings.lr_patch) for _ in range(settings.lr_repeats)]
-    inputs['lr'] = np.stack(patches)
+    if nets['lr'].regions == 'patterns':
+      parts = [data_lib.sample_patches(rng, settings.lr_batches, settings.lr_batch_size, images,
+                                       nets['lr'].input_shape[0])
+               for _ in range(settings.lr_repeats)]
+    else:
+      shape = tuple(nets['lr'].input_shape)
+      parts = [data_lib.sample_batches(rng, 1, 2 * settings.lr_segments, images, shape[0],
+                                       channels=shape[-1])
+               .reshape((settings.lr_segments, 2) + shape) for _ in range(settings.lr_repeats)]
+    inputs['lr'] = np.stack(parts)
     inputs['lr_init'] = _repeat_keys(seed, 'lr', settings.lr_repeats)
   if 'zc' in needs:
-    config = settings.zc_config()
-    x, labels = data_lib.sample_batches(rng, 1, settings.zc_batch, images, config.input_size,
-                                        num_classes=config.num_classes)
+    net = nets['zc']
+    x, labels = data_lib.sample_batches(rng, 1, settings.zc_batch, images, net.input_shape[0],
+                                        num_classes=net.num_classes,
+                                        channels=net.input_shape[-1])
     inputs['zc'], inputs['zc_labels'] = x[0], labels[0]
     inputs['zc_init'] = _repeat_keys(seed, 'zc', 1)
   return inputs

@@ -325,13 +325,6 @@ def init_variables(key, ops, config: NB201Config) -> dict:
   return dict(jax.jit(lambda k, x: model.init(k, x, train=False))(key, x))
 
 
-def variables_from_supernet(params, ops, config: NB201Config) -> dict:
-  """`search_spaces.nb201.qat_variables.variables_from_supernet`, for callers that still reach it
-  here (tests/ntk_test.py). Imported on call because that module imports this one."""
-  from search_spaces.nb201 import qat_variables
-  return qat_variables.variables_from_supernet(params, ops, config)
-
-
 def param_count(variables) -> int:
   """Number of trainable parameters (equals `nb201.count_params` of the architecture)."""
   return int(sum(a.size for a in jax.tree.leaves(variables['params'])))

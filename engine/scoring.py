@@ -1,18 +1,24 @@
-"""Score batches of candidates in one compiled call, sharded over the local devices.
+"""Score candidates of any registered search space in compiled batches, sharded over the local
+devices: one scorer for every space, used by score, correlate and every searcher.
 
-`batch_score_fn` builds the function masks [K, 6, 5], keys [K, 2], inputs -> {proxy: [K]}.
-Within a device the candidates are vmapped (dense mode: every supernet op runs, masked) or, with
-`settings.sparse`, walked by `lax.map` so each runs only its active ops. A one-hot candidate is
-passed as op indices (`settings.single_path`, the default) and costs about its own single-path
-network (`nb201.net.Supernet`); those are walked by `lax.map` too. The K axis is split
-over devices with `shard_map`. `Scorer` drives it over any number of archs in fixed-size batches
-(one compile per batch shape, the last batch padded), keeps compile time apart from run time, and
-adds the analytic proxies.
+`batch_score_fn` builds the function rows [K, ...], keys [K, 2], inputs -> {proxy: [K]} over
+the space's proxy networks (`SearchSpace.proxy_nets`). An arch row (integers) is one
+candidate's own network, walked by `lax.map` (each candidate's weights or control flow depend
+on its arch, and vmapping would run every branch or turn every convolution into a grouped one,
+which XLA:CPU runs slowly). Relaxed masks (floats, supernets) are vmapped where the network's
+weights do not depend on the mask (`Net.vmap_masks`: NB201's dense supernet), else walked by
+`lax.map` too; `candidate_chunk` vmaps that many together. The K axis is split over devices with
+`shard_map`.
+
+`Scorer` drives it over any number of archs of one group in fixed-size batches (one compile per
+(group, kind of row, K), the last batch padded), keeps compile time apart from run time, and
+adds the analytic proxies (params, flops) from the space's size.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -20,51 +26,52 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from engine import proxies as proxies_lib
-from search_spaces import nb201
 
 
-def candidate_keys(seed: int, ops) -> jax.Array:
-  """Key of each arch from the run seed and the arch itself: the same arch gets the same init
-  whatever batch it lands in (so batched == one-at-a-time, and reruns reproduce)."""
-  codes = jnp.asarray(nb201.ops_to_code(ops), jnp.uint32)
+def row_keys(seed: int, rows) -> jax.Array:
+  """Key of each candidate from the run seed and the candidate itself (an arch row's values, a
+  mask's active-option pattern): the same candidate gets the same init whatever batch it lands
+  in (so batched == one-at-a-time, and reruns reproduce)."""
+  rows = np.asarray(rows)
+  if rows.dtype.kind == 'f':
+    content = [np.packbits(r.reshape(-1) != 0).tobytes() for r in rows]
+  else:
+    content = [r.astype(np.int64).tobytes() for r in rows]
+  codes = jnp.asarray([zlib.crc32(c) for c in content], jnp.uint32)
   base = jax.random.PRNGKey(seed)
   return jax.vmap(lambda c: jax.random.fold_in(base, c))(codes)
 
 
-def batch_score_fn(proxies, settings: proxies_lib.ScoreSettings, candidate_chunk: int = 0,
+def batch_score_fn(proxies, settings: proxies_lib.ScoreSettings, nets, candidate_chunk: int = 0,
                    devices=None):
-  """Un-jitted f(masks [K,6,5], keys [K,2], inputs) -> {name: [K], name_flag: [K]}.
+  """Un-jitted f(rows [K, ...], keys [K, 2], inputs) -> {name: [K], name_flag: [K]} on the
+  networks `nets` ({'zc' | 'ntk' | 'lr': Net}).
 
   Gradient-group zero-cost proxies requested together share one pass
-  (`proxies.fused_gradient_proxies`).
-
-  K must be a multiple of the number of devices. Dense mode vmaps `candidate_chunk` candidates at
-  a time (0: the whole shard; smaller chunks are unrolled to bound memory). Sparse mode walks the
-  shard with lax.map, vmapping `candidate_chunk` together when it is above 1.
+  (`proxies.fused_gradient_proxies`). K must be a multiple of the number of devices.
   """
   net = [p for p in proxies if p.kind == 'network']
   fused_names, fused_fn = proxies_lib.fused_gradient_proxies(net, settings) or ((), None)
+  vmappable = all(n.vmap_masks for n in nets.values()) and not settings.sparse
 
-  def one(mask, key, inputs):
-    values = fused_fn(key, mask, inputs, settings) if fused_fn else {}
+  def one(row, key, inputs):
+    values = fused_fn(key, row, inputs, settings, nets) if fused_fn else {}
     for p in net:
       if p.name not in fused_names:
-        values[p.name] = p.fn(proxies_lib.proxy_key(key, p.name), mask, inputs, settings)
+        values[p.name] = p.fn(proxies_lib.proxy_key(key, p.name), row, inputs, settings, nets)
     out = {}
     for p in net:
       out[p.name], out[p.name + '_flag'] = values[p.name]
     return out
 
-  def shard(masks, keys, inputs):
-    # Op indices (one-hot candidates) must not be vmapped: a batched switch index runs every
-    # branch. lax.map walks them one after the other.
-    if settings.sparse or jnp.issubdtype(masks.dtype, jnp.integer):
-      return jax.lax.map(lambda mk: one(mk[0], mk[1], inputs), (masks, keys),
+  def shard(rows, keys, inputs):
+    if not vmappable or jnp.issubdtype(rows.dtype, jnp.integer):
+      return jax.lax.map(lambda rk: one(rk[0], rk[1], inputs), (rows, keys),
                          batch_size=candidate_chunk if candidate_chunk > 1 else None)
     batched = jax.vmap(one, in_axes=(0, 0, None))
-    chunk = candidate_chunk or masks.shape[0]
-    parts = [batched(masks[i:i + chunk], keys[i:i + chunk], inputs)
-             for i in range(0, masks.shape[0], chunk)]
+    chunk = candidate_chunk or rows.shape[0]
+    parts = [batched(rows[i:i + chunk], keys[i:i + chunk], inputs)
+             for i in range(0, rows.shape[0], chunk)]
     return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 
   devices = devices if devices is not None else jax.local_devices()
@@ -77,6 +84,12 @@ def batch_score_fn(proxies, settings: proxies_lib.ScoreSettings, candidate_chunk
                        out_specs=P('candidates'), check_vma=False)
 
 
+def one_hot_rows(space, group, rows) -> np.ndarray:
+  """Arch rows [K, S] -> one-hot masks [K, S, O] of the space's relaxation."""
+  width = max(space.relax.slots(group))
+  return (np.asarray(rows)[..., None] == np.arange(width)).astype(np.float32)
+
+
 @dataclasses.dataclass
 class Timing:
   compile_s: float = 0.0
@@ -85,158 +98,169 @@ class Timing:
 
 
 class Scorer:
-  """Scores NB201 candidates with the named proxies, `batch_candidates` at a time."""
+  """Scores archs or relaxed masks of one group of `space` with the named proxies.
 
-  def __init__(self, proxy_names, settings: proxies_lib.ScoreSettings, seed: int = 0,
+  The protocol the jobs and searchers use: `score_archs(group, archs)`, `score_masks(group,
+  masks [M, S, O])` -> {name: [M], name_flag: [M]}; `traced(group, mask, inputs, names)` gives
+  the differentiable proxies of one (soft) mask (grad_prune); `reseed` swaps the inputs, not
+  the compiled programs. One-hot masks are scored as their archs, on their own network
+  (`settings.single_path`, the default); without it archs run as one-hot masks through the
+  relaxed network."""
+
+  def __init__(self, space, proxy_names, settings=proxies_lib.ScoreSettings(), seed: int = 0,
                images=None, batch_candidates: int = 8, candidate_chunk: int = 0, devices=None):
-    self.proxies = proxies_lib.get(proxy_names)
-    self.settings = settings
-    self.seed = seed
-    self.devices = devices if devices is not None else jax.local_devices()
-    n_dev = len(self.devices)
-    self.batch_candidates = -(-max(1, batch_candidates) // n_dev) * n_dev
-    self.inputs = {k: jnp.asarray(v) for k, v in
-                   proxies_lib.make_inputs(self.proxies, settings, seed, images).items()}
-    self.network_proxies = [p for p in self.proxies if p.kind == 'network']
-    self.timing = Timing()
-    self._compiled = {}
-    if self.network_proxies:
-      self._fn = jax.jit(batch_score_fn(self.proxies, settings, candidate_chunk, self.devices))
-
-  def _call(self, archs, keys):
-    kind = (archs.dtype, archs.shape)
-    if kind not in self._compiled:
-      start = time.perf_counter()
-      self._compiled[kind] = self._fn.lower(archs, keys, self.inputs).compile()
-      self.timing.compile_s += time.perf_counter() - start
-    start = time.perf_counter()
-    out = jax.device_get(self._compiled[kind](archs, keys, self.inputs))
-    self.timing.run_s += time.perf_counter() - start
-    return out
-
-  def score_masks(self, masks, keys) -> dict[str, np.ndarray]:
-    """One compiled call on exactly `batch_candidates` masks [K, 6, 5] with keys [K, 2].
-
-    One-hot masks are passed as op indices (`settings.single_path`), which take the single-path
-    fast path (`nb201.net.Supernet`); multi-hot and soft masks run densely (vmapped) or, with
-    `settings.sparse`, under per-op conditionals."""
-    masks = np.asarray(masks, np.float32)
-    if self.settings.single_path and np.all((masks != 0).sum(-1) == 1) and np.all(
-        masks.max(-1) == 1):
-      return self._call(jnp.asarray(masks.argmax(-1), jnp.int32), keys)
-    return self._call(jnp.asarray(masks), keys)
-
-  def score_ops(self, ops, progress=None) -> dict[str, np.ndarray]:
-    """Scores archs given as op indices [M, 6]; `progress(n)` is called after each batch."""
-    ops = np.asarray(ops, np.int64).reshape(-1, nb201.NUM_EDGES)
-    masks = nb201.ops_to_mask(ops)
-    results: dict[str, list] = {}
-    for p in self.proxies:
-      if p.kind == 'analytic':
-        results[p.name] = [np.asarray(p.fn(masks, self.settings), np.float64)]
-    if self.network_proxies:
-      k = self.batch_candidates
-      keys = candidate_keys(self.seed, ops)
-      for start in range(0, len(ops), k):
-        n = min(k, len(ops) - start)
-        pad = np.r_[np.arange(start, start + n), np.full(k - n, start + n - 1)]
-        out = self.score_masks(masks[pad], keys[pad])
-        for name, value in out.items():
-          results.setdefault(name, []).append(np.asarray(value)[:n])
-        self.timing.scored += n
-        if progress:
-          progress(n)
-    return {name: np.concatenate(parts) for name, parts in results.items()}
-
-
-class SearchScorer:
-  """NB201's scorer for the searchers (`engine.search`): masks [M, 6, 5] in, proxy values out.
-
-  One `Scorer` per batch size K, kept across seeds (`reseed` swaps inputs, not programs);
-  candidate keys come from the mask's active-op bit pattern, so a supernet and an arch get
-  reproducible inits whatever batch they land in. `traced` gives the differentiable proxies of
-  one (soft) mask for `grad_prune`."""
-
-  def __init__(self, proxy_names, settings: proxies_lib.ScoreSettings, seed: int = 0,
-               images=None, candidate_chunk: int = 0):
-    self.candidate_chunk = candidate_chunk
+    self.space, self.settings, self.images = space, settings, images
     self.proxies = proxies_lib.get(proxy_names)
     self.names = [p.name for p in self.proxies]
     self.higher_is_better = {p.name: p.higher_is_better for p in proxies_lib.REGISTRY.values()}
     self.network = [p for p in self.proxies if p.kind == 'network']
-    self.settings, self.images = settings, images
-    self._scorers: dict[int, Scorer] = {}
-    self.compile_s = self.run_s = 0.0
+    self.analytic = [p.name for p in self.proxies if p.kind == 'analytic']
+    self.candidate_chunk = candidate_chunk
+    self.devices = devices if devices is not None else jax.local_devices()
+    self.batch_candidates = self._round(batch_candidates)
+    self.timing = Timing()
+    self._nets: dict = {}
+    self._compiled: dict = {}
     self.reseed(seed)
+
+  @property
+  def compile_s(self) -> float:
+    return self.timing.compile_s
+
+  @property
+  def run_s(self) -> float:
+    return self.timing.run_s
+
+  def _round(self, k: int) -> int:
+    n_dev = len(self.devices)
+    return -(-max(1, k) // n_dev) * n_dev
 
   def reseed(self, seed: int):
     self.seed = seed
-    self.inputs = {k: jnp.asarray(v) for k, v in proxies_lib.make_inputs(
-        self.network, self.settings, seed, self.images).items()}
-    for s in self._scorers.values():
-      s.seed, s.inputs = seed, self.inputs
+    self._inputs: dict = {}
+
+  def nets(self, group, relaxed: bool = False) -> dict:
+    """{'zc' | 'ntk' | 'lr': Net} the proxies of `group` run on (relaxed: over masks)."""
+    if (group, relaxed) not in self._nets:
+      space = self.space
+      if space.proxy_nets is not None:
+        nets = space.proxy_nets(group, self.settings, relaxed)
+      else:
+        make = space.relax.net if relaxed else space.net
+        net = make(group, space.shape_of(group), space.num_classes)
+        nets = {'zc': net, 'ntk': net, 'lr': net}
+      self._nets[group, relaxed] = nets
+    return self._nets[group, relaxed]
+
+  def set_inputs(self, group, inputs):
+    """Score `group` on these batches (`proxies.make_inputs`'s form) instead of the seed's."""
+    needs = {p.needs for p in self.network}
+    self._inputs[group] = {k: jnp.asarray(v) for k, v in inputs.items()
+                           if k.split('_')[0] in needs}
 
   def inputs_for(self, group) -> dict:
-    return self.inputs
+    if group not in self._inputs:
+      self._inputs[group] = {k: jnp.asarray(v) for k, v in proxies_lib.make_inputs(
+          self.network, self.settings, self.seed, self.images, self.nets(group)).items()}
+    return self._inputs[group]
 
   def networks(self) -> list[str]:
     """The proxy networks scored on, for the report."""
     s, needs = self.settings, {p.needs for p in self.network}
-    return ([f'NTK C={s.ntk_width} N={s.ntk_cells} B={s.ntk_batch} x{s.ntk_repeats}']
-            if 'ntk' in needs else []) + (
-        [f'zero-cost C={s.zc_width} N={s.zc_cells} B={s.zc_batch}'] if 'zc' in needs else [])
+    if not needs:
+      return []
+    nets = self.nets(next(iter(self._nets))[0] if self._nets else ())
+    label = lambda kind: nets[kind].label or f"{self.space.name}'s own network"
+    return ([f'NTK {label("ntk")} B={s.ntk_batch} x{s.ntk_repeats}'] if 'ntk' in needs else []) + (
+        [f'zero-cost {label("zc")} B={s.zc_batch}'] if 'zc' in needs else [])
 
   def default_k(self, n: int) -> int:
     """Reuse a compiled batch shape when none is asked for (the final scoring of a winner)."""
-    return max(self._scorers) if self._scorers else n
+    ks = [key[-1] for key in self._compiled]
+    return max(ks) if ks else self.batch_candidates
 
-  def _scorer(self, k: int) -> Scorer:
-    if k not in self._scorers:
-      s = Scorer([p.name for p in self.network], self.settings, self.seed, self.images,
-                 batch_candidates=k, candidate_chunk=self.candidate_chunk)
-      s.inputs = self.inputs
-      self._scorers[k] = s
-    return self._scorers[k]
+  # ---------------------------------------------------------------------------- scoring
 
   def score_archs(self, group, archs, k=None, progress=None) -> dict[str, np.ndarray]:
-    return self.score_masks(group, nb201.ops_to_mask(np.asarray(archs)), k, progress)
+    """Archs (objects or strings) of `group`; `progress(n)` is called after each batch."""
+    archs = [self.space.decode(a) if isinstance(a, str) else a for a in archs]
+    rows = self.space.to_array(archs)
+    if not self.settings.single_path and self.space.relax is not None:
+      # as one-hot masks through the relaxed network (NB201's dense supernet)
+      masks = one_hot_rows(self.space, group, self.space.relax.to_rows(archs))
+      values = self._size(group, masks=masks)
+      if self.network:
+        values.update(self._score_rows(group, masks, True, k, progress))
+      return values
+    values = self._size(group, archs=archs)
+    if self.network:
+      values.update(self._score_rows(group, rows, False, k, progress))
+    return values
 
   def score_masks(self, group, masks, k=None, progress=None) -> dict[str, np.ndarray]:
+    """Relaxed masks [M, S, O] of `group`: one-hot ones as their archs, others as supernets."""
     masks = np.asarray(masks, np.float32)
-    m = len(masks)
-    out: dict[str, list] = {}
+    relax = self.space.relax
+    if self.settings.single_path and np.all((masks != 0).sum(-1) == 1) and np.all(
+        masks.max(-1) == 1):
+      return self.score_archs(group, relax.from_rows(group, masks.argmax(-1)), k, progress)
+    values = self._size(group, masks=masks)
     if self.network:
-      scorer = self._scorer(k or self.default_k(m))
-      k = scorer.batch_candidates
-      keys = mask_keys(self.seed, masks)
-      before = scorer.timing.compile_s, scorer.timing.run_s
-      for start in range(0, m, k):
-        n = min(k, m - start)
-        pad = np.r_[np.arange(start, start + n), np.full(k - n, start + n - 1)]
-        part = scorer.score_masks(masks[pad], keys[pad])
-        for p in self.network:
-          out.setdefault(p.name, []).append(np.asarray(part[p.name], np.float64)[:n])
-          out.setdefault(p.name + '_flag', []).append(np.asarray(part[p.name + '_flag'])[:n])
-        if progress:
-          progress(n)
-      self.compile_s += scorer.timing.compile_s - before[0]
-      self.run_s += scorer.timing.run_s - before[1]
-    values = {name: np.concatenate(parts) for name, parts in out.items()}
-    for p in self.proxies:
-      if p.kind == 'analytic':
-        values[p.name] = np.asarray(p.fn(masks, self.settings), np.float64)
+      values.update(self._score_rows(group, masks, True, k, progress))
     return values
 
   def traced(self, group, mask, inputs, names) -> dict:
-    """{name: value} of the network proxies `names` at one mask [6, 5] (traceable)."""
+    """{name: value} of the network proxies `names` at one mask [S, O] (traceable)."""
+    nets = self.nets(group, relaxed=True)
     key = jax.random.PRNGKey(0)  # shared inits live in `inputs`; the key is unused then
-    return {p.name: p.fn(proxies_lib.proxy_key(key, p.name), mask, inputs, self.settings)[0]
-            for p in self.network if p.name in names}
+    return {p.name: p.fn(proxies_lib.proxy_key(key, p.name), mask, inputs, self.settings,
+                         nets)[0] for p in self.network if p.name in names}
 
+  def _size(self, group, archs=None, masks=None) -> dict[str, np.ndarray]:
+    """The analytic proxies: the space's own size, else the lowered graph (archs) or the
+    relaxed cost model at a fixed device (supernets; params and MACs do not depend on it)."""
+    if not self.analytic:
+      return {}
+    space = self.space
+    shape, classes = space.shape_of(group), space.num_classes
+    if space.size is not None:
+      if masks is None:
+        masks = one_hot_rows(space, group, space.relax.to_rows(archs))
+      sizes = space.size(group, masks, self.settings)
+    elif masks is None:
+      from hardware import graph as graph_lib
+      stats = [graph_lib.node_stats(space.lower(a, shape, classes)) for a in archs]
+      sizes = {'params': [s.params.sum() for s in stats], 'flops': [s.macs.sum() for s in stats]}
+    else:
+      costs = space.relax.cost(group, masks, 'stm32f746', 'tflm', input_shape=shape,
+                               num_classes=classes)
+      sizes = {'params': costs['params'], 'flops': costs['macs']}
+    return {n: np.asarray(sizes[n], np.float64) for n in self.analytic}
 
-def mask_keys(seed: int, masks) -> jax.Array:
-  """Per-candidate keys from the seed and the mask's active-op bit pattern (reproducible)."""
-  bits = (np.asarray(masks) != 0).reshape(len(masks), -1)
-  codes = jnp.asarray((bits * (1 << np.arange(bits.shape[1]))).sum(-1), jnp.uint32)
-  base = jax.random.PRNGKey(seed)
-  return jax.vmap(lambda c: jax.random.fold_in(base, c))(codes)
+  def _score_rows(self, group, rows, relaxed, k, progress) -> dict[str, np.ndarray]:
+    k = self._round(k or self.batch_candidates)
+    inputs = self.inputs_for(group)
+    kind = (group, relaxed, str(rows.dtype), rows.shape[1:], k)
+    if kind not in self._compiled:
+      start = time.perf_counter()
+      fn = jax.jit(batch_score_fn(self.proxies, self.settings, self.nets(group, relaxed),
+                                  self.candidate_chunk, self.devices))
+      self._compiled[kind] = fn.lower(jnp.asarray(rows[:1].repeat(k, 0)),
+                                      row_keys(0, rows[:1].repeat(k, 0)), inputs).compile()
+      self.timing.compile_s += time.perf_counter() - start
+    compiled = self._compiled[kind]
+    keys = row_keys(self.seed, rows)
+    out: dict[str, list] = {}
+    start = time.perf_counter()
+    for c in range(0, len(rows), k):
+      n = min(k, len(rows) - c)
+      pad = np.r_[np.arange(c, c + n), np.full(k - n, c + n - 1)]
+      part = jax.device_get(compiled(jnp.asarray(rows[pad]), keys[pad], inputs))
+      for name, value in part.items():
+        out.setdefault(name, []).append(np.asarray(value)[:n])
+      self.timing.scored += n
+      if progress:
+        progress(n)
+    self.timing.run_s += time.perf_counter() - start
+    return {name: np.concatenate(parts).astype(np.float64 if not name.endswith('_flag')
+                                                else np.int32) for name, parts in out.items()}

@@ -4,18 +4,23 @@ GraSP, ZiCo and Zen-NAS.
 Definitions follow zero-cost-nas (Abdelfattah et al., "Zero-Cost Proxies for Lightweight NAS",
 ICLR 2021) as packaged by NAS-Bench-Suite-Zero (Krishnakumar et al., NeurIPS 2022), and NASWOT
 (Mellor et al., "Neural Architecture Search without Training", ICML 2021), ZiCo (Li et al., ICLR
-2023) and Zen-NAS (Lin et al., ICCV 2021). Every function takes
-initialised supernet params, an op mask [6, 5] and one batch, and returns (value, flag) with the
-flags of `engine.ntk` (OK, SINGULAR, NONFINITE), so it runs under jit and vmaps over candidates.
+2023) and Zen-NAS (Lin et al., ICCV 2021). Every function takes a space's network
+(`search_spaces.interface.Net`: `net.apply` is all they call), its params, an arch row (traced:
+op indices, or a relaxed mask) and one batch, and returns (value, flag) with the flags of
+`engine.ntk` (OK, SINGULAR, NONFINITE), so it runs under jit and batches over candidates. No
+function names a space.
 
-Which weights count: zero-cost-nas sums over the `weight` of every nn.Conv2d and nn.Linear, so
-here the conv kernels (stem, every edge's conv1/conv3, reduction convs and shortcut) and the
-classifier matrix; BN parameters and biases never count. A conv the mask switches off gets a
-zero gradient in the masked supernet, so it adds nothing, as if it were absent.
+Which weights count: zero-cost-nas sums over the `weight` of every nn.Conv2d and nn.Linear: here
+the leaves `net.layer_axes` names (a leaf may stack several layers, as NB201's cell convs
+[cells, edges, k, k, i, o]; each is its own layer); BN parameters and biases never count. A
+weight the arch does not use gets a zero gradient in the masked network, so it adds nothing, as
+if it were absent.
 
 BatchNorm uses the batch's statistics (PyTorch train mode) except in synflow (see there).
-Every proxy runs the one network walk (`nb201_net.apply`, dense or sparse); fisher's hooks are
-its probes. `gradient_proxies` computes grad_norm, snip, fisher and grasp from one shared pass.
+fisher's hooks are the network's probes. `gradient_proxies` computes grad_norm, snip, fisher and
+grasp from one shared pass. On networks whose nonlinearity is not ReLU (tinycnn's swish), nwot
+codes a unit as on when its pre-activation is positive (as NASWOT is used on GELU/swish nets);
+without BatchNorm, Zen-score's BN term is 0 and synflow's BN-free net is the net.
 """
 from __future__ import annotations
 
@@ -25,23 +30,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.ntk import NONFINITE, OK, SINGULAR
-from search_spaces.nb201 import net as nb201_net
-from search_spaces import nb201
-from search_spaces.nb201 import CONV1, CONV3
+from search_spaces.interface import path_key
 
-# Leaves holding nn.Conv2d / nn.Linear weights, and how many leading (cell, edge) axes each has.
-LAYER_WEIGHTS = nb201_net.LAYER_WEIGHTS
 JACOB_COV_K = 1e-5
 
 
-def _name(path) -> str:
-  return str(path[-1].key)
-
-
-def split_layer_weights(params):
+def split_layer_weights(net, params):
   """(layer weights, the rest): the Conv/Linear weights the zero-cost proxies differentiate."""
+  is_layer = lambda p, a: net.layer_axes(p, a) is not None
   pick = lambda keep: jax.tree_util.tree_map_with_path(
-      lambda p, a: a if (_name(p) in LAYER_WEIGHTS) == keep else None, params)
+      lambda p, a: a if is_layer(p, a) == keep else None, params)
   return pick(True), pick(False)
 
 
@@ -50,10 +48,14 @@ def _merge(weights, rest):
                       is_leaf=lambda a: a is None)
 
 
-def _layer_axes(path, leaf):
-  """Axes of one layer's weight: the supernet stacks cell convs as [cells, edges, k, k, i, o]."""
-  lead = 2 if _name(path) in ('conv1', 'conv3') else 0
-  return tuple(range(lead, leaf.ndim))
+def layer_fans(net, row, tree):
+  """{path key: fan-in} of the layer leaves of `tree` (weights or probes), from `net.fan_in`."""
+  fans = net.fan_in(row)
+  out = {}
+  for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    key = path_key(path)
+    out[key] = fans[key] if key in fans else fans[key.rsplit('/', 1)[0]]
+  return out
 
 
 def cross_entropy(logits, labels):
@@ -62,13 +64,12 @@ def cross_entropy(logits, labels):
   return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
 
 
-def loss_grads(params, mask, x, labels, config, sparse=False):
+def loss_grads(net, params, row, x, labels):
   """(layer weights, dL/d layer weights) of the cross-entropy loss on one batch."""
-  weights, rest = split_layer_weights(params)
+  weights, rest = split_layer_weights(net, params)
 
   def loss(w):
-    return cross_entropy(nb201_net.apply(_merge(w, rest), mask, x, config, None, sparse)[0],
-                         labels)
+    return cross_entropy(net.apply(_merge(w, rest), row, x).logits, labels)
 
   return weights, jax.grad(loss)(weights)
 
@@ -77,54 +78,43 @@ def _finite_flag(value):
   return jnp.where(jnp.isfinite(value), OK, NONFINITE).astype(jnp.int32)
 
 
-def grad_norm(params, mask, x, labels, config, sparse=False):
+def grad_norm(net, params, row, x, labels):
   """Sum over layers of ||dL/dW_layer||_2 (zero-cost-nas `grad_norm`): how strongly the loss
   pulls on the weights at init. Each cell's edge conv is its own layer."""
-  _, grads = loss_grads(params, mask, x, labels, config, sparse)
-  value = _grad_norm_value(grads)
+  _, grads = loss_grads(net, params, row, x, labels)
+  value = _grad_norm_value(net, grads)
   return value, _finite_flag(value)
 
 
-def snip(params, mask, x, labels, config, sparse=False):
+def snip(net, params, row, x, labels):
   """sum |W * dL/dW| (SNIP connection sensitivity, Lee et al. ICLR 2019, as a zero-cost proxy):
   the first-order loss change from removing each weight."""
-  weights, grads = loss_grads(params, mask, x, labels, config, sparse)
+  weights, grads = loss_grads(net, params, row, x, labels)
   value = _snip_value(weights, grads)
   return value, _finite_flag(value)
 
 
-def _identity_stats(params, mask, x, config):
-  """BN statistics mean 0, var 1 - eps: every BN becomes scale * x + bias, i.e. the identity at
-  init (scale 1, bias 0). Stands in for zero-cost-nas's synflow net built with bn=False."""
-  used = jax.eval_shape(lambda: nb201_net.apply(params, mask, x, config)[1])
-  return jax.tree.map(lambda st: (jnp.zeros(st[0].shape, st[0].dtype),
-                                  jnp.full(st[1].shape, 1 - nb201_net.BN_EPS, st[1].dtype)),
-                      used, is_leaf=lambda a: isinstance(a, tuple))
-
-
-def synflow(params, mask, x, labels, config, sparse=False):
+def synflow(net, params, row, x, labels=None):
   """log synflow: log sum |W * dR/dW| with R = sum of the outputs of the network with |params|,
   BN as identity, on one all-ones input (Tanaka et al. NeurIPS 2020; zero-cost-nas `synflow`).
 
   Why log space: the score is a sum over input-output paths of the product of their weights and
   grows geometrically with depth (it overflows float32 for the full NB201 network). With
   non-negative weights and input every ReLU passes its input, so the network minus the
-  classifier bias is linear. The walk (`rescale`) divides the features after every cell / block by
-  their (stop-gradient) maximum s_i; that divides R and every dR/dW by S = prod s_i exactly, so
-  log synflow = logsumexp over leaves of log sum |W * dR'/dW| + sum log s_i.
-  `x` fixes only the input's shape and `labels` is unused (one signature for all proxies).
+  classifier bias is linear. A network may (`apply(rescale=True)`) divide the features after
+  its blocks by their (stop-gradient) maximum s_i; that divides R and every dR/dW by
+  S = prod s_i exactly, so log synflow = logsumexp over leaves of log sum |W * dR'/dW| +
+  sum log s_i (`Outputs.log_scale`). `x` fixes only the input's shape and `labels` is unused.
   A network with no input-output path through weights has synflow 0: value -inf, flag SINGULAR.
   """
   del labels
   params = jax.tree.map(jnp.abs, params)
   ones = jnp.ones((1,) + x.shape[1:], x.dtype)
-  stats = _identity_stats(params, mask, ones, config)
-  weights, rest = split_layer_weights(params)
+  weights, rest = split_layer_weights(net, params)
 
   def scaled_output(w):
-    out, net = nb201_net.run(_merge(w, rest), mask, ones, config, sparse=sparse,
-                             fixed_stats=stats, rescale=True)
-    return jnp.sum(out), net.log_scale
+    out = net.apply(_merge(w, rest), row, ones, bn='identity', rescale=True)
+    return jnp.sum(out.logits), out.log_scale
 
   grads, log_scale = jax.grad(scaled_output, has_aux=True)(weights)
   leaf_logs = jnp.stack([jnp.log(jnp.sum(jnp.abs(w * g))) for w, g in
@@ -139,14 +129,14 @@ def log_score_flagged(value):
   return value, flag.astype(jnp.int32)
 
 
-def jacob_cov(params, mask, x, labels, config, sparse=False):
+def jacob_cov(net, params, row, x, labels=None):
   """-sum_i [log(l_i + k) + 1 / (l_i + k)], l = eigenvalues of the correlation matrix of the
   per-sample input Jacobians d(sum of outputs)/dx, k = 1e-5 (Mellor et al. 2020 v1 "jacob_cov",
   zero-cost-nas `jacob_cov`): higher when samples' local linear maps are less correlated.
   A sample with a zero Jacobian (disconnected network) makes the correlation undefined: nan,
   flag NONFINITE (zero-cost-nas returns nan there too)."""
   del labels
-  jac = jax.grad(lambda xs: nb201_net.apply(params, mask, xs, config, None, sparse)[0].sum())(x)
+  jac = jax.grad(lambda xs: net.apply(params, row, xs).logits.sum())(x)
   return jacob_cov_value(jac)
 
 
@@ -173,22 +163,30 @@ def jacob_cov_value(jac):
   return value, _finite_flag(value)
 
 
-def nwot_kernel(params, mask, x, config, sparse=False):
-  """NASWOT's K [B, B]: sum over the ReLU units of every active ReLU of c c^T + (1-c)(1-c)^T,
-  c = the units' on/off code per sample (= number of units minus the Hamming distance)."""
+def nwot_kernel(net, params, row, x):
+  """NASWOT's K [B, B]: sum over the ReLU units the arch has of c c^T + (1-c)(1-c)^T, c = the
+  units' on/off code per sample (= number of units minus the Hamming distance). A code block
+  whose unit mask is one bool (NB201: the ReLU of a switched-off op) counts whole or not at
+  all; otherwise each unit counts where its mask is set."""
   kernel = jnp.zeros((x.shape[0], x.shape[0]), jnp.float32)
-  for pre, active in nb201_net.relu_blocks(params, mask, x, config, sparse):
-    c = (pre > 0).astype(jnp.float32)
-    kernel = kernel + jnp.where(active, c @ c.T + (1 - c) @ (1 - c).T, 0.0)
+  for pre, units in net.apply(params, row, x, codes=True).codes:
+    if jnp.ndim(units) == 0:
+      c = (pre.reshape(pre.shape[0], -1) > 0).astype(jnp.float32)
+      kernel = kernel + jnp.where(units, c @ c.T + (1 - c) @ (1 - c).T, 0.0)
+      continue
+    units = jnp.broadcast_to(units, pre.shape[1:]).reshape(1, -1).astype(jnp.float32)
+    c = (pre.reshape(pre.shape[0], -1) > 0).astype(jnp.float32)
+    c, off = c * units, (1 - c) * units
+    kernel = kernel + c @ c.T + off @ off.T
   return kernel
 
 
-def nwot(params, mask, x, labels, config, sparse=False):
+def nwot(net, params, row, x, labels=None):
   """log |det K| of NASWOT's kernel (Mellor et al. ICML 2021, the `nwot` of NAS-Bench-Suite-Zero):
   high when the ReLU codes of different samples differ. `labels` is unused. A singular K (e.g.
   duplicate codes) gives -inf and flag SINGULAR."""
   del labels
-  return nwot_value(nwot_kernel(params, mask, x, config, sparse))
+  return nwot_value(nwot_kernel(net, params, row, x))
 
 
 def nwot_value(kernel):
@@ -198,19 +196,11 @@ def nwot_value(kernel):
   return logdet, flag.astype(jnp.int32)
 
 
-def _lead(path, leaf) -> int:
-  """Number of leading (cell, edge) axes of a layer-weight leaf."""
-  return leaf.ndim - len(_layer_axes(path, leaf))
-
-
-probe_ones = nb201_net.probe_ones
-
-
 # ----------------------------------------------------------------------------- gradient proxies
 
-def _grad_norm_value(grads):
+def _grad_norm_value(net, grads):
   norms = jax.tree_util.tree_map_with_path(
-      lambda p, g: jnp.sum(jnp.sqrt(jnp.sum(jnp.square(g), _layer_axes(p, g)))), grads)
+      lambda p, g: jnp.sum(jnp.sqrt(jnp.sum(jnp.square(g), net.layer_axes(p, g)))), grads)
   return sum(jax.tree.leaves(norms))
 
 
@@ -219,13 +209,10 @@ def _snip_value(weights, grads):
                                                       jax.tree.leaves(grads)))
 
 
-def _fisher_value(weights, probe_grads):
+def _fisher_value(fans, probe_grads):
   """sum over layers and output channels k of fan_in * 0.5 * mean_n (dL/dprobe[n, k])^2."""
-  def layer(path, w, g):
-    chex.assert_equal(g.shape[:_lead(path, w)], w.shape[:_lead(path, w)])
-    fan_in = int(np.prod(w.shape[_lead(path, w):-1]))
-    return fan_in * 0.5 * jnp.sum(jnp.mean(jnp.square(g), axis=-2))
-  return sum(jax.tree.leaves(jax.tree_util.tree_map_with_path(layer, weights, probe_grads)))
+  return sum(fans[path_key(p)] * 0.5 * jnp.sum(jnp.mean(jnp.square(g), axis=-2))
+             for p, g in jax.tree_util.tree_flatten_with_path(probe_grads)[0])
 
 
 def _grasp_value(weights, hg):
@@ -235,24 +222,22 @@ def _grasp_value(weights, hg):
 GRADIENT_GROUP = ('grad_norm', 'snip', 'fisher', 'grasp')
 
 
-def gradient_proxies(params, mask, x, labels, config, names=GRADIENT_GROUP, sparse=False):
+def gradient_proxies(net, params, row, x, labels, names=GRADIENT_GROUP):
   """{name: (value, flag)} for the requested members of GRADIENT_GROUP from one shared pass.
 
   One backward pass of the cross-entropy through the network with probes on every Conv/Linear
-  output (`nb201_net.apply(probes=...)`) gives the layer-weight gradients g (grad_norm, snip)
-  and the probe gradients (fisher) together. With grasp, that pass is linearised
-  (`jax.linearize` of the gradient) so the same pass also yields H g by one more forward-mode
-  evaluation.
+  output (`net.apply(probes=...)`) gives the layer-weight gradients g (grad_norm, snip) and the
+  probe gradients (fisher) together. With grasp, the forward-mode derivative of that pass in
+  direction g gives H g by one more evaluation.
   """
   unknown = set(names) - set(GRADIENT_GROUP)
   if unknown:
     raise ValueError(f'not a gradient-group proxy: {sorted(unknown)}')
-  weights, rest = split_layer_weights(params)
-  probes = probe_ones(params, x.shape[0])
+  weights, rest = split_layer_weights(net, params)
+  probes = net.probes(params, x.shape[0])
 
   def loss(w, s):
-    logits = nb201_net.apply(_merge(w, rest), mask, x, config, None, sparse, probes=s)[0]
-    return cross_entropy(logits, labels)
+    return cross_entropy(net.apply(_merge(w, rest), row, x, probes=s).logits, labels)
 
   grad_fn = jax.grad(loss, argnums=(0, 1))
   gw, gs = grad_fn(weights, probes)
@@ -261,14 +246,15 @@ def gradient_proxies(params, mask, x, labels, config, names=GRADIENT_GROUP, spar
     # linearisation (jax.linearize keeps residuals of every switch branch; measured slower).
     zeros = jax.tree.map(jnp.zeros_like, probes)
     hg = jax.jvp(grad_fn, (weights, probes), (jax.lax.stop_gradient(gw), zeros))[1][0]
-  make = {'grad_norm': lambda: _grad_norm_value(gw), 'snip': lambda: _snip_value(weights, gw),
-          'fisher': lambda: _fisher_value(weights, gs),
+  make = {'grad_norm': lambda: _grad_norm_value(net, gw),
+          'snip': lambda: _snip_value(weights, gw),
+          'fisher': lambda: _fisher_value(layer_fans(net, row, gs), gs),
           'grasp': lambda: _grasp_value(weights, hg)}
   values = {n: make[n]() for n in names}
   return {n: (v, _finite_flag(v)) for n, v in values.items()}
 
 
-def fisher(params, mask, x, labels, config, sparse=False):
+def fisher(net, params, row, x, labels):
   """Fisher channel saliency (Theis et al. 2018; Turner et al. ICLR 2020; zero-cost-nas `fisher`):
   for every Conv/Linear layer output a and output channel k,
   F_k = 0.5 * mean over samples n of (sum over pixels of a * dL/da)[n, k]^2; zero-cost-nas then
@@ -287,10 +273,10 @@ def fisher(params, mask, x, labels, config, sparse=False):
   `predictive.find_measures` sums every array. Same definition as here; NASLib's runs differ only
   in settings (PyTorch default init drawn per arch, a fresh shuffled train batch per arch, the
   batch size of its config)."""
-  return gradient_proxies(params, mask, x, labels, config, ('fisher',), sparse)['fisher']
+  return gradient_proxies(net, params, row, x, labels, ('fisher',))['fisher']
 
 
-def grasp(params, mask, x, labels, config, sparse=False):
+def grasp(net, params, row, x, labels):
   """GraSP (Wang et al. ICLR 2020) as a zero-cost proxy (zero-cost-nas `grasp`, T=1, one split):
   -sum over layer weights of W * (H g), g = dL/dW on the batch (held constant), H the Hessian of
   the cross-entropy w.r.t. the layer weights (BN on batch statistics, BN parameters fixed).
@@ -303,7 +289,7 @@ def grasp(params, mask, x, labels, config, sparse=False):
   over the Conv/Linear weights (sign kept because accuracy correlated negatively without it). It
   does not call net.train(); the parsed NASLib graph is in train mode, so BN uses batch
   statistics as here."""
-  return gradient_proxies(params, mask, x, labels, config, ('grasp',), sparse)['grasp']
+  return gradient_proxies(net, params, row, x, labels, ('grasp',))['grasp']
 
 
 # ----------------------------------------------------------------------------- ZiCo, Zen-NAS
@@ -311,7 +297,7 @@ def grasp(params, mask, x, labels, config, sparse=False):
 ZICO_SPLITS = 2
 
 
-def zico(params, mask, x, labels, config, sparse=False, splits=ZICO_SPLITS):
+def zico(net, params, row, x, labels, splits=ZICO_SPLITS):
   """ZiCo (Li et al., "Zero-Cost Proxy based on Inverse Coefficient of Variation", ICLR 2023):
   sum over layers of log( sum over the layer's weights of mean_b |g_b| / std_b(g_b) ), g_b the
   gradient of the cross-entropy on mini-batch b; weights whose gradient has zero std across the
@@ -326,9 +312,9 @@ def zico(params, mask, x, labels, config, sparse=False, splits=ZICO_SPLITS):
                      f'{x.shape[0]}')
   xs = x.reshape((splits, -1) + x.shape[1:])
   ls = labels.reshape(splits, -1)
-  grads = jax.vmap(lambda xb, lb: loss_grads(params, mask, xb, lb, config, sparse)[1])(xs, ls)
+  grads = jax.vmap(lambda xb, lb: loss_grads(net, params, row, xb, lb)[1])(xs, ls)
 
-  layer_logs = lambda path, g: zico_layer_log(g, _layer_axes(path, g[0]))
+  layer_logs = lambda path, g: zico_layer_log(g, net.layer_axes(path, g[0]))
   return zico_value(grads, jax.tree_util.tree_map_with_path(layer_logs, grads))
 
 
@@ -354,68 +340,48 @@ def zico_value(grads, layer_logs):
 ZEN_ALPHA = 0.01
 
 
-def unit_gaussian_weights(params):
+def _scale(w, factor_sq):
+  # a static fan-in scales in float64 then rounds (as numpy would), a traced one in float32
+  if isinstance(factor_sq, (int, float, np.number)):
+    return w * np.sqrt(factor_sq)
+  return w * jnp.sqrt(jnp.asarray(factor_sq, jnp.float32))
+
+
+def unit_gaussian_weights(net, params, row):
   """kaiming_normal params (layer weights N(0, 2 / fan_in)) -> layer weights N(0, 1): Zen-NAS's
   `network_weight_gaussian_init` (BN scale 1 and shift 0 as initialised)."""
-  def scale(path, w):
-    fan_in = int(np.prod(w.shape[_lead(path, w):-1]))
-    return w * np.sqrt(fan_in / 2.0)
-  weights, rest = split_layer_weights(params)
-  return _merge(jax.tree_util.tree_map_with_path(scale, weights), rest)
+  weights, rest = split_layer_weights(net, params)
+  fans = layer_fans(net, row, weights)
+  scaled = jax.tree_util.tree_map_with_path(
+      lambda p, w: _scale(w, fans[path_key(p)] / 2.0), weights)
+  return _merge(scaled, rest)
 
 
-def _log_bn_scales(stats, mask):
-  """sum over the network's BN layers of log sqrt(mean over channels of the batch variance).
-  BNs of convs the mask switches off, and of convs whose input node only `none` edges feed (a
-  zero tensor, so batch variance 0 and log sigma = -inf), do not exist in the architecture (the
-  lowering drops them too) and are left out. A cell whose output is unreachable still gives
-  -inf through the network's constant output, flagged by the caller."""
-  mask = jax.nn.one_hot(mask, nb201.NUM_OPS) if jnp.ndim(mask) == 1 else jnp.asarray(mask)
-  live = nb201.live_nodes(jnp.any(mask[:, 1:] != 0, -1))  # any non-none op on the edge
-  total = jnp.zeros(())
-  log_sigma = lambda var: 0.5 * jnp.log(jnp.mean(var, -1))
-  for key, (_, var) in stats.items():
-    parts = key.split('/')
-    if parts[0].startswith('stage'):  # stage/cell/edge/conv1|conv3
-      edge = int(parts[2])
-      active = ((mask[edge, CONV1 if parts[3] == 'conv1' else CONV3] != 0)
-                & live[nb201.EDGES[edge][1]])
-      total = total + jnp.where(active, log_sigma(jnp.where(active, var, 1.0)), 0.0)
-    else:
-      total = total + log_sigma(var)
-  return total
-
-
-def zen(params, mask, x, labels, config, sparse=False, key=None, alpha=ZEN_ALPHA):
+def zen(net, params, row, x, labels=None, key=None, alpha=ZEN_ALPHA):
   """Zen-score (Lin et al., "Zen-NAS", ICCV 2021; official `compute_zen_score`, as in NASLib):
   log E_n ||f(x) - f(x + alpha eps)||_1 + sum over BN layers of log sigma_bn, with
   * layer weights N(0, 1) (`unit_gaussian_weights`: expects kaiming_normal params),
   * x and eps standard Gaussian of the batch's shape (drawn from `key`; the batch's images and
     `labels` are not used), alpha = 0.01,
-  * f the feature map before global average pooling (after the head's BN and ReLU), the norm the
-    per-sample sum of |.| over pixels and channels averaged over the batch (the official code;
-    the paper writes a Frobenius norm),
+  * f the features the classifier reads (`Outputs.features`: NB201's feature map before global
+    average pooling, after the head's BN and ReLU), the norm the per-sample sum of |.| averaged
+    over the batch (the official code; the paper writes a Frobenius norm),
   * BN on batch statistics in both forward passes, sigma_bn = sqrt(mean over channels of the
-    batch variance on the unperturbed input). The official code reads BN's running_var after
-    its two forward passes (momentum 0.1 from 1), an implementation artefact; this uses the
-    paper's batch variance.
+    batch variance on the unperturbed input) over the BN layers the arch has
+    (`Outputs.bn_log_sigma`). The official code reads BN's running_var after its two forward
+    passes (momentum 0.1 from 1), an implementation artefact; this uses the paper's batch
+    variance.
   """
   del labels
   key = jax.random.PRNGKey(0) if key is None else key
-  params = unit_gaussian_weights(params)
+  params = unit_gaussian_weights(net, params, row)
   k_x, k_eps = jax.random.split(key)
   x0 = jax.random.normal(k_x, x.shape, x.dtype)
   x1 = x0 + alpha * jax.random.normal(k_eps, x.shape, x.dtype)
-
-  def pre_gap(inputs):
-    _, net = nb201_net.run(params, mask, inputs, config, sparse=sparse)
-    head = params['head']
-    return jax.nn.relu(nb201_net.batch_norm(net.last, head['bn_scale'], head['bn_bias'])[0]), net.stats
-
-  f0, stats = pre_gap(x0)
-  f1, _ = pre_gap(x1)
-  delta = jnp.mean(jnp.sum(jnp.abs(f0 - f1), (1, 2, 3)))
-  value = jnp.log(delta) + _log_bn_scales(stats, mask)
+  out0 = net.apply(params, row, x0, features=True)
+  f1 = net.apply(params, row, x1, features=True).features
+  delta = jnp.mean(jnp.sum(jnp.abs(out0.features - f1), tuple(range(1, f1.ndim))))
+  value = jnp.log(delta) + out0.bn_log_sigma
   return value, _finite_flag(value)
 
 

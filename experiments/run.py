@@ -257,12 +257,12 @@ flags.DEFINE_integer('c_images', 1000, 'export --c_source: test images run in th
 # Flags that only some spaces or searchers read. Each: (experiments it concerns, whether the
 # chosen space and flags read it, what reads it). A flag given where it is not read is refused
 # in one line, never ignored. Spaces are told apart by what they offer, never by name.
-_OWN_SCORER = ('spaces with their own scorer (nb201)', lambda f, space: space.scorer is not None)
+_OWN_SCORER = ('spaces whose proxies run at their own sizes (nb201)',
+               lambda f, space: space.proxy_nets is not None)
 _DATASETS = ('spaces defined per dataset (nb201)', lambda f, space: space.datasets is not None)
 _SEARCHERS = lambda *names: (f'--searcher={" or ".join(names)}',
                              lambda f, space: f.searcher in names)
-SCORING_ONLY_NB201 = ('ntk_width', 'ntk_cells', 'zc_width', 'zc_cells', 'single_path', 'sparse',
-                      'cotangent_chunk', 'init', 'repeats', 'zico_splits')
+SCORING_ONLY_NB201 = ('ntk_width', 'ntk_cells', 'zc_width', 'zc_cells', 'sparse')
 READ_WHEN = {
     **{name: (('score', 'correlate', 'search'),) + _OWN_SCORER for name in SCORING_ONLY_NB201},
     'dataset': (('score', 'correlate', 'search', 'cost'),) + _DATASETS,

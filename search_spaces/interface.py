@@ -14,13 +14,20 @@ A space describes
   * `train_net(arch)`: the arch's own network (same walk, unpadded) for training;
   * its lowering to the hardware layer graph: `lower(arch, input_shape, num_classes)`.
 
-`Net.apply(params, arch_row, x, probes=None, bn='batch') -> Outputs`:
+`Net.apply(params, arch_row, x, probes=None, bn='batch', stats=None, rescale=False, codes=False,
+features=False) -> Outputs` (the one function every proxy of `engine.proxies` calls):
   * layer weights (the Conv/Linear kernels the zero-cost proxies differentiate) are the leaves
-    named 'w' of `params[layer]`; weights an arch does not use must get zero gradient (mask
-    them inside apply), so proxies see only the arch's own layers;
-  * `probes[layer]` [B, C_out] multiplies that layer's output per sample and channel (fisher
-    reads d loss / d probe); `probe_shapes(params, batch)` says which;
-  * `bn='identity'` makes any BatchNorm the identity (synflow's BN-free net).
+    `layer_axes` names (default: the leaves named 'w'); weights an arch does not use must get
+    zero gradient (mask them inside apply), so proxies see only the arch's own layers;
+  * `probes` (`Net.probes`) multiply each layer's output per sample and channel (fisher reads
+    d loss / d probe);
+  * `bn='identity'` makes any BatchNorm the identity (synflow's BN-free net); `stats` holds BN
+    statistics fixed at those a previous call returned in `Outputs.stats` (the independent NTK);
+  * `rescale` may divide the features by stop-gradient factors to stay in float32 range, their
+    log summed in `Outputs.log_scale` (synflow on deep nets);
+  * `codes` / `features` ask for `Outputs.codes` / `features` and `bn_log_sigma` (a network may
+    fill them always; NB201's computes them only when asked, so the other proxies' programs
+    stay as small as they were).
 """
 from __future__ import annotations
 
@@ -34,27 +41,62 @@ import numpy as np
 
 class Outputs(NamedTuple):
   logits: jax.Array        # [B, classes]
-  # per nonlinearity: (pre-activation [B, ...], unit mask broadcastable to it: the units the
-  # arch really has); the order is fixed by the network, not by the arch
-  codes: tuple
-  piecewise_linear: jax.Array  # bool: every nonlinearity is ReLU-like (linear regions exist)
-  features: jax.Array      # [B, F] the features the classifier reads (zeros where padded)
-  bn_log_sigma: jax.Array  # sum over BN layers of log sqrt(mean channel batch variance); 0 if none
+  # per nonlinearity: (pre-activation [B, ...], unit mask: a bool scalar (the whole block) or
+  # broadcastable to the pre-activation's per-sample shape: the units the arch really has); the
+  # order is fixed by the network, not by the arch
+  codes: tuple = ()
+  piecewise_linear: Any = True  # bool: every nonlinearity is ReLU-like (linear regions exist)
+  features: Any = None     # [B, ...] the features the classifier reads (zeros where padded)
+  bn_log_sigma: Any = 0.0  # sum over BN layers of log sqrt(mean channel batch variance); 0 if none
+  stats: Any = None        # the BN statistics used (None: no BN), for `apply(stats=...)`
+  log_scale: Any = 0.0     # log of the factor `rescale` divided the output by
+
+
+def path_key(path) -> str:
+  """'a/b/c' of a pytree path (dict keys)."""
+  return '/'.join(str(getattr(k, 'key', k)) for k in path)
+
+
+def _named_w(path, leaf):
+  return tuple(range(jnp.ndim(leaf))) if str(getattr(path[-1], 'key', '')) == 'w' else None
 
 
 @dataclasses.dataclass(frozen=True)
 class Net:
   init: Callable    # (key, arch_row, kind='torch_default'|'kaiming_normal') -> params
-  apply: Callable   # (params, arch_row, x, probes=None, bn='batch') -> Outputs
-  fan_in: Callable  # (arch_row) -> {layer: fan_in of its weight} (traced scalars)
+  apply: Callable   # (params, arch_row, x, **options above) -> Outputs
+  # (arch_row) -> {layer: fan-in of its weight} (traced scalars or ints); a layer is named by
+  # its weight leaf's path key without a final '/w' (`path_key`)
+  fan_in: Callable
   input_shape: tuple
   num_classes: int
 
   example_row: Any = None  # one arch row of the group (for shapes)
+  # (path, leaf) -> the axes of ONE layer's weight in a layer-weight leaf (leading axes stack
+  # layers, as NB201's cells x edges), None for other leaves. Default: leaves named 'w'
+  layer_axes: Callable = _named_w
+  # path -> whether the NTK differentiates that parameter (TE-NAS: every PyTorch 'weight')
+  ntk_weight: Callable = lambda path: str(getattr(path[-1], 'key', '')) == 'w'
+  # how its linear regions are counted (`engine.linear_regions`): 'patterns' (distinct
+  # activation patterns over small inputs, TE-NAS; needs a thin net) or 'segments'
+  regions: str = 'segments'
+  # relaxed masks batch under vmap (weights independent of the arch) instead of lax.map
+  vmap_masks: bool = False
+  # floats per sample of the widest activation (bounds the coupled NTK's cotangent chunks);
+  # 0: 16x the input's
+  widest: int = 0
+  label: str = ''  # how reports name it ('C=16 N=5'); '': the space's own network
 
-  def probe_shapes(self, batch: int) -> dict:
-    params = jax.eval_shape(lambda: self.init(jax.random.PRNGKey(0), self.example_row))
-    return {name: (batch, leaf['w'].shape[-1]) for name, leaf in params.items() if 'w' in leaf}
+  def probes(self, params, batch: int):
+    """Ones [*lead, B, C_out] per layer weight (None elsewhere), the factors `apply(probes=)`
+    multiplies the layer outputs by."""
+    def ones(path, w):
+      axes = self.layer_axes(path, w)
+      if axes is None:
+        return None
+      lead = w.shape[:min(axes)] if axes else ()
+      return jnp.ones(lead + (batch, w.shape[-1]), w.dtype)
+    return jax.tree_util.tree_map_with_path(ones, params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +155,16 @@ class SearchSpace:
   group_input_shape: Callable[[Hashable], Optional[tuple]] = lambda group: None
   # the archs as choices and their supernet (prune, grad_prune); None: those searchers refuse
   relax: Optional[Relaxation] = None
-  # (proxy names, config, seed, images) -> the space's own scorer for the searchers (the
-  # protocol of `engine.space_scoring.NetScorer`); None: that scorer, over `net`
-  scorer: Optional[Callable] = None
+  # (group, settings (`engine.proxies.ScoreSettings`), relaxed) -> {'zc' | 'ntk' | 'lr': Net}:
+  # the networks the proxies run on, each taking arch rows (relaxed: masks [S, O]). A space
+  # whose proxies use other sizes than its own network gives them here (NB201: TE-NAS's and
+  # NAS-Bench-Suite-Zero's widths, TE-NAS's thin linear-region net); None: `net` (`relax.net`)
+  # at the group's shape for all three
+  proxy_nets: Optional[Callable] = None
+  # (group, masks [K, S, O], settings) -> {'params': [K], 'flops': [K]} (flops as
+  # multiply-accumulates) of the archs or supernets; None: from the lowered graph (archs) or
+  # `relax.cost` (supernets)
+  size: Optional[Callable] = None
   # dataset name -> (input shape, classes) the space is built for; None: `input_shape` and
   # `num_classes` only
   datasets: Optional[Mapping[str, tuple]] = None

@@ -323,17 +323,17 @@ def relaxed_cost(group_key, masks, device='stm32f746', runtime='cmsis-nn', input
 
 # ----------------------------------------------------------------------------- JAX (masked)
 
-def _bn(x, bn, units=None):
-  """Non-affine BN on batch statistics; returns (y, log sigma over the real channels)."""
+def _bn(x, bn, units=None, fixed=None):
+  """Non-affine BN on batch statistics (or the `fixed` (mean, var)); returns (y, log sigma over
+  the real channels, the (mean, var) used)."""
   if bn == 'identity':
-    return x, jnp.zeros(())
-  mean = jnp.mean(x, (0, 1, 2))
-  var = jnp.var(x, (0, 1, 2))
+    return x, jnp.zeros(()), None
+  mean, var = fixed if fixed is not None else (jnp.mean(x, (0, 1, 2)), jnp.var(x, (0, 1, 2)))
   y = (x - mean) / jnp.sqrt(var + BN_EPS)
   if units is None:
-    return y, 0.5 * jnp.log(jnp.mean(var))
+    return y, 0.5 * jnp.log(jnp.mean(var)), (mean, var)
   count = jnp.maximum(jnp.sum(units), 1)
-  return y, 0.5 * jnp.log(jnp.sum(jnp.where(units, var, 0.0)) / count)
+  return y, 0.5 * jnp.log(jnp.sum(jnp.where(units, var, 0.0)) / count), (mean, var)
 
 
 def _depthwise(x, w, stride):
@@ -458,8 +458,9 @@ def init(key, row, kind='torch_default', group_key=(1.0, 96), num_classes=NUM_CL
 class _MaskedBackend:
   """The padded network under a relaxed mask [S, O] (`apply`: an arch row's one-hot mask)."""
 
-  def __init__(self, params, mask, probes, bn, group_key):
-    self.params, self.probes, self.bn = params, probes, bn
+  def __init__(self, params, mask, probes, bn, group_key, stats=None):
+    self.params, self.probes, self.bn, self.fixed = params, probes, bn, stats
+    self.stats = {}
     self.width = group_key[0]
     self.masks = _relaxed_masks(mask, group_key)
     self.codes, self.log_sigma = [], jnp.zeros(())
@@ -475,8 +476,9 @@ class _MaskedBackend:
     w = self.params[name]['w'] if mask is None else self.params[name]['w'] * mask
     y = _conv(t, w, stride, groups)
     if self.probes is not None:
-      y = y * self.probes[name][:, None, None, :]
-    y, log_sigma = _bn(y, self.bn, units)
+      y = y * self.probes[name]['w'][:, None, None, :]
+    y, log_sigma, self.stats[name] = _bn(y, self.bn, units,
+                                         None if self.fixed is None else self.fixed[name])
     self.log_sigma = self.log_sigma + jnp.where(active, log_sigma, 0.0)
     if relu6:
       live = active if units is None else active & units
@@ -505,17 +507,18 @@ class _MaskedBackend:
     feats = jnp.mean(t, (1, 2))
     logits = feats @ self.params['fc']['w'] + self.params['fc']['b']
     if self.probes is not None:
-      logits = logits * self.probes['fc']
+      logits = logits * self.probes['fc']['w']
     return space_lib.Outputs(logits, tuple(self.codes), jnp.asarray(True),
-                             t.reshape(t.shape[0], -1), self.log_sigma)
+                             t.reshape(t.shape[0], -1), self.log_sigma,
+                             None if self.bn == 'identity' else self.stats)
 
 
-def relaxed_apply(params, mask, x, probes=None, bn='batch', group_key=(1.0, 96)):
-  return network(_MaskedBackend(params, mask, probes, bn, group_key), x)
+def relaxed_apply(params, mask, x, probes=None, bn='batch', group_key=(1.0, 96), stats=None):
+  return network(_MaskedBackend(params, mask, probes, bn, group_key, stats), x)
 
 
-def apply(params, row, x, probes=None, bn='batch', group_key=(1.0, 96)):
-  return relaxed_apply(params, one_hot(row), x, probes, bn, group_key)
+def apply(params, row, x, probes=None, bn='batch', group_key=(1.0, 96), stats=None):
+  return relaxed_apply(params, one_hot(row), x, probes, bn, group_key, stats)
 
 
 def relaxed_fan_in(mask, group_key=(1.0, 96)) -> dict:
@@ -532,8 +535,9 @@ def _group_net(group_key, num_classes, to_mask, example_row) -> space_lib.Net:
   return space_lib.Net(
       init=lambda key, row, kind='torch_default': relaxed_init(key, to_mask(row), kind,
                                                                group_key, num_classes),
-      apply=lambda params, row, x, probes=None, bn='batch': relaxed_apply(
-          params, to_mask(row), x, probes, bn, group_key),
+      # nothing to rescale; codes and features are always filled
+      apply=lambda params, row, x, probes=None, bn='batch', stats=None, **_: relaxed_apply(
+          params, to_mask(row), x, probes, bn, group_key, stats),
       fan_in=lambda row: relaxed_fan_in(to_mask(row), group_key), input_shape=(res, res, 3),
       num_classes=num_classes, example_row=example_row)
 

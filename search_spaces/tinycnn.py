@@ -439,8 +439,8 @@ class _MaskedBackend:
     return x
 
   def _probe(self, y, name):
-    return y if self.probes is None else y * self.probes[name][:, None, None, :] \
-        if y.ndim == 4 else y * self.probes[name]
+    return y if self.probes is None else y * self.probes[name]['w'][:, None, None, :] \
+        if y.ndim == 4 else y * self.probes[name]['w']
 
   def conv(self, t, i):
     p = self.params[f'conv{i}']
@@ -489,7 +489,7 @@ class _ConcreteBackend:
     p = self.params[f'conv{i}']
     y = _conv(t, p['w'], p['b'])
     if self.probes is not None:
-      y = y * self.probes[f'conv{i}'][:, None, None, :]
+      y = y * self.probes[f'conv{i}']['w'][:, None, None, :]
     self.codes.append((y, jnp.ones((), bool)))
     return y
 
@@ -504,7 +504,7 @@ class _ConcreteBackend:
       self.features = t.reshape(t.shape[0], -1)
       self.logits = self.features @ self.params['fc']['w'] + self.params['fc']['b']
       if self.probes is not None:
-        self.logits = self.logits * self.probes['fc']
+        self.logits = self.logits * self.probes['fc']['w']
 
   def output(self):
     return space_lib.Outputs(self.logits, tuple(self.codes),
@@ -539,7 +539,8 @@ def _net(input_shape, num_classes, to_mask, example_row) -> space_lib.Net:
   return space_lib.Net(
       init=lambda key, row, kind='torch_default': relaxed_init(key, to_mask(row), kind,
                                                                input_shape, num_classes),
-      apply=lambda params, row, x, probes=None, bn='batch': relaxed_apply(
+      # no BN (stats, bn), nothing to rescale; codes and features are always filled
+      apply=lambda params, row, x, probes=None, bn='batch', **_: relaxed_apply(
           params, to_mask(row), x, probes, bn, input_shape),
       fan_in=lambda row: relaxed_fan_in(to_mask(row), input_shape),
       input_shape=input_shape, num_classes=num_classes, example_row=example_row)

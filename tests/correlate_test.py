@@ -177,7 +177,8 @@ def test_chunks_scored_by_fresh_scorers_equal_one_pass(tmp_path, monkeypatch):
   settings = proxies.ScoreSettings(lr_batches=2, lr_batch_size=64)
   ops = np.array([[3, 2, 4, 1, 3, 0], [1, 1, 1, 1, 1, 1], [3, 3, 3, 3, 3, 3],
                   [4, 0, 2, 0, 0, 3], [2, 2, 2, 2, 2, 2], [0, 3, 1, 4, 2, 3]])
-  make = lambda: scoring.SearchScorer(['linear_regions', 'params'], settings, seed=3)
+  make = lambda: scoring.Scorer(registry.get('nb201'), ['linear_regions', 'params'], settings,
+                                        seed=3)
   whole = make().score_archs((), ops, 4)
 
   def sweep():  # a fresh scorer per process

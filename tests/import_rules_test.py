@@ -23,8 +23,6 @@ NET = 'search_spaces.nb201.net'
 # The scoring supernet's names: NB201's own, reached from outside through the registered space.
 SUPERNET = frozenset({'Supernet', 'init_params', 'apply', 'run', 'relu_blocks', 'relu_inputs',
                       'probe_ones', 'LAYER_WEIGHTS', 'is_weight'})
-# being removed (issue 31): these still run NB201's supernet directly; delete the set when done.
-PENDING = {'engine/zero_cost.py', 'engine/ntk.py', 'engine/linear_regions.py', 'engine/proxies.py'}
 
 
 def _is_private(name: str) -> bool:
@@ -56,7 +54,7 @@ def _dotted(node: ast.AST, aliases: dict[str, str]) -> str | None:
   return '.'.join([aliases[node.id]] + parts[::-1])
 
 
-def _use_problem(full: str, pending: bool) -> str | None:
+def _use_problem(full: str) -> str | None:
   """What is wrong with using the name `full` ('search_spaces.nb201.<...>'), if anything."""
   parts = full.split('.')
   private = [p for p in parts[2:] if _is_private(p)]
@@ -64,7 +62,7 @@ def _use_problem(full: str, pending: bool) -> str | None:
     return f'{full}: private NB201 name {private[0]!r}'
   if full.startswith(NET + '.'):
     name = parts[3]
-    if name in nb201_net.PUBLIC_WALK or pending:
+    if name in nb201_net.PUBLIC_WALK:
       return None
     if name in SUPERNET:
       return f'{full}: the scoring supernet is NB201\'s own (go through the registered space)'
@@ -72,9 +70,8 @@ def _use_problem(full: str, pending: bool) -> str | None:
   return None
 
 
-def violations(source: str, module: str = 'probe', pending: bool = False) -> list[str]:
-  """Each use of an NB201 name that the rules forbid, as 'line N: what'. `pending` exempts the
-  module from the net-module rule (not from the private-name rule)."""
+def violations(source: str, module: str = 'probe') -> list[str]:
+  """Each use of an NB201 name that the rules forbid, as 'line N: what'."""
   tree = ast.parse(source)
   aliases: dict[str, str] = {}  # local name -> the NB201 module (or package) it is bound to
   found: dict[tuple[int, str], None] = {}
@@ -87,7 +84,7 @@ def violations(source: str, module: str = 'probe', pending: bool = False) -> lis
     if isinstance(node, ast.Import):
       for a in node.names:
         if a.name == NB201 or a.name.startswith(NB201 + '.'):
-          report(node, _use_problem(a.name, pending))
+          report(node, _use_problem(a.name))
           if a.asname:
             aliases[a.asname] = a.name
           else:  # `import search_spaces.nb201.net` binds `search_spaces`
@@ -101,14 +98,14 @@ def violations(source: str, module: str = 'probe', pending: bool = False) -> lis
         if a.name == '*':
           report(node, f'{full}: a star import of an NB201 module')
           continue
-        report(node, _use_problem(full, pending))
+        report(node, _use_problem(full))
         if _is_submodule(source_module, a.name) or full == NB201:
           aliases[a.asname or a.name] = full
   for node in ast.walk(tree):
     if isinstance(node, ast.Attribute):
       full = _dotted(node, aliases)
       if full and (full.startswith(NB201 + '.')):
-        report(node, _use_problem(full, pending))
+        report(node, _use_problem(full))
   return [f'line {line}: {problem}' for line, problem in sorted(found)]
 
 
@@ -129,18 +126,9 @@ def test_modules_outside_nb201_use_only_its_public_names():
   problems = []
   for path in files:
     rel = path.relative_to(ROOT).as_posix()
-    for v in violations(path.read_text(), _module_name(path), pending=rel in PENDING):
+    for v in violations(path.read_text(), _module_name(path)):
       problems.append(f'{rel} {v}')
   assert not problems, '\n'.join(problems)
-
-
-@pytest.mark.parametrize('rel', sorted(PENDING))
-def test_pending_modules_still_need_their_exemption(rel):
-  """Once a module stops running the supernet directly, it must leave PENDING."""
-  path = ROOT / rel
-  assert path.is_file(), f'{rel} is gone: remove it from PENDING'
-  assert violations(path.read_text(), _module_name(path)), (
-      f'{rel} no longer uses the supernet: remove it from PENDING')
 
 
 @pytest.mark.parametrize('source, expected', [
@@ -176,12 +164,6 @@ def test_checker_flags_banned_uses(source, expected):
 ])
 def test_checker_allows_the_public_walk(source):
   assert violations(source, module='search_spaces.probe') == []
-
-
-def test_pending_exempts_the_supernet_but_not_private_names():
-  source = 'from search_spaces.nb201 import net as n\nn.apply(p)\nn._cell_leaf(s, 0, 1)'
-  assert violations(source, pending=True) == [
-      "line 3: search_spaces.nb201.net._cell_leaf: private NB201 name '_cell_leaf'"]
 
 
 def test_public_walk_names_exist():

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from engine import proxies, scoring
-from search_spaces import nb201
+from search_spaces import nb201, registry
 
 PINS = pathlib.Path(__file__).parent / 'data' / 'nb201_pins.json'
 SETTINGS = proxies.ScoreSettings(
@@ -30,14 +30,16 @@ def _scores():
   """Every proxy on the same input batches, in two programs: the zero-cost proxies exactly as
   tests/zero_cost_test.py compiles them (so the suite's shared XLA cache serves both), the rest
   apart. Splitting programs cannot move a value beyond round-off: inputs and keys are the same."""
-  inputs = proxies.make_inputs(proxies.get(NAMES), SETTINGS, SEED, None)
+  space = registry.get('nb201')
+  inputs = proxies.make_inputs(proxies.get(NAMES), SETTINGS, SEED, None,
+                               space.proxy_nets((), SETTINGS))
   out = {}
   for zero_cost in (True, False):
     names = [n for n in NAMES if (proxies.REGISTRY[n].needs == 'zc') == zero_cost]
-    scorer = scoring.Scorer(names, SETTINGS, seed=SEED, batch_candidates=4,
+    scorer = scoring.Scorer(space, names, SETTINGS, seed=SEED, batch_candidates=4,
                             devices=jax.devices()[:1])
-    scorer.inputs = {k: v for k, v in inputs.items() if k in scorer.inputs}
-    out.update(scorer.score_ops(ARCHS))
+    scorer.set_inputs((), inputs)
+    out.update(scorer.score_archs((), ARCHS))
   return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 

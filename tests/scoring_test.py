@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from engine import proxies, scoring
-from search_spaces import nb201
+from search_spaces import nb201, registry
+
+NB201 = registry.get("nb201")
 
 # One NTK repeat: repeats are unrolled, so each doubles every compile here, and the batching
 # mechanics do not depend on them (ntk_test covers the repeat mean and its flags).
@@ -23,8 +25,8 @@ OPS = np.array([[3, 2, 4, 1, 3, 0], [1, 1, 1, 1, 1, 1], [3, 3, 3, 3, 3, 3], [4, 
 
 @pytest.fixture(scope='module')
 def one_device_batched():
-  scorer = scoring.Scorer(NAMES, SETTINGS, seed=7, batch_candidates=4, devices=jax.devices()[:1])
-  return scorer.score_ops(OPS)
+  scorer = scoring.Scorer(NB201, NAMES, SETTINGS, seed=7, batch_candidates=4, devices=jax.devices()[:1])
+  return scorer.score_archs((), OPS)
 
 
 @pytest.fixture(scope='module')
@@ -39,39 +41,39 @@ def _assert_same(a, b, rtol=2e-5):
 
 
 def test_batched_score_equals_one_at_a_time(one_device_batched):
-  single = scoring.Scorer(NAMES, SETTINGS, seed=7, batch_candidates=1, devices=jax.devices()[:1])
-  _assert_same(one_device_batched, single.score_ops(OPS))
+  single = scoring.Scorer(NB201, NAMES, SETTINGS, seed=7, batch_candidates=1, devices=jax.devices()[:1])
+  _assert_same(one_device_batched, single.score_archs((), OPS))
   assert single.timing.scored == len(OPS)
 
 
 def test_sharded_equals_unsharded(one_device_batched):
   assert len(jax.devices()) >= 2, 'conftest forces several host devices'
-  sharded = scoring.Scorer(NAMES, SETTINGS, seed=7, batch_candidates=4)
+  sharded = scoring.Scorer(NB201, NAMES, SETTINGS, seed=7, batch_candidates=4)
   assert len(sharded.devices) == len(jax.devices())
-  _assert_same(one_device_batched, sharded.score_ops(OPS))
+  _assert_same(one_device_batched, sharded.score_archs((), OPS))
 
 
 def test_sparse_lax_map_equals_dense_vmap(few_batched):
-  sparse = scoring.Scorer(FEW, dataclasses.replace(SETTINGS, sparse=True), seed=7,
+  sparse = scoring.Scorer(NB201, FEW, dataclasses.replace(SETTINGS, sparse=True), seed=7,
                           batch_candidates=4, devices=jax.devices()[:1])
-  _assert_same(few_batched, sparse.score_ops(OPS))
+  _assert_same(few_batched, sparse.score_archs((), OPS))
 
 
 def test_candidate_chunks_equal_one_vmap(few_batched):
-  chunked = scoring.Scorer(FEW, SETTINGS, seed=7, batch_candidates=4, candidate_chunk=2,
+  chunked = scoring.Scorer(NB201, FEW, SETTINGS, seed=7, batch_candidates=4, candidate_chunk=2,
                            devices=jax.devices()[:1])
-  _assert_same(few_batched, chunked.score_ops(OPS))
+  _assert_same(few_batched, chunked.score_archs((), OPS))
 
 
 def test_padding_a_partial_batch_keeps_scores(few_batched):
-  scorer = scoring.Scorer(FEW, SETTINGS, seed=7, batch_candidates=3, devices=jax.devices()[:1])
-  _assert_same(few_batched, scorer.score_ops(OPS))  # batches of 3 + 1 padded
+  scorer = scoring.Scorer(NB201, FEW, SETTINGS, seed=7, batch_candidates=3, devices=jax.devices()[:1])
+  _assert_same(few_batched, scorer.score_archs((), OPS))  # batches of 3 + 1 padded
 
 
 def test_per_candidate_init_also_batches_exactly():
   settings = dataclasses.replace(SETTINGS, per_candidate_init=True)
-  make = lambda k: scoring.Scorer('ntk_cond_independent', settings, seed=7, batch_candidates=k,
-                                  devices=jax.devices()[:1]).score_ops(OPS)
+  make = lambda k: scoring.Scorer(NB201, 'ntk_cond_independent', settings, seed=7, batch_candidates=k,
+                                  devices=jax.devices()[:1]).score_archs((), OPS)
   # Per-candidate weights turn the vmapped convolutions into grouped ones, which sum in another
   # order; kappa = lambda_max / lambda_min amplifies that float32 round-off (seen: 1.2e-3 at
   # kappa ~ 224), so this comparison allows 1e-2 where the shared-init ones allow 2e-5.
@@ -80,14 +82,14 @@ def test_per_candidate_init_also_batches_exactly():
 
 def test_same_seed_reproduces_and_other_seed_differs(one_device_batched):
   # The fixture's program (only the keys differ), so its compile comes from the XLA cache.
-  other = scoring.Scorer(NAMES, SETTINGS, seed=8, batch_candidates=4,
-                         devices=jax.devices()[:1]).score_ops(OPS)
+  other = scoring.Scorer(NB201, NAMES, SETTINGS, seed=8, batch_candidates=4,
+                         devices=jax.devices()[:1]).score_archs((), OPS)
   assert not np.allclose(other['ntk_cond'], one_device_batched['ntk_cond'])
 
 
 def test_scores_are_sane(one_device_batched):
   out = one_device_batched
   assert out['params'].tolist() == nb201.count_params(nb201.ops_to_mask(OPS),
-                                                      SETTINGS.full_config()).tolist()
+                                                      nb201.NB201Config()).tolist()
   assert np.all(out['ntk_cond'] >= 1) and not out['ntk_cond_flag'].any()
   assert np.all((out['linear_regions'] >= 1) & (out['linear_regions'] <= 128))

@@ -9,17 +9,24 @@ import numpy as np
 import pytest
 
 import hardware
-from engine import space_proxies as sp
-from engine import space_scoring
-from engine import search
+from engine import ntk as ntk_lib
+from engine import proxies, scoring, search
+from engine import zero_cost as zc
 from hardware import graph as graph_lib
 from search_spaces import interface as space_lib
 from search_spaces import registry
 from search_spaces import tinycnn
 
 ARCHS = ('f8k3-relu-max', 'f16k5-f8k3-swish-avg', 'f32k5-f16k3-f8k5-relu-avg')
-SMALL = space_scoring.SpaceScoreSettings(zc_batch=8, ntk_batch=4, lr_segments=2,
-                                         batch_candidates=2)
+SMALL = proxies.ScoreSettings(zc_batch=8, ntk_batch=4, ntk_repeats=1, lr_segments=2)
+
+
+def _score(space, archs, names):
+  """({name: values}, {name: flags}) of `archs` (one group) in batches of 2."""
+  out = scoring.Scorer(space, names, SMALL, 0, None, batch_candidates=2,
+                       devices=jax.devices()[:1]).score_archs((), archs)
+  return ({n: out[n] for n in names},
+          {n: out.get(n + '_flag', np.zeros(len(archs), np.int32)) for n in names})
 
 
 def _x(n=4, seed=0):
@@ -68,31 +75,29 @@ def test_masked_proxies_equal_concrete_reference():
   concrete = space_lib.Net(
       init=lambda key, r, kind='torch_default': tinycnn.concrete_params(
           tinycnn.init(key, row, kind), arch),
-      apply=lambda p, r, x, probes=None, bn='batch': tinycnn.apply_concrete(
-          {k: v for k, v in p.items()}, arch, x,
-          None if probes is None else {'conv0': probes['conv0'], 'conv1': probes['conv1'],
-                                       'fc': probes['fc']}),
+      apply=lambda p, r, x, probes=None, bn='batch', **_: tinycnn.apply_concrete(
+          p, arch, x, probes),
       fan_in=lambda r: {'conv0': 75, 'conv1': 9 * 16, 'fc': 64 * 8},
       input_shape=(32, 32, 3), num_classes=10, example_row=row)
   x = _x(8)
   labels = jnp.arange(8) % 10
-  fast = sp.gradient_proxies(net, params, row, x, labels)
-  ref = sp.gradient_proxies(concrete, own, row, x, labels)
-  for name in sp.GRADIENT_GROUP:
+  fast = zc.gradient_proxies(net, params, row, x, labels)
+  ref = zc.gradient_proxies(concrete, own, row, x, labels)
+  for name in zc.GRADIENT_GROUP:
     np.testing.assert_allclose(fast[name][0], ref[name][0], rtol=2e-4, err_msg=name)
-  for fn in (sp.synflow, sp.jacob_cov, sp.nwot):
+  for fn in (zc.synflow, zc.jacob_cov, zc.nwot):
     np.testing.assert_allclose(fn(net, params, row, x)[0], fn(concrete, own, row, x)[0],
                                rtol=2e-4, err_msg=fn.__name__)
-  np.testing.assert_allclose(sp.ntk_cond(net, params, row, x[:4])[0],
-                             sp.ntk_cond(concrete, own, row, x[:4])[0], rtol=2e-3)
+  kappa = lambda n, p: ntk_lib.condition_number(ntk_lib.ntk_gram(n, p, row, x[:4]))[0]
+  np.testing.assert_allclose(kappa(net, params), kappa(concrete, own), rtol=2e-3)
 
 
 def test_batched_scores_equal_one_at_a_time():
   space = registry.get('tinycnn')
   names = ['params', 'grad_norm', 'snip', 'synflow', 'nwot', 'zen', 'linear_regions']
-  together, flags, _ = space_scoring.score(space, list(ARCHS), names, 0, None, SMALL)
+  together, flags = _score(space, list(ARCHS), names)
   for i, code in enumerate(ARCHS):
-    one, _, _ = space_scoring.score(space, [code], names, 0, None, SMALL)
+    one, _ = _score(space, [code], names)
     for n in names:
       np.testing.assert_allclose(together[n][i], one[n][0], rtol=1e-5, equal_nan=True,
                                  err_msg=f'{n} {code}')
@@ -136,15 +141,15 @@ def _toy_net(group=(), input_shape=(8, 8, 1), num_classes=10):
     return {'hidden': {'w': w1 * live, 'b': jnp.zeros(8)},
             'fc': {'w': w2 * live[:, None], 'b': jnp.zeros(num_classes)}}
 
-  def apply(params, row, x, probes=None, bn='batch'):
+  def apply(params, row, x, probes=None, bn='batch', **_):
     live = jnp.arange(8) < row[0]
     pre = x.reshape(x.shape[0], -1) @ (params['hidden']['w'] * live) + params['hidden']['b']
     if probes is not None:
-      pre = pre * probes['hidden']
+      pre = pre * probes['hidden']['w']
     h = jax.nn.relu(pre)
     logits = h @ (params['fc']['w'] * live[:, None]) + params['fc']['b']
     if probes is not None:
-      logits = logits * probes['fc']
+      logits = logits * probes['fc']['w']
     return space_lib.Outputs(logits, ((pre, live),), jnp.asarray(True), h, jnp.zeros(()))
 
   return space_lib.Net(init, apply, lambda row: {'hidden': 64, 'fc': row[0]}, input_shape,
@@ -165,9 +170,8 @@ def toy_space():
 
 
 def test_toy_space_scores_costs_and_searches(toy_space, tmp_path):
-  values, flags, _ = space_scoring.score(toy_space, ['mlp4', 'mlp8'],
-                                         ['params', 'grad_norm', 'nwot', 'synflow'], 0, None,
-                                         SMALL)
+  values, flags = _score(toy_space, ['mlp4', 'mlp8'],
+                         ['params', 'grad_norm', 'nwot', 'synflow'])
   assert values['params'].tolist() == [64 * 4 + 4 + 4 * 10 + 10, 64 * 8 + 8 + 8 * 10 + 10]
   assert np.isfinite(values['grad_norm']).all() and (flags['grad_norm'] == 0).all()
   rows = hardware.cost_rows({'mlp4': toy_space.lower(4)}, 'stm32f746', 'cmsis-nn')
@@ -175,7 +179,10 @@ def test_toy_space_scores_costs_and_searches(toy_space, tmp_path):
   # the one searcher library serves a space with no relaxation: rerank, random, evolution
   table = search.build_table(toy_space, search.Constraints(), toy_space.enumerate(),
                              toy_space.input_shape, toy_space.num_classes)
-  config = types.SimpleNamespace(zc_batch=8, ntk_batch=4, batch_candidates=2, candidate_chunk=1)
+  config = types.SimpleNamespace(
+      dataset='cifar10', init='torch_default', zc_batch=8, ntk_batch=4, repeats=1,
+      ntk_width=16, ntk_cells=5, zc_width=16, zc_cells=5, cotangent_chunk=0, sparse=False,
+      single_path=True, zico_splits=2, batch_candidates=2, candidate_chunk=1)
   problem = search.Problem(table, search.make_scorer(toy_space, ['synflow'], config, 0, None),
                            'synflow', search.Weights())
   options = search.Options(batch=2, pool=2, random_samples=2, population=2, tournament=1,
@@ -219,17 +226,19 @@ def test_mbv2_batched_proxies_equal_one_at_a_time():
   net = mbv2.make_net((0.5, 32))
   rows = jnp.asarray(space.to_array([space.decode(c) for c in MBV2]))
   x = jax.random.normal(jax.random.PRNGKey(0), (8, 32, 32, 3))
-  inputs = {'zc': x, 'zc_labels': jnp.arange(8) % 10}
+  inputs = {'zc': x, 'zc_labels': jnp.arange(8) % 10,
+            'zc_init': jax.random.split(jax.random.PRNGKey(0), 1)}
   names = ['nwot', 'synflow']
-  keys = space_scoring.init_keys(names, 0)
-  fn = jax.jit(lambda r: jax.lax.map(lambda row: sp.network_proxies(net, row, inputs, names,
-                                                                    keys), r))
-  together = fn(rows)
+  fn = jax.jit(scoring.batch_score_fn(proxies.get(names), SMALL, {'zc': net},
+                                      devices=jax.devices()[:1]))
+  keys = scoring.row_keys(0, np.asarray(rows))
+  together = fn(rows, keys, inputs)
   for i in range(len(MBV2)):
-    alone = fn(rows[jnp.array([i, i])])  # the same compiled shape, this arch alone
+    pick = jnp.array([i, i])
+    alone = fn(rows[pick], keys[pick], inputs)  # the same compiled shape, this arch alone
     for n in names:
-      np.testing.assert_allclose(together[n][0][i], alone[n][0][0], rtol=1e-5, err_msg=n)
-  assert not np.allclose(together['nwot'][0][0], together['nwot'][0][1])
+      np.testing.assert_allclose(together[n][i], alone[n][0], rtol=1e-5, err_msg=n)
+  assert not np.allclose(together['nwot'][0], together['nwot'][1])
 
 
 @pytest.mark.parametrize('bad', ['w0.3-r96-k3e3.k3e3-k3e3.k3e3-k3e3.k3e3-k3e3.k3e3-k3e3.k3e3',

@@ -35,7 +35,7 @@ def _table(constraints):
 
 def _problem(names, settings, constraints, weights):
   plain, _ = aggregate.split(names)
-  return search.Problem(_table(constraints), scoring.SearchScorer(plain, settings, 0, None),
+  return search.Problem(_table(constraints), scoring.Scorer(NB201, plain, settings, 0, None),
                         names, weights)
 
 

@@ -318,11 +318,8 @@ class Problem:
 
 
 def make_scorer(space, proxy_names, config, seed: int, images):
-  """The space's scorer for the searchers: its own (`SearchSpace.scorer`), else the engine's
-  scorer over the space's `Net`. `proxy_names` are plain proxies (aggregates split off)."""
-  if space.scorer is not None:
-    return space.scorer(proxy_names, config, seed, images)
-  from engine import space_scoring
-  return space_scoring.NetScorer(space, proxy_names,
-                                 space_scoring.SpaceScoreSettings.from_config(config), seed,
-                                 images)
+  """The engine's scorer (`engine.scoring.Scorer`) of `space` for the searchers and jobs.
+  `proxy_names` are plain proxies (aggregates split off)."""
+  from engine import proxies, scoring
+  return scoring.Scorer(space, proxy_names, proxies.ScoreSettings.from_config(config), seed,
+                        images, config.batch_candidates, config.candidate_chunk)
