@@ -26,7 +26,7 @@ from absl import app, flags
 from engine import proxies as proxies_lib
 from engine import scoring
 from experiments import common
-from search_spaces import nb201
+from search_spaces import nb201, registry
 
 _GROUPS = flags.DEFINE_string(
     'groups', 'synflow,snip,grasp,fisher,grad_norm,jacob_cov;ntk_cond_independent;ntk_cond;'
@@ -140,11 +140,12 @@ def main(argv):
   print('|---|---|---|---|---|---|---|---|')
   for group in _GROUPS.value.split(';'):
     names = [g for g in group.split(',') if g]
-    scorer = scoring.Scorer(names, settings, seed=_SEED.value, batch_candidates=1)
+    scorer = scoring.Scorer(registry.get('nb201'), names, settings, seed=_SEED.value,
+                            batch_candidates=1)
     times = []
     for ops in archs:
       before = scorer.timing.run_s
-      scorer.score_ops(ops[None])
+      scorer.score_archs((), ops[None])
       times.append(scorer.timing.run_s - before)
     times = np.array(times)
     fwd = forward_equivalents(names, b)

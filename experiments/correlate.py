@@ -14,7 +14,7 @@ chunk is written atomically to WORKDIR/chunks/; WORKDIR/manifest.json records ev
 changes the numbers. Rerunning the same command after a crash or a kill skips the finished chunks
 and ends with exactly the rows of an uninterrupted run; a rerun with other settings into the same
 WORKDIR fails in one line. Chunking cannot change a score: an arch's init key comes from the seed
-and the arch itself (`scoring.candidate_keys`) and the input batches from the seed alone
+and the arch itself (`scoring.row_keys`) and the input batches from the seed alone
 (`proxies.make_inputs`), and a chunk is always cut the same way, so every arch is scored in the
 same batch position with the same batch-mates whichever process scores it.
 
@@ -59,7 +59,8 @@ REFERENCE_NAMES = {'jacob_cov': 'jacov', 'nwot': 'nwot', 'synflow': 'synflow', '
                    'grad_norm': 'grad_norm', 'fisher': 'fisher', 'grasp': 'grasp',
                    'params': 'params', 'flops': 'flops'}
 TOP_FRACTIONS = (0.05, 0.10)
-MANIFEST_VERSION = 1
+# 2: one scorer for every space (per-candidate keys from the arch row's content; lr_segments)
+MANIFEST_VERSION = 2
 # Test hook: end the process (as a crash would) after this many chunks were written by it.
 CRASH_ENV = 'ZERONAS_CORRELATE_CRASH_AFTER'
 
@@ -161,7 +162,7 @@ def run(f, workdir='correlate_out'):
     return score_lib.score_by_group(space, scorer, truth.archs[start:stop], f.batch_candidates,
                                     progress)
 
-  setting = describe_setting(f, space, truth, scorer.settings, proxy_names, images, len(ops))
+  setting = describe_setting(f, space, truth, scorer, proxy_names, images, len(ops))
   archs, acc, indices = truth.archs, truth.acc, truth.indices
   if f.partial:
     done, scores = finished_scores(ops, f.chunk_size, workdir / 'chunks')
@@ -542,40 +543,44 @@ def write_scores(workdir, strs, indices, columns, acc_name, acc):
   common.write_atomic(workdir / 'scores.parquet', lambda fh: pq.write_table(pa.table(data), fh))
 
 
-def describe_setting(f, space, truth, settings, proxy_names, images, num_archs) -> list[str]:
+def describe_setting(f, space, truth, scorer, proxy_names, images, num_archs) -> list[str]:
   """Markdown bullet lines: what the numbers were computed on."""
+  s = scorer.settings
   where = f'{space.name} {f.dataset}' if space.datasets is not None else space.name
   lines = [f'{where}: {num_archs} archs (`--archs={f.archs}`, seed {f.seed}), ground truth '
            f'{truth.source}', f'inputs: {input_source(images)}']
-  if not hasattr(settings, 'ntk_config'):  # the engine's scorer over the space's Net
-    lines.append(f'{space.name}\'s own network at {space.input_shape} inputs: zero-cost batch '
-                 f'{settings.zc_batch} with labels, NTK batch {settings.ntk_batch}, one init')
-    return lines
   kinds = {proxies_lib.REGISTRY[n].needs for n in proxy_names}
-  ds_size, ds_classes = nb201.DATASETS[f.dataset]
-  if images is not None and f.dataset != 'cifar10' and images.source.startswith('cifar10 '):
-    # The report spells out what the stand-in means for the proxies (resizing, label space).
-    resized = f'box-downsampled to {ds_size}x{ds_size}, ' if ds_size != 32 else ''
-    lines.append(f'{f.dataset} images are not used: CIFAR-10 training images stand in, '
-                 f'{resized}into a {ds_classes}-class head; proxies that use labels see '
-                 f'CIFAR-10 labels (10 of the {ds_classes} classes)')
+  if space.datasets is not None:
+    ds_size, ds_classes = space.datasets[f.dataset][0][0], space.datasets[f.dataset][1]
+    if images is not None and f.dataset != 'cifar10' and images.source.startswith('cifar10 '):
+      # The report spells out what the stand-in means for the proxies (resizing, label space).
+      resized = f'box-downsampled to {ds_size}x{ds_size}, ' if ds_size != 32 else ''
+      lines.append(f'{f.dataset} images are not used: CIFAR-10 training images stand in, '
+                   f'{resized}into a {ds_classes}-class head; proxies that use labels see '
+                   f'CIFAR-10 labels (10 of the {ds_classes} classes)')
+  nets = scorer.nets(space.group(truth.archs[0]))
+  network = lambda n: f'proxy network {n.label}' if n.label else f"{space.name}'s own network"
+  pixels = lambda n: f'{n.input_shape[0]}x{n.input_shape[1]}'
   if 'ntk' in kinds:
-    c = settings.ntk_config()
-    lines.append(f'NTK: proxy network C={c.C} N={c.N}, batch {settings.ntk_batch}, '
-                 f'{settings.ntk_repeats} repeat(s), {c.input_size}x{c.input_size} inputs, '
-                 f'init {settings.init}')
+    n = nets['ntk']
+    lines.append(f'NTK: {network(n)}, batch {s.ntk_batch}, {s.ntk_repeats} repeat(s), '
+                 f'{pixels(n)} inputs, init {s.init}')
   if 'lr' in kinds:
-    lines.append(f'linear regions: {settings.lr_repeats} x {settings.lr_batches} x '
-                 f'{settings.lr_batch_size} crops of {settings.lr_patch}x{settings.lr_patch} '
-                 f'px, one channel, cell width C={settings.lr_width}, no stem')
+    n = nets['lr']
+    if n.regions == 'patterns':
+      lines.append(f'linear regions: {s.lr_repeats} x {s.lr_batches} x {s.lr_batch_size} crops '
+                   f'of {pixels(n)} px, {network(n)}: distinct activation patterns')
+    else:
+      lines.append(f'linear regions: {s.lr_repeats} x {s.lr_segments} segments between input '
+                   f'pairs, {network(n)}: pieces along each segment')
   if 'zc' in kinds:
-    c = settings.zc_config()
-    lines.append(f'zero-cost proxies: network C={c.C} N={c.N}, batch {settings.zc_batch} with '
-                 f'labels, {c.input_size}x{c.input_size} inputs, {c.num_classes} classes, one '
-                 f'init')
+    n = nets['zc']
+    lines.append(f'zero-cost proxies: {network(n)}, batch {s.zc_batch} with labels, '
+                 f'{pixels(n)} inputs, {n.num_classes} classes, one init')
   if None in kinds:
-    lines.append(f'params/flops: the full C=16 N=5 network for {f.dataset} '
-                 f'({settings.flops_convention} FLOPs convention)')
+    lines.append(f'params/flops (multiply-accumulates): the space\'s own count of the full '
+                 f'network ({s.flops_convention} convention)' if space.size is not None else
+                 'params/flops (multiply-accumulates): the lowered graph')
   return lines
 
 

@@ -162,7 +162,7 @@ def test_partial_tabulates_the_finished_chunks_and_scores_nothing(full_run, arch
     (['--archs=reference+random:10'], ['N must be between the 724 reference archs']),
     (['--partial'], ['no correlate run to tabulate', 'without --partial']),
     (['--partial', '--search_space=tinycnn'],
-     ['is not read by --experiment=correlate on --search_space=tinycnn', 'own scorer']),
+     ['is not read by --experiment=correlate on --search_space=tinycnn', 'own sizes']),
 ])
 def test_bad_input_gives_one_line_error_and_exit_2(tmp_path, data_dir, args, fragments):
   result = cli.run('--experiment=correlate', '--archs=1', '--proxies=params',
