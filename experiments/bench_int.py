@@ -16,6 +16,8 @@ import time
 
 from absl import app, flags
 
+from experiments import common
+
 _ARCH = flags.DEFINE_string('arch', '6111', 'NB201 arch string or index.')
 _WIDTH = flags.DEFINE_integer('width', 16, 'Channels C.')
 _CELLS = flags.DEFINE_integer('cells', 5, 'Cells per stage N.')
@@ -79,4 +81,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags_or_fail)

@@ -325,8 +325,15 @@ def check_input_folder(value, flag: str):
 
 def parse_flags_or_fail(argv):
   """absl's flag parsing for `app.run(main, flags_parser=...)`: a bad flag value, an unknown
-  flag or a malformed number is one line and exit 2 (absl alone prints two lines, exits 1)."""
+  flag or a malformed number is one line and exit 2 (absl alone prints two lines, exits 1).
+
+  Every entry point parses its flags here, before JAX starts its backend, so this is also where
+  the process gets the engine's XLA:CPU settings (`engine.xla_cpu`; importing a module never
+  changes the environment)."""
   from absl import flags
+
+  from engine import xla_cpu
+  xla_cpu.apply()
   try:
     return flags.FLAGS(argv)
   except flags.Error as err:

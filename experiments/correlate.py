@@ -558,7 +558,7 @@ def describe_setting(f, space, truth, scorer, proxy_names, images, num_archs) ->
       lines.append(f'{f.dataset} images are not used: CIFAR-10 training images stand in, '
                    f'{resized}into a {ds_classes}-class head; proxies that use labels see '
                    f'CIFAR-10 labels (10 of the {ds_classes} classes)')
-  nets = scorer.nets(space.group(truth.archs[0]))
+  nets = scorer.nets(space.group(truth.archs[0]) if len(truth.archs) else ())
   network = lambda n: f'proxy network {n.label}' if n.label else f"{space.name}'s own network"
   pixels = lambda n: f'{n.input_shape[0]}x{n.input_shape[1]}'
   if 'ntk' in kinds:

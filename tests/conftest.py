@@ -9,8 +9,10 @@ import pathlib
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4 '
                       '--xla_backend_optimization_level=0 '
                       '--xla_llvm_disable_expensive_passes=true')
-# Importing the engine applies its own XLA:CPU settings (engine/xla_cpu.py), as in production.
-import engine  # noqa: E402,F401
+# The engine's own XLA:CPU settings (engine/xla_cpu.py), as the entry points apply them.
+from engine import xla_cpu  # noqa: E402
+
+xla_cpu.apply()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -216,7 +216,8 @@ def test_setting_says_cifar10_images_stand_in_for_imagenet16():
                              'cifar10 train (data_batch_1)')
   settings = proxies.ScoreSettings(dataset='ImageNet16-120')
   truth = correlate.Truth([], np.zeros(0), 'imagenet16_120_test_acc', 'the benchmark')
-  text = '\n'.join(correlate.describe_setting(f, registry.get('nb201'), truth, settings,
+  scorer = scoring.Scorer(registry.get('nb201'), ['nwot', 'params'], settings)
+  text = '\n'.join(correlate.describe_setting(f, registry.get('nb201'), truth, scorer,
                                               ['nwot', 'params'], images, 3))
   assert 'CIFAR-10 training images stand in, box-downsampled to 16x16, into a 120-class' in text
   assert 'C=16 N=5, batch 64 with labels, 16x16 inputs, 120 classes' in text

@@ -42,10 +42,12 @@ def nets():
 
 @pytest.fixture(scope='module')
 def probes(nets):
-  shapes = nets[1].probe_shapes(X.shape[0])
-  keys = jax.random.split(jax.random.PRNGKey(2), len(shapes))
-  return {name: jax.random.uniform(k, shape, minval=0.5, maxval=1.5)
-          for k, (name, shape) in zip(keys, shapes.items())}
+  net = nets[1]
+  params = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), net.example_row))
+  ones, tree = jax.tree_util.tree_flatten(net.probes(params, X.shape[0]))
+  keys = jax.random.split(jax.random.PRNGKey(2), len(ones))
+  return jax.tree_util.tree_unflatten(tree, [
+      jax.random.uniform(k, one.shape, minval=0.5, maxval=1.5) for k, one in zip(keys, ones)])
 
 
 @pytest.fixture(scope='module')

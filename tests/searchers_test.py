@@ -19,7 +19,11 @@ from search_spaces import registry
 # mbv2 is too large to enumerate: the search knows a sample of it, one width x resolution group;
 # here its smallest group (compile time on 2 cores), the command picks one TinyNAS-style
 SMALL_GROUP = {'mbv2': (0.5, 96)}
-CONFIG = types.SimpleNamespace(zc_batch=4, ntk_batch=4, batch_candidates=4, candidate_chunk=1)
+# the scoring flags make_scorer reads (experiments.run's names), at small sizes
+CONFIG = types.SimpleNamespace(
+    dataset='cifar10', init='torch_default', zc_batch=4, ntk_batch=4, repeats=1, ntk_width=16,
+    ntk_cells=5, zc_width=16, zc_cells=5, cotangent_chunk=0, sparse=False, single_path=True,
+    zico_splits=2, batch_candidates=4, candidate_chunk=1)
 OPTIONS = search.Options(batch=4, random_samples=8, evolution_samples=12, population=4,
                          tournament=2, recheck=3, pool=8)
 

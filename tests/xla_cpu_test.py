@@ -30,3 +30,20 @@ def test_starts_from_no_flags(monkeypatch):
   monkeypatch.delenv('XLA_FLAGS', raising=False)
   assert xla_cpu.apply()
   assert os.environ['XLA_FLAGS'] == f'{YNN} {OPT}'
+
+
+def test_importing_changes_nothing_and_the_entry_point_applies_the_settings():
+  """`import engine` / `import experiments.run` leave $XLA_FLAGS alone (no import side
+  effects); the entry points' flag parsing adds the settings before JAX starts its backend."""
+  import subprocess
+  import sys
+  code = ('import os; os.environ.pop("XLA_FLAGS", None)\n'
+          'import engine, experiments.run\n'
+          'print(os.environ.get("XLA_FLAGS"))\n'
+          'from experiments import common; common.parse_flags_or_fail(["run"])\n'
+          'from jax._src import xla_bridge\n'
+          'print(os.environ.get("XLA_FLAGS"), bool(xla_bridge._backends))\n')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+  before, after = out.stdout.strip().splitlines()
+  assert before == 'None'
+  assert YNN in after and after.endswith('False')  # set, and no backend had started yet
