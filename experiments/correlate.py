@@ -18,7 +18,7 @@ and the arch itself (`scoring.row_keys`) and the input batches from the seed alo
 (`proxies.make_inputs`), and a chunk is always cut the same way, so every arch is scored in the
 same batch position with the same batch-mates whichever process scores it.
 
-Then, over the whole pool: aggregates (`engine.aggregate`), `scores.csv` and `scores.parquet`,
+Then, over the whole pool: aggregates (`engine.proxies.aggregate`), `scores.csv` and `scores.parquet`,
 `correlation.md` / `.json` (Spearman, Kendall, Pearson and top-5%/10% precision against the
 dataset's NB201 test accuracy), `scatter.png` and `ranks.png`, and with --reference_file
 `agreement.md` / `.json` (Spearman between our values and NASLib's per proxy). Against a trained
@@ -44,10 +44,10 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from engine import aggregate
+from engine.proxies import aggregate
 from engine import data as data_lib
 from engine import ground_truth as gt_lib
-from engine import ntk as ntk_lib
+from engine.proxies import ntk as ntk_lib
 from engine import proxies as proxies_lib
 from engine import search as search_lib
 from experiments import common

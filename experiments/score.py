@@ -8,8 +8,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from engine import aggregate
-from engine import ntk as ntk_lib
+from engine.proxies import aggregate
+from engine.proxies import ntk as ntk_lib
 from engine import search as search_lib
 from experiments import common
 from search_spaces import registry

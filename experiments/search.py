@@ -154,7 +154,7 @@ def accuracies(space, f, archs) -> np.ndarray | None:
 def run(f, workdir='search_out'):
   """The search on any registered space (its defaults, e.g. the proxies, are
   `run.EXPERIMENTS['search']`'s)."""
-  from engine import aggregate as agg_lib
+  from engine.proxies import aggregate as agg_lib
   from engine import search as search_lib
   from search_spaces import registry
   space = registry.get(f.search_space)

@@ -3,7 +3,7 @@
   python -m experiments.select_aggregate --scores_file=corr_cifar10/scores.csv \
       --combine=params,flops,nwot,synflow,jacob_cov,linear_regions --max_components=4
 
-Every rank-sum and log-rank aggregate (engine/aggregate.py) of 2..max_components of the given
+Every rank-sum and log-rank aggregate (engine/proxies/aggregate.py) of 2..max_components of the given
 proxies (and, with --fit_weights, weighted variants of the best few) is scored on a seeded
 random `--select_fraction` of the archs (the selection split, ranks over that pool) and the best
 by Spearman rho is then measured on the remaining archs (held out, ranks over that pool). Only the held-out figures say how good the choice is: the best of many
@@ -20,7 +20,7 @@ import sys
 from absl import app, flags
 from scipy import stats
 
-from engine import aggregate
+from engine.proxies import aggregate
 from engine import proxies as proxies_lib
 from experiments import common
 

@@ -77,7 +77,7 @@ class Net:
   layer_axes: Callable = _named_w
   # path -> whether the NTK differentiates that parameter (TE-NAS: every PyTorch 'weight')
   ntk_weight: Callable = lambda path: str(getattr(path[-1], 'key', '')) == 'w'
-  # how its linear regions are counted (`engine.linear_regions`): 'patterns' (distinct
+  # how its linear regions are counted (`engine.proxies.linear_regions`): 'patterns' (distinct
   # activation patterns over small inputs, TE-NAS; needs a thin net) or 'segments'
   regions: str = 'segments'
   # relaxed masks batch under vmap (weights independent of the arch) instead of lax.map

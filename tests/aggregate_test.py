@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from engine import aggregate
+from engine.proxies import aggregate
 from engine import proxies
 
 

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine import linear_regions as lr
+from engine.proxies import linear_regions as lr
 from engine import proxies
 from search_spaces import nb201
 from search_spaces.nb201 import space as nb201_space

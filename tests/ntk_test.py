@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine import ntk
+from engine.proxies import ntk
 from engine import qat_net
 from search_spaces import nb201
 from search_spaces.nb201 import net

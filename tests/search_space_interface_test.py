@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import hardware
-from engine import ntk as ntk_lib
+from engine.proxies import ntk as ntk_lib
 from engine import proxies, scoring, search
-from engine import zero_cost as zc
+from engine.proxies import zero_cost as zc
 from hardware import graph as graph_lib
 from search_spaces import interface as space_lib
 from search_spaces import registry

@@ -13,7 +13,8 @@ import pytest
 
 import cli
 
-from engine import aggregate, proxies, scoring
+from engine import proxies, scoring
+from engine.proxies import aggregate
 from engine import search
 from engine.search import objective as obj
 from engine.search import searchers

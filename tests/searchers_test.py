@@ -11,7 +11,8 @@ import pytest
 
 import cli
 
-from engine import aggregate, search
+from engine import search
+from engine.proxies import aggregate
 from engine.search import searchers
 from experiments import search as search_exp
 from search_spaces import registry

@@ -4,7 +4,7 @@ import csv
 import numpy as np
 import pytest
 
-from engine import aggregate
+from engine.proxies import aggregate
 from experiments import select_aggregate
 
 

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from engine import data as data_lib
 from engine import proxies, scoring
-from engine import zero_cost as zc
+from engine.proxies import zero_cost as zc
 from search_spaces import nb201, registry
 from search_spaces.nb201 import net as nb201_net
 from search_spaces.nb201 import space as nb201_space
@@ -155,11 +156,11 @@ def test_labels_are_the_sampled_images_labels():
   # Image i is filled with the value of its label, so each sampled input names its own label.
   labels = np.arange(50) % 10
   images = np.broadcast_to(labels[:, None, None, None] * 20, (50, 32, 32, 3)).astype(np.uint8)
-  image_set = proxies.data_lib.ImageSet(images, labels, 'synthetic')
+  image_set = data_lib.ImageSet(images, labels, 'synthetic')
   settings = dataclasses.replace(SETTINGS, zc_input_size=32)
   inputs = proxies.make_inputs(proxies.get('nwot'), settings, 0, image_set,
                                NB201.proxy_nets((), settings))
-  centre = inputs['zc'][:, 16, 16, 0] * proxies.data_lib.CIFAR_STD[0] + proxies.data_lib.CIFAR_MEAN[0]
+  centre = inputs['zc'][:, 16, 16, 0] * data_lib.CIFAR_STD[0] + data_lib.CIFAR_MEAN[0]
   np.testing.assert_array_equal(np.rint(centre * 255 / 20).astype(int), inputs['zc_labels'])
 
 

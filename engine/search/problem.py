@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine import aggregate as agg_lib
+from engine.proxies import aggregate as agg_lib
 from engine.search import objective as obj
 
 COST_CHUNK = 4096  # archs per compiled relaxed-cost call (one padded shape)
@@ -199,7 +199,7 @@ NOT_DIFFERENTIABLE = ('linear_regions', 'params', 'flops')  # counts: zero gradi
 class Problem:
   """What a searcher needs: the table, the scorer of its space, the objective and limits.
 
-  `proxy_names` are proxies and aggregates (`engine.aggregate`, e.g.
+  `proxy_names` are proxies and aggregates (`engine.proxies.aggregate`, e.g.
   `agg:params+synflow+2*jacob_cov:logrank`): each named one is a term of the objective; an
   aggregate's components are scored but only the aggregate counts. The scorer (the space's, see
   `interface.SearchSpace.scorer`) keeps compiled functions per batch size across seeds

@@ -36,8 +36,8 @@ import numpy as np
 
 from search_spaces.nb201 import CONV1, CONV3, NB201Config, NODE_INPUTS, NONE, NUM_EDGES, POOL, SKIP
 # The kernels every space shares. The supernet calls them through this module's globals, so a
-# test that patches `net.conv` reaches every conv of the walk. BN_EPS is only re-exported:
-# engine/zero_cost.py reads `nb201_net.BN_EPS` until its supernet imports go (issue 31).
+# test that patches `net.conv` reaches every conv of the walk. BN_EPS is re-exported for the
+# package's own modules (nb201/space.py's identity statistics).
 from search_spaces.kernels import (BN_EPS, _conv, avg_pool_2x2, avg_pool_3x3,  # noqa: F401
                                    batch_norm, conv)
 

@@ -7,7 +7,7 @@ ICLR 2021) as packaged by NAS-Bench-Suite-Zero (Krishnakumar et al., NeurIPS 202
 2023) and Zen-NAS (Lin et al., ICCV 2021). Every function takes a space's network
 (`search_spaces.interface.Net`: `net.apply` is all they call), its params, an arch row (traced:
 op indices, or a relaxed mask) and one batch, and returns (value, flag) with the flags of
-`engine.ntk` (OK, SINGULAR, NONFINITE), so it runs under jit and batches over candidates. No
+`engine.proxies.ntk` (OK, SINGULAR, NONFINITE), so it runs under jit and batches over candidates. No
 function names a space.
 
 Which weights count: zero-cost-nas sums over the `weight` of every nn.Conv2d and nn.Linear: here
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.ntk import NONFINITE, OK, SINGULAR
+from engine.proxies.ntk import NONFINITE, OK, SINGULAR
 from search_spaces.interface import path_key
 
 JACOB_COV_K = 1e-5

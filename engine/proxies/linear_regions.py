@@ -25,7 +25,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from engine.ntk import NONFINITE, OK
+from engine.proxies.ntk import NONFINITE, OK
 
 SEGMENT_POINTS = 64
 
@@ -87,7 +87,7 @@ def segment_pieces(net, params, row, ends, points=SEGMENT_POINTS):
 def linear_regions(net, init_keys, row, batches, init='torch_default'):
   """(mean region count over repeats, flag): repeat r initialises from init_keys[r] and reads
   batches[r] (patterns: [S, n, H, W, C]; segments: [segments, 2, H, W, C]); repeats are
-  unrolled (see `engine.ntk.ntk_condition`)."""
+  unrolled (see `engine.proxies.ntk.ntk_condition`)."""
   counts, linear = [], []
   for r in range(batches.shape[0]):
     params = net.init(init_keys[r], row, init)

@@ -5,7 +5,7 @@ A *network* proxy is a pure function (key, row, inputs, settings, nets) -> (valu
 runs under jit, vmap and lax.map: `row` is one candidate's arch row (op indices, or a relaxed
 mask), `nets` the space's networks by the input kind they read ('zc', 'ntk', 'lr';
 `SearchSpace.proxy_nets`), and the function only calls `net.init` / `net.apply`
-(`engine.zero_cost`, `engine.ntk`, `engine.linear_regions`). An *analytic* proxy (params, flops)
+(`engine.proxies.zero_cost`, `engine.proxies.ntk`, `engine.proxies.linear_regions`). An *analytic* proxy (params, flops)
 comes from the space's size (`SearchSpace.size`, or its lowered graph), in numpy.
 
 Initialisation: as in TE-NAS, every candidate of a run starts from the same weights for a given
@@ -24,9 +24,9 @@ import jax
 import numpy as np
 
 from engine import data as data_lib
-from engine import linear_regions as lr_lib
-from engine import ntk as ntk_lib
-from engine import zero_cost as zc_lib
+from engine.proxies import linear_regions as lr_lib
+from engine.proxies import ntk as ntk_lib
+from engine.proxies import zero_cost as zc_lib
 
 
 class ProxyError(ValueError):
@@ -109,7 +109,7 @@ def _linear_regions(key, row, inputs, s: ScoreSettings, nets):
 
 
 def _zero_cost(fn, init=None, options=None):
-  """A zero-cost proxy of `engine.zero_cost` on the zc batch; `init` overrides settings.init and
+  """A zero-cost proxy of `engine.proxies.zero_cost` on the zc batch; `init` overrides settings.init and
   `options(settings, init_key)` gives extra keyword arguments."""
   def run(key, row, inputs, s: ScoreSettings, nets):
     net = nets['zc']
