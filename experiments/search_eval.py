@@ -1,0 +1,217 @@
+"""The search measured held out: NB201's archs split by a fixed hash into a selection half and an
+evaluation half; the default search (`--experiment=search`'s config) runs on one half only and is
+scored against that half's own oracle and the simple baselines.
+
+  python -m experiments.search_eval --seeds=0-9 --workdir=search_eval_out
+
+It takes the search's flags (`--searcher`, `--proxies`, `--benchmark_file`, `--data_dir`, ...;
+`python -m experiments.run --helpfull`) with the search's defaults, plus `--datasets`,
+`--budgets` and `--half`.
+
+Cells: each dataset (CIFAR-10, CIFAR-100, ImageNet16-120) x no latency budget and budgets at the
+25th, 50th and 75th percentile of the predicted latency of the half's feasible archs, on
+STM32F746 with CMSIS-NN (the search's defaults), `--seeds` each. Baselines in every cell:
+`max_macs`, `max_params` (the feasible arch with the most MACs / parameters), `random` (the mean
+accuracy of a feasible arch: one random sample, in expectation) and `oracle` (the half's best
+feasible arch). Choices (objective, weights, pool size) may only be made with `--half=selection`;
+`--half=evaluation` (the default) is what the docs report.
+
+Writes WORKDIR/results.json (every search, rewritten atomically after each, so a killed run
+resumes where it stopped), WORKDIR/table.md and WORKDIR/gaps.png (mean gap to the half's oracle
+per cell, the search beside the baselines).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+import time
+
+import numpy as np
+from absl import app, flags
+
+from experiments import common
+from experiments import run as run_lib  # the search's own flags (--seeds, --searcher, ...)
+
+_DATASETS = flags.DEFINE_string('datasets', 'cifar10,cifar100,ImageNet16-120',
+                                'search_eval: NB201 datasets, comma-separated.')
+_BUDGETS = flags.DEFINE_string('budgets', 'none,25,50,75',
+                               'search_eval: latency budgets, "none" or a percentile of the '
+                               'half\'s feasible archs\' predicted latency, comma-separated.')
+_HALF = flags.DEFINE_enum('half', 'evaluation', ['evaluation', 'selection'],
+                          'search_eval: the half the searches run on (choices are made on '
+                          '"selection").')
+flags.FLAGS.set_default('seeds', '0-9')
+flags.FLAGS.set_default('workdir', 'search_eval_out')
+flags.FLAGS.set_default('searcher', 'rerank')
+
+METHODS = ('search', 'max_macs', 'max_params', 'random', 'oracle')
+
+
+def in_evaluation_half(arch_strs) -> np.ndarray:
+  """bool [N]: an arch's half from the first byte of the sha256 of its arch string (fixed, and
+  independent of accuracy, cost and order)."""
+  return np.array([hashlib.sha256(s.encode()).digest()[0] % 2 == 1 for s in arch_strs])
+
+
+def _budgets(spec: str) -> list:
+  out = []
+  for part in spec.split(','):
+    part = part.strip()
+    if part == 'none':
+      out.append(None)
+      continue
+    try:
+      pct = float(part)
+    except ValueError:
+      pct = -1.0
+    if not 0 < pct < 100:
+      raise ValueError(f'bad --budgets entry {part!r}; use none or a percentile in (0, 100)')
+    out.append(pct)
+  return out
+
+
+def _cell_name(dataset: str, pct) -> str:
+  return f'{dataset}/' + ('no budget' if pct is None else f'p{pct:g} latency')
+
+
+def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str, searcher: str,
+              proxies: str, benchmark_file: str, data_dir: str) -> list[dict]:
+  """Every (dataset, budget, seed) search not yet in WORKDIR/results.json; returns all rows."""
+  from engine import search as search_lib
+  from engine.proxies import aggregate as agg_lib
+  from experiments import search as search_exp
+  from search_spaces import registry
+  space = registry.get('nb201')
+  path = workdir / 'results.json'
+  rows = json.loads(path.read_text())['rows'] if path.is_file() else []
+  done = {(r['dataset'], r['budget_pct'], r['seed']) for r in rows}
+  for dataset in datasets:
+    overrides = dict(dataset=dataset, searcher=searcher, benchmark_file=benchmark_file,
+                     data_dir=data_dir)
+    if proxies:
+      overrides['proxies'] = proxies
+    f = run_lib.make_config('search', **overrides)
+    constraints = search_exp.constraints_from_flags(f)
+    full = search_exp.space_table(space, constraints, dataset)
+    acc = search_exp.accuracies(space, f, full.archs)
+    if acc is None:
+      raise ValueError('no NB201 accuracy table found; pass --benchmark_file')
+    keep = in_evaluation_half([space.encode(a) for a in full.archs]) == (half == 'evaluation')
+    keep &= full.valid
+    idx = np.flatnonzero(keep)
+    feasible_latency = full.costs['latency_ms'][idx][full.feasible[idx]]
+    images = common.load_images(f.data_dir, f.dataset, f.stand_in_inputs)
+    scorer = search_lib.make_scorer(space, agg_lib.split(f.proxies)[0], f, seeds[0], images)
+    weights = search_lib.Weights(search_lib.parse_weights(f.proxy_weights), f.w_flops,
+                                 f.w_latency, f.w_feasible)
+    for pct in budgets:
+      todo = [s for s in seeds if (dataset, pct, s) not in done]
+      if not todo:
+        continue
+      budget = None if pct is None else float(np.percentile(feasible_latency, pct))
+      cell = dataclasses.replace(constraints, latency_budget_ms=budget)
+      table = search_lib.build_table(space, cell, [full.archs[i] for i in idx],
+                                     full.input_shape, full.num_classes,
+                                     {k: v[idx] for k, v in full.costs.items()})
+      half_acc = acc[idx]
+      base = search_exp.baselines(space, table, half_acc)
+      problem = search_lib.Problem(table, scorer, f.proxies, weights, f.objective)
+      for seed in todo:
+        start = time.perf_counter()
+        result = search_lib.search(searcher, problem, seed, search_exp.options_from_flags(f))
+        pick = float(half_acc[result.index])
+        rows.append(dict(dataset=dataset, budget_pct=pct, budget_ms=budget, seed=seed,
+                         half=half, searcher=searcher, proxies=f.proxies,
+                         arch_str=space.encode(result.arch), search=pick,
+                         feasible=bool(table.feasible[result.index]),
+                         search_s=time.perf_counter() - start,
+                         **{m: base[m]['test_acc'] for m in METHODS[1:]}))
+        print(f'{_cell_name(dataset, pct)} seed {seed}: {pick:.2f} (max_macs '
+              f'{base["max_macs"]["test_acc"]:.2f}, oracle {base["oracle"]["test_acc"]:.2f})',
+              flush=True)
+        common.write_text_atomic(path, json.dumps(dict(rows=rows), indent=1))
+  return rows
+
+
+def summarize(rows) -> list[dict]:
+  """Per cell: mean and std of each method's accuracy over the seeds, and the mean gap to the
+  oracle."""
+  cells: dict = {}
+  for r in rows:
+    cells.setdefault((r['dataset'], r['budget_pct']), []).append(r)
+  out = []
+  for (dataset, pct), rs in cells.items():
+    entry = dict(cell=_cell_name(dataset, pct), seeds=len(rs),
+                 feasible=all(r['feasible'] for r in rs))
+    for m in METHODS:
+      v = np.array([r[m] for r in rs])
+      entry[m] = (float(v.mean()), float(v.std()))
+    oracle = entry['oracle'][0]
+    entry['gap'] = {m: oracle - entry[m][0] for m in METHODS}
+    out.append(entry)
+  return out
+
+
+def write_table(workdir: pathlib.Path, summary, half: str):
+  lines = [f'Held-out search on NB201 ({half} half; mean ± std over seeds; gap = the half\'s '
+           f'oracle minus the mean)', '',
+           '| cell | seeds | search | gap | max_macs | max_params | random | oracle | '
+           'search >= max_macs and max_params |', '|---|---|---|---|---|---|---|---|---|']
+  for e in summary:
+    beats = e['search'][0] >= max(e['max_macs'][0], e['max_params'][0])
+    lines.append(f'| {e["cell"]} | {e["seeds"]} | {e["search"][0]:.2f} ± {e["search"][1]:.2f} | '
+                 f'{e["gap"]["search"]:.2f} | {e["max_macs"][0]:.2f} | {e["max_params"][0]:.2f} '
+                 f'| {e["random"][0]:.2f} | {e["oracle"][0]:.2f} | {"yes" if beats else "NO"} |')
+  text = '\n'.join(lines) + '\n'
+  common.write_text_atomic(workdir / 'table.md', text)
+  return text
+
+
+def plot_gaps(workdir: pathlib.Path, summary):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(max(6.4, 0.8 * len(summary)), 4.0))
+  width = 0.8 / 4
+  x = np.arange(len(summary))
+  for k, m in enumerate(('search', 'max_macs', 'max_params', 'random')):
+    ax.bar(x + (k - 1.5) * width, [e['gap'][m] for e in summary], width, label=m)
+  ax.set_xticks(x, [e['cell'].replace('/', '\n') for e in summary], fontsize=7)
+  ax.set_ylabel('gap to the half\'s oracle (accuracy points)')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  common.write_atomic(workdir / 'gaps.png', lambda fh: fig.savefig(fh, format='png', dpi=120))
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  from experiments import search as search_exp
+  from search_spaces import nb201
+  f = flags.FLAGS
+  try:
+    seeds = search_exp.parse_seeds(f.seeds, 0)
+    budgets = _budgets(_BUDGETS.value)
+  except ValueError as err:
+    common.fail(str(err))
+  datasets = [d.strip() for d in _DATASETS.value.split(',') if d.strip()]
+  unknown = [d for d in datasets if d not in nb201.DATASETS]
+  if unknown or not datasets:
+    common.fail(f'bad --datasets entry {(unknown or [""])[0]!r}; choose from '
+                f'{", ".join(nb201.DATASETS)}')
+  workdir = pathlib.Path(f.workdir)
+  common.enable_compile_cache()
+  proxies = f.proxies if f['proxies'].present else ''
+  rows = run_cells(workdir, datasets, budgets, seeds, _HALF.value, f.searcher, proxies,
+                   f.benchmark_file, f.data_dir)
+  summary = summarize([r for r in rows if r['seed'] in seeds and r['dataset'] in datasets
+                       and r['budget_pct'] in budgets])
+  print(write_table(workdir, summary, _HALF.value))
+  plot_gaps(workdir, summary)
+  print(f'wrote {workdir}/results.json, table.md and gaps.png')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=common.parse_flags_or_fail)

@@ -1,0 +1,54 @@
+"""experiments/search_eval.py: the fixed split, the cells' summary and table, one-line errors."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import search_eval
+from search_spaces import registry
+from tests import cli
+
+
+def test_the_split_is_fixed_and_about_half():
+  space = registry.get('nb201')
+  strs = [space.encode(a) for a in space.enumerate()]
+  half = search_eval.in_evaluation_half(strs)
+  assert 0.48 < half.mean() < 0.52
+  np.testing.assert_array_equal(half, search_eval.in_evaluation_half(strs))  # no hidden state
+  # the split is a function of the arch alone, not of its position in the list
+  np.testing.assert_array_equal(search_eval.in_evaluation_half(strs[::-1]), half[::-1])
+
+
+def _row(dataset, pct, seed, search, max_macs=93.0, oracle=94.0):
+  return dict(dataset=dataset, budget_pct=pct, seed=seed, search=search, feasible=True,
+              max_macs=max_macs, max_params=max_macs - 0.5, random=88.0, oracle=oracle)
+
+
+def test_summary_and_table_say_where_the_search_loses(tmp_path):
+  rows = [_row('cifar10', None, 0, 93.5), _row('cifar10', None, 1, 93.3),
+          _row('cifar10', 50.0, 0, 92.0, max_macs=92.5, oracle=93.0)]
+  summary = search_eval.summarize(rows)
+  cells = {e['cell']: e for e in summary}
+  assert cells['cifar10/no budget']['search'][0] == pytest.approx(93.4)
+  assert cells['cifar10/no budget']['gap']['search'] == pytest.approx(0.6)
+  text = search_eval.write_table(tmp_path, summary, 'evaluation')
+  assert '| cifar10/no budget | 2 | 93.40 ± 0.10 | 0.60 |' in text
+  assert text.splitlines()[-1].endswith('| NO |')  # 92.0 < max_macs 92.5
+  assert text.splitlines()[-2].endswith('| yes |')
+  assert (tmp_path / 'table.md').read_text() == text
+
+
+@pytest.mark.parametrize('args, fragment', [
+    (['--budgets=none,150'], "bad --budgets entry '150'"),
+    (['--datasets=mnist'], "bad --datasets entry 'mnist'"),
+    (['--seeds=9-x'], 'bad --seeds'),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
+  env = dict(cli.os.environ, JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-m', 'experiments.search_eval',
+                           f'--workdir={tmp_path}', *args], cwd=cli.REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+  cli.assert_one_line_error(result, fragment)
+  assert not (tmp_path / 'results.json').exists()
