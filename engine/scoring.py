@@ -237,30 +237,53 @@ class Scorer:
       sizes = {'params': costs['params'], 'flops': costs['macs']}
     return {n: np.asarray(sizes[n], np.float64) for n in self.analytic}
 
-  def _score_rows(self, group, rows, relaxed, k, progress) -> dict[str, np.ndarray]:
-    k = self._round(k or self.batch_candidates)
-    inputs = self.inputs_for(group)
+  def _compiled_for(self, group, rows, relaxed, k, inputs):
     kind = (group, relaxed, str(rows.dtype), rows.shape[1:], k)
     if kind not in self._compiled:
       start = time.perf_counter()
       fn = jax.jit(batch_score_fn(self.proxies, self.settings, self.nets(group, relaxed),
                                   self.candidate_chunk, self.devices))
-      self._compiled[kind] = fn.lower(jnp.asarray(rows[:1].repeat(k, 0)),
-                                      row_keys(0, rows[:1].repeat(k, 0)), inputs).compile()
+      example = rows[:1].repeat(k, 0)
+      self._compiled[kind] = fn.lower(jnp.asarray(example), row_keys(0, example),
+                                      inputs).compile()
       self.timing.compile_s += time.perf_counter() - start
-    compiled = self._compiled[kind]
+    return self._compiled[kind]
+
+  def _score_rows(self, group, rows, relaxed, k, progress) -> dict[str, np.ndarray]:
+    """Rows in compiled calls of K candidates; a K too big for the device's memory is halved
+    (to at least one per device) and the batch retried, with a note: a candidate's score does
+    not depend on K (its key comes from its row, the inputs from the seed)."""
+    k = self._round(k or self.batch_candidates)
+    inputs = self.inputs_for(group)
     keys = row_keys(self.seed, rows)
     out: dict[str, list] = {}
-    start = time.perf_counter()
-    for c in range(0, len(rows), k):
+    c = 0
+    while c < len(rows):
       n = min(k, len(rows) - c)
       pad = np.r_[np.arange(c, c + n), np.full(k - n, c + n - 1)]
-      part = jax.device_get(compiled(jnp.asarray(rows[pad]), keys[pad], inputs))
+      try:
+        compiled = self._compiled_for(group, rows, relaxed, k, inputs)
+        start = time.perf_counter()
+        part = jax.device_get(compiled(jnp.asarray(rows[pad]), keys[pad], inputs))
+      except Exception as err:  # XLA's out-of-memory error has no narrower public type
+        if not is_out_of_memory(err) or k <= len(self.devices):
+          raise
+        k = self._round(k // 2)
+        print(f'note: scoring {n} candidates at once ran out of device memory; splitting into '
+              f'batches of {k}', flush=True)
+        continue
+      self.timing.run_s += time.perf_counter() - start
       for name, value in part.items():
         out.setdefault(name, []).append(np.asarray(value)[:n])
       self.timing.scored += n
+      c += n
       if progress:
         progress(n)
-    self.timing.run_s += time.perf_counter() - start
     return {name: np.concatenate(parts).astype(np.float64 if not name.endswith('_flag')
                                                 else np.int32) for name, parts in out.items()}
+
+
+def is_out_of_memory(err: Exception) -> bool:
+  """Whether XLA failed for lack of device memory (at compile or run time)."""
+  text = str(err)
+  return 'RESOURCE_EXHAUSTED' in text or 'Out of memory' in text or 'out of memory' in text

@@ -93,3 +93,27 @@ def test_scores_are_sane(one_device_batched):
                                                       nb201.NB201Config()).tolist()
   assert np.all(out['ntk_cond'] >= 1) and not out['ntk_cond_flag'].any()
   assert np.all((out['linear_regions'] >= 1) & (out['linear_regions'] <= 128))
+
+
+def test_a_batch_too_big_for_memory_is_split_and_scores_the_same(one_device_batched,
+                                                                 monkeypatch, capsys):
+  scorer = scoring.Scorer(NB201, NAMES, SETTINGS, seed=7, batch_candidates=4,
+                          devices=jax.devices()[:1])
+  real = scoring.Scorer._compiled_for
+
+  def small_memory(self, group, rows, relaxed, k, inputs):
+    if k > 2:  # as XLA reports an allocation beyond the device's memory
+      def fail(*args):
+        raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.1GiB')
+      return fail
+    return real(self, group, rows, relaxed, k, inputs)
+
+  monkeypatch.setattr(scoring.Scorer, '_compiled_for', small_memory)
+  _assert_same(one_device_batched, scorer.score_archs((), OPS))
+  assert 'splitting into batches of 2' in capsys.readouterr().out
+  assert {key[-1] for key in scorer._compiled} == {2}
+
+
+def test_other_errors_are_not_taken_for_memory():
+  assert scoring.is_out_of_memory(RuntimeError('RESOURCE_EXHAUSTED: Out of memory'))
+  assert not scoring.is_out_of_memory(ValueError('shapes (3,) and (4,) do not match'))
