@@ -33,7 +33,8 @@ def conv(x, w, stride=1):
 
   Only its gradient is custom, for two reasons measured on XLA:CPU:
     * inside `lax.cond` (the single-path walk) XLA's own weight and input gradients of a
-      convolution fall back to kernels 13-50x slower, while a forward convolution and a matrix
+      convolution fall back to kernels an order of magnitude slower (docs/network.md), while a
+      forward convolution and a matrix
       product keep their speed. So the input gradient of a stride-1 conv is written as a forward
       conv with the flipped kernel, and the weight gradient as an im2col matrix product;
     * vmapping XLA's weight gradient over NTK Jacobian rows turns it into a grouped convolution;
@@ -119,8 +120,9 @@ def _patches(x, k, stride, ho, wo):
 def _matmul_weight_grad(x, g, k, stride):
   """Weight gradient as one matrix product of im2col patches and g (no batch axes), or one
   batched product per kernel tap when a leading axis n holds separate gradients:
-  x [n, B, H, W, Cin], g [n, B, Ho, Wo, O] -> [n, k, k, Cin, O]. (Per tap measured faster than
-  one batched im2col product on XLA:CPU: 13 vs 10 GFLOP/s for per-sample gradients.)"""
+  x [n, B, H, W, Cin], g [n, B, Ho, Wo, O] -> [n, k, k, Cin, O]. (Per tap was faster than one
+  batched im2col product on XLA:CPU for per-sample gradients: BENCHMARKS.md, "Design choices
+  measured".)"""
   ho, wo = g.shape[-3], g.shape[-2]
   if x.ndim == 4:
     cols = _patches(x, k, stride, ho, wo)

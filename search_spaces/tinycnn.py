@@ -412,7 +412,7 @@ def _conv(x, w, b):
 
 def _pool(x, kind):
   # 2x2 / stride 2 as a reshape: XLA:CPU's reduce_window gradient (select-and-scatter) made
-  # training ~10x slower
+  # training many times slower (BENCHMARKS.md, "Design choices measured")
   n, h, w, c = x.shape
   x = x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
   return jnp.max(x, (2, 4)) if kind == 'max' else jnp.mean(x, (2, 4))

@@ -48,18 +48,18 @@ def _merge(weights, rest):
 def _gram(jac, batch, samples_last=False):
   """Sum over parameter leaves of J_leaf J_leaf^T, never concatenating the leaves. Leaves are
   [batch, ...], or [..., batch] with `samples_last`: the product then contracts the leading
-  axis (J^T J of a [P, batch] matrix), which XLA:CPU ran 1.4-1.7x faster on NB201's P ~ 10^6
-  (2026-12-03, 2-core Intel Xeon: 235-260 vs 340-405 ms)."""
+  axis (J^T J of a [P, batch] matrix), which XLA:CPU ran faster on NB201's P ~ 10^6
+  (BENCHMARKS.md, "Independent NTK's Gram")."""
   if samples_last:
     return sum(l.T @ l for l in (j.reshape(-1, batch) for j in jax.tree.leaves(jac)))
   return sum(l @ l.T for l in (j.reshape(batch, -1) for j in jax.tree.leaves(jac)))
 
 
 COTANGENT_BUDGET_BYTES = 4 << 30  # what one chunk of pullbacks may hold, by `auto_cotangent_chunk`
-LIVE_ACTIVATIONS = 8               # activation-sized buffers alive at once in a pullback (measured
-                                   # order; generous)
-FASTEST_COTANGENT_CHUNK = 16       # XLA:CPU, NB201 C=16 N=5, B=64, 2 archs: chunks of 8/16/32/64
-                                   # took 18.2/15.7/17.7/18.3 s per arch (2026-12-03)
+LIVE_ACTIVATIONS = 8               # activation-sized buffers alive at once in a pullback (the
+                                   # measured order; generous)
+FASTEST_COTANGENT_CHUNK = 16       # larger chunks were slower on XLA:CPU, not faster
+                                   # (BENCHMARKS.md, "Design choices measured")
 
 
 def auto_cotangent_chunk(net, batch: int, budget: int = COTANGENT_BUDGET_BYTES) -> int:
@@ -85,8 +85,8 @@ def ntk_gram(net, params, row, x, variant: str = 'coupled', cotangent_chunk: int
     rows = jnp.eye(batch, dtype=x.dtype)
     chunk = min(cotangent_chunk or auto_cotangent_chunk(net, batch), batch)
     chunk = max(d for d in range(1, chunk + 1) if batch % d == 0)  # equal chunks, one loop body
-    # A loop over the chunks, not unrolled copies: one pullback to compile (26 s instead of
-    # 39 s at C=16 N=5, B=64, chunks of 16), and it ran as fast (2026-12-03).
+    # A loop over the chunks, not unrolled copies: one pullback to compile, and it ran as fast
+    # (BENCHMARKS.md, "Design choices measured").
     jac = jax.lax.map(jax.vmap(lambda ct: pullback(ct)[0]),
                       rows.reshape(batch // chunk, chunk, batch))
     jac = jax.tree.map(lambda a: a.reshape((batch,) + a.shape[2:]), jac)

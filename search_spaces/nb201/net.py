@@ -292,8 +292,8 @@ def path_key(path) -> str:
 def _cell_leaf(stacked, i, e):
   """stacked[i, e] for a leaf stacked [cells, edges, ...], i possibly a traced cell index. One
   lax.dynamic_slice: numpy-style indexing by a tracer costs many times more to trace, and a
-  static slice followed by a dynamic one transposes into two full-stack buffers per use (the
-  per-sample NTK ran 1.7x slower with them)."""
+  static slice followed by a dynamic one transposes into two full-stack buffers per use (which
+  slowed the per-sample NTK: BENCHMARKS.md, "Design choices measured")."""
   inner = stacked.shape[2:]
   part = jax.lax.dynamic_slice(stacked, (i, e) + (0,) * len(inner), (1, 1) + inner)
   return part.reshape(inner)
@@ -383,8 +383,8 @@ def _switched_edge(record: bool):
   chosen op's forward inside a switch and pulls back through it (the fast conv gradients). The
   forward uses XLA's plain conv, so forward mode over the backward pass (GraSP) works. Records
   carry no gradient (callers stop gradients on statistics they feed back). (Keeping the conv's
-  output as a residual instead of recomputing it was slower: 1.49-1.57 vs 1.34-1.40 s/arch for
-  the independent NTK, 2026-12-03.)
+  output as a residual instead of recomputing it was slower: BENCHMARKS.md, "Design choices
+  measured".)
   """
   ops = range(len(EDGE_OPS) + 1)
 
