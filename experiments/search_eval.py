@@ -76,23 +76,30 @@ def _cell_name(dataset: str, pct) -> str:
   return f'{dataset}/' + ('no budget' if pct is None else f'p{pct:g} latency')
 
 
-def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str, searcher: str,
-              proxies: str, benchmark_file: str, data_dir: str) -> list[dict]:
-  """Every (dataset, budget, seed) search not yet in WORKDIR/results.json; returns all rows."""
+# the search's own flags this job passes on when given (the choices a selection run tunes)
+PASSED_ON = ('searcher', 'proxies', 'objective', 'proxy_weights', 'rerank_pool', 'w_flops',
+             'w_latency', 'zc_width', 'zc_cells', 'zc_batch', 'stand_in_inputs',
+             'benchmark_file', 'data_dir')
+
+
+def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
+              given: dict) -> list[dict]:
+  """Every (dataset, budget, seed) search of this configuration (`given`: the search's flags
+  set on the command line) not yet in WORKDIR/results.json; returns this configuration's rows.
+  Rows of another configuration in the same file are kept, never mixed in."""
   from engine import search as search_lib
   from engine.proxies import aggregate as agg_lib
   from experiments import search as search_exp
   from search_spaces import registry
   space = registry.get('nb201')
   path = workdir / 'results.json'
-  rows = json.loads(path.read_text())['rows'] if path.is_file() else []
+  every = json.loads(path.read_text())['rows'] if path.is_file() else []
+  config = dict(sorted(given.items()), half=half)
+  rows = [r for r in every if r.get('config') == config]
   done = {(r['dataset'], r['budget_pct'], r['seed']) for r in rows}
   for dataset in datasets:
-    overrides = dict(dataset=dataset, searcher=searcher, benchmark_file=benchmark_file,
-                     data_dir=data_dir)
-    if proxies:
-      overrides['proxies'] = proxies
-    f = run_lib.make_config('search', **overrides)
+    f = run_lib.make_config('search', dataset=dataset, **given)
+    searcher = f.searcher
     constraints = search_exp.constraints_from_flags(f)
     full = search_exp.space_table(space, constraints, dataset)
     acc = search_exp.accuracies(space, f, full.archs)
@@ -122,16 +129,18 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str, search
         start = time.perf_counter()
         result = search_lib.search(searcher, problem, seed, search_exp.options_from_flags(f))
         pick = float(half_acc[result.index])
-        rows.append(dict(dataset=dataset, budget_pct=pct, budget_ms=budget, seed=seed,
-                         half=half, searcher=searcher, proxies=f.proxies,
-                         arch_str=space.encode(result.arch), search=pick,
-                         feasible=bool(table.feasible[result.index]),
-                         search_s=time.perf_counter() - start,
-                         **{m: base[m]['test_acc'] for m in METHODS[1:]}))
+        row = dict(dataset=dataset, budget_pct=pct, budget_ms=budget, seed=seed, config=config,
+                   half=half, searcher=searcher, proxies=f.proxies, rerank_pool=f.rerank_pool,
+                   arch_str=space.encode(result.arch), search=pick,
+                   feasible=bool(table.feasible[result.index]),
+                   search_s=time.perf_counter() - start,
+                   **{m: base[m]['test_acc'] for m in METHODS[1:]})
+        rows.append(row)
+        every.append(row)
         print(f'{_cell_name(dataset, pct)} seed {seed}: {pick:.2f} (max_macs '
               f'{base["max_macs"]["test_acc"]:.2f}, oracle {base["oracle"]["test_acc"]:.2f})',
               flush=True)
-        common.write_text_atomic(path, json.dumps(dict(rows=rows), indent=1))
+        common.write_text_atomic(path, json.dumps(dict(rows=every), indent=1))
   return rows
 
 
@@ -203,9 +212,9 @@ def main(argv):
                 f'{", ".join(nb201.DATASETS)}')
   workdir = pathlib.Path(f.workdir)
   common.enable_compile_cache()
-  proxies = f.proxies if f['proxies'].present else ''
-  rows = run_cells(workdir, datasets, budgets, seeds, _HALF.value, f.searcher, proxies,
-                   f.benchmark_file, f.data_dir)
+  given = {name: f[name].value for name in PASSED_ON if f[name].present}
+  given.setdefault('searcher', f.searcher)
+  rows = run_cells(workdir, datasets, budgets, seeds, _HALF.value, given)
   summary = summarize([r for r in rows if r['seed'] in seeds and r['dataset'] in datasets
                        and r['budget_pct'] in budgets])
   print(write_table(workdir, summary, _HALF.value))
