@@ -9,9 +9,13 @@ One run = optional init from another run's checkpoint, then a list of phases:
           so that BatchNorm statistics and activation ranges come from a model that has learnt
           something, then calibrate and QAT for the rest, one cosine schedule across both. The
           delay is counted in steps, not epochs, so `--epochs=1` works too.
-A run that diverges (non-finite or exploding loss, accuracy at chance after a real epoch, a
-quantized model at chance while its float model is not) stops with `TrainingDiverged`: it is
-never reported as a result.
+A run that diverges (non-finite or exploding loss, non-finite logits, accuracy at chance after
+an epoch of at least CHECK_CHANCE_STEPS steps) stops with `TrainingDiverged`. Whatever its length,
+a run whose final accuracy is at chance (`engine.chance`: not above what a label-blind guess
+reaches with probability 1e-3 on that test set) stops with `AtChance`, checked for every accuracy
+it would report: float (fp32, ptq), fake-quant (ptq, qat) and integer-only (ptq, qat). Neither
+writes results.json: it is never reported as a result (the checkpoints stay, so a tiny test run
+can still be exported).
 The optimizer is optax SGD with Nesterov momentum (or AdamW), a cosine schedule with linear
 warmup, weight decay on conv/dense kernels only, optional label smoothing. Augmentation (random
 crop from a 4-pixel zero pad, horizontal flip) runs inside the jitted step.
@@ -37,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from engine import chance as chance_lib
 from engine import data as data_lib
 from engine import qat_net
 from search_spaces import nb201
@@ -53,10 +58,22 @@ class TrainingDiverged(ValueError):
   """The run diverged or learnt nothing; the message is one line saying what to change."""
 
 
+class AtChance(TrainingDiverged):
+  """A final accuracy is at chance (`engine.chance`). `results` holds what was measured, for the
+  caller to inspect or count; it is not written as the run's results."""
+
+  def __init__(self, message: str, results: dict):
+    super().__init__(message)
+    self.results = results
+
+
 QAT_LR_CAP = 0.1     # QAT steps run at most at this fraction of the peak rate (make_optimizer)
 QAT_DELAY = 0.8      # QAT from scratch: the fraction of the steps trained in float first
 MIN_FP32_STEPS = 20   # QAT from scratch: fewest float steps before BN statistics are frozen
-CHECK_CHANCE_STEPS = 50  # an epoch this long must leave the model above chance
+# An epoch this long must leave the model above chance, or the run stops early (the final
+# results are checked at any length, in `evaluate`); shorter epochs may legitimately not have
+# learnt anything yet.
+CHECK_CHANCE_STEPS = 50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -440,7 +457,6 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
 
   cfg.check_schedule(steps_per_epoch)
   delay = cfg.quant_delay(steps_per_epoch)
-  chance = 1.0 / net_cfg.num_classes
   explode = 10.0 * np.log(net_cfg.num_classes)  # cross entropy this far above chance: diverged
   throughput = []
   for ep in range(start, cfg.epochs):
@@ -481,6 +497,7 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
     ips = sum(n_imgs.values()) / sum(t_steps.values()) if t_steps else float('nan')
     t0 = time.perf_counter()
     logits = predict(eval_fns[mode], variables, test_set.images)
+    _check_finite(logits, f'{mode} model after epoch {ep + 1}', cfg)
     test_acc = float(np.mean(logits.argmax(-1) == test_set.labels))
     append_metrics(workdir, dict(epoch=ep + 1, mode='+'.join(modes),
                                  train_loss=f'{np.mean(losses):.4f}',
@@ -489,17 +506,22 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
                                  seconds=f'{sum(t_steps.values()) + time.perf_counter() - t0:.1f}'))
     log(f'epoch {ep + 1} [{"+".join(modes)}] loss {np.mean(losses):.4f} train acc '
         f'{np.mean(accs):.4f} test acc {test_acc:.4f} ({ips:.0f} img/s)')
-    if steps_per_epoch >= CHECK_CHANCE_STEPS and test_acc < 1.5 * chance:
+    verdict = chance_lib.judge(test_acc, test_set.labels, net_cfg.num_classes)
+    if steps_per_epoch >= CHECK_CHANCE_STEPS and verdict.at_chance:
       raise TrainingDiverged(
-          f'the model is at chance after epoch {ep + 1} (test acc {test_acc:.3f}, chance '
-          f'{chance:.3f}) in {mode} mode: it is not learning; lower --lr (now {cfg.lr:g}) or '
-          f'check the data')
+          f'the model is at chance after epoch {ep + 1} in {mode} mode (test acc '
+          f'{verdict.describe()}): it is not learning; lower --lr (now {cfg.lr:g}) or check the '
+          f'data')
     save_checkpoint(workdir, ep + 1, variables, opt_state)
 
   if cfg.quant == 'ptq':
     variables = calib_batches(variables)
     save_checkpoint(workdir, cfg.epochs, variables, opt_state)  # what export reads
-  results = evaluate(cfg, variables, test_set, eval_fns, log)
+  try:
+    results = evaluate(cfg, variables, test_set, eval_fns, log)
+  except AtChance as err:
+    err.results['epochs_run_now'] = cfg.epochs - start
+    raise
   results['train_images_per_s'] = {m: float(np.nanmean([r for mm, r in throughput if mm == m]))
                                    for m in {m for m, _ in throughput}} if throughput else {}
   results['epochs_run_now'] = cfg.epochs - start
@@ -520,21 +542,19 @@ def evaluate(cfg: TrainConfig, variables, test_set, eval_fns, log=print) -> dict
     res['float_test_acc'] = None
   else:
     float_logits = predict(eval_fns['fp32'], variables, test_set.images)
+    _check_finite(float_logits, 'float model', cfg)
     res['float_test_acc'] = float(np.mean(float_logits.argmax(-1) == labels))
     log(f'float test acc {res["float_test_acc"]:.4f}')
+    _check_above_chance(res, 'float_test_acc', labels, cfg)
   if cfg.quant == 'fp32':
     return res
   from engine import int_inference
-  fq_pred = predict(eval_fns['quant'], variables, test_set.images).argmax(-1)
+  fq_logits = predict(eval_fns['quant'], variables, test_set.images)
+  _check_finite(fq_logits, 'fake-quant int8 model', cfg)
+  fq_pred = fq_logits.argmax(-1)
   res['fake_quant_test_acc'] = float(np.mean(fq_pred == labels))
   log(f'fake-quant int8 test acc {res["fake_quant_test_acc"]:.4f}')
-  chance = 1.0 / cfg.net_config().num_classes
-  if len(labels) >= 500 and (res['float_test_acc'] or 0) > 3 * chance and (
-      res['fake_quant_test_acc'] < 1.5 * chance):
-    raise TrainingDiverged(
-        f'the int8 model is at chance (fake-quant test acc {res["fake_quant_test_acc"]:.3f}) '
-        f'while the float model reaches {res["float_test_acc"]:.3f}: quantization broke it; '
-        f'raise --calib_batches or train with --quant=qat')
+  _check_above_chance(res, 'fake_quant_test_acc', labels, cfg)
   net = int_inference.IntNetwork(variables, cfg.ops(), cfg.net_config())
   n = len(labels) if cfg.int_eval_images < 0 else min(cfg.int_eval_images, len(labels))
   if n:
@@ -547,6 +567,7 @@ def evaluate(cfg: TrainConfig, variables, test_set, eval_fns, log=print) -> dict
     res['int_images_per_s'] = n / (time.perf_counter() - t0)
     log(f'integer-only test acc {res["int_test_acc"]:.4f}, agreement with fake-quant '
         f'{res["int_fake_quant_agreement"]:.4%} on {n} images')
+    _check_above_chance(res, 'int_test_acc', labels[:n], cfg)
   counts = net.weight_counts()
   res['int8_weight_bytes'] = counts['weights']
   res['int32_bias_count'] = counts['biases']
@@ -554,6 +575,44 @@ def evaluate(cfg: TrainConfig, variables, test_set, eval_fns, log=print) -> dict
                            'biases': counts['head_bn_biases']}
   res['hardware_model'] = hardware_weight_counts(cfg.ops(), cfg.net_config())
   return res
+
+
+_WHAT = {'float_test_acc': 'float', 'fake_quant_test_acc': 'fake-quant int8',
+         'int_test_acc': 'integer-only int8'}
+
+
+def _check_above_chance(res: dict, key: str, labels, cfg: TrainConfig):
+  """AtChance when res[key] is at chance on `labels` (every accuracy a run reports passes here,
+  whatever the run's length). The message says which model and, for a quantized one whose float
+  or fake-quant model is above chance, that quantization (or the integer kernels) broke it."""
+  num_classes = cfg.net_config().num_classes
+  verdict = chance_lib.judge(res[key], labels, num_classes)
+  res.setdefault('chance', {})[key] = dataclasses.asdict(verdict)
+  if not verdict.at_chance:
+    return
+  better = [k for k in ('float_test_acc', 'fake_quant_test_acc') if k != key
+            and res.get(k) is not None and not res['chance'].get(k, {}).get('at_chance', True)]
+  if better:
+    fix = (f'the {_WHAT[better[-1]]} model reaches {res[better[-1]]:.3f}, so quantization broke '
+           f'it; raise --calib_batches or train with --quant=qat' if key != 'int_test_acc' else
+           f'the fake-quant model reaches {res[better[-1]]:.3f}, so the integer kernels broke it '
+           f'(a bug: please report it)')
+  else:
+    fix = (f'the run learnt nothing; train longer (--epochs, --train_images), lower --lr (now '
+           f'{cfg.lr:g}), or test on more images (--test_images, --int_eval_images) if the test '
+           f'set is too small to tell')
+  res['flag'] = 'at_chance'
+  raise AtChance(f'{_WHAT[key]} test acc {verdict.describe()}: {fix}; not reported as a result',
+                 res)
+
+
+def _check_finite(logits, what: str, cfg: TrainConfig):
+  """Non-finite logits are a diverged model, whatever its argmax happens to score."""
+  bad = int(np.size(logits) - np.isfinite(logits).sum())
+  if bad:
+    raise TrainingDiverged(
+        f'training diverged: the {what} gives {bad} non-finite logits on the test set; lower '
+        f'--lr (now {cfg.lr:g}) or raise --warmup_epochs (now {cfg.warmup_epochs:g})')
 
 
 def _progress(iterable, enabled, desc):

@@ -90,10 +90,15 @@ def test_exported_model_uses_stock_builtins_only():
 def _trained_ptq(data_dir, tmp_path):
   cfg = train.TrainConfig(arch=ARCH, C=4, N=1, epochs=1, batch_size=64, lr=0.05,
                           train_images=256, test_images=64, int_eval_images=0)
-  train.train(cfg, data_dir / 'cifar10', tmp_path / 'fp32', progress=False)
   ptq = dict(quant='ptq', epochs=0, init_from=str(tmp_path / 'fp32'), calib_batches=2)
-  train.train(train.TrainConfig(**{**cfg.__dict__, **ptq}), data_dir / 'cifar10',
-              tmp_path / 'ptq', progress=False)
+  for config, workdir in ((cfg, 'fp32'), (train.TrainConfig(**{**cfg.__dict__, **ptq}), 'ptq')):
+    # 4 steps learn nothing measurable on 64 test images, so the run may end in AtChance (no
+    # results.json); its checkpoint, saved before the final evaluation, is all export reads,
+    # and what these tests check (bit-exactness, sizes) does not depend on accuracy
+    try:
+      train.train(config, data_dir / 'cifar10', tmp_path / workdir, progress=False)
+    except train.AtChance:
+      pass
   return tmp_path / 'ptq'
 
 

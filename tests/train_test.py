@@ -8,6 +8,9 @@ import numpy as np
 import optax
 import pytest
 
+from engine import chance
+from engine import data as data_lib
+from engine import int_inference
 from engine import qat_net
 from engine import train
 from experiments import common
@@ -117,9 +120,15 @@ def test_training_resumes_from_the_latest_checkpoint(data_dir, tmp_path, monkeyp
     train.train(cfg, cifar, tmp_path, progress=False, log=lambda *_: None)
   monkeypatch.setattr(train, 'save_checkpoint', real_save)
   logs = []
-  results = train.train(cfg, cifar, tmp_path, progress=False, log=logs.append)
+  # 2 steps per epoch on 128 images learn nothing measurable on 64 test images: the final
+  # accuracy is at chance, so the resumed run ends in AtChance (the guard fires at any run
+  # length, far below CHECK_CHANCE_STEPS) and writes no results.json
+  with pytest.raises(train.AtChance, match='float test acc .* not above chance') as info:
+    train.train(cfg, cifar, tmp_path, progress=False, log=logs.append)
   assert logs[0] == f'resuming {tmp_path} after epoch 1'
-  assert results['epochs_run_now'] == 1
+  assert info.value.results['epochs_run_now'] == 1
+  assert info.value.results['flag'] == 'at_chance'
+  assert not (tmp_path / 'results.json').exists()
   with (tmp_path / 'metrics.csv').open() as f:
     assert [int(r['epoch']) for r in csv.DictReader(f)] == [1, 2]
   assert train.latest_epoch(tmp_path) == 2
@@ -128,9 +137,12 @@ def test_training_resumes_from_the_latest_checkpoint(data_dir, tmp_path, monkeyp
 @pytest.mark.slow
 def test_tiny_pipeline_fp32_then_qat_and_ptq(data_dir, tmp_path):
   cifar = data_dir / 'cifar10'
-  cfg = _tiny_run()
+  # enough steps (3 epochs x 31) and test images (500) that a real model is measurably above
+  # chance, which every accuracy the run reports must be (else AtChance)
+  cfg = dataclasses.replace(_tiny_run(), C=4, epochs=3, train_images=2000, test_images=500,
+                            int_eval_images=500)
   full = train.train(cfg, cifar, tmp_path / 'fp32', progress=False)
-  assert 0 <= full['float_test_acc'] <= 1
+  assert full['float_test_acc'] > full['chance']['float_test_acc']['ceiling']
   assert (tmp_path / 'fp32' / 'curve.png').is_file()
   for quant, epochs in (('qat', 1), ('ptq', 0)):
     res = train.train(dataclasses.replace(cfg, quant=quant, epochs=epochs,
@@ -153,3 +165,94 @@ def test_qat_from_scratch_with_too_few_float_steps_is_refused(data_dir, tmp_path
   cfg = dataclasses.replace(_tiny_run(), quant='qat', epochs=1)  # 2 steps: 1 float step cannot learn BN statistics
   with pytest.raises(common.USER_ERRORS, match='QAT from scratch'):
     train.train(cfg, data_dir / 'cifar10', tmp_path, progress=False)
+
+
+# ----------------------------------------------------------------------------- garbage guards
+
+_LABELS = np.arange(300) % 10  # a balanced stand-in test set
+
+
+def _labelled_images():
+  """uint8 images that carry their label in one pixel, so a stand-in model can be right."""
+  images = np.zeros((len(_LABELS), 32, 32, 3), np.uint8)
+  images[:, 0, 0, 0] = _LABELS
+  return data_lib.ImageSet(images, _LABELS.copy(), 'stand-in')
+
+
+def _right(variables, images):  # a stand-in model that reads the label
+  return np.eye(10, dtype=np.float32)[np.asarray(images)[:, 0, 0, 0] % 10]
+
+
+def _constant(variables, images):  # a stand-in model that always answers class 3
+  return np.tile(np.eye(10, dtype=np.float32)[3], (len(images), 1))
+
+
+def _nan(variables, images):
+  return np.full((len(images), 10), np.nan, np.float32)
+
+
+class _IntNet:
+  """Stands in for int_inference.IntNetwork: right, or a constant answer."""
+  right = True
+
+  def __init__(self, variables, ops, config):
+    pass
+
+  def predict(self, x):
+    n = len(x)
+    return _LABELS[:n].copy() if _IntNet.right else np.full(n, 3)
+
+  def weight_counts(self):
+    return dict(weights=1, biases=1, head_bn_weights=0, head_bn_biases=0)
+
+
+@pytest.fixture
+def stand_in_int(monkeypatch):
+  monkeypatch.setattr(int_inference, 'IntNetwork', _IntNet)
+  monkeypatch.setattr(train, 'hardware_weight_counts', lambda ops, config: {})
+  monkeypatch.setattr(_IntNet, 'right', True)
+  return _IntNet
+
+
+@pytest.mark.parametrize('quant, fp32, quant_fn, int_right, what', [
+    ('fp32', _constant, None, True, 'float test acc'),
+    ('ptq', _constant, _right, True, 'float test acc'),
+    ('qat', _right, _constant, True, 'fake-quant int8 test acc'),    # QAT: no float accuracy
+    ('ptq', _right, _constant, True, 'fake-quant int8 test acc .* quantization broke it'),
+    ('qat', _right, _right, False, 'integer-only int8 test acc .* integer kernels broke it'),
+])
+def test_a_final_accuracy_at_chance_is_not_a_result(stand_in_int, quant, fp32, quant_fn,
+                                                    int_right, what):
+  stand_in_int.right = int_right
+  cfg = train.TrainConfig(arch=ARCH, quant=quant, epochs=1)
+  with pytest.raises(train.AtChance, match=what):
+    train.evaluate(cfg, {}, _labelled_images(), {'fp32': fp32, 'quant': quant_fn},
+                   log=lambda *_: None)
+
+
+def test_accuracies_above_chance_are_results(stand_in_int):
+  res = train.evaluate(train.TrainConfig(arch=ARCH, quant='ptq', epochs=1), {},
+                       _labelled_images(), {'fp32': _right, 'quant': _right}, log=lambda *_: None)
+  assert res['float_test_acc'] == res['fake_quant_test_acc'] == res['int_test_acc'] == 1.0
+  assert 'flag' not in res and not res['chance']['int_test_acc']['at_chance']
+
+
+@pytest.mark.parametrize('quant', ['fp32', 'qat'])
+def test_non_finite_logits_are_divergence(stand_in_int, quant):
+  cfg = train.TrainConfig(arch=ARCH, quant=quant, epochs=1)
+  with pytest.raises(train.TrainingDiverged, match='non-finite logits'):
+    train.evaluate(cfg, {}, _labelled_images(), {'fp32': _nan, 'quant': _nan},
+                   log=lambda *_: None)
+
+
+def test_the_chance_ceiling():
+  balanced = np.arange(10000) % 10
+  # CIFAR-10's test set: 1094 of 10000 right is what a guess reaches with probability 1e-3
+  assert chance.judge(0.1094, balanced, 10).at_chance
+  assert not chance.judge(0.1095, balanced, 10).at_chance
+  # a skewed subset: always answering the majority label (40%) is chance, not a 4x result
+  skewed = np.r_[np.zeros(40, int), np.arange(60) % 10]
+  assert chance.judge(0.46, skewed, 10).guess == 0.46
+  assert chance.judge(0.46, skewed, 10).at_chance
+  assert not chance.judge(0.75, skewed, 10).at_chance
+  assert chance.judge(float('nan'), balanced, 10).at_chance
