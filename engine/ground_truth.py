@@ -10,14 +10,23 @@ measure the seed-to-seed noise.
 
 The sweep writes one CSV per chunk of archs (atomically), so a killed sweep resumes at the
 first missing chunk without losing or duplicating rows; `collect` joins them.
+
+Every row carries a `flag`: '' for an accuracy, 'nonfinite' for a run whose loss diverged
+(test_acc nan), 'at_chance' for a run whose test accuracy is not above chance (`engine.chance`;
+its measured test_acc is kept for inspection). Flagged rows are not accuracies: `load_ground_truth`
+skips them and counts them (`Table.flagged`, and a note on stderr). Tables written before the
+column existed are flagged on reading by the same rule, assuming the sweep's whole CIFAR-10 test
+split (`SWEEP_TEST_IMAGES`, balanced).
 """
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import io
 import math
 import pathlib
+import sys
 import time
 
 import jax
@@ -26,10 +35,15 @@ import numpy as np
 import optax
 from scipy import stats
 
+from engine import chance as chance_lib
 from engine import data as data_lib
 from engine.files import write_text_atomic
 
-COLUMNS = ('arch', 'stratum', 'seed', 'test_acc', 'train_loss', 'params', 'epochs', 'train_s')
+COLUMNS = ('arch', 'stratum', 'seed', 'test_acc', 'train_loss', 'params', 'epochs', 'train_s',
+           'flag')
+FLAGS = ('nonfinite', 'at_chance')  # a row's `flag` when it is not an accuracy ('' when it is)
+SWEEP_TEST_IMAGES = 10000  # CIFAR-10's test split: what a table without `flag` was tested on
+SWEEP_CLASSES = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +72,7 @@ def stratified_order(space, seed: int = 0) -> list:
 
 
 def train_one(train_net, arch, images, test, cfg: GroundTruthConfig, seed: int) -> dict:
-  """Train one arch once; returns its row (test accuracy in percent)."""
+  """Train one arch once; returns its row (test accuracy in percent, and its `flag`)."""
   init, apply = train_net(arch)
   x = data_lib.normalize(images.images)
   y = np.asarray(images.labels, np.int32)
@@ -98,10 +112,12 @@ def train_one(train_net, arch, images, test, cfg: GroundTruthConfig, seed: int) 
   for i in range(0, len(tx_), 1000):
     correct += int(np.sum(np.asarray(predict(params, jnp.asarray(tx_[i:i + 1000]))) == ty[i:i + 1000]))
   if not math.isfinite(loss):
-    acc = float('nan')  # a diverged run is recorded as such, never as an accuracy
+    acc, flag = float('nan'), 'nonfinite'  # a diverged run is recorded as such
   else:
     acc = 100.0 * correct / len(ty)
-  return {'test_acc': acc, 'train_loss': loss,
+    verdict = chance_lib.judge(correct / len(ty), ty, max(SWEEP_CLASSES, int(ty.max()) + 1))
+    flag = 'at_chance' if verdict.at_chance else ''
+  return {'test_acc': acc, 'flag': flag, 'train_loss': loss,
           'params': int(sum(v.size for v in jax.tree.leaves(params))),
           'epochs': cfg.epochs, 'train_s': time.perf_counter() - start}
 
@@ -152,30 +168,60 @@ def run_sweep(space, workdir, data_dir, num_archs=300, noise_archs=30, noise_see
   return collect(workdir)
 
 
+def row_flag(row: dict) -> str:
+  """A row's flag: its `flag` column, or for a row written before that column existed, the same
+  rule applied to its test_acc (assuming the whole CIFAR-10 test split)."""
+  acc = float(row['test_acc'])
+  if not math.isfinite(acc):
+    return 'nonfinite'  # whatever the column says: nan is never an accuracy
+  if row.get('flag') is not None:  # '' included: the sweep judged it an accuracy
+    return row['flag']
+  verdict = chance_lib.judge_balanced(acc / 100.0, SWEEP_TEST_IMAGES, SWEEP_CLASSES)
+  return 'at_chance' if verdict.at_chance else ''
+
+
 def collect(workdir) -> list[dict]:
+  """Every chunk's rows, each with its `flag` (filled in for chunks written without one)."""
   rows = []
   for path in sorted((pathlib.Path(workdir) / 'chunks').glob('*.csv')):
     with path.open() as fh:
-      rows += list(csv.DictReader(fh))
+      rows += [{**row, 'flag': row_flag(row)} for row in csv.DictReader(fh)]
   return rows
+
+
+class Table(dict):
+  """{arch string: {seed: accuracy}} of the unflagged rows; `flagged` counts the rows skipped
+  by flag ('nonfinite', 'at_chance')."""
+
+  def __init__(self, *args, flagged=None, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.flagged = collections.Counter(flagged or {})
 
 
 GROUND_TRUTH = pathlib.Path(__file__).resolve().parents[1] / 'search_spaces' / 'ground_truth'
 
 
-def load_ground_truth(space, path=None) -> dict:
-  """{arch string: [accuracies by seed]} of a space's trained table."""
+def load_ground_truth(space, path=None, log=None) -> Table:
+  """{arch string: {seed: accuracy}} of a space's trained table. Flagged rows (diverged, at
+  chance) are skipped, counted in `.flagged`, and named in one note (`log`, default stderr)."""
   path = pathlib.Path(path) if path else GROUND_TRUTH / f'{space.name}.csv'
   if not path.is_file():
     raise FileNotFoundError(f'no trained ground truth for {space.name} at {path}; make one with '
                             f'python -m experiments.ground_truth --search_space={space.name} or '
                             f'pass --benchmark_file')
-  table: dict = {}
+  table = Table()
   with path.open() as fh:
     for row in csv.DictReader(fh):
-      acc = float(row['test_acc'])
-      if np.isfinite(acc):
-        table.setdefault(row['arch'], {})[int(row['seed'])] = acc
+      flag = row_flag(row)
+      if flag:
+        table.flagged[flag] += 1
+        continue
+      table.setdefault(row['arch'], {})[int(row['seed'])] = float(row['test_acc'])
+  if table.flagged:
+    counts = ', '.join(f'{n} {f}' for f, n in sorted(table.flagged.items()))
+    (log or (lambda m: print(m, file=sys.stderr)))(
+        f'note: {sum(table.flagged.values())} runs of {path} are flagged ({counts}) and are not '
+        f'used as accuracies')
   return table
 
 

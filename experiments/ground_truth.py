@@ -4,10 +4,12 @@
       --workdir=tinycnn_gt
 
 Resumable: rerun the same command after a stop; finished chunks are kept. Writes
-workdir/chunks/*.csv and, at the end, workdir/ground_truth.csv (one row per arch and seed).
+workdir/chunks/*.csv and, at the end, workdir/ground_truth.csv (one row per arch and seed, with a
+`flag`: '' for an accuracy, 'nonfinite' or 'at_chance' for a run that is not one).
 """
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import pathlib
@@ -48,7 +50,11 @@ def run(config: dict, workdir) -> list[dict]:
   writer.writeheader()
   writer.writerows(rows)
   common.write_text_atomic(pathlib.Path(workdir) / 'ground_truth.csv', buf.getvalue())
-  print(f'{len(rows)} runs in {workdir}/ground_truth.csv')
+  flagged = collections.Counter(r['flag'] for r in rows if r['flag'])
+  print(f'{len(rows)} runs in {workdir}/ground_truth.csv' + (
+      f'; {sum(flagged.values())} flagged ('
+      + ', '.join(f'{n} {f}' for f, n in sorted(flagged.items()))
+      + '): not accuracies, skipped by the readers' if flagged else ''))
   return rows
 
 
