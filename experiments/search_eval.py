@@ -42,6 +42,9 @@ _BUDGETS = flags.DEFINE_string('budgets', 'none,25,50,75',
 _HALF = flags.DEFINE_enum('half', 'evaluation', ['evaluation', 'selection'],
                           'search_eval: the half the searches run on (choices are made on '
                           '"selection").')
+_POOLS = flags.DEFINE_string('pools', '', 'search_eval, rerank only: pool sizes to compare, '
+                             'e.g. 1,4,16,64,256: the largest pool is scored once per seed and '
+                             'cell and every smaller pool (its largest archs) picks from it.')
 flags.FLAGS.set_default('seeds', '0-9')
 flags.FLAGS.set_default('workdir', 'search_eval_out')
 flags.FLAGS.set_default('searcher', 'rerank')
@@ -83,10 +86,12 @@ PASSED_ON = ('searcher', 'proxies', 'objective', 'proxy_weights', 'rerank_pool',
 
 
 def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
-              given: dict) -> list[dict]:
+              given: dict, pools=()) -> list[dict]:
   """Every (dataset, budget, seed) search of this configuration (`given`: the search's flags
   set on the command line) not yet in WORKDIR/results.json; returns this configuration's rows.
-  Rows of another configuration in the same file are kept, never mixed in."""
+  Rows of another configuration in the same file are kept, never mixed in. With `pools`
+  (rerank): one row per pool size, each the pick rerank makes from that many of the largest
+  feasible archs (the same objective over the same scores as a run with --rerank_pool)."""
   from engine import search as search_lib
   from engine.proxies import aggregate as agg_lib
   from experiments import search as search_exp
@@ -94,7 +99,7 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
   space = registry.get('nb201')
   path = workdir / 'results.json'
   every = json.loads(path.read_text())['rows'] if path.is_file() else []
-  config = dict(sorted(given.items()), half=half)
+  config = dict(sorted(given.items()), half=half, pools=list(pools))
   rows = [r for r in every if r.get('config') == config]
   done = {(r['dataset'], r['budget_pct'], r['seed']) for r in rows}
   for dataset in datasets:
@@ -127,32 +132,50 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
       problem = search_lib.Problem(table, scorer, f.proxies, weights, f.objective)
       for seed in todo:
         start = time.perf_counter()
-        result = search_lib.search(searcher, problem, seed, search_exp.options_from_flags(f))
-        pick = float(half_acc[result.index])
-        row = dict(dataset=dataset, budget_pct=pct, budget_ms=budget, seed=seed, config=config,
-                   half=half, searcher=searcher, proxies=f.proxies, rerank_pool=f.rerank_pool,
-                   arch_str=space.encode(result.arch), search=pick,
-                   feasible=bool(table.feasible[result.index]),
-                   search_s=time.perf_counter() - start,
-                   **{m: base[m]['test_acc'] for m in METHODS[1:]})
-        rows.append(row)
-        every.append(row)
-        print(f'{_cell_name(dataset, pct)} seed {seed}: {pick:.2f} (max_macs '
-              f'{base["max_macs"]["test_acc"]:.2f}, oracle {base["oracle"]["test_acc"]:.2f})',
-              flush=True)
+        picks = (_pool_picks(problem, seed, pools, search_lib) if pools else
+                 {f.rerank_pool: search_lib.search(searcher, problem, seed,
+                                                   search_exp.options_from_flags(f)).index})
+        for pool, index in picks.items():
+          pick = float(half_acc[index])
+          row = dict(dataset=dataset, budget_pct=pct, budget_ms=budget, seed=seed,
+                     config=config, half=half, searcher=searcher, proxies=f.proxies,
+                     rerank_pool=pool, arch_str=space.encode(table.archs[index]), search=pick,
+                     feasible=bool(table.feasible[index]), search_s=time.perf_counter() - start,
+                     **{m: base[m]['test_acc'] for m in METHODS[1:]})
+          rows.append(row)
+          every.append(row)
+        print(f'{_cell_name(dataset, pct)} seed {seed}: '
+              + ', '.join(f'pool {p} {half_acc[i]:.2f}' for p, i in picks.items())
+              + f' (max_macs {base["max_macs"]["test_acc"]:.2f}, oracle '
+              f'{base["oracle"]["test_acc"]:.2f})', flush=True)
         common.write_text_atomic(path, json.dumps(dict(rows=every), indent=1))
   return rows
 
 
+def _pool_picks(problem, seed: int, pools, search_lib) -> dict:
+  """{pool size: table index rerank picks} from one scoring of the largest pool."""
+  problem.reseed(seed)
+  order = search_lib.size_order(problem.table)[:max(pools)]
+  values = problem.score(order, problem.scorer.default_k(len(order)))
+  ok = problem.table.feasible[order]
+  picks = {}
+  for pool in sorted(pools):
+    fit = problem.objective({n: v[:pool] for n, v in values.items()}, ok[:pool])
+    picks[pool] = int(order[int(np.argmax(fit))])
+  return picks
+
+
 def summarize(rows) -> list[dict]:
-  """Per cell: mean and std of each method's accuracy over the seeds, and the mean gap to the
-  oracle."""
+  """Per cell (and pool size): mean and std of each method's accuracy over the seeds, and the
+  mean gap to the oracle."""
   cells: dict = {}
   for r in rows:
-    cells.setdefault((r['dataset'], r['budget_pct']), []).append(r)
+    cells.setdefault((r['dataset'], r['budget_pct'], r.get('rerank_pool')), []).append(r)
+  several = len({key[2] for key in cells}) > 1
   out = []
-  for (dataset, pct), rs in cells.items():
-    entry = dict(cell=_cell_name(dataset, pct), seeds=len(rs),
+  for (dataset, pct, pool), rs in cells.items():
+    name = _cell_name(dataset, pct) + (f' pool {pool}' if several else '')
+    entry = dict(cell=name, seeds=len(rs), pool=pool,
                  feasible=all(r['feasible'] for r in rs))
     for m in METHODS:
       v = np.array([r[m] for r in rs])
@@ -214,7 +237,13 @@ def main(argv):
   common.enable_compile_cache()
   given = {name: f[name].value for name in PASSED_ON if f[name].present}
   given.setdefault('searcher', f.searcher)
-  rows = run_cells(workdir, datasets, budgets, seeds, _HALF.value, given)
+  try:
+    pools = sorted({int(p) for p in _POOLS.value.split(',') if p.strip()})
+  except ValueError:
+    pools = [0]
+  if pools and (min(pools) < 1 or given['searcher'] != 'rerank'):
+    common.fail(f'bad --pools={_POOLS.value!r}; give pool sizes >= 1, with --searcher=rerank')
+  rows = run_cells(workdir, datasets, budgets, seeds, _HALF.value, given, pools)
   summary = summarize([r for r in rows if r['seed'] in seeds and r['dataset'] in datasets
                        and r['budget_pct'] in budgets])
   print(write_table(workdir, summary, _HALF.value))
