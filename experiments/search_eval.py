@@ -45,9 +45,9 @@ _HALF = flags.DEFINE_enum('half', 'evaluation', ['evaluation', 'selection'],
 _POOLS = flags.DEFINE_string('pools', '', 'search_eval, rerank only: pool sizes to compare, '
                              'e.g. 1,4,16,64,256: the largest pool is scored once per seed and '
                              'cell and every smaller pool (its largest archs) picks from it.')
-flags.FLAGS.set_default('seeds', '0-9')
-flags.FLAGS.set_default('workdir', 'search_eval_out')
-flags.FLAGS.set_default('searcher', 'rerank')
+# this job's own defaults for the search's flags (applied in `main`: importing the module must
+# not change the search's defaults)
+DEFAULTS = {'seeds': '0-9', 'workdir': 'search_eval_out'}
 
 METHODS = ('search', 'max_macs', 'max_params', 'random', 'oracle')
 
@@ -224,7 +224,7 @@ def main(argv):
   from search_spaces import nb201
   f = flags.FLAGS
   try:
-    seeds = search_exp.parse_seeds(f.seeds, 0)
+    seeds = search_exp.parse_seeds(f.seeds if f['seeds'].present else DEFAULTS['seeds'], 0)
     budgets = _budgets(_BUDGETS.value)
   except ValueError as err:
     common.fail(str(err))
@@ -233,7 +233,7 @@ def main(argv):
   if unknown or not datasets:
     common.fail(f'bad --datasets entry {(unknown or [""])[0]!r}; choose from '
                 f'{", ".join(nb201.DATASETS)}')
-  workdir = pathlib.Path(f.workdir)
+  workdir = pathlib.Path(f.workdir if f['workdir'].present else DEFAULTS['workdir'])
   common.enable_compile_cache()
   given = {name: f[name].value for name in PASSED_ON if f[name].present}
   given.setdefault('searcher', f.searcher)

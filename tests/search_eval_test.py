@@ -52,3 +52,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
                           capture_output=True, text=True, timeout=300)
   cli.assert_one_line_error(result, fragment)
   assert not (tmp_path / 'results.json').exists()
+
+
+def test_importing_it_leaves_the_searchs_defaults_alone():
+  from absl import flags
+  assert flags.FLAGS['workdir'].default == 'search_out'
+  assert flags.FLAGS['seeds'].default == ''
