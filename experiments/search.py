@@ -236,7 +236,11 @@ def _record(space, f, seed, result, wall, constraints, table, acc, best_feasible
              proxies={k: v for k, v in result.values.items() if k not in costs},
              search_s=wall, compile_s=result.compile_s, run_s=result.run_s,
              scored=result.scored, device=constraints.device, runtime=constraints.runtime,
-             compute=device_name, log=result.log)
+             compute=device_name, log=result.log,
+             # per proxy term over the final pool's feasible candidates: how many were flagged
+             # and how many distinct values the rest took (a pick is never made without one term
+             # that separates them: engine.search.UninformativeScores)
+             proxy_evidence=result.evidence)
   known = acc is not None and i < len(acc) and np.isfinite(acc[i])
   rec['test_acc'] = float(acc[i]) if known else None
   if result.trace:  # the anytime curve: [archs scored, arch, true test acc or None]
@@ -260,7 +264,8 @@ def _report(rec, result, limits, bar):
             f'{rec["params"] / 1e3:.1f} k params (limits: '
             + ', '.join(f'{k} <= {v:.4g}' for k, v in limits.items()) + ')\n'
             f'  search {rec["search_s"]:.1f} s (compile {rec["compile_s"]:.1f} s, run '
-            f'{rec["run_s"]:.1f} s), {rec["scored"]} candidates scored')
+            f'{rec["run_s"]:.1f} s), {rec["scored"]} candidates scored'
+            + ''.join(f'\n  {line}' for line in rec['log'] if line.startswith('note: ')))
 
 
 def _summary(records):

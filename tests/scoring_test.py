@@ -91,8 +91,11 @@ def test_scores_are_sane(one_device_batched):
   out = one_device_batched
   assert out['params'].tolist() == nb201.count_params(nb201.ops_to_mask(OPS),
                                                       nb201.NB201Config()).tolist()
-  assert np.all(out['ntk_cond'] >= 1) and not out['ntk_cond_flag'].any()
-  assert np.all((out['linear_regions'] >= 1) & (out['linear_regions'] <= 128))
+  # not bounds that hold by definition (a condition number is >= 1, regions <= samples): the
+  # proxies must tell these archs apart, and linear regions must not all saturate at their 128
+  # samples (then they would measure the sample count, not the arch)
+  assert not out['ntk_cond_flag'].any() and np.ptp(out['ntk_cond']) > 0
+  assert np.ptp(out['linear_regions']) > 0 and (out['linear_regions'] < 128).any()
 
 
 def test_a_batch_too_big_for_memory_is_split_and_scores_the_same(one_device_batched,

@@ -1,7 +1,8 @@
-"""The one searcher library on the plug-in spaces (tinycnn, mbv2): every searcher runs and
-returns a feasible arch, a latency budget binds, an impossible one is one line and exit 2, and
-grad_prune's gradient through the relaxed network and cost model matches finite differences.
-(The same searchers on NB201: tests/search_test.py.)"""
+"""The one searcher library on the plug-in spaces (tinycnn, mbv2): every searcher finds a best
+arch planted in a synthetic proxy, a constant or all-flagged proxy stops the search (no pick
+without evidence), every searcher runs on the real scorer, a latency budget binds, an impossible
+one is one line and exit 2, and grad_prune's gradient through the relaxed network and cost model
+matches finite differences. (The same searchers on NB201: tests/search_test.py.)"""
 import types
 
 import jax
@@ -54,11 +55,110 @@ def _assert_feasible(problem, result, budget_ms=None):
 
 @pytest.mark.parametrize('space', ['tinycnn', 'mbv2'])
 @pytest.mark.parametrize('name', list(search.SEARCHERS))
-def test_every_searcher_returns_a_feasible_arch(space, name):
+def test_every_searcher_runs_on_the_real_scorer(space, name):
+  """tinycnn's enumerated and mbv2's sampled table with the real scorer; the pick's reported
+  values are its own."""
   problem = _problem(space, weights=search.Weights(latency=0.5))
   result = search.search(name, problem, seed=1, options=OPTIONS)
   _assert_feasible(problem, result)
-  assert result.log and result.scored > 0
+  assert result.values['params'] == problem.table.costs['params'][result.index]
+  evidence = result.evidence['params']  # the final pool was told apart (or was one arch)
+  assert evidence['distinct'] > 1 or evidence['candidates'] == 1
+
+
+SYNTHETIC = 'synflow'  # a registered proxy name (Problem checks it) whose values _Planted gives
+
+
+class _Planted:
+  """A synthetic proxy (named SYNTHETIC) on tinycnn's choice rows: the number of slots whose option(s) include the
+  planted arch's, so the planted arch alone scores highest, every supernet still holding it
+  outscores those that do not, and the landscape rises towards it one choice at a time (what
+  evolution and pruning need). `mode`: 'planted', 'constant' (every arch equal) or 'flagged'
+  (nan on every arch; with `flag_share`, nan on that share only)."""
+  names = (SYNTHETIC,)
+  higher_is_better = {SYNTHETIC: True}
+
+  def __init__(self, table, best, mode='planted', flag_share=0.0):
+    self.target = table.one_hot([best])[0]
+    self.mode, self.flag_share = mode, flag_share
+    self.compile_s = self.run_s = 0.0
+
+  def reseed(self, seed):
+    pass
+
+  def default_k(self, n):
+    return 8
+
+  def _values(self, masks):
+    masks = np.asarray(masks, np.float64)
+    value = (masks * self.target).sum((-1, -2))
+    if self.mode == 'constant':
+      value = np.ones(len(masks))
+    flagged = np.zeros(len(masks), bool)
+    if self.mode == 'flagged':
+      # a deterministic share of the candidates, by a hash of their mask
+      code = (masks.reshape(len(masks), -1) * np.arange(1, masks[0].size + 1)).sum(-1)
+      flagged = (code * 0.6180339887) % 1.0 < self.flag_share if self.flag_share else True
+    flagged = np.broadcast_to(flagged, value.shape)
+    return {SYNTHETIC: np.where(flagged, np.nan, value),
+            SYNTHETIC + '_flag': flagged.astype(np.int32)}
+
+  def score_masks(self, group, masks, k=None, progress=None):
+    return self._values(masks)
+
+  def inputs_for(self, group):
+    return None
+
+  def traced(self, group, mask, inputs, names):
+    return {SYNTHETIC: jnp.sum(mask * jnp.asarray(self.target))}
+
+
+PLANTED_OPTIONS = search.Options(batch=8, random_samples=2000, evolution_samples=400,
+                                 population=16, tournament=4, recheck=4, pool=2000)
+
+
+def _planted_problem(mode='planted', flag_share=0.0):
+  """tinycnn with the planted proxy as the whole objective; the planted arch is a feasible one
+  of middling size, so neither the first in table order nor the largest wins by accident."""
+  space = registry.get('tinycnn')
+  table = search_exp.space_table(space, search.Constraints())
+  order = searchers.size_order(table)
+  best = int(order[len(order) // 2])
+  problem = search.Problem(table, _Planted(table, best, mode, flag_share), SYNTHETIC,
+                           search.Weights())
+  return problem, best
+
+
+@pytest.mark.parametrize('name', list(search.SEARCHERS))
+def test_every_searcher_finds_the_planted_best_arch(name):
+  problem, best = _planted_problem()
+  assert best not in (0, int(searchers.size_order(problem.table)[0]))
+  result = search.search(name, problem, seed=1, options=PLANTED_OPTIONS)
+  assert result.index == best, (name, result.log)
+  assert result.values[SYNTHETIC] == len(problem.table.slots)
+
+
+@pytest.mark.parametrize('name', list(search.SEARCHERS))
+@pytest.mark.parametrize('mode, says', [('constant', 'equal on all'),
+                                        ('flagged', 'flagged on all')])
+def test_a_proxy_that_tells_nothing_apart_stops_the_search(name, mode, says):
+  from experiments import common
+  problem, _ = _planted_problem(mode)
+  with pytest.raises(search.UninformativeScores,
+                     match=f'no proxy tells .*{SYNTHETIC} {says}.* not a choice') as info:
+    search.search(name, problem, seed=1, options=PLANTED_OPTIONS)
+  # on the command line: this one line and exit 2 (the error boundary takes it as the user's)
+  assert common.user_error_message(info.value) == str(info.value)
+
+
+def test_a_partly_flagged_proxy_still_picks_and_reports_the_flagged_share():
+  problem, best = _planted_problem('flagged', flag_share=0.25)
+  result = search.search('random', problem, seed=1, options=PLANTED_OPTIONS)
+  evidence = result.evidence[SYNTHETIC]
+  assert 0.15 < evidence['flagged'] / evidence['candidates'] < 0.35
+  assert any(line.startswith(f'note: {SYNTHETIC} flagged on') for line in result.log)
+  # the planted arch may itself be flagged; the pick is the best unflagged one
+  assert np.isfinite(result.values[SYNTHETIC]) and result.values[SYNTHETIC + '_flag'] == 0
 
 
 @pytest.mark.parametrize('space', ['tinycnn', 'mbv2'])

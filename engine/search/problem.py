@@ -259,12 +259,33 @@ class Problem:
     self.run_s += time.perf_counter() - start
     return values
 
-  def objective(self, values: dict, ok) -> np.ndarray:
-    """The objective over the pool `values` (ranks within the pool); -inf where not `ok`."""
+  def term_columns(self, values: dict) -> dict:
+    """`values` with each aggregate term's column computed from its components."""
     columns = dict(values)
     for a in self.aggregates:
       flags = {c: values[c + '_flag'] for c in a.components if c + '_flag' in values}
       columns[a.name] = agg_lib.compute(a, values, flags)[0]
+    return columns
+
+  def evidence(self, values: dict, ok) -> dict:
+    """Per objective term, over the `ok` candidates of a pool: how many are flagged (a flag or a
+    non-finite value: it ranks last, as no measurement) and how many distinct values the rest
+    take. A term with fewer than 2 distinct unflagged values cannot tell the candidates apart."""
+    columns = self.term_columns(values)
+    ok = np.asarray(ok, bool)
+    out = {}
+    for term in self.terms:
+      v = np.asarray(columns[term.name], np.float64)[ok]
+      flagged = ~np.isfinite(v)
+      if term.name + '_flag' in values:
+        flagged |= np.asarray(values[term.name + '_flag'])[ok] != 0
+      out[term.name] = {'candidates': int(ok.sum()), 'flagged': int(flagged.sum()),
+                        'distinct': int(len(np.unique(v[~flagged])))}
+    return out
+
+  def objective(self, values: dict, ok) -> np.ndarray:
+    """The objective over the pool `values` (ranks within the pool); -inf where not `ok`."""
+    columns = self.term_columns(values)
     if self.objective_name == 'seed':
       return obj.seed(columns, self.terms, values, ok, self.weights, self.table.device)
     return obj.hybrid(columns, self.terms, values, ok, self.weights, self.refs)

@@ -30,6 +30,14 @@ the limits never win (`engine.search.objective`). What each needs of a space:
     respect to its soft weight: one gradient of the supernet per round instead of one proxy
     evaluation per removal. At the end the `recheck` best archs left (by the first-order
     estimate) are scored exactly and the best by the objective wins.
+
+No pick without evidence. Over the feasible candidates a pick is made from (the final pool, the
+evolution archive, a pruning round's removals) the search stops with `UninformativeScores` (a
+SearchError: one line and exit 2) when every proxy term is flagged on all of them (nothing was
+measured), or when no proxy term separates them and neither does the objective (no cost term
+weighted): argmax would return the first candidate in table order, which is not a choice. When
+the proxies tie but weighted cost terms decide, or some candidates are flagged, the result says
+so (`Result.evidence`, and `note:` lines in its log).
 """
 from __future__ import annotations
 
@@ -45,6 +53,10 @@ from engine.search.problem import Problem
 
 class SearchError(ValueError):
   """Bad searcher name or option, or a searcher the space cannot serve; one line."""
+
+
+class UninformativeScores(SearchError):
+  """Every proxy term is tied or flagged over the candidates of a pick; one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +85,49 @@ class Result:
   # (archs scored, table index of the best so far by the objective): the anytime curve of the
   # searchers that score single archs one after another (random, evolution, rerank)
   trace: list = dataclasses.field(default_factory=list)
+  # per objective term, over the final pool's feasible candidates: candidates, flagged (flag
+  # or non-finite) and distinct unflagged values (`Problem.evidence`)
+  evidence: dict = dataclasses.field(default_factory=dict)
+
+
+def check_evidence(problem: Problem, values: dict, ok, where: str, log=None) -> dict:
+  """UninformativeScores when the `ok` candidates of `values` (2 or more) are all flagged by
+  every proxy term, or tied by every proxy term and by the objective; otherwise the evidence,
+  with a note in `log` for each term that is flagged on some candidates or tied on all."""
+  evidence = problem.evidence(values, ok)
+  ok = np.asarray(ok, bool)
+  n = int(ok.sum())
+  if n < 2 or not evidence:
+    return evidence
+  def state(name, e):
+    if e['flagged'] == e['candidates']:
+      return f'{name} flagged on all {n}'
+    if e['distinct'] < 2:
+      return (f'{name} equal on all {n}' if not e['flagged'] else
+              f'{name} flagged on {e["flagged"]} and equal on the other {n - e["flagged"]}')
+    return None
+  dead = {name: state(name, e) for name, e in evidence.items()}
+  all_flagged = all(e['flagged'] == e['candidates'] for e in evidence.values())
+  if all(dead.values()):
+    fit = problem.objective(values, ok)[ok]
+    tied = len(np.unique(fit[np.isfinite(fit)])) < 2
+    if all_flagged or tied:
+      raise UninformativeScores(
+          f'no proxy tells the {n} feasible candidates of {where} apart '
+          f'({"; ".join(dead.values())})' + (': a pick would be the first candidate in table '
+                                             'order, not a choice' if tied else
+                                             ': nothing was measured, so the costs alone would '
+                                             'pick') +
+          '; use other --proxies or check the proxy inputs (--data_dir, --init)')
+  if log is not None:
+    for name, e in evidence.items():
+      if dead[name]:
+        others = 'the weighted cost terms' if all(dead.values()) else 'the other terms'
+        log.append(f'note: {dead[name]} candidates of {where}; {others} decide')
+      elif e['flagged']:
+        log.append(f'note: {name} flagged on {e["flagged"]} of {n} candidates of {where} '
+                   f'({e["flagged"] / n:.1%}; they rank last by it)')
+  return evidence
 
 
 def _relaxation(problem: Problem, searcher: str):
@@ -173,6 +228,7 @@ def prune(problem: Problem, rng: np.random.Generator, options: Options, progress
     masks, where = _removals(mask)
     values = problem.score_supernets(masks, k)
     ok = problem.table.reachable(masks)
+    check_evidence(problem, values, ok, f'pruning round {len(log) + 1}')
     goodness = problem.objective(values, ok) + _feasible_term(problem, mask, masks)
     mask = _prune_slots(problem, mask, where, goodness)
     scored += len(masks)
@@ -277,10 +333,11 @@ def evolution(problem: Problem, rng: np.random.Generator, options: Options,
     if progress:
       progress(len(children))
     stalled = stalled + 1 if n_new == 0 else 0  # converged: only old archs come back
-  i, fit = archive.best()
+  i, fit = archive.best(log)
   return Result(int(i), problem.table.archs[i], fit,
                 {n: float(v[list(archive.indices).index(i)]) for n, v in archive.values.items()},
-                archive.size, 0.0, 0.0, log, trace(problem, archive.indices, archive.values))
+                archive.size, 0.0, 0.0, log, trace(problem, archive.indices, archive.values),
+                archive.evidence)
 
 
 def _mutate(problem: Problem, parents, rng: np.random.Generator) -> np.ndarray:
@@ -319,6 +376,7 @@ class _Archive:
     self.problem, self.k = problem, k
     self.indices = np.zeros(0, np.int64)
     self.values: dict[str, np.ndarray] = {}
+    self.evidence: dict = {}  # set by best()
 
   @property
   def size(self) -> int:
@@ -340,7 +398,9 @@ class _Archive:
     out[self.indices] = self.problem.objective(self.values, ok)
     return out
 
-  def best(self):
+  def best(self, log=None):
+    self.evidence = check_evidence(self.problem, self.values,
+                                   self.problem.table.feasible[self.indices], 'the archive', log)
     fit = self.fitness()[self.indices]
     i = int(np.argmax(fit))
     return self.indices[i], float(fit[i])
@@ -374,13 +434,15 @@ def _finish(problem: Problem, idx, scored: int, log, k: int | None = None,
     values = {n: np.r_[values.get(n, np.zeros(0)), v] for n, v in part.items()}
     if progress:
       progress(len(part['latency_ms']))
-  fit = problem.objective(values, problem.table.feasible[idx])
+  ok = problem.table.feasible[idx]
+  evidence = check_evidence(problem, values, ok, 'the final pool', log)
+  fit = problem.objective(values, ok)
   i = int(np.argmax(fit))
   if not np.isfinite(fit[i]):
     raise obj.InfeasibleError('the search found no feasible arch; raise the budgets')
   return Result(int(idx[i]), problem.table.archs[idx[i]], float(fit[i]),
                 {n: float(v[i]) for n, v in values.items()}, scored + len(idx), 0.0, 0.0, log,
-                trace(problem, idx, values) if anytime else [])
+                trace(problem, idx, values) if anytime else [], evidence)
 
 
 SEARCHERS: dict[str, Callable] = {'rerank': rerank, 'prune': prune, 'grad_prune': grad_prune,
