@@ -10,6 +10,14 @@ and writes there:
     LiteRT's XNNPACK computes on small networks), labels and the input quantization;
   * export.json and export.txt: model bytes, TFLM's arena, the hardware model's predicted peak
     SRAM and flash for the same graph and runtime, and agreement figures.
+
+A failed verification fails: when TFLite Micro, LiteRT's reference kernels or (with c_source)
+the emulated Cortex-M differ from the integer reference on any image, the files are still
+written (export.json says which check failed, for inspection) and `export` raises
+`VerificationFailed`. LiteRT's default XNNPACK kernels compute another arithmetic at NB201's
+size (docs/deploy.md, "Rounding"), so their agreement is reported, never a failure.
+With c_source the Arm toolchain and QEMU are checked first: missing, it raises
+`mcu.ToolMissing` before any work.
 """
 from __future__ import annotations
 
@@ -36,6 +44,11 @@ C_RUNTIME = 'zeronas-c'
 
 class ExportError(ValueError):
   """A workdir that cannot be exported; the message is one line naming the fix."""
+
+
+class VerificationFailed(Exception):
+  """A runtime's int8 outputs differ from the integer reference's; the message is one line
+  naming each failed check. Not a ValueError: the user's input was fine, the model is not."""
 
 
 def predicted_costs(ops, config, device: str, runtime: str) -> dict:
@@ -74,6 +87,12 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
     raise ExportError(f'{workdir} holds no calibrated activation ranges; rerun its training to '
                       f'the end (the ranges are set when QAT or PTQ starts)')
   ops, net_cfg = cfg.ops(), cfg.net_config()
+  if c_source:  # before any work: a missing tool must not surface after the TFLM run
+    from deploy import mcu
+    why = mcu.tools_missing(c_target)
+    if why:
+      raise mcu.ToolMissing(f'--c_source needs the Arm toolchain and QEMU: {why}; or export '
+                            f'without --c_source')
 
   t0 = time.perf_counter()
   model, reference = tflite.to_tflite(variables, ops, net_cfg,
@@ -106,6 +125,7 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
       'arch': cfg.arch, 'C': cfg.C, 'N': cfg.N, 'quant': cfg.quant, 'images': n,
       'model_bytes': len(model),
       'tflm': {'bitexact_fraction': float(np.mean(np.all(tflm == ref_tflm, -1))),
+               'mismatched_images': int(np.sum(np.any(tflm != ref_tflm, -1))),
                'max_abs_diff': int(np.max(np.abs(tflm.astype(int) - ref_tflm))),
                'top1_agreement': float(np.mean(tflm.argmax(-1) == ref_tflm.argmax(-1))),
                'test_acc': float(np.mean(tflm.argmax(-1) == labels)),
@@ -126,6 +146,7 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
       report['litert'][kernels] = {
           'rounding_of_its_reference': LITERT_ROUNDING[kernels],
           'bitexact_fraction': float(np.mean(np.all(lite == mine, -1))),
+          'mismatched_images': int(np.sum(np.any(lite != mine, -1))),
           'max_abs_diff': int(np.max(np.abs(lite.astype(int) - mine))),
           'top1_agreement_with_its_reference': float(np.mean(lite.argmax(-1) == mine.argmax(-1))),
           'top1_agreement_with_tflm_reference': float(np.mean(lite.argmax(-1) ==
@@ -146,6 +167,10 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
     report['c'] = c_project(workdir / 'c_project', model, q_in[:c_images], ref_tflm[:c_images],
                             ops, net_cfg, c_target, log=log)
 
+  failures = verification_failures(report)
+  report['verified'] = not failures
+  report['verification_failures'] = failures
+
   k = min(IO_CHECK_IMAGES, n)
   np.savez_compressed(
       workdir / 'io_check.npz', inputs=q_in[:k], tflm_logits=ref_tflm[:k].astype(np.int8),
@@ -159,26 +184,44 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
   (workdir / 'export.json').write_text(json.dumps(report, indent=1))
   (workdir / 'export.txt').write_text(summary(report) + '\n')
   log(summary(report))
+  if failures:
+    raise VerificationFailed(f'{"; ".join(failures)}; the model and its report were still '
+                             f'written ({workdir / "export.json"}, "verification_failures")')
   return report
+
+
+def verification_failures(report: dict) -> list[str]:
+  """One phrase per runtime that must equal the integer reference bit for bit and does not:
+  TFLite Micro, LiteRT's reference kernels, the emulated Cortex-M. XNNPACK is not one of them
+  (another arithmetic; reported as agreement)."""
+  checks = [('TFLite Micro', report['tflm'])]
+  if 'reference' in report.get('litert', {}):
+    checks.append(("LiteRT's reference kernels", report['litert']['reference']))
+  if 'c' in report:
+    checks.append((f'the C project on QEMU ({report["c"]["target"]})', report['c']))
+  failures = []
+  for name, r in checks:
+    if r['mismatched_images']:
+      failures.append(f'{name} output differs from the integer reference on '
+                      f'{r["mismatched_images"]} of {r["images"] if "images" in r else report["images"]} '
+                      f'images (max |diff| {r["max_abs_diff"]})')
+  return failures
 
 
 def c_project(out_dir, model: bytes, q_in, ref_logits, ops, config, target='m4',
               device='nucleo-l4r5zi', log=print) -> dict:
   """Writes the C project (`deploy.c_source`), builds it for `target` and runs `q_in` in QEMU;
-  returns bit-exactness against `ref_logits`, instruction counts and the memory comparison. When
-  the Arm toolchain or QEMU is missing, the project is still written and the report says why it
-  was not run."""
+  returns bit-exactness against `ref_logits`, instruction counts and the memory comparison. A
+  missing Arm toolchain or QEMU raises `mcu.ToolMissing` before the project is written."""
   from deploy import c_source
   from deploy import mcu
+  why = mcu.tools_missing(target)
+  if why:
+    raise mcu.ToolMissing(why)
   project = c_source.generate(model, out_dir)
   report = {'dir': str(out_dir), 'target': target, 'arena_bytes': project.arena_bytes,
             'const_bytes': project.const_bytes}
   report.update(plan_vs_model(project, ops, config))
-  why = mcu.tools_missing(target)
-  if why:
-    report['not_run'] = why
-    log(f'C project written to {out_dir}; not built: {why}')
-    return report
   elf = mcu.build(out_dir, target)
   log(f'C project: running {len(q_in)} images in qemu-system-arm ({target}) ...')
   r = mcu.run(out_dir, q_in, target)
@@ -212,6 +255,7 @@ def measure(project, r, ref_logits, elf, ops, config, target, device) -> dict:
   return {
       'images': int(len(r.logits)),
       'bitexact_fraction': float(np.mean(np.all(r.logits == ref_logits, -1))),
+      'mismatched_images': int(np.sum(np.any(r.logits != ref_logits, -1))),
       'max_abs_diff': int(np.max(np.abs(r.logits.astype(int) - ref_logits))),
       'instructions_per_inference': float(r.instructions.sum(1).mean()),
       'instructions_per_kernel': per_kernel,
@@ -283,8 +327,6 @@ def c_summary(c: dict) -> str:
   head = (f'C project ({c["dir"]}): arena {c["arena_bytes"]} bytes, '
           f'{"equal to" if c["arena_equals_plan"] else "NOT equal to"} the hardware model\'s TFLM '
           f'plan ({c["hardware_model_plan_bytes"]})')
-  if 'not_run' in c:
-    return head + f'; not built: {c["not_run"]}'
   s, p = c['sizes'], c['predicted'][C_RUNTIME]
   return '\n'.join([
       head,

@@ -47,15 +47,33 @@ class BuildError(RuntimeError):
   pass
 
 
+# The Debian/Ubuntu packages that provide the Arm build and the emulator.
+ARM_PACKAGES = 'gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm'
+
+
 def tools_missing(target: str = 'm4') -> str | None:
-  """Why `target` cannot be built and run here, or None."""
+  """Why `target` cannot be built and run here (one line naming the packages to install), or
+  None."""
   t = TARGETS[target]
   need = [t['cc']] + (['qemu-system-arm', 'arm-none-eabi-size'] if t['machine'] else [])
   missing = [n for n in need if shutil.which(n) is None]
+  if not missing and t['machine'] and not _has_newlib(t['cc']):
+    # the compiler alone links nothing: the build's --specs=nano.specs and -lc come from newlib
+    missing = ['newlib for arm-none-eabi (nano.specs)']
   if missing:
-    return (f'{", ".join(missing)} not found: apt-get install gcc-arm-none-eabi '
-            f'libnewlib-arm-none-eabi qemu-system-arm')
+    return (f'{", ".join(missing)} not found; install the Debian/Ubuntu packages {ARM_PACKAGES} '
+            f'(sudo apt-get install {ARM_PACKAGES})')
   return None
+
+
+def _has_newlib(cc: str) -> bool:
+  """Whether `cc` finds newlib-nano's specs file (gcc prints the bare name when it cannot)."""
+  try:
+    r = subprocess.run([cc, '-print-file-name=nano.specs'], capture_output=True, text=True,
+                       timeout=30)
+  except (OSError, subprocess.SubprocessError):
+    return False
+  return r.returncode == 0 and r.stdout.strip() != 'nano.specs'
 
 
 def _arm_flags(cpu):

@@ -125,10 +125,25 @@ def path_flags(config, workdir=None) -> dict:
   return {k: v for k, v in found.items() if v not in (None, '')}
 
 
-def fail(message: str):
-  """One line on stderr and exit code 2: the contract for every bad input."""
+# Exit codes: 2 for a command line the user must fix; 3 for a run that worked as asked but whose
+# result failed its verification (a runtime's output differs from the integer reference).
+BAD_INPUT_EXIT = 2
+VERIFICATION_FAILED_EXIT = 3
+
+
+def fail(message: str, code: int = BAD_INPUT_EXIT):
+  """One line on stderr and exit `code` (2: the contract for every bad input)."""
   print(f'error: {" ".join(str(message).split())}', file=sys.stderr)
-  sys.exit(2)
+  sys.exit(code)
+
+
+def failed_verification_message(err: BaseException) -> str | None:
+  """The one line for a verification that failed (deploy.export.VerificationFailed), else
+  None. Not the user's input to fix: the exit code says so (VERIFICATION_FAILED_EXIT)."""
+  export = sys.modules.get('deploy.export')  # only a run that exported can fail to verify
+  if export is not None and isinstance(err, export.VerificationFailed):
+    return f'verification failed: {err}'
+  return None
 
 
 def read_text(path, flag: str) -> str:

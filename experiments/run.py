@@ -410,7 +410,8 @@ def main(argv):
     return
   # The error boundary: an error the user can fix (common.user_error_message: a bad value, a
   # bad file, an unwritable path, a foreign workdir, a missing optional tool) is one line and
-  # exit 2; anything else is a bug and keeps its traceback.
+  # exit 2; a verification that failed (an exported model that differs from the integer
+  # reference) is one line and exit 3; anything else is a bug and keeps its traceback.
   paths = {}
   try:
     exp, config = config_from_flags()
@@ -418,7 +419,12 @@ def main(argv):
     paths = common.path_flags(config, workdir)
     common.check_paths(config, workdir, exp.module)  # before any long work
     importlib.import_module(f'experiments.{exp.module}').run(config, workdir)
-  except (ValueError, OSError, ImportError, RuntimeError) as err:
+  except Exception as err:  # pylint: disable=broad-except (re-raised below unless one of ours)
+    failed = common.failed_verification_message(err)
+    if failed is not None:
+      common.fail(failed, common.VERIFICATION_FAILED_EXIT)
+    if not isinstance(err, (ValueError, OSError, ImportError, RuntimeError)):
+      raise
     message = common.user_error_message(err, paths)
     if message is not None:
       common.fail(message)

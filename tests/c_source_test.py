@@ -14,6 +14,7 @@ from hardware import memory
 from search_spaces import nb201
 from search_spaces.nb201 import graph as nb201_graph
 from deploy_test import ARCH, DEAD_NODE, SMALL, UNUSED_NODE, _calibrated
+from deploy_test import trained_ptq  # noqa: F401 (a fixture)
 
 
 def _need(target):
@@ -101,14 +102,13 @@ def test_unsupported_builtin_is_one_clear_error(tmp_path):
     c_source.generate(bytes(b.Output()), tmp_path / 'c')
 
 
-def test_export_writes_and_verifies_the_c_project(data_dir, tmp_path):
+def test_export_writes_and_verifies_the_c_project(data_dir, trained_ptq):
   _need('m4')
-  from deploy_test import _trained_ptq
-  workdir = _trained_ptq(data_dir, tmp_path)
+  workdir = trained_ptq
   report = export_lib.export(workdir, data_dir / 'cifar10', verify_images=24, litert=False,
                              progress=False, log=lambda *_: None, c_source=True, c_images=12)
   c = report['c']
-  assert c['images'] == 12 and c['bitexact_fraction'] == 1.0
+  assert c['images'] == 12 and c['bitexact_fraction'] == 1.0 and report['verified']
   assert c['arena_equals_plan']
   assert (workdir / 'c_project' / 'model.c').is_file()
   assert 'C project' in (workdir / 'export.txt').read_text()

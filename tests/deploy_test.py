@@ -1,5 +1,6 @@
 """Export -> TFLite Micro and LiteRT, bit for bit against the integer reference."""
 import json
+import os
 import subprocess
 import sys
 
@@ -87,7 +88,10 @@ def test_exported_model_uses_stock_builtins_only():
   assert all(not code.customCode for code in m.operatorCodes)
 
 
-def _trained_ptq(data_dir, tmp_path):
+@pytest.fixture(scope='module')
+def trained_ptq(data_dir, tmp_path_factory):
+  """A PTQ workdir of a briefly trained fp32 run (one per module: the export tests share it)."""
+  tmp_path = tmp_path_factory.mktemp('trained')
   cfg = train.TrainConfig(arch=ARCH, C=4, N=1, epochs=1, batch_size=64, lr=0.05,
                           train_images=256, test_images=64, int_eval_images=0)
   ptq = dict(quant='ptq', epochs=0, init_from=str(tmp_path / 'fp32'), calib_batches=2)
@@ -102,10 +106,11 @@ def _trained_ptq(data_dir, tmp_path):
   return tmp_path / 'ptq'
 
 
-def test_export_of_a_trained_run_is_bitexact_in_tflm(data_dir, tmp_path):
-  workdir = _trained_ptq(data_dir, tmp_path)
+def test_export_of_a_trained_run_is_bitexact_in_tflm(data_dir, trained_ptq):
+  workdir = trained_ptq
   report = export_lib.export(workdir, data_dir / 'cifar10', verify_images=48, progress=False,
                              log=lambda *_: None)
+  assert report['verified'] and not report['verification_failures']
   assert report['tflm']['bitexact_fraction'] == 1.0
   assert report['litert']['xnnpack']['bitexact_fraction'] == 1.0
   assert report['litert']['reference']['bitexact_fraction'] == 1.0
@@ -118,6 +123,45 @@ def test_export_of_a_trained_run_is_bitexact_in_tflm(data_dir, tmp_path):
   assert io['inputs'].dtype == np.int8 and io['inputs'].shape == (48, 32, 32, 3)
   np.testing.assert_array_equal(runtimes.tflm_run((workdir / 'model.tflite').read_bytes(),
                                                   io['inputs']), io['tflm_logits'])
+
+
+def test_a_tflm_mismatch_fails_the_export_with_one_line(data_dir, trained_ptq, tmp_path,
+                                                        monkeypatch, capsys):
+  """Tampered golden vectors: the integer reference's logits are shifted on one image, so TFLite
+  Micro (run for real) no longer equals them. The command exits 3 with one line; the report is
+  still written and says which check failed."""
+  import shutil
+  from experiments import run
+  workdir = tmp_path / 'ptq'
+  shutil.copytree(trained_ptq, workdir)
+  real = export_lib.reference_logits
+
+  def tampered(*args, **kwargs):
+    logits = np.array(real(*args, **kwargs))
+    logits[0, 0] += 1 if logits[0, 0] < 127 else -1
+    return logits
+
+  monkeypatch.setattr(export_lib, 'reference_logits', tampered)
+  code = run.cli(['prog', '--experiment=export', f'--workdir={workdir}',
+                  f'--data_dir={data_dir / "cifar10"}', '--export_images=16', '--nolitert',
+                  '--noprogress'])
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert code == 3 and len(lines) == 1, lines
+  assert lines[0].startswith('error: verification failed: TFLite Micro output differs from the '
+                             'integer reference on 1 of 16 images')
+  saved = json.loads((workdir / 'export.json').read_text())
+  assert saved['verified'] is False and saved['tflm']['mismatched_images'] == 1
+
+
+def test_c_source_without_the_arm_toolchain_is_one_line_exit_2(trained_ptq):
+  """No arm-none-eabi-gcc or qemu-system-arm on PATH: exit 2 before any work, naming the
+  packages to install."""
+  from cli import assert_one_line_error, run as cli_run
+  r = cli_run('--experiment=export', f'--workdir={trained_ptq}', '--c_source',
+              env_extra={'PATH': os.path.dirname(sys.executable)})
+  assert_one_line_error(r, '--c_source needs the Arm toolchain and QEMU',
+                        'apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi '
+                        'qemu-system-arm')
 
 
 def _cli(*args):
