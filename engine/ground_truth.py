@@ -8,8 +8,9 @@ The archs are ordered by `stratified_order`, so any prefix of the sweep is strat
 space's strata; the first `noise_archs` of them are also trained with `noise_seeds` extra seeds to
 measure the seed-to-seed noise.
 
-The sweep writes one CSV per chunk of archs (atomically), so a killed sweep resumes at the
-first missing chunk without losing or duplicating rows; `collect` joins them.
+The sweep (`engine.sweep`) writes one CSV per chunk of runs (atomically), so a killed sweep
+resumes at the missing chunks without losing or duplicating rows, and several processes share
+it; `collect` joins them.
 
 Every row carries a `flag`: '' for an accuracy, 'nonfinite' for a run whose loss diverged
 (test_acc nan), 'at_chance' for a run whose test accuracy is not above chance (`engine.chance`;
@@ -37,6 +38,7 @@ from scipy import stats
 
 from engine import chance as chance_lib
 from engine import data as data_lib
+from engine import sweep as sweep_lib
 from engine.files import write_text_atomic
 
 COLUMNS = ('arch', 'stratum', 'seed', 'test_acc', 'train_loss', 'params', 'epochs', 'train_s',
@@ -132,40 +134,49 @@ def jobs(space, num_archs: int, noise_archs: int, noise_seeds: int, seed: int = 
 
 
 def run_sweep(space, workdir, data_dir, num_archs=300, noise_archs=30, noise_seeds=2,
-              chunk=12, cfg: GroundTruthConfig = GroundTruthConfig(), progress=None,
-              max_images: int = 0):
-  """Train the jobs chunk by chunk into workdir/chunks/NNNN.csv; completed chunks are skipped.
-  `max_images` > 0 keeps that many train and test images (tests)."""
+              chunk=12, cfg: GroundTruthConfig = GroundTruthConfig(), progress: bool = False,
+              max_images: int = 0, share: sweep_lib.Share = sweep_lib.Share()):
+  """Train the jobs chunk by chunk into workdir/chunks/chunk_NNNNN.csv (`engine.sweep`: finished
+  chunks are skipped; with several processes, this one trains its `share`); every row, from
+  `collect`. `max_images` > 0 keeps that many train and test images (tests)."""
   train = data_lib.load_cifar(data_dir, 'cifar10', 'train')
   test = data_lib.load_cifar(data_dir, 'cifar10', 'test')
   if max_images:
     train = data_lib.ImageSet(train.images[:max_images], train.labels[:max_images], train.source)
     test = data_lib.ImageSet(test.images[:max_images], test.labels[:max_images], test.source)
   todo = jobs(space, num_archs, noise_archs, noise_seeds)
-  chunks = pathlib.Path(workdir) / 'chunks'
-  chunks.mkdir(parents=True, exist_ok=True)
-  bar = progress(total=len(todo), unit='run') if progress else None
-  for c in range(0, len(todo), chunk):
-    path = chunks / f'{c // chunk:04d}.csv'
-    part = todo[c:c + chunk]
-    if path.is_file():
-      if bar:
-        bar.update(len(part))
-      continue
+
+  def work(start, stop, advance):
     rows = []
-    for arch, s in part:
+    for arch, s in todo[start:stop]:
       row = train_one(space.train_net, arch, train, test, cfg, s)
       rows.append({'arch': space.encode(arch), 'stratum': space.stratum(arch), 'seed': s, **row})
-      if bar:
-        bar.update(1)
+      advance(1)
+    return rows
+
+  def save(path, start, stop, rows):
     buf = io.StringIO()
     w = csv.DictWriter(buf, COLUMNS)
     w.writeheader()
     w.writerows(rows)
-    write_text_atomic(path, buf.getvalue())
-  if bar:
-    bar.close()
-  return collect(workdir)
+    write_text_atomic(path.with_suffix('.csv'), buf.getvalue())
+
+  def load(path, start, stop):  # a chunk of other jobs (another --num_archs) is not this one's
+    rows = _read_rows(path.with_suffix('.csv'))
+    want = [(space.encode(a), str(s)) for a, s in todo[start:stop]]
+    return rows if rows is not None and [(r['arch'], r['seed']) for r in rows] == want else None
+
+  sweep_lib.run(len(todo), chunk, pathlib.Path(workdir) / 'chunks', work, save, load, share,
+                progress, unit='run')
+  return collect(workdir) if share.writes_outputs else []
+
+
+def _read_rows(path: pathlib.Path) -> list[dict] | None:
+  try:
+    with path.open(newline='') as fh:
+      return list(csv.DictReader(fh))
+  except OSError:
+    return None
 
 
 def row_flag(row: dict) -> str:

@@ -35,14 +35,11 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import pathlib
-import sys
 import warnings
 
 import numpy as np
 from scipy import stats
-from tqdm import tqdm
 
 from engine.proxies import aggregate
 from engine import data as data_lib
@@ -50,6 +47,7 @@ from engine import ground_truth as gt_lib
 from engine.proxies import ntk as ntk_lib
 from engine import proxies as proxies_lib
 from engine import search as search_lib
+from engine import sweep as sweep_lib
 from experiments import common
 from experiments import score as score_lib
 from search_spaces import nb201, registry
@@ -61,16 +59,13 @@ REFERENCE_NAMES = {'jacob_cov': 'jacov', 'nwot': 'nwot', 'synflow': 'synflow', '
 TOP_FRACTIONS = (0.05, 0.10)
 # 2: one scorer for every space (per-candidate keys from the arch row's content; lr_segments)
 MANIFEST_VERSION = 2
-# Test hook: end the process (as a crash would) after this many chunks were written by it.
-CRASH_ENV = 'ZERONAS_CORRELATE_CRASH_AFTER'
+# Test hook (engine.sweep): end the process (as a crash would) after it wrote this many chunks.
+CRASH_ENV = sweep_lib.CRASH_ENV
+SimulatedCrash = sweep_lib.SimulatedCrash
 
 
 class ResumeError(ValueError):
   """The workdir holds another run; the message names the fix."""
-
-
-class SimulatedCrash(RuntimeError):
-  """Raised by the CRASH_ENV test hook."""
 
 
 @dataclasses.dataclass
@@ -142,6 +137,10 @@ def run(f, workdir='correlate_out'):
   proxy_names, aggregates = aggregate.split(f.proxies)
   if f.chunk_size < 1:
     raise ValueError(f'--chunk_size must be at least 1, got {f.chunk_size}')
+  if f.partial and f.num_processes > 1:
+    raise ValueError('--partial tabulates in one process; drop --num_processes')
+  # before anything touches a JAX backend: jax.distributed must start first
+  share = sweep_lib.connect(f.coordinator_address, f.num_processes, f.process_id)
   truth = ground_truth(space, f)
   ops = space.to_array(truth.archs)  # the arch rows chunks are keyed by
   images = common.load_images(f.data_dir, f.dataset, f.stand_in_inputs)
@@ -152,7 +151,11 @@ def run(f, workdir='correlate_out'):
   devices = jax.local_devices()
   n_dev = len(devices)
   config = run_config(proxy_names, scorer.settings, f, images, ops, n_dev, devices[0].platform)
-  check_manifest(workdir, config, create=not f.partial)
+  if share.writes_outputs:
+    check_manifest(workdir, config, create=not f.partial)
+  else:  # process 0 writes the manifest; the others check theirs against it
+    wait_for(workdir / 'manifest.json', f'{share}: waiting for process 0 to write')
+    check_manifest(workdir, config, create=False)
   print(f'inputs: {input_source(images)}')
   print(f'correlate: {len(ops)} {space.name} archs, proxies {", ".join(proxy_names)}'
         + (f', aggregates {", ".join(a.name for a in aggregates)}' if aggregates else '')
@@ -174,7 +177,11 @@ def run(f, workdir='correlate_out'):
     workdir = workdir / 'partial'
     workdir.mkdir(exist_ok=True)
   else:
-    scores = sweep(ops, f.chunk_size, workdir / 'chunks', score_chunk, scorer, f.progress)
+    scores = sweep(ops, f.chunk_size, workdir / 'chunks', score_chunk, scorer, f.progress,
+                   share)
+    if not share.writes_outputs:
+      print(f'{share}: every chunk is on disk; process 0 writes the outputs to {workdir}')
+      return
   columns = build_columns(scores, proxy_names, aggregates, scorer.higher_is_better)
   write_scores(workdir, [space.encode(a) for a in archs], indices, columns, truth.acc_name, acc)
   rows = [correlation_row(c, acc) for c in columns]
@@ -321,8 +328,21 @@ def check_manifest(workdir: pathlib.Path, config: dict, create: bool = True):
   common.write_text_atomic(path, json.dumps(config, indent=1, sort_keys=True) + '\n')
 
 
+def wait_for(path: pathlib.Path, message: str, timeout_s: float = sweep_lib.CONNECT_TIMEOUT_S):
+  """Polls until `path` exists (another process writes it); a ResumeError after timeout_s."""
+  import time
+  start = time.monotonic()
+  if not path.is_file():
+    print(f'{message} {path}')
+  while not path.is_file():
+    if time.monotonic() - start > timeout_s:
+      raise ResumeError(f'{path} did not appear within {timeout_s:.0f} s; start process 0 with '
+                        f'the same flags')
+    time.sleep(sweep_lib.POLL_S)
+
+
 def chunk_path(chunk_dir: pathlib.Path, i: int) -> pathlib.Path:
-  return chunk_dir / f'chunk_{i:05d}.npz'
+  return pathlib.Path(chunk_dir) / f'chunk_{i:05d}.npz'
 
 
 def write_chunk(path: pathlib.Path, ops, scores: dict):
@@ -331,7 +351,8 @@ def write_chunk(path: pathlib.Path, ops, scores: dict):
 
 
 def read_chunk(path: pathlib.Path, ops) -> dict | None:
-  """A finished chunk's scores, or None when the file is unreadable or for other archs."""
+  """A finished chunk's scores, or None when the file is missing, unreadable or for other
+  archs."""
   try:
     with np.load(path) as z:
       if not np.array_equal(z['__ops__'], ops):
@@ -341,16 +362,17 @@ def read_chunk(path: pathlib.Path, ops) -> dict | None:
     return None
 
 
-def read_chunks(ops, chunk_size: int, chunk_dir: pathlib.Path) -> list:
-  """Per chunk of ops: its scores from disk, or None where it is not finished."""
-  return [read_chunk(chunk_path(chunk_dir, i), ops[s:s + chunk_size]) if
-          chunk_path(chunk_dir, i).is_file() else None
-          for i, s in enumerate(range(0, len(ops), chunk_size))]
+def _chunk_io(ops):
+  """(save, load) of `sweep_lib.run` for score chunks of the arch rows `ops`."""
+  save = lambda path, start, stop, scores: write_chunk(path.with_suffix('.npz'), ops[start:stop],
+                                                       scores)
+  load = lambda path, start, stop: read_chunk(path.with_suffix('.npz'), ops[start:stop])
+  return save, load
 
 
 def finished_scores(ops, chunk_size: int, chunk_dir: pathlib.Path):
   """(done [M] bool, {column: [done.sum()]}): the archs whose chunks are on disk, in order."""
-  parts = read_chunks(ops, chunk_size, chunk_dir)
+  parts = sweep_lib.finished(len(ops), chunk_size, chunk_dir, _chunk_io(ops)[1])
   done = np.concatenate([np.full(len(ops[s:s + chunk_size]), p is not None)
                          for s, p in zip(range(0, len(ops), chunk_size), parts)])
   finished = [p for p in parts if p is not None]
@@ -360,38 +382,22 @@ def finished_scores(ops, chunk_size: int, chunk_dir: pathlib.Path):
 
 
 def sweep(ops, chunk_size: int, chunk_dir: pathlib.Path, score_chunk, scorer,
-          progress=True) -> dict:
+          progress=True, share: sweep_lib.Share = sweep_lib.Share()) -> dict:
   """Scores arch rows [M, ...] chunk by chunk (`score_chunk(start, stop, progress)`), skipping
-  chunks already on disk; {column: [M]}. The scorer compiles only if a chunk is left."""
-  starts = range(0, len(ops), chunk_size)
-  parts = read_chunks(ops, chunk_size, chunk_dir)
-  todo = [i for i, p in enumerate(parts) if p is None]
-  done = len(ops) - sum(len(ops[starts[i]:starts[i] + chunk_size]) for i in todo)
-  if done:
-    print(f'resuming: {len(parts) - len(todo)} of {len(parts)} chunks ({done} archs) already '
-          f'scored')
-  crash_after = int(os.environ.get(CRASH_ENV, '0') or 0)
-  scored = 0
-  with tqdm(total=len(ops), initial=done, unit='arch', disable=not progress,
-            file=sys.stderr) as bar:
-    for count, i in enumerate(todo, 1):
-      chunk = ops[starts[i]:starts[i] + chunk_size]
-      reported = [0]
+  chunks already on disk, this process's share of them (`engine.sweep`); {column: [M]}. The
+  scorer compiles only if a chunk is left."""
+  save, load = _chunk_io(ops)
+  timed = {'archs': 0}
 
-      def advance(n, reported=reported):
-        reported[0] += n
-        bar.update(n)
+  def work(start, stop, advance):
+    timed['archs'] += stop - start
+    return score_chunk(start, stop, advance)
 
-      scores = score_chunk(starts[i], starts[i] + len(chunk), advance)
-      bar.update(len(chunk) - reported[0])  # analytic-only scorers report nothing
-      scored += len(chunk)
-      write_chunk(chunk_path(chunk_dir, i), chunk, scores)
-      parts[i] = scores
-      if count == crash_after:
-        raise SimulatedCrash(f'{CRASH_ENV}={crash_after}: stopping after {count} chunks')
-  if scored:
-    print(f'scored {scored} archs: compile {scorer.compile_s:.1f} s, run {scorer.run_s:.1f} s = '
-          f'{scorer.run_s / scored:.3f} s/arch')
+  parts = sweep_lib.run(len(ops), chunk_size, chunk_dir, work, save, load, share, progress,
+                        unit='arch')
+  if timed['archs']:
+    print(f'scored {timed["archs"]} archs: compile {scorer.compile_s:.1f} s, run '
+          f'{scorer.run_s:.1f} s = {scorer.run_s / timed["archs"]:.3f} s/arch')
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

@@ -6,6 +6,12 @@
 Resumable: rerun the same command after a stop; finished chunks are kept. Writes
 workdir/chunks/*.csv and, at the end, workdir/ground_truth.csv (one row per arch and seed, with a
 `flag`: '' for an accuracy, 'nonfinite' or 'at_chance' for a run that is not one).
+
+Several processes or hosts share the sweep on jax.distributed (`engine.sweep`), one command each
+with the same flags and its own --process_id; process 0 writes ground_truth.csv:
+
+  python -m experiments.ground_truth --workdir=/shared/gt --num_processes=2 --process_id=0 \
+      --coordinator_address=node0:12355 --data_dir=../shared/data/cifar10
 """
 from __future__ import annotations
 
@@ -16,9 +22,9 @@ import pathlib
 
 from absl import app
 from absl import flags
-from tqdm import tqdm
 
 from engine import ground_truth as gt
+from engine import sweep as sweep_lib
 from experiments import common
 from search_spaces import nb201
 
@@ -33,6 +39,11 @@ flags.DEFINE_integer('noise_archs', 30, 'Of them, how many get extra seeds.', lo
 flags.DEFINE_integer('noise_seeds', 2, 'Extra seeds for the noise archs.', lower_bound=0)
 flags.DEFINE_integer('epochs', gt.GroundTruthConfig.epochs, 'Epochs per run.', lower_bound=1)
 flags.DEFINE_integer('chunk', 12, 'Runs per atomically written chunk.', lower_bound=1)
+flags.DEFINE_string('coordinator_address', '', 'With --num_processes > 1: host:port of process '
+                    '0 (jax.distributed\'s coordinator); auto: SLURM/Cloud TPU detection.')
+flags.DEFINE_integer('num_processes', 1, 'Processes sharing the sweep (chunk i: process i mod '
+                     'N).', lower_bound=1)
+flags.DEFINE_integer('process_id', 0, 'This process\'s id, 0..num_processes-1.', lower_bound=0)
 FLAGS = flags.FLAGS
 
 
@@ -41,10 +52,15 @@ def run(config: dict, workdir) -> list[dict]:
   if space.enumerate is None or space.train_net is None:
     raise ValueError(f'{space.name} has no finite list of archs or no training network; a ground '
                      f'truth sweep needs both')
+  share = sweep_lib.connect(config.get('coordinator_address', ''),
+                            config.get('num_processes', 1), config.get('process_id', 0))
   data_dir = config["data_dir"] or str(nb201.data_dir() / "cifar10")
   rows = gt.run_sweep(space, workdir, data_dir, config['num_archs'], config['noise_archs'],
                       config['noise_seeds'], config['chunk'],
-                      gt.GroundTruthConfig(epochs=config['epochs']), progress=tqdm)
+                      gt.GroundTruthConfig(epochs=config['epochs']), progress=True, share=share)
+  if not share.writes_outputs:
+    print(f'{share}: every chunk is on disk; process 0 writes {workdir}/ground_truth.csv')
+    return rows
   buf = io.StringIO()
   writer = csv.DictWriter(buf, gt.COLUMNS)
   writer.writeheader()
@@ -61,7 +77,8 @@ def run(config: dict, workdir) -> list[dict]:
 def main(argv):
   del argv
   config = {k: FLAGS[k].value for k in ('search_space', 'data_dir', 'num_archs', 'noise_archs',
-                                        'noise_seeds', 'epochs', 'chunk')}
+                                        'noise_seeds', 'epochs', 'chunk',
+                                        'coordinator_address', 'num_processes', 'process_id')}
   try:
     run(config, FLAGS.workdir)
   except common.USER_ERRORS as err:

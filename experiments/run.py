@@ -56,6 +56,8 @@ TRAIN = frozenset({
     'init_from', 'distill_from', 'distill_alpha', 'distill_temperature', 'train_width',
     'train_cells', 'train_batch', 'optimizer', 'lr', 'weight_decay', 'warmup_epochs',
     'label_smoothing', 'calib_batches', 'train_images', 'test_images', 'int_eval_images'})
+# A sweep over several processes or hosts (engine.sweep): jax.distributed's three settings.
+DISTRIBUTED = frozenset({'coordinator_address', 'num_processes', 'process_id'})
 EXPORT = frozenset({'workdir', 'data_dir', 'device', 'runtime', 'export_images', 'litert',
                     'c_source', 'c_target', 'c_images'})
 
@@ -75,8 +77,9 @@ EXPERIMENTS = types.MappingProxyType({
                          summary='hardware-aware search on any space (the main job)'),
     'score': Experiment('score', SCORING | {'archs', 'output'}, ('nb201', 'tinycnn', 'mbv2'),
                         summary='proxy scores per arch, one CSV row each'),
-    'correlate': Experiment('correlate', SCORING | {'archs', 'workdir', 'chunk_size',
-                                                    'reference_file', 'partial'},
+    'correlate': Experiment('correlate', SCORING | DISTRIBUTED | {'archs', 'workdir',
+                                                                  'chunk_size', 'reference_file',
+                                                                  'partial'},
                             ('nb201', 'tinycnn'),
                             types.MappingProxyType({'workdir': 'correlate_out'}),
                             summary='resumable proxy sweep and its correlation with accuracy'),
@@ -206,6 +209,14 @@ flags.DEFINE_string('reference_file', None,
 flags.DEFINE_bool('partial', False, 'correlate (NB201): score nothing; tabulate the chunks '
                   'already in --workdir into WORKDIR/partial/ (a long sweep\'s interim results; '
                   'safe beside the running sweep).')
+flags.DEFINE_string('coordinator_address', '', 'correlate: with --num_processes > 1, host:port '
+                    'of process 0 (it hosts jax.distributed\'s coordinator; every process gets '
+                    'the same value); auto: detect the cluster (SLURM, Cloud TPU) and take the '
+                    'process count and id from it.')
+flags.DEFINE_integer('num_processes', 1, 'correlate: processes (one per host or accelerator) '
+                     'sharing the sweep; chunk i is scored by process i mod N.', lower_bound=1)
+flags.DEFINE_integer('process_id', 0, 'correlate: this process\'s id, 0..num_processes-1; '
+                     'process 0 writes the outputs.', lower_bound=0)
 # --experiment=train (also uses --dataset, --data_dir, --seed, --workdir, --progress)
 flags.DEFINE_string('arch', None, 'train: NB201 arch string or index (index needs the NB201 table).')
 flags.DEFINE_integer('epochs', 10, 'train: epochs of this run (qat from scratch: the first 80% of '
@@ -399,6 +410,7 @@ def main(argv):
     common.fail(f'unexpected argument {argv[1]!r}; all options are --flags (see --help)')
   # JAX logs at INFO that it found no TPU; on the CPU/GPU machines users run this is noise.
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  logging.getLogger('jax._src.distributed').setLevel(logging.WARNING)  # (multi-process)
   # Orbax (train's checkpoints) logs each step at INFO and WARNING through absl: below ERROR it
   # is noise, and it would bury a one-line error.
   absl_logger = logging.getLogger('absl')

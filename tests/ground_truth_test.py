@@ -31,7 +31,7 @@ def test_sweep_resumes_without_losing_or_duplicating_rows(tmp_path, data_dir):
   cfg = gt.GroundTruthConfig(epochs=1, batch_size=64)
   first = gt.run_sweep(space, tmp_path, cifar, num_archs=3, noise_archs=0, noise_seeds=0,
                        chunk=1, cfg=cfg, max_images=256)
-  (tmp_path / 'chunks' / '0001.csv').unlink()  # as if killed while training the second chunk
+  (tmp_path / 'chunks' / 'chunk_00001.csv').unlink()  # as if killed while training the second chunk
   again = gt.run_sweep(space, tmp_path, cifar, num_archs=3, noise_archs=0, noise_seeds=0,
                        chunk=1, cfg=cfg, max_images=256)
   key = lambda rows: [(r['arch'], r['seed'], r['test_acc'], r['flag']) for r in rows]
