@@ -117,7 +117,10 @@ class Scorer:
     self.analytic = [p.name for p in self.proxies if p.kind == 'analytic']
     self.candidate_chunk = candidate_chunk
     self.devices = devices if devices is not None else jax.local_devices()
-    self.batch_candidates = self._round(batch_candidates)
+    # 0: K from free device memory, per compiled kind (`auto_k`)
+    self.auto = batch_candidates == 0
+    self.batch_candidates = self._round(batch_candidates or CPU_K)
+    self._auto_k: dict = {}
     self.timing = Timing()
     self._nets: dict = {}
     self._compiled: dict = {}
@@ -244,8 +247,9 @@ class Scorer:
       fn = jax.jit(batch_score_fn(self.proxies, self.settings, self.nets(group, relaxed),
                                   self.candidate_chunk, self.devices))
       example = rows[:1].repeat(k, 0)
-      self._compiled[kind] = fn.lower(jnp.asarray(example), row_keys(0, example),
-                                      inputs).compile()
+      with jax.default_matmul_precision(self.settings.matmul_precision):
+        self._compiled[kind] = fn.lower(jnp.asarray(example), row_keys(0, example),
+                                        inputs).compile()
       self.timing.compile_s += time.perf_counter() - start
     return self._compiled[kind]
 
@@ -253,8 +257,10 @@ class Scorer:
     """Rows in compiled calls of K candidates; a K too big for the device's memory is halved
     (to at least one per device) and the batch retried, with a note: a candidate's score does
     not depend on K (its key comes from its row, the inputs from the seed)."""
-    k = self._round(k or self.batch_candidates)
     inputs = self.inputs_for(group)
+    if not k and self.auto:
+      k = self.auto_k(group, rows, relaxed, inputs)
+    k = self._round(k or self.batch_candidates)
     keys = row_keys(self.seed, rows)
     out: dict[str, list] = {}
     c = 0
@@ -281,6 +287,48 @@ class Scorer:
         progress(n)
     return {name: np.concatenate(parts).astype(np.float64 if not name.endswith('_flag')
                                                 else np.int32) for name, parts in out.items()}
+
+
+  def auto_k(self, group, rows, relaxed, inputs) -> int:
+    """K for `--batch_candidates=0`: on a device that reports its memory (GPU, TPU), as many
+    candidates per device as fit in AUTO_K_MEMORY_SHARE of its free memory, by the compiled
+    program's own memory at one candidate per device (an overestimate per candidate: it holds
+    the fixed buffers too), capped at AUTO_K_MAX per device; on CPU, CPU_K. A K that still runs
+    out of memory is halved (`_score_rows`)."""
+    kind = (group, relaxed, str(rows.dtype), rows.shape[1:])
+    if kind not in self._auto_k:
+      free = free_device_bytes(self.devices[0])
+      n_dev = len(self.devices)
+      if free is None:
+        self._auto_k[kind] = self._round(CPU_K)
+      else:
+        memory = self._compiled_for(group, rows, relaxed, n_dev, inputs).memory_analysis()
+        per_candidate = max(1, memory.temp_size_in_bytes + memory.output_size_in_bytes)
+        per_device = int(AUTO_K_MEMORY_SHARE * free // per_candidate)
+        self._auto_k[kind] = n_dev * max(1, min(per_device, AUTO_K_MAX))
+        print(f'note: --batch_candidates=0: {self._auto_k[kind]} candidates per compiled call '
+              f'({per_candidate / 2**20:.1f} MiB each, {free / 2**30:.1f} GiB free per device)',
+              flush=True)
+    return self._auto_k[kind]
+
+
+# --batch_candidates=0: the share of free device memory the batch may use, the most candidates
+# per device, and the K on CPU (whose memory jax does not report; throughput on 2 cores is flat
+# beyond a few candidates, BENCHMARKS.md)
+AUTO_K_MEMORY_SHARE = 0.8
+AUTO_K_MAX = 1024
+CPU_K = 8
+
+
+def free_device_bytes(device) -> int | None:
+  """Free memory of `device` as its allocator reports it, or None where it reports none (CPU)."""
+  try:
+    stats = device.memory_stats()
+  except (AttributeError, NotImplementedError, RuntimeError):
+    return None
+  if not stats or 'bytes_limit' not in stats:
+    return None
+  return int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
 
 
 def is_out_of_memory(err: Exception) -> bool:

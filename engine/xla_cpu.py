@@ -14,19 +14,39 @@ a third with run times unchanged, level 0 made the zero-cost proxies run much sl
 An XLA flag the user set wins: nothing is added for an option $XLA_FLAGS already names. Set
 an option yourself (e.g. `--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`,
 `--xla_backend_optimization_level=3`) to keep XLA's default.
+
+Only on CPU runs: when JAX will run on an accelerator ($JAX_PLATFORMS names another platform
+first, or, with it unset, a GPU/TPU plugin is installed: `pip install -e '.[cuda]'`), nothing is
+added; the optimisation level would otherwise apply to the GPU's code generation too.
 """
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 
 SETTINGS = {'--xla_cpu_experimental_ynn_fusion_type': '-individual_convolution',
             '--xla_backend_optimization_level': '1'}
 
 
+def accelerator_expected() -> bool:
+  """Whether JAX's default backend will be an accelerator: $JAX_PLATFORMS names one first, or
+  it is unset and a PJRT plugin (jax_cuda12_plugin, libtpu, ...) is installed."""
+  platforms = os.environ.get('JAX_PLATFORMS', '').strip()
+  if platforms:
+    return platforms.split(',')[0].strip().lower() != 'cpu'
+  if importlib.metadata.entry_points(group='jax_plugins'):
+    return True
+  return importlib.util.find_spec('jax_plugins') is not None or (
+      importlib.util.find_spec('libtpu') is not None)
+
+
 def apply() -> bool:
   """Adds the settings to $XLA_FLAGS, each unless the user set that option; True if it added
-  any. Only takes effect when called before JAX creates its CPU client (i.e. before the first
-  array)."""
+  any. Nothing on an accelerator run (`accelerator_expected`). Only takes effect when called
+  before JAX creates its CPU client (i.e. before the first array)."""
+  if accelerator_expected():
+    return False
   flags = os.environ.get('XLA_FLAGS', '')
   added = [f'{option}={value}' for option, value in SETTINGS.items() if option not in flags]
   if added:

@@ -296,8 +296,11 @@ def input_source(images) -> str:
 def run_config(proxy_names, settings, f, images, ops, n_dev, platform) -> dict:
   """Everything that changes a chunk's numbers; a resume must match it exactly. Passed through
   JSON so it compares equal to the manifest read back (tuples become lists)."""
+  settings = dataclasses.asdict(settings)
+  if settings['matmul_precision'] == 'highest':  # what every sweep before the field ran
+    del settings['matmul_precision']
   config = {'version': MANIFEST_VERSION, 'dataset': f.dataset, 'proxies': list(proxy_names),
-            'seed': f.seed, 'settings': dataclasses.asdict(settings),
+            'seed': f.seed, 'settings': settings,
             'inputs': input_source(images), 'archs': len(ops), 'archs_sha256': archs_digest(ops),
             'chunk_size': f.chunk_size, 'batch_candidates': f.batch_candidates,
             'candidate_chunk': f.candidate_chunk, 'devices': f'{n_dev} {platform}'}
@@ -326,6 +329,20 @@ def check_manifest(workdir: pathlib.Path, config: dict, create: bool = True):
     raise ResumeError(f'{workdir}/chunks has files but no manifest.json; pass a new --workdir '
                       f'or delete {workdir} to start over')
   common.write_text_atomic(path, json.dumps(config, indent=1, sort_keys=True) + '\n')
+
+
+def peak_device_memory() -> int | None:
+  """The most bytes any local device's allocator held so far (GPU, TPU), or None (CPU)."""
+  import jax
+  peaks = []
+  for d in jax.local_devices():
+    try:
+      stats = d.memory_stats() or {}
+    except (AttributeError, NotImplementedError, RuntimeError):
+      stats = {}
+    if 'peak_bytes_in_use' in stats:
+      peaks.append(int(stats['peak_bytes_in_use']))
+  return max(peaks) if peaks else None
 
 
 def wait_for(path: pathlib.Path, message: str, timeout_s: float = sweep_lib.CONNECT_TIMEOUT_S):
@@ -396,8 +413,11 @@ def sweep(ops, chunk_size: int, chunk_dir: pathlib.Path, score_chunk, scorer,
   parts = sweep_lib.run(len(ops), chunk_size, chunk_dir, work, save, load, share, progress,
                         unit='arch')
   if timed['archs']:
+    peak = peak_device_memory()
     print(f'scored {timed["archs"]} archs: compile {scorer.compile_s:.1f} s, run '
-          f'{scorer.run_s:.1f} s = {scorer.run_s / timed["archs"]:.3f} s/arch')
+          f'{scorer.run_s:.1f} s = {scorer.run_s / timed["archs"]:.3f} s/arch'
+          + (f' ({timed["archs"] / max(scorer.run_s, 1e-9):.1f} archs/s; peak device memory '
+             f'{peak / 2**30:.2f} GiB)' if peak is not None else ''))
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

@@ -45,7 +45,7 @@ SCORING = frozenset({
     'proxies', 'batch_candidates', 'candidate_chunk', 'sparse', 'single_path', 'ntk_batch',
     'repeats', 'ntk_width', 'ntk_cells', 'zc_batch', 'zc_width', 'zc_cells', 'zico_splits',
     'cotangent_chunk', 'init', 'data_dir', 'stand_in_inputs', 'dataset', 'benchmark_file',
-    'seed'})
+    'seed', 'matmul_precision'})
 SEARCH = frozenset({
     'seeds', 'device', 'runtime', 'searcher', 'latency_budget_ms', 'energy_budget_mj',
     'sram_reserve_kb', 'flash_reserve_kb', 'workdir', 'proxy_weights', 'w_flops', 'w_latency',
@@ -118,7 +118,12 @@ flags.DEFINE_string('archs', 'random:64',
                     '--reference_file archs of --dataset) and reference+random:N.')
 flags.DEFINE_string('proxies', 'ntk_cond_independent,linear_regions',
                     'Comma-separated proxy names (ntk_cond is TE-NAS-exact but slow on CPU).')
-flags.DEFINE_integer('batch_candidates', 8, 'Candidates per compiled call (K).', lower_bound=1)
+flags.DEFINE_integer('batch_candidates', 8, 'Candidates per compiled call (K); 0 (score, '
+                     'correlate): as many as fit in 80% of free device memory (GPU/TPU; 8 on '
+                     'CPU).', lower_bound=0)
+flags.DEFINE_enum('matmul_precision', 'highest', ['highest', 'high', 'default'],
+                  'float32 matmuls/convolutions on GPU/TPU: highest (float32, as on CPU), high '
+                  '(bf16_3x/tf32) or default (tf32 on NVIDIA: fastest); no effect on CPU.')
 flags.DEFINE_integer('candidate_chunk', 0,
                      'Candidates vmapped together inside a call (0 = all K); bounds memory.',
                      lower_bound=0)

@@ -21,7 +21,9 @@ BAD = [
     # malformed numbers and out-of-range sizes
     (['--lr=abc'], ['--lr=abc']),
     (['--seed=-1'], ['--seed=-1', 'non-negative']),
-    (['--batch_candidates=0'], ['--batch_candidates=0', 'positive']),
+    (['--batch_candidates=-1'], ['--batch_candidates=-1', 'non-negative']),
+    # 0 (K from free device memory) is for score and correlate; the searchers need a K
+    (['--batch_candidates=0'], ['--batch_candidates must be at least 1, got 0']),
     (['--ntk_batch=0'], ['--ntk_batch=0', 'positive']),
     (['--repeats=0'], ['--repeats=0']),
     (['--zico_splits=1'], ['--zico_splits=1']),
@@ -124,8 +126,8 @@ def test_make_config_is_typed_checked_and_frozen():
   assert type(c).__name__ == 'ScoreConfig' and c.proxies == 'params' and c.ntk_width == 2
   with pytest.raises(dataclasses.FrozenInstanceError):
     c.seed = 3
-  with pytest.raises(ValueError, match='--batch_candidates=0'):
-    run.make_config('score', batch_candidates=0)
+  with pytest.raises(ValueError, match='--batch_candidates=-1'):
+    run.make_config('score', batch_candidates=-1)
   with pytest.raises(ValueError, match="'epochs' is not a setting of --experiment=score"):
     run.make_config('score', epochs=3)
   with pytest.raises(ValueError, match='unknown --config'):

@@ -120,3 +120,28 @@ def test_a_batch_too_big_for_memory_is_split_and_scores_the_same(one_device_batc
 def test_other_errors_are_not_taken_for_memory():
   assert scoring.is_out_of_memory(RuntimeError('RESOURCE_EXHAUSTED: Out of memory'))
   assert not scoring.is_out_of_memory(ValueError('shapes (3,) and (4,) do not match'))
+
+
+def test_k_from_free_device_memory_on_a_two_device_mesh(monkeypatch, capsys):
+  """--batch_candidates=0 on a fake two-device CPU mesh, through the accelerator's code path:
+  the device reports its free memory (faked: CPU reports none); K per device is what fits in
+  80% of it by the compiled program's own memory at one candidate per device, within 1 and
+  AUTO_K_MAX; without a report (CPU) K is CPU_K. The scores do not depend on K."""
+  scorer = scoring.Scorer(NB201, 'linear_regions', SETTINGS, seed=7, batch_candidates=0,
+                          devices=jax.devices()[:2])
+  inputs = scorer.inputs_for(())
+  memory = scorer._compiled_for((), OPS, False, 2, inputs).memory_analysis()
+  each = memory.temp_size_in_bytes + memory.output_size_in_bytes
+  for free, want in ((None, scoring.CPU_K), (0, 2), (int(each * 1.5 / 0.8) + 1, 2),
+                     (int(each * 2 / 0.8) + 1, 4), (10**15, 2 * scoring.AUTO_K_MAX)):
+    monkeypatch.setattr(scoring, 'free_device_bytes', lambda device, free=free: free)
+    scorer._auto_k.clear()
+    assert scorer.auto_k((), OPS, False, inputs) == want, free
+  # the scores at the auto K (2 per device) equal those of one device, one at a time
+  monkeypatch.setattr(scoring, 'free_device_bytes', lambda device: int(each * 2 / 0.8) + 1)
+  scorer._auto_k.clear()
+  auto = scorer.score_archs((), OPS)
+  assert '--batch_candidates=0: 4 candidates per compiled call' in capsys.readouterr().out
+  single = scoring.Scorer(NB201, 'linear_regions', SETTINGS, seed=7, batch_candidates=1,
+                          devices=jax.devices()[:1]).score_archs((), OPS)
+  _assert_same(single, auto)

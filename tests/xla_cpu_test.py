@@ -47,3 +47,19 @@ def test_importing_changes_nothing_and_the_entry_point_applies_the_settings():
   before, after = out.stdout.strip().splitlines()
   assert before == 'None'
   assert YNN in after and after.endswith('False')  # set, and no backend had started yet
+
+
+def test_nothing_is_added_on_an_accelerator_run(monkeypatch):
+  """The GPU path: $JAX_PLATFORMS naming a GPU first, or an installed GPU plugin with it unset,
+  gets no CPU settings; an explicit cpu gets them whatever is installed."""
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  monkeypatch.setenv('JAX_PLATFORMS', 'cuda,cpu')
+  assert xla_cpu.accelerator_expected() and not xla_cpu.apply()
+  assert 'XLA_FLAGS' not in os.environ
+  monkeypatch.delenv('JAX_PLATFORMS')
+  monkeypatch.setattr(xla_cpu.importlib.metadata, 'entry_points',
+                      lambda group: ['jax_cuda12_plugin'] if group == 'jax_plugins' else [])
+  assert xla_cpu.accelerator_expected() and not xla_cpu.apply()
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  assert not xla_cpu.accelerator_expected() and xla_cpu.apply()
+  assert os.environ['XLA_FLAGS'] == f'{YNN} {OPT}'

@@ -65,6 +65,10 @@ class ScoreSettings:
   zc_input_size: int = 0           # 0: the dataset's size; smaller for tests
   zc_depth: int = -1               # layers kept (NB201Config.depth); -1: all, less for tests
   zico_splits: int = 2             # zico: equal mini-batches the zc batch is split into (>= 2)
+  # float32 matmuls and convolutions on GPU/TPU: 'highest' (true float32, as on CPU), 'high'
+  # (bf16_3x / tf32) or 'default' (tf32 on NVIDIA, one bf16 pass on TPU: fastest, least exact).
+  # CPU computes float32 whatever it says. (jax.default_matmul_precision, at compile.)
+  matmul_precision: str = 'highest'
 
   @classmethod
   def from_config(cls, c) -> 'ScoreSettings':
@@ -77,7 +81,8 @@ class ScoreSettings:
         dataset=c.dataset, init=c.init, ntk_batch=c.ntk_batch, ntk_repeats=c.repeats,
         ntk_width=c.ntk_width, ntk_cells=c.ntk_cells, cotangent_chunk=c.cotangent_chunk,
         sparse=c.sparse, single_path=c.single_path, zc_batch=c.zc_batch, zc_width=c.zc_width,
-        zc_cells=c.zc_cells, zico_splits=c.zico_splits)
+        zc_cells=c.zc_cells, zico_splits=c.zico_splits,
+        matmul_precision=getattr(c, 'matmul_precision', 'highest'))
 
 
 @dataclasses.dataclass(frozen=True)
