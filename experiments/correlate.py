@@ -151,11 +151,7 @@ def run(f, workdir='correlate_out'):
   devices = jax.local_devices()
   n_dev = len(devices)
   config = run_config(proxy_names, scorer.settings, f, images, ops, n_dev, devices[0].platform)
-  if share.writes_outputs:
-    check_manifest(workdir, config, create=not f.partial)
-  else:  # process 0 writes the manifest; the others check theirs against it
-    wait_for(workdir / 'manifest.json', f'{share}: waiting for process 0 to write')
-    check_manifest(workdir, config, create=False)
+  check_shared_manifest(workdir, config, share, create=not f.partial)
   print(f'inputs: {input_source(images)}')
   print(f'correlate: {len(ops)} {space.name} archs, proxies {", ".join(proxy_names)}'
         + (f', aggregates {", ".join(a.name for a in aggregates)}' if aggregates else '')
@@ -305,6 +301,17 @@ def run_config(proxy_names, settings, f, images, ops, n_dev, platform) -> dict:
             'chunk_size': f.chunk_size, 'batch_candidates': f.batch_candidates,
             'candidate_chunk': f.candidate_chunk, 'devices': f'{n_dev} {platform}'}
   return json.loads(json.dumps(config))
+
+
+def check_shared_manifest(workdir: pathlib.Path, config: dict, share: sweep_lib.Share,
+                          create: bool = True):
+  """`check_manifest` by process 0; the other processes wait for its manifest and check
+  theirs against it."""
+  if share.writes_outputs:
+    check_manifest(workdir, config, create)
+  else:
+    wait_for(workdir / 'manifest.json', f'{share}: waiting for process 0 to write')
+    check_manifest(workdir, config, create=False)
 
 
 def check_manifest(workdir: pathlib.Path, config: dict, create: bool = True):

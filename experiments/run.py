@@ -75,7 +75,11 @@ EXPERIMENTS = types.MappingProxyType({
                                                  'zc_width': 8, 'zc_cells': 1,
                                                  'ntk_batch': 32, 'repeats': 1}),
                          summary='hardware-aware search on any space (the main job)'),
-    'score': Experiment('score', SCORING | {'archs', 'output'}, ('nb201', 'tinycnn', 'mbv2'),
+    'score': Experiment('score', SCORING | DISTRIBUTED | {'archs', 'output', 'workdir',
+                                                          'chunk_size'},
+                        ('nb201', 'tinycnn', 'mbv2'),
+                        # no workdir: one pass, the CSV at --output; with one: resumable chunks
+                        types.MappingProxyType({'workdir': None}),
                         summary='proxy scores per arch, one CSV row each'),
     'correlate': Experiment('correlate', SCORING | DISTRIBUTED | {'archs', 'workdir',
                                                                   'chunk_size', 'reference_file',
@@ -140,7 +144,8 @@ flags.DEFINE_enum('stand_in_inputs', 'noise', ['noise', 'photos'],
                   'Proxy inputs without --data_dir: N(0, 1) noise, or random crops of the '
                   'photographs matplotlib ships (natural-image statistics, no download).')
 flags.DEFINE_string('data_dir', None,
-                    'Folder with CIFAR python pickle batches; without it see --stand_in_inputs.')
+                    'CIFAR python pickle batches, an image folder (one subfolder per class) or an '
+                    '.npz (x, y); without it see --stand_in_inputs.')
 flags.DEFINE_string('benchmark_file', None,
                     'NB201 CSV with arch_index,arch_str (default: the NB201 table in '
                     '$ZERONAS_DATA_DIR or ../shared/data).')
@@ -207,20 +212,21 @@ flags.DEFINE_enum('prune_none', 'auto', ['auto', 'yes', 'no'], 'prune, grad_prun
 flags.DEFINE_integer('recheck', 8, 'grad_prune: single-path archs re-scored exactly at the end.',
                      lower_bound=1)
 # --experiment=correlate (also uses --dataset, --archs, --proxies, --data_dir, --workdir, ...)
-flags.DEFINE_integer('chunk_size', 256, 'correlate: archs per resumable chunk written to disk.',
+flags.DEFINE_integer('chunk_size', 256, 'correlate, score with --workdir: archs per resumable '
+                     'chunk written to disk.',
                      lower_bound=1)
 flags.DEFINE_string('reference_file', None,
                     'correlate: NASLib zero-cost CSV to check per-proxy agreement against.')
 flags.DEFINE_bool('partial', False, 'correlate (NB201): score nothing; tabulate the chunks '
                   'already in --workdir into WORKDIR/partial/ (a long sweep\'s interim results; '
                   'safe beside the running sweep).')
-flags.DEFINE_string('coordinator_address', '', 'correlate: with --num_processes > 1, host:port '
+flags.DEFINE_string('coordinator_address', '', 'correlate, score: with --num_processes > 1, host:port '
                     'of process 0 (it hosts jax.distributed\'s coordinator; every process gets '
                     'the same value); auto: detect the cluster (SLURM, Cloud TPU) and take the '
                     'process count and id from it.')
-flags.DEFINE_integer('num_processes', 1, 'correlate: processes (one per host or accelerator) '
+flags.DEFINE_integer('num_processes', 1, 'correlate, score (with --workdir): processes (one per host or accelerator) '
                      'sharing the sweep; chunk i is scored by process i mod N.', lower_bound=1)
-flags.DEFINE_integer('process_id', 0, 'correlate: this process\'s id, 0..num_processes-1; '
+flags.DEFINE_integer('process_id', 0, 'correlate, score: this process\'s id, 0..num_processes-1; '
                      'process 0 writes the outputs.', lower_bound=0)
 # --experiment=train (also uses --dataset, --data_dir, --seed, --workdir, --progress)
 flags.DEFINE_string('arch', None, 'train: NB201 arch string or index (index needs the NB201 table).')

@@ -1,5 +1,10 @@
 """`--experiment=score`: training-free proxy scores for a set of archs of any registered space,
-one CSV row each, through the space's scorer (the one the searchers use)."""
+one CSV row each, through the space's scorer (the one the searchers use).
+
+With --workdir the scoring is a resumable sweep (`engine.sweep`, correlate's chunks and
+manifest): chunks of --chunk_size archs in WORKDIR/chunks, the CSV written to WORKDIR/--output at
+the end; a rerun after a stop scores only the missing chunks, and --num_processes shares the
+chunks among processes or hosts (docs/correlation.md, "Several processes or hosts")."""
 from __future__ import annotations
 
 import pathlib
@@ -11,6 +16,7 @@ from tqdm import tqdm
 from engine.proxies import aggregate
 from engine.proxies import ntk as ntk_lib
 from engine import search as search_lib
+from engine import sweep as sweep_lib
 from experiments import common
 from search_spaces import registry
 
@@ -45,6 +51,11 @@ def score_by_group(space, scorer, archs, k, progress=None) -> dict:
 
 def run(f, workdir=None):
   space = registry.get(f.search_space)
+  if f.num_processes > 1 and not workdir:
+    raise ValueError('--num_processes > 1 needs --workdir: a folder every process reaches, for '
+                     'the chunks')
+  # before anything touches a JAX backend: jax.distributed must start first
+  share = sweep_lib.connect(f.coordinator_address, f.num_processes, f.process_id)
   archs = select(space, f)
   images = common.load_images(f.data_dir, f.dataset, f.stand_in_inputs)
   common.enable_compile_cache()  # a rerun with the same proxies and sizes skips the compile
@@ -52,10 +63,27 @@ def run(f, workdir=None):
   scorer = search_lib.make_scorer(space, proxy_names, f, f.seed, images)
   print(f'inputs: {images.source if images else "N(0, 1) Gaussian noise (no --data_dir given)"}')
   print(f'scoring {len(archs)} {space.name} archs with {", ".join(scorer.names)}, '
-        f'{f.batch_candidates} per compiled call')
+        f'{f.batch_candidates or "auto"} per compiled call'
+        + (f'; chunks of {f.chunk_size} in {pathlib.Path(workdir) / "chunks"}' if workdir else ''))
   start = time.perf_counter()
-  with tqdm(total=len(archs), unit='arch', disable=not f.progress, file=None) as bar:
-    scores = score_by_group(space, scorer, archs, f.batch_candidates, bar.update)
+  if workdir:  # resumable, on one process or many: correlate's chunks and manifest
+    from experiments import correlate
+    import jax
+    workdir = pathlib.Path(workdir)
+    ops = space.to_array(archs)
+    devices = jax.local_devices()
+    correlate.check_shared_manifest(workdir, correlate.run_config(
+        proxy_names, scorer.settings, f, images, ops, len(devices), devices[0].platform), share)
+    scores = correlate.sweep(
+        ops, f.chunk_size, workdir / 'chunks',
+        lambda a, b, advance: score_by_group(space, scorer, archs[a:b], f.batch_candidates,
+                                             advance), scorer, f.progress, share)
+    if not share.writes_outputs:
+      print(f'{share}: every chunk is on disk; process 0 writes {workdir / f.output}')
+      return
+  else:
+    with tqdm(total=len(archs), unit='arch', disable=not f.progress, file=None) as bar:
+      scores = score_by_group(space, scorer, archs, f.batch_candidates, bar.update)
   wall = time.perf_counter() - start
 
   bench = common.arch_index_table(f.benchmark_file) if space.datasets is not None else None

@@ -184,3 +184,40 @@ def test_a_killed_process_and_a_restart_lose_and_duplicate_nothing(one_process, 
     assert f'scored {32 * (4 - len(had))} archs' in stdout or len(had) == 4
   for name in ('scores.csv', 'correlation.md'):
     assert (workdir / name).read_text() == (one_process / name).read_text(), name
+
+
+def test_score_with_a_workdir_resumes_after_a_crash_to_the_one_pass_csv(tmp_path, monkeypatch):
+  """--experiment=score on mbv2 (archs of several groups) with --workdir: a crash after the
+  first chunk, then the same command, writes the CSV of one pass without --workdir."""
+  args = ['prog', '--experiment=score', '--search_space=mbv2', '--archs=random:10',
+          '--proxies=params,flops', '--noprogress']
+  assert run_lib.cli(args + [f'--output={tmp_path / "one.csv"}']) == 0
+  monkeypatch.setenv(sweep.CRASH_ENV, '1')
+  with pytest.raises(sweep.SimulatedCrash):
+    run_lib.cli(args + [f'--workdir={tmp_path / "w"}', '--chunk_size=4'])
+  monkeypatch.delenv(sweep.CRASH_ENV)
+  assert sorted(p.name for p in (tmp_path / 'w' / 'chunks').iterdir()) == ['chunk_00000.npz']
+  assert run_lib.cli(args + [f'--workdir={tmp_path / "w"}', '--chunk_size=4']) == 0
+  assert (tmp_path / 'w' / 'scores.csv').read_text() == (tmp_path / 'one.csv').read_text()
+  assert len((tmp_path / 'one.csv').read_text().splitlines()) == 11
+  # another setting into the same workdir is refused in one line
+  assert run_lib.cli(args[:-2] + ['--proxies=params', f'--workdir={tmp_path / "w"}',
+                                  '--chunk_size=4', '--noprogress']) == 2
+
+
+@pytest.mark.slow  # (18 s; correlate's two-process test covers the same sweep in the default suite)
+def test_two_processes_score_the_rows_of_one(tmp_path):
+  """--experiment=score over two processes on jax.distributed: the CSV of one process."""
+  base = ['--experiment=score', '--search_space=mbv2', '--archs=random:24',
+          '--proxies=params,flops', '--chunk_size=5', '--noprogress']
+  one = cli.run(*base, f'--output={tmp_path / "one.csv"}')
+  assert one.returncode == 0, one.stderr
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, '-m', 'experiments.run', *base,
+                             f'--workdir={tmp_path / "two"}', '--num_processes=2',
+                             f'--process_id={i}', f'--coordinator_address=127.0.0.1:{port}'],
+                            cwd=cli.REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  assert (tmp_path / 'two' / 'scores.csv').read_text() == (tmp_path / 'one.csv').read_text()
