@@ -100,9 +100,13 @@ class TrainConfig:
   test_images: int = 0           # 0 = the whole test split
   int_eval_images: int = -1      # integer-only inference on this many test images (-1 = all)
   seed: int = 0
+  # classes of the network's head; 0: the dataset's (nb201.DATASETS). A run on the user's own
+  # data (an image folder or .npz, engine/data.py) records its data's class count here.
+  num_classes: int = 0
 
   def net_config(self) -> nb201.NB201Config:
-    return nb201.NB201Config.for_dataset(self.dataset, C=self.C, N=self.N)
+    classes = {'num_classes': self.num_classes} if self.num_classes else {}
+    return nb201.NB201Config.for_dataset(self.dataset, C=self.C, N=self.N, **classes)
 
   def ops(self) -> tuple[int, ...]:
     return tuple(int(o) for o in nb201.parse_arch_str(self.arch))
@@ -148,12 +152,19 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- data
 
 def load_data(data_dir, cfg: TrainConfig):
-  """uint8 train/test images; the test set is fixed, the train set optionally truncated."""
-  if data_dir is None or not pathlib.Path(data_dir).is_dir():
-    raise data_lib.DataError(f'data dir {data_dir} not found; pass --data_dir=<folder with '
-                             f'cifar-10-batches-py> or set ZERONAS_DATA_DIR')
-  train = data_lib.load_cifar(data_dir, cfg.dataset, 'train')
-  test = data_lib.load_cifar(data_dir, cfg.dataset, 'test')
+  """uint8 train/test images of whatever `data_dir` holds (CIFAR batches of `cfg.dataset`, an
+  image folder or an .npz: `data_lib.load_train_test`; the user's images at the dataset's input
+  size); the test set is fixed, the train set optionally truncated. A config with its own
+  `num_classes` (a run on the user's data) must get data of that many classes."""
+  if data_dir is None:
+    raise data_lib.DataError(f'data dir {data_dir} not found; pass --data_dir=<CIFAR batches, '
+                             f'an image folder or an .npz file> or set ZERONAS_DATA_DIR')
+  size = nb201.DATASETS[cfg.dataset][0] if cfg.dataset in nb201.DATASETS else 32
+  train, test = data_lib.load_train_test(data_dir, cfg.dataset, size)
+  if cfg.num_classes and train.num_classes != cfg.num_classes:
+    raise data_lib.DataError(f'{data_dir} has {train.num_classes} classes but this run\'s network '
+                             f'has {cfg.num_classes} outputs (config.json: num_classes); pass the '
+                             f'--data_dir the run was trained on')
   if cfg.train_images:
     train.images, train.labels = train.images[:cfg.train_images], train.labels[:cfg.train_images]
   if cfg.test_images:
@@ -329,6 +340,16 @@ def restore_checkpoint(workdir, like_variables, like_opt_state=None):
   return epoch, restored['variables'], restored.get('opt_state') if like_opt_state else None
 
 
+def _stored_config(path) -> dict:
+  """A workdir's config.json with the defaults of fields added since it was written (a run
+  from before `num_classes` existed resumes)."""
+  stored = json.loads(pathlib.Path(path).read_text())
+  try:
+    return dataclasses.asdict(TrainConfig(**stored))
+  except TypeError:
+    return stored
+
+
 def load_run(workdir):
   """(TrainConfig, variables) of a finished run: for --init_from and --distill_from."""
   path = pathlib.Path(workdir) / 'config.json'
@@ -406,8 +427,10 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
   """Runs (or resumes) a training run in `workdir`; returns the results dict."""
   cfg.validate()
   workdir = pathlib.Path(workdir)
-  ops, net_cfg = cfg.ops(), cfg.net_config()
   train_set, test_set = load_data(data_dir, cfg)
+  if not cfg.num_classes and train_set.format in ('folder', 'npz'):
+    cfg = dataclasses.replace(cfg, num_classes=train_set.num_classes)  # a C-way head
+  ops, net_cfg = cfg.ops(), cfg.net_config()
 
   model_fn = lambda mode: qat_net.QATNetwork(ops, net_cfg, mode)
   variables = qat_net.init_variables(jax.random.key(cfg.seed), ops, net_cfg)
@@ -416,16 +439,24 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
     if (src_cfg.ops(), src_cfg.C, src_cfg.N) != (ops, cfg.C, cfg.N):
       raise CheckpointError(f'--init_from={cfg.init_from} trained {src_cfg.arch} C={src_cfg.C} '
                             f'N={src_cfg.N}; pass the same --arch and width')
+    if src_cfg.net_config().num_classes != net_cfg.num_classes:
+      raise CheckpointError(f'--init_from={cfg.init_from} has {src_cfg.net_config().num_classes} '
+                            f'classes, this data {net_cfg.num_classes}; start from a run trained '
+                            f'on the same classes')
   teacher = teacher_vars = None
   if cfg.distill_from:
     t_cfg, teacher_vars = load_run(cfg.distill_from)
     if t_cfg.dataset != cfg.dataset:
       raise CheckpointError(f'--distill_from={cfg.distill_from} was trained on {t_cfg.dataset}, '
                             f'not {cfg.dataset}; distil from a teacher of the same dataset')
+    if t_cfg.net_config().num_classes != net_cfg.num_classes:
+      raise CheckpointError(f'--distill_from={cfg.distill_from} has '
+                            f'{t_cfg.net_config().num_classes} classes, this data '
+                            f'{net_cfg.num_classes}; distil from a teacher of the same classes')
     teacher = qat_net.QATNetwork(t_cfg.ops(), t_cfg.net_config(), 'fp32')
   workdir.mkdir(parents=True, exist_ok=True)
   cfg_path = workdir / 'config.json'
-  if cfg_path.is_file() and json.loads(cfg_path.read_text()) != dataclasses.asdict(cfg):
+  if cfg_path.is_file() and _stored_config(cfg_path) != dataclasses.asdict(cfg):
     raise CheckpointError(f'{workdir} holds a different run (config.json differs); use a new '
                           f'--workdir or the same flags to resume')
   cfg_path.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
@@ -438,6 +469,8 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
   if latest_epoch(workdir) is not None:
     start, variables, opt_state = restore_checkpoint(workdir, variables, opt_state)
     log(f'resuming {workdir} after epoch {start}')
+  log(f'data: {net_cfg.num_classes} classes, {n_train} train / {len(test_set.labels)} test '
+      f'images used; ' + ' / '.join(dict.fromkeys((train_set.source, test_set.source))))
   # Commit everything the step takes to one device: its outputs are committed, and a first
   # call with uncommitted (freshly initialised or restored) inputs would compile it twice.
   variables, opt_state, teacher_vars = jax.device_put((variables, opt_state, teacher_vars),
@@ -525,6 +558,8 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
   results['train_images_per_s'] = {m: float(np.nanmean([r for mm, r in throughput if mm == m]))
                                    for m in {m for m, _ in throughput}} if throughput else {}
   results['epochs_run_now'] = cfg.epochs - start
+  results['data'] = {'source': train_set.source, 'num_classes': net_cfg.num_classes,
+                     'class_names': list(train_set.class_names)}  # logit i is class_names[i]
   (workdir / 'results.json').write_text(json.dumps(results, indent=1))
   plot_curves(workdir)
   return results

@@ -38,7 +38,8 @@ PATH_FLAGS = {
     'workdir': 'pass a folder you can write to (it is created if missing)',
     'benchmark_file': 'pass a readable CSV, or leave it unset for the shared data\'s table',
     'reference_file': 'pass the readable NASLib zero-cost CSV',
-    'data_dir': 'pass a readable folder holding cifar-10-batches-py/',
+    'data_dir': 'pass a readable folder holding cifar-10-batches-py/, an image folder (one '
+                'subfolder per class) or an .npz file',
     'init_from': 'pass a workdir written by --experiment=train',
     'distill_from': 'pass a workdir written by --experiment=train',
     'archs': 'pass a readable file with one arch per line',
@@ -249,7 +250,7 @@ def check_train_run(value, flag: str, fix: str | None = None):
   else:
     try:
       train_lib.TrainConfig(**data).ops()
-      bad = [k for k in ('C', 'N', 'epochs', 'seed') if k in data
+      bad = [k for k in ('C', 'N', 'epochs', 'seed', 'num_classes') if k in data
              and (not isinstance(data[k], int) or isinstance(data[k], bool) or data[k] < 0)]
       if bad:
         problem = f'{bad[0]}={data[bad[0]]!r} is not a non-negative integer'
@@ -436,13 +437,19 @@ def settings_from_flags(f) -> proxies_lib.ScoreSettings:
 
 
 def load_images(data_dir, dataset: str, stand_in: str = 'noise'):
-  """CIFAR training images for the proxies; without --data_dir the `stand_in`: None (Gaussian
-  inputs) for 'noise', crops of matplotlib's sample photographs for 'photos'.
+  """Training images for the proxies: CIFAR batches, or the train split of the user's image
+  folder or .npz (`data_lib.load_train_test`, at 32x32: the samplers resize to the networks'
+  input size); without --data_dir the `stand_in`: None (Gaussian inputs) for 'noise', crops of
+  matplotlib's sample photographs for 'photos'.
 
   CIFAR-100 and ImageNet16-120 fall back to CIFAR-10 images when only those are present; the
   returned `source` says so."""
   if not data_dir:
     return data_lib.sample_photos() if stand_in == 'photos' else None
+  if data_lib.data_format(data_dir, dataset) != 'cifar':
+    images = data_lib.load_train_test(data_dir, dataset)[0]
+    images.source += '; the proxies use its train split'
+    return images
   try:
     images = data_lib.load_cifar(data_dir, 'cifar100' if dataset == 'cifar100' else 'cifar10')
     if dataset not in ('cifar10', 'cifar100'):  # ImageNet16-120 images are never shipped
