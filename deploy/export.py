@@ -67,6 +67,7 @@ def predicted_costs(ops, config, device: str, runtime: str) -> dict:
           'sram_bytes': float(res['sram_bytes']), 'arena_bytes': float(res['arena_bytes']),
           'flash_bytes': float(res['flash_bytes']),
           'flash_bytes_without_code': float(res['flash_bytes']) - rt.code_flash_bytes,
+          'latency_ms': float(res['latency_ms']), 'energy_mj': float(res['energy_mj']),
           'weight_bytes': counts['weights'], 'bias_bytes': 4 * counts['biases']}
 
 

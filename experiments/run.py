@@ -65,15 +65,17 @@ EXPORT = frozenset({'workdir', 'data_dir', 'device', 'runtime', 'export_images',
 # measured on the other (docs/correlation.md), at the network size it was chosen at (C=8 N=1).
 DEFAULT_SEARCH_OBJECTIVE = 'agg:params+synflow+2*jacob_cov:logrank'
 
+# the search's own defaults, shared by the pipeline's search stage
+EXPERIMENTS_SEARCH_DEFAULTS = types.MappingProxyType({
+    'proxies': DEFAULT_SEARCH_OBJECTIVE, 'stand_in_inputs': 'photos', 'zc_width': 8,
+    'zc_cells': 1, 'ntk_batch': 32, 'repeats': 1})
+
 EXPERIMENTS = types.MappingProxyType({
     # the coupled NTK at K=24 candidates needs K x B x B activations (hundreds of GB at B=64),
     # the independent one ~B x less, and one repeat at B=32 keeps a prune round near 20 s on
     # 2 cores (docs/search.md)
     'search': Experiment('search', SCORING | SEARCH, ('nb201', 'tinycnn', 'mbv2'),
-                         types.MappingProxyType({'proxies': DEFAULT_SEARCH_OBJECTIVE,
-                                                 'stand_in_inputs': 'photos',
-                                                 'zc_width': 8, 'zc_cells': 1,
-                                                 'ntk_batch': 32, 'repeats': 1}),
+                         EXPERIMENTS_SEARCH_DEFAULTS,
                          summary='hardware-aware search on any space (the main job)'),
     'score': Experiment('score', SCORING | DISTRIBUTED | {'archs', 'output', 'workdir',
                                                           'chunk_size'},
@@ -100,6 +102,14 @@ EXPERIMENTS = types.MappingProxyType({
                              'workdir': 'a workdir written by --experiment=train --quant=qat or '
                                         'ptq'}),
                          summary='trained int8 run -> .tflite (+ C), verified'),
+    # search -> train -> export for the winner (experiments/pipeline.py): the flags of the three,
+    # on one --data_dir; the arch is the search's pick, never --arch
+    'pipeline': Experiment('pipeline', (SCORING | SEARCH | TRAIN | EXPORT) - {'arch', 'seeds'},
+                           ('nb201',),
+                           types.MappingProxyType({
+                               **EXPERIMENTS_SEARCH_DEFAULTS, 'workdir': 'pipeline_out',
+                               'quant': 'qat'}),
+                           summary='search, train (QAT) and export the winner, resumable'),
 })
 
 __doc__ += '\n' + '\n'.join(
@@ -314,6 +324,10 @@ READ_WHEN = {
 }
 
 
+READ_WHEN = {name: ((*exps, 'pipeline') if 'search' in exps else exps, *rest)
+             for name, (exps, *rest) in READ_WHEN.items()}
+
+
 def _refuse_unread(f, exp_name: str):
   """UsageError for the first flag the user gave that the chosen space or searcher does not
   read (READ_WHEN)."""
@@ -475,4 +489,8 @@ def cli(argv) -> int:
 
 
 if __name__ == '__main__':
+  # `python -m experiments.run` runs this file as __main__: an experiment that imports
+  # experiments.run (the pipeline builds its stages' configs) must get this module, not a second
+  # copy that would define every flag again
+  sys.modules.setdefault('experiments.run', sys.modules[__name__])
   sys.exit(app.run(main, flags_parser=common.parse_flags_or_fail))

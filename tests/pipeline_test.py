@@ -1,0 +1,59 @@
+"""`--experiment=pipeline` (experiments/pipeline.py): search, train (QAT) and export with the
+TFLite Micro check, end to end on a generated PNG image folder with --config=smoke; a kill
+inside training resumes at that stage, without redoing the search."""
+import json
+
+import pytest
+
+from data_test import CLASSES, _write_folder
+from engine import train as train_lib
+from experiments import run
+
+# 72 train / 18 test images of 3 colour classes; QAT needs >= 25 steps (5 epochs of 6)
+ARGS = ['--experiment=pipeline', '--config=smoke', '--epochs=5', '--train_batch=12', '--lr=0.1',
+        '--warmup_epochs=0.5', '--nolitert', '--noprogress']
+
+
+class Killed(Exception):
+  pass
+
+
+def test_pipeline_on_an_image_folder_resumes_inside_training(tmp_path, monkeypatch, capsys):
+  folder = _write_folder(tmp_path / 'imgs', per_class=30)
+  workdir = tmp_path / 'out'
+  argv = ['prog', *ARGS, f'--data_dir={folder}', f'--workdir={workdir}']
+  real_save = train_lib.save_checkpoint
+
+  def save_then_die(path, epoch, *args):  # killed right after epoch 2's checkpoint
+    real_save(path, epoch, *args)
+    if epoch == 2:
+      raise Killed()
+
+  monkeypatch.setattr(train_lib, 'save_checkpoint', save_then_die)
+  with pytest.raises(Killed):
+    run.cli(argv)
+  assert (workdir / 'search' / 'results.json').is_file()
+  assert not (workdir / 'train' / 'results.json').exists()
+  monkeypatch.setattr(train_lib, 'save_checkpoint', real_save)
+  capsys.readouterr()
+
+  assert run.cli(argv) == 0
+  out = capsys.readouterr().out
+  assert 'pipeline: search already done' in out
+  assert f'resuming {workdir / "train"} after epoch 2' in out
+  report = json.loads((workdir / 'report.json').read_text())
+  pick = json.loads((workdir / 'search' / 'results.json').read_text())['results'][0]
+  assert report['arch'] == pick['arch_str'] and report['export']['verified']
+  assert report['export']['tflm_bitexact_fraction'] == 1.0 and report['export']['images'] == 18
+  trained = json.loads((workdir / 'train' / 'results.json').read_text())
+  assert trained['data']['class_names'] == list(CLASSES) and trained['quant'] == 'qat'
+  assert report['deployed']['C'] == 4 and report['deployed']['N'] == 1  # smoke's size
+  assert report['deployed']['flash_bytes'] < pick['flash_bytes']
+  assert 'TFLite Micro == integer reference | 100.00% of images' in (
+      workdir / 'report.md').read_text()
+
+  # a third run has nothing left to do; other settings into the workdir are refused
+  assert run.cli(argv) == 0
+  assert 'pipeline: export already done' in capsys.readouterr().out
+  assert run.cli(argv + ['--epochs=6']) == 2
+  assert 'holds a pipeline with other settings (differs in epochs)' in capsys.readouterr().err
