@@ -130,8 +130,25 @@ def test_training_resumes_from_the_latest_checkpoint(data_dir, tmp_path, monkeyp
   assert info.value.results['flag'] == 'at_chance'
   assert not (tmp_path / 'results.json').exists()
   with (tmp_path / 'metrics.csv').open() as f:
-    assert [int(r['epoch']) for r in csv.DictReader(f)] == [1, 2]
+    resumed_rows = list(csv.DictReader(f))
+  assert [int(r['epoch']) for r in resumed_rows] == [1, 2]
   assert train.latest_epoch(tmp_path) == 2
+
+  # the resumed run equals an uninterrupted one: the same weights and statistics bit for bit,
+  # and the same losses and accuracies per epoch (epoch 2's batches and augmentation come from
+  # the seed and the epoch, and the optimizer state was restored)
+  whole = tmp_path / 'whole'
+  with pytest.raises(train.AtChance):
+    train.train(cfg, cifar, whole, progress=False, log=lambda *_: None)
+  like = qat_net.init_variables(jax.random.key(0), cfg.ops(), cfg.net_config())
+  _, resumed, _ = train.restore_checkpoint(tmp_path, like)
+  _, uninterrupted, _ = train.restore_checkpoint(whole, like)
+  jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
+  with (whole / 'metrics.csv').open() as f:
+    whole_rows = list(csv.DictReader(f))
+  same = lambda rows: [{k: r[k] for k in ('epoch', 'mode', 'train_loss', 'train_acc', 'test_acc')}
+                       for r in rows]
+  assert same(resumed_rows) == same(whole_rows)
 
 
 @pytest.mark.slow
