@@ -42,6 +42,15 @@ def test_nb201_arch_string(tmp_path, data_dir):
   assert row['arch_index'] == '1' and row['arch_str'] == ARCH  # arch 1 of the NB201 table
   _assert_plausible(row)
   assert row['fits'] == '1'
+  # the CSV holds the hardware model's figures for the lowered arch, not just plausible ones
+  import hardware
+  from search_spaces import nb201
+  from search_spaces.nb201 import graph as nb201_graph
+  want = hardware.cost(nb201_graph.lower(nb201.parse_arch_str(ARCH), nb201.NB201Config()),
+                       device='stm32f746', runtime='cmsis-nn')
+  for key in ('sram_bytes', 'flash_bytes', 'macs', 'params'):
+    assert int(row[key]) == round(float(want[key])), key
+  assert float(row['latency_ms']) == pytest.approx(float(want['latency_ms']), rel=1e-5)
   assert '1 nb201 archs on stm32f746' in result.stdout and 'cmsis-nn: 1 fit' in result.stdout
 
 

@@ -175,7 +175,10 @@ def test_toy_space_scores_costs_and_searches(toy_space, tmp_path):
   assert values['params'].tolist() == [64 * 4 + 4 + 4 * 10 + 10, 64 * 8 + 8 + 8 * 10 + 10]
   assert np.isfinite(values['grad_norm']).all() and (flags['grad_norm'] == 0).all()
   rows = hardware.cost_rows({'mlp4': toy_space.lower(4)}, 'stm32f746', 'cmsis-nn')
-  assert rows[0]['sram_bytes'] > 0 and rows[0]['latency_ms'] > 0
+  # the MLP 64 -> 4 -> 10 costs its own MACs and params (not a bound: the exact counts)
+  assert rows[0]['macs'] == 64 * 4 + 4 * 10 and rows[0]['params'] == values['params'][0]
+  assert rows[0]['latency_ms'] < hardware.cost_rows({'mlp8': toy_space.lower(8)}, 'stm32f746',
+                                                    'cmsis-nn')[0]['latency_ms']
   # the one searcher library serves a space with no relaxation: rerank, random, evolution
   table = search.build_table(toy_space, search.Constraints(), toy_space.enumerate(),
                              toy_space.input_shape, toy_space.num_classes)
