@@ -15,7 +15,8 @@ A space describes
   * its lowering to the hardware layer graph: `lower(arch, input_shape, num_classes)`.
 
 `Net.apply(params, arch_row, x, probes=None, bn='batch', stats=None, rescale=False, codes=False,
-features=False) -> Outputs` (the one function every proxy of `engine.proxies` calls):
+features=False, stage_features=False, stage_shifts=None) -> Outputs` (the one function every
+proxy of `engine.proxies` calls):
   * layer weights (the Conv/Linear kernels the zero-cost proxies differentiate) are the leaves
     `layer_axes` names (default: the leaves named 'w'); weights an arch does not use must get
     zero gradient (mask them inside apply), so proxies see only the arch's own layers;
@@ -27,7 +28,13 @@ features=False) -> Outputs` (the one function every proxy of `engine.proxies` ca
     log summed in `Outputs.log_scale` (synflow on deep nets);
   * `codes` / `features` ask for `Outputs.codes` / `features` and `bn_log_sigma` (a network may
     fill them always; NB201's computes them only when asked, so the other proxies' programs
-    stay as small as they were).
+    stay as small as they were);
+  * `stage_features=True` asks for `Outputs.stage_features`, the output of every block (a
+    network may fill it always); `stage_shifts` (a tuple with one array per stage feature, of
+    its shape) makes each block read `stop_gradient(previous block's output) + shift`, so the
+    gradient of block i's output with respect to shift i-1 is block i's own input Jacobian
+    (AZ-NAS's trainability; a block the arch lacks must then pass its input on unchanged). A
+    network without these options ignores them and leaves `stage_features` empty.
 """
 from __future__ import annotations
 
@@ -50,6 +57,10 @@ class Outputs(NamedTuple):
   bn_log_sigma: Any = 0.0  # sum over BN layers of log sqrt(mean channel batch variance); 0 if none
   stats: Any = None        # the BN statistics used (None: no BN), for `apply(stats=...)`
   log_scale: Any = 0.0     # log of the factor `rescale` divided the output by
+  # per block (stem / cell / layer / reduction block, in network order): (output map
+  # [B, H, W, C], unit mask: a bool scalar (the arch has the block) or broadcastable to the map's
+  # per-sample shape, as in `codes`); () where the network does not fill it (AZ-NAS needs it)
+  stage_features: tuple = ()
 
 
 def path_key(path) -> str:
@@ -86,6 +97,15 @@ class Net:
   # 0: 16x the input's
   widest: int = 0
   label: str = ''  # how reports name it ('C=16 N=5'); '': the space's own network
+  # (arch_row) -> {leaf path key: bool array}: the parameter tensors the arch's own (unpadded)
+  # network has, as PyTorch's `named_parameters` lists them (conv/linear weights, BN scales and
+  # shifts, biases), a layer that cannot reach the output or sees only zeros included (PyTorch
+  # builds it all the same; a layer of the padded network the arch lacks is not); each array has
+  # the shape of its leaf's leading axes that stack several tensors (NB201's [cells, edges]; ()
+  # for a leaf that is one tensor).
+  # VKDNW samples one weight of each (`engine.proxies.vkdnw`); None: the layer weights
+  # `layer_axes` names whose gradient is not zero
+  param_tensors: Optional[Callable] = None
 
   def probes(self, params, batch: int):
     """Ones [*lead, B, C_out] per layer weight (None elsewhere), the factors `apply(probes=)`

@@ -458,9 +458,10 @@ def init(key, row, kind='torch_default', group_key=(1.0, 96), num_classes=NUM_CL
 class _MaskedBackend:
   """The padded network under a relaxed mask [S, O] (`apply`: an arch row's one-hot mask)."""
 
-  def __init__(self, params, mask, probes, bn, group_key, stats=None):
+  def __init__(self, params, mask, probes, bn, group_key, stats=None, stage_shifts=None):
     self.params, self.probes, self.bn, self.fixed = params, probes, bn, stats
     self.stats = {}
+    self.stage_shifts, self.stage_features = stage_shifts, []
     self.width = group_key[0]
     self.masks = _relaxed_masks(mask, group_key)
     self.codes, self.log_sigma = [], jnp.zeros(())
@@ -486,10 +487,18 @@ class _MaskedBackend:
       y = jnp.clip(y, 0.0, 6.0)
     return y
 
+  def _stage_output(self, y, live):
+    """Keep a block's output (and, with `stage_shifts`, read it on through stop_gradient plus
+    its shift)."""
+    shift = (None if self.stage_shifts is None else
+             self.stage_shifts[len(self.stage_features)])
+    self.stage_features.append((y, jnp.asarray(live)))
+    return y if shift is None else jax.lax.stop_gradient(y) + shift
+
   def stem(self, t):
     t = self._layer(t, 'stem', 2)
     t = self._layer(t, 'first_dw', groups=t.shape[-1])
-    return self._layer(t, 'first_pw', relu6=False)
+    return self._stage_output(self._layer(t, 'first_pw', relu6=False), True)
 
   def block(self, t, s, j, cin, cout, stride):
     name = f's{s}b{j}'
@@ -500,8 +509,9 @@ class _MaskedBackend:
     y = self._layer(y, f'{name}_dw', stride, groups=y.shape[-1], units=units, active=active)
     y = self._layer(y, f'{name}_project', relu6=False, active=active)
     if j == 0:
-      return y + t if stride == 1 and cin == cout else y
-    return t + expand.gate * y  # a block the arch lacks (gate 0) is the identity
+      return self._stage_output(y + t if stride == 1 and cin == cout else y, True)
+    # a block the arch lacks (gate 0) is the identity
+    return self._stage_output(t + expand.gate * y, active)
 
   def head(self, t):
     feats = jnp.mean(t, (1, 2))
@@ -510,11 +520,15 @@ class _MaskedBackend:
       logits = logits * self.probes['fc']['w']
     return space_lib.Outputs(logits, tuple(self.codes), jnp.asarray(True),
                              t.reshape(t.shape[0], -1), self.log_sigma,
-                             None if self.bn == 'identity' else self.stats)
+                             None if self.bn == 'identity' else self.stats,
+                             stage_features=tuple(self.stage_features))
 
 
-def relaxed_apply(params, mask, x, probes=None, bn='batch', group_key=(1.0, 96), stats=None):
-  return network(_MaskedBackend(params, mask, probes, bn, group_key, stats), x)
+def relaxed_apply(params, mask, x, probes=None, bn='batch', group_key=(1.0, 96), stats=None,
+                  stage_shifts=None):
+  """The padded network -> space.Outputs (stage features always filled: the stem's and every
+  block's output, a block the arch lacks marked not live)."""
+  return network(_MaskedBackend(params, mask, probes, bn, group_key, stats, stage_shifts), x)
 
 
 def apply(params, row, x, probes=None, bn='batch', group_key=(1.0, 96), stats=None):
@@ -535,9 +549,9 @@ def _group_net(group_key, num_classes, to_mask, example_row) -> space_lib.Net:
   return space_lib.Net(
       init=lambda key, row, kind='torch_default': relaxed_init(key, to_mask(row), kind,
                                                                group_key, num_classes),
-      # nothing to rescale; codes and features are always filled
-      apply=lambda params, row, x, probes=None, bn='batch', stats=None, **_: relaxed_apply(
-          params, to_mask(row), x, probes, bn, group_key, stats),
+      # nothing to rescale; codes and (stage) features are always filled
+      apply=lambda params, row, x, probes=None, bn='batch', stats=None, stage_shifts=None, **_:
+      relaxed_apply(params, to_mask(row), x, probes, bn, group_key, stats, stage_shifts),
       fan_in=lambda row: relaxed_fan_in(to_mask(row), group_key), input_shape=(res, res, 3),
       num_classes=num_classes, example_row=example_row)
 

@@ -429,11 +429,12 @@ class _MaskedBackend:
 
   num_layers = MAX_LAYERS
 
-  def __init__(self, params, mask, probes, input_shape):
+  def __init__(self, params, mask, probes, input_shape, stage_shifts=None):
     self.params, self.mask, self.probes = params, jnp.asarray(mask), probes
     self.masks = _masks(self.mask, input_shape)
     self.widest = _head_size(input_shape, 1) * _PAD_FILTERS
     self.codes, self.logits, self.features = [], 0.0, 0.0
+    self.stage_shifts, self.stage_features = stage_shifts, []
 
   def input(self, x):
     return x
@@ -456,8 +457,16 @@ class _MaskedBackend:
     return relu * jax.nn.relu(t) + swish * _swish(t)
 
   def pool(self, t, i):
+    """The block's output, kept in `stage_features` with its channels' unit mask (a layer past
+    the arch's depth has none); with `stage_shifts` the next layer reads it through
+    stop_gradient plus the shift."""
     max_, avg = self.mask[_POOLING, :2]
-    return max_ * _pool(t, 'max') + avg * _pool(t, 'avg')
+    y = max_ * _pool(t, 'max') + avg * _pool(t, 'avg')
+    in_depth = jnp.sum(self.mask[_LAYERS, i:]) > 0
+    self.stage_features.append((y, in_depth & (_out_channels(self.mask, i) != 0)))
+    if self.stage_shifts is not None:
+      y = jax.lax.stop_gradient(y) + self.stage_shifts[i]
+    return y
 
   def head(self, t, i):
     p = self.params[f'fc{i}']
@@ -471,7 +480,8 @@ class _MaskedBackend:
 
   def output(self):
     return space_lib.Outputs(self.logits, tuple(self.codes), self.mask[_ACTIVATION, 1] == 0,
-                             self.features, jnp.zeros(()))
+                             self.features, jnp.zeros(()),
+                             stage_features=tuple(self.stage_features))
 
 
 class _ConcreteBackend:
@@ -512,11 +522,12 @@ class _ConcreteBackend:
                              jnp.zeros(()))
 
 
-def relaxed_apply(params, mask, x, probes=None, bn='batch', input_shape=(32, 32, 3)):
-  """The supernet of a relaxed mask [9, 3] on padded params -> space.Outputs. tinycnn has no
-  BN."""
+def relaxed_apply(params, mask, x, probes=None, bn='batch', input_shape=(32, 32, 3),
+                  stage_shifts=None):
+  """The supernet of a relaxed mask [9, 3] on padded params -> space.Outputs (stage features
+  always filled: each layer's pooled output). tinycnn has no BN."""
   del bn
-  return network(_MaskedBackend(params, mask, probes, input_shape), x)
+  return network(_MaskedBackend(params, mask, probes, input_shape, stage_shifts), x)
 
 
 def apply(params, row, x, probes=None, bn='batch', input_shape=(32, 32, 3)):
@@ -539,9 +550,9 @@ def _net(input_shape, num_classes, to_mask, example_row) -> space_lib.Net:
   return space_lib.Net(
       init=lambda key, row, kind='torch_default': relaxed_init(key, to_mask(row), kind,
                                                                input_shape, num_classes),
-      # no BN (stats, bn), nothing to rescale; codes and features are always filled
-      apply=lambda params, row, x, probes=None, bn='batch', **_: relaxed_apply(
-          params, to_mask(row), x, probes, bn, input_shape),
+      # no BN (stats, bn), nothing to rescale; codes and (stage) features are always filled
+      apply=lambda params, row, x, probes=None, bn='batch', stage_shifts=None, **_:
+      relaxed_apply(params, to_mask(row), x, probes, bn, input_shape, stage_shifts),
       fan_in=lambda row: relaxed_fan_in(to_mask(row), input_shape),
       input_shape=input_shape, num_classes=num_classes, example_row=example_row)
 

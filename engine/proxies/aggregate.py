@@ -5,6 +5,9 @@ Usable wherever a proxy name is (`--proxies=nwot,tenas,agg:nwot+synflow+flops:lo
 * `tenas`: TE-NAS's combination, the sum of the ranks of `ntk_cond` and `linear_regions`
   (Chen et al., ICLR 2021). Write `agg:ntk_cond_independent+linear_regions` for the variant that
   is practical on CPU.
+* `az_nas`: AZ-NAS's score (Lee & Ham, CVPR 2024), the same as
+  `agg:az_expressivity+az_progressivity+az_trainability+flops:logrank` (`engine.proxies.az_nas`;
+  the authors sum log(rank / n) of the four terms over the pool, ranks ascending).
 * `agg:A+B+...` or `agg:A+B+...:rank`: sum of the components' ranks (1 = worst, n = best).
 * `agg:A+B+...:logrank`: sum of the logs of the components' percentile ranks (rank / n), as
   AZ-NAS (Lee & Ham, CVPR 2024) combines its proxies; the product of percentile ranks, so an arch
@@ -37,7 +40,9 @@ from engine import proxies as proxies_lib
 
 PREFIX = 'agg:'
 METHODS = ('rank', 'logrank')
-NAMED = {'tenas': (('ntk_cond', 'linear_regions'), 'rank')}
+NAMED = {'tenas': (('ntk_cond', 'linear_regions'), 'rank'),
+         'az_nas': (('az_expressivity', 'az_progressivity', 'az_trainability', 'flops'),
+                    'logrank')}
 
 
 class AggregateError(proxies_lib.ProxyError):

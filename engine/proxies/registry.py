@@ -24,8 +24,10 @@ import jax
 import numpy as np
 
 from engine import data as data_lib
+from engine.proxies import az_nas as az_lib
 from engine.proxies import linear_regions as lr_lib
 from engine.proxies import ntk as ntk_lib
+from engine.proxies import vkdnw as vkdnw_lib
 from engine.proxies import zero_cost as zc_lib
 
 
@@ -140,6 +142,21 @@ _ZC_OPTIONS = {
 }
 
 
+def _az_nas(names):
+  """AZ-NAS's terms (`engine.proxies.az_nas`) on the zc batch, from the authors'
+  kaiming_normal (fan_in) init; the Rademacher projections come from the init key, so every
+  candidate of a run shares them as it shares its weights. fn -> {name: (value, flag)} when
+  `names` has several terms (one shared pass), else the one term's (value, flag)."""
+  def run(key, row, inputs, s: ScoreSettings, nets):
+    net = nets['zc']
+    init_key = _init_keys(key, inputs, 'zc', s)[0]
+    params = net.init(init_key, row, 'kaiming_normal')
+    values = az_lib.az_terms(net, params, row, inputs['zc'], jax.random.fold_in(init_key, 2),
+                             names)
+    return values if len(names) > 1 else values[names[0]]
+  return run
+
+
 REGISTRY: dict[str, Proxy] = {p.name: p for p in [
     Proxy('ntk_cond', 'network', False, _ntk('coupled'), 'ntk'),
     Proxy('ntk_cond_independent', 'network', False, _ntk('independent'), 'ntk'),
@@ -147,22 +164,32 @@ REGISTRY: dict[str, Proxy] = {p.name: p for p in [
     Proxy('params', 'analytic', True, None),
     Proxy('flops', 'analytic', True, None),
 ] + [Proxy(name, 'network', True, _zero_cost(fn, **_ZC_OPTIONS.get(name, {})), 'zc')
-     for name, fn in zc_lib.PROXIES.items()]}
+     for name, fn in zc_lib.PROXIES.items()] + [
+    # VKDNW (engine.proxies.vkdnw) on the zc batch, from the authors' kaiming_normal (fan_in) init
+    Proxy('vkdnw', 'network', True, _zero_cost(vkdnw_lib.vkdnw, init='kaiming_normal'), 'zc'),
+    Proxy('vkdnw_dim', 'network', True, _zero_cost(vkdnw_lib.tensor_count, init='kaiming_normal'),
+          'zc'),
+] + [Proxy(name, 'network', True, _az_nas((name,)), 'zc') for name in az_lib.TERMS]}
 
 
 def fused_gradient_proxies(proxies, s: ScoreSettings):
   """(names, fn) when two or more of grad_norm, snip, fisher and grasp are requested: fn(key,
   row, inputs, settings, nets) -> {name: (value, flag)} from one shared pass
   (`zero_cost.gradient_proxies`). None otherwise, or with per-candidate init (each proxy then
-  draws its own init from its own key, so there is no pass to share)."""
+  draws its own init from its own key, so there is no pass to share). Two or more of AZ-NAS's
+  terms likewise share one pass (`az_nas.az_terms`), with or without the gradient group."""
+  az = tuple(p.name for p in proxies if p.name in az_lib.TERMS)  # AZ-NAS's terms: one pass
+  az = (az, _az_nas(az)) if len(az) > 1 and not s.per_candidate_init else None
   names = tuple(p.name for p in proxies if p.name in zc_lib.GRADIENT_GROUP)
   if len(names) < 2 or s.per_candidate_init:
-    return None
+    return az
 
   def fn(key, row, inputs, settings: ScoreSettings, nets):
     net = nets['zc']
     params = net.init(inputs['zc_init'][0], row, settings.init)
     return zc_lib.gradient_proxies(net, params, row, inputs['zc'], inputs['zc_labels'], names)
+  if az:
+    return names + az[0], lambda *a: {**fn(*a), **az[1](*a)}
   return names, fn
 
 

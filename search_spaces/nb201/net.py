@@ -426,14 +426,20 @@ class Supernet(Backend):
   `probes` multiplies every conv / dense output by a [B, C_out] factor (fisher's hooks);
   `hook(x)` rewrites the features after the stem, every cell and every reduction block (no
   scan over cells then); `rescale` divides them by their peak instead, summing the logs in
-  `log_scale` (synflow).
+  `log_scale` (synflow). `record_stages` keeps those features in `stage_features` (AZ-NAS);
+  `stage_shifts` (one array per such feature) makes the next layer read
+  stop_gradient(feature) + shift, so each block's input Jacobian is a gradient by its shift.
   """
 
   def __init__(self, params, sparse=False, fixed_stats=None, probes=None, hook=None,
-               record_relus=False, rescale=False):
+               record_relus=False, rescale=False, record_stages=False, stage_shifts=None):
     self.params, self.sparse = params, sparse
     self.fixed_stats, self.probes, self.hook = fixed_stats, probes, hook
     self.record_relus, self.rescale = record_relus, rescale
+    self.record_stages = record_stages or stage_shifts is not None
+    self.stage_shifts = stage_shifts
+    self.stage_features: list = []  # block outputs in order (`record_stages`)
+    self._cell_shift = None         # inside a scan over cells: this cell's shift
     self.log_scale = jnp.zeros(())  # sum of log rescaling factors (`rescale`)
     self.last = None                # the features after the last layer (the head's input)
     self.stats: dict[str, Any] = {}
@@ -471,20 +477,26 @@ class Supernet(Backend):
       per_cell = [{k.replace(f'{prefix}{i}/', wild, 1): v for k, v in self.fixed_stats.items()
                    if k.startswith(f'{prefix}{i}/')} for i in range(count)]
       fixed = jax.tree.map(lambda *a: jnp.stack(a), *per_cell)
-    saved = self.stats, self.relus, self.fixed_stats
+    saved = self.stats, self.relus, self.fixed_stats, self.stage_features
+    first = len(self.stage_features)
+    shifts = (None if self.stage_shifts is None else
+              jnp.stack(self.stage_shifts[first:first + count]))
 
     def body(carry, xs):
       t, self.log_scale = carry
-      i, fixed_i = xs
-      self.stats, self.relus = {}, {}
+      i, fixed_i, self._cell_shift = xs
+      self.stats, self.relus, self.stage_features = {}, {}, []
       if fixed_i is not None:
         self.fixed_stats = fixed_i
       t = cell(t, i)
-      return (t, self.log_scale), (self.stats, self.relus)
+      return (t, self.log_scale), (self.stats, self.relus, self.stage_features)
 
-    (t, log_scale), (stats, relus) = jax.lax.scan(body, (t, self.log_scale),
-                                                  (jnp.arange(count), fixed))
-    self.stats, self.relus, self.fixed_stats = saved
+    (t, log_scale), (stats, relus, stages) = jax.lax.scan(
+        body, (t, self.log_scale), (jnp.arange(count), fixed, shifts))
+    self.stats, self.relus, self.fixed_stats, self.stage_features = saved
+    self._cell_shift = None
+    if self.record_stages:
+      self.stage_features.extend(jax.lax.unstack(stages[0]))
     self.log_scale, self.last = log_scale, t
     for recorded, into in ((stats, self.stats), (relus, self.relus)):
       for k, v in recorded.items():
@@ -560,6 +572,13 @@ class Supernet(Backend):
       scale = jnp.where(peak > 0, peak, 1.0)
       self.log_scale = self.log_scale + jnp.log(scale)
       t = t / scale
+    if self.record_stages:
+      shift = self._cell_shift
+      if shift is None and self.stage_shifts is not None:
+        shift = self.stage_shifts[len(self.stage_features)]
+      self.stage_features.append(t)
+      if shift is not None:
+        t = jax.lax.stop_gradient(t) + shift
     self.last = t
     return t
 

@@ -118,6 +118,27 @@ def log_bn_scales(stats, row):
   return total
 
 
+_CELL_TENSORS = {'conv1': CONV1, 'bn1_scale': CONV1, 'bn1_bias': CONV1,
+                 'conv3': CONV3, 'bn3_scale': CONV3, 'bn3_bias': CONV3}
+
+
+def param_tensors(shapes, row) -> dict:
+  """{leaf path key: bool [cells, edges] or ()}: the PyTorch parameter tensors of the arch's own
+  network (`interface.Net.param_tensors`). A cell conv and its BN exist where the edge's op is
+  that conv, whether or not its node reaches the output (the NB201 PyTorch cell builds it
+  anyway); stem, reduction blocks and head always exist."""
+  mask = jax.nn.one_hot(row, nb201.NUM_OPS) if jnp.ndim(row) == 1 else jnp.asarray(row)
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
+    name = str(path[-1].key)
+    if name in _CELL_TENSORS:
+      on = mask[:, _CELL_TENSORS[name]] != 0
+      out[interface.path_key(path)] = jnp.broadcast_to(on, leaf.shape[:2])
+    else:
+      out[interface.path_key(path)] = jnp.asarray(True)
+  return out
+
+
 @functools.lru_cache(maxsize=None)
 def make_net(config: nb201.NB201Config, sparse: bool = False) -> interface.Net:
   """The NB201 network of `config` behind `interface.Net` (see the module docstring)."""
@@ -127,13 +148,16 @@ def make_net(config: nb201.NB201Config, sparse: bool = False) -> interface.Net:
           if str(p[-1].key) in nb201_net.LAYER_WEIGHTS}
 
   def apply(params, row, x, probes=None, bn='batch', stats=None, rescale=False, codes=False,
-            features=False):
+            features=False, stage_features=False, stage_shifts=None):
     if bn == 'identity':
       stats = _identity_stats(params, row, x, config)
     logits, walked = nb201_net.run(params, row, x, config, sparse=sparse, fixed_stats=stats,
-                                   probes=probes, record_relus=codes, rescale=rescale)
+                                   probes=probes, record_relus=codes, rescale=rescale,
+                                   record_stages=stage_features, stage_shifts=stage_shifts)
     out = interface.Outputs(logits, tuple(walked.relus.values()), True, stats=walked.stats,
-                            log_scale=walked.log_scale)
+                            log_scale=walked.log_scale,
+                            stage_features=tuple((f, jnp.bool_(True))
+                                                 for f in walked.stage_features))
     if features:  # Zen-NAS's pre-pooling features: after the head's BN and ReLU
       head = params['head']
       f = jax.nn.relu(batch_norm(walked.last, head['bn_scale'], head['bn_bias'])[0])
@@ -147,7 +171,8 @@ def make_net(config: nb201.NB201Config, sparse: bool = False) -> interface.Net:
       example_row=np.zeros(nb201.NUM_EDGES, np.int32), layer_axes=layer_axes,
       ntk_weight=nb201_net.is_weight, regions='patterns', vmap_masks=not sparse,
       widest=config.input_size ** 2 * max(config.C, config.in_channels),
-      label=f'C={config.C} N={config.N}' if config.use_stem else f'C={config.C}, one cell')
+      label=f'C={config.C} N={config.N}' if config.use_stem else f'C={config.C}, one cell',
+      param_tensors=functools.partial(param_tensors, shapes))
 
 
 def proxy_configs(s) -> dict:
