@@ -189,6 +189,7 @@ NAMES = 'az_expressivity,az_progressivity,az_trainability'
 OPS = np.array([[3, 2, 4, 1, 3, 0], [1, 1, 1, 1, 1, 1], [3, 3, 3, 1, 0, 0], [4, 0, 2, 0, 4, 3]])
 
 
+@pytest.mark.slow  # (cold on 2 cores: 25-40 s; the default suite must stay under 10 min)
 def test_nb201_batched_equals_one_at_a_time():
   """vmap over 4 candidates (the dense supernet at one-hot masks, one jitted call) equals each
   arch alone on its own single path (lax.switch per edge, scan over cells)."""

@@ -69,6 +69,7 @@ class SupernetTest(chex.TestCase):
       soft = edge(jnp.array([0.0, 0.5, 0.0, 0.0, 2.0]))
       np.testing.assert_allclose(soft, 0.5 * singles[1] + 2.0 * singles[4], atol=1e-5)
 
+  @pytest.mark.slow  # (24 s cold; the default suite must stay under 10 min)
   def test_dense_sparse_and_single_path_walks_agree_with_gradients(self):
     config = dataclasses.replace(CONFIG, N=1)  # one cell per stage: five compiles, kept short
     params = net.init_params(jax.random.PRNGKey(0), config)

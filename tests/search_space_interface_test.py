@@ -64,6 +64,7 @@ def test_tinycnn_lowering_counts_equal_network(code):
   assert apply(params, _x(2)).shape == (2, 10)
 
 
+@pytest.mark.slow  # (cold on 2 cores: 25-40 s; the default suite must stay under 10 min)
 def test_masked_proxies_equal_concrete_reference():
   """Each proxy on the padded, masked network equals the same proxy on the arch's own network."""
   space = registry.get('tinycnn')
@@ -222,6 +223,7 @@ def test_mbv2_lowering_weights_equal_the_masked_network(code):
   assert graph_lib.node_stats(space.lower(arch)).weights.sum() == live
 
 
+@pytest.mark.slow  # (cold on 2 cores: 25-40 s; the default suite must stay under 10 min)
 def test_mbv2_batched_proxies_equal_one_at_a_time():
   """The scorer's compiled batch (lax.map over rows) equals each arch alone, on a small group."""
   from search_spaces import mbv2

@@ -326,7 +326,9 @@ def test_non_finite_values_are_flagged():
 # so the test processes share the work)
 @pytest.mark.parametrize('names', [
     list(zc.GRADIENT_GROUP), [n for n in NAMES if n not in zc.GRADIENT_GROUP],
-    ['ntk_cond'], ['ntk_cond_independent', 'linear_regions']],
+    # the NTK groups (23-26 s cold each) in the slow suite: the default suite stays <= 10 min
+    pytest.param(['ntk_cond'], marks=pytest.mark.slow),
+    pytest.param(['ntk_cond_independent', 'linear_regions'], marks=pytest.mark.slow)],
     ids=['gradient', 'other', 'ntk', 'ntk_independent'])
 def test_single_path_fast_path_equals_the_dense_supernet(names):
   # sparse: one-hot candidates go in as op indices (switch per edge, scan over cells, custom
