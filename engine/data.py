@@ -236,9 +236,14 @@ def _split_text() -> str:
   return f'{100 - pct}/{pct} split per class, seed {SPLIT_SEED}'
 
 
-def _too_few_to_test(path) -> DataError:
-  return DataError(f'{path} has too few images to hold out a test split (a class needs at least '
-                   f'2 images); add images')
+def _split_here(labels: np.ndarray, path):
+  """(train indices, test indices, how) of data without its own test split: the seeded split
+  per class; a DataError naming `path` when it holds out nothing."""
+  train_idx, test_idx = split_per_class(labels)
+  if not len(test_idx):
+    raise DataError(f'{path} has too few images to hold out a test split (a class needs at least '
+                    f'2 images); add images')
+  return train_idx, test_idx, _split_text()
 
 
 def _load_folder(path: pathlib.Path, size: int) -> tuple[ImageSet, ImageSet]:
@@ -268,11 +273,8 @@ def _load_folder(path: pathlib.Path, size: int) -> tuple[ImageSet, ImageSet]:
     train_idx, test_idx = rng.permutation(len(labels)), rng.permutation(len(test_labels))
     how = 'train/ and test/ subfolders'
   else:
-    train_idx, test_idx = split_per_class(labels)
-    if not len(test_idx):
-      raise _too_few_to_test(train_root)
+    train_idx, test_idx, how = _split_here(labels, train_root)
     test_images, test_labels = images, labels
-    how = _split_text()
   summary = (f'image folder {path}: {len(classes)} classes, {len(train_idx)} train / '
              f'{len(test_idx)} test images ({how})'
              + (f', {resized} resized to {size}x{size}' if resized else ''))
@@ -372,10 +374,8 @@ def _load_npz(path: pathlib.Path, size: int) -> tuple[ImageSet, ImageSet]:
     train_idx, test_idx = np.arange(len(y)), np.arange(len(y_test))
     how = 'x/y train, x_test/y_test test'
   else:
-    train_idx, test_idx = split_per_class(y)
-    if not len(test_idx):
-      raise _too_few_to_test(path)
-    x_test, y_test, how = x, y, _split_text()
+    train_idx, test_idx, how = _split_here(y, path)
+    x_test, y_test = x, y
   shape = arrays['x'].shape[1:3]
   summary = (f'npz file {path}: {classes} classes, {len(train_idx)} train / {len(test_idx)} '
              f'test images ({how})'
