@@ -122,7 +122,7 @@ def _report(f, found, trained, exported, workdir, deployed) -> dict:
   report = {
       'search_space': f.search_space, 'device': f.device, 'runtime': f.runtime,
       'arch': found['arch_str'], 'data': trained.get('data', {}).get('source', f.data_dir),
-      # the search's pick as it costed it (NB201 at C=16 N=5), predicted by the hardware model;
+      # the search's pick as it costed it (the space's own size), predicted by the hardware model;
       # test_acc: the benchmark's (NB201: CIFAR-10, 200 epochs)
       'search': {k: found.get(k) for k in ('sram_bytes', 'flash_bytes', 'latency_ms',
                                            'energy_mj', 'params', 'feasible', 'test_acc')},
@@ -158,7 +158,8 @@ def _markdown(r: dict) -> str:
   lines = [
       f'# Pipeline: {r["search_space"]} for {r["device"]} ({r["runtime"]})', '',
       f'Winner: `{r["arch"]}`; data: {r["data"]}', '',
-      f'| | as searched (C=16 N=5) | as trained and exported (C={d["C"]} N={d["N"]}) |',
+      f'| | as searched (the space\'s own size) | as trained and exported (C={d["C"]} '
+      f'N={d["N"]}) |',
       '|---|---|---|',
       f'| predicted SRAM | {_fmt(kb(s.get("sram_bytes")), ".1f", " KB")} | '
       f'{_fmt(kb(d["sram_bytes"]), ".1f", " KB")} |',
