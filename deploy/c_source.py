@@ -8,14 +8,17 @@ TFLite Micro runs, itself written by the one network walk) and writes:
     planner (`hardware.memory.tflm_greedy_plan`: the same offsets TFLite Micro would use), and
     `zn_invoke`, one kernel call per TFLite operator with a counter reading around each;
   * the runtime, copied verbatim from `deploy/c/`: int8 kernels written for this project
-    (zn_kernels.c: conv k x k, pointwise, depthwise affine, average pool, ADD with
-    requantization, dense, ReLU, pad), a `main` that reads inputs and writes logits, and two
+    (zn_kernels.c: conv k x k, pointwise, depthwise k x k and its 1x1 per-channel affine,
+    average and max pool, ADD with requantization, dense, ReLU, pad; fused ReLU / ReLU6 as
+    TFLite Micro's int8 clamp), a `main` that reads inputs and writes logits, and two
     platforms: QEMU's mps2 boards over semihosting, and a host build;
   * a Makefile with the same compiler flags `deploy.mcu.build` uses, and layers.json (per layer:
     op, output tensor, MACs).
 
 Why from the .tflite and not from the network: it is the graph already verified bit for bit in
-TFLite Micro, so the C needs no eighth walk of NB201, and any model with these builtins works.
+TFLite Micro, so the C needs no eighth walk of NB201, and any model with these builtins works:
+NB201's export (`deploy.tflite`) and the plug-in spaces' (`deploy.graph_tflite`: SAME convs and
+depthwise convs at stride 1 or 2, max / average / global pools, fused ReLU and ReLU6).
 The requantization multipliers are derived from the flatbuffer's float32 scales exactly as TFLite
 Micro derives them (double precision, `quant.quantize_multiplier`), so outputs equal TFLM's and
 the integer reference's bit for bit.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 import shutil
 
@@ -83,6 +87,38 @@ def _multipliers(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return mult.astype(np.int64), shift.astype(np.int64)
 
 
+def _tf_round(x: float) -> int:
+  """TfLiteRound (std::round): half away from zero."""
+  return int(math.copysign(math.floor(abs(x) + 0.5), x))
+
+
+def activation_range(code: int, out_scale: float, out_zp: int) -> tuple[int, int] | None:
+  """The int8 clamp of a fused activation, as TFLite Micro's CalculateActivationRangeQuantized
+  computes it (float32 division, rounded half away from zero, within [-128, 127]); None if the
+  activation is not a clamp (TANH, SIGN_BIT)."""
+  s = np.float32(out_scale)
+  q = lambda f: out_zp + _tf_round(float(np.float32(f) / s))
+  if code == 0:    # NONE
+    return -128, 127
+  if code == 1:    # RELU
+    return max(-128, q(0.0)), 127
+  if code == 2:    # RELU_N1_TO_1
+    return max(-128, q(-1.0)), min(127, q(1.0))
+  if code == 3:    # RELU6
+    return max(-128, q(0.0)), min(127, q(6.0))
+  return None
+
+
+def _padding(same: bool, size: int, out: int, k: int, stride: int) -> int | None:
+  """Padding before the first row (column) as TFLite computes it: SAME pads
+  max((out - 1) * stride + k - size, 0) in total, the smaller half before (the rest after is the
+  kernels' bounds check); VALID pads nothing. None when `out` is not the size TFLite gives."""
+  want = -(-size // stride) if same else (size - k) // stride + 1
+  if out != want:
+    return None
+  return max((out - 1) * stride + k - size, 0) // 2 if same else 0
+
+
 def generate(model: bytes, out_dir, description: str = '') -> Project:
   """Writes the C project for `model` (a .tflite from `deploy.tflite`) into out_dir."""
   s = _schema()
@@ -117,6 +153,27 @@ def generate(model: bytes, out_dir, description: str = '') -> Project:
 
   def shape(t):
     return tuple(int(d) for d in tensors[t].shape)
+
+  def act(opt, out_t):
+    """`act_min, act_max` of the op's fused activation, for the parameter block."""
+    code = getattr(opt, 'fusedActivationFunction', 0) or 0
+    r = activation_range(code, scale(out_t), zp(out_t))
+    if r is None:
+      names = {v: k for k, v in vars(s.ActivationFunctionType).items() if not k.startswith('_')}
+      raise UnsupportedModel(f'{name(out_t)}: fused activation {names.get(code, code)} is not '
+                             f'generated (ReLU, ReLU6 and ReLU_N1_TO_1 are)')
+    return f'{r[0]}, {r[1]}'
+
+  def pads(opt, x_t, out_t, k, stride):
+    """(pad_h, pad_w): the padding before the map, TFLite's SAME or VALID."""
+    (_, ih, iw, _), (_, oh, ow, _) = shape(x_t), shape(out_t)
+    same = opt.padding == s.Padding.SAME
+    ph, pw = _padding(same, ih, oh, k, stride), _padding(same, iw, ow, k, stride)
+    if ph is None or pw is None:
+      raise UnsupportedModel(f'{name(out_t)}: output {oh}x{ow} is not what '
+                             f'{"SAME" if same else "VALID"} padding gives for a {ih}x{iw} input, '
+                             f'kernel {k}, stride {stride}')
+    return ph, pw
 
   # ------------------------------------------------------------------ the arena, TFLM's plan
   live = [t for t in range(len(tensors)) if data(t) is None]
@@ -189,17 +246,14 @@ def generate(model: bytes, out_dir, description: str = '') -> Project:
     if kind == 'CONV_2D':
       w, b = data(ins[1]), data(ins[2])
       oc, kh, kw, ic = w.shape
-      if kh != kw or opt.strideW != opt.strideH or opt.dilationWFactor != 1:
+      if (kh != kw or opt.strideW != opt.strideH or opt.dilationWFactor != 1
+          or opt.dilationHFactor != 1):
         raise UnsupportedModel(f'{name(out)}: only square, undilated convs are generated')
-      same = opt.padding == s.Padding.SAME
-      if same and opt.strideW != 1:
-        raise UnsupportedModel(f'{name(out)}: SAME padding at stride > 1 (export pads '
-                               f'explicitly with PAD)')
       _, ih, iw, _ = shape(x)
-      pad = kh // 2 if same else 0
+      ph, pw = pads(opt, x, out, kh, opt.strideW)
       params.append(f'static const zn_conv_t L{i} = {{{weight_arrays(i, op, x, out)}, '
-                    f'{ih}, {iw}, {ic}, {osh[1]}, {osh[2]}, {oc}, {kh}, {opt.strideW}, {pad}, '
-                    f'{-zp(x)}, {zp(out)}}};')
+                    f'{ih}, {iw}, {ic}, {osh[1]}, {osh[2]}, {oc}, {kh}, {opt.strideW}, {ph}, '
+                    f'{pw}, {-zp(x)}, {zp(out)}, {act(opt, out)}}};')
       calls.append(f'zn_conv(&L{i}, {ptr(x)}, {ptr(out)}, zn_col);')
       col = max(col, kh * kw * ic)
       macs = osh[1] * osh[2] * oc * kh * kw * ic
@@ -207,19 +261,30 @@ def generate(model: bytes, out_dir, description: str = '') -> Project:
       detail = dict(kernel_size=kh, stride=opt.strideW, in_channels=ic, out_channels=oc)
     elif kind == 'DEPTHWISE_CONV_2D':
       w, b = data(ins[1]), data(ins[2])
-      if w.shape[:3] != (1, 1, 1) or opt.depthMultiplier != 1:
-        raise UnsupportedModel(f'{name(out)}: only 1x1 depthwise (a per-channel affine) '
-                               f'is generated')
-      c = w.shape[3]
-      pixels = int(np.prod(osh[:-1]))
-      params.append(f'static const zn_affine_t L{i} = {{{weight_arrays(i, op, x, out)}, '
-                    f'{pixels}, {c}, {-zp(x)}, {zp(out)}}};')
-      calls.append(f'zn_affine(&L{i}, {ptr(x)}, {ptr(out)});')
-      macs, kname = pixels * c, 'affine'
+      _, kh, kw, c = w.shape
+      _, ih, iw, ic = shape(x)
+      if (w.shape[0] != 1 or kh != kw or opt.strideW != opt.strideH or opt.dilationWFactor != 1
+          or opt.dilationHFactor != 1 or ic != c or osh[3] != c):
+        raise UnsupportedModel(f'{name(out)}: only square, undilated depthwise convs with depth '
+                               f'multiplier 1 are generated')
+      ph, pw = pads(opt, x, out, kh, opt.strideW)
+      if kh == 1 and opt.strideW == 1:  # a per-channel affine (NB201's head BN)
+        pixels = int(np.prod(osh[:-1]))
+        params.append(f'static const zn_affine_t L{i} = {{{weight_arrays(i, op, x, out)}, '
+                      f'{pixels}, {c}, {-zp(x)}, {zp(out)}, {act(opt, out)}}};')
+        calls.append(f'zn_affine(&L{i}, {ptr(x)}, {ptr(out)});')
+        macs, kname = pixels * c, 'affine'
+      else:
+        params.append(f'static const zn_depthwise_t L{i} = {{{weight_arrays(i, op, x, out)}, '
+                      f'{ih}, {iw}, {c}, {osh[1]}, {osh[2]}, {kh}, {opt.strideW}, {ph}, {pw}, '
+                      f'{-zp(x)}, {zp(out)}, {act(opt, out)}}};')
+        calls.append(f'zn_depthwise(&L{i}, {ptr(x)}, {ptr(out)});')
+        macs, kname = osh[1] * osh[2] * c * kh * kw, 'depthwise'
+        detail = dict(kernel_size=kh, stride=opt.strideW, channels=c)
     elif kind == 'FULLY_CONNECTED':
       w, b = data(ins[1]), data(ins[2])
       params.append(f'static const zn_dense_t L{i} = {{{weight_arrays(i, op, x, out)}, '
-                    f'{w.shape[1]}, {w.shape[0]}, {-zp(x)}, {zp(out)}}};')
+                    f'{w.shape[1]}, {w.shape[0]}, {-zp(x)}, {zp(out)}, {act(opt, out)}}};')
       calls.append(f'zn_dense(&L{i}, {ptr(x)}, {ptr(out)});')
       macs, kname = int(w.size), 'dense'
     elif kind == 'ADD':
@@ -242,22 +307,26 @@ def generate(model: bytes, out_dir, description: str = '') -> Project:
       (mo,), (sho,) = _multipliers([twice_max / ((1 << ADD_LEFT_SHIFT) * so)])
       params.append(f'static const zn_add_t L{i} = {{{n}, {channels}, {counts[0]}, {counts[1]}, '
                     f'{-zp(a)}, {-zp(b)}, {zp(out)}, {ADD_LEFT_SHIFT}, {ma}, {sha}, {mb}, {shb}, '
-                    f'{mo}, {sho}}};')
+                    f'{mo}, {sho}, {act(opt, out)}}};')
       calls.append(f'zn_add(&L{i}, {ptr(a)}, {ptr(b)}, {ptr(out)});')
       macs, kname = n, 'add'
-    elif kind == 'AVERAGE_POOL_2D':
+    elif kind in ('AVERAGE_POOL_2D', 'MAX_POOL_2D'):
       if (scale(x), zp(x)) != (scale(out), zp(out)):
-        raise UnsupportedModel(f'{name(out)}: average pool must keep its quantization')
+        raise UnsupportedModel(f'{name(out)}: pooling must keep its quantization')
       _, ih, iw, c = shape(x)
       k = opt.filterHeight
-      pad = k // 2 if opt.padding == s.Padding.SAME else 0
-      if opt.padding == s.Padding.SAME and opt.strideW != 1:
-        raise UnsupportedModel(f'{name(out)}: SAME pooling at stride > 1')
+      if k != opt.filterWidth or opt.strideW != opt.strideH:
+        raise UnsupportedModel(f'{name(out)}: only square pooling windows and strides')
+      ph, pw = pads(opt, x, out, k, opt.strideW)
       params.append(f'static const zn_pool_t L{i} = {{{ih}, {iw}, {c}, {osh[1]}, {osh[2]}, {k}, '
-                    f'{opt.strideW}, {pad}}};')
-      calls.append(f'zn_avg_pool(&L{i}, {ptr(x)}, {ptr(out)});')
+                    f'{opt.strideW}, {ph}, {pw}, {act(opt, out)}}};')
+      average = kind == 'AVERAGE_POOL_2D'
+      calls.append(f'zn_{"avg" if average else "max"}_pool(&L{i}, {ptr(x)}, {ptr(out)});')
       macs = int(np.prod(osh)) * k * k
-      kname = 'global_pool' if osh[1] == 1 and ih > 1 else 'pool'
+      if average:
+        kname = 'global_pool' if osh[1] == 1 and ih > 1 else 'pool'
+      else:
+        kname = 'max_pool'
       detail = dict(kernel_size=k, stride=opt.strideW)
     elif kind == 'RELU':
       if (scale(x), zp(x)) != (scale(out), zp(out)):

@@ -30,9 +30,7 @@ import time
 import numpy as np
 
 from deploy import runtimes
-from deploy import tflite
 from engine import files
-from engine import int_inference
 from engine import train as train_lib
 
 IO_CHECK_IMAGES = 256
@@ -51,14 +49,12 @@ class VerificationFailed(Exception):
   naming each failed check. Not a ValueError: the user's input was fine, the model is not."""
 
 
-def predicted_costs(ops, config, device: str, runtime: str) -> dict:
+def predicted_costs(graph, device: str, runtime: str) -> dict:
   """The hardware model's figures for the lowered graph of the exported arch."""
   import hardware
-  from search_spaces.nb201 import graph as nb201_graph
   from hardware import memory
-  graph = nb201_graph.lower(ops, config)
   res = hardware.cost(graph, device=device, runtime=runtime)
-  counts = train_lib.hardware_weight_counts(ops, config)
+  counts = train_lib.hardware_weight_counts(graph)
   rt = hardware.get_runtime(runtime)
   tflm = memory.tflm_arena(graph)
   return {'device': device, 'runtime': runtime,
@@ -87,7 +83,7 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
   if not np.any(np.asarray(variables['quant']['input_q']['count']) > 0):
     raise ExportError(f'{workdir} holds no calibrated activation ranges; rerun its training to '
                       f'the end (the ranges are set when QAT or PTQ starts)')
-  ops, net_cfg = cfg.ops(), cfg.net_config()
+  net = cfg.network()
   if c_source:  # before any work: a missing tool must not surface after the TFLM run
     from deploy import mcu
     why = mcu.tools_missing(c_target)
@@ -96,8 +92,9 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
                             f'without --c_source')
 
   t0 = time.perf_counter()
-  model, reference = tflite.to_tflite(variables, ops, net_cfg,
-                                      description=f'zeronas-mcu {cfg.arch} C{cfg.C} N{cfg.N}')
+  size = f' C{cfg.C} N{cfg.N}' if net.space == 'nb201' else ''
+  model = net.tflite(variables, f'zeronas-mcu {net.space} {cfg.arch}{size}')
+  reference = net.integer(variables)
   files.write_bytes_atomic(workdir / 'model.tflite', model)
   log(f'model.tflite: {len(model)} bytes ({time.perf_counter() - t0:.1f} s)')
 
@@ -105,13 +102,12 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
   n = len(test.labels) if verify_images < 0 else min(verify_images, len(test.labels))
   x = np.asarray(train_lib._normalize(test.images[:n]))
   labels = np.asarray(test.labels[:n])
-  q_input = reference.quantize_input(x)
-  q_in = q_input.q.astype(np.int8)
+  q_in = reference.quantize_input(x).astype(np.int8)
 
   t0 = time.perf_counter()
-  ref_tflm = reference_logits(variables, ops, net_cfg, x)
+  ref_tflm = reference_logits(net, variables, x)
   t_ref = time.perf_counter() - t0
-  ref_litert = {kernels: reference_logits(variables, ops, net_cfg, x, rounding)
+  ref_litert = {kernels: reference_logits(net, variables, x, rounding)
                 for kernels, rounding in LITERT_ROUNDING.items()} if litert else None
   log(f'integer reference on {n} images: {n / t_ref:.0f} images/s (compile included)')
 
@@ -123,7 +119,8 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
   t_tflm = time.perf_counter() - t0
   arena = runtimes.tflm_arena(model, q_in)
   report = {
-      'arch': cfg.arch, 'C': cfg.C, 'N': cfg.N, 'quant': cfg.quant, 'images': n,
+      'search_space': net.space, 'arch': cfg.arch, 'quant': cfg.quant, 'images': n,
+      **({'C': cfg.C, 'N': cfg.N} if net.space == 'nb201' else {}),
       'model_bytes': len(model),
       'tflm': {'bitexact_fraction': float(np.mean(np.all(tflm == ref_tflm, -1))),
                'mismatched_images': int(np.sum(np.any(tflm != ref_tflm, -1))),
@@ -154,7 +151,7 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
                                                               ref_tflm.argmax(-1))),
           'test_acc': float(np.mean(lite.argmax(-1) == labels)),
           'images_per_s': n / (time.perf_counter() - t0)}
-  pred = predicted_costs(ops, net_cfg, device, runtime)
+  pred = predicted_costs(net.graph, device, runtime)
   report['predicted'] = pred
   report['errors'] = {
       'tflm_arena_model_vs_tflm_arena': pred['tflm_arena_bytes'] / arena['total'] - 1,
@@ -166,7 +163,7 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
 
   if c_source:
     report['c'] = c_project(workdir / 'c_project', model, q_in[:c_images], ref_tflm[:c_images],
-                            ops, net_cfg, c_target, log=log)
+                            net.graph, c_target, log=log)
 
   failures = verification_failures(report)
   report['verified'] = not failures
@@ -178,8 +175,8 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
       litert_logits=(ref_litert['xnnpack'][:k] if litert else ref_tflm[:k]).astype(np.int8),
       litert_reference_logits=(ref_litert['reference'][:k] if litert else ref_tflm[:k]
                                ).astype(np.int8),
-      labels=labels[:k], input_scale=np.float32(q_input.scale),
-      input_zero_point=np.int32(q_input.zero_point),
+      labels=labels[:k], input_scale=np.float32(reference.input_qparams[0]),
+      input_zero_point=np.int32(reference.input_qparams[1]),
       mean=np.asarray(train_lib.data_lib.CIFAR_MEAN, np.float32),
       std=np.asarray(train_lib.data_lib.CIFAR_STD, np.float32))
   (workdir / 'export.json').write_text(json.dumps(report, indent=1))
@@ -209,7 +206,7 @@ def verification_failures(report: dict) -> list[str]:
   return failures
 
 
-def c_project(out_dir, model: bytes, q_in, ref_logits, ops, config, target='m4',
+def c_project(out_dir, model: bytes, q_in, ref_logits, graph, target='m4',
               device='nucleo-l4r5zi', log=print) -> dict:
   """Writes the C project (`deploy.c_source`), builds it for `target` and runs `q_in` in QEMU;
   returns bit-exactness against `ref_logits`, instruction counts and the memory comparison. A
@@ -222,22 +219,22 @@ def c_project(out_dir, model: bytes, q_in, ref_logits, ops, config, target='m4',
   project = c_source.generate(model, out_dir)
   report = {'dir': str(out_dir), 'target': target, 'arena_bytes': project.arena_bytes,
             'const_bytes': project.const_bytes}
-  report.update(plan_vs_model(project, ops, config))
+  report.update(plan_vs_model(project, graph))
   elf = mcu.build(out_dir, target)
   log(f'C project: running {len(q_in)} images in qemu-system-arm ({target}) ...')
   r = mcu.run(out_dir, q_in, target)
-  report.update(measure(project, r, ref_logits, elf, ops, config, target, device))
+  report.update(measure(project, r, ref_logits, elf, graph, target, device))
   return report
 
 
-def plan_vs_model(project, ops, config) -> dict:
+def plan_vs_model(project, graph) -> dict:
   """The generated arena against the hardware model's TFLM plan for the lowered graph."""
-  planned = predicted_c_costs(ops, config, runtimes=())['plan_bytes']
+  planned = predicted_c_costs(graph, runtimes=())['plan_bytes']
   return {'hardware_model_plan_bytes': planned,
           'arena_equals_plan': project.arena_bytes == planned}
 
 
-def measure(project, r, ref_logits, elf, ops, config, target, device) -> dict:
+def measure(project, r, ref_logits, elf, graph, target, device) -> dict:
   """Bit-exactness, per-kernel instructions per MAC, sizes against the hardware model."""
   from deploy import mcu
   per_kernel = {}
@@ -250,7 +247,7 @@ def measure(project, r, ref_logits, elf, ops, config, target, device) -> dict:
   for k in per_kernel.values():
     k['instructions_per_work'] = k['instructions'] / max(k['work'], 1)
   sizes = mcu.sizes(elf)
-  predicted = predicted_c_costs(ops, config, device)
+  predicted = predicted_c_costs(graph, device)
   flash = sizes['.text'] + sizes['.rodata'] + sizes['.data']
   stack = mcu.stack_bytes(project.out_dir, target)
   return {
@@ -269,13 +266,12 @@ def measure(project, r, ref_logits, elf, ops, config, target, device) -> dict:
       'flash_error': predicted[C_RUNTIME]['flash_bytes'] / flash - 1}
 
 
-def predicted_c_costs(ops, config, device='nucleo-l4r5zi', runtimes=C_COST_RUNTIMES) -> dict:
-  """The hardware model's flash, SRAM and latency of the lowered arch for each runtime of
-  `C_COST_RUNTIMES`, and its TFLM plan (the generated arena's size by construction)."""
+def predicted_c_costs(graph, device='nucleo-l4r5zi', runtimes=C_COST_RUNTIMES) -> dict:
+  """The hardware model's flash, SRAM and latency of the lowered arch (its hardware graph) for
+  each runtime of `C_COST_RUNTIMES`, and its TFLM plan (the generated arena's size by
+  construction)."""
   import hardware
   from hardware import memory
-  from search_spaces.nb201 import graph as nb201_graph
-  graph = nb201_graph.lower(ops, config)
   out = {'plan_bytes': memory.tflm_greedy_arena(memory.tflm_buffers(graph))}
   for runtime in runtimes:
     res = hardware.concrete_cost(graph, device=device, runtime=runtime)
@@ -288,17 +284,22 @@ def predicted_c_costs(ops, config, device='nucleo-l4r5zi', runtimes=C_COST_RUNTI
 LITERT_ROUNDING = {'xnnpack': 'single', 'reference': 'litert_reference'}
 
 
-def reference_logits(variables, ops, config, x, rounding='tflm') -> np.ndarray:
-  """The integer reference's int8 logits for normalised images x, through its compiled run
-  (`IntNetwork.logits`, equal bit for bit to the numpy kernels)."""
-  net = int_inference.IntNetwork(variables, ops, config, rounding=rounding)
-  return net.logits(x)
+def reference_logits(net, variables, x, rounding='tflm') -> np.ndarray:
+  """The integer reference's int8 logits for normalised images x (`net`: the run's
+  `engine.trainable.Trainable`; NB201's through its compiled run, equal bit for bit to the numpy
+  kernels)."""
+  return net.integer(variables, rounding).logits(x)
+
+
+def _size(r: dict) -> str:
+  return f' C={r["C"]} N={r["N"]}' if 'C' in r else ''
 
 
 def summary(r: dict) -> str:
   t, p, e = r['tflm'], r['predicted'], r['errors']
   lines = [
-      f'{r["arch"]} C={r["C"]} N={r["N"]} ({r["quant"]}), {r["images"]} test images',
+      f'{r.get("search_space", "nb201")} {r["arch"]}{_size(r)} ({r["quant"]}), '
+      f'{r["images"]} test images',
       f'model.tflite {r["model_bytes"]} bytes; predicted flash without runtime code '
       f'{p["flash_bytes_without_code"]:.0f} ({e["flash_without_code_vs_model_bytes"]:+.1%}), '
       f'int8 weights + int32 biases {p["weight_bytes"] + p["bias_bytes"]} '

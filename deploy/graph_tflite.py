@@ -1,11 +1,13 @@
-"""An int8 .tflite of any lowered hardware graph, with seeded random weights: what a plug-in
-space's arch costs in TFLite Micro (arena, file size) before anything is trained.
+"""An int8 .tflite of any lowered hardware graph: the graph's own tensors, ops and shapes
+(conv2d / depthwise_conv2d with SAME padding and a fused ReLU or ReLU6, add, average / max /
+global average pool, reshape, dense), written with `deploy.tflite`'s flatbuffer builder.
 
-The tensors, ops and shapes are the graph's (conv2d / depthwise_conv2d with fused ReLU or
-ReLU6, add, average / global average pool, reshape, dense), written with `deploy.tflite`'s
-flatbuffer builder. Weights are random int8 with per-channel scales, so the model runs but
-predicts nothing: it measures memory and size, which do not depend on the weights' values. A
-trained export goes through `deploy.tflite` (NB201's integer reference).
+Two sources of numbers:
+  * a trained, quantized graph (`engine.graph_int.IntGraph`): the export of a plug-in space's
+    winner, verified bit for bit against that integer reference in TFLite Micro;
+  * `quantized=None`: seeded random int8 weights with per-channel scales, which run but predict
+    nothing. Memory and file size do not depend on the weights' values, so this is what an
+    untrained arch costs in TFLite Micro (arena, flash).
 """
 from __future__ import annotations
 
@@ -14,69 +16,81 @@ import numpy as np
 from deploy import tflite as tfl
 from hardware import graph as graph_lib
 
-_FUSED = {None: 0, 'relu': 1, 'relu6': 3}  # TFLite ActivationFunctionType
+_CONV_OPS = ('conv2d', 'depthwise_conv2d')
 
 
-def to_tflite(graph: graph_lib.Graph, seed: int = 0) -> bytes:
-  s = tfl._schema()
-  rng = np.random.default_rng(seed)
+class _RandomWeights:
+  """The `IntGraph` interface with seeded random numbers (every activation on one grid)."""
+
+  def __init__(self, graph, seed):
+    self.rng = np.random.default_rng(seed)
+    self.graph = graph
+
+  def act(self, i):
+    return 0.05, 0
+
+  def layer(self, i):
+    node = self.graph.nodes[i]
+    cin = self.graph.nodes[node.inputs[0]].shape[2]
+    c = node.shape[2]
+    kh, kw = node.kernel
+    shape = {'conv2d': (c, kh, kw, cin), 'depthwise_conv2d': (1, kh, kw, c),
+             'dense': (c, cin)}[node.op]
+    w = self.rng.integers(-127, 128, shape, dtype=np.int8)
+    return w, np.zeros(c, np.int32), np.full(c, 0.01, np.float32)
+
+
+def to_tflite(graph: graph_lib.Graph, quantized=None, seed: int = 0,
+              description: str = '') -> bytes:
+  """The graph as an int8 TFLite flatbuffer; `quantized`: an `engine.graph_int.IntGraph` of
+  this graph (None: random weights, `seed`)."""
+  q = quantized if quantized is not None else _RandomWeights(graph, seed)
   m = tfl._ModelBuilder()
   ids: dict[int, int] = {}
-  fused: list[tuple[int, int]] = []  # per conv: (stride, activation code), set after building
   for i, node in enumerate(graph.nodes):
     h, w, c = node.shape
-    act = lambda shape, name: m.tensor(shape, 0.05, 0, name)
+    scale, zp = q.act(i)
+    out = lambda shape: m.tensor(shape, scale, zp, node.name)
     if node.op == 'input':
-      ids[i] = act((1, h, w, c), node.name)
+      ids[i] = out((1, h, w, c))
       continue
     src = ids[node.inputs[0]]
-    cin = graph.nodes[node.inputs[0]].shape[2]
-    if node.op in ('conv2d', 'depthwise_conv2d'):
-      kh, kw = node.kernel
+    if node.op in _CONV_OPS or node.op == 'dense':
+      wq, bq, w_scale = q.layer(i)
+      in_scale = q.act(node.inputs[0])[0]
       depthwise = node.op == 'depthwise_conv2d'
-      wshape = (1, kh, kw, c) if depthwise else (c, kh, kw, cin)
-      axis = 3 if depthwise else 0
-      wq = m.tensor(wshape, np.full(c, 0.01), np.zeros(c), node.name + '/w',
-                    rng.integers(-127, 128, wshape, dtype=np.int8), axis=axis)
-      bq = m.tensor((c,), np.full(c, 0.05 * 0.01), np.zeros(c), node.name + '/b',
-                    np.zeros(c, np.int32), dtype='int32')
-      ids[i] = act((1, h, w, c), node.name)
-      kind = 'DEPTHWISE_CONV_2D' if depthwise else 'CONV_2D'
-      m.op(kind, [src, wq, bq], [ids[i]], stride=node.stride[0], padding='same')
-      fused.append((node.stride[0], _FUSED[node.activation]))
-    elif node.op == 'dense':
-      wq = m.tensor((c, cin), np.full(c, 0.01), np.zeros(c), node.name + '/w',
-                    rng.integers(-127, 128, (c, cin), dtype=np.int8))
-      bq = m.tensor((c,), np.full(c, 0.05 * 0.01), np.zeros(c), node.name + '/b',
-                    np.zeros(c, np.int32), dtype='int32')
-      ids[i] = act((1, c), node.name)
-      m.op('FULLY_CONNECTED', [src, wq, bq], [ids[i]])
+      wt = m.tensor(wq.shape, w_scale, np.zeros(c), node.name + '/w', wq.astype(np.int8),
+                    axis=3 if depthwise else 0)
+      bt = m.tensor((c,), np.float32(in_scale) * w_scale, np.zeros(c), node.name + '/b',
+                    bq.astype(np.int32), dtype='int32')
+      if node.op == 'dense':
+        ids[i] = out((1, c))
+        m.op('FULLY_CONNECTED', [src, wt, bt], [ids[i]], activation=node.activation)
+      else:
+        ids[i] = out((1, h, w, c))
+        m.op('DEPTHWISE_CONV_2D' if depthwise else 'CONV_2D', [src, wt, bt], [ids[i]],
+             stride=node.stride[0], padding='same', activation=node.activation)
     elif node.op == 'add':
-      ids[i] = act((1, h, w, c), node.name)
-      m.op('ADD', [ids[j] for j in node.inputs], [ids[i]])
-    elif node.op in ('global_avg_pool', 'avg_pool'):
-      ids[i] = act((1, h, w, c), node.name)
+      if len(node.inputs) != 2 or node.const_slots:
+        raise ValueError(f'graph_tflite writes two-input adds only (node {node.name})')
+      ids[i] = out((1, h, w, c))
+      m.op('ADD', [ids[j] for j in node.inputs], [ids[i]], activation=node.activation)
+    elif node.op in ('global_avg_pool', 'avg_pool', 'max_pool'):
+      ids[i] = out((1, h, w, c))
       size = node.kernel[0]
-      m.op('AVERAGE_POOL_2D', [src], [ids[i]], size=size,
-           stride=node.stride[0] if node.op == 'avg_pool' else size, padding='valid')
+      kind = 'MAX_POOL_2D' if node.op == 'max_pool' else 'AVERAGE_POOL_2D'
+      m.op(kind, [src], [ids[i]], size=size,
+           stride=size if node.op == 'global_avg_pool' else node.stride[0], padding='valid')
     elif node.op == 'reshape':
       shape = (1, int(np.prod(node.shape)))
-      ids[i] = act(shape, node.name)
-      m.op('RESHAPE', [src], [ids[i]], shape=shape)
+      ids[i] = out(shape)
+      # batch -1: LiteRT runs a batch of images through one resized input
+      new_shape = m.tensor((2,), 1.0, 0, node.name + '/shape', np.asarray((-1, shape[1]), np.int32),
+                           dtype='int32')
+      m.op('RESHAPE', [src, new_shape], [ids[i]], shape=(-1, shape[1]))
     else:
-      raise ValueError(f'graph_tflite cannot write op {node.op!r} (node {node.name})')
-  model = m.pack([ids[0]], [ids[len(graph.nodes) - 1]], graph.name or 'graph')
-  # fused activations, and SAME padding and strides of depthwise convs, set on the built model
-  # (the shared option writer knows NB201's ops only)
-  mt = s.ModelT.InitFromPackedBuf(model, 0)
-  convs = [o for o in mt.subgraphs[0].operators
-           if isinstance(o.builtinOptions, (s.Conv2DOptionsT, s.DepthwiseConv2DOptionsT))]
-  for o, (stride, code) in zip(convs, fused):
-    o.builtinOptions.fusedActivationFunction = code
-    if isinstance(o.builtinOptions, s.DepthwiseConv2DOptionsT):
-      o.builtinOptions.padding = s.Padding.SAME
-      o.builtinOptions.strideW = o.builtinOptions.strideH = stride
-  import flatbuffers
-  builder = flatbuffers.Builder(1 << 20)
-  builder.Finish(mt.Pack(builder), file_identifier=b'TFL3')
-  return bytes(builder.Output())
+      raise ValueError(f'no int8 TFLite op for {node.op!r}'
+                       f'{" " + node.activation if node.activation else ""} (node {node.name}); '
+                       f'export supports conv2d, depthwise_conv2d, dense, add, avg/max/global '
+                       f'pool and reshape with fused ReLU/ReLU6')
+  return m.pack([ids[0]], [ids[len(graph.nodes) - 1]], description or graph.name or 'graph')

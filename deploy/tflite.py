@@ -144,7 +144,9 @@ class _ModelBuilder:
 
 # Op versions as TFLite's converter sets them for int8 (per-channel weights where used).
 _OP_VERSIONS = {'CONV_2D': 3, 'DEPTHWISE_CONV_2D': 3, 'FULLY_CONNECTED': 4, 'ADD': 2,
-                'AVERAGE_POOL_2D': 2, 'RELU': 2, 'PAD': 2, 'RESHAPE': 1}
+                'AVERAGE_POOL_2D': 2, 'MAX_POOL_2D': 2, 'RELU': 2, 'PAD': 2, 'RESHAPE': 1}
+# fused activation option -> TFLite ActivationFunctionType
+_FUSED = {None: 0, 'relu': 1, 'relu6': 3}
 
 
 def _options(s, kind, opts):
@@ -153,22 +155,30 @@ def _options(s, kind, opts):
     o = s.Conv2DOptionsT()
     o.padding, o.strideW, o.strideH = same, opts['stride'], opts['stride']
     o.dilationWFactor = o.dilationHFactor = 1
+    o.fusedActivationFunction = _FUSED[opts.get('activation')]
     return s.BuiltinOptions.Conv2DOptions, o
   if kind == 'DEPTHWISE_CONV_2D':
+    # NB201's head BN is a 1x1 depthwise conv: VALID, stride 1 unless told otherwise
     o = s.DepthwiseConv2DOptionsT()
-    o.padding, o.strideW, o.strideH, o.depthMultiplier = s.Padding.VALID, 1, 1, 1
+    o.padding = same if 'padding' in opts else s.Padding.VALID
+    o.strideW = o.strideH = opts.get('stride', 1)
+    o.depthMultiplier = 1
     o.dilationWFactor = o.dilationHFactor = 1
+    o.fusedActivationFunction = _FUSED[opts.get('activation')]
     return s.BuiltinOptions.DepthwiseConv2DOptions, o
-  if kind == 'AVERAGE_POOL_2D':
+  if kind in ('AVERAGE_POOL_2D', 'MAX_POOL_2D'):
     o = s.Pool2DOptionsT()
     o.padding, o.strideW, o.strideH = same, opts['stride'], opts['stride']
     o.filterWidth = o.filterHeight = opts['size']
     return s.BuiltinOptions.Pool2DOptions, o
   if kind == 'ADD':
-    return s.BuiltinOptions.AddOptions, s.AddOptionsT()
+    o = s.AddOptionsT()
+    o.fusedActivationFunction = _FUSED[opts.get('activation')]
+    return s.BuiltinOptions.AddOptions, o
   if kind == 'FULLY_CONNECTED':
     o = s.FullyConnectedOptionsT()
     o.keepNumDims = False
+    o.fusedActivationFunction = _FUSED[opts.get('activation')]
     return s.BuiltinOptions.FullyConnectedOptions, o
   if kind == 'PAD':
     return s.BuiltinOptions.PadOptions, s.PadOptionsT()

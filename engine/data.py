@@ -404,6 +404,18 @@ def normalize(images_uint8: np.ndarray) -> np.ndarray:
   return (images_uint8.astype(np.float32) / 255 - CIFAR_MEAN) / CIFAR_STD
 
 
+def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
+  """uint8 NHWC images -> size x size by an integer factor: repeated pixels up (CIFAR's 32px at
+  a 96px arch), box mean down."""
+  h = images.shape[1]
+  if h == size:
+    return images
+  if size % h == 0:
+    f = size // h
+    return np.repeat(np.repeat(images, f, axis=1), f, axis=2)
+  return np.round(_resize(images.astype(np.float32), size)).astype(np.uint8)
+
+
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
   """Box-filter downsample NHWC float images to size x size (32 -> 16 for ImageNet16-120)."""
   if images.shape[1] == size:

@@ -1,4 +1,5 @@
-"""Training of one NB201 architecture: fp32, post-training quantization and QAT, with distillation.
+"""Training of one architecture of any space (`engine.trainable`): fp32, post-training quantization
+and QAT, with distillation.
 
 One run = optional init from another run's checkpoint, then a list of phases:
   * fp32: `epochs` of float training;
@@ -43,7 +44,6 @@ import optax
 
 from engine import chance as chance_lib
 from engine import data as data_lib
-from engine import qat_net
 from search_spaces import nb201
 
 QUANT_MODES = ('fp32', 'ptq', 'qat')
@@ -78,7 +78,7 @@ CHECK_CHANCE_STEPS = 50
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  arch: str                      # NB201 arch string
+  arch: str                      # the space's arch string (NB201: |op~0|+...)
   C: int = 16
   N: int = 5
   dataset: str = 'cifar10'
@@ -103,6 +103,13 @@ class TrainConfig:
   # classes of the network's head; 0: the dataset's (nb201.DATASETS). A run on the user's own
   # data (an image folder or .npz, engine/data.py) records its data's class count here.
   num_classes: int = 0
+  search_space: str = 'nb201'    # C and N apply to NB201 only (the others train at their size)
+
+  def network(self):
+    """The arch's `engine.trainable.Trainable` (one-line ValueError for a bad arch)."""
+    from engine import trainable
+    return trainable.trainable(self.search_space, self.arch, C=self.C, N=self.N,
+                               dataset=self.dataset, num_classes=self.num_classes)
 
   def net_config(self) -> nb201.NB201Config:
     classes = {'num_classes': self.num_classes} if self.num_classes else {}
@@ -127,7 +134,7 @@ class TrainConfig:
     if self.quant == 'ptq' and self.epochs == 0 and not self.init_from:
       raise ValueError('--quant=ptq with --epochs=0 needs a trained model: pass '
                        '--init_from=<fp32 workdir>')
-    self.ops()  # raises ArchError for a bad arch
+    self.network()  # raises a one-line error for a bad arch
 
   def quant_delay(self, steps_per_epoch: int) -> int:
     """Global step at which QAT starts (the float steps before it are the quant delay); the
@@ -159,8 +166,10 @@ def load_data(data_dir, cfg: TrainConfig):
   if data_dir is None:
     raise data_lib.DataError(f'data dir {data_dir} not found; pass --data_dir=<CIFAR batches, '
                              f'an image folder or an .npz file> or set ZERONAS_DATA_DIR')
-  size = nb201.DATASETS[cfg.dataset][0] if cfg.dataset in nb201.DATASETS else 32
+  size = cfg.network().image_size
   train, test = data_lib.load_train_test(data_dir, cfg.dataset, size)
+  for part in (train, test):  # CIFAR batches at another space's resolution
+    part.images = data_lib.resize_uint8(part.images, size)
   if cfg.num_classes and train.num_classes != cfg.num_classes:
     raise data_lib.DataError(f'{data_dir} has {train.num_classes} classes but this run\'s network '
                              f'has {cfg.num_classes} outputs (config.json: num_classes); pass the '
@@ -357,7 +366,7 @@ def load_run(workdir):
     raise CheckpointError(f'{path} not found; point the flag at a workdir written by '
                           f'--experiment=train')
   cfg = TrainConfig(**json.loads(path.read_text()))
-  like = qat_net.init_variables(jax.random.key(0), cfg.ops(), cfg.net_config())
+  like = cfg.network().init(jax.random.key(0))
   return cfg, restore_checkpoint(workdir, like)[1]
 
 
@@ -413,11 +422,10 @@ def plot_curves(workdir) -> Optional[pathlib.Path]:
   return path
 
 
-def hardware_weight_counts(ops, config: nb201.NB201Config) -> dict:
+def hardware_weight_counts(graph) -> dict:
   """int8 weight and int32 bias element counts the hardware model charges to flash."""
   from hardware import graph as graph_lib
-  from search_spaces.nb201 import graph as nb201_graph
-  st = graph_lib.node_stats(nb201_graph.lower(ops, config))
+  st = graph_lib.node_stats(graph)
   return {'weights': int(st.weights.sum()), 'biases': int(st.biases.sum())}
 
 
@@ -430,18 +438,20 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
   train_set, test_set = load_data(data_dir, cfg)
   if not cfg.num_classes and train_set.format in ('folder', 'npz'):
     cfg = dataclasses.replace(cfg, num_classes=train_set.num_classes)  # a C-way head
-  ops, net_cfg = cfg.ops(), cfg.net_config()
+  net = cfg.network()
 
-  model_fn = lambda mode: qat_net.QATNetwork(ops, net_cfg, mode)
-  variables = qat_net.init_variables(jax.random.key(cfg.seed), ops, net_cfg)
+  model_fn = net.model_fn
+  variables = net.init(jax.random.key(cfg.seed))
   if cfg.init_from:
     src_cfg, variables = load_run(cfg.init_from)
-    if (src_cfg.ops(), src_cfg.C, src_cfg.N) != (ops, cfg.C, cfg.N):
-      raise CheckpointError(f'--init_from={cfg.init_from} trained {src_cfg.arch} C={src_cfg.C} '
-                            f'N={src_cfg.N}; pass the same --arch and width')
-    if src_cfg.net_config().num_classes != net_cfg.num_classes:
-      raise CheckpointError(f'--init_from={cfg.init_from} has {src_cfg.net_config().num_classes} '
-                            f'classes, this data {net_cfg.num_classes}; start from a run trained '
+    src = src_cfg.network()
+    if (src.space, src.arch, src_cfg.C, src_cfg.N) != (net.space, net.arch, cfg.C, cfg.N):
+      raise CheckpointError(f'--init_from={cfg.init_from} trained {src.space} {src.arch}'
+                            f'{f" C={src_cfg.C} N={src_cfg.N}" if src.space == "nb201" else ""}; '
+                            f'pass the same --search_space, --arch and width')
+    if src.num_classes != net.num_classes:
+      raise CheckpointError(f'--init_from={cfg.init_from} has {src.num_classes} '
+                            f'classes, this data {net.num_classes}; start from a run trained '
                             f'on the same classes')
   teacher = teacher_vars = None
   if cfg.distill_from:
@@ -449,11 +459,16 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
     if t_cfg.dataset != cfg.dataset:
       raise CheckpointError(f'--distill_from={cfg.distill_from} was trained on {t_cfg.dataset}, '
                             f'not {cfg.dataset}; distil from a teacher of the same dataset')
-    if t_cfg.net_config().num_classes != net_cfg.num_classes:
+    t_net = t_cfg.network()
+    if t_net.num_classes != net.num_classes:
       raise CheckpointError(f'--distill_from={cfg.distill_from} has '
-                            f'{t_cfg.net_config().num_classes} classes, this data '
-                            f'{net_cfg.num_classes}; distil from a teacher of the same classes')
-    teacher = qat_net.QATNetwork(t_cfg.ops(), t_cfg.net_config(), 'fp32')
+                            f'{t_net.num_classes} classes, this data '
+                            f'{net.num_classes}; distil from a teacher of the same classes')
+    if t_net.image_size != net.image_size:
+      raise CheckpointError(f'--distill_from={cfg.distill_from} takes {t_net.image_size}px '
+                            f'images, this arch {net.image_size}px; distil from a teacher of '
+                            f'the same input size')
+    teacher = t_net.model_fn('fp32')
   workdir.mkdir(parents=True, exist_ok=True)
   cfg_path = workdir / 'config.json'
   if cfg_path.is_file() and _stored_config(cfg_path) != dataclasses.asdict(cfg):
@@ -469,7 +484,7 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
   if latest_epoch(workdir) is not None:
     start, variables, opt_state = restore_checkpoint(workdir, variables, opt_state)
     log(f'resuming {workdir} after epoch {start}')
-  log(f'data: {net_cfg.num_classes} classes, {n_train} train / {len(test_set.labels)} test '
+  log(f'data: {net.num_classes} classes, {n_train} train / {len(test_set.labels)} test '
       f'images used; ' + ' / '.join(dict.fromkeys((train_set.source, test_set.source))))
   # Commit everything the step takes to one device: its outputs are committed, and a first
   # call with uncommitted (freshly initialised or restored) inputs would compile it twice.
@@ -485,12 +500,11 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
     rng = np.random.default_rng(cfg.seed + 1)
     idx = rng.permutation(n_train)[:cfg.calib_batches * cfg.batch_size]
     norm = lambda i: _normalize(train_images[idx[i:i + cfg.batch_size]])
-    return qat_net.calibrate(v, ops, net_cfg,
-                             (norm(i) for i in range(0, len(idx), cfg.batch_size)))
+    return net.calibrate(v, (norm(i) for i in range(0, len(idx), cfg.batch_size)))
 
   cfg.check_schedule(steps_per_epoch)
   delay = cfg.quant_delay(steps_per_epoch)
-  explode = 10.0 * np.log(net_cfg.num_classes)  # cross entropy this far above chance: diverged
+  explode = 10.0 * np.log(net.num_classes)  # cross entropy this far above chance: diverged
   throughput = []
   for ep in range(start, cfg.epochs):
     key = jax.random.fold_in(jax.random.key(cfg.seed), ep)
@@ -518,7 +532,7 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
       if not np.isfinite(loss) or loss > explode:
         raise TrainingDiverged(
             f'training diverged: {mode} loss {loss:.4g} at epoch {ep + 1} step {s + 1} (chance '
-            f'is {np.log(net_cfg.num_classes):.2f}); lower --lr (now {cfg.lr:g}) or raise '
+            f'is {np.log(net.num_classes):.2f}); lower --lr (now {cfg.lr:g}) or raise '
             f'--warmup_epochs (now {cfg.warmup_epochs:g})')
       losses.append(loss)
       accs.append(float(m['acc']))
@@ -539,7 +553,7 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
                                  seconds=f'{sum(t_steps.values()) + time.perf_counter() - t0:.1f}'))
     log(f'epoch {ep + 1} [{"+".join(modes)}] loss {np.mean(losses):.4f} train acc '
         f'{np.mean(accs):.4f} test acc {test_acc:.4f} ({ips:.0f} img/s)')
-    verdict = chance_lib.judge(test_acc, test_set.labels, net_cfg.num_classes)
+    verdict = chance_lib.judge(test_acc, test_set.labels, net.num_classes)
     if steps_per_epoch >= CHECK_CHANCE_STEPS and verdict.at_chance:
       raise TrainingDiverged(
           f'the model is at chance after epoch {ep + 1} in {mode} mode (test acc '
@@ -558,7 +572,7 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
   results['train_images_per_s'] = {m: float(np.nanmean([r for mm, r in throughput if mm == m]))
                                    for m in {m for m, _ in throughput}} if throughput else {}
   results['epochs_run_now'] = cfg.epochs - start
-  results['data'] = {'source': train_set.source, 'num_classes': net_cfg.num_classes,
+  results['data'] = {'source': train_set.source, 'num_classes': net.num_classes,
                      'class_names': list(train_set.class_names)}  # logit i is class_names[i]
   (workdir / 'results.json').write_text(json.dumps(results, indent=1))
   plot_curves(workdir)
@@ -568,8 +582,11 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict
 def evaluate(cfg: TrainConfig, variables, test_set, eval_fns, log=print) -> dict:
   """Test accuracy in float and, when quantized, fake-quant and integer-only with agreement."""
   labels = test_set.labels
-  res: dict[str, Any] = {'arch': cfg.arch, 'C': cfg.C, 'N': cfg.N, 'quant': cfg.quant,
+  net_ = cfg.network()
+  res: dict[str, Any] = {'search_space': cfg.search_space, 'arch': cfg.arch, 'quant': cfg.quant,
                          'test_images': int(len(labels))}
+  if cfg.search_space == 'nb201':
+    res.update(C=cfg.C, N=cfg.N)
   if cfg.quant == 'qat':
     # A QAT model is its fake-quant graph: it trained with activations clipped to their int8
     # ranges (no gradient beyond them), so its float graph, unclipped, is not the same model
@@ -583,14 +600,13 @@ def evaluate(cfg: TrainConfig, variables, test_set, eval_fns, log=print) -> dict
     _check_above_chance(res, 'float_test_acc', labels, cfg)
   if cfg.quant == 'fp32':
     return res
-  from engine import int_inference
   fq_logits = predict(eval_fns['quant'], variables, test_set.images)
   _check_finite(fq_logits, 'fake-quant int8 model', cfg)
   fq_pred = fq_logits.argmax(-1)
   res['fake_quant_test_acc'] = float(np.mean(fq_pred == labels))
   log(f'fake-quant int8 test acc {res["fake_quant_test_acc"]:.4f}')
   _check_above_chance(res, 'fake_quant_test_acc', labels, cfg)
-  net = int_inference.IntNetwork(variables, cfg.ops(), cfg.net_config())
+  net = net_.integer(variables)
   n = len(labels) if cfg.int_eval_images < 0 else min(cfg.int_eval_images, len(labels))
   if n:
     t0 = time.perf_counter()
@@ -606,9 +622,9 @@ def evaluate(cfg: TrainConfig, variables, test_set, eval_fns, log=print) -> dict
   counts = net.weight_counts()
   res['int8_weight_bytes'] = counts['weights']
   res['int32_bias_count'] = counts['biases']
-  res['head_bn_affine'] = {'weights': counts['head_bn_weights'],
-                           'biases': counts['head_bn_biases']}
-  res['hardware_model'] = hardware_weight_counts(cfg.ops(), cfg.net_config())
+  if 'head_bn_affine' in counts:  # NB201's head BN: an affine the hardware model does not count
+    res['head_bn_affine'] = counts['head_bn_affine']
+  res['hardware_model'] = hardware_weight_counts(net_.graph)
   return res
 
 
@@ -620,7 +636,7 @@ def _check_above_chance(res: dict, key: str, labels, cfg: TrainConfig):
   """AtChance when res[key] is at chance on `labels` (every accuracy a run reports passes here,
   whatever the run's length). The message says which model and, for a quantized one whose float
   or fake-quant model is above chance, that quantization (or the integer kernels) broke it."""
-  num_classes = cfg.net_config().num_classes
+  num_classes = cfg.network().num_classes
   verdict = chance_lib.judge(res[key], labels, num_classes)
   res.setdefault('chance', {})[key] = dataclasses.asdict(verdict)
   if not verdict.at_chance:

@@ -74,7 +74,8 @@ def summarize(rows, config, device: str) -> str:
   from deploy import export
   from hardware import latency
   from search_spaces import nb201
-  pred = [export.predicted_c_costs(nb201.parse_arch_str(r['arch']), config, device)
+  from search_spaces.nb201 import graph as nb201_graph
+  pred = [export.predicted_c_costs(nb201_graph.lower(nb201.parse_arch_str(r['arch']), config), device)
           for r in rows]
   ins = np.array([float(r['instructions']) for r in rows])
   lines = [f'{len(rows)} archs; instructions per inference {ins.min() / 1e6:.1f}-'

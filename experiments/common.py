@@ -249,7 +249,7 @@ def check_train_run(value, flag: str, fix: str | None = None):
     problem = 'no arch'
   else:
     try:
-      train_lib.TrainConfig(**data).ops()
+      train_lib.TrainConfig(**data).network()
       bad = [k for k in ('C', 'N', 'epochs', 'seed', 'num_classes') if k in data
              and (not isinstance(data[k], int) or isinstance(data[k], bool) or data[k] < 0)]
       if bad:

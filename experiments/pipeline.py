@@ -82,7 +82,9 @@ def run(f, workdir='pipeline_out'):
 
   search_dir = workdir / 'search'
   if not _done(search_dir / 'results.json', 'search'):
-    search_exp.run(_sub_config(f, 'search', seeds=str(f.seed)), search_dir)
+    from engine import trainable
+    search_exp.run(_sub_config(f, 'search', seeds=str(f.seed)), search_dir,
+                   keep=trainable.int8_exportable(f.search_space))
   found = json.loads((search_dir / 'results.json').read_text())['results'][0]
 
   train_dir = workdir / 'train'
@@ -112,8 +114,9 @@ def _deployed_costs(f, train_dir) -> dict:
   from deploy import export as export_lib
   from engine import train as train_lib
   cfg = train_lib.TrainConfig(**json.loads((train_dir / 'config.json').read_text()))
-  costs = export_lib.predicted_costs(cfg.ops(), cfg.net_config(), f.device, f.runtime)
-  return {'C': cfg.C, 'N': cfg.N, **{k: costs[k] for k in ('sram_bytes', 'flash_bytes',
+  costs = export_lib.predicted_costs(cfg.network().graph, f.device, f.runtime)
+  size = {'C': cfg.C, 'N': cfg.N} if cfg.search_space == 'nb201' else {}
+  return {**size, **{k: costs[k] for k in ('sram_bytes', 'flash_bytes',
                                                              'latency_ms', 'energy_mj')}}
 
 
@@ -151,6 +154,10 @@ def _fmt(value, spec='.2f', unit=''):
   return '-' if value is None else f'{value:{spec}}{unit}'
 
 
+def _size(d: dict) -> str:
+  return f' (C={d["C"]} N={d["N"]})' if 'C' in d else ''
+
+
 def _markdown(r: dict) -> str:
   s, d, t, e = r['search'], r['deployed'], r['train'], r['export']
   acc = lambda v: None if v is None else 100 * v
@@ -158,8 +165,8 @@ def _markdown(r: dict) -> str:
   lines = [
       f'# Pipeline: {r["search_space"]} for {r["device"]} ({r["runtime"]})', '',
       f'Winner: `{r["arch"]}`; data: {r["data"]}', '',
-      f'| | as searched (the space\'s own size) | as trained and exported (C={d["C"]} '
-      f'N={d["N"]}) |',
+      f'| | as searched (the space\'s own size) | as trained and exported'
+      f'{_size(d)} |',
       '|---|---|---|',
       f'| predicted SRAM | {_fmt(kb(s.get("sram_bytes")), ".1f", " KB")} | '
       f'{_fmt(kb(d["sram_bytes"]), ".1f", " KB")} |',

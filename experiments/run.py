@@ -93,11 +93,12 @@ EXPERIMENTS = types.MappingProxyType({
                                           'device', 'runtime'}),
                        ('nb201', 'tinycnn', 'mbv2', 'mlperf_tiny'),
                        summary='MCU cost per arch, one CSV row each'),
-    'train': Experiment('train', TRAIN, ('nb201',),
+    'train': Experiment('train', TRAIN, ('nb201', 'tinycnn', 'mbv2'),
                         types.MappingProxyType({'workdir': 'train_out'}),
-                        required=types.MappingProxyType({'arch': 'an NB201 arch string or index'}),
+                        required=types.MappingProxyType({'arch': 'an arch string (NB201: or an '
+                                                                 'index)'}),
                         summary='train one arch in fp32, PTQ or QAT'),
-    'export': Experiment('export', EXPORT, ('nb201',), types.MappingProxyType({'runtime': 'tflm'}),
+    'export': Experiment('export', EXPORT, ('nb201', 'tinycnn', 'mbv2'), types.MappingProxyType({'runtime': 'tflm'}),
                          required=types.MappingProxyType({
                              'workdir': 'a workdir written by --experiment=train --quant=qat or '
                                         'ptq'}),
@@ -105,7 +106,7 @@ EXPERIMENTS = types.MappingProxyType({
     # search -> train -> export for the winner (experiments/pipeline.py): the flags of the three,
     # on one --data_dir; the arch is the search's pick, never --arch
     'pipeline': Experiment('pipeline', (SCORING | SEARCH | TRAIN | EXPORT) - {'arch', 'seeds'},
-                           ('nb201',),
+                           ('nb201', 'tinycnn', 'mbv2'),
                            types.MappingProxyType({
                                **EXPERIMENTS_SEARCH_DEFAULTS, 'workdir': 'pipeline_out',
                                'quant': 'qat'}),
@@ -321,6 +322,9 @@ READ_WHEN = {
     'w_latency': (('search',), '--objective=hybrid or --searcher=grad_prune',
                   lambda f, space: f.objective == 'hybrid' or f.searcher == 'grad_prune'),
     'seed': (('cost',), 'search spaces (random:N samples)', lambda f, space: True),
+    # the other spaces train at their own size (their lowered graph)
+    'train_width': (('train', 'pipeline'), 'nb201', lambda f, space: space.name == 'nb201'),
+    'train_cells': (('train', 'pipeline'), 'nb201', lambda f, space: space.name == 'nb201'),
 }
 
 

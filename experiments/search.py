@@ -92,9 +92,10 @@ def _cached_costs(space, archs, input_shape, num_classes, constraints):
   return costs
 
 
-def space_table(space, constraints, dataset='cifar10', space_samples=4096, seed=0):
+def space_table(space, constraints, dataset='cifar10', space_samples=4096, seed=0, keep=None):
   """The candidates the search knows: every arch of an enumerable space (costs cached), else
-  `space_samples` archs drawn with `seed`; restricted to one group (engine.search)."""
+  `space_samples` archs drawn with `seed`; restricted to one group (engine.search), and to the
+  archs `keep(arch)` accepts when given (the pipeline: archs its int8 export can run)."""
   from engine import search as search_lib
   shape, classes = space.shape_for(dataset if space.datasets else None)
   if space.enumerate is not None:
@@ -103,6 +104,12 @@ def space_table(space, constraints, dataset='cifar10', space_samples=4096, seed=
   else:
     archs = space.sample(np.random.default_rng([seed, 0x5eed]), space_samples)
     costs = None
+  if keep is not None:
+    kept = [i for i, a in enumerate(archs) if keep(a)]
+    if not kept:
+      raise ValueError(f'no {space.name} arch can be exported to int8; nothing to search')
+    archs = [archs[i] for i in kept]
+    costs = None if costs is None else {k: np.asarray(v)[kept] for k, v in costs.items()}
   return search_lib.build_table(space, constraints, archs, shape, classes, costs)
 
 
@@ -151,9 +158,9 @@ def accuracies(space, f, archs) -> np.ndarray | None:
   return np.array([first(table.get(space.encode(a), {})) for a in archs], np.float64)
 
 
-def run(f, workdir='search_out'):
+def run(f, workdir='search_out', keep=None):
   """The search on any registered space (its defaults, e.g. the proxies, are
-  `run.EXPERIMENTS['search']`'s)."""
+  `run.EXPERIMENTS['search']`'s); `keep`: a filter on the candidates (`space_table`)."""
   from engine.proxies import aggregate as agg_lib
   from engine import search as search_lib
   from search_spaces import registry
@@ -169,7 +176,7 @@ def run(f, workdir='search_out'):
   common.enable_compile_cache()
 
   start = time.perf_counter()
-  table = space_table(space, constraints, f.dataset, f.space_samples, f.seed)
+  table = space_table(space, constraints, f.dataset, f.space_samples, f.seed, keep)
   table_s = time.perf_counter() - start
   images = common.load_images(f.data_dir, f.dataset, f.stand_in_inputs)
   scorer = search_lib.make_scorer(space, plain, f, seeds[0], images)

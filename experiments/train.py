@@ -1,7 +1,11 @@
-"""`--experiment=train`: train one NB201 arch in fp32, with PTQ or with QAT (engine/train.py).
+"""`--experiment=train`: train one arch of any space in fp32, with PTQ or with QAT
+(engine/train.py; NB201 at --train_width/--train_cells, the other spaces through their lowered
+hardware graph at their own size, `engine.trainable`).
 
   python -m experiments.run --experiment=train --search_space=nb201 --arch=6111 \
       --data_dir=../shared/data/cifar10 --epochs=10 --quant=qat --workdir=runs/6111_qat
+  python -m experiments.run --experiment=train --search_space=tinycnn --arch=f16k3-f32k3-relu-max \
+      --epochs=10 --quant=qat --workdir=runs/tinycnn_qat
 
 Prints the final numbers as JSON (also in WORKDIR/results.json); rerunning the same command
 resumes from the latest checkpoint.
@@ -15,8 +19,14 @@ from experiments import common
 from search_spaces import nb201
 
 
-def arch_from_flag(spec, benchmark_file=None) -> str:
-  """--arch (string or index) -> NB201 arch string."""
+def arch_from_flag(spec, benchmark_file=None, search_space='nb201') -> str:
+  """--arch (string or index) -> the space's arch string (one-line ValueError if bad)."""
+  if search_space != 'nb201':
+    from search_spaces import registry
+    space = registry.get(search_space)
+    if not spec:
+      raise ValueError(f'--experiment=train needs --arch=<a {search_space} arch string>')
+    return space.encode(space.decode(spec.strip()))
   if not spec:
     raise nb201.ArchError('--experiment=train needs --arch=<NB201 arch string or index>')
   ops = common.select_archs(spec, 0, benchmark_file) if (
@@ -29,7 +39,8 @@ def arch_from_flag(spec, benchmark_file=None) -> str:
 
 def config_from_flags(f) -> train_lib.TrainConfig:
   return train_lib.TrainConfig(
-      arch=arch_from_flag(f.arch, f.benchmark_file), C=f.train_width, N=f.train_cells,
+      arch=arch_from_flag(f.arch, f.benchmark_file, f.search_space), search_space=f.search_space,
+      C=f.train_width, N=f.train_cells,
       dataset=f.dataset, epochs=f.epochs, quant=f.quant, batch_size=f.train_batch,
       optimizer=f.optimizer, lr=f.lr, weight_decay=f.weight_decay,
       warmup_epochs=f.warmup_epochs, label_smoothing=f.label_smoothing,

@@ -82,7 +82,8 @@ def test_hardware_model_of_the_c_project_predicts_its_flash(tmp_path):
   config = nb201.NB201Config(C=8, N=2)
   ops, project, _, _ = _project(tmp_path, DEAD_NODE, config)
   s = mcu.sizes(mcu.build(project.out_dir, 'm4'))
-  predicted = export_lib.predicted_c_costs(ops, config, runtimes=(export_lib.C_RUNTIME,))
+  predicted = export_lib.predicted_c_costs(nb201_graph.lower(ops, config),
+                                           runtimes=(export_lib.C_RUNTIME,))
   flash = s['.text'] + s['.rodata'] + s['.data']
   assert abs(predicted[export_lib.C_RUNTIME]['flash_bytes'] / flash - 1) < 0.05
   assert project.const_bytes['constants'] > 0
@@ -124,7 +125,8 @@ def test_hardware_model_against_the_recorded_emulator_rows():
                               'bench_mcu_m4.csv').open()))
   assert len(rows) >= 50
   config = nb201.NB201Config(C=16, N=5)
-  pred = [export_lib.predicted_c_costs(nb201.parse_arch_str(r['arch']), config) for r in rows]
+  pred = [export_lib.predicted_c_costs(nb201_graph.lower(nb201.parse_arch_str(r['arch']), config))
+          for r in rows]
   assert [int(r['arena']) for r in rows] == [p['plan_bytes'] for p in pred]
   flash = np.array([p[export_lib.C_RUNTIME]['flash_bytes'] for p in pred])
   assert np.all(np.abs(flash / np.array([float(r['flash_bytes']) for r in rows]) - 1) < 0.1)

@@ -303,8 +303,8 @@ REFUSED = [
      '--search_space=mbv2 --ntk_width=4', '--ntk_width is not read'),
     ('a flag the searcher does not read', 'python -m experiments.run --searcher=prune '
      '--rerank_pool=8', '--rerank_pool is not read'),
-    ('an unsupported space', 'python -m experiments.run --experiment=train '
-     '--search_space=tinycnn --arch=x', 'supports --search_space=nb201'),
+    ('an unsupported space', 'python -m experiments.run --experiment=correlate '
+     '--search_space=mbv2', 'supports --search_space=nb201 or tinycnn'),
     ('a bad enum value', 'python -m experiments.run --experiment=train --arch=1 --quant=int4',
      '--quant=int4'),
     ('a bad value in one alternative', 'python -m experiments.run --experiment=train --arch=1 \\\n'

@@ -212,12 +212,15 @@ class _IntNet:
   """Stands in for int_inference.IntNetwork: right, or a constant answer."""
   right = True
 
-  def __init__(self, variables, ops, config):
+  def __init__(self, variables, ops, config, rounding='tflm'):
     pass
 
-  def predict(self, x):
+  def _range_qparams(self, name):
+    return 1.0, 0
+
+  def logits(self, x):
     n = len(x)
-    return _LABELS[:n].copy() if _IntNet.right else np.full(n, 3)
+    return np.eye(10, dtype=np.int8)[_LABELS[:n] if _IntNet.right else np.full(n, 3)]
 
   def weight_counts(self):
     return dict(weights=1, biases=1, head_bn_weights=0, head_bn_biases=0)
@@ -226,7 +229,7 @@ class _IntNet:
 @pytest.fixture
 def stand_in_int(monkeypatch):
   monkeypatch.setattr(int_inference, 'IntNetwork', _IntNet)
-  monkeypatch.setattr(train, 'hardware_weight_counts', lambda ops, config: {})
+  monkeypatch.setattr(train, 'hardware_weight_counts', lambda graph: {})
   monkeypatch.setattr(_IntNet, 'right', True)
   return _IntNet
 

@@ -28,8 +28,9 @@ int32_t zn_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int32
   return mbqm(x, multiplier, shift);
 }
 
-static inline int8_t saturate(int32_t v) {
-  return (int8_t)(v < -128 ? -128 : (v > 127 ? 127 : v));
+/* the fused activation: clamp to [lo, hi], a sub-range of int8 (no activation: -128, 127) */
+static inline int8_t clamp(int32_t v, int32_t lo, int32_t hi) {
+  return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
 }
 
 static int32_t dot_plain(const int16_t *col, const int8_t *w, int32_t k, int32_t acc) {
@@ -78,9 +79,9 @@ void zn_conv(const zn_conv_t *p, const int8_t *in, int8_t *out, int16_t *col) {
     for (int32_t ox = 0; ox < p->out_w; ++ox) {
       int16_t *dst = col;
       for (int32_t ky = 0; ky < k; ++ky) {
-        int32_t iy = oy * p->stride - p->pad + ky;
+        int32_t iy = oy * p->stride - p->pad_h + ky;
         for (int32_t kx = 0; kx < k; ++kx) {
-          int32_t ix = ox * p->stride - p->pad + kx;
+          int32_t ix = ox * p->stride - p->pad_w + kx;
           if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
             for (int32_t c = 0; c < cin; ++c) *dst++ = 0;  /* padding: the zero point */
             continue;
@@ -109,8 +110,8 @@ void zn_conv(const zn_conv_t *p, const int8_t *in, int8_t *out, int16_t *col) {
           dot2_dsp(col, w, w + depth, depth, &a0, &a1);
           a0 = mbqm(a0, p->mult[oc], p->shift[oc]);
           a1 = mbqm(a1, p->mult[oc + 1], p->shift[oc + 1]);
-          o[oc] = saturate(a0 + p->out_offset);
-          o[oc + 1] = saturate(a1 + p->out_offset);
+          o[oc] = clamp(a0 + p->out_offset, p->act_min, p->act_max);
+          o[oc + 1] = clamp(a1 + p->out_offset, p->act_min, p->act_max);
         }
       }
 #endif
@@ -122,7 +123,35 @@ void zn_conv(const zn_conv_t *p, const int8_t *in, int8_t *out, int16_t *col) {
         int32_t acc = dot_plain(col, w, depth, p->bias[oc]);
 #endif
         acc = mbqm(acc, p->mult[oc], p->shift[oc]);
-        o[oc] = saturate(acc + p->out_offset);
+        o[oc] = clamp(acc + p->out_offset, p->act_min, p->act_max);
+      }
+    }
+  }
+}
+
+void zn_depthwise(const zn_depthwise_t *p, const int8_t *in, int8_t *out) {
+  /* every output channel reads its own input channel; taps outside the map are the padding
+   * (the input zero point), which adds nothing, so they are skipped */
+  const int32_t k = p->kernel, c = p->c;
+  for (int32_t oy = 0; oy < p->out_h; ++oy) {
+    const int32_t y0 = oy * p->stride - p->pad_h;
+    const int32_t ky0 = y0 < 0 ? -y0 : 0;
+    const int32_t ky1 = y0 + k > p->in_h ? p->in_h - y0 : k;
+    for (int32_t ox = 0; ox < p->out_w; ++ox) {
+      const int32_t x0 = ox * p->stride - p->pad_w;
+      const int32_t kx0 = x0 < 0 ? -x0 : 0;
+      const int32_t kx1 = x0 + k > p->in_w ? p->in_w - x0 : k;
+      int8_t *o = out + (oy * p->out_w + ox) * c;
+      for (int32_t ch = 0; ch < c; ++ch) {
+        int32_t acc = p->bias[ch];
+        for (int32_t ky = ky0; ky < ky1; ++ky) {
+          const int8_t *src = in + ((y0 + ky) * p->in_w + x0) * c + ch;
+          const int8_t *w = p->weights + ky * k * c + ch;
+          for (int32_t kx = kx0; kx < kx1; ++kx)
+            acc += (src[kx * c] + p->in_offset) * w[kx * c];
+        }
+        acc = mbqm(acc, p->mult[ch], p->shift[ch]);
+        o[ch] = clamp(acc + p->out_offset, p->act_min, p->act_max);
       }
     }
   }
@@ -133,7 +162,7 @@ void zn_affine(const zn_affine_t *p, const int8_t *in, int8_t *out) {
     for (int32_t c = 0; c < p->channels; ++c) {
       int32_t acc = (in[c] + p->in_offset) * p->weights[c] + p->bias[c];
       acc = mbqm(acc, p->mult[c], p->shift[c]);
-      out[c] = saturate(acc + p->out_offset);
+      out[c] = clamp(acc + p->out_offset, p->act_min, p->act_max);
     }
     in += p->channels;
     out += p->channels;
@@ -146,7 +175,7 @@ void zn_dense(const zn_dense_t *p, const int8_t *in, int8_t *out) {
     int32_t acc = p->bias[o];
     for (int32_t i = 0; i < p->in_n; ++i) acc += (in[i] + p->in_offset) * w[i];
     acc = mbqm(acc, p->mult[o], p->shift[o]);
-    out[o] = saturate(acc + p->out_offset);
+    out[o] = clamp(acc + p->out_offset, p->act_min, p->act_max);
   }
 }
 
@@ -161,7 +190,7 @@ void zn_add(const zn_add_t *p, const int8_t *a, const int8_t *b, int8_t *out) {
       x = mbqm(x, p->a_mult, p->a_shift);
       y = mbqm(y, p->b_mult, p->b_shift);
       int32_t s = mbqm(x + y, p->out_mult, p->out_shift);
-      out[j] = saturate(s + p->out_offset);
+      out[j] = clamp(s + p->out_offset, p->act_min, p->act_max);
     }
   }
 }
@@ -169,7 +198,7 @@ void zn_add(const zn_add_t *p, const int8_t *a, const int8_t *b, int8_t *out) {
 void zn_avg_pool(const zn_pool_t *p, const int8_t *in, int8_t *out) {
   for (int32_t oy = 0; oy < p->out_h; ++oy) {
     for (int32_t ox = 0; ox < p->out_w; ++ox) {
-      int32_t y0 = oy * p->stride - p->pad, x0 = ox * p->stride - p->pad;
+      int32_t y0 = oy * p->stride - p->pad_h, x0 = ox * p->stride - p->pad_w;
       int32_t y1 = y0 + p->kernel, x1 = x0 + p->kernel;
       if (y0 < 0) y0 = 0;
       if (x0 < 0) x0 = 0;
@@ -182,7 +211,29 @@ void zn_avg_pool(const zn_pool_t *p, const int8_t *in, int8_t *out) {
           for (int32_t x = x0; x < x1; ++x) sum += in[(y * p->in_w + x) * p->c + c];
         /* rounding half away from zero, as TFLite's int8 average pool */
         int32_t avg = sum > 0 ? (sum + count / 2) / count : (sum - count / 2) / count;
-        out[(oy * p->out_w + ox) * p->c + c] = saturate(avg);
+        out[(oy * p->out_w + ox) * p->c + c] = clamp(avg, p->act_min, p->act_max);
+      }
+    }
+  }
+}
+
+void zn_max_pool(const zn_pool_t *p, const int8_t *in, int8_t *out) {
+  for (int32_t oy = 0; oy < p->out_h; ++oy) {
+    for (int32_t ox = 0; ox < p->out_w; ++ox) {
+      int32_t y0 = oy * p->stride - p->pad_h, x0 = ox * p->stride - p->pad_w;
+      int32_t y1 = y0 + p->kernel, x1 = x0 + p->kernel;
+      if (y0 < 0) y0 = 0;
+      if (x0 < 0) x0 = 0;
+      if (y1 > p->in_h) y1 = p->in_h;
+      if (x1 > p->in_w) x1 = p->in_w;
+      for (int32_t c = 0; c < p->c; ++c) {
+        int32_t m = -128;
+        for (int32_t y = y0; y < y1; ++y)
+          for (int32_t x = x0; x < x1; ++x) {
+            int32_t v = in[(y * p->in_w + x) * p->c + c];
+            if (v > m) m = v;
+          }
+        out[(oy * p->out_w + ox) * p->c + c] = clamp(m, p->act_min, p->act_max);
       }
     }
   }

@@ -1,0 +1,125 @@
+"""One arch's network as the trainer (`engine.train`) and the exporter (`deploy.export`) see it,
+whatever its search space: the only place that tells NB201 from the plug-in spaces.
+
+  * NB201: its one walk's Flax backend (`engine.qat_net`), integer backend
+    (`engine.int_inference`) and TFLite backend (`deploy.tflite`), at the trained width C, N;
+  * any other registered space: its lowered hardware graph (`SearchSpace.lower`, the network
+    its costs are computed on) run by `engine.graph_qat` (Flax, fp32 / folded / QAT),
+    `engine.graph_int` (integers) and `deploy.graph_tflite` (the .tflite).
+
+Both give the same `Trainable`: the model per mode, init, calibration, the integer reference and
+the .tflite, the lowered graph and the input size.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class IntReference:
+  """An integer network: int8 logits of normalised images, and its input quantization."""
+  logits: Callable[[np.ndarray], np.ndarray]
+  quantize_input: Callable[[np.ndarray], np.ndarray]   # -> int8 values (int array)
+  input_qparams: tuple[float, int]
+  weight_counts: Callable[[], dict]
+
+  def predict(self, x) -> np.ndarray:
+    return np.argmax(self.logits(x), -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainable:
+  space: str
+  arch: str
+  model_fn: Callable[[str], Any]           # mode -> flax Module(x, train, update_ranges)
+  init: Callable[[Any], dict]              # key -> variables
+  calibrate: Callable[[dict, Any], dict]   # (variables, batches) -> variables, fresh ranges
+  integer: Callable[..., IntReference]     # (variables, rounding='tflm') -> IntReference
+  tflite: Callable[[dict, str], bytes]     # (variables, description) -> .tflite bytes
+  graph: Any                               # the lowered hardware graph
+  image_size: int
+  num_classes: int
+  litert_roundings: bool = True            # the integer reference has LiteRT's roundings too
+
+
+def nb201_trainable(arch: str, C: int, N: int, dataset: str, num_classes: int = 0) -> Trainable:
+  from deploy import tflite
+  from engine import int_inference, qat_net
+  from search_spaces import nb201
+  from search_spaces.nb201 import graph as nb201_graph
+  ops = tuple(int(o) for o in nb201.parse_arch_str(arch))
+  classes = {'num_classes': num_classes} if num_classes else {}
+  config = nb201.NB201Config.for_dataset(dataset, C=C, N=N, **classes)
+
+  def integer(variables, rounding='tflm'):
+    net = int_inference.IntNetwork(variables, ops, config, rounding=rounding)
+    scale, zp = net._range_qparams('input_q')
+
+    def counts():
+      c = net.weight_counts()
+      return {'weights': c['weights'], 'biases': c['biases'],
+              'head_bn_affine': {'weights': c['head_bn_weights'], 'biases': c['head_bn_biases']}}
+
+    return IntReference(net.logits, lambda x: net.quantize_input(x).q, (scale, zp), counts)
+
+  return Trainable(
+      'nb201', arch, lambda mode: qat_net.QATNetwork(ops, config, mode),
+      lambda key: qat_net.init_variables(key, ops, config),
+      lambda v, batches: qat_net.calibrate(v, ops, config, batches), integer,
+      lambda v, description: tflite.to_tflite(v, ops, config, description=description)[0],
+      nb201_graph.lower(ops, config), config.input_size, config.num_classes)
+
+
+def graph_trainable(space_name: str, arch: str, num_classes: int = 0) -> Trainable:
+  """A plug-in space's arch through its lowered graph (`engine.graph_qat`); raises ValueError
+  (one line) for an arch the space cannot decode or the int8 path cannot run."""
+  from deploy import graph_tflite
+  from engine import graph_int, graph_qat
+  from search_spaces import registry
+  space = registry.get(space_name)
+  decoded = space.decode(arch)
+  classes = num_classes or space.num_classes
+  graph = space.lower(decoded, space.shape_of(space.group(decoded)), classes)
+  graph_qat.check_graph(graph)
+
+  def integer(variables, rounding='tflm'):
+    net = graph_int.IntGraph(variables, graph, rounding=rounding)
+    return IntReference(net.logits, net.quantize_input, net.act(0), net.weight_counts)
+
+  return Trainable(
+      space_name, space.encode(decoded), lambda mode: graph_qat.GraphNetwork(graph, mode),
+      lambda key: graph_qat.init_variables(key, graph),
+      lambda v, batches: graph_qat.calibrate(v, graph, batches), integer,
+      lambda v, description: graph_tflite.to_tflite(
+          graph, graph_int.IntGraph(v, graph), description=description),
+      graph, graph.nodes[0].shape[0], classes)
+
+
+def trainable(space: str, arch: str, *, C: int = 16, N: int = 5, dataset: str = 'cifar10',
+              num_classes: int = 0) -> Trainable:
+  if space == 'nb201':
+    return nb201_trainable(arch, C, N, dataset, num_classes)
+  return graph_trainable(space, arch, num_classes)
+
+
+def int8_exportable(space_name: str):
+  """None when every arch of the space trains and exports in int8 (NB201), else a predicate
+  arch -> bool: its lowered graph has only ops the int8 path runs (tinycnn: not swish)."""
+  if space_name == 'nb201':
+    return None
+  from engine import graph_qat
+  from search_spaces import registry
+  space = registry.get(space_name)
+
+  def ok(arch) -> bool:
+    graph = space.lower(arch, space.shape_of(space.group(arch)), space.num_classes)
+    try:
+      graph_qat.check_graph(graph)
+    except graph_qat.UnsupportedGraph:
+      return False
+    return True
+
+  return ok

@@ -1,0 +1,117 @@
+"""The plug-in spaces' int8 path (engine/graph_qat.py, engine/graph_int.py, engine/trainable.py,
+deploy/graph_tflite.py): the Flax network of a lowered graph in its modes, its integer
+reference, and the .tflite written from it, held against each other and against TFLite Micro
+and LiteRT, bit for bit."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deploy import graph_tflite
+from deploy import runtimes
+from engine import graph_int
+from engine import graph_qat
+from engine import trainable
+from hardware import graph as graph_lib
+from hardware import memory
+from search_spaces import registry
+
+TINY_MAX = ('tinycnn', 'f16k3-f32k5-relu-max')
+TINY_AVG = ('tinycnn', 'f8k5-f16k3-f8k3-relu-avg')
+MBV2 = ('mbv2', 'w0.5-r96-k5e3.k3e3-k7e3.k3e3-k3e3.k3e3-k5e3.k3e3-k7e3.k3e3')
+
+
+def _graph(space, arch):
+  sp = registry.get(space)
+  return sp.lower(sp.decode(arch))
+
+
+def _calibrated(graph, n=16, seed=0):
+  """Initial weights, BN statistics of `n` noise images, ranges calibrated on them."""
+  v = graph_qat.init_variables(jax.random.key(seed), graph)
+  x = jnp.asarray(np.random.default_rng(seed).standard_normal((n,) + graph.nodes[0].shape),
+                  jnp.float32)
+  for _ in range(3):
+    _, upd = graph_qat.GraphNetwork(graph, 'fp32').apply(v, x, train=True,
+                                                          mutable=['batch_stats'])
+    v = {**v, **upd}
+  return graph_qat.calibrate(v, graph, [x]), np.asarray(x)
+
+
+@pytest.mark.parametrize('space, arch', [TINY_MAX, MBV2])
+def test_trainable_parameters_are_the_hardware_graphs_weights(space, arch):
+  graph = _graph(space, arch)
+  v = graph_qat.init_variables(jax.random.key(0), graph)
+  st = graph_lib.node_stats(graph)
+  # a folded BN trains a scale and a shift where the graph stores one bias
+  bn_extra = sum(n.shape[2] for n in graph.nodes if n.folded_bn)
+  params = sum(a.size for a in jax.tree.leaves(v['params']))
+  assert params == int(st.weights.sum() + st.biases.sum()) + bn_extra
+
+
+@pytest.mark.parametrize('space, arch', [TINY_AVG, pytest.param(*MBV2, marks=pytest.mark.slow)])
+def test_folded_equals_float_evaluation(space, arch):
+  graph = _graph(space, arch)
+  v, x = _calibrated(graph)
+  fp32 = graph_qat.GraphNetwork(graph, 'fp32').apply(v, x)
+  folded = graph_qat.GraphNetwork(graph, 'folded').apply(v, x)
+  np.testing.assert_allclose(folded, fp32, rtol=1e-4, atol=1e-4 * float(jnp.abs(fp32).max()))
+
+
+@pytest.mark.parametrize('space, arch', [TINY_MAX, TINY_AVG, MBV2])
+def test_tflm_equals_the_integer_reference_bit_for_bit(space, arch):
+  """The .tflite written from the quantized variables runs in TFLite Micro with the integer
+  reference's int8 logits on every image; the reference stays near the fake-quant model."""
+  graph = _graph(space, arch)
+  v, x = _calibrated(graph, n=16 if space == 'tinycnn' else 6)
+  ref = graph_int.IntGraph(v, graph)
+  logits = ref.logits(x)
+  assert len(np.unique(logits)) > 10  # not a saturated, trivially equal output
+  tflm = runtimes.tflm_run(graph_tflite.to_tflite(graph, ref), ref.quantize_input(x).astype(np.int8))
+  np.testing.assert_array_equal(tflm.reshape(logits.shape), logits)
+  scale, zp = ref.act(len(graph.nodes) - 1)
+  fake = np.asarray(graph_qat.GraphNetwork(graph, 'quant').apply(v, x))
+  dequantized = (logits.astype(np.float32) - zp) * scale
+  # rounding differences compound through an untrained deep net (mbv2): a few grid steps
+  assert np.median(np.abs(dequantized - fake)) / scale <= 4
+  assert np.corrcoef(dequantized.ravel(), fake.ravel())[0, 1] > 0.95
+
+
+def test_litert_reference_kernels_equal_the_reference_with_their_rounding():
+  graph = _graph(*TINY_MAX)
+  v, x = _calibrated(graph)
+  model = graph_tflite.to_tflite(graph, graph_int.IntGraph(v, graph))
+  ref = graph_int.IntGraph(v, graph, rounding='litert_reference')
+  lite = runtimes.litert_run(model, ref.quantize_input(x).astype(np.int8), 'reference')
+  np.testing.assert_array_equal(lite, ref.logits(x))
+
+
+@pytest.mark.slow
+def test_trained_graph_arena_in_tflm_is_the_memory_models():
+  graph = _graph(*MBV2)
+  v, x = _calibrated(graph, n=4)
+  model = graph_tflite.to_tflite(graph, graph_int.IntGraph(v, graph))
+  measured = runtimes.tflm_arena(model, np.zeros((1,) + graph.nodes[0].shape, np.int8))
+  predicted = memory.tflm_arena(graph)
+  assert abs(measured['total'] / predicted['total'] - 1) < 0.05
+  assert measured['head'] == predicted['planned']
+
+
+def test_fused_relu6_clamps_as_tflite_computes_them():
+  assert graph_int.activation_range(None, 0.1, 3) == (-128, 127)
+  assert graph_int.activation_range('relu', 0.1, 3) == (3, 127)
+  # 6 / (6 / 255) rounds to 255: the whole grid above the zero point
+  assert graph_int.activation_range('relu6', 6 / 255, -128) == (-128, 127)
+  assert graph_int.activation_range('relu6', 0.05, -100) == (-100, 20)
+
+
+def test_an_arch_with_an_op_the_int8_path_lacks_is_one_line():
+  with pytest.raises(graph_qat.UnsupportedGraph) as err:
+    trainable.trainable('tinycnn', 'f16k3-swish-max')
+  assert '\n' not in str(err.value) and 'swish' in str(err.value)
+  keep = trainable.int8_exportable('tinycnn')
+  space = registry.get('tinycnn')
+  archs = space.enumerate()
+  kept = [a for a in archs if keep(a)]
+  assert 0 < len(kept) < len(archs) and all(a.activation == 'relu' for a in kept)
+  assert trainable.int8_exportable('nb201') is None
