@@ -408,18 +408,19 @@ def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
   """uint8 NHWC images -> size x size by an integer factor: repeated pixels up (CIFAR's 32px at
   a 96px arch), box mean down."""
   h = images.shape[1]
-  if h == size:
-    return images
-  if size % h == 0:
-    f = size // h
-    return np.repeat(np.repeat(images, f, axis=1), f, axis=2)
+  if h == size or size % h == 0:
+    return _resize(images, size)
   return np.round(_resize(images.astype(np.float32), size)).astype(np.uint8)
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
-  """Box-filter downsample NHWC float images to size x size (32 -> 16 for ImageNet16-120)."""
+  """NHWC images to size x size by an integer factor: repeated pixels up (32 -> 96 for mbv2's
+  smallest resolution), box mean down (32 -> 16 for ImageNet16-120)."""
   if images.shape[1] == size:
     return images
+  if size % images.shape[1] == 0:
+    f = size // images.shape[1]
+    return np.repeat(np.repeat(images, f, axis=1), f, axis=2)
   f = images.shape[1] // size
   if f * size != images.shape[1]:
     raise DataError(f'cannot resize {images.shape[1]}px images to {size}px (not a divisor)')
@@ -457,8 +458,9 @@ def sample_batches(rng: np.random.Generator, num_batches: int, batch_size: int,
     padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
     oy, ox = rng.integers(0, 9, (2, len(x)))
     flip = rng.random(len(x)) < 0.5
-    rows = oy[:, None] + np.arange(32)
-    cols = ox[:, None] + np.arange(32)
+    side = x.shape[1]
+    rows = oy[:, None] + np.arange(side)
+    cols = ox[:, None] + np.arange(side)
     x = padded[np.arange(len(x))[:, None, None], rows[:, :, None], cols[:, None, :]]
     x[flip] = x[flip, :, ::-1]
   x = _resize(x, input_size)

@@ -167,12 +167,15 @@ class Scorer:
           self.network, self.settings, self.seed, self.images, self.nets(group)).items()}
     return self._inputs[group]
 
-  def networks(self) -> list[str]:
-    """The proxy networks scored on, for the report."""
+  def networks(self, group=None) -> list[str]:
+    """The proxy networks `group` is scored on (default: the first group scored), for the
+    report."""
     s, needs = self.settings, {p.needs for p in self.network}
     if not needs:
       return []
-    nets = self.nets(next(iter(self._nets))[0] if self._nets else ())
+    if group is None:
+      group = next(iter(self._nets))[0] if self._nets else ()
+    nets = self.nets(group)
     label = lambda kind: nets[kind].label or f"{self.space.name}'s own network"
     return ([f'NTK {label("ntk")} B={s.ntk_batch} x{s.ntk_repeats}'] if 'ntk' in needs else []) + (
         [f'zero-cost {label("zc")} B={s.zc_batch}'] if 'zc' in needs else [])

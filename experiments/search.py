@@ -193,7 +193,7 @@ def run(f, workdir='search_out', keep=None):
         f'costed in {table_s:.1f} s')
   print(f'inputs: {images.source if images else "N(0, 1) Gaussian noise (no --data_dir given)"};'
         f' objective {f.objective} over {f.proxies}' + ''.join(f'; {n}' for n in
-                                                             scorer.networks())
+                                                             scorer.networks(table.group))
         + f'; {device_name}')
 
   acc = accuracies(space, f, table.archs)

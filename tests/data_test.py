@@ -29,6 +29,11 @@ def test_samplers_are_seeded_and_normalised(data_dir):
   assert a.shape == (2, 16, 32, 32, 3) and abs(a.mean()) < 0.5
   small = data.sample_batches(np.random.default_rng(0), 1, 4, images, input_size=16)
   assert small.shape == (1, 4, 16, 16, 3)
+  # an arch at 96 px (mbv2's smallest resolution) sees the same crops with each pixel 3x3 times
+  large = data.sample_batches(np.random.default_rng(0), 1, 4, images, input_size=96)
+  same = data.sample_batches(np.random.default_rng(0), 1, 4, images)
+  np.testing.assert_array_equal(large[:, :, ::3, ::3], same)
+  np.testing.assert_array_equal(large[:, :, 2::3, 1::3], same)
   patches = data.sample_patches(np.random.default_rng(0), 3, 100, images)
   assert patches.shape == (3, 100, 3, 3, 1)
   noise = data.sample_batches(np.random.default_rng(0), 1, 4, None)

@@ -213,3 +213,11 @@ def test_grad_prune_on_mbv2_with_a_network_proxy_returns_a_feasible_arch():
   result = search.search('grad_prune', problem, seed=0, options=OPTIONS)
   _assert_feasible(problem, result)
   assert result.log[-1].startswith('recheck')
+
+
+def test_the_report_names_the_proxy_network_of_the_searched_group_before_any_scoring():
+  """The search prints the proxies' networks before it scores: on a space whose groups have
+  their own input size (mbv2), the searched group's network, not a default group's."""
+  problem = _problem('mbv2', 'synflow')
+  lines = problem.scorer.networks(problem.table.group)
+  assert lines == ["zero-cost mbv2's own network B=4"]
