@@ -224,8 +224,13 @@ def run(f, workdir='search_out', keep=None):
       print(f'wrote {workdir / "results.json"} and results.csv (no pareto.png: matplotlib is '
             f'not installed; pip install matplotlib)')
   else:
+    try:
+      _cost_plot(workdir / 'pareto.png', problem.table, records, constraints, space)
+      plot = ('pareto.png shows predicted costs only')
+    except ImportError:
+      plot = 'no pareto.png: matplotlib is not installed'
     print(f'wrote {workdir / "results.json"} and results.csv (no true accuracy for these archs: '
-          f'no baselines and no Pareto plot; pass --benchmark_file)')
+          f'no baselines, and {plot}; pass --benchmark_file)')
 
 
 def _record(space, f, seed, result, wall, constraints, table, acc, best_feasible, device_name):
@@ -318,6 +323,36 @@ def _write_results(workdir, records, f, constraints, table, base=None):
                 json.dumps(dict(meta=meta, results=records), indent=1, default=float))
   rows = [[common.format_number(r[c], digits=6) for c in CSV_COLUMNS] for r in records]
   common.write_csv_atomic(workdir / 'results.csv', CSV_COLUMNS, rows)
+
+
+def _cost_plot(path, table, records, constraints, space):
+  """Without accuracies: predicted latency vs params of every costed arch (feasible or not),
+  the front of the largest archs at each latency, the limits and the found archs."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  lat, params = table.costs['latency_ms'], table.costs['params'] / 1e3
+  ok = np.asarray(table.feasible, bool)
+  order = np.argsort(np.where(ok, lat, np.inf), kind='stable')[:int(ok.sum())]
+  front = order[params[order] >= np.maximum.accumulate(params[order])]
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  ax.scatter(lat[~ok], params[~ok], s=3, c='0.85', label='infeasible')
+  ax.scatter(lat[ok], params[ok], s=3, c='0.55', label='feasible')
+  ax.step(lat[front], params[front], where='post', c='k', lw=1,
+          label='largest feasible at each latency')
+  found = np.array([[r['latency_ms'], r['params'] / 1e3] for r in records])
+  ax.scatter(found[:, 0], found[:, 1], s=40, c='tab:red', marker='*',
+             label=f'found ({records[0]["searcher"]}, {len(records)} seeds)')
+  if 'latency_ms' in table.limits:
+    ax.axvline(table.limits['latency_ms'], c='tab:blue', ls='--', lw=1, label='latency budget')
+  ax.set_xlabel(f'predicted latency on {constraints.device}/{constraints.runtime} (ms)')
+  ax.set_ylabel('params (k)')
+  ax.set_title(f'{space.name}: predicted costs of {len(lat)} archs (no accuracy known)',
+               fontsize=9)
+  ax.legend(loc='lower right', fontsize=8)
+  fig.tight_layout()
+  common.write_atomic(path, lambda fh: fig.savefig(fh, format='png', dpi=120))
+  plt.close(fig)
 
 
 def _pareto_plot(path, table, acc, records, constraints, space):
