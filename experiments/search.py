@@ -378,6 +378,10 @@ def _pareto_plot(path, table, acc, records, constraints, space):
   if len(found):
     ax.scatter(found[:, 0], found[:, 1], s=30, c='tab:red', marker='*',
                label=f'found ({records[0]["searcher"]}, {len(records)} seeds)')
+  unknown = sorted({r['latency_ms'] for r in records if r['test_acc'] is None})
+  for i, x in enumerate(unknown):  # a pick outside the trained table: its latency only
+    ax.axvline(x, c='tab:red', ls=':', lw=1,
+               label=None if i else f'found, accuracy not in the table ({len(unknown)})')
   if 'latency_ms' in table.limits:
     ax.axvline(table.limits['latency_ms'], c='tab:blue', ls='--', lw=1, label='latency budget')
   ax.set_xlabel(f'predicted latency on {constraints.device}/{constraints.runtime} (ms)')
