@@ -146,8 +146,8 @@ _CODE_GENERATOR_SCALE = _per_feature(conv_macs=0.75, pointwise_macs=0.75, depthw
 # models (C 4/8/16, N 1/2; residuals within 2.7% of the file): 28 bytes per quantized channel
 # (the weight and the bias tensor each carry a float32 scale and an int64 zero point per
 # channel, plus vector headers), 196 per kernel call (operator, output tensor with its name,
-# shape and quantization), 3,700 per model. Held-out C=16 N=5 archs 9, 24, 56, 6111: -1.3% to
-# +1.0% (docs/deploy.md, Flash).
+# shape and quantization), 3,700 per model. Held-out trained C=16 N=5 archs 9 and 6111: -1.4%
+# and +0.1% of the file (docs/deploy.md, Flash).
 _TFLITE_FLASH = dict(flash_bytes_per_kernel=196, quant_bytes_per_channel=28,
                      model_flash_bytes=3_700)
 
