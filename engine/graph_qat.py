@@ -26,10 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from engine import quant
-from engine.qat_net import ActQuant, Ctx, MODES, _batch_norm, _round_div, _stats_vars
+from engine.qat_net import ActQuant, Ctx, MODES, _batch_norm, _round_div, folded_layer
 from hardware import graph as graph_lib
-from search_spaces.kernels import BN_EPS
 
 TRAINABLE_OPS = ('input', 'conv2d', 'depthwise_conv2d', 'dense', 'add', 'avg_pool', 'max_pool',
                  'global_avg_pool', 'reshape', 'identity')
@@ -111,18 +109,8 @@ class GraphLayer(nn.Module):
       y = _batch_norm(self, y, gamma, beta, ctx, reduce_axes) if bn else (
           y if bias is None else y + bias)
     else:
-      if bn:
-        mean, var = _stats_vars(self, c)
-        w, b = quant.fold_batch_norm(kernel, gamma, beta, mean.value, var.value, BN_EPS)
-      else:
-        w, b = kernel, bias
-      if ctx.quantized:
-        w, w_scale = quant.fake_quant_weights(w)
-        if b is not None:
-          b = quant.fake_quant_bias(b, qp_in[0] * w_scale)
-      y = apply(x, w)
-      if b is not None:
-        y = y + b
+      y = folded_layer(self, apply, x, qp_in, kernel, (gamma, beta) if bn else None,
+                       None if bn else bias, ctx)
     return ActQuant(name='out_q')(_activate(y, node.activation), ctx)
 
 

@@ -154,6 +154,23 @@ def _batch_norm(module, y, gamma, beta, ctx: Ctx, reduce_axes):
   return (y - m) * (gamma * jax.lax.rsqrt(v + BN_EPS)) + beta
 
 
+def folded_layer(module, apply, x, qp_in, kernel, bn, bias, ctx: Ctx):
+  """apply(x, w) + b of a layer outside 'fp32' mode: `bn` = (scale, shift) folded into (w, b)
+  with the running statistics (without BN: w, b = kernel, bias), then per-channel int8 weights
+  and an int32 bias (fake-quant) when quantized."""
+  if bn is not None:
+    mean, var = _stats_vars(module, kernel.shape[-1])
+    w, b = quant.fold_batch_norm(kernel, *bn, mean.value, var.value, BN_EPS)
+  else:
+    w, b = kernel, bias
+  if ctx.quantized:
+    w, w_scale = quant.fake_quant_weights(w)
+    if b is not None:
+      b = quant.fake_quant_bias(b, qp_in[0] * w_scale)
+  y = apply(x, w)
+  return y if b is None else y + b
+
+
 class QConv(nn.Module):
   """Conv (no bias) + optional BN; folded and fake-quantized outside 'fp32' mode."""
   features: int
@@ -174,18 +191,8 @@ class QConv(nn.Module):
       if self.bn:
         y = _batch_norm(self, y, gamma, beta, ctx, (0, 1, 2))
     else:
-      if self.bn:
-        mean, var = _stats_vars(self, c)
-        w, b = quant.fold_batch_norm(kernel, gamma, beta, mean.value, var.value, BN_EPS)
-      else:
-        w, b = kernel, None
-      if ctx.quantized:
-        w, w_scale = quant.fake_quant_weights(w)
-        if b is not None:
-          b = quant.fake_quant_bias(b, qp_in[0] * w_scale)
-      y = conv2d(x, w, self.stride)
-      if b is not None:
-        y = y + b
+      y = folded_layer(self, lambda x, w: conv2d(x, w, self.stride), x, qp_in, kernel,
+                       (gamma, beta) if self.bn else None, None, ctx)
     return ActQuant(name='out_q')(y, ctx)
 
 
@@ -201,13 +208,9 @@ class QAffine(nn.Module):
     beta = self.param('bias', nn.initializers.zeros, (c,))
     if ctx.mode == 'fp32':
       y = _batch_norm(self, x, gamma, beta, ctx, (0, 1, 2))
-    else:
-      mean, var = _stats_vars(self, c)
-      a, b = quant.fold_batch_norm(jnp.ones((1, c)), gamma, beta, mean.value, var.value, BN_EPS)
-      if ctx.quantized:
-        a, a_scale = quant.fake_quant_weights(a)
-        b = quant.fake_quant_bias(b, qp_in[0] * a_scale)
-      y = x * a[0] + b
+    else:  # BN folded into a [1, C] kernel of ones: y = x * a + b
+      y = folded_layer(self, lambda x, a: x * a[0], x, qp_in, jnp.ones((1, c)), (gamma, beta),
+                       None, ctx)
     return ActQuant(name='out_q')(y, ctx)
 
 

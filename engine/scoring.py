@@ -190,18 +190,11 @@ class Scorer:
   def score_archs(self, group, archs, k=None, progress=None) -> dict[str, np.ndarray]:
     """Archs (objects or strings) of `group`; `progress(n)` is called after each batch."""
     archs = [self.space.decode(a) if isinstance(a, str) else a for a in archs]
-    rows = self.space.to_array(archs)
     if not self.settings.single_path and self.space.relax is not None:
       # as one-hot masks through the relaxed network (NB201's dense supernet)
       masks = one_hot_rows(self.space, group, self.space.relax.to_rows(archs))
-      values = self._size(group, masks=masks)
-      if self.network:
-        values.update(self._score_rows(group, masks, True, k, progress))
-      return values
-    values = self._size(group, archs=archs)
-    if self.network:
-      values.update(self._score_rows(group, rows, False, k, progress))
-    return values
+      return self._score(group, masks, True, k, progress)
+    return self._score(group, self.space.to_array(archs), False, k, progress, archs)
 
   def score_masks(self, group, masks, k=None, progress=None) -> dict[str, np.ndarray]:
     """Relaxed masks [M, S, O] of `group`: one-hot ones as their archs, others as supernets."""
@@ -210,9 +203,14 @@ class Scorer:
     if self.settings.single_path and np.all((masks != 0).sum(-1) == 1) and np.all(
         masks.max(-1) == 1):
       return self.score_archs(group, relax.from_rows(group, masks.argmax(-1)), k, progress)
-    values = self._size(group, masks=masks)
+    return self._score(group, masks, True, k, progress)
+
+  def _score(self, group, rows, relaxed, k, progress, archs=None) -> dict[str, np.ndarray]:
+    """The analytic proxies of `archs` (relaxed: of the masks `rows`) and the network proxies
+    of `rows`."""
+    values = self._size(group, masks=rows) if relaxed else self._size(group, archs=archs)
     if self.network:
-      values.update(self._score_rows(group, masks, True, k, progress))
+      values.update(self._score_rows(group, rows, relaxed, k, progress))
     return values
 
   def traced(self, group, mask, inputs, names) -> dict:
@@ -290,7 +288,6 @@ class Scorer:
         progress(n)
     return {name: np.concatenate(parts).astype(np.float64 if not name.endswith('_flag')
                                                 else np.int32) for name, parts in out.items()}
-
 
   def auto_k(self, group, rows, relaxed, inputs) -> int:
     """K for `--batch_candidates=0`: on a device that reports its memory (GPU, TPU), as many

@@ -46,9 +46,7 @@ def proxy_column(rows, name):
 
 
 def correlations(score, acc):
-  rho = stats.spearmanr(score, acc).statistic
-  tau = stats.kendalltau(score, acc).statistic
-  return rho, tau
+  return stats.spearmanr(score, acc).statistic, stats.kendalltau(score, acc).statistic
 
 
 def main(argv):

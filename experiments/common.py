@@ -22,7 +22,6 @@ ACC_COLUMN = {'cifar10': 'cifar10_test_acc', 'cifar100': 'cifar100_test_acc',
               'ImageNet16-120': 'imagenet16_120_test_acc'}
 
 
-
 class UsageError(ValueError):
   """A command line that cannot run as given; the message names the flag and the fix."""
 
@@ -489,9 +488,7 @@ def format_number(value, digits=None):
     return ''
   if isinstance(value, str):
     return value
-  if isinstance(value, (bool, np.bool_)):
-    return int(value)
-  if isinstance(value, (int, np.integer)):
+  if isinstance(value, (bool, np.bool_, int, np.integer)):
     return int(value)
   value = float(value)
   if not np.isfinite(value):

@@ -91,7 +91,6 @@ def _tinycnn(f, device, runtime):
 
 def _plugin(f, device, runtime):
   """Any space registered in search_spaces.registry (archs by its own parser)."""
-  import hardware
   from search_spaces import registry
   space = registry.get(f.search_space)
   spec = f.archs.strip()

@@ -116,8 +116,7 @@ def _deployed_costs(f, train_dir) -> dict:
   cfg = train_lib.TrainConfig(**json.loads((train_dir / 'config.json').read_text()))
   costs = export_lib.predicted_costs(cfg.network().graph, f.device, f.runtime)
   size = {'C': cfg.C, 'N': cfg.N} if cfg.search_space == 'nb201' else {}
-  return {**size, **{k: costs[k] for k in ('sram_bytes', 'flash_bytes',
-                                                             'latency_ms', 'energy_mj')}}
+  return {**size, **{k: costs[k] for k in ('sram_bytes', 'flash_bytes', 'latency_ms', 'energy_mj')}}
 
 
 def _report(f, found, trained, exported, workdir, deployed) -> dict:
@@ -165,8 +164,7 @@ def _markdown(r: dict) -> str:
   lines = [
       f'# Pipeline: {r["search_space"]} for {r["device"]} ({r["runtime"]})', '',
       f'Winner: `{r["arch"]}`; data: {r["data"]}', '',
-      f'| | as searched (the space\'s own size) | as trained and exported'
-      f'{_size(d)} |',
+      f'| | as searched (the space\'s own size) | as trained and exported{_size(d)} |',
       '|---|---|---|',
       f'| predicted SRAM | {_fmt(kb(s.get("sram_bytes")), ".1f", " KB")} | '
       f'{_fmt(kb(d["sram_bytes"]), ".1f", " KB")} |',

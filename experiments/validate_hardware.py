@@ -14,7 +14,6 @@ import collections
 import csv
 import dataclasses
 import json
-import os
 import pathlib
 
 import jax
@@ -40,11 +39,6 @@ _SEED = flags.DEFINE_integer('seed', 0, 'NB201: seed of the calibration archs.')
 BENCHMARKS = ('ic', 'kws', 'vww', 'ad')
 CORE_OF = {'Cortex-M4': 'cortex-m4', 'Cortex-M7': 'cortex-m7', 'Cortex-M33': 'cortex-m33',
            'Cortex-M0+': 'cortex-m0plus', 'Cortex-M85': 'cortex-m7'}
-
-
-def data_dir() -> pathlib.Path:
-  env = os.environ.get('ZERONAS_DATA_DIR')
-  return pathlib.Path(env) if env else pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
 
 
 def runtime_family(stack: str, submitter: str) -> str:
@@ -91,7 +85,8 @@ def _fit_many(features, cycles, weights, groups, init, num_groups, prior_weight,
 
 
 def validate_mlperf(prior_weight: float = 0.1, steps: int = 1500) -> dict:
-  systems = load_mlperf_systems(data_dir() / 'mlperf_tiny' / 'mlperf_tiny_cortex_m_only.csv')
+  systems = load_mlperf_systems(
+      nb201.data_dir() / 'mlperf_tiny' / 'mlperf_tiny_cortex_m_only.csv')
   feats = mlperf_features()
   rows, groups, models, cycles = [], [], [], []
   for si, s in enumerate(systems):
@@ -151,27 +146,19 @@ def validate_mlperf(prior_weight: float = 0.1, steps: int = 1500) -> dict:
               rows=results)
 
 
+_HWNASBENCH = 'hw/nb201_latency_hwnasbench_cifar10_and_help_devices.csv'
+_HWNASBENCH360 = 'hw/nb201_hwnasbench360_pi5_pixel.csv'
 NB201_DEVICES = {  # column -> (file, dataset, kind)
-    'hwnasbench_raspi4_latency_ms': ('hw/nb201_latency_hwnasbench_cifar10_and_help_devices.csv',
-                                     'cifar10', 'cpu'),
-    'hwnasbench_pixel3_latency_ms': ('hw/nb201_latency_hwnasbench_cifar10_and_help_devices.csv',
-                                     'cifar10', 'cpu'),
-    'hwnasbench_eyeriss_latency_ms': ('hw/nb201_latency_hwnasbench_cifar10_and_help_devices.csv',
-                                      'cifar10', 'accelerator'),
-    'hwnasbench_fpga_latency_ms': ('hw/nb201_latency_hwnasbench_cifar10_and_help_devices.csv',
-                                   'cifar10', 'accelerator'),
-    'pi5_litert_cifar100_latency_ms_median': ('hw/nb201_hwnasbench360_pi5_pixel.csv', 'cifar100',
-                                              'cpu'),
-    'pi5_onnx_cifar100_latency_ms_median': ('hw/nb201_hwnasbench360_pi5_pixel.csv', 'cifar100',
-                                            'cpu'),
-    'pi5_torchmobile_cifar100_latency_ms_median': ('hw/nb201_hwnasbench360_pi5_pixel.csv',
-                                                   'cifar100', 'cpu'),
-    'pixel_litert_cifar100_latency_ms_median': ('hw/nb201_hwnasbench360_pi5_pixel.csv',
-                                                'cifar100', 'cpu'),
-    'help_gold_6226_latency_ms': ('hw/nb201_latency_hwnasbench_cifar10_and_help_devices.csv',
-                                  'cifar10', 'cpu'),
-    'help_samsung_a50_latency_ms': ('hw/nb201_latency_hwnasbench_cifar10_and_help_devices.csv',
-                                    'cifar10', 'cpu'),
+    'hwnasbench_raspi4_latency_ms': (_HWNASBENCH, 'cifar10', 'cpu'),
+    'hwnasbench_pixel3_latency_ms': (_HWNASBENCH, 'cifar10', 'cpu'),
+    'hwnasbench_eyeriss_latency_ms': (_HWNASBENCH, 'cifar10', 'accelerator'),
+    'hwnasbench_fpga_latency_ms': (_HWNASBENCH, 'cifar10', 'accelerator'),
+    'pi5_litert_cifar100_latency_ms_median': (_HWNASBENCH360, 'cifar100', 'cpu'),
+    'pi5_onnx_cifar100_latency_ms_median': (_HWNASBENCH360, 'cifar100', 'cpu'),
+    'pi5_torchmobile_cifar100_latency_ms_median': (_HWNASBENCH360, 'cifar100', 'cpu'),
+    'pixel_litert_cifar100_latency_ms_median': (_HWNASBENCH360, 'cifar100', 'cpu'),
+    'help_gold_6226_latency_ms': (_HWNASBENCH, 'cifar10', 'cpu'),
+    'help_samsung_a50_latency_ms': (_HWNASBENCH, 'cifar10', 'cpu'),
 }
 
 
@@ -219,7 +206,7 @@ def validate_nb201(num_train: int = 500, seed: int = 0, steps: int = 3000) -> di
   space = registry.get('nb201')
   init = np.asarray(devices.coefficients('stm32f746', 'cmsis-nn'))
   for (file, dataset), cols in by_file.items():
-    ops, measured, rep = _read_columns(data_dir() / file, cols)
+    ops, measured, rep = _read_columns(nb201.data_dir() / file, cols)
     input_shape, classes = space.shape_for(dataset)
     if dataset not in feature_cache:
       feats, macs = {}, {}
@@ -264,10 +251,8 @@ def validate_nb201(num_train: int = 500, seed: int = 0, steps: int = 3000) -> di
           kind=NB201_DEVICES[col][2], dataset=dataset, num_archs=int(ok.sum()),
           num_measured=int((ok & measured_here).sum()), num_unseen=int(test.sum()),
           elimination=chosen,
-          kendall_tau_measured=best['kendall_tau_measured'],
-          kendall_tau_all=best['kendall_tau_all'],
-          kendall_tau_unseen=best['kendall_tau_unseen'],
-          kendall_tau_train=best['kendall_tau_train'],
+          **{k: best[k] for k in ('kendall_tau_measured', 'kendall_tau_all', 'kendall_tau_unseen',
+                                  'kendall_tau_train')},
           kendall_tau_all_full_elimination=per_policy['full']['kendall_tau_all'],
           kendall_tau_macs_only=float(stats.kendalltau(macs['full'][ok], y[ok]).statistic),
           kendall_tau_macs_only_chosen=float(stats.kendalltau(macs[chosen][ok],

@@ -72,14 +72,10 @@ def decode(code: str) -> TinyCNNArch:
 
 def enumerate_archs() -> list[TinyCNNArch]:
   """All 1,032 candidates in a fixed order."""
-  out = []
-  for n in range(1, MAX_LAYERS + 1):
-    for layers in itertools.product(itertools.product(FILTERS, KERNELS), repeat=n):
-      for act in ACTIVATIONS:
-        for pool in POOLINGS:
-          out.append(TinyCNNArch(tuple(f for f, _ in layers), tuple(k for _, k in layers),
-                                 act, pool))
-  return out
+  return [TinyCNNArch(tuple(f for f, _ in layers), tuple(k for _, k in layers), act, pool)
+          for n in range(1, MAX_LAYERS + 1)
+          for layers in itertools.product(itertools.product(FILTERS, KERNELS), repeat=n)
+          for act in ACTIVATIONS for pool in POOLINGS]
 
 
 # ----------------------------------------------------------------------------- the one walk

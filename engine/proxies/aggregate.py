@@ -180,12 +180,9 @@ def split_archs(n: int, select_fraction: float, seed: int) -> tuple[np.ndarray, 
 def candidate_aggregates(names, max_components: int, methods=METHODS) -> list[Aggregate]:
   """Every aggregate of 2..max_components of `names` under each method, in a fixed order."""
   names = list(dict.fromkeys(names))
-  out = []
-  for k in range(2, min(max_components, len(names)) + 1):
-    for combo in itertools.combinations(names, k):
-      for method in methods:
-        out.append(parse(f'{PREFIX}{"+".join(combo)}:{method}'))
-  return out
+  return [parse(f'{PREFIX}{"+".join(combo)}:{method}')
+          for k in range(2, min(max_components, len(names)) + 1)
+          for combo in itertools.combinations(names, k) for method in methods]
 
 
 def score_on(agg: Aggregate, columns: dict, flags: dict, rows) -> np.ndarray:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from engine.proxies.ntk import NONFINITE, OK, SINGULAR
+from engine.proxies.zero_cost import log_score_flagged as _flagged
 
 ENTROPY_EPS = 1e-8   # inside the log of the entropy (authors' code)
 SIGMA_EPS = 1e-6     # in 1 / (sigma + eps) of trainability (authors' code)
@@ -111,12 +111,6 @@ def block_trainability(g_in, g_out):
   sigma = jnp.linalg.svd(m, compute_uv=False)[0]
   score = -sigma - 1.0 / (sigma + SIGMA_EPS) + 2.0
   return score if identity is None else jnp.where(identity, -jnp.inf, score)
-
-
-def _flagged(value):
-  flag = jnp.where(jnp.isnan(value) | (value == jnp.inf), NONFINITE,
-                   jnp.where(value == -jnp.inf, SINGULAR, OK))
-  return value, flag.astype(jnp.int32)
 
 
 def az_terms(net, params, row, x, key, names=TERMS):

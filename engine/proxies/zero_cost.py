@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.proxies.ntk import NONFINITE, OK, SINGULAR
+from engine.proxies.ntk import NONFINITE, OK, SINGULAR, _merge
 from search_spaces.interface import path_key
 
 JACOB_COV_K = 1e-5
@@ -41,11 +41,6 @@ def split_layer_weights(net, params):
   pick = lambda keep: jax.tree_util.tree_map_with_path(
       lambda p, a: a if is_layer(p, a) == keep else None, params)
   return pick(True), pick(False)
-
-
-def _merge(weights, rest):
-  return jax.tree.map(lambda w, r: w if r is None else r, weights, rest,
-                      is_leaf=lambda a: a is None)
 
 
 def layer_fans(net, row, tree):
@@ -170,12 +165,11 @@ def nwot_kernel(net, params, row, x):
   all; otherwise each unit counts where its mask is set."""
   kernel = jnp.zeros((x.shape[0], x.shape[0]), jnp.float32)
   for pre, units in net.apply(params, row, x, codes=True).codes:
+    c = (pre.reshape(pre.shape[0], -1) > 0).astype(jnp.float32)
     if jnp.ndim(units) == 0:
-      c = (pre.reshape(pre.shape[0], -1) > 0).astype(jnp.float32)
       kernel = kernel + jnp.where(units, c @ c.T + (1 - c) @ (1 - c).T, 0.0)
       continue
     units = jnp.broadcast_to(units, pre.shape[1:]).reshape(1, -1).astype(jnp.float32)
-    c = (pre.reshape(pre.shape[0], -1) > 0).astype(jnp.float32)
     c, off = c * units, (1 - c) * units
     kernel = kernel + c @ c.T + off @ off.T
   return kernel

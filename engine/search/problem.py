@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.proxies import aggregate as agg_lib
+from engine.scoring import one_hot_rows
 from engine.search import objective as obj
 
 COST_CHUNK = 4096  # archs per compiled relaxed-cost call (one padded shape)
@@ -101,10 +102,7 @@ class SpaceTable:
 
   def one_hot(self, idx) -> np.ndarray:
     """Masks [K, S, O] of table entries."""
-    rows = self.rows[np.asarray(idx)]
-    out = np.zeros(rows.shape + (max(self.slots),), np.float32)
-    np.put_along_axis(out, rows[..., None], 1.0, -1)
-    return out
+    return one_hot_rows(self.space, self.group, self.rows[np.asarray(idx)])
 
 
 def _valid(space, group, archs) -> np.ndarray:
@@ -117,10 +115,7 @@ def space_costs(space, group, archs, input_shape, num_classes, device, runtime) 
   """{cost name: [N]} of archs of one group: the relaxed cost model on one-hot masks in batched
   calls of one padded shape, or the lowered graphs one by one."""
   if space.relax is not None and space.relax.cost is not None:
-    rows = space.relax.to_rows(archs)
-    width = max(space.relax.slots(group))
-    masks = np.zeros(rows.shape + (width,), np.float32)
-    np.put_along_axis(masks, rows[..., None], 1.0, -1)
+    masks = one_hot_rows(space, group, space.relax.to_rows(archs))
     chunk = min(COST_CHUNK, -(-len(masks) // 1024) * 1024)
     parts = []
     for start in range(0, len(masks), chunk):

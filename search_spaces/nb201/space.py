@@ -65,9 +65,8 @@ def mutate(arch, rng: np.random.Generator) -> tuple:
 
 def lower(arch, input_shape=None, num_classes=None):
   arch = decode(arch) if isinstance(arch, str) else arch
-  return nb201_graph.lower(nb201.ops_to_mask(np.asarray(arch)), config_for(input_shape,
-                                                                          num_classes),
-                           name=encode(arch))
+  return nb201_graph.lower(nb201.ops_to_mask(np.asarray(arch)),
+                           config_for(input_shape, num_classes), name=encode(arch))
 
 
 def relaxed_cost(group, masks, device, runtime, input_shape=None, num_classes=None) -> dict:
@@ -202,19 +201,20 @@ def size(group, masks, s) -> dict:
           'flops': nb201.count_flops(masks, config, s.flops_convention)}
 
 
+def net(group=(), input_shape=None, num_classes=None) -> interface.Net:
+  """The full network at this input shape and class count (NB201 has one group)."""
+  return make_net(config_for(input_shape, num_classes))
+
+
 RELAXATION = interface.Relaxation(
-    slots=lambda group: (nb201.NUM_OPS,) * nb201.NUM_EDGES, to_rows=to_array,
-    net=lambda group=(), input_shape=None, num_classes=None: make_net(config_for(input_shape,
-                                                                                 num_classes)),
+    slots=lambda group: (nb201.NUM_OPS,) * nb201.NUM_EDGES, to_rows=to_array, net=net,
     from_rows=from_rows, cost=relaxed_cost, optional=nb201.NONE, valid=nb201.is_connected)
 
 SPACE = registry.register(interface.SearchSpace(
     name='nb201', summary='NAS-Bench-201 cell (6 edges x 5 ops, 15,625 archs)',
     decode=decode, encode=encode,
     sample=lambda rng, n: from_rows((), nb201.sample_ops(rng, n)),
-    enumerate=lambda: from_rows((), nb201.all_ops()), to_array=to_array,
-    net=lambda group=(), input_shape=None, num_classes=None: make_net(config_for(input_shape,
-                                                                                 num_classes)),
+    enumerate=lambda: from_rows((), nb201.all_ops()), to_array=to_array, net=net,
     lower=lower, mutate=mutate, relax=RELAXATION, proxy_nets=proxy_nets, size=size,
     input_shape=(32, 32, 3), num_classes=10,
     datasets={name: ((size, size, 3), classes) for name, (size, classes) in
