@@ -431,11 +431,13 @@ def hardware_weight_counts(graph) -> dict:
 
 # ----------------------------------------------------------------------------- the run
 
-def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print) -> dict:
-  """Runs (or resumes) a training run in `workdir`; returns the results dict."""
+def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print, data=None) -> dict:
+  """Runs (or resumes) a training run in `workdir`; returns the results dict. `data`: (train,
+  test) ImageSets already loaded (a finalist stage's train/validation split) in place of
+  `data_dir`'s."""
   cfg.validate()
   workdir = pathlib.Path(workdir)
-  train_set, test_set = load_data(data_dir, cfg)
+  train_set, test_set = data if data is not None else load_data(data_dir, cfg)
   if not cfg.num_classes and train_set.format in ('folder', 'npz'):
     cfg = dataclasses.replace(cfg, num_classes=train_set.num_classes)  # a C-way head
   net = cfg.network()

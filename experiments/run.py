@@ -50,7 +50,7 @@ SEARCH = frozenset({
     'seeds', 'device', 'runtime', 'searcher', 'latency_budget_ms', 'energy_budget_mj',
     'sram_reserve_kb', 'flash_reserve_kb', 'workdir', 'proxy_weights', 'w_flops', 'w_latency',
     'w_feasible', 'random_samples', 'evolution_samples', 'population', 'tournament', 'recheck',
-    'rerank_pool', 'prune_none', 'objective', 'space_samples'})
+    'rerank_pool', 'prune_none', 'objective', 'space_samples', 'finalists', 'finalist_epochs'})
 TRAIN = frozenset({
     'arch', 'benchmark_file', 'data_dir', 'dataset', 'seed', 'workdir', 'epochs', 'quant',
     'init_from', 'distill_from', 'distill_alpha', 'distill_temperature', 'train_width',
@@ -222,6 +222,12 @@ flags.DEFINE_enum('prune_none', 'auto', ['auto', 'yes', 'no'], 'prune, grad_prun
                   'auto: when the limits rule out most archs without `none` (tight budgets).')
 flags.DEFINE_integer('recheck', 8, 'grad_prune: single-path archs re-scored exactly at the end.',
                      lower_bound=1)
+flags.DEFINE_integer('finalists', 0, 'Train the K best candidates by the objective briefly on '
+                     '--data_dir (a validation split of its training images) and pick the best '
+                     'by validation accuracy; 0: no finalist stage (docs/search.md).',
+                     lower_bound=0)
+flags.DEFINE_integer('finalist_epochs', 1, 'With --finalists: epochs each finalist trains (fp32; '
+                     'NB201 at --zc_width, --zc_cells).', lower_bound=1)
 # --experiment=correlate (also uses --dataset, --archs, --proxies, --data_dir, --workdir, ...)
 flags.DEFINE_integer('chunk_size', 256, 'correlate, score with --workdir: archs per resumable '
                      'chunk written to disk.',
@@ -310,6 +316,7 @@ READ_WHEN = {
     'tournament': (('search',),) + _SEARCHERS('evolution'),
     'rerank_pool': (('search',),) + _SEARCHERS('rerank'),
     'recheck': (('search',),) + _SEARCHERS('grad_prune'),
+    'finalist_epochs': (('search',), '--finalists >= 1', lambda f, space: f.finalists > 0),
     'w_feasible': (('search',),) + _SEARCHERS('prune', 'grad_prune'),
     'batch_candidates': (('search',), '--searcher=rerank, random, evolution or grad_prune',
                          lambda f, space: f.searcher != 'prune'),

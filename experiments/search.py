@@ -9,6 +9,7 @@ benchmark table, or a space's trained ground truth (search_spaces/ground_truth/)
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -173,6 +174,7 @@ def run(f, workdir='search_out', keep=None):
                                f.w_latency, f.w_feasible)
   plain, _ = agg_lib.split(f.proxies)
   workdir = pathlib.Path(workdir)
+  stage = finalist_stage(space, f, workdir)  # no --data_dir: one line before any work
   common.enable_compile_cache()
 
   start = time.perf_counter()
@@ -209,9 +211,19 @@ def run(f, workdir='search_out', keep=None):
     for seed in seeds:
       t0 = time.perf_counter()
       result = search_lib.search(f.searcher, problem, seed, options, bar.update)
+      proxy_pick, finalists = result.index, None
+      if stage is not None:
+        result, finalists = choose_finalist(stage, problem, result, bar.write)
       wall = time.perf_counter() - t0
       records.append(_record(space, f, seed, result, wall, constraints, problem.table, acc,
                              best_feasible, device_name))
+      if finalists is not None:
+        known = lambda i: (float(acc[i]) if acc is not None and i < len(acc)
+                           and np.isfinite(acc[i]) else None)
+        records[-1]['proxy_pick'] = dict(arch_str=space.encode(table.archs[proxy_pick]),
+                                         test_acc=known(proxy_pick))
+        records[-1]['finalists'] = [dict(r, test_acc=known(i)) for r, i in
+                                    zip(finalists, result.ranked)]
       _report(records[-1], result, table.limits, bar)
       _write_results(workdir, records, f, constraints, problem.table, base)
   if len(records) > 1:
@@ -231,6 +243,34 @@ def run(f, workdir='search_out', keep=None):
       plot = 'no pareto.png: matplotlib is not installed'
     print(f'wrote {workdir / "results.json"} and results.csv (no true accuracy for these archs: '
           f'no baselines, and {plot}; pass --benchmark_file)')
+
+
+def finalist_stage(space, f, workdir):
+  """The finalist stage of `--finalists` (None without): trains on --data_dir, NB201 at the
+  zero-cost network's size; its runs are kept (and reused) in WORKDIR/finalists/."""
+  if not f.finalists:
+    return None
+  from engine.search import finalists as fin_lib
+  settings = fin_lib.Settings(k=f.finalists, epochs=f.finalist_epochs, width=f.zc_width,
+                              cells=f.zc_cells, seed=f.seed)
+  return fin_lib.Finalists(space.name, f.dataset, f.data_dir, settings,
+                           pathlib.Path(workdir) / 'finalists')
+
+
+def choose_finalist(stage, problem, result, log=print):
+  """(the result with the finalist stage's pick, the finalists' records): the best of the
+  search's top candidates (`result.ranked`) by validation accuracy after brief training."""
+  table = problem.table
+  codes = [table.space.encode(table.archs[i]) for i in result.ranked]
+  log(f'finalists: training the {min(len(codes), stage.settings.k)} best by the objective')
+  best, records = stage.choose(codes)
+  i = result.ranked[best]
+  note = (f'note: finalist stage picked rank {best + 1} of {len(records)} by validation '
+          f'accuracy ({100 * records[best]["val_acc"]:.2f}%)')
+  return dataclasses.replace(result, index=int(i), arch=table.archs[i],
+                             objective=float('nan') if best else result.objective,
+                             values={} if best else result.values,
+                             log=result.log + [note]), records
 
 
 def _record(space, f, seed, result, wall, constraints, table, acc, best_feasible, device_name):

@@ -82,7 +82,7 @@ def _cell_name(dataset: str, pct) -> str:
 # the search's own flags this job passes on when given (the choices a selection run tunes)
 PASSED_ON = ('searcher', 'proxies', 'objective', 'proxy_weights', 'rerank_pool', 'w_flops',
              'w_latency', 'zc_width', 'zc_cells', 'zc_batch', 'stand_in_inputs',
-             'benchmark_file', 'data_dir')
+             'benchmark_file', 'data_dir', 'finalists', 'finalist_epochs')
 
 
 def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
@@ -118,6 +118,7 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
     scorer = search_lib.make_scorer(space, agg_lib.split(f.proxies)[0], f, seeds[0], images)
     weights = search_lib.Weights(search_lib.parse_weights(f.proxy_weights), f.w_flops,
                                  f.w_latency, f.w_feasible)
+    stage = None if pools else search_exp.finalist_stage(space, f, workdir)
     for pct in budgets:
       todo = [s for s in seeds if (dataset, pct, s) not in done]
       if not todo:
@@ -132,16 +133,24 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
       problem = search_lib.Problem(table, scorer, f.proxies, weights, f.objective)
       for seed in todo:
         start = time.perf_counter()
-        picks = (_pool_picks(problem, seed, pools, search_lib) if pools else
-                 {f.rerank_pool: search_lib.search(searcher, problem, seed,
-                                                   search_exp.options_from_flags(f)).index})
+        extra = {}
+        if pools:
+          picks = _pool_picks(problem, seed, pools, search_lib)
+        else:
+          result = search_lib.search(searcher, problem, seed, search_exp.options_from_flags(f))
+          if stage is not None:  # the search's own pick beside the finalist stage's
+            extra['proxy_pick'] = float(half_acc[result.index])
+            t0 = time.perf_counter()
+            result, _ = search_exp.choose_finalist(stage, problem, result)
+            extra['finalist_s'] = time.perf_counter() - t0
+          picks = {f.rerank_pool: result.index}
         for pool, index in picks.items():
           pick = float(half_acc[index])
           row = dict(dataset=dataset, budget_pct=pct, budget_ms=budget, seed=seed,
                      config=config, half=half, searcher=searcher, proxies=f.proxies,
                      rerank_pool=pool, arch_str=space.encode(table.archs[index]), search=pick,
                      feasible=bool(table.feasible[index]), search_s=time.perf_counter() - start,
-                     **{m: base[m]['test_acc'] for m in METHODS[1:]})
+                     **extra, **{m: base[m]['test_acc'] for m in METHODS[1:]})
           rows.append(row)
           every.append(row)
         print(f'{_cell_name(dataset, pct)} seed {seed}: '
@@ -182,6 +191,10 @@ def summarize(rows) -> list[dict]:
       entry[m] = (float(v.mean()), float(v.std()))
     oracle = entry['oracle'][0]
     entry['gap'] = {m: oracle - entry[m][0] for m in METHODS}
+    if all('proxy_pick' in r for r in rs):  # --finalists: the search's pick without the stage
+      v = np.array([r['proxy_pick'] for r in rs])
+      entry['proxy_pick'] = (float(v.mean()), float(v.std()))
+      entry['finalist_s'] = float(np.mean([r['finalist_s'] for r in rs]))
     out.append(entry)
   return out
 
@@ -196,6 +209,14 @@ def write_table(workdir: pathlib.Path, summary, half: str):
     lines.append(f'| {e["cell"]} | {e["seeds"]} | {e["search"][0]:.2f} ± {e["search"][1]:.2f} | '
                  f'{e["gap"]["search"]:.2f} | {e["max_macs"][0]:.2f} | {e["max_params"][0]:.2f} '
                  f'| {e["random"][0]:.2f} | {e["oracle"][0]:.2f} | {"yes" if beats else "NO"} |')
+  staged = [e for e in summary if 'proxy_pick' in e]
+  if staged:  # the finalist stage against the same searches' own picks
+    lines += ['', '| cell | seeds | without finalists | with finalists | gain | finalist s/search '
+              '|', '|---|---|---|---|---|---|']
+    lines += [f'| {e["cell"]} | {e["seeds"]} | {e["proxy_pick"][0]:.2f} ± {e["proxy_pick"][1]:.2f}'
+              f' | {e["search"][0]:.2f} ± {e["search"][1]:.2f} | '
+              f'{e["search"][0] - e["proxy_pick"][0]:+.2f} | {e["finalist_s"]:.0f} |'
+              for e in staged]
   text = '\n'.join(lines) + '\n'
   common.write_text_atomic(workdir / 'table.md', text)
   return text

@@ -56,6 +56,9 @@ BAD = [
      ['--train_width is not read', 'only nb201']),
     (['--experiment=score', '--search_space=tinycnn', '--archs=random:8',
       '--proxies=ntk_cond_indep'], ["unknown proxy 'ntk_cond_indep'", 'ntk_cond_independent']),
+    (['--experiment=search', '--finalist_epochs=3'],
+     ['--finalist_epochs is not read', 'only --finalists >= 1']),
+    (['--finalists=-1'], ['--finalists=-1', 'non-negative']),
     (['--experiment=search', '--searcher=prune', '--rerank_pool=3'],
      ['--rerank_pool is not read', '--searcher=prune', 'only --searcher=rerank']),
     (['--experiment=search', '--search_space=mbv2', '--ntk_width=4'],
@@ -72,6 +75,7 @@ BAD = [
     # values checked by the experiment before any work
     (['--experiment=search', '--searcher=annealing'], ["unknown --searcher='annealing'"]),
     (['--experiment=search', '--seeds=3-1'], ['--seeds']),
+    (['--experiment=search', '--finalists=2'], ['--finalists trains', 'pass --data_dir']),
     (['--experiment=search', '--device=esp8266'], ["unknown device 'esp8266'"]),
     (['--experiment=cost', '--runtime=onnx'], ["unknown runtime 'onnx'", 'zeronas-c']),
     (['--experiment=cost', '--archs=random:x'], ['random:N']),

@@ -40,6 +40,17 @@ def test_summary_and_table_say_where_the_search_loses(tmp_path):
   assert (tmp_path / 'table.md').read_text() == text
 
 
+def test_with_finalists_the_table_sets_the_stage_against_the_same_searches_own_picks(tmp_path):
+  rows = [dict(_row('cifar10', None, s, pick), proxy_pick=own, finalist_s=t)
+          for s, pick, own, t in [(0, 93.5, 93.0, 100.0), (1, 93.1, 93.4, 50.0)]]
+  text = search_eval.write_table(tmp_path, search_eval.summarize(rows), 'evaluation')
+  assert text.splitlines()[-1] == ('| cifar10/no budget | 2 | 93.20 ± 0.20 | 93.30 ± 0.20 | '
+                                   '+0.10 | 75 |')
+  plain = search_eval.write_table(tmp_path, search_eval.summarize([_row('cifar10', None, 0,
+                                                                         93.5)]), 'evaluation')
+  assert 'with finalists' not in plain
+
+
 @pytest.mark.parametrize('args, fragment', [
     (['--budgets=none,150'], "bad --budgets entry '150'"),
     (['--datasets=mnist'], "bad --datasets entry 'mnist'"),

@@ -62,6 +62,9 @@ def test_every_searcher_runs_on_the_real_scorer(space, name):
   result = search.search(name, problem, seed=1, options=OPTIONS)
   _assert_feasible(problem, result)
   assert result.values['params'] == problem.table.costs['params'][result.index]
+  # the finalist stage's candidates: the pick first, each once, all feasible
+  assert result.ranked[0] == result.index and len(set(result.ranked)) == len(result.ranked)
+  assert problem.table.feasible[result.ranked].all()
   evidence = result.evidence['params']  # the final pool was told apart (or was one arch)
   assert evidence['distinct'] > 1 or evidence['candidates'] == 1
 

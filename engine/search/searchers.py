@@ -88,6 +88,9 @@ class Result:
   # per objective term, over the final pool's feasible candidates: candidates, flagged (flag
   # or non-finite) and distinct unflagged values (`Problem.evidence`)
   evidence: dict = dataclasses.field(default_factory=dict)
+  # table indices of the final candidates with a finite objective, best first: what a
+  # finalist stage (`engine.search.finalists`) trains
+  ranked: list = dataclasses.field(default_factory=list)
 
 
 def check_evidence(problem: Problem, values: dict, ok, where: str, log=None) -> dict:
@@ -308,9 +311,7 @@ def evolution(problem: Problem, rng: np.random.Generator, options: Options,
   if options.population < 2 or options.tournament < 1 or options.evolution_samples < 1:
     raise SearchError('evolution needs --population >= 2, --tournament >= 1 and '
                       '--evolution_samples >= 1')
-  if problem.table.rows is None and problem.space.mutate is None:
-    raise SearchError(f'--searcher=evolution needs {problem.space.name} to define mutate() or '
-                      f'a relaxation; use rerank or random')
+  check('evolution', problem)
   k = _round_k(options.batch)
   pool = np.flatnonzero(problem.table.feasible)
   archive = _Archive(problem, k)
@@ -337,7 +338,7 @@ def evolution(problem: Problem, rng: np.random.Generator, options: Options,
   return Result(int(i), problem.table.archs[i], fit,
                 {n: float(v[list(archive.indices).index(i)]) for n, v in archive.values.items()},
                 archive.size, 0.0, 0.0, log, trace(problem, archive.indices, archive.values),
-                archive.evidence)
+                archive.evidence, ranked(archive.indices, archive.fitness()[archive.indices]))
 
 
 def _mutate(problem: Problem, parents, rng: np.random.Generator) -> np.ndarray:
@@ -420,6 +421,12 @@ def trace(problem: Problem, idx, values: dict) -> list[tuple[int, int]]:
   return out
 
 
+def ranked(idx, fit) -> list[int]:
+  """The table indices `idx` with a finite objective `fit`, best first (ties in `idx` order)."""
+  order = np.argsort(-np.asarray(fit), kind='stable')
+  return [int(idx[j]) for j in order if np.isfinite(fit[j])]
+
+
 def _finish(problem: Problem, idx, scored: int, log, k: int | None = None,
             progress=None, anytime: bool = False) -> Result:
   """Scores the final candidates (table indices) and returns the best; `anytime`: with the
@@ -442,7 +449,7 @@ def _finish(problem: Problem, idx, scored: int, log, k: int | None = None,
     raise obj.InfeasibleError('the search found no feasible arch; raise the budgets')
   return Result(int(idx[i]), problem.table.archs[idx[i]], float(fit[i]),
                 {n: float(v[i]) for n, v in values.items()}, scored + len(idx), 0.0, 0.0, log,
-                trace(problem, idx, values) if anytime else [], evidence)
+                trace(problem, idx, values) if anytime else [], evidence, ranked(idx, fit))
 
 
 SEARCHERS: dict[str, Callable] = {'rerank': rerank, 'prune': prune, 'grad_prune': grad_prune,

@@ -1,0 +1,116 @@
+"""The finalist stage (engine/search/finalists.py): the validation split, the choice by
+validation accuracy, reuse of finished runs, failed finalists, and one real training."""
+import json
+
+import numpy as np
+import pytest
+
+from engine import data as data_lib
+from engine import train as train_lib
+from engine.search import finalists as fin_lib
+
+
+def _images(n_per_class, classes, size=32, seed=0):
+  """A learnable set: class c's images are bright in a class-specific colour, plus noise."""
+  rng = np.random.default_rng(seed)
+  labels = np.repeat(np.arange(classes), n_per_class)
+  colours = rng.integers(0, 256, (classes, 3))
+  x = colours[labels][:, None, None, :] + rng.normal(0, 20, (len(labels), size, size, 3))
+  return np.clip(x, 0, 255).astype(np.uint8), labels
+
+
+def test_the_validation_split_holds_out_a_fifth_of_each_class_of_the_training_images():
+  x, y = _images(50, 3)
+  train_set = data_lib.ImageSet(x, y, 'test images', num_classes=3, format='npz')
+  train, val = fin_lib.split(train_set)
+  assert len(train.labels) + len(val.labels) == len(y)
+  assert np.bincount(val.labels).tolist() == [10, 10, 10]
+  # disjoint: every image is in exactly one part (the images are distinct)
+  rows = {a.tobytes() for a in train.images}
+  assert not rows & {a.tobytes() for a in val.images}
+  assert 'finalist validation part, 30 images' in val.source
+
+
+class _FakeTrainer:
+  """Stands in for engine.train.train: a fixed validation accuracy per arch (None: diverges);
+  writes results.json as the real one does, and counts its calls."""
+
+  def __init__(self, accuracies):
+    self.accuracies, self.calls = accuracies, []
+
+  def __call__(self, cfg, data_dir, workdir, progress=True, log=print, data=None):
+    assert data is not None and data_dir is None  # the stage's own split, never the test set
+    assert 'finalist training part' in data[0].source
+    assert 'finalist validation part' in data[1].source
+    self.calls.append(cfg.arch)
+    acc = self.accuracies[cfg.arch]
+    if acc is None:
+      raise train_lib.TrainingDiverged('training diverged: test')
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'results.json').write_text(json.dumps({'float_test_acc': acc}))
+    return {'float_test_acc': acc}
+
+
+@pytest.fixture
+def stage(tmp_path, monkeypatch):
+  x, y = _images(20, 2)
+  np.savez(tmp_path / 'data.npz', x=x, y=y)
+  fake = _FakeTrainer({'f8k3-relu-max': 0.50, 'f16k3-relu-max': 0.70, 'f32k3-relu-max': 0.70,
+                       'f8k5-relu-max': 0.90, 'f16k5-relu-max': None, 'f32k5-relu-max': None})
+  monkeypatch.setattr(train_lib, 'train', fake)
+  out = fin_lib.Finalists('tinycnn', 'cifar10', tmp_path / 'data.npz', fin_lib.Settings(k=3),
+                          tmp_path / 'finalists', log=lambda *_: None)
+  return out, fake
+
+
+def test_the_best_by_validation_accuracy_wins_the_first_on_ties_and_only_k_train(stage):
+  stage, fake = stage
+  best, records = stage.choose(['f8k3-relu-max', 'f16k3-relu-max', 'f32k3-relu-max',
+                                'f8k5-relu-max'])
+  assert best == 1  # 0.70 twice: the better by the objective (listed first)
+  assert [r['val_acc'] for r in records] == [0.50, 0.70, 0.70]
+  assert [r['objective_rank'] for r in records] == [1, 2, 3]
+  assert fake.calls == ['f8k3-relu-max', 'f16k3-relu-max', 'f32k3-relu-max']  # not the 4th
+
+
+def test_a_finished_finalist_is_read_back_not_trained_again(stage):
+  stage, fake = stage
+  stage.choose(['f8k3-relu-max', 'f8k5-relu-max'])
+  best, records = stage.choose(['f8k5-relu-max', 'f8k3-relu-max'])
+  assert fake.calls == ['f8k3-relu-max', 'f8k5-relu-max']
+  assert best == 0 and records[0]['val_acc'] == 0.90 and records[0]['train_s'] == 0.0
+
+
+def test_a_finalist_that_fails_to_train_cannot_win_and_all_failing_stops(stage):
+  stage, _ = stage
+  best, records = stage.choose(['f16k5-relu-max', 'f8k3-relu-max'])
+  assert best == 1 and np.isnan(records[0]['val_acc'])
+  with pytest.raises(train_lib.TrainingDiverged, match='none of the 2 finalists trained'):
+    stage.choose(['f16k5-relu-max', 'f32k5-relu-max'])
+
+
+def test_the_stage_needs_data():
+  with pytest.raises(data_lib.DataError, match='--finalists trains .* pass --data_dir'):
+    fin_lib.Finalists('tinycnn', 'cifar10', None, fin_lib.Settings(k=2), '/tmp/x')
+
+
+def test_a_real_finalist_trains_with_the_projects_trainer_on_the_split(tmp_path):
+  """Two tinycnn finalists trained for real on a learnable image set: each validates on its
+  held-out fifth, above chance, and its run is the trainer's own (config.json, results.json)."""
+  x, y = _images(500, 2)
+  np.savez(tmp_path / 'data.npz', x=x, y=y)
+  stage = fin_lib.Finalists('tinycnn', 'cifar10', tmp_path / 'data.npz',
+                            fin_lib.Settings(k=2, epochs=2, lr=0.01), tmp_path / 'finalists',
+                            log=lambda *_: None)
+  best, records = stage.choose(['f8k3-relu-max', 'f8k3-relu-avg'])
+  assert best in (0, 1)
+  for r in records:
+    assert 0.5 < r['val_acc'] <= 1.0  # two classes, learnable: above chance
+    assert r['train_s'] > 0
+  runs = sorted(p.parent.name for p in (tmp_path / 'finalists').glob('*/results.json'))
+  assert len(runs) == 2
+  cfg = json.loads((tmp_path / 'finalists' / runs[0] / 'config.json').read_text())
+  assert cfg['quant'] == 'fp32' and cfg['epochs'] == 2 and cfg['search_space'] == 'tinycnn'
+  res = json.loads((tmp_path / 'finalists' / runs[0] / 'results.json').read_text())
+  # the .npz's own test fifth is never used: the validation fifth of its 800 training images
+  assert res['test_images'] == 160
