@@ -6,6 +6,7 @@ import dataclasses
 import dis
 import io
 import json
+import logging
 import os
 import pathlib
 import sys
@@ -537,3 +538,19 @@ def read_scores_csv(path) -> ScoresCsv:
       {n: column(n) for n in names},
       {n: np.array([bool(r.get(n + '_flag')) for r in rows]) for n in names},
       {c: column(c) for c in ACC_COLUMN.values() if c in rows[0]})
+
+
+class _QuietOrbax(logging.Filter):
+  def filter(self, record):
+    return record.levelno >= logging.ERROR or 'orbax' not in record.pathname
+
+
+def quiet_logs():
+  """Silences the library logging that is noise to a user of an entry point: JAX's INFO that it
+  found no TPU (and its multi-process setup), and Orbax's per-step INFO/WARNING through absl
+  (train's checkpoints, also the finalist stage's), which would bury a one-line error."""
+  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  logging.getLogger('jax._src.distributed').setLevel(logging.WARNING)
+  absl_logger = logging.getLogger('absl')
+  if not any(isinstance(f, _QuietOrbax) for f in absl_logger.filters):
+    absl_logger.addFilter(_QuietOrbax())

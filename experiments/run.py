@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import logging
 import math
 import sys
 import textwrap
@@ -436,22 +435,10 @@ def workdir_from_flags(exp: Experiment, f=flags.FLAGS):
   return f.workdir if f['workdir'].present else exp.defaults.get('workdir', f['workdir'].default)
 
 
-class _QuietOrbax(logging.Filter):
-  def filter(self, record):
-    return record.levelno >= logging.ERROR or 'orbax' not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     common.fail(f'unexpected argument {argv[1]!r}; all options are --flags (see --help)')
-  # JAX logs at INFO that it found no TPU; on the CPU/GPU machines users run this is noise.
-  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
-  logging.getLogger('jax._src.distributed').setLevel(logging.WARNING)  # (multi-process)
-  # Orbax (train's checkpoints) logs each step at INFO and WARNING through absl: below ERROR it
-  # is noise, and it would bury a one-line error.
-  absl_logger = logging.getLogger('absl')
-  if not any(isinstance(f, _QuietOrbax) for f in absl_logger.filters):
-    absl_logger.addFilter(_QuietOrbax())
+  common.quiet_logs()
   if flags.FLAGS.list_devices:
     import hardware
     print(hardware.list_devices_table())

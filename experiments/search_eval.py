@@ -243,6 +243,7 @@ def main(argv):
   del argv
   from experiments import search as search_exp
   from search_spaces import nb201
+  common.quiet_logs()
   f = flags.FLAGS
   try:
     seeds = search_exp.parse_seeds(f.seeds if f['seeds'].present else DEFAULTS['seeds'], 0)
