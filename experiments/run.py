@@ -49,7 +49,8 @@ SEARCH = frozenset({
     'seeds', 'device', 'runtime', 'searcher', 'latency_budget_ms', 'energy_budget_mj',
     'sram_reserve_kb', 'flash_reserve_kb', 'workdir', 'proxy_weights', 'w_flops', 'w_latency',
     'w_feasible', 'random_samples', 'evolution_samples', 'population', 'tournament', 'recheck',
-    'rerank_pool', 'prune_none', 'objective', 'space_samples', 'finalists', 'finalist_epochs'})
+    'rerank_pool', 'prune_none', 'objective', 'space_samples', 'finalists', 'finalist_epochs',
+    'finalist_lr'})
 TRAIN = frozenset({
     'arch', 'benchmark_file', 'data_dir', 'dataset', 'seed', 'workdir', 'epochs', 'quant',
     'init_from', 'distill_from', 'distill_alpha', 'distill_temperature', 'train_width',
@@ -227,6 +228,8 @@ flags.DEFINE_integer('finalists', 0, 'Train the K best candidates by the objecti
                      lower_bound=0)
 flags.DEFINE_integer('finalist_epochs', 1, 'With --finalists: epochs each finalist trains (fp32; '
                      'NB201 at --zc_width, --zc_cells).', lower_bound=1)
+flags.DEFINE_float('finalist_lr', 0.1, 'With --finalists: peak learning rate of their training '
+                   '(tinycnn, without BN, needs about 0.01).', lower_bound=0)
 # --experiment=correlate (also uses --dataset, --archs, --proxies, --data_dir, --workdir, ...)
 flags.DEFINE_integer('chunk_size', 256, 'correlate, score with --workdir: archs per resumable '
                      'chunk written to disk.',
@@ -316,6 +319,7 @@ READ_WHEN = {
     'rerank_pool': (('search',),) + _SEARCHERS('rerank'),
     'recheck': (('search',),) + _SEARCHERS('grad_prune'),
     'finalist_epochs': (('search',), '--finalists >= 1', lambda f, space: f.finalists > 0),
+    'finalist_lr': (('search',), '--finalists >= 1', lambda f, space: f.finalists > 0),
     'w_feasible': (('search',),) + _SEARCHERS('prune', 'grad_prune'),
     'batch_candidates': (('search',), '--searcher=rerank, random, evolution or grad_prune',
                          lambda f, space: f.searcher != 'prune'),

@@ -252,7 +252,7 @@ def finalist_stage(space, f, workdir):
     return None
   from engine.search import finalists as fin_lib
   settings = fin_lib.Settings(k=f.finalists, epochs=f.finalist_epochs, width=f.zc_width,
-                              cells=f.zc_cells, seed=f.seed)
+                              cells=f.zc_cells, lr=f.finalist_lr, seed=f.seed)
   return fin_lib.Finalists(space.name, f.dataset, f.data_dir, settings,
                            pathlib.Path(workdir) / 'finalists')
 

@@ -58,6 +58,8 @@ BAD = [
       '--proxies=ntk_cond_indep'], ["unknown proxy 'ntk_cond_indep'", 'ntk_cond_independent']),
     (['--experiment=search', '--finalist_epochs=3'],
      ['--finalist_epochs is not read', 'only --finalists >= 1']),
+    (['--experiment=search', '--finalist_lr=0.01'],
+     ['--finalist_lr is not read', 'only --finalists >= 1']),
     (['--finalists=-1'], ['--finalists=-1', 'non-negative']),
     (['--experiment=search', '--searcher=prune', '--rerank_pool=3'],
      ['--rerank_pool is not read', '--searcher=prune', 'only --searcher=rerank']),

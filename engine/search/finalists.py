@@ -90,7 +90,7 @@ class Finalists:
       res = train_lib.train(cfg, None, folder, progress=False, log=lambda *_: None,
                             data=self._split_data(cfg))
     except train_lib.TrainingDiverged as err:  # at chance or diverged: it cannot win
-      self.log(f'  finalist {arch} failed to train: {err}')
+      self.log(f'  finalist {arch} failed to train (its rate: --finalist_lr): {err}')
       return float('nan'), time.perf_counter() - start
     return float(res['float_test_acc']), time.perf_counter() - start
 
