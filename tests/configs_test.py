@@ -1,0 +1,30 @@
+"""experiments/configs: the presets run the experiments they are for."""
+import json
+
+import pytest
+
+from engine import train as train_lib
+from experiments import run
+
+
+@pytest.mark.parametrize('experiment', ['pipeline', 'train'])
+def test_smokes_training_has_the_float_steps_qat_from_scratch_needs(experiment):
+  """--config=smoke on the pipeline (QAT) once stopped with 'too few float steps' on CIFAR-10:
+  512 images in batches of 128 are 4 steps. The preset's own sizes must leave QAT its float
+  steps, checked as the trainer checks them."""
+  cfg = run.make_config(experiment, 'smoke', quant='qat')
+  steps_per_epoch = max(cfg.train_images // cfg.train_batch, 1)
+  train_cfg = train_lib.TrainConfig(arch='x', epochs=cfg.epochs, quant='qat')
+  assert train_cfg.quant_delay(steps_per_epoch) >= train_lib.MIN_FP32_STEPS
+  train_cfg.check_schedule(steps_per_epoch)  # raises as the trainer would
+
+
+def test_the_smoke_pipeline_runs_end_to_end_on_cifar10(data_dir, tmp_path, capsys):
+  """First contact: `--experiment=pipeline --config=smoke` on the CIFAR-10 batches learns
+  enough to pass the at-chance guard and ends verified (it once stopped there, then at chance)."""
+  workdir = tmp_path / 'out'
+  argv = ['prog', '--experiment=pipeline', '--config=smoke', '--nolitert', '--noprogress',
+          f'--data_dir={data_dir / "cifar10"}', f'--workdir={workdir}']
+  assert run.cli(argv) == 0, capsys.readouterr()
+  report = json.loads((workdir / 'report.json').read_text())
+  assert report['export']['verified'] and report['export']['tflm_bitexact_fraction'] == 1.0
