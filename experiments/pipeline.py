@@ -141,6 +141,9 @@ def _report(f, found, trained, exported, workdir, deployed) -> dict:
       'files': {'pareto_plot': str(workdir / 'search' / 'pareto.png'),
                 'model': str(workdir / 'train' / 'model.tflite')},
   }
+  if found.get('finalists'):  # --finalists: the stage's choice among the search's top K
+    report['finalists'] = [{k: r.get(k) for k in ('arch_str', 'objective_rank', 'val_acc')}
+                           for r in found['finalists']]
   if 'c' in exported:
     c = exported['c']
     report['c'] = {k: c.get(k) for k in ('target', 'images', 'bitexact_fraction',
@@ -164,6 +167,11 @@ def _markdown(r: dict) -> str:
   lines = [
       f'# Pipeline: {r["search_space"]} for {r["device"]} ({r["runtime"]})', '',
       f'Winner: `{r["arch"]}`; data: {r["data"]}', '',
+      *([f'Chosen by the finalist stage among the search\'s {len(r["finalists"])} best by the '
+         f'objective (validation accuracy after brief training: '
+         + ', '.join(f'#{x["objective_rank"]} ' + (_fmt(acc(x['val_acc']), '.1f', '%') if
+                                                      x['val_acc'] == x['val_acc'] else 'failed')
+                     for x in r['finalists']) + ').', ''] if r.get('finalists') else []),
       f'| | as searched (the space\'s own size) | as trained and exported{_size(d)} |',
       '|---|---|---|',
       f'| predicted SRAM | {_fmt(kb(s.get("sram_bytes")), ".1f", " KB")} | '

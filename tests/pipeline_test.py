@@ -2,6 +2,7 @@
 TFLite Micro check, end to end on a generated PNG image folder with --config=smoke; a kill
 inside training resumes at that stage, without redoing the search."""
 import json
+import pathlib
 
 import pytest
 
@@ -69,3 +70,23 @@ def test_pipeline_on_an_image_folder_resumes_inside_training(space, tmp_path, mo
   assert 'pipeline: export already done' in capsys.readouterr().out
   assert run.cli(argv + ['--epochs=6']) == 2
   assert 'holds a pipeline with other settings (differs in epochs)' in capsys.readouterr().err
+
+
+def test_the_report_says_when_the_finalist_stage_chose_the_winner():
+  import types
+  from experiments import pipeline
+  f = types.SimpleNamespace(search_space='tinycnn', device='stm32f746', runtime='cmsis-nn',
+                            data_dir='d', epochs=1)
+  found = dict(arch_str='f8k3-relu-max', finalists=[
+      dict(arch_str='f16k3-relu-max', objective_rank=1, val_acc=float('nan'), train_s=1.0),
+      dict(arch_str='f8k3-relu-max', objective_rank=2, val_acc=0.36, train_s=1.0)])
+  exported = dict(tflm=dict(bitexact_fraction=1.0, test_acc=0.3), model_bytes=1, images=2,
+                  verified=True)
+  deployed = dict(sram_bytes=1024, flash_bytes=1024, latency_ms=1.0)
+  report = pipeline._report(f, found, {}, exported, pathlib.Path('w'), deployed)
+  assert [x['objective_rank'] for x in report['finalists']] == [1, 2]
+  assert ("among the search's 2 best by the objective (validation accuracy after brief "
+          "training: #1 failed, #2 36.0%)") in pipeline._markdown(report)
+  del found['finalists']
+  assert 'finalist' not in pipeline._markdown(pipeline._report(f, found, {}, exported,
+                                                               pathlib.Path('w'), deployed))
