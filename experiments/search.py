@@ -218,11 +218,9 @@ def run(f, workdir='search_out', keep=None):
       records.append(_record(space, f, seed, result, wall, constraints, problem.table, acc,
                              best_feasible, device_name))
       if finalists is not None:
-        known = lambda i: (float(acc[i]) if acc is not None and i < len(acc)
-                           and np.isfinite(acc[i]) else None)
         records[-1]['proxy_pick'] = dict(arch_str=space.encode(table.archs[proxy_pick]),
-                                         test_acc=known(proxy_pick))
-        records[-1]['finalists'] = [dict(r, test_acc=known(i)) for r, i in
+                                         test_acc=_true_acc(acc, proxy_pick))
+        records[-1]['finalists'] = [dict(r, test_acc=_true_acc(acc, i)) for r, i in
                                     zip(finalists, result.ranked)]
       _report(records[-1], result, table.limits, bar)
       _write_results(workdir, records, f, constraints, problem.table, base)
@@ -293,15 +291,20 @@ def _record(space, f, seed, result, wall, constraints, table, acc, best_feasible
              # and how many distinct values the rest took (a pick is never made without one term
              # that separates them: engine.search.UninformativeScores)
              proxy_evidence=result.evidence)
-  known = acc is not None and i < len(acc) and np.isfinite(acc[i])
-  rec['test_acc'] = float(acc[i]) if known else None
+  rec['test_acc'] = _true_acc(acc, i)
   if result.trace:  # the anytime curve: [archs scored, arch, true test acc or None]
-    rec['trace'] = [[n, space.encode(table.archs[j]),
-                     float(acc[j]) if acc is not None and j < len(acc) and np.isfinite(acc[j])
-                     else None] for n, j in result.trace]
+    rec['trace'] = [[n, space.encode(table.archs[j]), _true_acc(acc, j)]
+                    for n, j in result.trace]
   rec['best_feasible_acc'] = best_feasible
-  rec['gap'] = best_feasible - rec['test_acc'] if known and best_feasible is not None else None
+  known = rec['test_acc'] is not None and best_feasible is not None
+  rec['gap'] = best_feasible - rec['test_acc'] if known else None
   return rec
+
+
+def _true_acc(acc, i):
+  """The true test accuracy of table entry i, None where unknown (no table, an arch beyond it
+  such as evolution's children, or nan)."""
+  return float(acc[i]) if acc is not None and i < len(acc) and np.isfinite(acc[i]) else None
 
 
 def _report(rec, result, limits, bar):
