@@ -82,11 +82,14 @@ def test_a_finished_finalist_is_read_back_not_trained_again(stage):
 
 
 def test_a_finalist_that_fails_to_train_cannot_win_and_all_failing_stops(stage):
-  stage, _ = stage
+  stage, fake = stage
   best, records = stage.choose(['f16k5-relu-max', 'f8k3-relu-max'])
   assert best == 1 and np.isnan(records[0]['val_acc'])
-  with pytest.raises(train_lib.TrainingDiverged, match='none of the 2 finalists trained'):
+  with pytest.raises(train_lib.TrainingDiverged, match='none of the 2 finalists trained.*'
+                                                       '--finalist_lr'):
     stage.choose(['f16k5-relu-max', 'f32k5-relu-max'])
+  # a failed finalist is remembered: the same run is not trained (and failed) again
+  assert fake.calls.count('f16k5-relu-max') == 1
 
 
 def test_the_stage_needs_data():

@@ -82,15 +82,19 @@ class Finalists:
     """(validation accuracy, seconds spent now) of one finalist, trained or read back."""
     cfg = self.config(arch)
     folder = self.folder(cfg)
-    done = folder / 'results.json'
+    done, failed = folder / 'results.json', folder / 'failed.txt'
     if done.is_file():
       return float(json.loads(done.read_text())['float_test_acc']), 0.0
+    if failed.is_file():  # the same run fails the same way: not trained again
+      return float('nan'), 0.0
     start = time.perf_counter()
     try:
       res = train_lib.train(cfg, None, folder, progress=False, log=lambda *_: None,
                             data=self._split_data(cfg))
     except train_lib.TrainingDiverged as err:  # at chance or diverged: it cannot win
       self.log(f'  finalist {arch} failed to train (its rate: --finalist_lr): {err}')
+      folder.mkdir(parents=True, exist_ok=True)
+      failed.write_text(f'{err}\n')
       return float('nan'), time.perf_counter() - start
     return float(res['float_test_acc']), time.perf_counter() - start
 
@@ -102,12 +106,13 @@ class Finalists:
       acc, seconds = self.accuracy(arch)
       records.append(dict(arch_str=arch, objective_rank=rank + 1, val_acc=acc,
                           train_s=seconds))  # val_acc nan: failed to train
-      self.log(f'  finalist {rank + 1}/{min(len(archs), self.settings.k)} {arch}: validation '
-               f'acc {100 * acc:.2f}%' + (f' (trained {self.settings.epochs} epoch(s) in '
-                                          f'{seconds:.0f} s)' if seconds else ' (trained before)'))
+      result = f'validation acc {100 * acc:.2f}%' if np.isfinite(acc) else 'failed to train'
+      self.log(f'  finalist {rank + 1}/{min(len(archs), self.settings.k)} {arch}: {result}'
+               + (f' (trained {self.settings.epochs} epoch(s) in {seconds:.0f} s)' if seconds
+                  else ' (trained before)'))
     accs = np.array([r['val_acc'] for r in records])
     if not np.isfinite(accs).any():
       raise train_lib.TrainingDiverged(f'none of the {len(records)} finalists trained (each '
-                                       f'diverged or stayed at chance); lower --lr or pass '
+                                       f'diverged or stayed at chance); lower --finalist_lr or pass '
                                        f'--finalists=0')
     return int(np.nanargmax(accs)), records
