@@ -105,6 +105,7 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
   done = {(r['dataset'], r['budget_pct'], r['seed']) for r in rows}
   for dataset in datasets:
     f = run_lib.make_config('search', dataset=dataset, **given)
+    stage = None if pools else search_exp.finalist_stage(space, f, workdir)  # before any work
     searcher = f.searcher
     constraints = search_exp.constraints_from_flags(f)
     full = search_exp.space_table(space, constraints, dataset)
@@ -119,7 +120,6 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
     scorer = search_lib.make_scorer(space, agg_lib.split(f.proxies)[0], f, seeds[0], images)
     weights = search_lib.Weights(search_lib.parse_weights(f.proxy_weights), f.w_flops,
                                  f.w_latency, f.w_feasible)
-    stage = None if pools else search_exp.finalist_stage(space, f, workdir)
     for pct in budgets:
       todo = [s for s in seeds if (dataset, pct, s) not in done]
       if not todo:
@@ -266,7 +266,14 @@ def main(argv):
     pools = [0]
   if pools and (min(pools) < 1 or given['searcher'] != 'rerank'):
     common.fail(f'bad --pools={_POOLS.value!r}; give pool sizes >= 1, with --searcher=rerank')
-  rows = run_cells(workdir, datasets, budgets, seeds, _HALF.value, given, pools)
+  try:
+    rows = run_cells(workdir, datasets, budgets, seeds, _HALF.value, given, pools)
+  except Exception as err:  # the user's to fix (e.g. --finalists without --data_dir): one line
+    message = common.user_error_message(err, {'data_dir': f.data_dir,
+                                              'benchmark_file': f.benchmark_file})
+    if message is None:
+      raise
+    common.fail(message)
   summary = summarize([r for r in rows if r['seed'] in seeds and r['dataset'] in datasets
                        and r['budget_pct'] in budgets])
   print(write_table(workdir, summary, _HALF.value))

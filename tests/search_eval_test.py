@@ -55,6 +55,8 @@ def test_with_finalists_the_table_sets_the_stage_against_the_same_searches_own_p
     (['--budgets=none,150'], "bad --budgets entry '150'"),
     (['--datasets=mnist'], "bad --datasets entry 'mnist'"),
     (['--seeds=9-x'], 'bad --seeds'),
+    (['--finalists=2', '--datasets=cifar10', '--budgets=none', '--seeds=0'],
+     '--finalists trains the best candidates on your data: pass --data_dir'),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
   env = dict(cli.os.environ, JAX_PLATFORMS='cpu')
