@@ -49,7 +49,7 @@ SEARCH = frozenset({
     'seeds', 'device', 'runtime', 'searcher', 'latency_budget_ms', 'energy_budget_mj',
     'sram_reserve_kb', 'flash_reserve_kb', 'workdir', 'proxy_weights', 'w_flops', 'w_latency',
     'w_feasible', 'random_samples', 'evolution_samples', 'population', 'tournament', 'recheck',
-    'rerank_pool', 'prune_none', 'objective', 'space_samples', 'finalists', 'finalist_epochs',
+    'rerank_pool', 'rerank_band', 'prune_none', 'objective', 'space_samples', 'finalists', 'finalist_epochs',
     'finalist_lr'})
 TRAIN = frozenset({
     'arch', 'benchmark_file', 'data_dir', 'dataset', 'seed', 'workdir', 'epochs', 'quant',
@@ -217,6 +217,9 @@ flags.DEFINE_integer('population', 16, 'evolution: population size.', lower_boun
 flags.DEFINE_integer('tournament', 4, 'evolution: tournament size.', lower_bound=1)
 flags.DEFINE_integer('rerank_pool', 256, 'rerank: largest feasible archs scored.',
                      lower_bound=1)
+flags.DEFINE_float('rerank_band', -1.0, 'rerank: score only the archs with at least (1 - band) '
+                   'x the parameters of the largest feasible arch (then at most --rerank_pool); '
+                   '0: the largest size tier alone; negative: no size floor.')
 flags.DEFINE_enum('prune_none', 'auto', ['auto', 'yes', 'no'], 'prune, grad_prune: start from a '
                   'supernet that holds `none` too, so archs that drop an edge stay reachable; '
                   'auto: when the limits rule out most archs without `none` (tight budgets).')
@@ -317,6 +320,7 @@ READ_WHEN = {
     'population': (('search',),) + _SEARCHERS('evolution'),
     'tournament': (('search',),) + _SEARCHERS('evolution'),
     'rerank_pool': (('search',),) + _SEARCHERS('rerank'),
+    'rerank_band': (('search',),) + _SEARCHERS('rerank'),
     'recheck': (('search',),) + _SEARCHERS('grad_prune'),
     'finalist_epochs': (('search',), '--finalists >= 1', lambda f, space: f.finalists > 0),
     'finalist_lr': (('search',), '--finalists >= 1', lambda f, space: f.finalists > 0),

@@ -136,6 +136,7 @@ def options_from_flags(f):
   return search_lib.Options(batch=f.batch_candidates, random_samples=f.random_samples,
                             evolution_samples=f.evolution_samples, population=f.population,
                             tournament=f.tournament, recheck=f.recheck, pool=f.rerank_pool,
+                            band=None if f.rerank_band < 0 else f.rerank_band,
                             prune_none=f.prune_none)
 
 

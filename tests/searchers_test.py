@@ -3,6 +3,7 @@ arch planted in a synthetic proxy, a constant or all-flagged proxy stops the sea
 without evidence), every searcher runs on the real scorer, a latency budget binds, an impossible
 one is one line and exit 2, and grad_prune's gradient through the relaxed network and cost model
 matches finite differences. (The same searchers on NB201: tests/search_test.py.)"""
+import dataclasses
 import types
 
 import jax
@@ -224,3 +225,22 @@ def test_the_report_names_the_proxy_network_of_the_searched_group_before_any_sco
   problem = _problem('mbv2', 'synflow')
   lines = problem.scorer.networks(problem.table.group)
   assert lines == ["zero-cost mbv2's own network B=4"]
+
+
+@pytest.mark.parametrize('band', [0.0, 0.2])
+def test_rerank_band_scores_only_archs_near_the_largest(band):
+  """--rerank_band: the scored pool is exactly the feasible archs with at least (1 - band) x the
+  largest one's parameters (capped by the pool), and the pick is one of them."""
+  problem = _problem('tinycnn', proxies='synflow')
+  table = problem.table
+  order = search.size_order(table)
+  params = table.costs['params']
+  near = [int(i) for i in order if params[i] >= (1 - band) * params[order[0]]][:64]
+  seen = []
+  real_score = problem.score
+  problem.score = lambda idx, *a, **k: (seen.extend(int(i) for i in idx), real_score(idx, *a, **k))[1]
+  result = search.search('rerank', problem, 0, dataclasses.replace(OPTIONS, pool=64, band=band))
+  assert sorted(set(seen)) == sorted(near)
+  assert result.index in near
+  with pytest.raises(search.SearchError, match='rerank_band'):
+    search.search('rerank', problem, 0, dataclasses.replace(OPTIONS, band=1.5))

@@ -69,6 +69,9 @@ class Options:
   tournament: int = 4
   recheck: int = 8             # grad_prune: archs re-scored exactly at the end
   pool: int = 256              # rerank: largest feasible archs scored
+  # rerank: only archs with at least (1 - band) x the largest feasible arch's parameters (None:
+  # no size floor); 0 keeps the largest size tier alone (NB201: its archs of equal size)
+  band: float | None = None
   prune_none: str = 'auto'     # (grad_)prune: 'yes' | 'no' | 'auto': the optional option?
 
 
@@ -299,7 +302,13 @@ def rerank(problem: Problem, rng: np.random.Generator, options: Options,
   """Scores the `options.pool` largest feasible archs; the best by the objective wins."""
   if options.pool < 1:
     raise SearchError('--rerank_pool must be at least 1')
-  idx = size_order(problem.table)[:options.pool]
+  idx = size_order(problem.table)
+  if options.band is not None:
+    if not 0 <= options.band < 1:
+      raise SearchError(f'--rerank_band must be in [0, 1), got {options.band}')
+    params = problem.table.costs['params'][idx]
+    idx = idx[params >= (1.0 - options.band) * params[0]]
+  idx = idx[:options.pool]
   return _finish(problem, idx, 0,
                  [f'{len(idx)} largest feasible archs (of {int(problem.table.feasible.sum())})'
                   f' scored'], k=_round_k(options.batch), progress=progress, anytime=True)
