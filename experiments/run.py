@@ -49,8 +49,8 @@ SEARCH = frozenset({
     'seeds', 'device', 'runtime', 'searcher', 'latency_budget_ms', 'energy_budget_mj',
     'sram_reserve_kb', 'flash_reserve_kb', 'workdir', 'proxy_weights', 'w_flops', 'w_latency',
     'w_feasible', 'random_samples', 'evolution_samples', 'population', 'tournament', 'recheck',
-    'rerank_pool', 'rerank_band', 'prune_none', 'objective', 'space_samples', 'finalists', 'finalist_epochs',
-    'finalist_lr'})
+    'rerank_pool', 'rerank_band', 'prune_none', 'objective', 'space_samples', 'finalists',
+    'finalist_epochs', 'finalist_lr'})
 TRAIN = frozenset({
     'arch', 'benchmark_file', 'data_dir', 'dataset', 'seed', 'workdir', 'epochs', 'quant',
     'init_from', 'distill_from', 'distill_alpha', 'distill_temperature', 'train_width',

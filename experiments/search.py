@@ -133,6 +133,9 @@ def options_from_flags(f):
                'batch_candidates', 'rerank_pool'):
     if getattr(f, name) < 1:
       raise ValueError(f'--{name} must be at least 1, got {getattr(f, name)}')
+  if f.rerank_band >= 1:  # before any work (rerank checks it too, for callers of the library)
+    raise ValueError(f'--rerank_band must be in [0, 1) (negative: no size floor), got '
+                     f'{f.rerank_band}')
   return search_lib.Options(batch=f.batch_candidates, random_samples=f.random_samples,
                             evolution_samples=f.evolution_samples, population=f.population,
                             tournament=f.tournament, recheck=f.recheck, pool=f.rerank_pool,

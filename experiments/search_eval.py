@@ -80,8 +80,8 @@ def _cell_name(dataset: str, pct) -> str:
 
 
 # the search's own flags this job passes on when given (the choices a selection run tunes)
-PASSED_ON = ('searcher', 'proxies', 'objective', 'proxy_weights', 'rerank_pool', 'rerank_band', 'w_flops',
-             'w_latency', 'zc_width', 'zc_cells', 'zc_batch', 'stand_in_inputs',
+PASSED_ON = ('searcher', 'proxies', 'objective', 'proxy_weights', 'rerank_pool', 'rerank_band',
+             'w_flops', 'w_latency', 'zc_width', 'zc_cells', 'zc_batch', 'stand_in_inputs',
              'benchmark_file', 'data_dir', 'finalists', 'finalist_epochs',
              'finalist_lr')
 

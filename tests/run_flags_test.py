@@ -78,6 +78,7 @@ BAD = [
     (['--experiment=search', '--searcher=annealing'], ["unknown --searcher='annealing'"]),
     (['--experiment=search', '--seeds=3-1'], ['--seeds']),
     (['--experiment=search', '--finalists=2'], ['--finalists trains', 'pass --data_dir']),
+    (['--experiment=search', '--rerank_band=1.5'], ['--rerank_band must be in [0, 1)', '1.5']),
     (['--experiment=search', '--device=esp8266'], ["unknown device 'esp8266'"]),
     (['--experiment=cost', '--runtime=onnx'], ["unknown runtime 'onnx'", 'zeronas-c']),
     (['--experiment=cost', '--archs=random:x'], ['random:N']),

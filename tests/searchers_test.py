@@ -232,13 +232,17 @@ def test_rerank_band_scores_only_archs_near_the_largest(band):
   """--rerank_band: the scored pool is exactly the feasible archs with at least (1 - band) x the
   largest one's parameters (capped by the pool), and the pick is one of them."""
   problem = _problem('tinycnn', proxies='synflow')
-  table = problem.table
-  order = search.size_order(table)
-  params = table.costs['params']
+  order = search.size_order(problem.table)
+  params = problem.table.costs['params']
   near = [int(i) for i in order if params[i] >= (1 - band) * params[order[0]]][:64]
   seen = []
   real_score = problem.score
-  problem.score = lambda idx, *a, **k: (seen.extend(int(i) for i in idx), real_score(idx, *a, **k))[1]
+
+  def recording_score(idx, *args, **kwargs):
+    seen.extend(int(i) for i in idx)
+    return real_score(idx, *args, **kwargs)
+
+  problem.score = recording_score
   result = search.search('rerank', problem, 0, dataclasses.replace(OPTIONS, pool=64, band=band))
   assert sorted(set(seen)) == sorted(near)
   assert result.index in near

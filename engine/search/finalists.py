@@ -113,6 +113,6 @@ class Finalists:
     accs = np.array([r['val_acc'] for r in records])
     if not np.isfinite(accs).any():
       raise train_lib.TrainingDiverged(f'none of the {len(records)} finalists trained (each '
-                                       f'diverged or stayed at chance); lower --finalist_lr or pass '
-                                       f'--finalists=0')
+                                       f'diverged or stayed at chance); lower --finalist_lr or '
+                                       f'pass --finalists=0')
     return int(np.nanargmax(accs)), records
