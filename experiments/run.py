@@ -70,6 +70,15 @@ EXPERIMENTS_SEARCH_DEFAULTS = types.MappingProxyType({
     'proxies': DEFAULT_SEARCH_OBJECTIVE, 'stand_in_inputs': 'photos', 'zc_width': 8,
     'zc_cells': 1, 'ntk_batch': 32, 'repeats': 1})
 
+# The default rerank (no --proxies given): within the largest feasible size tier (archs with
+# >= 98% of the largest one's parameters; on NB201 exactly the largest tier, the next one sits
+# >= 3% below), rank by synflow + az_trainability at the literature's network size. Chosen on
+# the selection half, measured on the evaluation half (docs/search.md, "The default search").
+# A whole bundle: with --proxies given, the experiment's defaults above hold, so every
+# documented command that names its proxies reruns as it was measured.
+RERANK_DEFAULTS = types.MappingProxyType({
+    'proxies': 'synflow,az_trainability', 'rerank_band': 0.02, 'zc_width': 16, 'zc_cells': 5})
+
 EXPERIMENTS = types.MappingProxyType({
     # the coupled NTK at K=24 candidates needs K x B x B activations (hundreds of GB at B=64),
     # the independent one ~B x less, and one repeat at B=32 keeps a prune round near 20 s on
@@ -132,7 +141,10 @@ flags.DEFINE_string('archs', 'random:64',
                     'string | an arch index; correlate also takes reference (the '
                     '--reference_file archs of --dataset) and reference+random:N.')
 flags.DEFINE_string('proxies', 'ntk_cond_independent,linear_regions',
-                    'Comma-separated proxy names (ntk_cond is TE-NAS-exact but slow on CPU).')
+                    'Comma-separated proxy names (ntk_cond is TE-NAS-exact but slow on CPU). '
+                    'search/pipeline default: with --searcher=rerank, synflow,az_trainability '
+                    'over the largest size tier (--rerank_band=0.02, --zc_width=16 '
+                    '--zc_cells=5); other searchers: ' + DEFAULT_SEARCH_OBJECTIVE + '.')
 flags.DEFINE_integer('batch_candidates', 8, 'Candidates per compiled call (K); 0 (score, '
                      'correlate): as many as fit in 80% of free device memory (GPU/TPU; 8 on '
                      'CPU).', lower_bound=0)
@@ -412,7 +424,8 @@ def _checked(name: str, value):
 
 def make_config(experiment: str, preset: str | None = None, **overrides):
   """The typed config of `experiment` from its defaults, a preset of experiments/configs/ and
-  `overrides` (flag names it reads), in rising order of precedence. For running experiments in
+  `overrides` (flag names it reads), in rising order of precedence (a rerank search without
+  proxies given takes RERANK_DEFAULTS over the experiment's defaults). For running experiments in
   code: `experiments.<module>.run(make_config(...), workdir)`."""
   if experiment not in EXPERIMENTS:
     raise common.UsageError(f'unknown experiment {experiment!r}; choose one of '
@@ -425,6 +438,9 @@ def make_config(experiment: str, preset: str | None = None, **overrides):
   from experiments import configs
   values = {k: v for k, v in (configs.get(preset) if preset else {}).items() if k in names}
   values.update(overrides)
+  searcher = values.get('searcher', flags.FLAGS['searcher'].default)
+  if 'searcher' in names and 'proxies' not in values and searcher == 'rerank':
+    values = {**RERANK_DEFAULTS, **values}
   return cls(**{k: _checked(k, v) for k, v in values.items()})
 
 

@@ -120,7 +120,20 @@ def test_config_precedence_flag_over_preset_over_experiment_default():
   flags.FLAGS(['zeronas', '--experiment=search', '--ntk_batch=16'])
   _, config = run.config_from_flags()
   assert config.ntk_batch == 16 and config.repeats == 1  # set by hand; the search's default
-  assert config.proxies == run.DEFAULT_SEARCH_OBJECTIVE
+  # the default rerank takes its bundle (proxies, band, network size) ...
+  assert {k: getattr(config, k) for k in run.RERANK_DEFAULTS} == dict(run.RERANK_DEFAULTS)
+  # ... where the user names no proxies and keeps rerank; a flag given still wins over it
+  for given, want in (
+      (['--searcher=prune'], dict(proxies=run.DEFAULT_SEARCH_OBJECTIVE, rerank_band=-1.0,
+                                  zc_width=8, zc_cells=1)),
+      (['--proxies=synflow'], dict(proxies='synflow', rerank_band=-1.0, zc_width=8,
+                                   zc_cells=1)),
+      (['--zc_cells=2'], dict(proxies='synflow,az_trainability', rerank_band=0.02,
+                              zc_width=16, zc_cells=2))):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(['zeronas', '--experiment=search', *given])
+    _, config = run.config_from_flags()
+    assert {k: getattr(config, k) for k in want} == want, given
   flags.FLAGS.unparse_flags()
   flags.FLAGS(['zeronas', '--experiment=search', '--config=papers', '--repeats=2'])
   exp, config = run.config_from_flags()

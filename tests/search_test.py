@@ -188,11 +188,14 @@ def test_an_aggregate_objective_ranks_by_the_aggregate_only(budget):
 
 def test_the_default_objective_is_the_one_the_docs_name():
   from experiments import run
-  default = run.EXPERIMENTS['search'].defaults['proxies']
   assert run.EXPERIMENTS['search'].defaults['proxies'] == run.DEFAULT_SEARCH_OBJECTIVE
   root = pathlib.Path(__file__).resolve().parents[1]
+  rerank = run.RERANK_DEFAULTS
   for doc in ('README.md', 'docs/search.md'):
-    assert f'`{default}`' in (root / doc).read_text(), doc
+    text = (root / doc).read_text()
+    assert f'`{rerank["proxies"]}`' in text and f'`--rerank_band={rerank["rerank_band"]}`' in text
+    assert f'C={rerank["zc_width"]} N={rerank["zc_cells"]}' in text, doc
+  assert f'`{run.DEFAULT_SEARCH_OBJECTIVE}`' in (root / 'docs/search.md').read_text()
   assert run.flags.FLAGS['searcher'].default == 'rerank'
 
 
