@@ -246,5 +246,19 @@ def test_rerank_band_scores_only_archs_near_the_largest(band):
   result = search.search('rerank', problem, 0, dataclasses.replace(OPTIONS, pool=64, band=band))
   assert sorted(set(seen)) == sorted(near)
   assert result.index in near
+  # a band that leaves one arch says the pick was no choice
+  assert any(line.startswith('note: --rerank_band') for line in result.log) == (len(near) == 1)
   with pytest.raises(search.SearchError, match='rerank_band'):
     search.search('rerank', problem, 0, dataclasses.replace(OPTIONS, band=1.5))
+
+
+def test_a_band_that_leaves_one_arch_says_so():
+  problem = _problem('tinycnn', proxies='params')
+  largest = search.size_order(problem.table)[0]
+  params = problem.table.costs['params'].copy()
+  params[largest] *= 1.1  # now alone in the 2% band
+  problem.table = dataclasses.replace(problem.table,
+                                      costs={**problem.table.costs, 'params': params})
+  result = search.search('rerank', problem, 0, dataclasses.replace(OPTIONS, band=0.02))
+  assert result.index == largest and result.scored == 1
+  assert any(line.startswith('note: --rerank_band=0.02 leaves one arch') for line in result.log)

@@ -309,9 +309,14 @@ def rerank(problem: Problem, rng: np.random.Generator, options: Options,
     params = problem.table.costs['params'][idx]
     idx = idx[params >= (1.0 - options.band) * params[0]]
   idx = idx[:options.pool]
-  return _finish(problem, idx, 0,
-                 [f'{len(idx)} largest feasible archs (of {int(problem.table.feasible.sum())})'
-                  f' scored'], k=_round_k(options.batch), progress=progress, anytime=True)
+  feasible = int(problem.table.feasible.sum())
+  log = [f'{len(idx)} largest feasible archs (of {feasible}) scored']
+  if options.band is not None and len(idx) == 1 < feasible:
+    # spaces whose sizes do not come in tiers (mbv2) may have one arch in a narrow band
+    log.append(f'note: --rerank_band={options.band:g} leaves one arch, the largest feasible '
+               f'one, so the proxies chose nothing; a wider band (e.g. 0.2) gives them a choice')
+  return _finish(problem, idx, 0, log, k=_round_k(options.batch), progress=progress,
+                 anytime=True)
 
 
 def evolution(problem: Problem, rng: np.random.Generator, options: Options,
