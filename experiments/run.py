@@ -231,7 +231,8 @@ flags.DEFINE_integer('rerank_pool', 256, 'rerank: largest feasible archs scored.
                      lower_bound=1)
 flags.DEFINE_float('rerank_band', -1.0, 'rerank: score only the archs with at least (1 - band) '
                    'x the parameters of the largest feasible arch (then at most --rerank_pool); '
-                   '0: the largest size tier alone; negative: no size floor.')
+                   '0: the largest size tier alone; negative: no size floor (the search\'s '
+                   'default with no --proxies given: 0.02).')
 flags.DEFINE_enum('prune_none', 'auto', ['auto', 'yes', 'no'], 'prune, grad_prune: start from a '
                   'supernet that holds `none` too, so archs that drop an edge stay reachable; '
                   'auto: when the limits rule out most archs without `none` (tight budgets).')
