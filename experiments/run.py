@@ -142,9 +142,11 @@ flags.DEFINE_string('archs', 'random:64',
                     '--reference_file archs of --dataset) and reference+random:N.')
 flags.DEFINE_string('proxies', 'ntk_cond_independent,linear_regions',
                     'Comma-separated proxy names (ntk_cond is TE-NAS-exact but slow on CPU). '
-                    'search/pipeline default: with --searcher=rerank, synflow,az_trainability '
-                    'over the largest size tier (--rerank_band=0.02, --zc_width=16 '
-                    '--zc_cells=5); other searchers: ' + DEFAULT_SEARCH_OBJECTIVE + '.')
+                    'search/pipeline default: with --searcher=rerank, '
+                    f'{RERANK_DEFAULTS["proxies"]} over the largest size tier (--rerank_band='
+                    f'{RERANK_DEFAULTS["rerank_band"]}, --zc_width={RERANK_DEFAULTS["zc_width"]} '
+                    f'--zc_cells={RERANK_DEFAULTS["zc_cells"]}); other searchers: '
+                    f'{DEFAULT_SEARCH_OBJECTIVE}.')
 flags.DEFINE_integer('batch_candidates', 8, 'Candidates per compiled call (K); 0 (score, '
                      'correlate): as many as fit in 80% of free device memory (GPU/TPU; 8 on '
                      'CPU).', lower_bound=0)
@@ -232,7 +234,7 @@ flags.DEFINE_integer('rerank_pool', 256, 'rerank: largest feasible archs scored.
 flags.DEFINE_float('rerank_band', -1.0, 'rerank: score only the archs with at least (1 - band) '
                    'x the parameters of the largest feasible arch (then at most --rerank_pool); '
                    '0: the largest size tier alone; negative: no size floor (the search\'s '
-                   'default with no --proxies given: 0.02).')
+                   f'default with no --proxies given: {RERANK_DEFAULTS["rerank_band"]}).')
 flags.DEFINE_enum('prune_none', 'auto', ['auto', 'yes', 'no'], 'prune, grad_prune: start from a '
                   'supernet that holds `none` too, so archs that drop an edge stay reachable; '
                   'auto: when the limits rule out most archs without `none` (tight budgets).')
@@ -439,8 +441,8 @@ def make_config(experiment: str, preset: str | None = None, **overrides):
   from experiments import configs
   values = {k: v for k, v in (configs.get(preset) if preset else {}).items() if k in names}
   values.update(overrides)
-  searcher = values.get('searcher', flags.FLAGS['searcher'].default)
-  if 'searcher' in names and 'proxies' not in values and searcher == 'rerank':
+  if 'searcher' in names and 'proxies' not in values and values.get(
+      'searcher', cls.__dataclass_fields__['searcher'].default) == 'rerank':
     values = {**RERANK_DEFAULTS, **values}
   return cls(**{k: _checked(k, v) for k, v in values.items()})
 
