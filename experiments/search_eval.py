@@ -86,6 +86,15 @@ PASSED_ON = ('searcher', 'proxies', 'objective', 'proxy_weights', 'rerank_pool',
              'finalist_lr')
 
 
+def config_key(given: dict, half: str, pools=()) -> dict:
+  """What tells one configuration's rows in results.json from another's: the settings the
+  searches run with (the flags given, resolved through the search's defaults), so a run after
+  a default changed never reads the old default's rows as its own."""
+  resolved = run_lib.make_config('search', **given)
+  return dict(sorted((name, getattr(resolved, name)) for name in PASSED_ON), half=half,
+              pools=list(pools))
+
+
 def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
               given: dict, pools=()) -> list[dict]:
   """Every (dataset, budget, seed) search of this configuration (`given`: the search's flags
@@ -100,7 +109,7 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
   space = registry.get('nb201')
   path = workdir / 'results.json'
   every = json.loads(path.read_text())['rows'] if path.is_file() else []
-  config = dict(sorted(given.items()), half=half, pools=list(pools))
+  config = config_key(given, half, pools)
   rows = [r for r in every if r.get('config') == config]
   done = {(r['dataset'], r['budget_pct'], r['seed']) for r in rows}
   for dataset in datasets:

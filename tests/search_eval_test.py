@@ -71,3 +71,15 @@ def test_importing_it_leaves_the_searchs_defaults_alone():
   from absl import flags
   assert flags.FLAGS['workdir'].default == 'search_out'
   assert flags.FLAGS['seeds'].default == ''
+
+
+def test_rows_are_keyed_by_the_settings_the_searches_run_with():
+  """A run that names the default's settings shares its rows with the no-flag run; the old
+  default (named) does not, so rows from before a default changed are never read as the new
+  default's."""
+  from experiments import run
+  default = search_eval.config_key({}, 'evaluation')
+  assert search_eval.config_key(dict(run.RERANK_DEFAULTS), 'evaluation') == default
+  assert search_eval.config_key({'proxies': run.DEFAULT_SEARCH_OBJECTIVE}, 'evaluation') != default
+  assert search_eval.config_key({}, 'selection') != default
+  assert json.loads(json.dumps(default)) == default  # as read back from results.json
