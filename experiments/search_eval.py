@@ -75,6 +75,18 @@ def _budgets(spec: str) -> list:
   return out
 
 
+def cells_from_flags() -> tuple[list, list]:
+  """(datasets, budgets) of --datasets and --budgets; a bad entry is a one-line ValueError."""
+  from search_spaces import nb201
+  budgets = _budgets(_BUDGETS.value)
+  datasets = [d.strip() for d in _DATASETS.value.split(',') if d.strip()]
+  unknown = [d for d in datasets if d not in nb201.DATASETS]
+  if unknown or not datasets:
+    raise ValueError(f'bad --datasets entry {(unknown or [""])[0]!r}; choose from '
+                     f'{", ".join(nb201.DATASETS)}')
+  return datasets, budgets
+
+
 def _cell_name(dataset: str, pct) -> str:
   return f'{dataset}/' + ('no budget' if pct is None else f'p{pct:g} latency')
 
@@ -93,6 +105,39 @@ def config_key(given: dict, half: str, pools=()) -> dict:
   resolved = run_lib.make_config('search', **given)
   return dict(sorted((name, getattr(resolved, name)) for name in PASSED_ON), half=half,
               pools=list(pools))
+
+
+@dataclasses.dataclass
+class Cell:
+  """One (dataset, budget) cell on one half: its search table and accuracies."""
+  dataset: str
+  pct: float | None
+  budget_ms: float | None
+  table: object                # engine.search.SpaceTable of the half's archs
+  acc: np.ndarray              # [U] test accuracy of each table arch on `dataset`
+  baselines: dict              # method -> its pick's entry (experiments.search.baselines)
+
+
+def half_cells(space, f, budgets, half: str):
+  """The cells of one dataset on one half (`f`: the search's config for that dataset), built
+  lazily: the space is costed when the first cell is asked for."""
+  from engine import search as search_lib
+  from experiments import search as search_exp
+  constraints = search_exp.constraints_from_flags(f)
+  full = search_exp.space_table(space, constraints, f.dataset)
+  acc = search_exp.accuracies(space, f, full.archs)
+  if acc is None:
+    raise ValueError('no NB201 accuracy table found; pass --benchmark_file')
+  keep = in_evaluation_half([space.encode(a) for a in full.archs]) == (half == 'evaluation')
+  idx = np.flatnonzero(keep & full.valid)
+  feasible_latency = full.costs['latency_ms'][idx][full.feasible[idx]]
+  for pct in budgets:
+    budget = None if pct is None else float(np.percentile(feasible_latency, pct))
+    cell = dataclasses.replace(constraints, latency_budget_ms=budget)
+    table = search_lib.build_table(space, cell, [full.archs[i] for i in idx], full.input_shape,
+                                   full.num_classes, {k: v[idx] for k, v in full.costs.items()})
+    yield Cell(f.dataset, pct, budget, table, acc[idx], search_exp.baselines(space, table,
+                                                                             acc[idx]))
 
 
 def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
@@ -115,56 +160,43 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
   for dataset in datasets:
     f = run_lib.make_config('search', dataset=dataset, **given)
     stage = None if pools else search_exp.finalist_stage(space, f, workdir)  # before any work
-    searcher = f.searcher
-    constraints = search_exp.constraints_from_flags(f)
-    full = search_exp.space_table(space, constraints, dataset)
-    acc = search_exp.accuracies(space, f, full.archs)
-    if acc is None:
-      raise ValueError('no NB201 accuracy table found; pass --benchmark_file')
-    keep = in_evaluation_half([space.encode(a) for a in full.archs]) == (half == 'evaluation')
-    keep &= full.valid
-    idx = np.flatnonzero(keep)
-    feasible_latency = full.costs['latency_ms'][idx][full.feasible[idx]]
-    images = common.load_images(f.data_dir, f.dataset, f.stand_in_inputs)
-    scorer = search_lib.make_scorer(space, agg_lib.split(f.proxies)[0], f, seeds[0], images)
-    weights = search_lib.Weights(search_lib.parse_weights(f.proxy_weights), f.w_flops,
-                                 f.w_latency, f.w_feasible)
-    for pct in budgets:
-      todo = [s for s in seeds if (dataset, pct, s) not in done]
+    scorer = None
+    for c in half_cells(space, f, budgets, half):
+      todo = [s for s in seeds if (dataset, c.pct, s) not in done]
       if not todo:
         continue
-      budget = None if pct is None else float(np.percentile(feasible_latency, pct))
-      cell = dataclasses.replace(constraints, latency_budget_ms=budget)
-      table = search_lib.build_table(space, cell, [full.archs[i] for i in idx],
-                                     full.input_shape, full.num_classes,
-                                     {k: v[idx] for k, v in full.costs.items()})
-      half_acc = acc[idx]
-      base = search_exp.baselines(space, table, half_acc)
-      problem = search_lib.Problem(table, scorer, f.proxies, weights, f.objective)
+      if scorer is None:
+        images = common.load_images(f.data_dir, f.dataset, f.stand_in_inputs)
+        scorer = search_lib.make_scorer(space, agg_lib.split(f.proxies)[0], f, seeds[0], images)
+        weights = search_lib.Weights(search_lib.parse_weights(f.proxy_weights), f.w_flops,
+                                     f.w_latency, f.w_feasible)
+      problem = search_lib.Problem(c.table, scorer, f.proxies, weights, f.objective)
+      base = c.baselines
       for seed in todo:
         start = time.perf_counter()
         extra = {}
         if pools:
           picks = _pool_picks(problem, seed, pools, search_lib)
         else:
-          result = search_lib.search(searcher, problem, seed, search_exp.options_from_flags(f))
+          result = search_lib.search(f.searcher, problem, seed,
+                                     search_exp.options_from_flags(f))
           if stage is not None:  # the search's own pick beside the finalist stage's
-            extra['proxy_pick'] = float(half_acc[result.index])
+            extra['proxy_pick'] = float(c.acc[result.index])
             t0 = time.perf_counter()
             result, _ = search_exp.choose_finalist(stage, problem, result)
             extra['finalist_s'] = time.perf_counter() - t0
           picks = {f.rerank_pool: result.index}
         for pool, index in picks.items():
-          pick = float(half_acc[index])
-          row = dict(dataset=dataset, budget_pct=pct, budget_ms=budget, seed=seed,
-                     config=config, half=half, searcher=searcher, proxies=f.proxies,
-                     rerank_pool=pool, arch_str=space.encode(table.archs[index]), search=pick,
-                     feasible=bool(table.feasible[index]), search_s=time.perf_counter() - start,
+          row = dict(dataset=dataset, budget_pct=c.pct, budget_ms=c.budget_ms, seed=seed,
+                     config=config, half=half, searcher=f.searcher, proxies=f.proxies,
+                     rerank_pool=pool, arch_str=space.encode(c.table.archs[index]),
+                     search=float(c.acc[index]), feasible=bool(c.table.feasible[index]),
+                     search_s=time.perf_counter() - start,
                      **extra, **{m: base[m]['test_acc'] for m in METHODS[1:]})
           rows.append(row)
           every.append(row)
-        print(f'{_cell_name(dataset, pct)} seed {seed}: '
-              + ', '.join(f'pool {p} {half_acc[i]:.2f}' for p, i in picks.items())
+        print(f'{_cell_name(dataset, c.pct)} seed {seed}: '
+              + ', '.join(f'pool {p} {c.acc[i]:.2f}' for p, i in picks.items())
               + f' (max_macs {base["max_macs"]["test_acc"]:.2f}, oracle '
               f'{base["oracle"]["test_acc"]:.2f})', flush=True)
         common.write_text_atomic(path, json.dumps(dict(rows=every), indent=1))
@@ -252,19 +284,13 @@ def plot_gaps(workdir: pathlib.Path, summary):
 def main(argv):
   del argv
   from experiments import search as search_exp
-  from search_spaces import nb201
   common.quiet_logs()
   f = flags.FLAGS
   try:
     seeds = search_exp.parse_seeds(f.seeds if f['seeds'].present else DEFAULTS['seeds'], 0)
-    budgets = _budgets(_BUDGETS.value)
+    datasets, budgets = cells_from_flags()
   except ValueError as err:
     common.fail(str(err))
-  datasets = [d.strip() for d in _DATASETS.value.split(',') if d.strip()]
-  unknown = [d for d in datasets if d not in nb201.DATASETS]
-  if unknown or not datasets:
-    common.fail(f'bad --datasets entry {(unknown or [""])[0]!r}; choose from '
-                f'{", ".join(nb201.DATASETS)}')
   workdir = pathlib.Path(f.workdir if f['workdir'].present else DEFAULTS['workdir'])
   common.enable_compile_cache()
   given = {name: f[name].value for name in PASSED_ON if f[name].present}

@@ -204,23 +204,38 @@ _DEFINES = {'DEFINE_string': flags.DEFINE_string, 'DEFINE_integer': flags.DEFINE
 def module_flags(module: str) -> flags.FlagValues:
   """The flags `experiments/<module>.py` defines (read from its source: importing several tools
   into one process would define their shared names twice), in a FlagValues of their own; a
-  module that imports experiments.run also takes run's flags."""
+  module that imports experiments.run also takes run's flags, and one that imports another tool
+  at its top (select_rerank: search_eval) that tool's."""
   path = ROOT / (module.replace('.', '/') + '.py')
   if not path.exists():
     raise common.UsageError(f'{module} does not exist')
   tree = ast.parse(path.read_text())
   values = flags.FlagValues()
-  if module == 'experiments.run' or any(
-      isinstance(n, ast.ImportFrom) and n.module == 'experiments'
-      and any(a.name == 'run' for a in n.names) for n in ast.walk(tree)):
+  imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+              and n.module == 'experiments' for a in n.names}
+  if module == 'experiments.run' or 'run' in imported:
     for name in run_flag_names():
       values[name] = flags.FLAGS[name]
+  _define_from_source(tree, values)
+  top_level = {a.name for n in tree.body if isinstance(n, ast.ImportFrom)
+               and n.module == 'experiments' for a in n.names}
+  for name in sorted(top_level - {'run', 'common'}):  # another tool's flags it reuses
+    other = ROOT / 'experiments' / (name + '.py')
+    if other.exists():
+      _define_from_source(ast.parse(other.read_text()), values)
+  return values
+
+
+def _define_from_source(tree, values: flags.FlagValues):
+  """Defines in `values` the flags the module `tree` defines (names already there are kept)."""
   for node in ast.walk(tree):
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
             and node.func.attr in _DEFINES and node.args
             and isinstance(node.args[0], ast.Constant)):
       continue
     name, kind = node.args[0].value, node.func.attr
+    if name in values:
+      continue
     keywords = {k.arg: k.value for k in node.keywords}
     bounds = {}
     for bound in ('lower_bound', 'upper_bound'):
@@ -242,7 +257,6 @@ def module_flags(module: str) -> flags.FlagValues:
       _DEFINES[kind](name, None, '', flag_values=values, **bounds)
     else:
       _DEFINES[kind](name, None, '', flag_values=values)
-  return values
 
 
 def run_flag_names():

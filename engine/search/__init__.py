@@ -5,11 +5,11 @@ from engine.search.objective import (COST_NAMES, OBJECTIVES, Constraints, Infeas
 from engine.search.problem import Problem, SpaceTable, build_table, make_scorer, space_costs
 from engine.search.searchers import (NEEDS_RELAXATION, PROGRESS_TOTAL, SEARCHERS, Options,
                                      Result, SearchError, UninformativeScores, check, get,
-                                     search, size_order)
+                                     rerank_pool, search, size_order)
 
 __all__ = ['COST_NAMES', 'OBJECTIVES', 'Constraints', 'InfeasibleError', 'Weights',
            'parse_weights', 'Problem', 'SpaceTable', 'build_table', 'make_scorer',
            'space_costs',
            'NEEDS_RELAXATION', 'PROGRESS_TOTAL', 'SEARCHERS', 'Options', 'Result', 'SearchError',
            'UninformativeScores',
-           'check', 'get', 'search', 'size_order']
+           'check', 'get', 'rerank_pool', 'search', 'size_order']

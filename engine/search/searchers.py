@@ -297,18 +297,24 @@ def size_order(table) -> np.ndarray:
   return pool[np.lexsort((pool, -table.costs['macs'][pool], -table.costs['params'][pool]))]
 
 
-def rerank(problem: Problem, rng: np.random.Generator, options: Options,
-           progress=None) -> Result:
-  """Scores the `options.pool` largest feasible archs; the best by the objective wins."""
+def rerank_pool(table, options: Options) -> np.ndarray:
+  """Table indices rerank scores: the largest feasible archs (within `options.band` of the
+  largest's parameters, if set), at most `options.pool` of them, largest first."""
   if options.pool < 1:
     raise SearchError('--rerank_pool must be at least 1')
-  idx = size_order(problem.table)
+  idx = size_order(table)
   if options.band is not None:
     if not 0 <= options.band < 1:
       raise SearchError(f'--rerank_band must be in [0, 1), got {options.band}')
-    params = problem.table.costs['params'][idx]
+    params = table.costs['params'][idx]
     idx = idx[params >= (1.0 - options.band) * params[0]]
-  idx = idx[:options.pool]
+  return idx[:options.pool]
+
+
+def rerank(problem: Problem, rng: np.random.Generator, options: Options,
+           progress=None) -> Result:
+  """Scores the `options.pool` largest feasible archs; the best by the objective wins."""
+  idx = rerank_pool(problem.table, options)
   feasible = int(problem.table.feasible.sum())
   log = [f'{len(idx)} largest feasible archs (of {feasible}) scored']
   if options.band is not None and len(idx) == 1 < feasible:

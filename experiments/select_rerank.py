@@ -1,0 +1,198 @@
+"""Choose rerank's proxies (its tie-breaker inside the largest feasible archs) on NB201's
+selection half, from one score file: every combination of up to --max_terms proxies is tried as
+the objective of the search's own rerank pool in every selection cell, and the combinations are
+ranked by how many cells they are at or above the size baselines in, then by the mean margin.
+
+  # 1. the archs rerank scores in the selection cells (its pool in each), one per line:
+  python -m experiments.select_rerank --write_pool_archs=pools.txt --budgets=none,25,50,75
+  # 2. score them once with every candidate proxy (resumable with --workdir):
+  python -m experiments.run --experiment=score --archs=pools.txt --stand_in_inputs=photos \
+      --proxies=synflow,snip,az_trainability,params,flops --workdir=pool_scores
+  # 3. every combination in every cell:
+  python -m experiments.select_rerank --pool_scores=pool_scores/scores.csv \
+      --budgets=none,25,50,75
+
+Only the selection half is read (`--half=evaluation` is refused); what is chosen here must then
+be measured on the evaluation half with `experiments.search_eval`. The pool, objective and
+weights are the search's own (its flags, resolved through its defaults); the score file stands
+in for the scorer. What that approximates: one seed of scores (the file's), and one network's
+scores for every dataset (the score experiment's network, CIFAR-10's head, unless it was run
+with --dataset). The best of many combinations on the cells that chose it is biased upward.
+Writes rerank_selection.md and rerank_selection.json next to the scores.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import pathlib
+import types
+
+import numpy as np
+from absl import app, flags
+from tqdm import tqdm
+
+from experiments import common
+from experiments import run as run_lib  # the search's own flags
+from experiments import search_eval
+
+_SCORES = flags.DEFINE_string('pool_scores', None, 'select_rerank: the score CSV '
+                              '(--experiment=score) of the archs --write_pool_archs listed.')
+_WRITE = flags.DEFINE_string('write_pool_archs', None, 'select_rerank: write the archs rerank '
+                             'scores in the selection cells to this file, one per line, and stop.')
+_TERMS = flags.DEFINE_string('terms', '', 'select_rerank: proxies to combine (default: every '
+                             'proxy column of --pool_scores).')
+_MAX_TERMS = flags.DEFINE_integer('max_terms', 3, 'select_rerank: most proxies in one '
+                                  'combination.', lower_bound=1)
+_LISTED = flags.DEFINE_integer('listed', 10, 'select_rerank: combinations listed in the report.',
+                               lower_bound=1)
+
+
+def pool_cells(datasets, budgets, given: dict) -> list[tuple]:
+  """[(cell name, table, pool indices, accuracies, size baseline, search config)] of the
+  selection half: the archs the search's rerank scores in each cell, and the better of max_macs
+  and max_params."""
+  from engine import search as search_lib
+  from experiments import search as search_exp
+  from search_spaces import registry
+  space = registry.get('nb201')
+  out = []
+  for dataset in datasets:
+    f = run_lib.make_config('search', dataset=dataset, **given)
+    options = search_exp.options_from_flags(f)
+    for c in search_eval.half_cells(space, f, budgets, 'selection'):
+      size = max(c.baselines['max_macs']['test_acc'], c.baselines['max_params']['test_acc'])
+      out.append((search_eval._cell_name(dataset, c.pct), c.table,
+                  search_lib.rerank_pool(c.table, options), c.acc, size, f))
+  return out
+
+
+def read_scores(path: pathlib.Path) -> tuple[dict, list[str]]:
+  """({arch string: {proxy: value}}, proxy columns) of a score CSV."""
+  try:
+    with open(path, newline='') as fh:
+      rows = list(csv.DictReader(fh))
+  except (OSError, UnicodeDecodeError, csv.Error) as err:
+    raise ValueError(f'--pool_scores={path}: cannot read it as a CSV ({err})') from None
+  if not rows or 'arch_str' not in rows[0]:
+    raise ValueError(f'{path} is not a score CSV (no arch_str column); write one with '
+                     '--experiment=score')
+  from engine import proxies as proxies_lib
+  columns = [c for c in rows[0] if c in proxies_lib.REGISTRY]
+  return {r['arch_str']: {c: float(r[c]) for c in columns} for r in rows}, columns
+
+
+def picks(cells, scores: dict, terms) -> list[tuple]:
+  """[(cell name, pick accuracy, size baseline)]: what rerank with objective `terms` picks in
+  each cell (the search's Problem.objective over the file's values; ties go to the larger arch,
+  as in the search)."""
+  from engine import proxies as proxies_lib
+  from engine import search as search_lib
+  direction = {p.name: p.higher_is_better for p in proxies_lib.get(list(terms))}
+  stand_in = types.SimpleNamespace(higher_is_better=direction)  # the file is the scorer
+  out = []
+  for name, table, pool, acc, size, f in cells:
+    weights = search_lib.Weights(search_lib.parse_weights(f.proxy_weights), f.w_flops,
+                                 f.w_latency, f.w_feasible)
+    problem = search_lib.Problem(table, stand_in, ','.join(terms), weights, f.objective)
+    codes = [table.space.encode(table.archs[i]) for i in pool]
+    values = {t: np.array([scores[c][t] for c in codes]) for t in terms}
+    values.update({c: table.costs[c][pool] for c in search_lib.COST_NAMES})
+    fit = problem.objective(values, table.feasible[pool])
+    out.append((name, float(acc[pool[int(np.argmax(fit))]]), size))
+  return out
+
+
+def summary(terms, cell_picks) -> dict:
+  margins = np.array([p - s for _, p, s in cell_picks])
+  return dict(terms=','.join(terms), at_or_above=int((margins >= -1e-9).sum()),
+              cells=len(margins), mean_margin=float(margins.mean()),
+              worst_margin=float(margins.min()),
+              per_cell={n: round(p - s, 2) for n, p, s in cell_picks})
+
+
+def report(entries, reference, n_tried: int, listed: int) -> str:
+  head = ('| proxies | cells at or above the size baselines | mean margin | worst margin |\n'
+          '|---|---|---|---|')
+  line = lambda e: (f'| {e["terms"]} | {e["at_or_above"]}/{e["cells"]} | '
+                    f'{e["mean_margin"]:+.2f} | {e["worst_margin"]:+.2f} |')
+  text = [f'Rerank proxies on the selection half: {n_tried} combinations, best {listed} '
+          '(margin: the pick minus the better of max_macs and max_params, accuracy points).',
+          '', head] + [line(e) for e in entries[:listed]]
+  if reference is not None:
+    text += ['', f'The search\'s default proxies, same cells:', '', head, line(reference)]
+  cells = list(entries[0]['per_cell'])
+  shown = entries[:3] + ([reference] if reference is not None else [])
+  text += ['', '| cell | ' + ' | '.join(e['terms'] for e in shown) + ' |',
+           '|---' * (len(shown) + 1) + '|']
+  text += [f'| {c} | ' + ' | '.join(f'{e["per_cell"][c]:+.2f}' for e in shown) + ' |'
+           for c in cells]
+  return '\n'.join(text) + '\n'
+
+
+def main(argv):
+  del argv
+  common.quiet_logs()
+  f = flags.FLAGS
+  if f['half'].present and f.half != 'selection':
+    common.fail('select_rerank chooses on the selection half only; measure the choice with '
+                'python -m experiments.search_eval (its evaluation half)')
+  if f['pools'].present or f['proxies'].present:
+    common.fail('select_rerank tries the combinations of --terms as rerank\'s proxies; drop '
+                f'--{"pools" if f["pools"].present else "proxies"}')
+  if bool(_SCORES.value) == bool(_WRITE.value):
+    common.fail('select_rerank needs one of --write_pool_archs=FILE (step 1) or '
+                '--pool_scores=CSV (step 3)')
+  try:
+    datasets, budgets = search_eval.cells_from_flags()
+  except ValueError as err:
+    common.fail(str(err))
+  given = {name: f[name].value for name in search_eval.PASSED_ON if f[name].present}
+  given.setdefault('searcher', 'rerank')
+  if given['searcher'] != 'rerank':
+    common.fail(f'select_rerank chooses rerank\'s proxies; drop --searcher={given["searcher"]}')
+  scores, columns = {}, []
+  if _SCORES.value:
+    path = pathlib.Path(_SCORES.value)
+    if not path.is_file():
+      common.fail(f'--pool_scores={path}: no such file; score the archs of --write_pool_archs '
+                  'with --experiment=score first')
+    try:
+      scores, columns = read_scores(path)
+      terms = [t.strip() for t in _TERMS.value.split(',') if t.strip()] or columns
+      missing = [t for t in terms if t not in columns]
+      if missing:
+        raise ValueError(f'--terms: {missing[0]!r} is not a column of {path}; it has '
+                         f'{", ".join(columns)}')
+    except ValueError as err:
+      common.fail(str(err))
+  try:
+    cells = pool_cells(datasets, budgets, given)
+  except ValueError as err:
+    common.fail(str(err))
+  pooled = sorted({c[1].space.encode(c[1].archs[i]) for c in cells for i in c[2]})
+  if _WRITE.value:
+    common.write_text_atomic(pathlib.Path(_WRITE.value), '\n'.join(pooled) + '\n')
+    print(f'wrote {len(pooled)} archs ({len(cells)} selection cells) to {_WRITE.value}')
+    return
+  absent = [a for a in pooled if a not in scores]
+  if absent:
+    common.fail(f'{len(absent)} of the {len(pooled)} pool archs are not in {path} (e.g. '
+                f'{absent[0]}); score the list --write_pool_archs writes for the same flags')
+  combos = [c for k in range(1, _MAX_TERMS.value + 1) for c in itertools.combinations(terms, k)]
+  entries = sorted((summary(c, picks(cells, scores, c))
+                    for c in tqdm(combos, unit='combination', disable=not f.progress)),
+                   key=lambda e: (-e['at_or_above'], -e['mean_margin']))
+  default = cells[0][5].proxies.split(',')
+  reference = (summary(default, picks(cells, scores, default))
+               if all(t in columns for t in default) else None)
+  text = report(entries, reference, len(combos), _LISTED.value)
+  out = path.parent
+  common.write_text_atomic(out / 'rerank_selection.md', text)
+  common.write_text_atomic(out / 'rerank_selection.json', json.dumps(
+      dict(entries=entries, default=reference), indent=1))
+  print(text + f'wrote {out}/rerank_selection.md and .json')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=common.parse_flags_or_fail)

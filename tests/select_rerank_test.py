@@ -1,0 +1,128 @@
+"""experiments/select_rerank.py: its picks are the search's own rerank picks for the same
+values, the whole job ranks a planted tie-breaker first, and bad input is one line."""
+import csv
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from engine import search
+from experiments import common
+from experiments import run as run_lib
+from experiments import search as search_exp
+from experiments import select_rerank
+from tests import cli
+
+
+def _value(arch: str, term: str) -> float:
+  """A fixed pseudo-random proxy value per (arch, term), with ties (8 levels)."""
+  return float(hashlib.sha256(f'{term}:{arch}'.encode()).digest()[0] % 8)
+
+
+class _FileScorer:
+  """The search's scorer interface over fixed values, as the score file stands in for it."""
+  higher_is_better = {'synflow': True, 'jacob_cov': True}
+  compile_s = run_s = 0.0
+
+  def reseed(self, seed):
+    pass
+
+  def default_k(self, n):
+    return 8
+
+  def __init__(self, table, pool):
+    self.space = table.space
+    self.code = {m.tobytes(): table.space.encode(table.archs[i])
+                 for i, m in zip(pool, table.one_hot(pool))}
+
+  def _values(self, codes):
+    return {t: np.array([_value(c, t) for c in codes]) for t in self.higher_is_better}
+
+  def score_archs(self, group, archs, k=None, progress=None):
+    return self._values([self.space.encode(a) for a in archs])
+
+  def score_masks(self, group, masks, k=None, progress=None):  # spaces with choice rows
+    return self._values([self.code[m.tobytes()] for m in np.asarray(masks, np.float32)])
+
+
+@pytest.fixture(scope='module')
+def cells():
+  return select_rerank.pool_cells(['cifar10'], [None, 50.0], {})
+
+
+@pytest.mark.parametrize('terms', [('synflow',), ('synflow', 'jacob_cov')])
+def test_its_picks_are_the_searchs_own_rerank_picks(cells, terms):
+  """The same pool, objective (ranks, cost terms) and tie order as `search('rerank')` given the
+  same values: the study measures what the search would pick."""
+  codes = {c[1].space.encode(c[1].archs[i]) for c in cells for i in c[2]}
+  scores = {a: {t: _value(a, t) for t in terms} for a in codes}
+  chosen = select_rerank.picks(cells, scores, terms)
+  for (name, table, pool, acc, size, f), (name2, pick, size2) in zip(cells, chosen):
+    assert name == name2 and size == size2
+    assert 100 < len(pool) <= 256  # NB201's largest tier, capped at the search's pool
+    scorer = _FileScorer(table, pool)
+    weights = search.Weights(search.parse_weights(f.proxy_weights), f.w_flops, f.w_latency,
+                             f.w_feasible)
+    problem = search.Problem(table, scorer, ','.join(terms), weights, f.objective)
+    result = search.search('rerank', problem, 0, search_exp.options_from_flags(f))
+    assert pick == acc[result.index]
+
+
+def test_the_cells_are_the_default_searchs_pools(cells):
+  f = run_lib.make_config('search', dataset='cifar10')
+  assert cells[0][5].proxies == f.proxies == run_lib.RERANK_DEFAULTS['proxies']
+  for _, table, pool, _, _, _ in cells:
+    params = table.costs['params'][pool]
+    assert table.feasible[pool].all() and params.min() >= 0.98 * params.max()
+    assert params.max() == table.costs['params'][table.feasible].max()
+
+
+def test_the_job_ranks_a_planted_tie_breaker_first(tmp_path):
+  """Step 1 writes the pool archs; a score file where `snip` is each arch's accuracy and
+  `synflow` noise: snip (alone or with anything) is at or above the size baselines in every
+  cell and listed first, and the default's row is there."""
+  env = dict(cli.os.environ, JAX_PLATFORMS='cpu')
+  cells_flags = ['--datasets=cifar10', '--budgets=none,50']
+  archs = tmp_path / 'pools.txt'
+  step1 = subprocess.run([sys.executable, '-m', 'experiments.select_rerank',
+                          f'--write_pool_archs={archs}', *cells_flags], cwd=cli.REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+  assert step1.returncode == 0, step1.stderr[-2000:]
+  codes = archs.read_text().split()
+  bench = common.arch_index_table(None, required=True)
+  from search_spaces import registry
+  space = registry.get('nb201')
+  acc = bench.columns[common.ACC_COLUMN['cifar10']][
+      bench.ops_to_index(space.to_array([space.decode(c) for c in codes]))]
+  with open(tmp_path / 'scores.csv', 'w', newline='') as fh:
+    w = csv.writer(fh)
+    w.writerow(['arch_str', 'snip', 'synflow', 'az_trainability'])
+    for c, a in zip(codes, acc):
+      w.writerow([c, a, _value(c, 'synflow'), _value(c, 'az')])
+  step3 = subprocess.run([sys.executable, '-m', 'experiments.select_rerank',
+                          f'--pool_scores={tmp_path / "scores.csv"}', '--max_terms=1', *cells_flags],
+                         cwd=cli.REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert step3.returncode == 0, step3.stderr[-2000:]
+  report = (tmp_path / 'rerank_selection.md').read_text()
+  rows = [line for line in report.splitlines() if line.startswith('| ') and '/2 |' in line]
+  assert rows[0].startswith('| snip | 2/2 |')
+  assert any(line.startswith('| synflow,az_trainability |') for line in rows)  # the default
+
+
+@pytest.mark.parametrize('args, fragment', [
+    (['--half=evaluation', '--write_pool_archs=x.txt'], 'selection half only'),
+    (['--pools=4', '--write_pool_archs=x.txt'], 'drop --pools'),
+    (['--proxies=synflow', '--write_pool_archs=x.txt'], 'drop --proxies'),
+    ([], 'needs one of --write_pool_archs'),
+    (['--pool_scores=nowhere.csv'], 'no such file'),
+    (['--budgets=none,150', '--write_pool_archs=x.txt'], "bad --budgets entry '150'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
+  env = dict(cli.os.environ, JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-m', 'experiments.select_rerank', *args],
+                          cwd=tmp_path, env={**env, 'PYTHONPATH': str(cli.REPO)},
+                          capture_output=True, text=True, timeout=300)
+  cli.assert_one_line_error(result, fragment)
+  assert not (tmp_path / 'x.txt').exists()
