@@ -1,24 +1,27 @@
 """Choose rerank's proxies (its tie-breaker inside the largest feasible archs) on NB201's
-selection half, from one score file: every combination of up to --max_terms proxies is tried as
+selection half, from score files: every combination of up to --max_terms proxies is tried as
 the objective of the search's own rerank pool in every selection cell, and the combinations are
 ranked by how many cells they are at or above the size baselines in, then by the mean margin.
 
   # 1. the archs rerank scores in the selection cells (its pool in each), one per line:
   python -m experiments.select_rerank --write_pool_archs=pools.txt --budgets=none,25,50,75
-  # 2. score them once with every candidate proxy (resumable with --workdir):
+  # 2. score them once with every candidate proxy (resumable with --workdir; --seed=1, 2, ...
+  #    in other workdirs for more seeds):
   python -m experiments.run --experiment=score --archs=pools.txt --stand_in_inputs=photos \
       --proxies=synflow,snip,az_trainability,params,flops --workdir=pool_scores
-  # 3. every combination in every cell:
+  # 3. every combination in every cell (several files: one per seed):
   python -m experiments.select_rerank --pool_scores=pool_scores/scores.csv \
       --budgets=none,25,50,75
 
 Only the selection half is read (`--half=evaluation` is refused); what is chosen here must then
 be measured on the evaluation half with `experiments.search_eval`. The pool, objective and
-weights are the search's own (its flags, resolved through its defaults); the score file stands
-in for the scorer. What that approximates: one seed of scores (the file's), and one network's
-scores for every dataset (the score experiment's network, CIFAR-10's head, unless it was run
-with --dataset). The best of many combinations on the cells that chose it is biased upward.
-Writes rerank_selection.md and rerank_selection.json next to the scores.
+weights are the search's own (its flags, resolved through its defaults); the score files stand
+in for the scorer. What that approximates: the seeds the files hold (several files: the mean of
+each one's pick, as search_eval's mean over --seeds, or with --seed_ensemble one pick from
+their summed objective), and one network's scores for every dataset (the score experiment's
+network, CIFAR-10's head, unless it was run with --dataset). The best of many combinations on
+the cells that chose it is biased upward. Writes rerank_selection.md and rerank_selection.json
+next to the first score file.
 """
 from __future__ import annotations
 
@@ -36,8 +39,12 @@ from experiments import common
 from experiments import run as run_lib  # the search's own flags
 from experiments import search_eval
 
-_SCORES = flags.DEFINE_string('pool_scores', None, 'select_rerank: the score CSV '
-                              '(--experiment=score) of the archs --write_pool_archs listed.')
+_SCORES = flags.DEFINE_list('pool_scores', None, 'select_rerank: score CSVs (--experiment=score) '
+                            'of the archs --write_pool_archs listed, one per seed (--seed).')
+_ENSEMBLE = flags.DEFINE_bool('seed_ensemble', False, 'select_rerank, several --pool_scores: '
+                              'one pick from the objective summed over the seeds (a search that '
+                              'scores every arch at each seed) instead of the mean of the '
+                              'seeds\' own picks (what search_eval reports over --seeds).')
 _WRITE = flags.DEFINE_string('write_pool_archs', None, 'select_rerank: write the archs rerank '
                              'scores in the selection cells to this file, one per line, and stop.')
 _TERMS = flags.DEFINE_string('terms', '', 'select_rerank: proxies to combine (default: every '
@@ -82,10 +89,11 @@ def read_scores(path: pathlib.Path) -> tuple[dict, list[str]]:
   return {r['arch_str']: {c: float(r[c]) for c in columns} for r in rows}, columns
 
 
-def picks(cells, scores: dict, terms) -> list[tuple]:
+def picks(cells, scores: list[dict], terms, ensemble: bool = False) -> list[tuple]:
   """[(cell name, pick accuracy, size baseline)]: what rerank with objective `terms` picks in
-  each cell (the search's Problem.objective over the file's values; ties go to the larger arch,
-  as in the search)."""
+  each cell (the search's Problem.objective over a file's values; ties go to the larger arch,
+  as in the search), as the mean over the files (seeds) of each one's pick, or with `ensemble`
+  the one pick of the objective summed over the files."""
   from engine import proxies as proxies_lib
   from engine import search as search_lib
   direction = {p.name: p.higher_is_better for p in proxies_lib.get(list(terms))}
@@ -96,10 +104,13 @@ def picks(cells, scores: dict, terms) -> list[tuple]:
                                  f.w_latency, f.w_feasible)
     problem = search_lib.Problem(table, stand_in, ','.join(terms), weights, f.objective)
     codes = [table.space.encode(table.archs[i]) for i in pool]
-    values = {t: np.array([scores[c][t] for c in codes]) for t in terms}
-    values.update({c: table.costs[c][pool] for c in search_lib.COST_NAMES})
-    fit = problem.objective(values, table.feasible[pool])
-    out.append((name, float(acc[pool[int(np.argmax(fit))]]), size))
+    fits = []
+    for seed_scores in scores:
+      values = {t: np.array([seed_scores[c][t] for c in codes]) for t in terms}
+      values.update({c: table.costs[c][pool] for c in search_lib.COST_NAMES})
+      fits.append(problem.objective(values, table.feasible[pool]))
+    chosen = [np.sum(fits, 0)] if ensemble else fits
+    out.append((name, float(np.mean([acc[pool[int(np.argmax(f))]] for f in chosen])), size))
   return out
 
 
@@ -111,13 +122,14 @@ def summary(terms, cell_picks) -> dict:
               per_cell={n: round(p - s, 2) for n, p, s in cell_picks})
 
 
-def report(entries, reference, n_tried: int, listed: int) -> str:
+def report(entries, reference, n_tried: int, listed: int, seeds: str) -> str:
   head = ('| proxies | cells at or above the size baselines | mean margin | worst margin |\n'
           '|---|---|---|---|')
   line = lambda e: (f'| {e["terms"]} | {e["at_or_above"]}/{e["cells"]} | '
                     f'{e["mean_margin"]:+.2f} | {e["worst_margin"]:+.2f} |')
   text = [f'Rerank proxies on the selection half: {n_tried} combinations, best {listed} '
-          '(margin: the pick minus the better of max_macs and max_params, accuracy points).',
+          f'({seeds}; margin: the pick minus the better of max_macs and max_params, accuracy '
+          'points).',
           '', head] + [line(e) for e in entries[:listed]]
   if reference is not None:
     text += ['', f'The search\'s default proxies, same cells:', '', head, line(reference)]
@@ -151,14 +163,19 @@ def main(argv):
   given.setdefault('searcher', 'rerank')
   if given['searcher'] != 'rerank':
     common.fail(f'select_rerank chooses rerank\'s proxies; drop --searcher={given["searcher"]}')
-  scores, columns = {}, []
+  scores, columns = [], []
   if _SCORES.value:
-    path = pathlib.Path(_SCORES.value)
-    if not path.is_file():
-      common.fail(f'--pool_scores={path}: no such file; score the archs of --write_pool_archs '
-                  'with --experiment=score first')
+    paths = [pathlib.Path(p) for p in _SCORES.value]
+    path = paths[0]
+    for p in paths:
+      if not p.is_file():
+        common.fail(f'--pool_scores={p}: no such file; score the archs of --write_pool_archs '
+                    'with --experiment=score first')
     try:
-      scores, columns = read_scores(path)
+      for p in paths:
+        seed_scores, seed_columns = read_scores(p)
+        scores.append(seed_scores)
+        columns = [c for c in columns if c in seed_columns] if columns else seed_columns
       terms = [t.strip() for t in _TERMS.value.split(',') if t.strip()] or columns
       missing = [t for t in terms if t not in columns]
       if missing:
@@ -175,18 +192,22 @@ def main(argv):
     common.write_text_atomic(pathlib.Path(_WRITE.value), '\n'.join(pooled) + '\n')
     print(f'wrote {len(pooled)} archs ({len(cells)} selection cells) to {_WRITE.value}')
     return
-  absent = [a for a in pooled if a not in scores]
-  if absent:
-    common.fail(f'{len(absent)} of the {len(pooled)} pool archs are not in {path} (e.g. '
-                f'{absent[0]}); score the list --write_pool_archs writes for the same flags')
+  for p, seed_scores in zip(paths, scores):
+    absent = [a for a in pooled if a not in seed_scores]
+    if absent:
+      common.fail(f'{len(absent)} of the {len(pooled)} pool archs are not in {p} (e.g. '
+                  f'{absent[0]}); score the list --write_pool_archs writes for the same flags')
   combos = [c for k in range(1, _MAX_TERMS.value + 1) for c in itertools.combinations(terms, k)]
-  entries = sorted((summary(c, picks(cells, scores, c))
+  ensemble = _ENSEMBLE.value
+  entries = sorted((summary(c, picks(cells, scores, c, ensemble))
                     for c in tqdm(combos, unit='combination', disable=not f.progress)),
                    key=lambda e: (-e['at_or_above'], -e['mean_margin']))
   default = cells[0][5].proxies.split(',')
-  reference = (summary(default, picks(cells, scores, default))
+  reference = (summary(default, picks(cells, scores, default, ensemble))
                if all(t in columns for t in default) else None)
-  text = report(entries, reference, len(combos), _LISTED.value)
+  text = report(entries, reference, len(combos), _LISTED.value,
+                f'{len(paths)} score file(s), ' + ('one pick from the objective summed over them'
+                                                   if ensemble else 'the mean of their picks'))
   out = path.parent
   common.write_text_atomic(out / 'rerank_selection.md', text)
   common.write_text_atomic(out / 'rerank_selection.json', json.dumps(

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from engine import search
 from experiments import common
@@ -58,7 +59,7 @@ def test_its_picks_are_the_searchs_own_rerank_picks(cells, terms):
   same values: the study measures what the search would pick."""
   codes = {c[1].space.encode(c[1].archs[i]) for c in cells for i in c[2]}
   scores = {a: {t: _value(a, t) for t in terms} for a in codes}
-  chosen = select_rerank.picks(cells, scores, terms)
+  chosen = select_rerank.picks(cells, [scores], terms)
   for (name, table, pool, acc, size, f), (name2, pick, size2) in zip(cells, chosen):
     assert name == name2 and size == size2
     assert 100 < len(pool) <= 256  # NB201's largest tier, capped at the search's pool
@@ -68,6 +69,23 @@ def test_its_picks_are_the_searchs_own_rerank_picks(cells, terms):
     problem = search.Problem(table, scorer, ','.join(terms), weights, f.objective)
     result = search.search('rerank', problem, 0, search_exp.options_from_flags(f))
     assert pick == acc[result.index]
+
+
+def test_several_seeds_give_the_mean_of_their_picks_or_one_ensemble_pick(cells):
+  codes = {c[1].space.encode(c[1].archs[i]) for c in cells for i in c[2]}
+  seeds = [{a: {'synflow': _value(a, f'synflow{k}')} for a in codes} for k in range(2)]
+  one = [select_rerank.picks(cells, [s], ['synflow']) for s in seeds]
+  both = select_rerank.picks(cells, seeds, ['synflow'])
+  for k, (name, pick, _) in enumerate(both):
+    assert pick == pytest.approx((one[0][k][1] + one[1][k][1]) / 2)
+  # the ensemble ranks by the summed objective: equal to one seed when both seeds agree
+  assert select_rerank.picks(cells, seeds[:1] * 2, ['synflow'], ensemble=True) == one[0]
+  # and otherwise picks the first arch (size order) with the highest summed percentile rank
+  ensemble = select_rerank.picks(cells, seeds, ['synflow'], ensemble=True)
+  for (_, table, pool, acc, _, _), (_, pick, _) in zip(cells, ensemble):
+    pool_codes = [table.space.encode(table.archs[i]) for i in pool]
+    ranks = sum(stats.rankdata([s[c]['synflow'] for c in pool_codes]) for s in seeds)
+    assert pick == acc[pool[int(np.argmax(ranks))]]
 
 
 def test_the_cells_are_the_default_searchs_pools(cells):
