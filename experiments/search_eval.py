@@ -87,7 +87,7 @@ def cells_from_flags() -> tuple[list, list]:
   return datasets, budgets
 
 
-def _cell_name(dataset: str, pct) -> str:
+def cell_name(dataset: str, pct) -> str:
   return f'{dataset}/' + ('no budget' if pct is None else f'p{pct:g} latency')
 
 
@@ -195,7 +195,7 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
                      **extra, **{m: base[m]['test_acc'] for m in METHODS[1:]})
           rows.append(row)
           every.append(row)
-        print(f'{_cell_name(dataset, c.pct)} seed {seed}: '
+        print(f'{cell_name(dataset, c.pct)} seed {seed}: '
               + ', '.join(f'pool {p} {c.acc[i]:.2f}' for p, i in picks.items())
               + f' (max_macs {base["max_macs"]["test_acc"]:.2f}, oracle '
               f'{base["oracle"]["test_acc"]:.2f})', flush=True)
@@ -225,7 +225,7 @@ def summarize(rows) -> list[dict]:
   several = len({key[2] for key in cells}) > 1
   out = []
   for (dataset, pct, pool), rs in cells.items():
-    name = _cell_name(dataset, pct) + (f' pool {pool}' if several else '')
+    name = cell_name(dataset, pct) + (f' pool {pool}' if several else '')
     entry = dict(cell=name, seeds=len(rs), pool=pool,
                  feasible=all(r['feasible'] for r in rs))
     for m in METHODS:

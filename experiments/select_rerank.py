@@ -69,7 +69,7 @@ def pool_cells(datasets, budgets, given: dict) -> list[tuple]:
     options = search_exp.options_from_flags(f)
     for c in search_eval.half_cells(space, f, budgets, 'selection'):
       size = max(c.baselines['max_macs']['test_acc'], c.baselines['max_params']['test_acc'])
-      out.append((search_eval._cell_name(dataset, c.pct), c.table,
+      out.append((search_eval.cell_name(dataset, c.pct), c.table,
                   search_lib.rerank_pool(c.table, options), c.acc, size, f))
   return out
 
