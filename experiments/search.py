@@ -143,6 +143,13 @@ def options_from_flags(f):
                             prune_none=f.prune_none)
 
 
+def weights_from_flags(f):
+  """The objective's weights (--proxy_weights, --w_flops, --w_latency, --w_feasible)."""
+  from engine import search as search_lib
+  return search_lib.Weights(search_lib.parse_weights(f.proxy_weights), f.w_flops, f.w_latency,
+                            f.w_feasible)
+
+
 def accuracies(space, f, archs) -> np.ndarray | None:
   """True test accuracy (%) of each arch, nan where unknown: NB201's benchmark table for
   --dataset, or a space's trained ground truth (search_spaces/ground_truth/); None without."""
@@ -174,8 +181,7 @@ def run(f, workdir='search_out', keep=None):
   seeds = parse_seeds(f.seeds, f.seed)
   constraints = constraints_from_flags(f)
   options = options_from_flags(f)
-  weights = search_lib.Weights(search_lib.parse_weights(f.proxy_weights), f.w_flops,
-                               f.w_latency, f.w_feasible)
+  weights = weights_from_flags(f)
   plain, _ = agg_lib.split(f.proxies)
   workdir = pathlib.Path(workdir)
   stage = finalist_stage(space, f, workdir)  # no --data_dir: one line before any work

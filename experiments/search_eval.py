@@ -168,8 +168,7 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
       if scorer is None:
         images = common.load_images(f.data_dir, f.dataset, f.stand_in_inputs)
         scorer = search_lib.make_scorer(space, agg_lib.split(f.proxies)[0], f, seeds[0], images)
-        weights = search_lib.Weights(search_lib.parse_weights(f.proxy_weights), f.w_flops,
-                                     f.w_latency, f.w_feasible)
+        weights = search_exp.weights_from_flags(f)
       problem = search_lib.Problem(c.table, scorer, f.proxies, weights, f.objective)
       base = c.baselines
       for seed in todo:

@@ -53,6 +53,11 @@ _MAX_TERMS = flags.DEFINE_integer('max_terms', 3, 'select_rerank: most proxies i
                                   'combination.', lower_bound=1)
 _LISTED = flags.DEFINE_integer('listed', 10, 'select_rerank: combinations listed in the report.',
                                lower_bound=1)
+# the flags of the search and of search_eval this tool reads (the pool, the objective, the
+# accuracies, the cells); the score files stand in for the scorer, so its flags are refused
+READ = ('searcher', 'rerank_pool', 'rerank_band', 'objective', 'proxy_weights', 'w_flops',
+        'w_latency', 'w_feasible', 'benchmark_file', 'datasets', 'budgets', 'half', 'progress')
+STEP3 = (_SCORES, _ENSEMBLE, _TERMS, _MAX_TERMS, _LISTED)  # read with --pool_scores only
 
 
 def pool_cells(datasets, budgets, given: dict) -> list[tuple]:
@@ -96,13 +101,13 @@ def picks(cells, scores: list[dict], terms, ensemble: bool = False) -> list[tupl
   the one pick of the objective summed over the files."""
   from engine import proxies as proxies_lib
   from engine import search as search_lib
+  from experiments import search as search_exp
   direction = {p.name: p.higher_is_better for p in proxies_lib.get(list(terms))}
   stand_in = types.SimpleNamespace(higher_is_better=direction)  # the file is the scorer
   out = []
   for name, table, pool, acc, size, f in cells:
-    weights = search_lib.Weights(search_lib.parse_weights(f.proxy_weights), f.w_flops,
-                                 f.w_latency, f.w_feasible)
-    problem = search_lib.Problem(table, stand_in, ','.join(terms), weights, f.objective)
+    problem = search_lib.Problem(table, stand_in, ','.join(terms),
+                                 search_exp.weights_from_flags(f), f.objective)
     codes = [table.space.encode(table.archs[i]) for i in pool]
     fits = []
     for seed_scores in scores:
@@ -110,7 +115,7 @@ def picks(cells, scores: list[dict], terms, ensemble: bool = False) -> list[tupl
       values.update({c: table.costs[c][pool] for c in search_lib.COST_NAMES})
       fits.append(problem.objective(values, table.feasible[pool]))
     chosen = [np.sum(fits, 0)] if ensemble else fits
-    out.append((name, float(np.mean([acc[pool[int(np.argmax(f))]] for f in chosen])), size))
+    out.append((name, float(np.mean([acc[pool[int(np.argmax(fit))]] for fit in chosen])), size))
   return out
 
 
@@ -155,6 +160,17 @@ def main(argv):
   if bool(_SCORES.value) == bool(_WRITE.value):
     common.fail('select_rerank needs one of --write_pool_archs=FILE (step 1) or '
                 '--pool_scores=CSV (step 3)')
+  given_flags = [fl.name for module in ('experiments.run', 'experiments.search_eval')
+                 for fl in f.get_flags_for_module(module) if fl.present]
+  unread = [n for n in given_flags if n not in READ]
+  if unread:
+    common.fail(f'select_rerank does not read --{unread[0]} (only the flags that set rerank\'s '
+                'pool, its objective and the cells; the score files stand in for the scorer); '
+                'drop it')
+  late = [fl.name for fl in STEP3 if fl.present] if _WRITE.value else []
+  if late:
+    common.fail(f'--{late[0]} is read with --pool_scores (step 3), not with --write_pool_archs; '
+                'drop it')
   try:
     datasets, budgets = search_eval.cells_from_flags()
   except ValueError as err:

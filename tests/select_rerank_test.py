@@ -64,9 +64,8 @@ def test_its_picks_are_the_searchs_own_rerank_picks(cells, terms):
     assert name == name2 and size == size2
     assert 100 < len(pool) <= 256  # NB201's largest tier, capped at the search's pool
     scorer = _FileScorer(table, pool)
-    weights = search.Weights(search.parse_weights(f.proxy_weights), f.w_flops, f.w_latency,
-                             f.w_feasible)
-    problem = search.Problem(table, scorer, ','.join(terms), weights, f.objective)
+    problem = search.Problem(table, scorer, ','.join(terms), search_exp.weights_from_flags(f),
+                             f.objective)
     result = search.search('rerank', problem, 0, search_exp.options_from_flags(f))
     assert pick == acc[result.index]
 
@@ -136,6 +135,9 @@ def test_the_job_ranks_a_planted_tie_breaker_first(tmp_path):
     ([], 'needs one of --write_pool_archs'),
     (['--pool_scores=nowhere.csv'], 'no such file'),
     (['--budgets=none,150', '--write_pool_archs=x.txt'], "bad --budgets entry '150'"),
+    (['--zc_width=8', '--write_pool_archs=x.txt'], 'does not read --zc_width'),
+    (['--search_space=tinycnn', '--write_pool_archs=x.txt'], 'does not read --search_space'),
+    (['--max_terms=2', '--write_pool_archs=x.txt'], '--max_terms is read with --pool_scores'),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
   env = dict(cli.os.environ, JAX_PLATFORMS='cpu')
