@@ -98,6 +98,19 @@ PASSED_ON = ('searcher', 'proxies', 'objective', 'proxy_weights', 'rerank_pool',
              'finalist_lr')
 
 
+# every flag this job reads: the search's it passes on, and its own
+READ = PASSED_ON + ('seeds', 'workdir', 'datasets', 'budgets', 'half', 'pools', 'progress')
+
+
+def unread_flag(read) -> str | None:
+  """The first flag of the search's or of this job's set on the command line that is not in
+  `read` (a tool on these cells refuses it in one line rather than ignore it)."""
+  f = flags.FLAGS
+  return next((fl.name for module in ('experiments.run', 'experiments.search_eval')
+               for fl in f.get_flags_for_module(module) if fl.present and fl.name not in read),
+              None)
+
+
 def config_key(given: dict, half: str, pools=()) -> dict:
   """What tells one configuration's rows in results.json from another's: the settings the
   searches run with (the flags given, resolved through the search's defaults), so a run after
@@ -285,6 +298,10 @@ def main(argv):
   from experiments import search as search_exp
   common.quiet_logs()
   f = flags.FLAGS
+  unread = unread_flag(READ)
+  if unread:
+    common.fail(f'search_eval does not read --{unread} (its cells are STM32F746 with CMSIS-NN, '
+                f'and it passes on only --{", --".join(PASSED_ON)}); drop it')
   try:
     seeds = search_exp.parse_seeds(f.seeds if f['seeds'].present else DEFAULTS['seeds'], 0)
     datasets, budgets = cells_from_flags()

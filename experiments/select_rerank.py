@@ -56,7 +56,7 @@ _LISTED = flags.DEFINE_integer('listed', 10, 'select_rerank: combinations listed
 # the flags of the search and of search_eval this tool reads (the pool, the objective, the
 # accuracies, the cells); the score files stand in for the scorer, so its flags are refused
 READ = ('searcher', 'rerank_pool', 'rerank_band', 'objective', 'proxy_weights', 'w_flops',
-        'w_latency', 'w_feasible', 'benchmark_file', 'datasets', 'budgets', 'half', 'progress')
+        'w_latency', 'benchmark_file', 'datasets', 'budgets', 'half', 'progress')
 STEP3 = (_SCORES, _ENSEMBLE, _TERMS, _MAX_TERMS, _LISTED)  # read with --pool_scores only
 
 
@@ -160,11 +160,9 @@ def main(argv):
   if bool(_SCORES.value) == bool(_WRITE.value):
     common.fail('select_rerank needs one of --write_pool_archs=FILE (step 1) or '
                 '--pool_scores=CSV (step 3)')
-  given_flags = [fl.name for module in ('experiments.run', 'experiments.search_eval')
-                 for fl in f.get_flags_for_module(module) if fl.present]
-  unread = [n for n in given_flags if n not in READ]
+  unread = search_eval.unread_flag(READ)
   if unread:
-    common.fail(f'select_rerank does not read --{unread[0]} (only the flags that set rerank\'s '
+    common.fail(f'select_rerank does not read --{unread} (only the flags that set rerank\'s '
                 'pool, its objective and the cells; the score files stand in for the scorer); '
                 'drop it')
   late = [fl.name for fl in STEP3 if fl.present] if _WRITE.value else []

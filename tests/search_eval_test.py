@@ -55,6 +55,7 @@ def test_with_finalists_the_table_sets_the_stage_against_the_same_searches_own_p
     (['--budgets=none,150'], "bad --budgets entry '150'"),
     (['--datasets=mnist'], "bad --datasets entry 'mnist'"),
     (['--seeds=9-x'], 'bad --seeds'),
+    (['--device=stm32h743'], 'search_eval does not read --device'),
     (['--finalists=2', '--datasets=cifar10', '--budgets=none', '--seeds=0'],
      '--finalists trains the best candidates on your data: pass --data_dir'),
 ])
