@@ -238,7 +238,8 @@ flags.DEFINE_float('rerank_band', -1.0, 'rerank: score only the archs with at le
 flags.DEFINE_enum('prune_none', 'auto', ['auto', 'yes', 'no'], 'prune, grad_prune: start from a '
                   'supernet that holds `none` too, so archs that drop an edge stay reachable; '
                   'auto: when the limits rule out most archs without `none` (tight budgets).')
-flags.DEFINE_integer('recheck', 8, 'grad_prune: single-path archs re-scored exactly at the end.',
+flags.DEFINE_integer('recheck', 8, 'grad_prune: archs with the best first-order estimates, '
+                     'scored exactly at the end.',
                      lower_bound=1)
 flags.DEFINE_integer('finalists', 0, 'Train the K best candidates by the objective briefly on '
                      '--data_dir (a validation split of its training images) and pick the best '
@@ -339,7 +340,7 @@ READ_WHEN = {
     'recheck': (('search',),) + _SEARCHERS('grad_prune'),
     'finalist_epochs': (('search',), '--finalists >= 1', lambda f, space: f.finalists > 0),
     'finalist_lr': (('search',), '--finalists >= 1', lambda f, space: f.finalists > 0),
-    'w_feasible': (('search',),) + _SEARCHERS('prune', 'grad_prune'),
+    'w_feasible': (('search',),) + _SEARCHERS('prune'),
     'batch_candidates': (('search',), '--searcher=rerank, random, evolution or grad_prune',
                          lambda f, space: f.searcher != 'prune'),
     'prune_none': (('search',), '--searcher=prune or grad_prune on spaces with an optional op '

@@ -16,6 +16,9 @@ accuracy of a feasible arch: one random sample, in expectation) and `oracle` (th
 feasible arch). Choices (objective, weights, pool size) may only be made with `--half=selection`;
 `--half=evaluation` (the default) is what the docs report.
 
+A search that stops without a pick (`UninformativeScores`: no proxy tells its final candidates
+apart) is counted in its cell ("N (k stopped)"; the cell is then not a win), never scored.
+
 Writes WORKDIR/results.json (every search, rewritten atomically after each, so a killed run
 resumes where it stopped), WORKDIR/table.md and WORKDIR/gaps.png (mean gap to the half's oracle
 per cell, the search beside the baselines).
@@ -190,8 +193,20 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
         if pools:
           picks = _pool_picks(problem, seed, pools, search_lib)
         else:
-          result = search_lib.search(f.searcher, problem, seed,
-                                     search_exp.options_from_flags(f))
+          try:
+            result = search_lib.search(f.searcher, problem, seed,
+                                       search_exp.options_from_flags(f))
+          except search_lib.UninformativeScores as err:
+            # the search declined to pick (no evidence): counted as a stop, never a result
+            row = dict(dataset=dataset, budget_pct=c.pct, budget_ms=c.budget_ms, seed=seed,
+                       config=config, half=half, searcher=f.searcher, proxies=f.proxies,
+                       stopped=str(err), search_s=time.perf_counter() - start,
+                       **{m: base[m]['test_acc'] for m in METHODS[1:]})
+            rows.append(row)
+            every.append(row)
+            print(f'{cell_name(dataset, c.pct)} seed {seed}: stopped ({err})', flush=True)
+            common.write_text_atomic(path, json.dumps(dict(rows=every), indent=1))
+            continue
           if stage is not None:  # the search's own pick beside the finalist stage's
             extra['proxy_pick'] = float(c.acc[result.index])
             t0 = time.perf_counter()
@@ -238,10 +253,11 @@ def summarize(rows) -> list[dict]:
   out = []
   for (dataset, pct, pool), rs in cells.items():
     name = cell_name(dataset, pct) + (f' pool {pool}' if several else '')
-    entry = dict(cell=name, seeds=len(rs), pool=pool,
-                 feasible=all(r['feasible'] for r in rs))
+    picked = [r for r in rs if 'stopped' not in r]
+    entry = dict(cell=name, seeds=len(rs), pool=pool, stopped=len(rs) - len(picked),
+                 feasible=all(r['feasible'] for r in picked))
     for m in METHODS:
-      v = np.array([r[m] for r in rs])
+      v = np.array([r[m] for r in picked] or [np.nan])
       entry[m] = (float(v.mean()), float(v.std()))
     oracle = entry['oracle'][0]
     entry['gap'] = {m: oracle - entry[m][0] for m in METHODS}
@@ -259,8 +275,10 @@ def write_table(workdir: pathlib.Path, summary, half: str):
            '| cell | seeds | search | gap | max_macs | max_params | random | oracle | '
            'search >= max_macs and max_params |', '|---|---|---|---|---|---|---|---|---|']
   for e in summary:
-    beats = e['search'][0] >= max(e['max_macs'][0], e['max_params'][0])
-    lines.append(f'| {e["cell"]} | {e["seeds"]} | {e["search"][0]:.2f} ± {e["search"][1]:.2f} | '
+    # a seed whose search stopped without a pick is no win: the cell is then NO, with the count
+    beats = (not e['stopped'] and e['search'][0] >= max(e['max_macs'][0], e['max_params'][0]))
+    seeds = f'{e["seeds"]}' + (f' ({e["stopped"]} stopped)' if e['stopped'] else '')
+    lines.append(f'| {e["cell"]} | {seeds} | {e["search"][0]:.2f} ± {e["search"][1]:.2f} | '
                  f'{e["gap"]["search"]:.2f} | {e["max_macs"][0]:.2f} | {e["max_params"][0]:.2f} '
                  f'| {e["random"][0]:.2f} | {e["oracle"][0]:.2f} | {"yes" if beats else "NO"} |')
   staged = [e for e in summary if 'proxy_pick' in e]

@@ -149,6 +149,10 @@ class Relaxation:
   # (rows [K, S]) -> bool [K]: archs whose output depends on the input (NB201: a path through
   # non-`none` ops); None: all
   valid: Optional[Callable[[np.ndarray], np.ndarray]] = None
+  # (rows [K, S]) -> rows [K, S] with choices that cannot change the network made equal (NB201:
+  # edges that carry nothing to the output set to `none`): equal results are one network, so a
+  # search may pick any of them when no proxy tells them apart; None: rows are networks
+  same_network: Optional[Callable[[np.ndarray], np.ndarray]] = None
 
 
 @dataclasses.dataclass(frozen=True)

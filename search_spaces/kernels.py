@@ -11,6 +11,7 @@ docs/network.md).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -128,13 +129,19 @@ def _matmul_weight_grad(x, g, k, stride):
     cols = _patches(x, k, stride, ho, wo)
     out = cols.reshape(-1, cols.shape[-1]).T @ g.reshape(-1, g.shape[-1])
     return out.reshape(k, k, x.shape[-1], g.shape[-1])
-  pad = k // 2
-  xp = jnp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad), (0, 0)))
-  taps = [jnp.einsum('nbhwc,nbhwo->nco',
-                     xp[:, :, dy:dy + stride * (ho - 1) + 1:stride,
-                        dx:dx + stride * (wo - 1) + 1:stride], g)
+  return _per_tap_weight_grad(x, g, k, stride)
+
+
+def _per_tap_weight_grad(x, g, k, stride):
+  """The weight gradient as one product per kernel tap, in plain (transposable) ops:
+  x [..., B, H, W, Cin], g [..., B, Ho, Wo, O] -> [..., k, k, Cin, O] (leading axes batched)."""
+  ho, wo, pad, lead = g.shape[-3], g.shape[-2], k // 2, x.ndim - 4
+  xp = jnp.pad(x, ((0, 0),) * (lead + 1) + ((pad, pad), (pad, pad), (0, 0)))
+  taps = [jnp.einsum('...bhwc,...bhwo->...co',
+                     xp[..., dy:dy + stride * (ho - 1) + 1:stride,
+                        dx:dx + stride * (wo - 1) + 1:stride, :], g)
           for dy in range(k) for dx in range(k)]
-  return jnp.stack(taps, 1).reshape(x.shape[0], k, k, x.shape[-1], g.shape[-1])
+  return jnp.stack(taps, -3).reshape(x.shape[:lead] + (k, k, x.shape[-1], g.shape[-1]))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -152,8 +159,27 @@ def conv_weight_grad(x, g, k, stride=1):
 @conv_weight_grad.defjvp
 def _weight_grad_jvp(k, stride, primals, tangents):
   (x, g), (dx, dg) = primals, tangents
-  return (conv_weight_grad(x, g, k, stride),
-          conv_weight_grad(dx, g, k, stride) + conv_weight_grad(x, dg, k, stride))
+  # JAX cannot transpose the custom-batched product, and reverse over reverse (grad_prune's mask
+  # gradient of synflow or jacob_cov, themselves gradients) transposes this tangent: traced
+  # inside `transposable_tangents`, it is written per tap in plain ops instead (the same
+  # products the custom rule runs when x and g are both batched).
+  wg = _per_tap_weight_grad if _TRANSPOSABLE[0] else conv_weight_grad
+  return conv_weight_grad(x, g, k, stride), wg(dx, g, k, stride) + wg(x, dg, k, stride)
+
+
+_TRANSPOSABLE = [False]
+
+
+@contextlib.contextmanager
+def transposable_tangents():
+  """Functions traced inside take conv's second-order tangents in plain ops, which reverse mode
+  can transpose; outside, the custom-batched product (measured ~10% faster for GraSP's forward
+  over reverse on XLA:CPU)."""
+  before, _TRANSPOSABLE[0] = _TRANSPOSABLE[0], True
+  try:
+    yield
+  finally:
+    _TRANSPOSABLE[0] = before
 
 
 def _batched_weight_grad(x, g, k, stride):

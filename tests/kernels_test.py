@@ -51,3 +51,24 @@ def test_conv_weight_grad_batching_rules_match_native():
                              jax.vmap(native, (None, 0))(x[0], g), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(jax.vmap(ours, (0, None))(x, g[0]),
                              jax.vmap(native, (0, None))(x, g[0]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_reverse_over_reverse_matches_xla_and_forward_over_reverse(stride):
+  """The gradient of a gradient-based score (synflow-like: sum(w * dL/dw)) with respect to a
+  mask on the weights, under vmap over candidates as the scorer runs it: reverse over the
+  custom backward pass (grad_prune's one-pass mode, traced in `transposable_tangents`) against
+  XLA's own convolution and against forward over reverse."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 8, 8, 5))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 5, 4))
+  masks = jax.random.uniform(jax.random.PRNGKey(2), (3,), minval=0.5, maxval=1.5)
+
+  def score(conv, m, x_):
+    loss = lambda w_: jnp.sum(jnp.tanh(conv(x_, w_ * m, stride)) ** 2)
+    return jnp.sum(w * jax.grad(loss)(w))
+
+  for how in (jax.grad, jax.jacfwd):
+    with kernels.transposable_tangents():
+      ours = jax.vmap(how(lambda m, x_: score(kernels.conv, m, x_)))(masks, x)
+    xla = jax.vmap(how(lambda m, x_: score(kernels._conv, m, x_)))(masks, x)
+    np.testing.assert_allclose(ours, xla, rtol=1e-4, atol=1e-4)

@@ -78,3 +78,32 @@ def test_sample_ops_is_seeded_and_distinct():
   assert len(np.unique(nb201.ops_to_code(a))) == 100
   with pytest.raises(nb201.ArchError):
     nb201.sample_ops(np.random.default_rng(0), 0)
+
+
+def test_dead_edges_become_none_and_equal_rows_are_one_network():
+  """An edge out of a node the input does not reach, or into a node that does not reach the
+  output, carries nothing: `without_dead_edges` sets it to none, and archs equal after it give
+  the same logits at init (the supernet walk, same weights)."""
+  import jax
+  from search_spaces.nb201 import net
+  c1, c3, pool = nb201.CONV1, nb201.CONV3, nb201.OPS.index('avg_pool_3x3')
+  # node 1 has only a none input, so edges 1->2 and 1->3 are dead; node 2 then only feeds 3
+  a = np.array([0, 0, c1, c1, pool, c1])
+  np.testing.assert_array_equal(nb201.without_dead_edges(a), [0, 0, 0, c1, 0, 0])
+  b = np.array([0, 0, c3, c1, c1, c3])
+  np.testing.assert_array_equal(nb201.without_dead_edges(b), nb201.without_dead_edges(a))
+  # every live edge is kept, connectivity never changes, and the map is idempotent
+  ops = nb201.all_ops()
+  clean = nb201.without_dead_edges(ops)
+  np.testing.assert_array_equal(nb201.without_dead_edges(clean), clean)
+  np.testing.assert_array_equal(nb201.is_connected(clean), nb201.is_connected(ops))
+  assert (clean[nb201.is_connected(ops)] != 0).any(-1).all()
+  full = np.array([c3] * 6)
+  np.testing.assert_array_equal(nb201.without_dead_edges(full), full)
+  config = nb201.NB201Config(C=4, N=1, input_size=8)
+  params = net.init_params(jax.random.PRNGKey(0), config)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
+  logits = [np.asarray(net.apply(params, nb201.ops_to_mask(o), x, config)[0]) for o in (a, b)]
+  np.testing.assert_allclose(logits[0], logits[1], rtol=1e-5, atol=1e-6)
+  other = np.asarray(net.apply(params, nb201.ops_to_mask(full), x, config)[0])
+  assert not np.allclose(other, logits[0], atol=1e-4)

@@ -40,6 +40,16 @@ def test_summary_and_table_say_where_the_search_loses(tmp_path):
   assert (tmp_path / 'table.md').read_text() == text
 
 
+def test_a_search_that_stopped_without_a_pick_is_counted_and_never_a_win(tmp_path):
+  stopped = {k: v for k, v in _row('cifar10', None, 1, None).items() if k != 'search'}
+  rows = [_row('cifar10', None, 0, 93.9), dict(stopped, stopped='no proxy tells ...')]
+  summary = search_eval.summarize(rows)
+  assert summary[0]['search'][0] == pytest.approx(93.9) and summary[0]['stopped'] == 1
+  line = search_eval.write_table(tmp_path, summary, 'evaluation').splitlines()[-1]
+  assert line.startswith('| cifar10/no budget | 2 (1 stopped) | 93.90 ± 0.00 |')
+  assert line.endswith('| NO |')  # above max_macs on its one pick, but one seed gave none
+
+
 def test_with_finalists_the_table_sets_the_stage_against_the_same_searches_own_picks(tmp_path):
   rows = [dict(_row('cifar10', None, s, pick), proxy_pick=own, finalist_s=t)
           for s, pick, own, t in [(0, 93.5, 93.0, 100.0), (1, 93.1, 93.4, 50.0)]]

@@ -119,14 +119,21 @@ def test_forward_mode_gradient_equals_reverse_mode(cost_grad_problem):
 
 @pytest.mark.slow
 def test_grad_prune_through_a_gradient_proxy(budget):
-  """synflow is a gradient: its mask gradient is reverse-over-reverse, which JAX cannot
-  transpose here, so `grad` falls back to forward mode instead of a traceback."""
+  """synflow is a gradient: its mask gradient is reverse-over-reverse through the custom conv
+  backward pass (one pass), checked against forward over reverse (one pass per mask entry)."""
+  import jax
+  import jax.numpy as jnp
   settings = proxies.ScoreSettings(zc_width=2, zc_cells=1, zc_batch=4)
   problem = _problem('synflow', settings, budget, obj.Weights(latency=0.5))
   result = search.search('grad_prune', problem, seed=1, options=OPTIONS)
   _assert_feasible(problem, result, budget)
-  g, _ = problem.grad(searchers.start_mask(problem))
+  mask = searchers.start_mask(problem) * 0.7
+  g, value = problem.grad(mask)
   assert np.isfinite(g).all() and np.abs(g[:, 1:]).sum() > 0
+  value_f, forward = jax.jit(problem._value_and_forward_grad)(
+      jnp.asarray(mask), problem.scorer.inputs_for(()))
+  assert float(value_f) == pytest.approx(value, rel=1e-5)
+  np.testing.assert_allclose(forward, g, rtol=1e-3, atol=1e-5 * np.abs(g).max())
 
 
 @pytest.mark.slow
@@ -336,3 +343,23 @@ def test_constraints_limits_reserves_and_budgets():
     obj.Constraints(energy_budget_mj=-1).limits()
   with pytest.raises(ValueError, match='stm'):
     obj.Constraints(device='no_such_mcu').limits()
+
+
+def test_a_tie_among_one_network_written_several_ways_is_a_pick_not_a_stop(lr_problem):
+  """Two NB201 archs that differ only in dead edges are one network: tied proxies are then the
+  right answer (the first is taken, with a note), while the same tie between two different
+  networks stops the search."""
+  c1, c3, pool = nb201.CONV1, nb201.CONV3, nb201.OPS.index('avg_pool_3x3')
+  same = nb201.ops_to_code([[0, 0, c1, c1, pool, c1], [0, 0, c3, c1, c1, c3]])
+  different = nb201.ops_to_code([[0, 0, c1, c1, pool, c1], [0, 0, 0, c3, 0, 0]])
+  for idx in (same, different):
+    assert lr_problem.table.feasible[idx].all()
+  def values(idx):
+    return dict({'linear_regions': np.ones(2)},
+                **{c: lr_problem.table.costs[c][idx] for c in obj.COST_NAMES})
+  log = []
+  searchers.check_evidence(lr_problem, values(same), np.ones(2, bool), 'x', log, same)
+  assert any('one network' in line for line in log)
+  with pytest.raises(search.UninformativeScores):
+    searchers.check_evidence(lr_problem, values(different), np.ones(2, bool), 'x', [],
+                             different)

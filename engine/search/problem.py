@@ -23,6 +23,7 @@ import numpy as np
 from engine.proxies import aggregate as agg_lib
 from engine.scoring import one_hot_rows
 from engine.search import objective as obj
+from search_spaces import kernels
 
 COST_CHUNK = 4096  # archs per compiled relaxed-cost call (one padded shape)
 
@@ -99,6 +100,14 @@ class SpaceTable:
   def inside(self, mask) -> np.ndarray:
     """Indices of the feasible known archs inside one supernet mask [S, O], in table order."""
     return np.flatnonzero(self._allowed(mask[None])[0] & self.feasible)
+
+  def one_network(self, idx) -> bool:
+    """Whether the archs `idx` (2 or more) are one network written several ways (the space's
+    `same_network` maps their rows to one), so any of them is the same pick."""
+    same = self.space.relax.same_network if self.space.relax is not None else None
+    if same is None or len(idx) < 2:
+      return False
+    return bool((same(self.rows[np.asarray(idx)]) == same(self.rows[[idx[0]]])).all())
 
   def one_hot(self, idx) -> np.ndarray:
     """Masks [K, S, O] of table entries."""
@@ -189,6 +198,7 @@ class Term:
 
 
 NOT_DIFFERENTIABLE = ('linear_regions', 'params', 'flops')  # counts: zero gradient a.e.
+# (params and flops enter grad_prune's objective through the relaxed cost model instead)
 
 
 class Problem:
@@ -290,16 +300,18 @@ class Problem:
   def grad(self, mask) -> tuple[np.ndarray, float]:
     """(dJ/dmask [S, O], J) of the differentiable objective at one supernet mask.
 
-    Reverse mode (one pass) where it compiles. Gradient proxies (synflow, jacob_cov, ...) are
-    gradients themselves, and reverse-over-reverse can need the transpose of a custom batching
-    rule JAX does not provide; there J is linearised once and pushed forward along the basis
-    directions of the mask in one vmapped call (forward-over-reverse)."""
+    Reverse mode (one pass; for gradient proxies such as synflow and jacob_cov, themselves
+    gradients, reverse-over-reverse, which the shared conv kernel supports). Where a proxy's
+    code has no transpose rule, J is linearised once and pushed forward along the basis
+    directions of the mask in one vmapped call (forward-over-reverse: about one pass per mask
+    entry)."""
     args = jnp.asarray(mask, jnp.float32), self.scorer.inputs_for(self.table.group)
     if self._grad_fn is None:
       start = time.perf_counter()
       try:
-        self._grad_fn = jax.jit(jax.value_and_grad(self._differentiable_objective)).lower(
-            *args).compile()
+        with kernels.transposable_tangents():
+          self._grad_fn = jax.jit(jax.value_and_grad(self._differentiable_objective)).lower(
+              *args).compile()
       except NotImplementedError:
         self._grad_fn = jax.jit(self._value_and_forward_grad).lower(*args).compile()
       self.compile_s += time.perf_counter() - start
@@ -313,23 +325,42 @@ class Problem:
     basis = jnp.eye(mask.size, dtype=mask.dtype).reshape((mask.size,) + mask.shape)
     return value, jax.vmap(linear)(basis).reshape(mask.shape)
 
+  def gradient_weights(self) -> dict[str, float]:
+    """Weight of each scored proxy in the differentiable objective: the objective's weight of
+    a plain term, times the component's weight inside an aggregate (summed where a proxy is in
+    several terms)."""
+    out: dict[str, float] = {}
+    for term in self.terms:
+      agg = next((a for a in self.aggregates if a.name == term.name), None)
+      parts = ([(term.name, 1.0)] if agg is None else
+               [(c, agg.weight(i)) for i, c in enumerate(agg.components)])
+      for name, w in parts:
+        out[name] = out.get(name, 0.0) + self.weights.proxy(term.name) * w
+    return {n: w for n, w in out.items() if w != 0}
+
   def _differentiable_objective(self, mask, inputs):
-    """J (lower is better): each differentiable proxy's relative change, oriented, plus the
-    weighted cost terms and a hinge penalty on the limits (relative overshoot)."""
-    names = [n for n in self.scorer.names
-             if n not in NOT_DIFFERENTIABLE and self.weights.proxy(n) != 0]
-    values = self.scorer.traced(self.table.group, mask, inputs, names)
-    total = 0.0
-    for name, value in values.items():
-      value = value / jax.lax.stop_gradient(jnp.abs(value) + 1e-12)
-      total += self.weights.proxy(name) * (-value if self.scorer.higher_is_better[name]
-                                           else value)
+    """J (lower is better): each proxy's sign(v) log|v| (gradient: its relative change),
+    oriented and weighted as in the objective, plus the weighted cost terms and a hinge penalty
+    on the limits (relative overshoot). `params` and `flops` come from the space's relaxed cost
+    model (differentiable in the mask); counts without one (linear_regions) have no gradient."""
+    weights = self.gradient_weights()
+    values = self.scorer.traced(self.table.group, mask, inputs,
+                                [n for n in weights if n not in NOT_DIFFERENTIABLE])
     costs = self.table.space.relax.cost(self.table.group, mask[None], self.table.device,
                                         self.table.runtime, input_shape=self.table.input_shape,
                                         num_classes=self.table.num_classes)
-    total += self.weights.flops * costs['macs'][0] / self.refs['macs']
-    total += self.weights.latency * costs['latency_ms'][0] / self.refs['latency_ms']
-    total += obj.soft_penalty({k: v[0] for k, v in costs.items()}, self.table.limits)
+    costs = {k: v[0] for k, v in costs.items()}
+    values.update({n: costs[c] for n, c in (('params', 'params'), ('flops', 'macs'))
+                   if n in weights})
+    total = 0.0
+    for name, value in values.items():
+      # sign(v) log|v|: its gradient is the relative change dv / |v|, and its value moves with
+      # it (so finite differences of J check the gradient)
+      value = jnp.sign(jax.lax.stop_gradient(value)) * jnp.log(jnp.abs(value) + 1e-12)
+      total += weights[name] * (-value if self.scorer.higher_is_better[name] else value)
+    total += self.weights.flops * costs['macs'] / self.refs['macs']
+    total += self.weights.latency * costs['latency_ms'] / self.refs['latency_ms']
+    total += obj.soft_penalty(costs, self.table.limits)
     return total
 
 

@@ -24,12 +24,15 @@ the limits never win (`engine.search.objective`). What each needs of a space:
     option whose removal leaves the best supernet goes. When two options per slot are left, the
     feasible archs left are scored exactly and the best wins. An option is only removed if the
     supernet still holds a feasible arch, so the result is feasible by construction.
-  - `grad_prune`: the same rounds, but an option's importance is the gradient of a
-    differentiable objective (each differentiable proxy's relative change, predicted latency /
-    MACs, and a hinge penalty on the limits through the space's differentiable cost model) with
-    respect to its soft weight: one gradient of the supernet per round instead of one proxy
-    evaluation per removal. At the end the `recheck` best archs left (by the first-order
-    estimate) are scored exactly and the best by the objective wins.
+  - `grad_prune`: one gradient instead of rounds of scored removals. The candidates are the
+    feasible archs (with the optional option as `prune` decides); the relaxed arch is their
+    centroid (each option's soft weight the share of them that use it);
+    the gradient of a differentiable objective there (each proxy's relative change through the
+    relaxed network, parameters / MACs / latency and a hinge penalty on the limits through the
+    space's differentiable cost model) gives a first-order estimate of the objective of every
+    feasible arch (the sum of its options' gradients), and the `recheck` best estimates are
+    scored exactly; the best by the objective wins. One reverse-over-reverse pass of the
+    supernet plus `recheck` archs, against `prune`'s hundreds of supernet and arch scorings.
 
 No pick without evidence. Over the feasible candidates a pick is made from (the final pool, the
 evolution archive, a pruning round's removals) the search stops with `UninformativeScores` (a
@@ -67,7 +70,7 @@ class Options:
   evolution_samples: int = 512  # archs scored in total, population included
   population: int = 16
   tournament: int = 4
-  recheck: int = 8             # grad_prune: archs re-scored exactly at the end
+  recheck: int = 8             # grad_prune: best first-order estimates scored exactly
   pool: int = 256              # rerank: largest feasible archs scored
   # rerank: only archs with at least (1 - band) x the largest feasible arch's parameters (None:
   # no size floor); 0 keeps the largest size tier alone (NB201: its archs of equal size)
@@ -96,10 +99,13 @@ class Result:
   ranked: list = dataclasses.field(default_factory=list)
 
 
-def check_evidence(problem: Problem, values: dict, ok, where: str, log=None) -> dict:
+def check_evidence(problem: Problem, values: dict, ok, where: str, log=None,
+                   idx=None) -> dict:
   """UninformativeScores when the `ok` candidates of `values` (2 or more) are all flagged by
-  every proxy term, or tied by every proxy term and by the objective; otherwise the evidence,
-  with a note in `log` for each term that is flagged on some candidates or tied on all."""
+  every proxy term, or tied by every proxy term and by the objective, unless they are one
+  network written several ways (table indices `idx`, `SpaceTable.one_network`: then the tie is
+  the right answer and any is the pick); otherwise the evidence, with a note in `log` for each
+  term that is flagged on some candidates or tied on all."""
   evidence = problem.evidence(values, ok)
   ok = np.asarray(ok, bool)
   n = int(ok.sum())
@@ -117,6 +123,12 @@ def check_evidence(problem: Problem, values: dict, ok, where: str, log=None) -> 
   if all(dead.values()):
     fit = problem.objective(values, ok)[ok]
     tied = len(np.unique(fit[np.isfinite(fit)])) < 2
+    if tied and not all_flagged and idx is not None and problem.table.one_network(
+        np.asarray(idx)[ok]):
+      if log is not None:
+        log.append(f'note: the {n} candidates of {where} are one network (they differ only in '
+                   f'choices that cannot change it), so the tie is expected: the first is taken')
+      return evidence
     if all_flagged or tied:
       raise UninformativeScores(
           f'no proxy tells the {n} feasible candidates of {where} apart '
@@ -247,36 +259,28 @@ def prune(problem: Problem, rng: np.random.Generator, options: Options, progress
 
 def grad_prune(problem: Problem, rng: np.random.Generator, options: Options,
                progress=None) -> Result:
-  """Gradient-guided pruning with an exact re-check at the end; see the module docstring."""
+  """Gradient-guided pruning in one pass; see the module docstring."""
   _relaxation(problem, 'grad_prune')
-  mask = start_mask(problem, prune_with_optional(problem, options.prune_none))
-  log, passes = [], 0
-  while (mask.sum(-1) > 2).any() or (options.recheck <= 1 and (mask.sum(-1) > 1).any()):
-    g, value = problem.grad(mask)
-    passes += 1
-    masks, where = _removals(mask)
-    # Removing option o changes J by about -g[o]: the largest gradient is the best removal;
-    # ranked, plus `prune`'s feasible-share term (without it a tight budget strands the search
-    # with a single all-pooling NB201 arch: 50.78% on 2 of 5 seeds at 83.54 ms).
-    goodness = obj.percentile_rank(g[where[:, 0], where[:, 1]], True)
-    mask = _prune_slots(problem, mask, where, goodness + _feasible_term(problem, mask, masks))
-    log.append(f'round {len(log) + 1}: J={value:.4g}, {int(mask.sum())} options left')
-    if progress:
-      progress(1)
-  if (mask.sum(-1) == 1).all():
-    return _finish(problem, problem.table.inside(mask), passes, log)
-  # Last round: every feasible arch left, first-order estimate, exact re-check.
-  g, _ = problem.grad(mask)
-  passes += 1
-  idx = problem.table.inside(mask)
-  # J(arch) - J(supernet) ~ -sum of the gradients of the options the arch drops.
+  idx = problem.table.inside(start_mask(problem,
+                                        prune_with_optional(problem, options.prune_none)))
+  if not len(idx):
+    raise obj.InfeasibleError('the search found no feasible arch; raise the budgets')
+  # The relaxed arch the gradient is taken at: each option weighted by the share of the
+  # feasible archs that use it. At the full supernet instead (every option at weight 1) a
+  # latency budget's hinge penalty is far over its limit and its gradient drowns the proxies':
+  # the estimate then favours the smallest archs (86.45% at 83.54 ms, docs/search.md).
+  centroid = problem.table.one_hot(idx).mean(0)
+  g, value = problem.grad(centroid)
+  # J(arch) ~ J(centroid) + <g, one_hot(arch) - centroid>: rank by the sum of the arch's
+  # options' gradients (lower J is better).
   rows = problem.table.rows[idx]
-  kept = g[np.arange(rows.shape[1]), rows].sum(-1)
-  top = idx[np.argsort(kept, kind='stable')[:max(1, options.recheck)]]
-  log.append(f'recheck: {len(top)} of {len(idx)} feasible archs left scored exactly')
+  estimate = g[np.arange(rows.shape[1]), rows].sum(-1)
+  top = idx[np.argsort(estimate, kind='stable')[:max(1, options.recheck)]]
+  log = [f'gradient at the centroid of {len(idx)} feasible archs: J={value:.4g}',
+         f'recheck: {len(top)} of {len(idx)} feasible archs scored exactly']
   if progress:
     progress(1)
-  return _finish(problem, top, passes, log, k=_round_k(min(options.batch, len(top))))
+  return _finish(problem, top, 1, log, k=_round_k(min(options.batch, len(top))))
 
 
 def random_search(problem: Problem, rng: np.random.Generator, options: Options,
@@ -462,7 +466,7 @@ def _finish(problem: Problem, idx, scored: int, log, k: int | None = None,
     if progress:
       progress(len(part['latency_ms']))
   ok = problem.table.feasible[idx]
-  evidence = check_evidence(problem, values, ok, 'the final pool', log)
+  evidence = check_evidence(problem, values, ok, 'the final pool', log, idx)
   fit = problem.objective(values, ok)
   i = int(np.argmax(fit))
   if not np.isfinite(fit[i]):
@@ -478,15 +482,15 @@ NEEDS_RELAXATION = ('prune', 'grad_prune')
 
 
 def _pruning_steps(problem: Problem, options: Options) -> int:
-  """Progress steps of `prune` / `grad_prune`: one per removal round down to two options per
-  slot, then the last round."""
+  """Progress steps of `prune`: one per removal round down to two options per slot, then the
+  last round."""
   mask = start_mask(problem, prune_with_optional(problem, options.prune_none))
   return int(mask.sum(-1).max()) - 1
 
 
 PROGRESS_TOTAL = {  # progress-bar units per searcher (rounds or archs), from problem and options
     'rerank': lambda p, o: min(o.pool, int(p.table.feasible.sum())),
-    'prune': _pruning_steps, 'grad_prune': _pruning_steps,
+    'prune': _pruning_steps, 'grad_prune': lambda p, o: 1,
     'random': lambda p, o: min(o.random_samples, int(p.table.feasible.sum())),
     'evolution': lambda p, o: o.evolution_samples}
 

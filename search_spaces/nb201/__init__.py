@@ -177,6 +177,24 @@ def is_connected(ops) -> np.ndarray:
   return live_nodes(np.asarray(ops) != NONE)[3]
 
 
+def without_dead_edges(ops) -> np.ndarray:
+  """Op indices [..., 6] with `none` on every edge that carries nothing from the cell input to
+  its output (it leaves a node the input does not reach, or enters one that does not reach the
+  output). Archs equal after this are one network at init (a dead edge's output is zero, or
+  after BN its zero-initialised bias) and score alike on every proxy."""
+  ops = np.asarray(ops)
+  on = ops != NONE
+  reached = live_nodes(on)
+  reaches = {3: np.ones(on.shape[:-1], bool)}  # node -> whether it reaches the output
+  for node in (2, 1, 0):
+    reaches[node] = np.zeros(on.shape[:-1], bool)
+    for e, (to, frm) in enumerate(EDGES):
+      if frm == node:
+        reaches[node] = reaches[node] | (on[..., e] & reaches[to])
+  live = np.stack([reached[frm] & reaches[to] for to, frm in EDGES], -1)
+  return np.where(live, ops, NONE)
+
+
 # ----------------------------------------------------------------------------- params and FLOPs
 
 def _stage_geometry(config: NB201Config):

@@ -208,7 +208,8 @@ def net(group=(), input_shape=None, num_classes=None) -> interface.Net:
 
 RELAXATION = interface.Relaxation(
     slots=lambda group: (nb201.NUM_OPS,) * nb201.NUM_EDGES, to_rows=to_array, net=net,
-    from_rows=from_rows, cost=relaxed_cost, optional=nb201.NONE, valid=nb201.is_connected)
+    from_rows=from_rows, cost=relaxed_cost, optional=nb201.NONE, valid=nb201.is_connected,
+    same_network=nb201.without_dead_edges)
 
 SPACE = registry.register(interface.SearchSpace(
     name='nb201', summary='NAS-Bench-201 cell (6 edges x 5 ops, 15,625 archs)',
