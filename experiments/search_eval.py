@@ -98,7 +98,7 @@ def cell_name(dataset: str, pct) -> str:
 PASSED_ON = ('searcher', 'proxies', 'objective', 'proxy_weights', 'rerank_pool', 'rerank_band',
              'w_flops', 'w_latency', 'zc_width', 'zc_cells', 'zc_batch', 'stand_in_inputs',
              'benchmark_file', 'data_dir', 'finalists', 'finalist_epochs',
-             'finalist_lr')
+             'finalist_lr', 'recheck', 'prune_none')
 
 
 # every flag this job reads: the search's it passes on, and its own
@@ -200,7 +200,7 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
             # the search declined to pick (no evidence): counted as a stop, never a result
             row = dict(dataset=dataset, budget_pct=c.pct, budget_ms=c.budget_ms, seed=seed,
                        config=config, half=half, searcher=f.searcher, proxies=f.proxies,
-                       stopped=str(err), search_s=time.perf_counter() - start,
+                       rerank_pool=f.rerank_pool, stopped=str(err), search_s=time.perf_counter() - start,
                        **{m: base[m]['test_acc'] for m in METHODS[1:]})
             rows.append(row)
             every.append(row)
@@ -223,7 +223,8 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
           rows.append(row)
           every.append(row)
         print(f'{cell_name(dataset, c.pct)} seed {seed}: '
-              + ', '.join(f'pool {p} {c.acc[i]:.2f}' for p, i in picks.items())
+              + ', '.join((f'pool {p} ' if pools else '') + f'{c.acc[i]:.2f}'
+                          for p, i in picks.items())
               + f' (max_macs {base["max_macs"]["test_acc"]:.2f}, oracle '
               f'{base["oracle"]["test_acc"]:.2f})', flush=True)
         common.write_text_atomic(path, json.dumps(dict(rows=every), indent=1))
@@ -256,8 +257,8 @@ def summarize(rows) -> list[dict]:
     picked = [r for r in rs if 'stopped' not in r]
     entry = dict(cell=name, seeds=len(rs), pool=pool, stopped=len(rs) - len(picked),
                  feasible=all(r['feasible'] for r in picked))
-    for m in METHODS:
-      v = np.array([r[m] for r in picked] or [np.nan])
+    for m in METHODS:  # the baselines from every seed's cell, the search from its picks
+      v = np.array([r[m] for r in (picked if m == 'search' else rs)] or [np.nan])
       entry[m] = (float(v.mean()), float(v.std()))
     oracle = entry['oracle'][0]
     entry['gap'] = {m: oracle - entry[m][0] for m in METHODS}

@@ -48,6 +48,8 @@ def test_a_search_that_stopped_without_a_pick_is_counted_and_never_a_win(tmp_pat
   line = search_eval.write_table(tmp_path, summary, 'evaluation').splitlines()[-1]
   assert line.startswith('| cifar10/no budget | 2 (1 stopped) | 93.90 ± 0.00 |')
   assert line.endswith('| NO |')  # above max_macs on its one pick, but one seed gave none
+  only = search_eval.summarize([dict(stopped, stopped='...')])[0]  # baselines still reported
+  assert only['stopped'] == 1 and only['max_macs'][0] == 93.0 and np.isnan(only['search'][0])
 
 
 def test_with_finalists_the_table_sets_the_stage_against_the_same_searches_own_picks(tmp_path):

@@ -268,7 +268,7 @@ def grad_prune(problem: Problem, rng: np.random.Generator, options: Options,
   # The relaxed arch the gradient is taken at: each option weighted by the share of the
   # feasible archs that use it. At the full supernet instead (every option at weight 1) a
   # latency budget's hinge penalty is far over its limit and its gradient drowns the proxies':
-  # the estimate then favours the smallest archs (86.45% at 83.54 ms, docs/search.md).
+  # the estimate then favours the smallest archs (86.55% at 83.54 ms, docs/search.md).
   centroid = problem.table.one_hot(idx).mean(0)
   g, value = problem.grad(centroid)
   # J(arch) ~ J(centroid) + <g, one_hot(arch) - centroid>: rank by the sum of the arch's
