@@ -235,9 +235,10 @@ flags.DEFINE_float('rerank_band', -1.0, 'rerank: score only the archs with at le
                    'x the parameters of the largest feasible arch (then at most --rerank_pool); '
                    '0: the largest size tier alone; negative: no size floor (the search\'s '
                    f'default with no --proxies given: {RERANK_DEFAULTS["rerank_band"]}).')
-flags.DEFINE_enum('prune_none', 'auto', ['auto', 'yes', 'no'], 'prune, grad_prune: start from a '
-                  'supernet that holds `none` too, so archs that drop an edge stay reachable; '
-                  'auto: when the limits rule out most archs without `none` (tight budgets).')
+flags.DEFINE_enum('prune_none', 'auto', ['auto', 'yes', 'no'], 'prune: start from a supernet '
+                  'that holds `none` too, so archs that drop an edge stay reachable (grad_prune: '
+                  'archs with `none` among its candidates); auto: when the limits rule out most '
+                  'archs without `none` (tight budgets).')
 flags.DEFINE_integer('recheck', 8, 'grad_prune: archs with the best first-order estimates, '
                      'scored exactly at the end.',
                      lower_bound=1)
