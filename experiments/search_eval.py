@@ -190,6 +190,10 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
       for seed in todo:
         start = time.perf_counter()
         extra = {}
+        # what every row of this seed and cell says, picked or stopped
+        cell_row = dict(dataset=dataset, budget_pct=c.pct, budget_ms=c.budget_ms, seed=seed,
+                        config=config, half=half, searcher=f.searcher, proxies=f.proxies,
+                        **{m: base[m]['test_acc'] for m in METHODS[1:]})
         if pools:
           picks = _pool_picks(problem, seed, pools, search_lib)
         else:
@@ -198,10 +202,8 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
                                        search_exp.options_from_flags(f))
           except search_lib.UninformativeScores as err:
             # the search declined to pick (no evidence): counted as a stop, never a result
-            row = dict(dataset=dataset, budget_pct=c.pct, budget_ms=c.budget_ms, seed=seed,
-                       config=config, half=half, searcher=f.searcher, proxies=f.proxies,
-                       rerank_pool=f.rerank_pool, stopped=str(err), search_s=time.perf_counter() - start,
-                       **{m: base[m]['test_acc'] for m in METHODS[1:]})
+            row = dict(cell_row, rerank_pool=f.rerank_pool, stopped=str(err),
+                       search_s=time.perf_counter() - start)
             rows.append(row)
             every.append(row)
             print(f'{cell_name(dataset, c.pct)} seed {seed}: stopped ({err})', flush=True)
@@ -214,12 +216,9 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
             extra['finalist_s'] = time.perf_counter() - t0
           picks = {f.rerank_pool: result.index}
         for pool, index in picks.items():
-          row = dict(dataset=dataset, budget_pct=c.pct, budget_ms=c.budget_ms, seed=seed,
-                     config=config, half=half, searcher=f.searcher, proxies=f.proxies,
-                     rerank_pool=pool, arch_str=space.encode(c.table.archs[index]),
+          row = dict(cell_row, rerank_pool=pool, arch_str=space.encode(c.table.archs[index]),
                      search=float(c.acc[index]), feasible=bool(c.table.feasible[index]),
-                     search_s=time.perf_counter() - start,
-                     **extra, **{m: base[m]['test_acc'] for m in METHODS[1:]})
+                     search_s=time.perf_counter() - start, **extra)
           rows.append(row)
           every.append(row)
         print(f'{cell_name(dataset, c.pct)} seed {seed}: '

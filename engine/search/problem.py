@@ -107,7 +107,8 @@ class SpaceTable:
     same = self.space.relax.same_network if self.space.relax is not None else None
     if same is None or len(idx) < 2:
       return False
-    return bool((same(self.rows[np.asarray(idx)]) == same(self.rows[[idx[0]]])).all())
+    rows = same(self.rows[np.asarray(idx)])
+    return bool((rows == rows[0]).all())
 
   def one_hot(self, idx) -> np.ndarray:
     """Masks [K, S, O] of table entries."""
@@ -331,9 +332,8 @@ class Problem:
     several terms)."""
     out: dict[str, float] = {}
     for term in self.terms:
-      agg = next((a for a in self.aggregates if a.name == term.name), None)
-      parts = ([(term.name, 1.0)] if agg is None else
-               [(c, agg.weight(i)) for i, c in enumerate(agg.components)])
+      parts = ([(c, term.weight(i)) for i, c in enumerate(term.components)]
+               if isinstance(term, agg_lib.Aggregate) else [(term.name, 1.0)])
       for name, w in parts:
         out[name] = out.get(name, 0.0) + self.weights.proxy(term.name) * w
     return {n: w for n, w in out.items() if w != 0}
