@@ -363,7 +363,7 @@ READ_WHEN = {name: ((*exps, 'pipeline') if 'search' in exps else exps, *rest)
              for name, (exps, *rest) in READ_WHEN.items()}
 
 
-def _refuse_unread(f, exp_name: str):
+def refuse_unread(f, exp_name: str):
   """UsageError for the first flag the user gave that the chosen space or searcher does not
   read (READ_WHEN)."""
   from search_spaces import registry
@@ -396,7 +396,7 @@ def check_flags(f=flags.FLAGS) -> Experiment:
   for name, what in exp.required.items():
     if not f[name].present:
       raise common.UsageError(f'--experiment={f.experiment} needs --{name}=<{what}>')
-  _refuse_unread(f, f.experiment)
+  refuse_unread(f, f.experiment)
   return exp
 
 

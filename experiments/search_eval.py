@@ -320,6 +320,10 @@ def main(argv):
   if unread:
     common.fail(f'search_eval does not read --{unread} (its cells are STM32F746 with CMSIS-NN, '
                 f'and it passes on only --{", --".join(PASSED_ON)}); drop it')
+  try:  # a search flag the chosen searcher does not read (e.g. --recheck with rerank)
+    run_lib.refuse_unread(f, 'search')
+  except common.UsageError as err:
+    common.fail(str(err))
   try:
     seeds = search_exp.parse_seeds(f.seeds if f['seeds'].present else DEFAULTS['seeds'], 0)
     datasets, budgets = cells_from_flags()

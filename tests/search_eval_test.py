@@ -68,6 +68,7 @@ def test_with_finalists_the_table_sets_the_stage_against_the_same_searches_own_p
     (['--datasets=mnist'], "bad --datasets entry 'mnist'"),
     (['--seeds=9-x'], 'bad --seeds'),
     (['--device=stm32h743'], 'search_eval does not read --device'),
+    (['--prune_none=yes'], '--prune_none is not read by --experiment=search'),
     (['--finalists=2', '--datasets=cifar10', '--budgets=none', '--seeds=0'],
      '--finalists trains the best candidates on your data: pass --data_dir'),
 ])
