@@ -161,6 +161,22 @@ def test_a_proxy_that_tells_nothing_apart_stops_the_search(name, mode, says):
   assert common.user_error_message(info.value) == str(info.value)
 
 
+def test_an_aggregate_tie_of_disagreeing_components_says_so():
+  """An aggregate equal on every candidate because its components disagree (their ranks cancel)
+  stops the search like any tie, and the message names the components that do differ: before,
+  it read as though no proxy told the candidates apart."""
+  table = search_exp.space_table(registry.get('tinycnn'), search.Constraints())
+  scorer = types.SimpleNamespace(higher_is_better={'synflow': True, 'jacob_cov': True})
+  problem = search.Problem(table, scorer, 'agg:synflow+jacob_cov:rank', search.Weights())
+  values = {'synflow': np.array([1., 2.]), 'jacob_cov': np.array([2., 1.]),
+            **{c: table.costs[c][:2] for c in search.COST_NAMES}}
+  with pytest.raises(search.UninformativeScores, match='equal on all 2, though its components '
+                     'synflow, jacob_cov differ'):
+    searchers.check_evidence(problem, values, np.array([True, True]), 'the pool')
+  values['jacob_cov'] = np.array([1., 1.])  # now synflow alone differs: the aggregate decides
+  assert searchers.check_evidence(problem, values, np.array([True, True]), 'the pool')
+
+
 def test_a_partly_flagged_proxy_still_picks_and_reports_the_flagged_share():
   problem, best = _planted_problem('flagged', flag_share=0.25)
   result = search.search('random', problem, seed=1, options=PLANTED_OPTIONS)

@@ -99,6 +99,18 @@ class Result:
   ranked: list = dataclasses.field(default_factory=list)
 
 
+def _cancelling(problem: Problem, name: str, values: dict, ok) -> str:
+  """' (...)' naming the components of aggregate term `name` that do differ over the `ok`
+  candidates (their ranks cancel out in the aggregate), or '' (a plain term, or all tied)."""
+  term = next((t for t in problem.aggregates if t.name == name), None)
+  if term is None:
+    return ''
+  differ = [c for c in term.components if c in values and
+            len(np.unique(np.asarray(values[c], np.float64)[np.asarray(ok, bool)])) > 1]
+  return (f', though its components {", ".join(differ)} differ (their ranks cancel out)'
+          if differ else '')
+
+
 def check_evidence(problem: Problem, values: dict, ok, where: str, log=None,
                    idx=None) -> dict:
   """UninformativeScores when the `ok` candidates of `values` (2 or more) are all flagged by
@@ -116,7 +128,8 @@ def check_evidence(problem: Problem, values: dict, ok, where: str, log=None,
       return f'{name} flagged on all {n}'
     if e['distinct'] < 2:
       return (f'{name} equal on all {n}' if not e['flagged'] else
-              f'{name} flagged on {e["flagged"]} and equal on the other {n - e["flagged"]}')
+              f'{name} flagged on {e["flagged"]} and equal on the other {n - e["flagged"]}'
+              ) + _cancelling(problem, name, values, ok)
     return None
   dead = {name: state(name, e) for name, e in evidence.items()}
   all_flagged = all(e['flagged'] == e['candidates'] for e in evidence.values())
