@@ -233,6 +233,26 @@ def test_grad_prune_gradient_on_mbv2_matches_finite_differences(proxy):
     assert fd == pytest.approx(g[s, o], rel=0.1, abs=2e-3 * np.abs(g).max()), (s, o)
 
 
+def test_grad_prune_budgets_share_one_program_and_still_bind():
+  """The limits and normalisers enter grad_prune's gradient as arguments: problems that differ
+  only in the budget lower to the same program (one compile through the XLA cache, e.g. across
+  search_eval's budget cells), and the gradient is still the budget's own (equal to the one with
+  the budget written in as a constant; a binding budget changes it)."""
+  free = _problem('tinycnn', weights=search.Weights(latency=0.5))
+  mask = searchers.start_mask(free).astype(np.float32)
+  ms = float(free.table.costs['latency_ms'].max())
+  bound = _problem('tinycnn', budget_ms=0.3 * ms, weights=search.Weights(latency=0.5))
+  programs, grads = [], []
+  for problem in (free, bound):
+    args = (jnp.asarray(mask), problem.scorer.inputs_for(problem.table.group), problem._bounds())
+    programs.append(jax.jit(jax.grad(problem._differentiable_objective)).lower(*args).as_text())
+    grads.append(problem.grad(mask)[0])
+    constant = jax.grad(lambda m, p=problem, i=args[1]: p._differentiable_objective(m, i))
+    np.testing.assert_allclose(grads[-1], constant(jnp.asarray(mask)), rtol=1e-5, atol=1e-7)
+  assert programs[0] == programs[1]
+  assert not np.allclose(grads[0], grads[1])
+
+
 @pytest.mark.slow
 def test_grad_prune_on_mbv2_with_a_network_proxy_returns_a_feasible_arch():
   problem = _problem('mbv2', 'synflow', weights=search.Weights(latency=0.5))

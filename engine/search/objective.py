@@ -30,6 +30,7 @@ import numpy as np
 import scipy.stats
 
 COST_NAMES = ('sram_bytes', 'flash_bytes', 'latency_ms', 'energy_mj', 'macs', 'params')
+LIMITABLE = COST_NAMES[:4]  # the costs `Constraints.limits` may bound
 OBJECTIVES = ('hybrid', 'seed')
 SEED_RATE_HZ = 1.0  # the seed objective's inference rate
 

@@ -306,7 +306,10 @@ class Problem:
     code has no transpose rule, J is linearised once and pushed forward along the basis
     directions of the mask in one vmapped call (forward-over-reverse: about one pass per mask
     entry)."""
-    args = jnp.asarray(mask, jnp.float32), self.scorer.inputs_for(self.table.group)
+    # the limits and normalisers are arguments, not constants: problems that differ only in
+    # them (the budgets of one space and dataset) share one program through the XLA cache
+    args = (jnp.asarray(mask, jnp.float32), self.scorer.inputs_for(self.table.group),
+            self._bounds())
     if self._grad_fn is None:
       start = time.perf_counter()
       try:
@@ -321,8 +324,9 @@ class Problem:
     self.run_s += time.perf_counter() - start
     return np.asarray(g, np.float64), float(value)
 
-  def _value_and_forward_grad(self, mask, inputs):
-    value, linear = jax.linearize(lambda m: self._differentiable_objective(m, inputs), mask)
+  def _value_and_forward_grad(self, mask, inputs, bounds=None):
+    value, linear = jax.linearize(lambda m: self._differentiable_objective(m, inputs, bounds),
+                                  mask)
     basis = jnp.eye(mask.size, dtype=mask.dtype).reshape((mask.size,) + mask.shape)
     return value, jax.vmap(linear)(basis).reshape(mask.shape)
 
@@ -338,7 +342,14 @@ class Problem:
         out[name] = out.get(name, 0.0) + self.weights.proxy(term.name) * w
     return {n: w for n, w in out.items() if w != 0}
 
-  def _differentiable_objective(self, mask, inputs):
+  def _bounds(self) -> dict:
+    """The table's limits (every limitable cost; inf where unset) and the cost normalisers, as
+    float32 arrays."""
+    limits = {c: self.table.limits.get(c, np.inf) for c in obj.LIMITABLE}
+    return jax.tree_util.tree_map(lambda v: jnp.float32(v), {'limits': limits,
+                                                             'refs': dict(self.refs)})
+
+  def _differentiable_objective(self, mask, inputs, bounds=None):
     """J (lower is better): each proxy's sign(v) log|v| (gradient: its relative change),
     oriented and weighted as in the objective, plus the weighted cost terms and a hinge penalty
     on the limits (relative overshoot). `params` and `flops` come from the space's relaxed cost
@@ -358,9 +369,11 @@ class Problem:
       # it (so finite differences of J check the gradient)
       value = jnp.sign(jax.lax.stop_gradient(value)) * jnp.log(jnp.abs(value) + 1e-12)
       total += weights[name] * (-value if self.scorer.higher_is_better[name] else value)
-    total += self.weights.flops * costs['macs'] / self.refs['macs']
-    total += self.weights.latency * costs['latency_ms'] / self.refs['latency_ms']
-    total += obj.soft_penalty(costs, self.table.limits)
+    bounds = self._bounds() if bounds is None else bounds
+    refs = bounds['refs']
+    total += self.weights.flops * costs['macs'] / refs['macs']
+    total += self.weights.latency * costs['latency_ms'] / refs['latency_ms']
+    total += obj.soft_penalty(costs, bounds['limits'])
     return total
 
 
