@@ -10,7 +10,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # The tests' cheap compile settings (conftest.py), without their forced host devices: a user's
 # run has one CPU device. These flags cut XLA's compile time; results agree within float rounding.
 SUBPROCESS_XLA_FLAGS = ('--xla_backend_optimization_level=0 '
-                        '--xla_llvm_disable_expensive_passes=true')
+                        '--xla_llvm_disable_expensive_passes=true '
+                        '--xla_cpu_use_fusion_emitters=false')
 
 
 def run(*args, env_extra=None):
