@@ -15,17 +15,29 @@ NB201 = registry.get("nb201")
 SETTINGS = proxies.ScoreSettings(ntk_batch=6, ntk_repeats=1, ntk_width=2, ntk_cells=1,
                                  lr_batches=2, lr_batch_size=64)
 # Each Scorer compiles its own program (seconds to tens of seconds for an NTK on 2 CPU cores),
-# so the tests of batching mechanics use the coupled NTK, a cheap network proxy and an analytic
-# one; the independent variant's batching is held in test_per_candidate_init_also_batches_exactly
+# so batched == one at a time and sharded == unsharded use the coupled NTK, a cheap network proxy
+# and an analytic one (NAMES), the scorer's other mechanics the cheap two only (CHEAP, below);
+# the independent variant's batching is held in test_per_candidate_init_also_batches_exactly
 # and its single path against the dense walk in zero_cost_test.
 NAMES = 'ntk_cond,linear_regions,params'
 FEW = 'ntk_cond,linear_regions'
+# The scorer's own mechanics (padding a partial batch, chunks of candidates, splitting a batch
+# that does not fit) do not depend on which proxies run: they are held with a network proxy
+# whose program compiles in about a second instead of ten (the NTK's batching is held above).
+CHEAP = 'linear_regions,params'
 OPS = np.array([[3, 2, 4, 1, 3, 0], [1, 1, 1, 1, 1, 1], [3, 3, 3, 3, 3, 3], [4, 0, 2, 0, 0, 3]])
 
 
 @pytest.fixture(scope='module')
 def one_device_batched():
   scorer = scoring.Scorer(NB201, NAMES, SETTINGS, seed=7, batch_candidates=4, devices=jax.devices()[:1])
+  return scorer.score_archs((), OPS)
+
+
+@pytest.fixture(scope='module')
+def cheap_batched():
+  scorer = scoring.Scorer(NB201, CHEAP, SETTINGS, seed=7, batch_candidates=4,
+                          devices=jax.devices()[:1])
   return scorer.score_archs((), OPS)
 
 
@@ -59,15 +71,16 @@ def test_sparse_lax_map_equals_dense_vmap(few_batched):
   _assert_same(few_batched, sparse.score_archs((), OPS))
 
 
-def test_candidate_chunks_equal_one_vmap(few_batched):
-  chunked = scoring.Scorer(NB201, FEW, SETTINGS, seed=7, batch_candidates=4, candidate_chunk=2,
+def test_candidate_chunks_equal_one_vmap(cheap_batched):
+  chunked = scoring.Scorer(NB201, CHEAP, SETTINGS, seed=7, batch_candidates=4, candidate_chunk=2,
                            devices=jax.devices()[:1])
-  _assert_same(few_batched, chunked.score_archs((), OPS))
+  _assert_same(cheap_batched, chunked.score_archs((), OPS))
 
 
-def test_padding_a_partial_batch_keeps_scores(few_batched):
-  scorer = scoring.Scorer(NB201, FEW, SETTINGS, seed=7, batch_candidates=3, devices=jax.devices()[:1])
-  _assert_same(few_batched, scorer.score_archs((), OPS))  # batches of 3 + 1 padded
+def test_padding_a_partial_batch_keeps_scores(cheap_batched):
+  scorer = scoring.Scorer(NB201, CHEAP, SETTINGS, seed=7, batch_candidates=3,
+                          devices=jax.devices()[:1])
+  _assert_same(cheap_batched, scorer.score_archs((), OPS))  # batches of 3 + 1 padded
 
 
 def test_per_candidate_init_also_batches_exactly():
@@ -98,9 +111,9 @@ def test_scores_are_sane(one_device_batched):
   assert np.ptp(out['linear_regions']) > 0 and (out['linear_regions'] < 128).any()
 
 
-def test_a_batch_too_big_for_memory_is_split_and_scores_the_same(one_device_batched,
+def test_a_batch_too_big_for_memory_is_split_and_scores_the_same(cheap_batched,
                                                                  monkeypatch, capsys):
-  scorer = scoring.Scorer(NB201, NAMES, SETTINGS, seed=7, batch_candidates=4,
+  scorer = scoring.Scorer(NB201, CHEAP, SETTINGS, seed=7, batch_candidates=4,
                           devices=jax.devices()[:1])
   real = scoring.Scorer._compiled_for
 
@@ -112,7 +125,7 @@ def test_a_batch_too_big_for_memory_is_split_and_scores_the_same(one_device_batc
     return real(self, group, rows, relaxed, k, inputs)
 
   monkeypatch.setattr(scoring.Scorer, '_compiled_for', small_memory)
-  _assert_same(one_device_batched, scorer.score_archs((), OPS))
+  _assert_same(cheap_batched, scorer.score_archs((), OPS))
   assert 'splitting into batches of 2' in capsys.readouterr().out
   assert {key[-1] for key in scorer._compiled} == {2}
 
