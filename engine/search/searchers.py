@@ -100,13 +100,16 @@ class Result:
 
 
 def _cancelling(problem: Problem, name: str, values: dict, ok) -> str:
-  """' (...)' naming the components of aggregate term `name` that do differ over the `ok`
-  candidates (their ranks cancel out in the aggregate), or '' (a plain term, or all tied)."""
+  """', though its components ... differ (...)': the components of aggregate term `name` whose
+  finite values differ over the `ok` candidates (their ranks cancel out in the aggregate); ''
+  for a plain term or where every component is tied too."""
   term = next((t for t in problem.aggregates if t.name == name), None)
   if term is None:
     return ''
-  differ = [c for c in term.components if c in values and
-            len(np.unique(np.asarray(values[c], np.float64)[np.asarray(ok, bool)])) > 1]
+  def differs(c):
+    v = np.asarray(values[c], np.float64)[np.asarray(ok, bool)]
+    return len(np.unique(v[np.isfinite(v)])) > 1
+  differ = [c for c in term.components if c in values and differs(c)]
   return (f', though its components {", ".join(differ)} differ (their ranks cancel out)'
           if differ else '')
 
