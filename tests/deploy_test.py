@@ -1,7 +1,6 @@
 """Export -> TFLite Micro and LiteRT, bit for bit against the integer reference."""
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -164,21 +163,20 @@ def test_c_source_without_the_arm_toolchain_is_one_line_exit_2(trained_ptq):
                         'qemu-system-arm')
 
 
-def _cli(*args):
-  return subprocess.run([sys.executable, '-m', 'experiments.run', *args], capture_output=True,
-                        text=True, timeout=300)
-
-
 @pytest.mark.parametrize('make', ['missing', 'fp32', 'empty_ckpt'])
-def test_bad_export_workdir_is_one_line_exit_2(tmp_path, make):
+def test_bad_export_workdir_is_one_line_exit_2(tmp_path, make, capsys):
+  """In this process (`experiments.run.cli`, as tests/cli_errors_test.py): a new process per
+  case cost 8-9 s of start-up in the cold suite; the one-line contract is the same."""
+  from experiments import run
   wd = tmp_path / 'run'
   if make != 'missing':
     wd.mkdir()
     cfg = train.TrainConfig(arch=ARCH, quant='fp32' if make == 'fp32' else 'qat')
     (wd / 'config.json').write_text(json.dumps(cfg.__dict__))
-  r = _cli('--experiment=export', f'--workdir={wd}')
-  assert r.returncode == 2, r.stderr
-  assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith('error: ')
+  code = run.cli(['zeronas', '--experiment=export', f'--workdir={wd}'])
+  err = capsys.readouterr().err
+  assert code == 2, err
+  assert len(err.strip().splitlines()) == 1 and err.startswith('error: '), err
 
 
 def test_disconnected_arch_is_refused():
