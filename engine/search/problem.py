@@ -278,16 +278,8 @@ class Problem:
     non-finite value: it ranks last, as no measurement) and how many distinct values the rest
     take. A term with fewer than 2 distinct unflagged values cannot tell the candidates apart."""
     columns = self.term_columns(values)
-    ok = np.asarray(ok, bool)
-    out = {}
-    for term in self.terms:
-      v = np.asarray(columns[term.name], np.float64)[ok]
-      flagged = ~np.isfinite(v)
-      if term.name + '_flag' in values:
-        flagged |= np.asarray(values[term.name + '_flag'])[ok] != 0
-      out[term.name] = {'candidates': int(ok.sum()), 'flagged': int(flagged.sum()),
-                        'distinct': int(len(np.unique(v[~flagged])))}
-    return out
+    return {term.name: column_evidence(values, term.name, ok, columns[term.name])
+            for term in self.terms}
 
   def objective(self, values: dict, ok) -> np.ndarray:
     """The objective over the pool `values` (ranks within the pool); -inf where not `ok`."""
@@ -346,8 +338,7 @@ class Problem:
     """The table's limits (every limitable cost; inf where unset) and the cost normalisers, as
     float32 arrays."""
     limits = {c: self.table.limits.get(c, np.inf) for c in obj.LIMITABLE}
-    return jax.tree_util.tree_map(lambda v: jnp.float32(v), {'limits': limits,
-                                                             'refs': dict(self.refs)})
+    return jax.tree_util.tree_map(jnp.float32, {'limits': limits, 'refs': dict(self.refs)})
 
   def _differentiable_objective(self, mask, inputs, bounds=None):
     """J (lower is better): each proxy's sign(v) log|v| (gradient: its relative change),
@@ -375,6 +366,18 @@ class Problem:
     total += self.weights.latency * costs['latency_ms'] / refs['latency_ms']
     total += obj.soft_penalty(costs, bounds['limits'])
     return total
+
+
+def column_evidence(values: dict, name: str, ok, column=None) -> dict:
+  """Over the `ok` candidates: how many of column `name` (`values[name]` unless given) are
+  flagged (its `_flag` or a non-finite value) and how many distinct values the rest take."""
+  ok = np.asarray(ok, bool)
+  v = np.asarray(values[name] if column is None else column, np.float64)[ok]
+  flagged = ~np.isfinite(v)
+  if name + '_flag' in values:
+    flagged |= np.asarray(values[name + '_flag'])[ok] != 0
+  return {'candidates': int(ok.sum()), 'flagged': int(flagged.sum()),
+          'distinct': int(len(np.unique(v[~flagged])))}
 
 
 def make_scorer(space, proxy_names, config, seed: int, images):

@@ -51,7 +51,7 @@ import jax
 import numpy as np
 
 from engine.search import objective as obj
-from engine.search.problem import Problem
+from engine.search.problem import Problem, column_evidence
 
 
 class SearchError(ValueError):
@@ -101,15 +101,13 @@ class Result:
 
 def _cancelling(problem: Problem, name: str, values: dict, ok) -> str:
   """', though its components ... differ (...)': the components of aggregate term `name` whose
-  finite values differ over the `ok` candidates (their ranks cancel out in the aggregate); ''
-  for a plain term or where every component is tied too."""
+  unflagged values differ over the `ok` candidates (their ranks cancel out in the aggregate);
+  '' for a plain term or where every component is tied too."""
   term = next((t for t in problem.aggregates if t.name == name), None)
   if term is None:
     return ''
-  def differs(c):
-    v = np.asarray(values[c], np.float64)[np.asarray(ok, bool)]
-    return len(np.unique(v[np.isfinite(v)])) > 1
-  differ = [c for c in term.components if c in values and differs(c)]
+  differ = [c for c in term.components
+            if c in values and column_evidence(values, c, ok)['distinct'] > 1]
   return (f', though its components {", ".join(differ)} differ (their ranks cancel out)'
           if differ else '')
 
