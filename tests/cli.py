@@ -7,17 +7,22 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-# The tests' cheap compile settings (conftest.py), without their forced host devices: a user's
-# run has one CPU device. These flags cut XLA's compile time; results agree within float rounding.
-SUBPROCESS_XLA_FLAGS = ('--xla_backend_optimization_level=0 '
-                        '--xla_llvm_disable_expensive_passes=true '
-                        '--xla_cpu_use_fusion_emitters=false')
+# The tests' cheap compile settings (in-process through conftest.py, and in the command-line
+# subprocesses). They cut XLA's compile time; results agree within float rounding.
+# LLVM optimisation level 0: tests compile many small programs once each, and at the default
+# level XLA:CPU spends ~3x longer compiling them (50 s -> 17 s for one tiny NTK) than running them.
+# Skipping LLVM's expensive passes takes another ~13% off (measured on a scorer test). XLA:CPU's
+# older (non-MLIR) fusion emitters compile these programs' thousands of small fusions far faster:
+# scoring, NTK and zero-cost tests 226-231 s -> 123-144 s with no cache (BENCHMARKS.md).
+CHEAP_COMPILE_XLA_FLAGS = ('--xla_backend_optimization_level=0 '
+                           '--xla_llvm_disable_expensive_passes=true '
+                           '--xla_cpu_use_fusion_emitters=false')
 
 
 def run(*args, env_extra=None):
   """The entry point in a subprocess on CPU, one device, cheap compiles."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', **(env_extra or {}))
-  env['XLA_FLAGS'] = SUBPROCESS_XLA_FLAGS
+  env['XLA_FLAGS'] = CHEAP_COMPILE_XLA_FLAGS  # one CPU device, as a user's run
   return subprocess.run([sys.executable, '-m', 'experiments.run', *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600)
 

@@ -2,16 +2,13 @@
 import os
 import pathlib
 
-# Several host devices so sharding is exercised on CPU; must precede JAX's start-up.
-# LLVM optimisation level 0: tests compile many small programs once each, and at the default
-# level XLA:CPU spends ~3x longer compiling them (50 s -> 17 s for one tiny NTK) than running them.
-# Skipping LLVM's expensive passes takes another ~13% off (measured on a scorer test). XLA:CPU's
-# older (non-MLIR) fusion emitters compile these programs' thousands of small fusions far faster:
-# scoring, NTK and zero-cost tests 226-231 s -> 123-144 s with no cache (BENCHMARKS.md).
+import cli  # imports no JAX: subprocess helpers and flag strings
+
+# Several host devices so sharding is exercised on CPU, and the tests' cheap compile settings
+# (cli.CHEAP_COMPILE_XLA_FLAGS, which the command-line subprocesses use too); must precede JAX's
+# start-up.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4 '
-                      '--xla_backend_optimization_level=0 '
-                      '--xla_llvm_disable_expensive_passes=true '
-                      '--xla_cpu_use_fusion_emitters=false')
+                      + cli.CHEAP_COMPILE_XLA_FLAGS)
 # The engine's own XLA:CPU settings (engine/xla_cpu.py), as the entry points apply them.
 from engine import xla_cpu  # noqa: E402
 
