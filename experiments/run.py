@@ -240,7 +240,7 @@ flags.DEFINE_enum('prune_none', 'auto', ['auto', 'yes', 'no'], 'prune: start fro
                   'archs with `none` among its candidates); auto: when the limits rule out most '
                   'archs without `none` (tight budgets).')
 flags.DEFINE_integer('recheck', 8, 'grad_prune: archs with the best first-order estimates, '
-                     'scored exactly at the end.',
+                     'scored exactly at the end with as many of the largest candidates.',
                      lower_bound=1)
 flags.DEFINE_integer('finalists', 0, 'Train the K best candidates by the objective briefly on '
                      '--data_dir (a validation split of its training images) and pick the best '

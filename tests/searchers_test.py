@@ -252,6 +252,20 @@ def test_grad_prune_budgets_share_one_program_and_still_bind():
   assert not np.allclose(g, free.grad(mask)[0])
 
 
+def test_grad_prune_rechecks_the_largest_candidates_beside_the_gradients_best():
+  """With a gradient that tells no candidate apart (its best estimates are then the first
+  `recheck` in table order), the `recheck` largest candidates are still scored exactly, so
+  with `params` as the objective the largest feasible arch wins."""
+  problem = _problem('tinycnn', 'params')
+  problem.grad = lambda mask: (np.zeros(np.shape(mask), np.float32), 0.0)
+  candidates = problem.table.inside(searchers.start_mask(problem))
+  largest = searchers.size_order(problem.table, candidates)[:OPTIONS.recheck]
+  assert not set(largest) & set(candidates[:OPTIONS.recheck])  # else this test proves nothing
+  result = search.search('grad_prune', problem, seed=0, options=OPTIONS)
+  assert set(largest) <= set(result.ranked) and len(result.ranked) == 2 * OPTIONS.recheck
+  assert result.index == largest[0]
+
+
 @pytest.mark.slow
 def test_grad_prune_on_mbv2_with_a_network_proxy_returns_a_feasible_arch():
   problem = _problem('mbv2', 'synflow', weights=search.Weights(latency=0.5))

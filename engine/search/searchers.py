@@ -30,9 +30,10 @@ the limits never win (`engine.search.objective`). What each needs of a space:
     the gradient of a differentiable objective there (each proxy's relative change through the
     relaxed network, parameters / MACs / latency and a hinge penalty on the limits through the
     space's differentiable cost model) gives a first-order estimate of the objective of every
-    feasible arch (the sum of its options' gradients), and the `recheck` best estimates are
-    scored exactly; the best by the objective wins. One reverse-over-reverse pass of the
-    supernet plus `recheck` archs, against `prune`'s hundreds of supernet and arch scorings.
+    feasible arch (the sum of its options' gradients), and the `recheck` best estimates and
+    the `recheck` largest candidates (by parameters, then MACs) are scored exactly; the best by
+    the objective wins. One reverse-over-reverse pass of the supernet plus up to 2 x `recheck`
+    archs, against `prune`'s hundreds of supernet and arch scorings.
 
 No pick without evidence. Over the feasible candidates a pick is made from (the final pool, the
 evolution archive, a pruning round's removals) the search stops with `UninformativeScores` (a
@@ -289,9 +290,16 @@ def grad_prune(problem: Problem, rng: np.random.Generator, options: Options,
   # options' gradients (lower J is better).
   rows = problem.table.rows[idx]
   estimate = g[np.arange(rows.shape[1]), rows].sum(-1)
-  top = idx[np.argsort(estimate, kind='stable')[:max(1, options.recheck)]]
+  n = max(1, options.recheck)
+  best = idx[np.argsort(estimate, kind='stable')[:n]]
+  # ... and the `recheck` largest candidates: at a loose budget many large archs have close
+  # first-order estimates and the gradient's few can all be smaller than the best of them
+  # (docs/search.md, "grad_prune rechecks the largest too")
+  largest = size_order(problem.table, idx)[:n]
+  top = np.array(list(dict.fromkeys([*best.tolist(), *largest.tolist()])), np.int64)
   log = [f'gradient at the centroid of {len(idx)} feasible archs: J={value:.4g}',
-         f'recheck: {len(top)} of {len(idx)} feasible archs scored exactly']
+         f'recheck: {len(top)} of {len(idx)} feasible archs scored exactly (the {len(best)} '
+         f'best first-order estimates and the {len(largest)} largest)']
   if progress:
     progress(1)
   return _finish(problem, top, 1, log, k=_round_k(min(options.batch, len(top))))
@@ -309,9 +317,10 @@ def random_search(problem: Problem, rng: np.random.Generator, options: Options,
                  progress=progress, anytime=True)
 
 
-def size_order(table) -> np.ndarray:
-  """Table indices of the feasible archs, largest first (parameters, then MACs, then order)."""
-  pool = np.flatnonzero(table.feasible)
+def size_order(table, pool=None) -> np.ndarray:
+  """Table indices of the feasible archs (or of `pool`), largest first (parameters, then MACs,
+  then order)."""
+  pool = np.flatnonzero(table.feasible) if pool is None else np.asarray(pool, np.int64)
   return pool[np.lexsort((pool, -table.costs['macs'][pool], -table.costs['params'][pool]))]
 
 
