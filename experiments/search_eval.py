@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import pathlib
 import time
 
@@ -193,7 +194,9 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
         # what every row of this seed and cell says, picked or stopped
         cell_row = dict(dataset=dataset, budget_pct=c.pct, budget_ms=c.budget_ms, seed=seed,
                         config=config, half=half, searcher=f.searcher, proxies=f.proxies,
-                        **{m: base[m]['test_acc'] for m in METHODS[1:]})
+                        **{m: base[m]['test_acc'] for m in METHODS[1:]},
+                        # not part of `config`: a resumed run may differ here at round-off
+                        xla_flags=os.environ.get('XLA_FLAGS', ''))
         if pools:
           picks = _pool_picks(problem, seed, pools, search_lib)
         else:
