@@ -294,7 +294,7 @@ def grad_prune(problem: Problem, rng: np.random.Generator, options: Options,
   best = idx[np.argsort(estimate, kind='stable')[:n]]
   # ... and the `recheck` largest candidates: at a loose budget many large archs have close
   # first-order estimates and the gradient's few can all be smaller than the best of them
-  # (docs/search.md, "grad_prune rechecks the largest too")
+  # (docs/search.md, "`grad_prune` rechecks the largest candidates too")
   largest = size_order(problem.table, idx)[:n]
   top = np.array(list(dict.fromkeys([*best.tolist(), *largest.tolist()])), np.int64)
   log = [f'gradient at the centroid of {len(idx)} feasible archs: J={value:.4g}',
