@@ -19,12 +19,17 @@ CHEAP_COMPILE_XLA_FLAGS = ('--xla_backend_optimization_level=0 '
                            '--xla_cpu_use_fusion_emitters=false')
 
 
+def subprocess_env(**extra) -> dict:
+  """The environment of a command-line subprocess: CPU, one device (as a user's run: no forced
+  host devices), the cheap compile settings; `extra` variables on top."""
+  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=CHEAP_COMPILE_XLA_FLAGS, **extra)
+
+
 def run(*args, env_extra=None):
   """The entry point in a subprocess on CPU, one device, cheap compiles."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu', **(env_extra or {}))
-  env['XLA_FLAGS'] = CHEAP_COMPILE_XLA_FLAGS  # one CPU device, as a user's run
-  return subprocess.run([sys.executable, '-m', 'experiments.run', *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run([sys.executable, '-m', 'experiments.run', *args], cwd=REPO,
+                        env=subprocess_env(**(env_extra or {})), capture_output=True, text=True,
+                        timeout=600)
 
 
 def assert_one_line_error(result, *fragments):

@@ -227,9 +227,7 @@ def test_setting_says_cifar10_images_stand_in_for_imagenet16():
 
 
 def _env(cache):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', ZERONAS_JAX_CACHE=str(cache),
-             XLA_FLAGS=cli.CHEAP_COMPILE_XLA_FLAGS)
-  return env
+  return cli.subprocess_env(ZERONAS_JAX_CACHE=str(cache))
 
 
 @pytest.mark.slow

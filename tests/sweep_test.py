@@ -125,7 +125,7 @@ def _processes(workdir, n, port, env):
 
 
 def _env():
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=cli.CHEAP_COMPILE_XLA_FLAGS)
+  env = cli.subprocess_env()
   env.pop('ZERONAS_JAX_CACHE', None)
   return env
 
