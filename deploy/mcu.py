@@ -16,7 +16,6 @@ this is modelled. Instruction counts rank work faithfully; cycles need a board.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import re
 import shutil

@@ -137,7 +137,7 @@ def report(entries, reference, n_tried: int, listed: int, seeds: str) -> str:
           'points).',
           '', head] + [line(e) for e in entries[:listed]]
   if reference is not None:
-    text += ['', f'The search\'s default proxies, same cells:', '', head, line(reference)]
+    text += ['', 'The search\'s default proxies, same cells:', '', head, line(reference)]
   cells = list(entries[0]['per_cell'])
   shown = entries[:3] + ([reference] if reference is not None else [])
   text += ['', '| cell | ' + ' | '.join(e['terms'] for e in shown) + ' |',

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import functools
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

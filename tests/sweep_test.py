@@ -2,7 +2,6 @@
 once by its owner, a crash resumes at the missing chunks, two processes on jax.distributed write
 the rows of one, and bad multi-process settings are one line and exit 2."""
 import os
-import pathlib
 import signal
 import subprocess
 import sys

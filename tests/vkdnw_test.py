@@ -11,7 +11,6 @@ from engine import proxies, scoring
 from engine.proxies import ntk
 from engine.proxies import vkdnw as vk
 from search_spaces import nb201, registry
-from search_spaces.nb201 import net as nb201_net
 from search_spaces.nb201 import space as nb201_space
 
 # stem, one cell and the head; 4 channels, 6x6 inputs (compile time rules on 2 CPU cores)
