@@ -72,12 +72,14 @@ EXPERIMENTS_SEARCH_DEFAULTS = types.MappingProxyType({
 
 # The default rerank (no --proxies given): within the largest feasible size tier (archs with
 # >= 98% of the largest one's parameters; on NB201 exactly the largest tier, the next one sits
-# >= 3% below), rank by synflow + az_trainability at the literature's network size. Chosen on
-# the selection half, measured on the evaluation half (docs/search.md, "The default search").
+# >= 3% below), rank by synflow + az_trainability + jacob_cov at the literature's network size.
+# Chosen on the selection half, measured on the evaluation half (docs/search.md, "The default
+# search" and "Adding jacob_cov to the default").
 # A whole bundle: with --proxies given, the experiment's defaults above hold, so every
 # documented command that names its proxies reruns as it was measured.
 RERANK_DEFAULTS = types.MappingProxyType({
-    'proxies': 'synflow,az_trainability', 'rerank_band': 0.02, 'zc_width': 16, 'zc_cells': 5})
+    'proxies': 'synflow,az_trainability,jacob_cov', 'rerank_band': 0.02, 'zc_width': 16,
+    'zc_cells': 5})
 
 EXPERIMENTS = types.MappingProxyType({
     # the coupled NTK at K=24 candidates needs K x B x B activations (hundreds of GB at B=64),

@@ -128,7 +128,7 @@ def test_config_precedence_flag_over_preset_over_experiment_default():
                                   zc_width=8, zc_cells=1)),
       (['--proxies=synflow'], dict(proxies='synflow', rerank_band=-1.0, zc_width=8,
                                    zc_cells=1)),
-      (['--zc_cells=2'], dict(proxies='synflow,az_trainability', rerank_band=0.02,
+      (['--zc_cells=2'], dict(proxies='synflow,az_trainability,jacob_cov', rerank_band=0.02,
                               zc_width=16, zc_cells=2))):
     flags.FLAGS.unparse_flags()
     flags.FLAGS(['zeronas', '--experiment=search', *given])

@@ -115,9 +115,9 @@ def test_the_job_ranks_a_planted_tie_breaker_first(tmp_path):
       bench.ops_to_index(space.to_array([space.decode(c) for c in codes]))]
   with open(tmp_path / 'scores.csv', 'w', newline='') as fh:
     w = csv.writer(fh)
-    w.writerow(['arch_str', 'snip', 'synflow', 'az_trainability'])
+    w.writerow(['arch_str', 'snip', 'synflow', 'az_trainability', 'jacob_cov'])
     for c, a in zip(codes, acc):
-      w.writerow([c, a, _value(c, 'synflow'), _value(c, 'az')])
+      w.writerow([c, a, _value(c, 'synflow'), _value(c, 'az'), _value(c, 'jc')])
   step3 = subprocess.run([sys.executable, '-m', 'experiments.select_rerank',
                           f'--pool_scores={tmp_path / "scores.csv"}', '--max_terms=1', *cells_flags],
                          cwd=cli.REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -125,7 +125,8 @@ def test_the_job_ranks_a_planted_tie_breaker_first(tmp_path):
   report = (tmp_path / 'rerank_selection.md').read_text()
   rows = [line for line in report.splitlines() if line.startswith('| ') and '/2 |' in line]
   assert rows[0].startswith('| snip | 2/2 |')
-  assert any(line.startswith('| synflow,az_trainability |') for line in rows)  # the default
+  default = run_lib.RERANK_DEFAULTS['proxies']
+  assert any(line.startswith(f'| {default} |') for line in rows)  # the default
 
 
 @pytest.mark.parametrize('args, fragment', [
