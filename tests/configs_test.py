@@ -28,3 +28,16 @@ def test_the_smoke_pipeline_runs_end_to_end_on_cifar10(data_dir, tmp_path, capsy
   assert run.cli(argv) == 0, capsys.readouterr()
   report = json.loads((workdir / 'report.json').read_text())
   assert report['export']['verified'] and report['export']['tflm_bitexact_fraction'] == 1.0
+
+
+def test_fast_rerank_is_the_previous_default_that_the_docs_measured():
+  """--config=fast_rerank is the configuration whose held-out figures its docstring quotes (the
+  rerank default before jacob_cov joined it): the same bundle as the default but its proxies,
+  and the search's own settings otherwise."""
+  fast, default = run.make_config('search', 'fast_rerank'), run.make_config('search')
+  assert fast.proxies == 'synflow,az_trainability'
+  assert default.proxies == run.RERANK_DEFAULTS['proxies'] == fast.proxies + ',jacob_cov'
+  for name in ('rerank_band', 'zc_width', 'zc_cells', 'zc_batch', 'searcher', 'stand_in_inputs'):
+    assert getattr(fast, name) == getattr(default, name), name
+  # a flag on the command line still wins over the preset
+  assert run.make_config('search', 'fast_rerank', zc_cells=2).zc_cells == 2
