@@ -38,7 +38,7 @@ of the padded network, masked by the list); the FIM's eigenvalues are the square
 values of A = [S_n^(1/2) J_n]_n / sqrt(B) ([B*C, P]), which keeps the small eigenvalues
 accurate in float32 (eigvalsh of A^T A would lose them below eps * lambda_max). Runs under jit
 and vmap over candidates like the other zero-cost proxies. Cost: C backward passes of the
-batch; ~7 s/arch at NB201's C=16 N=5, batch 64, on 2 CPU cores.
+batch (its time per arch: docs/correlation.md, "VKDNW").
 """
 from __future__ import annotations
 
