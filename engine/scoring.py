@@ -44,11 +44,14 @@ def row_keys(seed: int, rows) -> jax.Array:
 
 def batch_score_fn(proxies, settings: proxies_lib.ScoreSettings, nets, candidate_chunk: int = 0,
                    devices=None):
-  """Un-jitted f(rows [K, ...], keys [K, 2], inputs) -> {name: [K], name_flag: [K]} on the
-  networks `nets` ({'zc' | 'ntk' | 'lr': Net}).
+  """Un-jitted f(rows [K, ...], keys [K, 2], inputs, live=None) -> {name: [K], name_flag: [K]}
+  on the networks `nets` ({'zc' | 'ntk' | 'lr': Net}).
 
   Gradient-group zero-cost proxies requested together share one pass
-  (`proxies.fused_gradient_proxies`). K must be a multiple of the number of devices.
+  (`proxies.fused_gradient_proxies`). K must be a multiple of the number of devices. `live`
+  (bool [K], default all): candidates walked one by one (`lax.map`) are computed only where
+  it is set, the others give zeros; so a partly filled last batch costs only its candidates
+  (vmapped candidates are all computed).
   """
   net = [p for p in proxies if p.kind == 'network']
   fused_names, fused_fn = proxies_lib.fused_gradient_proxies(net, settings) or ((), None)
@@ -64,9 +67,12 @@ def batch_score_fn(proxies, settings: proxies_lib.ScoreSettings, nets, candidate
       out[p.name], out[p.name + '_flag'] = values[p.name]
     return out
 
-  def shard(rows, keys, inputs):
+  def shard(rows, keys, inputs, live):
     if not vmappable or jnp.issubdtype(rows.dtype, jnp.integer):
-      return jax.lax.map(lambda rk: one(rk[0], rk[1], inputs), (rows, keys),
+      shapes = jax.eval_shape(one, rows[0], keys[0], inputs)
+      blank = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+      return jax.lax.map(lambda a: jax.lax.cond(a[2], lambda: one(a[0], a[1], inputs), blank),
+                         (rows, keys, live),
                          batch_size=candidate_chunk if candidate_chunk > 1 else None)
     batched = jax.vmap(one, in_axes=(0, 0, None))
     chunk = candidate_chunk or rows.shape[0]
@@ -75,13 +81,18 @@ def batch_score_fn(proxies, settings: proxies_lib.ScoreSettings, nets, candidate
     return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 
   devices = devices if devices is not None else jax.local_devices()
-  if len(devices) == 1:
-    return shard
-  mesh = jax.sharding.Mesh(np.asarray(devices), ('candidates',))
-  # check_vma=False: the NTK's pullback cotangents (an identity matrix built inside the shard)
-  # are device-invariant while the outputs vary per device; the shards never communicate.
-  return jax.shard_map(shard, mesh=mesh, in_specs=(P('candidates'), P('candidates'), P()),
-                       out_specs=P('candidates'), check_vma=False)
+  if len(devices) > 1:
+    mesh = jax.sharding.Mesh(np.asarray(devices), ('candidates',))
+    # check_vma=False: the NTK's pullback cotangents (an identity matrix built inside the
+    # shard) are device-invariant while the outputs vary per device; the shards never
+    # communicate.
+    shard = jax.shard_map(shard, mesh=mesh,
+                          in_specs=(P('candidates'), P('candidates'), P(), P('candidates')),
+                          out_specs=P('candidates'), check_vma=False)
+
+  def run(rows, keys, inputs, live=None):
+    return shard(rows, keys, inputs, jnp.ones(rows.shape[0], bool) if live is None else live)
+  return run
 
 
 def one_hot_rows(space, group, rows) -> np.ndarray:
@@ -188,8 +199,45 @@ class Scorer:
   # ---------------------------------------------------------------------------- scoring
 
   def score_archs(self, group, archs, k=None, progress=None) -> dict[str, np.ndarray]:
-    """Archs (objects or strings) of `group`; `progress(n)` is called after each batch."""
+    """Archs (objects or strings) of `group`; `progress(n)` is called after each batch. Archs
+    the space calls one network (`Relaxation.same_network`) run once (`one_per_network`)."""
     archs = [self.space.decode(a) if isinstance(a, str) else a for a in archs]
+    first, inverse = self.one_per_network(archs)
+    if first is not None:
+      values = self._size(group, archs=archs)
+      once = self._score_each(group, [archs[i] for i in first], k, progress)
+      values.update({n: v[inverse] for n, v in once.items() if n not in values})
+      if progress:
+        progress(len(archs) - len(first))
+      return values
+    return self._score_each(group, archs, k, progress)
+
+  def one_per_network(self, archs) -> tuple:
+    """(first, inverse): `archs[first]` holds one arch per network, and arch i scores as
+    `archs[first][inverse[i]]`; (None, None) when every arch must run: no two are one network,
+    the space does not say which are, a proxy counts units that carry nothing
+    (`Proxy.counts_dead_units`), each candidate has its own init (its own key), or the archs
+    span several groups."""
+    relax = self.space.relax
+    if (len(archs) < 2 or not self.network or relax is None or relax.same_network is None
+        or self.settings.per_candidate_init or any(p.counts_dead_units for p in self.network)
+        or len({self.space.group(a) for a in archs}) > 1):
+      return None, None
+    networks = relax.same_network(relax.to_rows(archs))
+    _, first, inverse = np.unique(networks, axis=0, return_index=True, return_inverse=True)
+    if len(first) == len(archs):
+      return None, None
+    order = np.argsort(first)  # the networks in the order of their first arch
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[np.asarray(inverse).reshape(-1)]
+
+  def analytic_values(self, group, archs) -> dict[str, np.ndarray]:
+    """The analytic proxies (params, flops) of archs of `group`, each arch's own."""
+    return self._size(group, archs=[self.space.decode(a) if isinstance(a, str) else a
+                                    for a in archs])
+
+  def _score_each(self, group, archs, k, progress) -> dict[str, np.ndarray]:
     if not self.settings.single_path and self.space.relax is not None:
       # as one-hot masks through the relaxed network (NB201's dense supernet)
       masks = one_hot_rows(self.space, group, self.space.relax.to_rows(archs))
@@ -249,8 +297,8 @@ class Scorer:
                                   self.candidate_chunk, self.devices))
       example = rows[:1].repeat(k, 0)
       with jax.default_matmul_precision(self.settings.matmul_precision):
-        self._compiled[kind] = fn.lower(jnp.asarray(example), row_keys(0, example),
-                                        inputs).compile()
+        self._compiled[kind] = fn.lower(jnp.asarray(example), row_keys(0, example), inputs,
+                                        jnp.ones(k, bool)).compile()
       self.timing.compile_s += time.perf_counter() - start
     return self._compiled[kind]
 
@@ -271,7 +319,8 @@ class Scorer:
       try:
         compiled = self._compiled_for(group, rows, relaxed, k, inputs)
         start = time.perf_counter()
-        part = jax.device_get(compiled(jnp.asarray(rows[pad]), keys[pad], inputs))
+        part = jax.device_get(compiled(jnp.asarray(rows[pad]), keys[pad], inputs,
+                                       jnp.arange(k) < n))
       except Exception as err:  # XLA's out-of-memory error has no narrower public type
         if not is_out_of_memory(err) or k <= len(self.devices):
           raise

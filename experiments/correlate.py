@@ -37,6 +37,7 @@ import json
 import math
 import pathlib
 import warnings
+from typing import Callable
 
 import numpy as np
 from scipy import stats
@@ -142,9 +143,10 @@ def run(f, workdir='correlate_out'):
   # before anything touches a JAX backend: jax.distributed must start first
   share = sweep_lib.connect(f.coordinator_address, f.num_processes, f.process_id)
   truth = ground_truth(space, f)
-  ops = space.to_array(truth.archs)  # the arch rows chunks are keyed by
   images = common.load_images(f.data_dir, f.dataset, f.stand_in_inputs)
   scorer = search_lib.make_scorer(space, proxy_names, f, f.seed, images)
+  runs, expand = per_network(space, scorer, truth.archs)
+  ops = space.to_array(runs)  # the arch rows chunks are keyed by: one per network
   workdir = pathlib.Path(workdir)
   common.enable_compile_cache()  # a resumed run reuses the interrupted one's compiled program
   import jax
@@ -153,21 +155,28 @@ def run(f, workdir='correlate_out'):
   config = run_config(proxy_names, scorer.settings, f, images, ops, n_dev, devices[0].platform)
   check_shared_manifest(workdir, config, share, create=not f.partial)
   print(f'inputs: {input_source(images)}')
-  print(f'correlate: {len(ops)} {space.name} archs, proxies {", ".join(proxy_names)}'
+  print(f'correlate: {len(truth.archs)} {space.name} archs'
+        + (f' = {len(runs)} networks (archs that differ only in ops that carry nothing to the '
+           f'output score alike: one of each runs)' if len(runs) < len(truth.archs) else '')
+        + f', proxies {", ".join(proxy_names)}'
         + (f', aggregates {", ".join(a.name for a in aggregates)}' if aggregates else '')
         + f'; chunks of {f.chunk_size} in {workdir / "chunks"}')
 
   def score_chunk(start, stop, progress):
-    return score_lib.score_by_group(space, scorer, truth.archs[start:stop], f.batch_candidates,
+    return score_lib.score_by_group(space, scorer, runs[start:stop], f.batch_candidates,
                                     progress)
 
-  setting = describe_setting(f, space, truth, scorer, proxy_names, images, len(ops))
+  setting = describe_setting(f, space, truth, scorer, proxy_names, images, len(truth.archs))
+  if len(runs) < len(truth.archs):
+    setting.append(f'{len(runs)} networks scored: archs that differ only in ops that carry '
+                   f'nothing to the output share their network proxies\' values (params and '
+                   f'flops are each arch\'s own)')
   archs, acc, indices = truth.archs, truth.acc, truth.indices
   if f.partial:
-    done, scores = finished_scores(ops, f.chunk_size, workdir / 'chunks')
-    setting.append(f'**partial**: the {int(done.sum())} of {len(ops)} archs whose chunks were '
-                   f'finished when it was tabulated (`--partial`); not the final table')
-    print(f'partial: {int(done.sum())} of {len(ops)} archs scored so far; nothing is scored')
+    done, scores = expand(*finished_scores(ops, f.chunk_size, workdir / 'chunks')[::-1])
+    setting.append(f'**partial**: the {int(done.sum())} of {len(done)} archs whose chunks '
+                   f'were finished when it was tabulated (`--partial`); not the final table')
+    print(f'partial: {int(done.sum())} of {len(done)} archs scored so far; nothing is scored')
     archs, acc = [a for a, d in zip(archs, done) if d], acc[done]
     indices = indices[done] if indices is not None else None
     workdir = workdir / 'partial'
@@ -178,6 +187,7 @@ def run(f, workdir='correlate_out'):
     if not share.writes_outputs:
       print(f'{share}: every chunk is on disk; process 0 writes the outputs to {workdir}')
       return
+    scores = expand(scores)[1]
   columns = build_columns(scores, proxy_names, aggregates, scorer.higher_is_better)
   write_scores(workdir, [space.encode(a) for a in archs], indices, columns, truth.acc_name, acc)
   rows = [correlation_row(c, acc) for c in columns]
@@ -403,6 +413,29 @@ def finished_scores(ops, chunk_size: int, chunk_dir: pathlib.Path):
   if not finished:
     raise ResumeError(f'no finished chunk in {chunk_dir} yet; nothing to tabulate')
   return done, {k: np.concatenate([p[k] for p in finished]) for k in finished[0]}
+
+
+def per_network(space, scorer, archs) -> tuple[list, Callable]:
+  """(runs, expand): the archs a sweep scores, one per network (`Scorer.one_per_network`;
+  NB201's 15,625 archs are 9,445 networks), and expand(scores, done=None) -> (done over
+  `archs`, scores of those archs) from the scores of the `done` runs (all by default): network
+  proxies copied from the arch's network, analytic ones (params, flops) each arch's own."""
+  first, inverse = scorer.one_per_network(archs)
+  if first is None:
+    return list(archs), lambda scores, done=None: (
+        np.ones(len(archs), bool) if done is None else done, scores)
+  runs = [archs[i] for i in first]
+
+  def expand(scores, done=None):
+    done = np.ones(len(runs), bool) if done is None else np.asarray(done, bool)
+    position = np.cumsum(done) - 1  # a done run's row in `scores`
+    arch_done = done[inverse]
+    take = position[inverse[arch_done]]
+    out = {k: np.asarray(v)[take] for k, v in scores.items()}
+    out.update(scorer.analytic_values(space.group(archs[0]),
+                                      [a for a, d in zip(archs, arch_done) if d]))
+    return arch_done, out
+  return runs, expand
 
 
 def sweep(ops, chunk_size: int, chunk_dir: pathlib.Path, score_chunk, scorer,

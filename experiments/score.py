@@ -70,17 +70,19 @@ def run(f, workdir=None):
     from experiments import correlate
     import jax
     workdir = pathlib.Path(workdir)
-    ops = space.to_array(archs)
+    runs, expand = correlate.per_network(space, scorer, archs)
+    ops = space.to_array(runs)
     devices = jax.local_devices()
     correlate.check_shared_manifest(workdir, correlate.run_config(
         proxy_names, scorer.settings, f, images, ops, len(devices), devices[0].platform), share)
     scores = correlate.sweep(
         ops, f.chunk_size, workdir / 'chunks',
-        lambda a, b, advance: score_by_group(space, scorer, archs[a:b], f.batch_candidates,
+        lambda a, b, advance: score_by_group(space, scorer, runs[a:b], f.batch_candidates,
                                              advance), scorer, f.progress, share)
     if not share.writes_outputs:
       print(f'{share}: every chunk is on disk; process 0 writes {workdir / f.output}')
       return
+    scores = expand(scores)[1]
   else:
     with tqdm(total=len(archs), unit='arch', disable=not f.progress, file=None) as bar:
       scores = score_by_group(space, scorer, archs, f.batch_candidates, bar.update)

@@ -201,6 +201,35 @@ def test_chunks_scored_by_fresh_scorers_equal_one_pass(tmp_path, monkeypatch):
   assert len(set(whole['linear_regions'].tolist())) > 1
 
 
+def test_a_sweep_runs_one_arch_per_network_and_expands_to_every_arch(tmp_path, monkeypatch):
+  """Archs NB201 calls one network run once in a sweep: the expanded scores (all chunks, or
+  the finished ones with --partial) equal scoring every arch, params each arch's own."""
+  space = registry.get('nb201')
+  settings = proxies.ScoreSettings(zc_width=2, zc_cells=1, zc_batch=4, zc_input_size=8)
+  # rows 0/2 and 1/4 are one network each (dead edges), row 3 its own: 3 networks
+  pool, c1, c3 = 4, 2, 3
+  archs = space.relax.from_rows((), np.array([
+      [0, pool, 0, pool, 0, 0], [0, 0, c1, c1, pool, c1], [0, c1, 0, pool, 0, 0], [c3] * 6,
+      [0, 0, c3, c1, c1, c3]]))
+  scorer = scoring.Scorer(space, ['synflow', 'params'], settings, seed=3)
+  runs, expand = correlate.per_network(space, scorer, archs)
+  assert [space.encode(a) for a in runs] == [space.encode(archs[i]) for i in (0, 1, 3)]
+  ops = space.to_array(runs)
+  score = lambda start, stop, p: scorer.score_archs((), runs[start:stop], 2, p)
+  done, swept = expand(correlate.sweep(ops, 2, tmp_path, score, scorer, progress=False))
+  monkeypatch.setattr(scoring.Scorer, 'one_per_network', lambda self, archs: (None, None))
+  every = scoring.Scorer(space, ['synflow', 'params'], settings, seed=3).score_archs((), archs)
+  assert done.all() and swept.keys() == every.keys()
+  for name in every:
+    np.testing.assert_array_equal(swept[name], every[name], err_msg=name)
+  assert every['params'][0] != every['params'][2]
+  (tmp_path / 'chunk_00000.npz').unlink()  # runs 0-1 (archs 0, 1, 2, 4) not finished
+  done, partial = expand(*correlate.finished_scores(ops, 2, tmp_path)[::-1])
+  assert done.tolist() == [False, False, False, True, False]
+  for name in every:
+    np.testing.assert_array_equal(partial[name], every[name][done], err_msg=name)
+
+
 def test_score_writes_aggregate_columns(tmp_path, data_dir):
   out = tmp_path / 'scores.csv'
   f = run_lib.make_config('score', archs='1', proxies='params,agg:params+flops',

@@ -158,3 +158,80 @@ def test_k_from_free_device_memory_on_a_two_device_mesh(monkeypatch, capsys):
   single = scoring.Scorer(NB201, 'linear_regions', SETTINGS, seed=7, batch_candidates=1,
                           devices=jax.devices()[:1]).score_archs((), OPS)
   _assert_same(single, auto)
+
+
+# Two pairs NB201 calls one network (`nb201.without_dead_edges`), one for each kind of dead
+# edge, and a fifth arch: in the first pair node 2 reaches nothing (edge 5 is none), so edge 1
+# computes from the cell input for nothing (a pool in the first arch, a ReLU-conv in the
+# second; the live cell is one pool, so linear_regions does not saturate); in the second pair
+# node 1 has only a none input, so the edges out of it (2, 4) carry zeros.
+C1, C3, POOL = nb201.CONV1, nb201.CONV3, nb201.OPS.index('avg_pool_3x3')
+SAME = np.array([[0, POOL, 0, POOL, 0, 0], [0, C1, 0, POOL, 0, 0],
+                 [0, 0, C1, C1, POOL, C1], [0, 0, C3, C1, C1, C3], [C3] * 6])
+TINY = proxies.ScoreSettings(zc_width=2, zc_cells=1, zc_batch=4, zc_input_size=8,
+                             ntk_batch=4, ntk_repeats=1, ntk_width=2, ntk_cells=1,
+                             lr_batches=1, lr_batch_size=32)
+
+
+def _every_arch_runs(monkeypatch):
+  monkeypatch.setattr(scoring.Scorer, 'one_per_network', lambda self, archs: (None, None))
+
+
+def test_archs_of_one_network_run_once_and_score_alike(monkeypatch):
+  # K=4: 3 networks in one call, one slot padded (the program of the test below)
+  make = lambda: scoring.Scorer(NB201, 'synflow,jacob_cov,params', TINY, seed=3,
+                                batch_candidates=4, devices=jax.devices()[:1])
+  once = make()
+  assert once.one_per_network(list(SAME))[0].tolist() == [0, 2, 4]
+  got = once.score_archs((), SAME)
+  assert once.timing.scored == 3
+  _every_arch_runs(monkeypatch)
+  every = make()
+  want = every.score_archs((), SAME)
+  assert every.timing.scored == 5
+  assert got.keys() == want.keys()
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  assert got['params'][0] != got['params'][1]  # analytic proxies count every arch's own ops
+
+
+def _alike_in_pairs(names, monkeypatch, settings=TINY) -> dict:
+  """{proxy: whether it scores each of SAME's two pairs alike}, every arch run."""
+  _every_arch_runs(monkeypatch)
+  values = scoring.Scorer(NB201, names, settings, seed=3, batch_candidates=5,
+                          devices=jax.devices()[:1]).score_archs((), SAME)
+  return {n: np.array_equal(values[n][0:4:2], values[n][1:4:2], equal_nan=True)
+          for n in names}
+
+
+def test_a_proxy_that_counts_units_carrying_nothing_runs_every_arch(monkeypatch):
+  assert scoring.Scorer(NB201, 'synflow,nwot', TINY, seed=3).one_per_network(
+      list(SAME)) == (None, None)
+  assert _alike_in_pairs(['nwot'], monkeypatch) == {'nwot': False}  # why nwot is marked
+
+
+@pytest.mark.slow
+def test_only_the_marked_proxies_tell_archs_of_one_network_apart(monkeypatch):
+  """Every network proxy of the registry scores the archs of one network bit for bit alike
+  unless it is marked `counts_dead_units`, and each marked one tells one of the pairs apart
+  (the mark is needed). linear_regions on 1,000 patches, so that its count does not saturate
+  at the sample count for both archs of a pair."""
+  network = [n for n, p in proxies.REGISTRY.items() if p.kind == 'network']
+  alike = _alike_in_pairs(network, monkeypatch,
+                          dataclasses.replace(TINY, lr_batch_size=1000))
+  assert {n for n in network if not alike[n]} == {
+      n for n in network if proxies.REGISTRY[n].counts_dead_units}
+
+
+def test_a_partial_batch_computes_only_its_candidates():
+  net = NB201.proxy_nets((), TINY, False)
+  fn = jax.jit(scoring.batch_score_fn(proxies.get('synflow,jacob_cov'), TINY, net,
+                                      devices=jax.devices()[:1]))
+  scorer = scoring.Scorer(NB201, 'synflow,jacob_cov', TINY, seed=3)
+  inputs, rows = scorer.inputs_for(()), jax.numpy.asarray(SAME[[0, 2, 4, 4]])
+  keys = scoring.row_keys(3, SAME[[0, 2, 4, 4]])
+  full = fn(rows, keys, inputs)
+  part = fn(rows, keys, inputs, jax.numpy.arange(4) < 3)
+  for name in full:
+    np.testing.assert_array_equal(part[name][:3], full[name][:3], err_msg=name)
+    assert part[name][3] == 0 != full[name][3] or name.endswith('_flag'), name

@@ -94,6 +94,12 @@ class Proxy:
   higher_is_better: bool
   fn: Callable
   needs: str | None = None  # which input batch a network proxy reads: 'ntk', 'lr', 'zc'
+  # The value also counts units or layers that carry nothing to the output (the ReLU patterns
+  # of linear_regions and nwot, zen's BN variances, vkdnw's weight tensors), so archs a space
+  # calls one network (`Relaxation.same_network`) can score differently. The others depend
+  # only on the function the network computes at init (and its gradients), and the scorer
+  # runs one arch per network (tests/scoring_test.py holds both sides on NB201's dead edges).
+  counts_dead_units: bool = False
 
 
 def _init_keys(key, inputs, name, s: ScoreSettings):
@@ -160,15 +166,17 @@ def _az_nas(names):
 REGISTRY: dict[str, Proxy] = {p.name: p for p in [
     Proxy('ntk_cond', 'network', False, _ntk('coupled'), 'ntk'),
     Proxy('ntk_cond_independent', 'network', False, _ntk('independent'), 'ntk'),
-    Proxy('linear_regions', 'network', True, _linear_regions, 'lr'),
+    Proxy('linear_regions', 'network', True, _linear_regions, 'lr', counts_dead_units=True),
     Proxy('params', 'analytic', True, None),
     Proxy('flops', 'analytic', True, None),
-] + [Proxy(name, 'network', True, _zero_cost(fn, **_ZC_OPTIONS.get(name, {})), 'zc')
+] + [Proxy(name, 'network', True, _zero_cost(fn, **_ZC_OPTIONS.get(name, {})), 'zc',
+           counts_dead_units=name in ('nwot', 'zen'))
      for name, fn in zc_lib.PROXIES.items()] + [
     # VKDNW (engine.proxies.vkdnw) on the zc batch, from the authors' kaiming_normal (fan_in) init
-    Proxy('vkdnw', 'network', True, _zero_cost(vkdnw_lib.vkdnw, init='kaiming_normal'), 'zc'),
+    Proxy('vkdnw', 'network', True, _zero_cost(vkdnw_lib.vkdnw, init='kaiming_normal'), 'zc',
+          counts_dead_units=True),
     Proxy('vkdnw_dim', 'network', True, _zero_cost(vkdnw_lib.tensor_count, init='kaiming_normal'),
-          'zc'),
+          'zc', counts_dead_units=True),
 ] + [Proxy(name, 'network', True, _az_nas((name,)), 'zc') for name in az_lib.TERMS]}
 
 
