@@ -110,7 +110,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-CORRELATE = ['--experiment=correlate', '--archs=random:256', '--proxies=params,flops,synflow',
+# nwot counts units that carry nothing (registry `counts_dead_units`), so every one of the 256
+# archs runs (8 chunks of 32) rather than one per network; correlate_test holds that path.
+CORRELATE = ['--experiment=correlate', '--archs=random:256', '--proxies=params,flops,nwot',
              '--zc_width=4', '--zc_cells=1', '--zc_batch=8', '--chunk_size=32',
              '--batch_candidates=32', '--noprogress']
 
@@ -138,7 +140,7 @@ def one_process(tmp_path_factory, data_dir):
 
 
 def test_two_processes_write_the_rows_of_one(one_process, tmp_path):
-  """256 NB201 archs (params, flops, synflow) in 8 chunks: two processes on jax.distributed
+  """256 NB201 archs (params, flops, nwot) in 8 chunks: two processes on jax.distributed
   (CPU) each score 4 chunks, and process 0's outputs equal a one-process run's byte for byte."""
   procs = _processes(tmp_path / 'two', 2, _free_port(), _env())
   outs = [p.communicate(timeout=300) for p in procs]
