@@ -67,13 +67,19 @@ def batch_score_fn(proxies, settings: proxies_lib.ScoreSettings, nets, candidate
       out[p.name], out[p.name + '_flag'] = values[p.name]
     return out
 
+  # what a skipped (padding) candidate gives: a proxy's value is a float32 scalar, its flag an
+  # int32 one (`typed` holds every proxy to that, so the two branches of the cond agree without
+  # tracing the proxies a second time for their shapes)
+  dtype = lambda name: jnp.int32 if name.endswith('_flag') else jnp.float32
+  names = [n for p in net for n in (p.name, p.name + '_flag')]
+  blank = lambda: {n: jnp.zeros((), dtype(n)) for n in names}
+  typed = lambda out: {n: jnp.asarray(v, dtype(n)).reshape(()) for n, v in out.items()}
+
   def shard(rows, keys, inputs, live):
     if not vmappable or jnp.issubdtype(rows.dtype, jnp.integer):
-      shapes = jax.eval_shape(one, rows[0], keys[0], inputs)
-      blank = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-      return jax.lax.map(lambda a: jax.lax.cond(a[2], lambda: one(a[0], a[1], inputs), blank),
-                         (rows, keys, live),
-                         batch_size=candidate_chunk if candidate_chunk > 1 else None)
+      return jax.lax.map(
+          lambda a: jax.lax.cond(a[2], lambda: typed(one(a[0], a[1], inputs)), blank),
+          (rows, keys, live), batch_size=candidate_chunk if candidate_chunk > 1 else None)
     batched = jax.vmap(one, in_axes=(0, 0, None))
     chunk = candidate_chunk or rows.shape[0]
     parts = [batched(rows[i:i + chunk], keys[i:i + chunk], inputs)

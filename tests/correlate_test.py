@@ -14,6 +14,7 @@ import sys
 import time
 import types
 
+import jax
 import numpy as np
 import pytest
 
@@ -211,14 +212,18 @@ def test_a_sweep_runs_one_arch_per_network_and_expands_to_every_arch(tmp_path, m
   archs = space.relax.from_rows((), np.array([
       [0, pool, 0, pool, 0, 0], [0, 0, c1, c1, pool, c1], [0, c1, 0, pool, 0, 0], [c3] * 6,
       [0, 0, c3, c1, c1, c3]]))
-  scorer = scoring.Scorer(space, ['synflow', 'params'], settings, seed=3)
+  # the proxies, settings and K of scoring_test's one-network test: one program between them
+  names = ['synflow', 'jacob_cov', 'params']
+  one = jax.devices()[:1]
+  scorer = scoring.Scorer(space, names, settings, seed=3, batch_candidates=4, devices=one)
   runs, expand = correlate.per_network(space, scorer, archs)
   assert [space.encode(a) for a in runs] == [space.encode(archs[i]) for i in (0, 1, 3)]
   ops = space.to_array(runs)
-  score = lambda start, stop, p: scorer.score_archs((), runs[start:stop], 2, p)
+  score = lambda start, stop, p: scorer.score_archs((), runs[start:stop], 4, p)
   done, swept = expand(correlate.sweep(ops, 2, tmp_path, score, scorer, progress=False))
   monkeypatch.setattr(scoring.Scorer, 'one_per_network', lambda self, archs: (None, None))
-  every = scoring.Scorer(space, ['synflow', 'params'], settings, seed=3).score_archs((), archs)
+  every = scoring.Scorer(space, names, settings, seed=3, batch_candidates=4,
+                         devices=one).score_archs((), archs)
   assert done.all() and swept.keys() == every.keys()
   for name in every:
     np.testing.assert_array_equal(swept[name], every[name], err_msg=name)
