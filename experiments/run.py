@@ -1,8 +1,8 @@
 """zeronas-mcu entry point: `python -m experiments.run --experiment=NAME [flags]`.
 
 With no flags it runs the main job: a hardware-aware search (rerank of the largest feasible
-cells by the default proxy aggregate, under the MCU's SRAM and flash) for an STM32F746 /
-CMSIS-NN on NB201, printing the winner, its costs and fit.
+cells by the rank sum of synflow, az_trainability and jacob_cov, under the MCU's SRAM and flash)
+for an STM32F746 / CMSIS-NN on NB201, printing the winner, its costs and fit.
 
 Each experiment is a module with `run(config, workdir)`, registered in `EXPERIMENTS` with the
 flags it reads, the search spaces it supports and its own defaults; its config is a frozen

@@ -203,12 +203,12 @@ NOT_DIFFERENTIABLE = ('linear_regions', 'params', 'flops')  # counts: zero gradi
 
 
 class Problem:
-  """What a searcher needs: the table, the scorer of its space, the objective and limits.
+  """What a searcher needs: the table, a scorer over its space, the objective and limits.
 
   `proxy_names` are proxies and aggregates (`engine.proxies.aggregate`, e.g.
   `agg:params+synflow+2*jacob_cov:logrank`): each named one is a term of the objective; an
-  aggregate's components are scored but only the aggregate counts. The scorer (the space's, see
-  `interface.SearchSpace.scorer`) keeps compiled functions per batch size across seeds
+  aggregate's components are scored but only the aggregate counts. The scorer
+  (`engine.scoring.Scorer` over the space's `Net`) keeps compiled functions per batch size across seeds
   (`reseed`), so a multi-seed run compiles once."""
 
   def __init__(self, table: SpaceTable, scorer, proxy_names, weights: obj.Weights,
