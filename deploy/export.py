@@ -69,8 +69,10 @@ def predicted_costs(graph, device: str, runtime: str) -> dict:
 
 def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
            device: str = 'stm32f746', runtime: str = 'tflm', progress=True, log=print,
-           c_source: bool = False, c_target: str = 'm4', c_images: int = 1000) -> dict:
-  """Writes model.tflite, io_check.npz, export.json/txt into `workdir`; returns the report."""
+           c_source: bool = False, c_target: str = 'm4', c_images: int = 1000,
+           space: str | None = None) -> dict:
+  """Writes model.tflite, io_check.npz, export.json/txt into `workdir`; returns the report.
+  `space`: the search space the caller expects the run to be of (None: whichever it is)."""
   workdir = pathlib.Path(workdir)
   if not (workdir / 'config.json').is_file():
     raise ExportError(f'{workdir} is not a trained run (no config.json); pass --workdir=<a '
@@ -84,6 +86,9 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
     raise ExportError(f'{workdir} holds no calibrated activation ranges; rerun its training to '
                       f'the end (the ranges are set when QAT or PTQ starts)')
   net = cfg.network()
+  if space is not None and space != net.space:
+    raise ExportError(f'{workdir} holds a {net.space} run, not {space}; pass '
+                      f'--search_space={net.space} or leave it out (export takes the run\'s)')
   if c_source:  # before any work: a missing tool must not surface after the TFLM run
     from deploy import mcu
     why = mcu.tools_missing(c_target)

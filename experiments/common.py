@@ -10,6 +10,7 @@ import logging
 import os
 import pathlib
 import sys
+import tempfile
 
 import numpy as np
 
@@ -206,6 +207,14 @@ def _check_can_create(folder, flag, value, fix):
     raise UsageError(f'--{flag}={value}: {base} is not a folder; {fix}')
   if not os.access(base, os.W_OK | os.X_OK):
     raise UsageError(f'--{flag}={value}: no permission to write in {base}; {fix}')
+  # os.access lets root through everywhere, and /proc or a read-only mount only refuse a real
+  # write: try one (a probe file, removed at once)
+  try:
+    handle, probe = tempfile.mkstemp(prefix='.zeronas-probe-', dir=base)
+  except OSError as err:
+    raise UsageError(f'--{flag}={value}: cannot write in {base} ({err.strerror}); {fix}') from None
+  os.close(handle)
+  os.unlink(probe)
 
 
 def check_input_file(value, flag: str):

@@ -72,35 +72,16 @@ def _mlperf_tiny(f, device, runtime):
   return ('arch',), [((r['arch'],), r) for r in rows]
 
 
-def _tinycnn(f, device, runtime):
-  from search_spaces import tinycnn
-  spec = f.archs.strip()
-  if spec.startswith('random:'):
-    space = tinycnn.enumerate_archs()
-    count = spec.split(':', 1)[1]
-    if not count.isdecimal() or not 0 < int(count) <= len(space):
-      raise ValueError(f'bad --archs={spec!r} for tinycnn; use random:N with N in '
-                       f'1..{len(space)}, all, or encodings like f16k3-f32k5-relu-max')
-    picks = np.random.default_rng(f.seed).choice(len(space), int(count), replace=False)
-    archs = [space[i] for i in picks]
-  else:
-    archs = tinycnn.parse_archs(spec)
-  rows = tinycnn.cost_rows(archs, device, runtime)
-  return ('arch',), [((r['arch'],), r) for r in rows]
-
-
 def _plugin(f, device, runtime):
-  """Any space registered in search_spaces.registry (archs by its own parser)."""
+  """Any space registered in search_spaces.registry (--archs by `SearchSpace.parse`)."""
   from search_spaces import registry
   space = registry.get(f.search_space)
-  spec = f.archs.strip()
-  archs = (space.sample(np.random.default_rng(f.seed), int(spec.split(':', 1)[1]))
-           if spec.startswith('random:') and spec.split(':', 1)[1].isdecimal() else space.parse(spec))
+  archs = space.parse(f.archs, f.seed)
   rows = hardware.cost_rows({space.encode(a): space.lower(a) for a in archs}, device, runtime)
   return ('arch',), [((r['arch'],), r) for r in rows]
 
 
-_SPACES = {'nb201': _nb201, 'mlperf_tiny': _mlperf_tiny, 'tinycnn': _tinycnn, 'mbv2': _plugin}
+_SPACES = {'nb201': _nb201, 'mlperf_tiny': _mlperf_tiny, 'tinycnn': _plugin, 'mbv2': _plugin}
 
 
 def _archs_given(f) -> bool:

@@ -21,4 +21,4 @@ def run(f, workdir):
   data_dir = f.data_dir or str(nb201.data_dir() / 'cifar10')
   export_lib.export(workdir, data_dir, f.export_images, litert=f.litert, device=f.device,
                     runtime=f.runtime, progress=f.progress, c_source=f.c_source,
-                    c_target=f.c_target, c_images=f.c_images)
+                    c_target=f.c_target, c_images=f.c_images, space=f.search_space)

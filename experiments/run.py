@@ -109,7 +109,9 @@ EXPERIMENTS = types.MappingProxyType({
                         required=types.MappingProxyType({'arch': 'an arch string (NB201: or an '
                                                                  'index)'}),
                         summary='train one arch in fp32, PTQ or QAT'),
-    'export': Experiment('export', EXPORT, ('nb201', 'tinycnn', 'mbv2'), types.MappingProxyType({'runtime': 'tflm'}),
+    # the space is the trained run's; --search_space, if given, must match it (unset: None)
+    'export': Experiment('export', EXPORT, ('nb201', 'tinycnn', 'mbv2'),
+                         types.MappingProxyType({'runtime': 'tflm', 'search_space': None}),
                          required=types.MappingProxyType({
                              'workdir': 'a workdir written by --experiment=train --quant=qat or '
                                         'ptq'}),
@@ -169,7 +171,8 @@ flags.DEFINE_integer('seed', 0, 'Seed for arch sampling, inputs and inits.', low
 flags.DEFINE_string('output', 'scores.csv', 'Output CSV path.')
 flags.DEFINE_enum('stand_in_inputs', 'noise', ['noise', 'photos'],
                   'Proxy inputs without --data_dir: N(0, 1) noise, or random crops of the '
-                  'photographs matplotlib ships (natural-image statistics, no download).')
+                  'photographs matplotlib ships (natural-image statistics, no download); '
+                  'search and pipeline default to photos.')
 flags.DEFINE_string('data_dir', None,
                     'CIFAR python pickle batches, an image folder (one subfolder per class) or an '
                     '.npz (x, y); without it see --stand_in_inputs.')
@@ -209,8 +212,9 @@ flags.DEFINE_integer('space_samples', 4096, 'Archs drawn to stand for a space to
                      'enumerate (mbv2); the search keeps one width x resolution group of them.',
                      lower_bound=8)
 flags.DEFINE_string('seeds', '', 'Seeds to search with, e.g. 0-9 or 0,3 (default: --seed).')
-flags.DEFINE_float('latency_budget_ms', None, 'Predicted-latency budget (ms); unset: none.')
-flags.DEFINE_float('energy_budget_mj', None, 'Predicted energy budget per inference (mJ).')
+flags.DEFINE_float('latency_budget_ms', None, 'Predicted-latency budget (ms); unset or 0: none.')
+flags.DEFINE_float('energy_budget_mj', None, 'Predicted energy budget per inference (mJ); unset or '
+                   '0: none.')
 flags.DEFINE_float('sram_reserve_kb', 0.0, 'SRAM kept free for the application (KB).',
                    lower_bound=0)
 flags.DEFINE_float('flash_reserve_kb', 0.0, 'Flash kept free for the application (KB).',
@@ -250,8 +254,8 @@ flags.DEFINE_integer('finalists', 0, 'Train the K best candidates by the objecti
                      lower_bound=0)
 flags.DEFINE_integer('finalist_epochs', 1, 'With --finalists: epochs each finalist trains (fp32; '
                      'NB201 at --zc_width, --zc_cells).', lower_bound=1)
-flags.DEFINE_float('finalist_lr', 0.1, 'With --finalists: peak learning rate of their training '
-                   '(tinycnn, without BN, needs about 0.01).', lower_bound=0)
+flags.DEFINE_float('finalist_lr', None, 'With --finalists: peak learning rate of their training; '
+                   "unset: the space's own (0.1; tinycnn, without BN: 0.01).", lower_bound=0)
 # --experiment=correlate (also uses --dataset, --archs, --proxies, --data_dir, --workdir, ...)
 flags.DEFINE_integer('chunk_size', 256, 'correlate, score with --workdir: archs per resumable '
                      'chunk written to disk.',
@@ -286,8 +290,8 @@ flags.DEFINE_integer('train_width', 16, 'train: channels C of the trained networ
 flags.DEFINE_integer('train_cells', 5, 'train: cells per stage N (NB201: 5).', lower_bound=1)
 flags.DEFINE_integer('train_batch', 128, 'train: batch size.', lower_bound=1)
 flags.DEFINE_enum('optimizer', 'sgd', ['sgd', 'adamw'], 'train: sgd (Nesterov momentum) or adamw.')
-flags.DEFINE_float('lr', 0.1, 'train: peak learning rate (cosine schedule after warmup).',
-                   lower_bound=0)
+flags.DEFINE_float('lr', None, "train: peak learning rate (cosine schedule after warmup); unset: "
+                   "the space's own (0.1; tinycnn, whose convs have no BN: 0.01).", lower_bound=0)
 flags.DEFINE_float('weight_decay', 5e-4, 'train: weight decay on conv/dense kernels.',
                    lower_bound=0)
 flags.DEFINE_float('warmup_epochs', 1.0, 'train: linear warmup length.', lower_bound=0)
@@ -448,6 +452,11 @@ def make_config(experiment: str, preset: str | None = None, **overrides):
   if 'searcher' in names and 'proxies' not in values and values.get(
       'searcher', cls.__dataclass_fields__['searcher'].default) == 'rerank':
     values = {**RERANK_DEFAULTS, **values}
+  rates = [n for n in ('lr', 'finalist_lr') if n in names and values.get(n) is None]
+  if rates:  # unset: the space's own rate
+    from search_spaces import registry
+    space = values.get('search_space', cls.__dataclass_fields__['search_space'].default)
+    values.update({n: registry.get(space).train_lr for n in rates})
   return cls(**{k: _checked(k, v) for k, v in values.items()})
 
 

@@ -22,18 +22,12 @@ from search_spaces import registry
 
 
 def select(space, f) -> list:
-  """--archs as archs of `space`: NB201-style benchmark spaces take indices and files too
-  (`common.select_archs`); every space takes all, random:N (drawn with --seed) and its own
-  arch strings, comma-separated."""
+  """--archs as archs of `space`: NB201-style benchmark spaces take indices too
+  (`common.select_archs`); every space takes all, random:N (drawn with --seed), its own arch
+  strings, comma-separated, and a file of them (`SearchSpace.parse`)."""
   if space.datasets is not None:
     return space.relax.from_rows((), common.select_archs(f.archs, f.seed, f.benchmark_file))
-  spec = f.archs.strip()
-  if spec.startswith('random:'):
-    count = spec.split(':', 1)[1]
-    if not count.isdecimal() or int(count) < 1:
-      raise ValueError(f'bad --archs={spec!r}; use random:N with N a positive integer')
-    return space.sample(np.random.default_rng(f.seed), int(count))
-  return space.parse(spec)
+  return space.parse(f.archs, f.seed)
 
 
 def score_by_group(space, scorer, archs, k, progress=None) -> dict:

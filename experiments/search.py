@@ -40,6 +40,8 @@ def parse_seeds(spec: str, default: int) -> list[int]:
       seeds += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
   except ValueError:
     raise ValueError(f'bad --seeds={spec!r}; use a range like 0-9 or a list like 0,3,5') from None
+  if not seeds and '-' in spec:
+    raise ValueError(f'bad --seeds={spec!r}: a range runs from low to high, e.g. 0-9')
   if not seeds or min(seeds) < 0:
     raise ValueError(f'bad --seeds={spec!r}; seeds are non-negative integers, e.g. 0-9')
   return sorted(set(seeds))
@@ -133,6 +135,11 @@ def options_from_flags(f):
                'batch_candidates', 'rerank_pool'):
     if getattr(f, name) < 1:
       raise ValueError(f'--{name} must be at least 1, got {getattr(f, name)}')
+  if getattr(f, 'searcher', None) == 'evolution':  # else one would be cut to the other without a word
+    for small, large in (('population', 'evolution_samples'), ('tournament', 'population')):
+      if getattr(f, small) > getattr(f, large):
+        raise ValueError(f'--{small}={getattr(f, small)} is more than --{large}='
+                         f'{getattr(f, large)}; pass at most {getattr(f, large)}')
   if f.rerank_band >= 1:  # before any work (rerank checks it too, for callers of the library)
     raise ValueError(f'--rerank_band must be in [0, 1) (negative: no size floor), got '
                      f'{f.rerank_band}')

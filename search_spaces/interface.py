@@ -39,6 +39,7 @@ proxy of `engine.proxies` calls):
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Any, Callable, Hashable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
@@ -189,6 +190,9 @@ class SearchSpace:
   # multiply-accumulates) of the archs or supernets; None: from the lowered graph (archs) or
   # `relax.cost` (supernets)
   size: Optional[Callable] = None
+  # the trainer's peak learning rate when none is given (--lr, --finalist_lr): a network
+  # without BN needs a lower one than NB201's 0.1 (tinycnn diverges there)
+  train_lr: float = 0.1
   # dataset name -> (input shape, classes) the space is built for; None: `input_shape` and
   # `num_classes` only
   datasets: Optional[Mapping[str, tuple]] = None
@@ -205,24 +209,47 @@ class SearchSpace:
   def shape_of(self, group) -> tuple:
     return tuple(self.group_input_shape(group) or self.input_shape)
 
-  def parse(self, archs) -> list:
-    """'all' | 'random:N' | 'a,b,c' | a list of archs or strings -> archs (one-line errors)."""
-    if isinstance(archs, str):
-      spec = archs.strip()
-      if spec in ('', 'all'):
-        if self.enumerate is None:
-          raise ValueError(f'{self.name} is too large to enumerate; use --archs=random:N')
-        return self.enumerate()
-      if spec.startswith('random:'):
-        try:
-          n = int(spec.split(':', 1)[1])
-        except ValueError:
-          n = 0
-        if n < 1:
-          raise ValueError(f'bad --archs={spec!r}; use random:N with N >= 1')
-        return self.sample(np.random.default_rng(0), n)
-      return [self.decode(a) for a in spec.split(',') if a.strip()]
-    return [self.decode(a) if isinstance(a, str) else a for a in archs]
+  def parse(self, archs, seed: int = 0) -> list:
+    """--archs as archs: 'all' | 'random:N' (drawn with `seed`) | a file with one arch string
+    per line ('#' starts a comment line) | 'a,b,c' | a list of archs or strings. Bad input
+    raises a one-line ValueError (a file's names its line)."""
+    if not isinstance(archs, str):
+      return [self.decode(a) if isinstance(a, str) else a for a in archs]
+    spec = archs.strip()
+    if spec in ('', 'all'):
+      if self.enumerate is None:
+        raise ValueError(f'{self.name} is too large to enumerate; use --archs=random:N')
+      return self.enumerate()
+    if spec.startswith('random:'):
+      count = spec.split(':', 1)[1]
+      if not count.isdecimal() or int(count) < 1:
+        raise ValueError(f'bad --archs={spec!r}; use random:N with N a positive integer')
+      return self.sample(np.random.default_rng(seed), int(count))
+    path = pathlib.Path(spec)
+    if path.is_file():
+      return self._parse_file(path)
+    if '/' in spec or path.suffix in ('.txt', '.csv'):
+      raise ValueError(f'--archs={spec}: no such file; give all, random:N, {self.name} arch '
+                       f'strings (comma-separated) or a file with one per line')
+    return [self.decode(a) for a in spec.split(',') if a.strip()]
+
+  def _parse_file(self, path: pathlib.Path) -> list:
+    try:
+      text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+      raise ValueError(f'--archs={path}: cannot read it ({getattr(err, "strerror", None) or err})'
+                       f'; give a text file with one {self.name} arch string per line') from None
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
+             if line.strip() and not line.strip().startswith('#')]
+    if not lines:
+      raise ValueError(f'{path} lists no archs; put one {self.name} arch string per line')
+    archs = []
+    for n, line in lines:
+      try:
+        archs.append(self.decode(line))
+      except ValueError as err:
+        raise ValueError(f'{path}:{n}: {err}') from None
+    return archs
 
 
 INITS = ('torch_default', 'kaiming_normal')

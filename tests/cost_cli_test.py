@@ -127,6 +127,7 @@ def test_list_devices_prints_catalog():
     (['--search_space=mlperf_tiny', '--archs=ic,zz'], ["'zz'", 'ic, kws, vww, ad']),
     (['--search_space=tinycnn', '--archs=random:0'], ['random:N']),
     (['--search_space=tinycnn', '--archs=f8k9-relu-max'], ['f16k3-f32k5-relu-max']),
+    (['--search_space=mbv2', '--archs=random:0'], ['random:N']),
 ])
 def test_bad_input_gives_one_line_error_and_exit_2(tmp_path, args, fragments):
   out = tmp_path / 'x.csv'

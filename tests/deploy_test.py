@@ -163,6 +163,18 @@ def test_c_source_without_the_arm_toolchain_is_one_line_exit_2(trained_ptq):
                         'qemu-system-arm')
 
 
+def test_export_refuses_a_search_space_other_than_the_runs(trained_ptq, capsys):
+  """export takes the space from the trained run; a --search_space that names another is an
+  error, not ignored (the run's own space is accepted)."""
+  from experiments import run
+  code = run.cli(['zeronas', '--experiment=export', f'--workdir={trained_ptq}',
+                  '--search_space=tinycnn'])
+  err = capsys.readouterr().err
+  assert code == 2 and err.strip() == (f'error: {trained_ptq} holds a nb201 run, not tinycnn; '
+                                       f'pass --search_space=nb201 or leave it out (export '
+                                       f"takes the run's)"), err
+
+
 @pytest.mark.parametrize('make', ['missing', 'fp32', 'empty_ckpt'])
 def test_bad_export_workdir_is_one_line_exit_2(tmp_path, make, capsys):
   """In this process (`experiments.run.cli`, as tests/cli_errors_test.py): a new process per

@@ -268,3 +268,27 @@ def test_mbv2_tflm_arena_matches_the_prediction(code):
   predicted = memory.tflm_arena(graph)
   assert abs(measured['total'] / predicted['total'] - 1) < 0.05
   assert measured['head'] == predicted['planned']
+
+
+@pytest.mark.parametrize('name', ['tinycnn', 'mbv2'])
+def test_archs_come_from_strings_files_and_random_draws(name, tmp_path):
+  space = registry.get(name)
+  archs = space.sample(np.random.default_rng(0), 3)
+  codes = [space.encode(a) for a in archs]
+  assert [space.encode(a) for a in space.parse(','.join(codes))] == codes
+  listed = tmp_path / 'archs.txt'
+  listed.write_text(f'# picked by hand\n{codes[0]}\n\n  {codes[1]}  \n{codes[2]}\n')
+  assert [space.encode(a) for a in space.parse(str(listed))] == codes
+  drawn = [space.encode(a) for a in space.parse('random:3', seed=5)]
+  assert drawn == [space.encode(a) for a in space.parse('random:3', seed=5)] and len(drawn) == 3
+  listed.write_text(f'{codes[0]}\nnot-an-arch\n')
+  with pytest.raises(ValueError, match=r'archs.txt:2: '):
+    space.parse(str(listed))
+  listed.write_text('# nothing\n')
+  with pytest.raises(ValueError, match='lists no archs'):
+    space.parse(str(listed))
+  with pytest.raises(ValueError, match='no such file'):
+    space.parse(str(tmp_path / 'missing.txt'))
+  for bad in ('random:0', 'random:x', 'random:-2'):
+    with pytest.raises(ValueError, match='random:N with N a positive integer'):
+      space.parse(bad)

@@ -177,6 +177,31 @@ def test_an_aggregate_tie_of_disagreeing_components_says_so():
   assert searchers.check_evidence(problem, values, np.array([True, True]), 'the pool')
 
 
+def test_an_aggregate_counts_and_notes_its_flagged_components():
+  """A rank sum is finite where a component is not (it ranks last there): the component's
+  flags are counted in the aggregate's evidence and noted, not hidden behind it."""
+  table = search_exp.space_table(registry.get('tinycnn'), search.Constraints())
+  scorer = types.SimpleNamespace(higher_is_better={'synflow': True, 'linear_regions': True})
+  problem = search.Problem(table, scorer, 'agg:synflow+linear_regions:rank', search.Weights())
+  values = {'synflow': np.array([1., 2., 3., 4.]),
+            'linear_regions': np.array([5., np.nan, 7., 8.]),
+            'linear_regions_flag': np.array([0, 2, 0, 0]),
+            **{c: table.costs[c][:4] for c in search.COST_NAMES}}
+  log = []
+  evidence = searchers.check_evidence(problem, values, np.ones(4, bool), 'the pool', log)
+  name = problem.aggregates[0].name
+  assert evidence[name]['flagged'] == 0 and evidence[name]['components_flagged'] == {
+      'linear_regions': 1}
+  assert any(line.startswith(f'note: linear_regions (in {name}) flagged on 1 of 4') for line in log)
+
+
+def test_a_weight_on_a_term_not_searched_is_refused_in_one_line():
+  from experiments import common
+  with pytest.raises(ValueError, match="--proxy_weights names 'synflw', which is not a") as info:
+    _problem('tinycnn', 'params', weights=search.Weights((('synflw', 5.0),)))
+  assert common.user_error_message(info.value) == str(info.value)
+
+
 def test_a_partly_flagged_proxy_still_picks_and_reports_the_flagged_share():
   problem, best = _planted_problem('flagged', flag_share=0.25)
   result = search.search('random', problem, seed=1, options=PLANTED_OPTIONS)

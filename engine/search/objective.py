@@ -53,9 +53,13 @@ class Constraints:
     import hardware
     dev = hardware.get_device(self.device)
     hardware.get_runtime(self.runtime)  # ValueError naming the valid runtimes
-    for name in ('sram_reserve_kb', 'flash_reserve_kb'):
+    for name, memory, size in (('sram_reserve_kb', 'SRAM', dev.sram_kb),
+                               ('flash_reserve_kb', 'flash', dev.flash_kb)):
       if getattr(self, name) < 0:
         raise ValueError(f'--{name} must be >= 0, got {getattr(self, name)}')
+      if getattr(self, name) >= size:
+        raise ValueError(f'--{name}={getattr(self, name):g} leaves no {memory} on {dev.name} '
+                         f'({size:g} KB); reserve less than {size:g} KB')
     for name in ('latency_budget_ms', 'energy_budget_mj'):
       value = getattr(self, name)
       if value is not None and value <= 0:

@@ -221,6 +221,11 @@ class Problem:
     requested = [n.strip() for n in requested if n.strip()]
     self.terms = [Term(n, scorer.higher_is_better[n]) for n in dict.fromkeys(requested)
                   if not agg_lib.is_aggregate(n)] + self.aggregates
+    names = [t.name for t in self.terms]
+    unknown = [n for n, _ in weights.proxies if n not in names]
+    if unknown:  # a weight on nothing searched would be dropped without a word
+      raise ValueError(f'--proxy_weights names {unknown[0]!r}, which is not a term of the '
+                       f'objective; weight one of --proxies: {", ".join(names)}')
     self.refs = table.refs()
     self._grad_fn = None
     self.compile_s = 0.0
@@ -276,10 +281,17 @@ class Problem:
   def evidence(self, values: dict, ok) -> dict:
     """Per objective term, over the `ok` candidates of a pool: how many are flagged (a flag or a
     non-finite value: it ranks last, as no measurement) and how many distinct values the rest
-    take. A term with fewer than 2 distinct unflagged values cannot tell the candidates apart."""
+    take. A term with fewer than 2 distinct unflagged values cannot tell the candidates apart.
+    An aggregate's entry also counts its flagged components (`components_flagged`: {name:
+    count}, the nonzero ones); they rank last in that component."""
     columns = self.term_columns(values)
-    return {term.name: column_evidence(values, term.name, ok, columns[term.name])
-            for term in self.terms}
+    out = {term.name: column_evidence(values, term.name, ok, columns[term.name])
+           for term in self.terms}
+    for a in self.aggregates:  # a rank sum is never flagged itself: count its components'
+      flagged = {c: column_evidence(values, c, ok)['flagged'] for c in a.components
+                 if c in values}
+      out[a.name]['components_flagged'] = {c: k for c, k in flagged.items() if k}
+    return out
 
   def objective(self, values: dict, ok) -> np.ndarray:
     """The objective over the pool `values` (ranks within the pool); -inf where not `ok`."""

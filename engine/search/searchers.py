@@ -160,6 +160,9 @@ def check_evidence(problem: Problem, values: dict, ok, where: str, log=None,
       elif e['flagged']:
         log.append(f'note: {name} flagged on {e["flagged"]} of {n} candidates of {where} '
                    f'({e["flagged"] / n:.1%}; they rank last by it)')
+      for part, k in e.get('components_flagged', {}).items():
+        log.append(f'note: {part} (in {name}) flagged on {k} of {n} candidates of {where} '
+                   f'({k / n:.1%}; they rank last by it within the aggregate)')
   return evidence
 
 
