@@ -329,9 +329,51 @@ _OWN_SCORER = ('spaces whose proxies run at their own sizes (nb201)',
 _DATASETS = ('spaces defined per dataset (nb201)', lambda f, space: space.datasets is not None)
 _SEARCHERS = lambda *names: (f'--searcher={" or ".join(names)}',
                              lambda f, space: f.searcher in names)
-SCORING_ONLY_NB201 = ('ntk_width', 'ntk_cells', 'zc_width', 'zc_cells', 'sparse')
+
+
+def _scored(f) -> dict | None:
+  """{proxy: what it needs ('ntk', 'zc', 'lr', 'analytic')} of the proxies the run will score:
+  --proxies if given, else the preset's, else the experiment's default (a rerank search's own);
+  None where that cannot be told (a bad name: its own check reports it)."""
+  from engine import proxies as proxies_lib
+  from engine.proxies import aggregate as agg_lib
+  from experiments import configs
+  names = f.proxies if f['proxies'].present else None
+  if names is None and f.config:
+    names = configs.get(f.config).get('proxies') if f.config in configs.names() else None
+  if names is None and f.experiment in ('search', 'pipeline'):
+    names = (RERANK_DEFAULTS if f.searcher == 'rerank' else EXPERIMENTS_SEARCH_DEFAULTS)['proxies']
+  try:
+    plain, _ = agg_lib.split(names if names is not None else f['proxies'].default)
+    return {p.name: p.needs or 'analytic' for p in proxies_lib.get(plain)}
+  except ValueError:
+    return None
+
+
+def _scoring(what, needs):
+  """(what reads it, predicate): read when a scored proxy needs `needs`, or is named so."""
+  def reads(f, space):
+    scored = _scored(f)
+    return scored is None or any(n == needs or k == needs for n, k in scored.items())
+  return what, reads
+
+
+def _both(a, b):
+  return f'{a[0]} with {b[0]}', lambda f, space: a[1](f, space) and b[1](f, space)
+
+
+_NTK = _scoring('an NTK proxy (ntk_cond, ntk_cond_independent)', 'ntk')
+_ZC = _scoring('a zero-cost proxy (synflow, jacob_cov, ...)', 'zc')
 READ_WHEN = {
-    **{name: (('score', 'correlate', 'search'),) + _OWN_SCORER for name in SCORING_ONLY_NB201},
+    **{name: (('score', 'correlate', 'search'),) + _both(_OWN_SCORER, _NTK)
+       for name in ('ntk_width', 'ntk_cells')},
+    **{name: (('score', 'correlate', 'search'),) + _both(_OWN_SCORER, _ZC)
+       for name in ('zc_width', 'zc_cells')},
+    'sparse': (('score', 'correlate', 'search'),) + _OWN_SCORER,
+    **{name: (('score', 'correlate', 'search'),) + _NTK
+       for name in ('ntk_batch', 'repeats', 'cotangent_chunk')},
+    'zc_batch': (('score', 'correlate', 'search'),) + _ZC,
+    'zico_splits': (('score', 'correlate', 'search'),) + _scoring('zico', 'zico'),
     'dataset': (('score', 'correlate', 'search', 'cost'),) + _DATASETS,
     'benchmark_file': (('score', 'cost'),) + _DATASETS,
     'reference_file': (('correlate',),) + _OWN_SCORER,

@@ -30,6 +30,11 @@ BAD = [
     (['--candidate_chunk=-1'], ['--candidate_chunk=-1']),
     (['--population=0'], ['--population=0']),
     (['--sram_reserve_kb=-5'], ['--sram_reserve_kb=-5']),
+    # NTK / zero-cost settings without such a proxy scored (the default rerank has no NTK)
+    (['--repeats=2'], ['--repeats is not read', 'an NTK proxy']),
+    (['--experiment=score', f'--archs={ARCH}', '--proxies=params,flops', '--zc_batch=16'],
+     ['--zc_batch is not read', 'a zero-cost proxy']),
+    (['--proxies=synflow', '--zico_splits=4'], ['--zico_splits is not read', 'zico']),
     (['--sram_reserve_kb=320'], ['--sram_reserve_kb=320 leaves no SRAM on stm32f746 (320 KB)']),
     (['--seeds=5-2'], ['--seeds', 'a range runs from low to high']),
     (['--searcher=evolution', '--evolution_samples=4', '--population=8'],
@@ -122,9 +127,9 @@ def test_list_devices_works_from_any_experiment(capsys):
 def test_config_precedence_flag_over_preset_over_experiment_default():
   from absl import flags
   flags.FLAGS.unparse_flags()
-  flags.FLAGS(['zeronas', '--experiment=search', '--ntk_batch=16'])
+  flags.FLAGS(['zeronas', '--experiment=search', '--zc_batch=16'])
   _, config = run.config_from_flags()
-  assert config.ntk_batch == 16 and config.repeats == 1  # set by hand; the search's default
+  assert config.zc_batch == 16 and config.repeats == 1  # set by hand; the search's default
   # the default rerank takes its bundle (proxies, band, network size) ...
   assert {k: getattr(config, k) for k in run.RERANK_DEFAULTS} == dict(run.RERANK_DEFAULTS)
   # ... where the user names no proxies and keeps rerank; a flag given still wins over it
@@ -140,7 +145,8 @@ def test_config_precedence_flag_over_preset_over_experiment_default():
     _, config = run.config_from_flags()
     assert {k: getattr(config, k) for k in want} == want, given
   flags.FLAGS.unparse_flags()
-  flags.FLAGS(['zeronas', '--experiment=search', '--config=papers', '--repeats=2'])
+  flags.FLAGS(['zeronas', '--experiment=search', '--config=papers', '--repeats=2',
+               '--proxies=ntk_cond_independent'])
   exp, config = run.config_from_flags()
   assert (config.ntk_width, config.ntk_cells, config.ntk_batch, config.repeats) == (16, 5, 64, 2)
   assert run.workdir_from_flags(exp) == 'search_out'
