@@ -374,6 +374,11 @@ READ_WHEN = {
        for name in ('ntk_batch', 'repeats', 'cotangent_chunk')},
     'zc_batch': (('score', 'correlate', 'search'),) + _ZC,
     'zico_splits': (('score', 'correlate', 'search'),) + _scoring('zico', 'zico'),
+    'init': (('score', 'correlate', 'search'), 'proxies run on a network (not params, flops)',
+             lambda f, space: (lambda s: s is None or set(s.values()) != {'analytic'})(
+                 _scored(f))),
+    'stand_in_inputs': (('score', 'correlate', 'search'), 'runs without --data_dir',
+                        lambda f, space: not f.data_dir),
     'dataset': (('score', 'correlate', 'search', 'cost'),) + _DATASETS,
     'benchmark_file': (('score', 'cost'),) + _DATASETS,
     'reference_file': (('correlate',),) + _OWN_SCORER,
