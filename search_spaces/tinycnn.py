@@ -144,20 +144,6 @@ def width_template(num_layers: int = 3, kernels: Sequence[int] = (3, 3, 3),
   return _build(arch, tuple(input_shape), num_classes, widths=True)
 
 
-def parse_archs(archs) -> list[TinyCNNArch]:
-  """'all' / None / 'f8k3-relu-max,f16k5-swish-avg' / list -> candidates."""
-  if archs is None or archs in ('', 'all'):
-    return enumerate_archs()
-  items = archs.split(',') if isinstance(archs, str) else list(archs)
-  return [decode(a) if isinstance(a, str) else a for a in items]
-
-
-def cost_rows(archs=None, device='stm32f746', runtime='cmsis-nn', input_shape=(32, 32, 3),
-              num_classes: int = 10, cycles=None) -> list[dict]:
-  graphs = {a.encode(): lower(a, input_shape, num_classes) for a in parse_archs(archs)}
-  return hardware.cost_rows(graphs, device, runtime, cycles)
-
-
 # ----------------------------------------------------------------------------- relaxed cost
 
 def _gate(slot: int, option: int) -> int:

@@ -256,7 +256,9 @@ def test_tinycnn_space():
 def test_the_seed_objective_on_tinycnn_and_its_hard_limits():
   from engine.search import objective as obj
   from engine.search.problem import Term
-  rows = tinycnn.cost_rows('f8k3-relu-max,f32k5-f32k5-f32k5-swish-avg', 'stm32f746', 'cmsis-nn')
+  archs = tinycnn.SPACE.parse('f8k3-relu-max,f32k5-f32k5-f32k5-swish-avg')
+  rows = hardware.cost_rows({a.encode(): tinycnn.lower(a) for a in archs}, 'stm32f746',
+                            'cmsis-nn')
   costs = {k: np.array([r[k] for r in rows], float) for k in obj.COST_NAMES}
   seed = lambda ok, **kw: obj.seed({'p': np.array([0.5, 0.7])}, [Term('p', True)], costs, ok,
                                    obj.Weights(), 'stm32f746', **kw)
