@@ -20,6 +20,9 @@ def write_atomic(path, write, binary: bool = True, suffix: str = '.tmp'):
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=suffix)
   try:
+    # mkstemp makes the file 0600; give it the mode any new file gets here (the umask's), so a
+    # workdir shared by several hosts or users reads alike
+    os.chmod(tmp, 0o666 & ~_umask())
     with os.fdopen(fd, 'wb' if binary else 'w', **({} if binary else {'newline': ''})) as f:
       write(f)
     os.replace(tmp, path)
@@ -27,6 +30,16 @@ def write_atomic(path, write, binary: bool = True, suffix: str = '.tmp'):
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def _umask() -> int:
+  try:  # Linux says it without changing it (setting it races with other threads' files)
+    with open('/proc/self/status') as status:
+      return next(int(line.split()[1], 8) for line in status if line.startswith('Umask:'))
+  except (OSError, StopIteration, ValueError, IndexError):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path, text: str):

@@ -10,8 +10,6 @@ variants when both are present.
 """
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 from absl import app, flags
 from scipy import stats
@@ -27,50 +25,63 @@ _DATASET = flags.DEFINE_enum('dataset', 'cifar10', list(common.ACC_COLUMN),
 
 
 def load(scores_path, benchmark_file=None, dataset='cifar10'):
-  with open(scores_path, newline='') as f:
-    rows = [r for r in csv.DictReader(f) if r['arch_index'] != '']
+  """(ScoresCsv, test accuracy per row); ValueError (one line) for a file it cannot use."""
+  scores = common.read_scores_csv(scores_path)
+  if (scores.indices < 0).any():
+    raise ValueError(f'{scores.path} has rows without an arch_index (not an NB201 run); this '
+                     f'tool joins NB201 accuracies on it: use --experiment=correlate for the '
+                     f'other spaces')
   table = nb201.load_arch_index(benchmark_file or str(nb201.default_benchmark_file()))
-  index = np.array([int(r['arch_index']) for r in rows])
-  acc = table.columns[common.ACC_COLUMN[dataset]][index]
-  return rows, acc
+  return scores, table.columns[common.ACC_COLUMN[dataset]][scores.indices]
 
 
-def proxy_column(rows, name):
+def proxy_column(scores, name):
   """Values oriented so that higher predicts better, with a validity mask."""
-  values = np.array([float(r[name]) for r in rows])
-  valid = np.isfinite(values)
-  if name + '_flag' in rows[0]:
-    valid &= np.array([r[name + '_flag'] == '' for r in rows])
+  values = scores.columns[name]
+  valid = np.isfinite(values) & ~scores.flagged[name]
   sign = 1.0 if proxies_lib.REGISTRY[name].higher_is_better else -1.0
   return sign * values, valid
 
 
 def correlations(score, acc):
+  """(rho, tau), or None where they are undefined (fewer than 3 values, or all tied)."""
+  if len(score) < 3 or len(np.unique(score)) < 2:
+    return None
   return stats.spearmanr(score, acc).statistic, stats.kendalltau(score, acc).statistic
 
 
+def _cells(found, score) -> str:
+  if found is not None:
+    return f'{found[0]:.3f} | {found[1]:.3f}'
+  why = 'too few values' if len(score) < 3 else 'all tied'
+  return f'n/a ({why}) | n/a'
+
+
 def main(argv):
-  del argv
-  rows, acc = load(_SCORES.value, _BENCH.value, _DATASET.value)
-  names = [n for n in proxies_lib.REGISTRY if n in rows[0]]
-  print(f'{len(rows)} archs, {_DATASET.value} test accuracy\n')
+  if len(argv) > 1:
+    common.fail(f'unexpected argument {argv[1]!r}; pass --scores=scores.csv')
+  try:
+    scores, acc = load(_SCORES.value, _BENCH.value, _DATASET.value)
+  except ValueError as err:  # this tool's checks, and nb201's table errors (ArchError)
+    common.fail(str(err))
+  names = [n for n in proxies_lib.REGISTRY if n in scores.columns]
+  print(f'{len(acc)} archs, {_DATASET.value} test accuracy\n')
   print('| proxy | archs used | flagged/non-finite | Spearman rho | Kendall tau |')
   print('|---|---|---|---|---|')
   columns = {}
   for name in names:
-    score, valid = proxy_column(rows, name)
+    score, valid = proxy_column(scores, name)
     columns[name] = (score, valid)
-    rho, tau = correlations(score[valid], acc[valid])
-    print(f'| {name} | {valid.sum()} | {(~valid).sum()} | {rho:.3f} | {tau:.3f} |')
+    print(f'| {name} | {valid.sum()} | {(~valid).sum()} | '
+          f'{_cells(correlations(score[valid], acc[valid]), score[valid])} |')
   for ntk in ('ntk_cond', 'ntk_cond_independent'):
     if ntk in columns and 'linear_regions' in columns:
       # TE-NAS: rank by each (better = higher rank), sum the ranks. Flagged NTKs rank last.
       score, valid = columns[ntk]
       score = np.where(valid, score, -np.inf)
       combined = stats.rankdata(score) + stats.rankdata(columns['linear_regions'][0])
-      rho, tau = correlations(combined, acc)
-      print(f'| TE-NAS rank sum ({ntk} + linear_regions) | {len(rows)} | - | {rho:.3f} | '
-            f'{tau:.3f} |')
+      print(f'| TE-NAS rank sum ({ntk} + linear_regions) | {len(acc)} | - | '
+            f'{_cells(correlations(combined, acc), combined)} |')
   if 'ntk_cond' in columns and 'ntk_cond_independent' in columns:
     both = columns['ntk_cond'][1] & columns['ntk_cond_independent'][1]
     tau = stats.kendalltau(columns['ntk_cond'][0][both],

@@ -31,12 +31,14 @@ from search_spaces import nb201, registry
 _GROUPS = flags.DEFINE_string(
     'groups', 'synflow,snip,grasp,fisher,grad_norm,jacob_cov;ntk_cond_independent;ntk_cond;'
     'linear_regions', 'Proxy groups separated by ";", each scored together.')
-_ARCHS = flags.DEFINE_string('archs', 'peers', '"peers" (the peers\' six), random:N, or a file of '
-                             'arch strings.')
-_WIDTH = flags.DEFINE_integer('width', 16, 'Network C (NTK and zero-cost networks).')
-_CELLS = flags.DEFINE_integer('cells', 5, 'Network N.')
-_BATCH = flags.DEFINE_integer('batch', 64, 'Batch B (NTK and zero-cost).')
-_CHUNK = flags.DEFINE_integer('cotangent_chunk', 16, 'Exact NTK: pullbacks vmapped together.')
+_ARCHS = flags.DEFINE_string('archs', 'peers', '"peers" (the peers\' six), or what --archs takes '
+                             'elsewhere: random:N, an arch string or index, a file of them.')
+_WIDTH = flags.DEFINE_integer('width', 16, 'Network C (NTK and zero-cost networks).',
+                              lower_bound=1)
+_CELLS = flags.DEFINE_integer('cells', 5, 'Network N.', lower_bound=1)
+_BATCH = flags.DEFINE_integer('batch', 64, 'Batch B (NTK and zero-cost).', lower_bound=1)
+_CHUNK = flags.DEFINE_integer('cotangent_chunk', 16, 'Exact NTK: pullbacks vmapped together.',
+                              lower_bound=0)
 _SINGLE_PATH = flags.DEFINE_bool('single_path', True, 'Score one-hot archs on their single path.')
 _PEERS = flags.DEFINE_string('peer_csv', '', 'Comma-separated run_peers.py CSVs of this sitting.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of inits and inputs.')
@@ -102,24 +104,39 @@ def bench_archs(spec: str) -> np.ndarray:
     except nb201.ArchError:
       print('note: NB201 table not found; the picks are canonical codes, not the peers\' archs')
       return nb201.code_to_ops(picks)
-  if spec.startswith('random:'):
-    return nb201.sample_ops(np.random.default_rng(_SEED.value), int(spec.split(':')[1]))
-  with open(spec) as f:
-    return np.array([nb201.parse_arch_str(l) for l in f if l.strip()])
+  archs = common.select_archs(spec, _SEED.value)
+  if not len(archs):
+    raise ValueError(f'--archs={spec} gives no archs; pass random:N with N >= 1, or archs')
+  return archs
 
 
 def peer_medians(paths: str) -> dict[str, float]:
   import csv
   out: dict[str, list[float]] = {}
   for path in filter(None, paths.split(',')):
-    with open(path) as f:
-      for row in csv.DictReader(f):
-        out.setdefault(row['proxy'], []).append(float(row['seconds']))
+    try:
+      with open(path, newline='') as f:
+        for row in csv.DictReader(f):
+          out.setdefault(row['proxy'], []).append(float(row['seconds']))
+    except OSError as err:
+      raise ValueError(f'--peer_csv={path}: {err.strerror}; pass the CSVs run_peers.py wrote')
+    except (KeyError, TypeError, ValueError):
+      raise ValueError(f'--peer_csv={path} is not a run_peers.py CSV (columns proxy, seconds)')
   return {k: float(np.median(v)) for k, v in out.items()}
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    common.fail(f'unexpected argument {argv[1]!r}; all options are --flags (see --help)')
+  try:
+    _run()
+  except ValueError as err:  # the checks' one-line errors (bad arch, proxy, file)
+    common.fail(str(err))
+
+
+def _run():
+  for group in _GROUPS.value.split(';'):  # every name checked before any timing
+    proxies_lib.get([g for g in group.split(',') if g])
   w, n, b = _WIDTH.value, _CELLS.value, _BATCH.value
   settings = proxies_lib.ScoreSettings(ntk_width=w, ntk_cells=n, ntk_batch=b, ntk_repeats=1,
                                        zc_width=w, zc_cells=n, zc_batch=b,

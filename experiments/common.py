@@ -517,9 +517,10 @@ def write_csv_atomic(path, header, rows):
 
 @dataclasses.dataclass
 class ScoresCsv:
-  """A scores.csv of `--experiment=correlate` or `score`, rows with an arch_index only."""
+  """A scores.csv of `--experiment=correlate` or `score` (any space): its rows with an arch."""
   path: pathlib.Path
-  indices: np.ndarray                 # NB201 arch_index per row
+  archs: np.ndarray                   # arch_str per row
+  indices: np.ndarray                 # NB201 arch_index per row (-1: none, a plug-in space)
   columns: dict[str, np.ndarray]      # each registered proxy's values (float)
   flagged: dict[str, np.ndarray]      # each proxy's rows whose `_flag` column is not empty
   accuracy: dict[str, np.ndarray]     # the ACC_COLUMN columns the file has
@@ -536,17 +537,25 @@ def read_scores_csv(path) -> ScoresCsv:
   except OSError as err:
     raise ValueError(f'cannot read {path} ({err.strerror}); pass a scores.csv written by '
                      f'--experiment=correlate or score, or its workdir') from None
-  rows = [r for r in rows if r.get('arch_index')]
+  rows = [r for r in rows if r.get('arch_str')]
   if not rows:
-    raise ValueError(f'{path} has no rows with an arch_index; pass a scores.csv of a finished '
+    raise ValueError(f'{path} has no rows with an arch_str; pass a scores.csv of a finished '
                      f'--experiment=correlate or score run')
   names = [n for n in rows[0] if n in proxies_lib.REGISTRY]
-  column = lambda name: np.array([float(r[name]) for r in rows])
-  return ScoresCsv(
-      path, np.array([int(r['arch_index']) for r in rows]),
-      {n: column(n) for n in names},
-      {n: np.array([bool(r.get(n + '_flag')) for r in rows]) for n in names},
-      {c: column(c) for c in ACC_COLUMN.values() if c in rows[0]})
+  if not names:
+    raise ValueError(f'{path} has no proxy column; pass a scores.csv of a finished '
+                     f'--experiment=correlate or score run')
+  try:
+    column = lambda name: np.array([float(r[name]) for r in rows])
+    indices = np.array([int(r.get('arch_index') or -1) for r in rows])
+    return ScoresCsv(
+        path, np.array([r['arch_str'] for r in rows], object), indices,
+        {n: column(n) for n in names},
+        {n: np.array([bool(r.get(n + '_flag')) for r in rows]) for n in names},
+        {c: column(c) for c in ACC_COLUMN.values() if c in rows[0]})
+  except (TypeError, ValueError) as err:
+    raise ValueError(f'{path}: a value is not a number ({err}); pass a scores.csv of a '
+                     f'finished --experiment=correlate or score run') from None
 
 
 class _QuietOrbax(logging.Filter):

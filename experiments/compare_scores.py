@@ -29,7 +29,10 @@ def _values(scores: common.ScoresCsv, name: str, rows) -> np.ndarray:
 
 def compare(path_a, path_b) -> list[dict]:
   a, b = common.read_scores_csv(path_a), common.read_scores_csv(path_b)
-  _, rows_a, rows_b = np.intersect1d(a.indices, b.indices, return_indices=True)
+  # NB201 runs join on arch_index, the plug-in spaces' (no index) on arch_str
+  indexed = (a.indices >= 0).all() and (b.indices >= 0).all()
+  key_a, key_b = (a.indices, b.indices) if indexed else (a.archs.astype(str), b.archs.astype(str))
+  _, rows_a, rows_b = np.intersect1d(key_a, key_b, return_indices=True)
   out = []
   for name in [n for n in a.columns if n in b.columns]:
     va, vb = _values(a, name, rows_a), _values(b, name, rows_b)

@@ -37,6 +37,7 @@ import json
 import math
 import pathlib
 import warnings
+import zipfile
 from typing import Callable
 
 import numpy as np
@@ -299,9 +300,10 @@ def input_source(images) -> str:
   return images.source if images else 'N(0, 1) Gaussian noise (no --data_dir given)'
 
 
-def run_config(proxy_names, settings, f, images, ops, n_dev, platform) -> dict:
-  """Everything that changes a chunk's numbers; a resume must match it exactly. Passed through
-  JSON so it compares equal to the manifest read back (tuples become lists)."""
+def run_config(proxy_names, settings, f, images, ops, n_dev, platform, job='correlate') -> dict:
+  """Everything that changes a chunk's numbers, and the job (correlate and score write other
+  tables into the workdir); a resume must match it exactly. Passed through JSON so it compares
+  equal to the manifest read back (tuples become lists)."""
   settings = dataclasses.asdict(settings)
   if settings['matmul_precision'] == 'highest':  # what every sweep before the field ran
     del settings['matmul_precision']
@@ -310,6 +312,8 @@ def run_config(proxy_names, settings, f, images, ops, n_dev, platform) -> dict:
             'inputs': input_source(images), 'archs': len(ops), 'archs_sha256': archs_digest(ops),
             'chunk_size': f.chunk_size, 'batch_candidates': f.batch_candidates,
             'candidate_chunk': f.candidate_chunk, 'devices': f'{n_dev} {platform}'}
+  if job != 'correlate':  # correlate's manifests (committed sweeps too) predate the field
+    config['job'] = job
   return json.loads(json.dumps(config))
 
 
@@ -336,9 +340,15 @@ def check_manifest(workdir: pathlib.Path, config: dict, create: bool = True):
       old = json.loads(path.read_text())
     except (OSError, ValueError):
       old = {}
+    old = old if isinstance(old, dict) else {}
+    job, ours = old.get('job', 'correlate'), config.get('job', 'correlate')
+    if old and job != ours:
+      raise ResumeError(f'{workdir} holds a {job} run, whose tables a {ours} run would '
+                        f'overwrite; pass another --workdir')
     if old != config:
       keys = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-      raise ResumeError(f'{workdir} holds a correlate run with other settings (differs in '
+      raise ResumeError(f'{workdir} holds a {config.get("job", "correlate")} run with other '
+                        f'settings (differs in '
                         f'{", ".join(keys)}); pass a new --workdir or delete {workdir} to '
                         f'start over')
     return
@@ -392,7 +402,7 @@ def read_chunk(path: pathlib.Path, ops) -> dict | None:
       if not np.array_equal(z['__ops__'], ops):
         return None
       return {k: z[k] for k in z.files if k != '__ops__'}
-  except (OSError, ValueError, KeyError):
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged: rescore it
     return None
 
 
@@ -503,7 +513,8 @@ def correlation_row(column: Column, acc) -> dict:
   row = {'name': column.name, 'kind': column.kind, 'archs': len(column.values),
          'used': int(column.valid.sum()), 'flagged': column.flagged}
   nan = float('nan')
-  if len(score) >= 3 and np.ptp(score) > 0:
+  told = len(score) >= 3 and np.ptp(score) > 0  # else nothing to rank: every figure is n/a
+  if told:
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')
       row['spearman'] = float(stats.spearmanr(score, truth).statistic)
@@ -513,7 +524,8 @@ def correlation_row(column: Column, acc) -> dict:
     row.update(spearman=nan, kendall=nan, pearson=nan)
   for fraction in TOP_FRACTIONS:
     key = f'top{round(fraction * 100)}_precision'
-    row[key] = top_precision(score, truth, fraction) if len(score) else nan
+    # on tied values the top set would be the arch list's order, not the proxy's
+    row[key] = top_precision(score, truth, fraction) if told else nan
   return row
 
 

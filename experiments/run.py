@@ -405,7 +405,10 @@ READ_WHEN = {
                 lambda f, space: f.objective == 'hybrid' or f.searcher == 'grad_prune'),
     'w_latency': (('search',), '--objective=hybrid or --searcher=grad_prune',
                   lambda f, space: f.objective == 'hybrid' or f.searcher == 'grad_prune'),
-    'seed': (('cost',), 'search spaces (random:N samples)', lambda f, space: True),
+    'seed': (('cost',), '--archs=random:N on a search space',
+             lambda f, space: f.archs.strip().startswith('random:')),
+    'chunk_size': (('score',), '--workdir (its resumable chunks)',
+                   lambda f, space: f['workdir'].present),
     # the other spaces train at their own size (their lowered graph)
     'train_width': (('train', 'pipeline'), 'nb201', lambda f, space: space.name == 'nb201'),
     'train_cells': (('train', 'pipeline'), 'nb201', lambda f, space: space.name == 'nb201'),

@@ -68,7 +68,8 @@ def run(f, workdir=None):
     ops = space.to_array(runs)
     devices = jax.local_devices()
     correlate.check_shared_manifest(workdir, correlate.run_config(
-        proxy_names, scorer.settings, f, images, ops, len(devices), devices[0].platform), share)
+        proxy_names, scorer.settings, f, images, ops, len(devices), devices[0].platform,
+        job='score'), share)
     scores = correlate.sweep(
         ops, f.chunk_size, workdir / 'chunks',
         lambda a, b, advance: score_by_group(space, scorer, runs[a:b], f.batch_candidates,

@@ -170,7 +170,15 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
   from search_spaces import registry
   space = registry.get('nb201')
   path = workdir / 'results.json'
-  every = json.loads(path.read_text())['rows'] if path.is_file() else []
+  every = []
+  if path.is_file():
+    try:
+      every = json.loads(path.read_text())['rows']
+    except (ValueError, KeyError, TypeError):
+      every = None
+    if not isinstance(every, list):
+      raise ValueError(f'{path} is not a results.json of search_eval (damaged?); move it away '
+                       f'or pass another --workdir')
   config = config_key(given, half, pools)
   rows = [r for r in every if r.get('config') == config]
   done = {(r['dataset'], r['budget_pct'], r['seed']) for r in rows}
@@ -333,6 +341,10 @@ def main(argv):
   except ValueError as err:
     common.fail(str(err))
   workdir = pathlib.Path(f.workdir if f['workdir'].present else DEFAULTS['workdir'])
+  try:
+    common.check_workdir(workdir)
+  except ValueError as err:
+    common.fail(str(err))
   common.enable_compile_cache()
   given = {name: f[name].value for name in PASSED_ON if f[name].present}
   given.setdefault('searcher', f.searcher)

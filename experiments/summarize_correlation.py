@@ -89,8 +89,11 @@ def main(argv):
   try:
     corr = correlation_table(workdirs)
     agree = agreement_table(workdirs)
-  except (ValueError, KeyError) as err:
+  except ValueError as err:
     common.fail(str(err))
+  except KeyError as err:
+    common.fail(f'a correlation.json lacks {err}: pass workdirs of finished --experiment='
+                f'correlate runs (--correlate_workdirs)')
   print('Spearman rho with test accuracy\n')
   print(corr)
   if agree:

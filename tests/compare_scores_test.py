@@ -39,3 +39,17 @@ def test_bad_input_is_one_line(tmp_path, capsys):
   assert _main(f'--scores_a={tmp_path / "a.csv"}') == 2
   assert _main(f'--scores_a={tmp_path / "x.csv"}', f'--scores_b={tmp_path / "y.csv"}') == 2
   assert 'cannot read' in capsys.readouterr().err
+
+
+def test_plug_in_space_runs_join_on_the_arch_string(tmp_path):
+  """tinycnn's scores.csv has no arch_index: its rows join on arch_str."""
+  def write(path, archs, values):
+    with open(path, 'w', newline='') as fh:
+      w = csv.writer(fh)
+      w.writerow(['arch_str', 'synflow', 'synflow_flag'])
+      w.writerows([a, v, ''] for a, v in zip(archs, values))
+    return path
+  a = write(tmp_path / 'a.csv', ['f8k3-relu-max', 'f16k3-relu-max', 'f32k3-relu-max'], [1, 2, 3])
+  b = write(tmp_path / 'b.csv', ['f32k3-relu-max', 'f8k3-relu-max', 'f16k3-relu-max'], [3, 1, 2])
+  assert compare_scores.compare(a, b) == [{'name': 'synflow', 'archs': 3, 'used': 3,
+                                           'spearman': pytest.approx(1.0)}]

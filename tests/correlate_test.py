@@ -351,3 +351,32 @@ def test_committed_sweep_chunks_belong_to_the_documented_command(data_dir):
   assert len(on_disk) == len(files)
   assert int(done.sum()) == sum(len(ops[s:s + f.chunk_size]) for s in on_disk)
   assert np.all(np.isfinite(scores['ntk_cond']) | (scores['ntk_cond_flag'] != 0))
+
+
+def test_a_damaged_chunk_reads_as_unfinished_and_is_rescored(tmp_path):
+  """A chunk cut short or emptied (a full disk, a copy gone wrong) is rescored, not a traceback;
+  files are written with the umask's mode, not mkstemp's 0600 (shared workdirs)."""
+  ops = np.arange(12).reshape(2, 6)
+  path = tmp_path / 'chunk_00000.npz'
+  correlate.write_chunk(path, ops, {'synflow': np.array([1.0, 2.0])})
+  assert correlate.read_chunk(path, ops)['synflow'].tolist() == [1.0, 2.0]
+  assert os.stat(path).st_mode & 0o777 == 0o666 & ~os.umask(os.umask(0o022))
+  assert correlate.read_chunk(path, ops[::-1]) is None  # another chunk's archs
+  path.write_bytes(path.read_bytes()[:100])
+  assert correlate.read_chunk(path, ops) is None
+  path.write_bytes(b'')
+  assert correlate.read_chunk(path, ops) is None
+
+
+def test_score_refuses_a_correlate_workdir_and_the_reverse(tmp_path):
+  """Both jobs sweep the same chunks but write other tables: score resuming a correlate run's
+  workdir would overwrite its scores.csv without its accuracy column. A manifest written before
+  the job was recorded counts as correlate's."""
+  config = {'version': correlate.MANIFEST_VERSION, 'seed': 0}  # correlate's: no 'job'
+  correlate.check_manifest(tmp_path, config)
+  correlate.check_manifest(tmp_path, config)  # the same job resumes
+  with pytest.raises(correlate.ResumeError, match='holds a correlate run, whose tables a score'):
+    correlate.check_manifest(tmp_path, {**config, 'job': 'score'})
+  (tmp_path / 'manifest.json').write_text(json.dumps({**config, 'job': 'score'}))
+  with pytest.raises(correlate.ResumeError, match='holds a score run, whose tables a correlate'):
+    correlate.check_manifest(tmp_path, config)
