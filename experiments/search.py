@@ -135,7 +135,7 @@ def options_from_flags(f):
                'batch_candidates', 'rerank_pool'):
     if getattr(f, name) < 1:
       raise ValueError(f'--{name} must be at least 1, got {getattr(f, name)}')
-  if getattr(f, 'searcher', None) == 'evolution':  # else one would be cut to the other without a word
+  if getattr(f, 'searcher', None) == 'evolution':  # else one is cut to the other without a word
     for small, large in (('population', 'evolution_samples'), ('tournament', 'population')):
       if getattr(f, small) > getattr(f, large):
         raise ValueError(f'--{small}={getattr(f, small)} is more than --{large}='

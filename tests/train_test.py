@@ -1,6 +1,7 @@
 """Tests of the training loop: steps reduce the loss, checkpoints resume, losses, augmentation."""
 import csv
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -276,3 +277,11 @@ def test_the_chance_ceiling():
   assert chance.judge(0.46, skewed, 10).at_chance
   assert not chance.judge(0.75, skewed, 10).at_chance
   assert chance.judge(float('nan'), balanced, 10).at_chance
+
+
+def test_a_workdir_of_another_run_names_the_settings_that_differ(data_dir, tmp_path):
+  cfg = train.TrainConfig(arch=ARCH, C=4, N=1, epochs=1, train_images=64, test_images=32)
+  (tmp_path / 'config.json').write_text(
+      json.dumps(dataclasses.asdict(dataclasses.replace(cfg, epochs=3, lr=0.05))))
+  with pytest.raises(train.CheckpointError, match=r'config.json differs in epochs, lr\)'):
+    train.train(cfg, data_dir / 'cifar10', tmp_path, progress=False)
