@@ -62,6 +62,10 @@ def _nb201(f, device, runtime):
       bar.update(n)
   if table is None:
     print('note: arch_index left blank: NB201 benchmark table not found (pass --benchmark_file)')
+  cut = int((~np.asarray(nb201.is_connected(ops), bool)).sum())
+  if cut:  # they cost next to nothing and "fit", but compute a constant: no search picks them
+    print(f'note: {cut} of the {len(ops)} archs have no path from input to output (their costs '
+          f'are the stem and head alone); searches never pick them')
   return ('arch_index', 'arch_str'), [((i, r['arch']), r) for i, r in zip(indices, rows)]
 
 

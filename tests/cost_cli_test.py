@@ -134,3 +134,12 @@ def test_bad_input_gives_one_line_error_and_exit_2(tmp_path, args, fragments):
   result = _run(f'--output={out}', '--noprogress', *args)
   cli.assert_one_line_error(result, *fragments)
   assert not out.exists()
+
+
+def test_disconnected_nb201_archs_are_noted(tmp_path, capsys):
+  """They 'fit' at the stem's and head's cost alone: the run says so (in this process)."""
+  from experiments import run
+  cut = '|none~0|+|none~0|none~1|+|none~0|none~1|none~2|'
+  assert run.cli(['zeronas', '--experiment=cost', f'--archs={cut}', '--noprogress',
+                  f'--output={tmp_path / "c.csv"}']) == 0
+  assert 'note: 1 of the 1 archs have no path from input to output' in capsys.readouterr().out
