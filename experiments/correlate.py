@@ -117,6 +117,9 @@ def ground_truth(space, f) -> Truth:
     count = spec.split(':', 1)[1]
     if not count.isdecimal() or not 0 < int(count):
       raise ValueError(f'bad --archs={spec!r}; use random:N with N a positive integer')
+    if int(count) > len(codes):
+      print(f'note: --archs={spec} asks for more archs than the ground truth holds; using all '
+            f'{len(codes)}')
     pick = np.random.default_rng(f.seed).choice(len(codes), min(int(count), len(codes)),
                                                 replace=False)
     codes = [codes[i] for i in sorted(pick)]
