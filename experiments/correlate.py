@@ -348,8 +348,10 @@ def check_manifest(workdir: pathlib.Path, config: dict, create: bool = True):
     if old and job != ours:
       raise ResumeError(f'{workdir} holds a {job} run, whose tables a {ours} run would '
                         f'overwrite; pass another --workdir')
-    if old != config:
-      keys = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+    # a proxy's values do not depend on the others' order (each has its own key)
+    same = lambda d: {**d, 'proxies': sorted(d.get('proxies') or [])}
+    if same(old) != same(config):
+      keys = sorted(k for k in set(old) | set(config) if same(old).get(k) != same(config).get(k))
       raise ResumeError(f'{workdir} holds a {config.get("job", "correlate")} run with other '
                         f'settings (differs in '
                         f'{", ".join(keys)}); pass a new --workdir or delete {workdir} to '

@@ -375,6 +375,12 @@ def test_score_refuses_a_correlate_workdir_and_the_reverse(tmp_path):
   config = {'version': correlate.MANIFEST_VERSION, 'seed': 0}  # correlate's: no 'job'
   correlate.check_manifest(tmp_path, config)
   correlate.check_manifest(tmp_path, config)  # the same job resumes
+  ordered = {**config, 'proxies': ['synflow', 'nwot']}
+  (tmp_path / 'manifest.json').write_text(json.dumps(ordered))
+  correlate.check_manifest(tmp_path, {**ordered, 'proxies': ['nwot', 'synflow']})  # any order
+  with pytest.raises(correlate.ResumeError, match=r'differs in proxies\)'):
+    correlate.check_manifest(tmp_path, {**ordered, 'proxies': ['nwot']})
+  (tmp_path / 'manifest.json').write_text(json.dumps(config))
   with pytest.raises(correlate.ResumeError, match='holds a correlate run, whose tables a score'):
     correlate.check_manifest(tmp_path, {**config, 'job': 'score'})
   (tmp_path / 'manifest.json').write_text(json.dumps({**config, 'job': 'score'}))
