@@ -332,7 +332,7 @@ _SEARCHERS = lambda *names: (f'--searcher={" or ".join(names)}',
 
 
 def _scored(f) -> dict | None:
-  """{proxy: what it needs ('ntk', 'zc', 'lr', 'analytic')} of the proxies the run will score:
+  """{name: registry Proxy} of the proxies the run will score:
   --proxies if given, else the preset's, else the experiment's default (a rerank search's own);
   None where that cannot be told (a bad name: its own check reports it)."""
   from engine import proxies as proxies_lib
@@ -345,7 +345,7 @@ def _scored(f) -> dict | None:
     names = (RERANK_DEFAULTS if f.searcher == 'rerank' else EXPERIMENTS_SEARCH_DEFAULTS)['proxies']
   try:
     plain, _ = agg_lib.split(names if names is not None else f['proxies'].default)
-    return {p.name: p.needs or 'analytic' for p in proxies_lib.get(plain)}
+    return {p.name: p for p in proxies_lib.get(plain)}
   except ValueError:
     return None
 
@@ -354,7 +354,7 @@ def _scoring(what, needs):
   """(what reads it, predicate): read when a scored proxy needs `needs`, or is named so."""
   def reads(f, space):
     scored = _scored(f)
-    return scored is None or any(n == needs or k == needs for n, k in scored.items())
+    return scored is None or any(n == needs or p.needs == needs for n, p in scored.items())
   return what, reads
 
 
@@ -374,9 +374,10 @@ READ_WHEN = {
        for name in ('ntk_batch', 'repeats', 'cotangent_chunk')},
     'zc_batch': (('score', 'correlate', 'search'),) + _ZC,
     'zico_splits': (('score', 'correlate', 'search'),) + _scoring('zico', 'zico'),
-    'init': (('score', 'correlate', 'search'), 'proxies run on a network (not params, flops)',
-             lambda f, space: (lambda s: s is None or set(s.values()) != {'analytic'})(
-                 _scored(f))),
+    'init': (('score', 'correlate', 'search'), 'proxies on a network that take their init from '
+             'it (not params, flops, zen, vkdnw, AZ-NAS\'s terms)',
+             lambda f, space: (lambda s: s is None or any(
+                 p.kind == 'network' and not p.own_init for p in s.values()))(_scored(f))),
     'stand_in_inputs': (('score', 'correlate', 'search'), 'runs without --data_dir',
                         lambda f, space: not f.data_dir),
     'dataset': (('score', 'correlate', 'search', 'cost'),) + _DATASETS,

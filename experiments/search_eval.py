@@ -280,6 +280,11 @@ def summarize(rows) -> list[dict]:
   return out
 
 
+def _mean_std(pair, n: int) -> str:
+  """'mean ± std', or the mean alone over fewer than 2 seeds (a std of one value says nothing)."""
+  return f'{pair[0]:.2f}' + (f' ± {pair[1]:.2f}' if n > 1 else '')
+
+
 def write_table(workdir: pathlib.Path, summary, half: str):
   lines = [f'Held-out search on NB201 ({half} half; mean ± std over seeds; gap = the half\'s '
            f'oracle minus the mean)', '',
@@ -289,15 +294,16 @@ def write_table(workdir: pathlib.Path, summary, half: str):
     # a seed whose search stopped without a pick is no win: the cell is then NO, with the count
     beats = (not e['stopped'] and e['search'][0] >= max(e['max_macs'][0], e['max_params'][0]))
     seeds = f'{e["seeds"]}' + (f' ({e["stopped"]} stopped)' if e['stopped'] else '')
-    lines.append(f'| {e["cell"]} | {seeds} | {e["search"][0]:.2f} ± {e["search"][1]:.2f} | '
+    picked = e['seeds'] - e['stopped']
+    lines.append(f'| {e["cell"]} | {seeds} | {_mean_std(e["search"], picked)} | '
                  f'{e["gap"]["search"]:.2f} | {e["max_macs"][0]:.2f} | {e["max_params"][0]:.2f} '
                  f'| {e["random"][0]:.2f} | {e["oracle"][0]:.2f} | {"yes" if beats else "NO"} |')
   staged = [e for e in summary if 'proxy_pick' in e]
   if staged:  # the finalist stage against the same searches' own picks
     lines += ['', '| cell | seeds | without finalists | with finalists | gain | finalist s/search '
               '|', '|---|---|---|---|---|---|']
-    lines += [f'| {e["cell"]} | {e["seeds"]} | {e["proxy_pick"][0]:.2f} ± {e["proxy_pick"][1]:.2f}'
-              f' | {e["search"][0]:.2f} ± {e["search"][1]:.2f} | '
+    lines += [f'| {e["cell"]} | {e["seeds"]} | {_mean_std(e["proxy_pick"], e["seeds"])}'
+              f' | {_mean_std(e["search"], e["seeds"])} | '
               f'{e["search"][0] - e["proxy_pick"][0]:+.2f} | {e["finalist_s"]:.0f} |'
               for e in staged]
   text = '\n'.join(lines) + '\n'

@@ -40,6 +40,7 @@ BAD = [
     (['--experiment=cost', '--archs=5374', '--seed=7'], ['--seed is not read', 'random:N']),
     (['--experiment=score', f'--archs={ARCH}', '--proxies=params', '--init=kaiming_normal'],
      ['--init is not read', 'not params, flops']),
+    (['--proxies=az_trainability', '--init=kaiming_normal'], ['--init is not read', 'vkdnw']),
     (['--data_dir=.', '--stand_in_inputs=noise'], ['--stand_in_inputs is not read',
                                                    'without --data_dir']),
     (['--sram_reserve_kb=320'], ['--sram_reserve_kb=320 leaves no SRAM on stm32f746 (320 KB)']),

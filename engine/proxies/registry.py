@@ -100,6 +100,8 @@ class Proxy:
   # only on the function the network computes at init (and its gradients), and the scorer
   # runs one arch per network (tests/scoring_test.py holds both sides on NB201's dead edges).
   counts_dead_units: bool = False
+  # the weights' distribution is the proxy's own (its authors': kaiming_normal), not --init
+  own_init: bool = False
 
 
 def _init_keys(key, inputs, name, s: ScoreSettings):
@@ -170,14 +172,16 @@ REGISTRY: dict[str, Proxy] = {p.name: p for p in [
     Proxy('params', 'analytic', True, None),
     Proxy('flops', 'analytic', True, None),
 ] + [Proxy(name, 'network', True, _zero_cost(fn, **_ZC_OPTIONS.get(name, {})), 'zc',
-           counts_dead_units=name in ('nwot', 'zen'))
+           counts_dead_units=name in ('nwot', 'zen'),
+           own_init='init' in _ZC_OPTIONS.get(name, {}))
      for name, fn in zc_lib.PROXIES.items()] + [
     # VKDNW (engine.proxies.vkdnw) on the zc batch, from the authors' kaiming_normal (fan_in) init
     Proxy('vkdnw', 'network', True, _zero_cost(vkdnw_lib.vkdnw, init='kaiming_normal'), 'zc',
-          counts_dead_units=True),
+          counts_dead_units=True, own_init=True),
     Proxy('vkdnw_dim', 'network', True, _zero_cost(vkdnw_lib.tensor_count, init='kaiming_normal'),
-          'zc', counts_dead_units=True),
-] + [Proxy(name, 'network', True, _az_nas((name,)), 'zc') for name in az_lib.TERMS]}
+          'zc', counts_dead_units=True, own_init=True),
+] + [Proxy(name, 'network', True, _az_nas((name,)), 'zc', own_init=True)
+     for name in az_lib.TERMS]}
 
 
 def fused_gradient_proxies(proxies, s: ScoreSettings):
