@@ -473,12 +473,13 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print, data=No
     teacher = t_net.model_fn('fp32')
   workdir.mkdir(parents=True, exist_ok=True)
   cfg_path = workdir / 'config.json'
-  stored, ours = (_stored_config(cfg_path) if cfg_path.is_file() else None), dataclasses.asdict(cfg)
-  if stored is not None and stored != ours:
+  ours = dataclasses.asdict(cfg)
+  stored = _stored_config(cfg_path) if cfg_path.is_file() else ours
+  if stored != ours:
     keys = sorted(k for k in set(stored) | set(ours) if stored.get(k) != ours.get(k))
     raise CheckpointError(f'{workdir} holds a different run (config.json differs in '
                           f'{", ".join(keys)}); use a new --workdir or the same flags to resume')
-  cfg_path.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+  cfg_path.write_text(json.dumps(ours, indent=1))
 
   n_train = len(train_set.images)
   steps_per_epoch = max(n_train // cfg.batch_size, 1)

@@ -52,6 +52,7 @@ from engine import search as search_lib
 from engine import sweep as sweep_lib
 from experiments import common
 from experiments import score as score_lib
+from search_spaces import interface as space_lib
 from search_spaces import nb201, registry
 
 # Our proxy name -> NASLib's column in nb201_zc_proxies_subset_naslib.csv.
@@ -113,14 +114,12 @@ def ground_truth(space, f) -> Truth:
   trained = gt_lib.load_ground_truth(space, f.benchmark_file)
   codes = sorted(trained)
   spec = f.archs.strip()
-  if spec.startswith('random:'):
-    count = spec.split(':', 1)[1]
-    if not count.isdecimal() or not 0 < int(count):
-      raise ValueError(f'bad --archs={spec!r}; use random:N with N a positive integer')
-    if int(count) > len(codes):
+  count = space_lib.random_count(spec)
+  if count is not None:
+    if count > len(codes):
       print(f'note: --archs={spec} asks for more archs than the ground truth holds; using all '
             f'{len(codes)}')
-    pick = np.random.default_rng(f.seed).choice(len(codes), min(int(count), len(codes)),
+    pick = np.random.default_rng(f.seed).choice(len(codes), min(count, len(codes)),
                                                 replace=False)
     codes = [codes[i] for i in sorted(pick)]
   elif spec != 'all':
@@ -349,11 +348,10 @@ def check_manifest(workdir: pathlib.Path, config: dict, create: bool = True):
       raise ResumeError(f'{workdir} holds a {job} run, whose tables a {ours} run would '
                         f'overwrite; pass another --workdir')
     # a proxy's values do not depend on the others' order (each has its own key)
-    same = lambda d: {**d, 'proxies': sorted(d.get('proxies') or [])}
-    if same(old) != same(config):
-      keys = sorted(k for k in set(old) | set(config) if same(old).get(k) != same(config).get(k))
-      raise ResumeError(f'{workdir} holds a {config.get("job", "correlate")} run with other '
-                        f'settings (differs in '
+    theirs, mine = ({**d, 'proxies': sorted(d.get('proxies') or [])} for d in (old, config))
+    if theirs != mine:
+      keys = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+      raise ResumeError(f'{workdir} holds a {ours} run with other settings (differs in '
                         f'{", ".join(keys)}); pass a new --workdir or delete {workdir} to '
                         f'start over')
     return

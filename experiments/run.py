@@ -332,20 +332,16 @@ _SEARCHERS = lambda *names: (f'--searcher={" or ".join(names)}',
 
 
 def _scored(f) -> dict | None:
-  """{name: registry Proxy} of the proxies the run will score:
-  --proxies if given, else the preset's, else the experiment's default (a rerank search's own);
-  None where that cannot be told (a bad name: its own check reports it)."""
+  """{name: registry Proxy} of the proxies the run will score, as `make_config` resolves them
+  (--proxies, the preset, the experiment's or a rerank search's default); None where that
+  cannot be told (a bad name or preset: its own check reports it)."""
   from engine import proxies as proxies_lib
   from engine.proxies import aggregate as agg_lib
-  from experiments import configs
-  names = f.proxies if f['proxies'].present else None
-  if names is None and f.config:
-    names = configs.get(f.config).get('proxies') if f.config in configs.names() else None
-  if names is None and f.experiment in ('search', 'pipeline'):
-    names = (RERANK_DEFAULTS if f.searcher == 'rerank' else EXPERIMENTS_SEARCH_DEFAULTS)['proxies']
+  fields = {fl.name for fl in dataclasses.fields(CONFIGS[f.experiment])}
+  given = {n: f[n].value for n in ('proxies', 'searcher') if n in fields and f[n].present}
   try:
-    plain, _ = agg_lib.split(names if names is not None else f['proxies'].default)
-    return {p.name: p for p in proxies_lib.get(plain)}
+    names = make_config(f.experiment, f.config, **given).proxies
+    return {p.name: p for p in proxies_lib.get(agg_lib.split(names)[0])}
   except ValueError:
     return None
 
@@ -362,6 +358,12 @@ def _both(a, b):
   return f'{a[0]} with {b[0]}', lambda f, space: a[1](f, space) and b[1](f, space)
 
 
+def _takes_init(f, space) -> bool:
+  """Whether a scored proxy runs a network initialised by --init (not its own init)."""
+  scored = _scored(f)
+  return scored is None or any(p.kind == 'network' and not p.own_init for p in scored.values())
+
+
 _NTK = _scoring('an NTK proxy (ntk_cond, ntk_cond_independent)', 'ntk')
 _ZC = _scoring('a zero-cost proxy (synflow, jacob_cov, ...)', 'zc')
 READ_WHEN = {
@@ -375,9 +377,7 @@ READ_WHEN = {
     'zc_batch': (('score', 'correlate', 'search'),) + _ZC,
     'zico_splits': (('score', 'correlate', 'search'),) + _scoring('zico', 'zico'),
     'init': (('score', 'correlate', 'search'), 'proxies on a network that take their init from '
-             'it (not params, flops, zen, vkdnw, AZ-NAS\'s terms)',
-             lambda f, space: (lambda s: s is None or any(
-                 p.kind == 'network' and not p.own_init for p in s.values()))(_scored(f))),
+             'it (not params, flops, zen, vkdnw, AZ-NAS\'s terms)', _takes_init),
     'stand_in_inputs': (('score', 'correlate', 'search'), 'runs without --data_dir',
                         lambda f, space: not f.data_dir),
     'dataset': (('score', 'correlate', 'search', 'cost'),) + _DATASETS,

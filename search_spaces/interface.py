@@ -220,11 +220,9 @@ class SearchSpace:
       if self.enumerate is None:
         raise ValueError(f'{self.name} is too large to enumerate; use --archs=random:N')
       return self.enumerate()
-    if spec.startswith('random:'):
-      count = spec.split(':', 1)[1]
-      if not count.isdecimal() or int(count) < 1:
-        raise ValueError(f'bad --archs={spec!r}; use random:N with N a positive integer')
-      return self.sample(np.random.default_rng(seed), int(count))
+    count = random_count(spec)
+    if count is not None:
+      return self.sample(np.random.default_rng(seed), count)
     path = pathlib.Path(spec)
     if path.is_file():
       return self._parse_file(path)
@@ -250,6 +248,16 @@ class SearchSpace:
       except ValueError as err:
         raise ValueError(f'{path}:{n}: {err}') from None
     return archs
+
+
+def random_count(spec: str) -> int | None:
+  """N of an --archs 'random:N' (None for another kind of spec); ValueError unless N >= 1."""
+  if not spec.startswith('random:'):
+    return None
+  count = spec.split(':', 1)[1]
+  if not count.isdecimal() or int(count) < 1:
+    raise ValueError(f'bad --archs={spec!r}; use random:N with N a positive integer')
+  return int(count)
 
 
 INITS = ('torch_default', 'kaiming_normal')

@@ -208,8 +208,8 @@ class Problem:
   `proxy_names` are proxies and aggregates (`engine.proxies.aggregate`, e.g.
   `agg:params+synflow+2*jacob_cov:logrank`): each named one is a term of the objective; an
   aggregate's components are scored but only the aggregate counts. The scorer
-  (`engine.scoring.Scorer` over the space's `Net`) keeps compiled functions per batch size across seeds
-  (`reseed`), so a multi-seed run compiles once."""
+  (`engine.scoring.Scorer` over the space's `Net`) keeps compiled functions per batch size
+  across seeds (`reseed`), so a multi-seed run compiles once."""
 
   def __init__(self, table: SpaceTable, scorer, proxy_names, weights: obj.Weights,
                objective: str = 'hybrid'):
