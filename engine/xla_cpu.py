@@ -11,13 +11,25 @@ elementwise code cost compile time without buying run time; level 1 cut cold com
 a third with run times unchanged, level 0 made the zero-cost proxies run much slower
 (BENCHMARKS.md, "LLVM optimisation level 1"). Values move at float32 round-off.
 
-An XLA flag the user set wins: nothing is added for an option $XLA_FLAGS already names. Set
-an option yourself (e.g. `--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`,
-`--xla_backend_optimization_level=3`) to keep XLA's default.
+BLAS and LAPACK on one thread: the proxies' SVDs and eigensolvers (jacob_cov, AZ-NAS, the
+NTK, VKDNW, NASWOT) run inside the scoring programs as calls into scipy's OpenBLAS, made from
+XLA's threads. OpenBLAS's own worker thread then keeps spinning for a while after each call
+and takes a core from the convolutions of the next candidate: with it, grad_prune's search ran
+1.3-1.5x slower and the main job's proxies 1.15x (BENCHMARKS.md, "BLAS on one thread"). The
+matrices are at most a few thousand by 64, so one thread loses nothing there. $OPENBLAS_NUM_THREADS is set for
+the libraries loaded later (and child processes); those already loaded (an entry point's
+imports can load scipy's) are set through threadpoolctl, which knows every BLAS vendor's
+thread setter. Values are unchanged up to float32 round-off.
+
+A setting the user made wins: nothing is added for an option $XLA_FLAGS already names, and the
+thread count is left alone when $OPENBLAS_NUM_THREADS or $OMP_NUM_THREADS is set. Set an option
+yourself (e.g. `--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`,
+`--xla_backend_optimization_level=3`, `OPENBLAS_NUM_THREADS=2`) to keep the default.
 
 Only on CPU runs: when JAX will run on an accelerator ($JAX_PLATFORMS names another platform
 first, or, with it unset, a GPU/TPU plugin is installed: `pip install -e '.[cuda]'`), nothing is
-added; the optimisation level would otherwise apply to the GPU's code generation too.
+added; the optimisation level would otherwise apply to the GPU's code generation too, and the
+accelerator does its own linear algebra.
 """
 from __future__ import annotations
 
@@ -27,6 +39,9 @@ import os
 
 SETTINGS = {'--xla_cpu_experimental_ynn_fusion_type': '-individual_convolution',
             '--xla_backend_optimization_level': '1'}
+BLAS_THREADS = 1
+# the variables OpenBLAS reads for its thread count: a user who set either chose it
+_THREAD_VARIABLES = ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS')
 
 
 def accelerator_expected() -> bool:
@@ -42,13 +57,25 @@ def accelerator_expected() -> bool:
 
 
 def apply() -> bool:
-  """Adds the settings to $XLA_FLAGS, each unless the user set that option; True if it added
-  any. Nothing on an accelerator run (`accelerator_expected`). Only takes effect when called
-  before JAX creates its CPU client (i.e. before the first array)."""
+  """Adds the settings to $XLA_FLAGS, each unless the user set that option, and limits BLAS to
+  `BLAS_THREADS` unless the user set a thread count; True if it added anything. Nothing on an
+  accelerator run (`accelerator_expected`). The XLA flags only take effect when called before
+  JAX creates its CPU client (i.e. before the first array)."""
   if accelerator_expected():
     return False
   flags = os.environ.get('XLA_FLAGS', '')
   added = [f'{option}={value}' for option, value in SETTINGS.items() if option not in flags]
   if added:
     os.environ['XLA_FLAGS'] = ' '.join([flags] + added).strip()
-  return bool(added)
+  return bool(added) | limit_blas_threads()
+
+
+def limit_blas_threads() -> bool:
+  """Sets BLAS to `BLAS_THREADS` threads, in the libraries loaded now and later, unless the user
+  set a thread count; True if it set it."""
+  if any(name in os.environ for name in _THREAD_VARIABLES):
+    return False
+  os.environ['OPENBLAS_NUM_THREADS'] = str(BLAS_THREADS)
+  import threadpoolctl  # local: only an entry point's start-up needs it
+  threadpoolctl.threadpool_limits(BLAS_THREADS, user_api='blas')
+  return True

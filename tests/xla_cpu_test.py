@@ -63,3 +63,28 @@ def test_nothing_is_added_on_an_accelerator_run(monkeypatch):
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   assert not xla_cpu.accelerator_expected() and xla_cpu.apply()
   assert os.environ['XLA_FLAGS'] == f'{YNN} {OPT}'
+
+
+def _blas_threads_after_start_up(env_extra: dict) -> list[int]:
+  """The thread counts of every BLAS loaded in an entry point's process (scipy's, which JAX's
+  LAPACK calls use, loaded before the flags are parsed, and numpy's) after an SVD."""
+  import json
+  import subprocess
+  import sys
+  code = ('import scipy.linalg, threadpoolctl\n'
+          'from experiments import common; common.parse_flags_or_fail(["run"])\n'
+          'import jax.numpy as jnp; jnp.linalg.svd(jnp.ones((4, 3))).S.block_until_ready()\n'
+          'import json; print(json.dumps([i["num_threads"] for i in '
+          'threadpoolctl.threadpool_info() if i["user_api"] == "blas"]))\n')
+  env = {k: v for k, v in os.environ.items() if k not in xla_cpu._THREAD_VARIABLES}
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                       env={**env, **env_extra})
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_blas_runs_on_one_thread_unless_the_user_chose():
+  """Libraries loaded before the flags are parsed (scipy's OpenBLAS here) and after get one
+  thread; a user's $OPENBLAS_NUM_THREADS is kept."""
+  threads = _blas_threads_after_start_up({})
+  assert len(threads) >= 2 and set(threads) == {xla_cpu.BLAS_THREADS}, threads
+  assert set(_blas_threads_after_start_up({'OPENBLAS_NUM_THREADS': '2'})) == {2}
