@@ -76,6 +76,9 @@ def limit_blas_threads() -> bool:
   if any(name in os.environ for name in _THREAD_VARIABLES):
     return False
   os.environ['OPENBLAS_NUM_THREADS'] = str(BLAS_THREADS)
-  import threadpoolctl  # local: only an entry point's start-up needs it
+  try:  # local: only an entry point's start-up needs it
+    import threadpoolctl
+  except ImportError:  # an install older than the dependency: the later-loaded BLAS still get it
+    return True
   threadpoolctl.threadpool_limits(BLAS_THREADS, user_api='blas')
   return True
