@@ -55,7 +55,7 @@ def predicted_costs(graph, device: str, runtime: str) -> dict:
   from hardware import memory
   res = hardware.cost(graph, device=device, runtime=runtime)
   counts = train_lib.hardware_weight_counts(graph)
-  rt = hardware.get_runtime(runtime)
+  rt, dev = hardware.get_runtime(runtime), hardware.get_device(device)
   tflm = memory.tflm_arena(graph)
   return {'device': device, 'runtime': runtime,
           'tflm_arena_bytes': tflm['total'], 'tflm_planned_bytes': tflm['planned'],
@@ -63,6 +63,8 @@ def predicted_costs(graph, device: str, runtime: str) -> dict:
           'sram_bytes': float(res['sram_bytes']), 'arena_bytes': float(res['arena_bytes']),
           'flash_bytes': float(res['flash_bytes']),
           'flash_bytes_without_code': float(res['flash_bytes']) - rt.code_flash_bytes,
+          'fits_sram': bool(res['sram_bytes'] <= dev.sram_kb * 1024),
+          'fits_flash': bool(res['flash_bytes'] <= dev.flash_kb * 1024),
           'latency_ms': float(res['latency_ms']), 'energy_mj': float(res['energy_mj']),
           'weight_bytes': counts['weights'], 'bias_bytes': 4 * counts['biases']}
 
@@ -95,6 +97,17 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
     if why:
       raise mcu.ToolMissing(f'--c_source needs the Arm toolchain and QEMU: {why}; or export '
                             f'without --c_source')
+  pred = predicted_costs(net.graph, device, runtime)  # a bad --device/--runtime: before any work
+  # Training that stopped (at chance, diverged) or was killed writes no results.json. Its last
+  # checkpoint still exports, so the deployment itself can be checked bit for bit, but the
+  # accuracies measured here are then not results, and the report says so.
+  finished = (workdir / 'results.json').is_file()
+  if not finished:
+    log(f'note: {workdir} holds no finished training (no results.json: it stopped at chance or '
+        f'diverged, or was killed); the model is exported and checked bit for bit, but its test '
+        f'accuracies are not results')
+  for stale in ('export.json', 'export.txt'):  # a failed export must not leave the last report
+    (workdir / stale).unlink(missing_ok=True)
 
   t0 = time.perf_counter()
   size = f' C{cfg.C} N{cfg.N}' if net.space == 'nb201' else ''
@@ -104,6 +117,9 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
   log(f'model.tflite: {len(model)} bytes ({time.perf_counter() - t0:.1f} s)')
 
   _, test = train_lib.load_data(data_dir, dataclasses.replace(cfg, train_images=1))
+  if test.num_classes and test.num_classes != net.num_classes:
+    raise ExportError(f'{data_dir} has {test.num_classes} classes but this run\'s network has '
+                      f'{net.num_classes} outputs; pass the --data_dir it was trained on')
   n = len(test.labels) if verify_images < 0 else min(verify_images, len(test.labels))
   x = np.asarray(train_lib._normalize(test.images[:n]))
   labels = np.asarray(test.labels[:n])
@@ -125,6 +141,7 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
   arena = runtimes.tflm_arena(model, q_in)
   report = {
       'search_space': net.space, 'arch': cfg.arch, 'quant': cfg.quant, 'images': n,
+      'training_finished': finished,
       **({'C': cfg.C, 'N': cfg.N} if net.space == 'nb201' else {}),
       'model_bytes': len(model),
       'tflm': {'bitexact_fraction': float(np.mean(np.all(tflm == ref_tflm, -1))),
@@ -156,7 +173,6 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
                                                               ref_tflm.argmax(-1))),
           'test_acc': float(np.mean(lite.argmax(-1) == labels)),
           'images_per_s': n / (time.perf_counter() - t0)}
-  pred = predicted_costs(net.graph, device, runtime)
   report['predicted'] = pred
   report['errors'] = {
       'tflm_arena_model_vs_tflm_arena': pred['tflm_arena_bytes'] / arena['total'] - 1,
@@ -318,6 +334,12 @@ def summary(r: dict) -> str:
       f'{p["tflm_planned_bytes"]}, {e["tflm_planned_model_vs_tflm_head"]:+.1%}); the search\'s '
       f'differentiable peak SRAM ({p["runtime"]}) {p["sram_bytes"]:.0f} '
       f'({e["sram_vs_tflm_arena"]:+.1%})']
+  if 'fits_sram' in p:  # reports from before the verdict have no fits_* keys
+    over = [what for what in ('sram', 'flash') if not p[f'fits_{what}']]
+    lines.append(f'predicted on {p["device"]} with {p["runtime"]}: SRAM '
+                 f'{p["sram_bytes"] / 1024:.1f} KB, flash {p["flash_bytes"] / 1024:.1f} KB, '
+                 f'latency {p["latency_ms"]:.4g} ms: '
+                 + (f'DOES NOT FIT ({" and ".join(over)})' if over else 'fits'))
   if 'c' in r:
     lines.append(c_summary(r['c']))
   for kernels, lr in r.get('litert', {}).items():
@@ -327,6 +349,8 @@ def summary(r: dict) -> str:
                  f'{lr["top1_agreement_with_its_reference"]:.2%}); top-1 agreement with the TFLM '
                  f'reference {lr["top1_agreement_with_tflm_reference"]:.2%}, test acc '
                  f'{lr["test_acc"]:.4f}')
+  if r.get('training_finished') is False:
+    lines.append('training unfinished (no results.json): these test accuracies are not results')
   return '\n'.join(lines)
 
 

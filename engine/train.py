@@ -341,9 +341,15 @@ def restore_checkpoint(workdir, like_variables, like_opt_state=None):
     items['opt_state'] = ocp.args.StandardRestore(abstract(like_opt_state))
   try:
     restored = mgr.restore(epoch, args=ocp.args.Composite(**items))
-  except (ValueError, KeyError, TypeError) as err:
-    raise CheckpointError(f'checkpoint {workdir}/ckpt/{epoch} does not match this arch/config '
-                          f'({type(err).__name__}); use the same --arch, C and N') from None
+  except Exception as err:  # pylint: disable=broad-except (orbax raises bare Exception on bad data)
+    # the run's config.json was already held against the flags (load_run, `train`'s "holds a
+    # different run"), so a structure that does not fit is as likely a damaged file as another
+    # arch; both are named
+    reason = (str(err).strip().splitlines() or [''])[0][:200]
+    raise CheckpointError(f'checkpoint {workdir}/ckpt/{epoch} cannot be restored '
+                          f'({type(err).__name__}: {reason}): it is damaged or of another '
+                          f'arch/config; delete that folder to resume from the checkpoint '
+                          f'before it, or train in a new --workdir') from None
   finally:
     mgr.close()
   return epoch, restored['variables'], restored.get('opt_state') if like_opt_state else None
@@ -438,6 +444,10 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print, data=No
   cfg.validate()
   workdir = pathlib.Path(workdir)
   train_set, test_set = data if data is not None else load_data(data_dir, cfg)
+  if len(train_set.images) < cfg.batch_size:
+    raise data_lib.DataError(f'the batch ({cfg.batch_size}, --train_batch) is larger than the '
+                             f'{len(train_set.images)} training images used; lower --train_batch '
+                             f'or use more images (--train_images)')
   if not cfg.num_classes and train_set.format in ('folder', 'npz'):
     cfg = dataclasses.replace(cfg, num_classes=train_set.num_classes)  # a C-way head
   net = cfg.network()
@@ -473,12 +483,19 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print, data=No
     teacher = t_net.model_fn('fp32')
   workdir.mkdir(parents=True, exist_ok=True)
   cfg_path = workdir / 'config.json'
+  if not cfg_path.is_file() and (workdir / 'results.json').is_file():
+    raise CheckpointError(f'{workdir} holds another job\'s results.json (no training config.json: '
+                          f'a search?); train in a new --workdir')
   ours = dataclasses.asdict(cfg)
   stored = _stored_config(cfg_path) if cfg_path.is_file() else ours
   if stored != ours:
-    keys = sorted(k for k in set(stored) | set(ours) if stored.get(k) != ours.get(k))
-    raise CheckpointError(f'{workdir} holds a different run (config.json differs in '
-                          f'{", ".join(keys)}); use a new --workdir or the same flags to resume')
+    if latest_epoch(workdir) is not None:
+      keys = sorted(k for k in set(stored) | set(ours) if stored.get(k) != ours.get(k))
+      raise CheckpointError(f'{workdir} holds a different run (config.json differs in '
+                            f'{", ".join(keys)}); use a new --workdir or the same flags to resume')
+    # a start that stopped before its first checkpoint (refused, diverged in epoch 1): nothing
+    # trained is lost, so the corrected command starts over there
+    (workdir / 'metrics.csv').unlink(missing_ok=True)
   cfg_path.write_text(json.dumps(ours, indent=1))
 
   n_train = len(train_set.images)

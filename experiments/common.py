@@ -145,6 +145,12 @@ def failed_verification_message(err: BaseException) -> str | None:
   export = sys.modules.get('deploy.export')  # only a run that exported can fail to verify
   if export is not None and isinstance(err, export.VerificationFailed):
     return f'verification failed: {err}'
+  mcu = sys.modules.get('deploy.mcu')
+  if mcu is not None and isinstance(err, mcu.BuildError):
+    # the generated C project did not build or run in the emulator: the check could not pass
+    first, *rest = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (f'verification failed: the generated C project could not be checked: {first}'
+            + (f' (its last line: {rest[-1]})' if rest else ''))
   return None
 
 

@@ -63,6 +63,20 @@ def _check_manifest(workdir: pathlib.Path, settings: dict):
   common.write_text_atomic(path, json.dumps(settings, indent=1, sort_keys=True) + '\n')
 
 
+def _check_before_any_work(f):
+  """What the later stages would refuse, refused before the search runs and before
+  pipeline.json is written (so the corrected command is not refused as another pipeline): the
+  device and runtime names, and QAT's float steps when --train_images bounds them."""
+  import hardware
+  from engine import train as train_lib
+  hardware.get_device(f.device)     # ValueError naming the valid devices
+  hardware.get_runtime(f.runtime)   # ValueError naming the valid runtimes
+  if f.train_images:  # at most this many steps per epoch, whatever the data holds
+    cfg = train_lib.TrainConfig(arch='', epochs=f.epochs, quant=f.quant, batch_size=f.train_batch,
+                                init_from=f.init_from)
+    cfg.check_schedule(max(f.train_images // f.train_batch, 1))
+
+
 def _done(path: pathlib.Path, stage: str) -> bool:
   if path.is_file():
     print(f'pipeline: {stage} already done ({path}); skipped')
@@ -76,6 +90,7 @@ def run(f, workdir='pipeline_out'):
   from experiments import search as search_exp
   from experiments import train as train_exp
   workdir = pathlib.Path(workdir)
+  _check_before_any_work(f)
   settings = json.loads(json.dumps(dataclasses.asdict(f), default=str))
   settings.pop('progress', None)  # does not change a result
   _check_manifest(workdir, settings)

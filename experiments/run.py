@@ -304,7 +304,8 @@ flags.DEFINE_integer('train_images', 0, 'train: use the first N training images 
 flags.DEFINE_integer('test_images', 0, 'train: evaluate on the first N test images (0 = all).',
                      lower_bound=0)
 flags.DEFINE_integer('int_eval_images', -1,
-                     'train: test images run through integer-only inference (-1 = all).')
+                     'train: test images run through integer-only inference (-1 = all, 0 = '
+                     'none).', lower_bound=-1)
 # --experiment=export
 flags.DEFINE_integer('export_images', -1,
                      'export: test images run in TFLite Micro and LiteRT against the integer '

@@ -124,6 +124,36 @@ def test_export_of_a_trained_run_is_bitexact_in_tflm(data_dir, trained_ptq):
                                                   io['inputs']), io['tflm_logits'])
 
 
+def test_export_flags_an_unfinished_run_and_checks_its_inputs_first(data_dir, trained_ptq,
+                                                                      tmp_path):
+  """A run without results.json (stopped at chance, diverged or killed) still exports and
+  verifies bit for bit, but says its accuracies are not results; a bad --device fails before
+  any file is written; data with another class count than the network's head is refused (a
+  CIFAR run's config.json stores num_classes 0)."""
+  import shutil
+  workdir = tmp_path / 'ptq'
+  shutil.copytree(trained_ptq, workdir)
+  for name in ('results.json', 'model.tflite', 'export.json', 'export.txt'):
+    (workdir / name).unlink(missing_ok=True)
+  with pytest.raises(ValueError, match='stm32f74'):
+    export_lib.export(workdir, data_dir / 'cifar10', verify_images=8, litert=False,
+                      device='stm32f74', log=lambda *_: None)
+  assert not (workdir / 'model.tflite').exists()
+  three = tmp_path / 'three.npz'
+  np.savez(three, x=np.zeros((6, 32, 32, 3), np.uint8), y=np.arange(6) % 3)
+  with pytest.raises(export_lib.ExportError, match='has 3 classes but .* 10 outputs'):
+    export_lib.export(workdir, three, verify_images=8, litert=False, log=lambda *_: None)
+  lines = []
+  report = export_lib.export(workdir, data_dir / 'cifar10', verify_images=8, litert=False,
+                             device='nrf52840', log=lines.append)
+  assert report['verified'] and report['training_finished'] is False
+  assert lines[0].startswith(f'note: {workdir} holds no finished training')
+  text = (workdir / 'export.txt').read_text()
+  assert 'these test accuracies are not results' in text
+  assert ': fits' in text or 'DOES NOT FIT' in text
+  assert report['predicted']['fits_flash'] == (report['predicted']['flash_bytes'] <= 1024 * 1024)
+
+
 def test_a_tflm_mismatch_fails_the_export_with_one_line(data_dir, trained_ptq, tmp_path,
                                                         monkeypatch, capsys):
   """Tampered golden vectors: the integer reference's logits are shifted on one image, so TFLite
@@ -208,3 +238,14 @@ def test_hardware_model_of_the_tflm_arena_matches_tflm(arch):
   predicted = memory.tflm_arena(nb201_graph.lower(ops, config))
   assert predicted['planned'] == measured['head']  # the planner, replicated exactly
   assert abs(predicted['total'] / measured['total'] - 1) < 0.01
+
+
+def test_an_emulator_or_compiler_failure_is_a_failed_verification():
+  """A C project that does not build or run (deploy.mcu.BuildError) is a verification that could
+  not pass: one line and exit 3 (`experiments.run.main`), not a traceback."""
+  from deploy import mcu
+  from experiments import common
+  err = mcu.BuildError('qemu-system-arm exited with 1: qemu: fatal\n\nguest crashed\n')
+  assert common.failed_verification_message(err) == (
+      'verification failed: the generated C project could not be checked: qemu-system-arm '
+      'exited with 1: qemu: fatal (its last line: guest crashed)')

@@ -95,3 +95,19 @@ def test_the_report_says_when_the_finalist_stage_chose_the_winner():
   del found['finalists']
   assert 'finalist' not in pipeline._markdown(pipeline._report(f, found, {}, exported,
                                                                pathlib.Path('w'), deployed))
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--device=stm32f74', 'stm32f74'),
+    ('--train_images=64', 'QAT from scratch'),  # 2 steps an epoch at the smoke batch of 32
+])
+def test_what_training_or_export_would_refuse_is_refused_before_the_search(flag, message,
+                                                                            tmp_path, capsys):
+  """One line, exit 2, before the search runs and before pipeline.json is written, so the
+  corrected command is not refused as another pipeline."""
+  workdir = tmp_path / 'out'
+  code = run.cli(['prog', '--experiment=pipeline', '--config=smoke', flag,
+                  f'--workdir={workdir}'])
+  err = capsys.readouterr()
+  assert code == 2 and message in err.err and len(err.err.strip().splitlines()) == 1, err
+  assert 'pipeline: search' not in err.out and not (workdir / 'pipeline.json').exists()

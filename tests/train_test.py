@@ -89,6 +89,17 @@ def test_checkpoint_roundtrip(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, opt_state, o2)
 
 
+def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path):
+  v = qat_net.init_variables(jax.random.key(3), nb201.parse_arch_str(ARCH), TINY)
+  train.save_checkpoint(tmp_path, 2, v, optax.sgd(0.1).init(v['params']))
+  # cut short the largest array data file (orbax raises a bare Exception reading it)
+  data = max((p for p in (tmp_path / 'ckpt' / '2' / 'variables').rglob('d/*') if p.is_file()),
+             key=lambda p: p.stat().st_size)
+  data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+  with pytest.raises(common.USER_ERRORS, match=r'ckpt/2 cannot be restored .* delete that folder'):
+    train.restore_checkpoint(tmp_path, v)
+
+
 def test_missing_checkpoint_is_a_user_error(tmp_path):
   with pytest.raises(common.USER_ERRORS, match='config.json not found'):
     train.load_run(tmp_path / 'nope')
@@ -280,8 +291,42 @@ def test_the_chance_ceiling():
 
 
 def test_a_workdir_of_another_run_names_the_settings_that_differ(data_dir, tmp_path):
-  cfg = train.TrainConfig(arch=ARCH, C=4, N=1, epochs=1, train_images=64, test_images=32)
+  cfg = train.TrainConfig(arch=ARCH, C=2, N=1, epochs=1, batch_size=64, train_images=64,
+                          test_images=32)
   (tmp_path / 'config.json').write_text(
       json.dumps(dataclasses.asdict(dataclasses.replace(cfg, epochs=3, lr=0.05))))
+  v = qat_net.init_variables(jax.random.key(3), nb201.parse_arch_str(ARCH), TINY)
+  train.save_checkpoint(tmp_path, 1, v, optax.sgd(0.1).init(v['params']))  # it trained there
   with pytest.raises(train.CheckpointError, match=r'config.json differs in epochs, lr\)'):
     train.train(cfg, data_dir / 'cifar10', tmp_path, progress=False)
+
+
+def test_a_start_that_stopped_before_its_first_checkpoint_is_started_over(data_dir, tmp_path,
+                                                                          monkeypatch):
+  """A refused or diverged start leaves config.json (and maybe a metrics row) but nothing
+  trained: the corrected command replaces them instead of being refused as another run."""
+  cfg = train.TrainConfig(arch=ARCH, C=2, N=1, epochs=1, batch_size=64, train_images=64,
+                          test_images=32)
+  (tmp_path / 'config.json').write_text(
+      json.dumps(dataclasses.asdict(dataclasses.replace(cfg, lr=1000.0))))
+  (tmp_path / 'metrics.csv').write_text('epoch,train_loss\n1,nan\n')
+
+  def stop(*_):
+    raise _Stop
+  monkeypatch.setattr(train, 'make_optimizer', stop)  # just after config.json is written
+  with pytest.raises(_Stop):
+    train.train(cfg, data_dir / 'cifar10', tmp_path, progress=False)
+  assert json.loads((tmp_path / 'config.json').read_text()) == dataclasses.asdict(cfg)
+  assert not (tmp_path / 'metrics.csv').exists()
+
+
+def test_a_search_workdir_or_a_batch_larger_than_the_data_is_refused(data_dir, tmp_path):
+  cfg = train.TrainConfig(arch=ARCH, C=2, N=1, epochs=1, batch_size=64, train_images=64,
+                          test_images=32)
+  (tmp_path / 'results.json').write_text('{"results": []}')
+  with pytest.raises(train.CheckpointError, match="another job's results.json"):
+    train.train(cfg, data_dir / 'cifar10', tmp_path, progress=False)
+  with pytest.raises(common.USER_ERRORS, match='larger than the 64 training images'):
+    train.train(dataclasses.replace(cfg, batch_size=128), data_dir / 'cifar10',
+                tmp_path / 'new', progress=False)
+  assert not (tmp_path / 'new').exists()
