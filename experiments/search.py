@@ -230,11 +230,14 @@ def run(f, workdir='search_out', keep=None):
       result = search_lib.search(f.searcher, problem, seed, options, bar.update)
       proxy_pick, finalists = result.index, None
       if stage is not None:
+        t1 = time.perf_counter()
         result, finalists = choose_finalist(stage, problem, result, bar.write)
+        finalists_s = time.perf_counter() - t1
       wall = time.perf_counter() - t0
       records.append(_record(space, f, seed, result, wall, constraints, problem.table, acc,
                              best_feasible, device_name))
       if finalists is not None:
+        records[-1]['finalists_s'] = finalists_s  # inside search_s, apart from compile and run
         records[-1]['proxy_pick'] = dict(arch_str=space.encode(table.archs[proxy_pick]),
                                          test_acc=_true_acc(acc, proxy_pick))
         records[-1]['finalists'] = [dict(r, test_acc=_true_acc(acc, i)) for r, i in
@@ -275,17 +278,28 @@ def finalist_stage(space, f, workdir):
 def choose_finalist(stage, problem, result, log=print):
   """(the result with the finalist stage's pick, the finalists' records): the best of the
   search's top candidates (`result.ranked`) by validation accuracy after brief training."""
+  from engine import trainable
   table = problem.table
-  codes = [table.space.encode(table.archs[i]) for i in result.ranked]
+  # only archs the trainer runs (tinycnn: not its swish archs) can be finalists
+  can_train = trainable.int8_exportable(table.space.name)
+  ranked = [i for i in result.ranked if can_train is None or can_train(table.archs[i])]
+  if not ranked:
+    raise ValueError(f'none of the search\'s {len(result.ranked)} final candidates can be '
+                     f'trained here (no int8 training path for their ops); run without '
+                     f'--finalists')
+  if len(ranked) < len(result.ranked):
+    log(f'note: finalists: {len(result.ranked) - len(ranked)} of the {len(result.ranked)} final '
+        f'candidates have no training path (ops the trainer lacks, e.g. swish) and are left out')
+  codes = [table.space.encode(table.archs[i]) for i in ranked]
   log(f'finalists: training the {min(len(codes), stage.settings.k)} best by the objective')
   best, records = stage.choose(codes)
-  i = result.ranked[best]
+  i = ranked[best]
   note = (f'note: finalist stage picked rank {best + 1} of {len(records)} by validation '
           f'accuracy ({100 * records[best]["val_acc"]:.2f}%)')
   return dataclasses.replace(result, index=int(i), arch=table.archs[i],
                              objective=float('nan') if best else result.objective,
                              values={} if best else result.values,
-                             log=result.log + [note]), records
+                             ranked=ranked, log=result.log + [note]), records
 
 
 def _record(space, f, seed, result, wall, constraints, table, acc, best_feasible, device_name):
@@ -336,7 +350,9 @@ def _report(rec, result, limits, bar):
             f'{rec["params"] / 1e3:.1f} k params (limits: '
             + ', '.join(f'{k} <= {v:.4g}' for k, v in limits.items()) + ')\n'
             f'  search {rec["search_s"]:.1f} s (compile {rec["compile_s"]:.1f} s, run '
-            f'{rec["run_s"]:.1f} s), {rec["scored"]} candidates scored'
+            f'{rec["run_s"]:.1f} s'
+            + (f', finalist training {rec["finalists_s"]:.1f} s' if 'finalists_s' in rec else '')
+            + f'), {rec["scored"]} candidates scored'
             + ''.join(f'\n  {line}' for line in rec['log'] if line.startswith('note: ')))
 
 

@@ -1,5 +1,6 @@
 """The finalist stage (engine/search/finalists.py): the validation split, the choice by
 validation accuracy, reuse of finished runs, failed finalists, and one real training."""
+import dataclasses
 import json
 
 import numpy as np
@@ -117,3 +118,26 @@ def test_a_real_finalist_trains_with_the_projects_trainer_on_the_split(tmp_path)
   res = json.loads((tmp_path / 'finalists' / runs[0] / 'results.json').read_text())
   # the .npz's own test fifth is never used: the validation fifth of its 800 training images
   assert res['test_images'] == 160
+
+
+def test_only_archs_the_trainer_runs_are_finalists(stage):
+  """tinycnn's swish archs have no training path: the stage skips them (with a note) and trains
+  the best of the others; with none left it is one line, not a failed training mid-search."""
+  import types
+  from engine.search import searchers
+  from experiments import search as search_exp
+  from search_spaces import registry
+  stage, fake = stage
+  space = registry.get('tinycnn')
+  archs = [space.decode(a) for a in ('f8k3-swish-max', 'f8k5-relu-max', 'f8k3-relu-max')]
+  problem = types.SimpleNamespace(table=types.SimpleNamespace(space=space, archs=archs))
+  result = searchers.Result(index=0, arch=archs[0], objective=1.0, values={}, scored=3,
+                            compile_s=0.0, run_s=0.0, log=[], ranked=[0, 1, 2])
+  lines = []
+  picked, records = search_exp.choose_finalist(stage, problem, result, lines.append)
+  assert lines[0].startswith('note: finalists: 1 of the 3 final candidates have no training')
+  assert fake.calls == ['f8k5-relu-max', 'f8k3-relu-max'] and picked.index == 1
+  assert picked.ranked == [1, 2] and len(records) == 2
+  with pytest.raises(ValueError, match='none of the .* 1 final candidates can be trained'):
+    search_exp.choose_finalist(stage, problem, dataclasses.replace(result, ranked=[0]),
+                               lines.append)
