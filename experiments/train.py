@@ -33,8 +33,22 @@ def arch_from_flag(spec, benchmark_file=None, search_space='nb201') -> str:
       spec.strip().startswith('|') or spec.strip().lstrip('-').isdigit()) else None
   if ops is None:
     raise nb201.ArchError(f'--arch={spec!r} is neither an NB201 arch string (|op~0|+...) nor an '
-                          f'index 0..{nb201.NUM_ARCHS - 1}')
+                          f'index 0..{nb201.NUM_ARCHS - 1}{_space_hint(spec)}')
   return nb201.format_arch_str(ops[0])
+
+
+def _space_hint(spec: str) -> str:
+  """'; it is a <space> arch: pass --search_space=<space>' when another space reads `spec`."""
+  from search_spaces import registry
+  for name in registry.names():
+    if name == 'nb201':
+      continue
+    try:
+      registry.get(name).decode(spec.strip())
+    except Exception:  # pylint: disable=broad-except (each space's own parse error)
+      continue
+    return f'; it is a {name} arch: pass --search_space={name}'
+  return ''
 
 
 def config_from_flags(f) -> train_lib.TrainConfig:
