@@ -1,6 +1,7 @@
 """Tests of the training loop: steps reduce the loss, checkpoints resume, losses, augmentation."""
 import csv
 import dataclasses
+import gc
 import json
 
 import jax
@@ -89,6 +90,8 @@ def test_checkpoint_roundtrip(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, opt_state, o2)
 
 
+# orbax leaves the aborted read's coroutines behind; collected here, not in a later test
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path):
   v = qat_net.init_variables(jax.random.key(3), nb201.parse_arch_str(ARCH), TINY)
   train.save_checkpoint(tmp_path, 2, v, optax.sgd(0.1).init(v['params']))
@@ -98,6 +101,7 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path):
   data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
   with pytest.raises(common.USER_ERRORS, match=r'ckpt/2 cannot be restored .* delete that folder'):
     train.restore_checkpoint(tmp_path, v)
+  gc.collect()
 
 
 def test_missing_checkpoint_is_a_user_error(tmp_path):
