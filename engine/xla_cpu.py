@@ -16,10 +16,11 @@ NTK, VKDNW, NASWOT) run inside the scoring programs as calls into scipy's OpenBL
 XLA's threads. OpenBLAS's own worker thread then keeps spinning for a while after each call
 and takes a core from the convolutions of the next candidate: with it, grad_prune's search ran
 1.3-1.5x slower and the main job's proxies 1.15x (BENCHMARKS.md, "BLAS on one thread"). The
-matrices are at most a few thousand by 64, so one thread loses nothing there. $OPENBLAS_NUM_THREADS is set for
-the libraries loaded later (and child processes); those already loaded (an entry point's
-imports can load scipy's) are set through threadpoolctl, which knows every BLAS vendor's
-thread setter. Values are unchanged up to float32 round-off.
+matrices are at most a few thousand by 64, so one thread loses nothing there.
+$OPENBLAS_NUM_THREADS is set for the libraries loaded later (and child processes); those
+already loaded (an entry point's imports can load scipy's) are set through threadpoolctl, which
+knows every BLAS vendor's thread setter. The recorded proxy values (tests/nb201_pins_test.py)
+and the searches' picks are unchanged.
 
 A setting the user made wins: nothing is added for an option $XLA_FLAGS already names, and the
 thread count is left alone when $OPENBLAS_NUM_THREADS or $OMP_NUM_THREADS is set. Set an option
