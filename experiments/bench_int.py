@@ -30,14 +30,14 @@ _ROUNDING = flags.DEFINE_enum('rounding', 'tflm', ['tflm', 'litert_reference', '
 
 def main(argv):
   del argv
+  common.quiet_logs()
   import jax
   import numpy as np
   from engine import int_inference, qat_net, train
-  from experiments import common
   from experiments import train as train_exp
   from search_spaces import nb201
   try:
-    arch = train_exp.arch_from_flag(_ARCH.value)
+    arch = train_exp.arch_from_flag(_ARCH.value, nb201_only=True)
   except common.USER_ERRORS as err:
     common.fail(str(err))
   if min(_WIDTH.value, _CELLS.value, _IMAGES.value, _REF_IMAGES.value, _BATCH.value) < 1:
@@ -48,7 +48,7 @@ def main(argv):
   n = max(_IMAGES.value, _REF_IMAGES.value)
   x = np.asarray(train._normalize(rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)))
   v = qat_net.calibrate(qat_net.init_variables(jax.random.key(0), ops, cfg), ops, cfg,
-                        [x[:128], x[128:256]])
+                        [x[i:i + 128] for i in range(0, min(n, 256), 128)])  # what exists
   net = int_inference.IntNetwork(v, ops, cfg, rounding=_ROUNDING.value)
   macs = float(nb201.count_flops(np.eye(len(nb201.OPS))[np.asarray(ops)][None], cfg, 'nb201')[0])
   print(f'{arch} C={cfg.C} N={cfg.N}, {_ROUNDING.value} rounding, '

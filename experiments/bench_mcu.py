@@ -45,6 +45,7 @@ def measure(arch: str, config, target: str, device: str, workdir) -> dict:
   from deploy import c_source, export, mcu, tflite
   from engine import qat_net
   from search_spaces import nb201
+  from search_spaces.nb201 import graph as nb201_graph
   ops = nb201.parse_arch_str(arch)
   rng = np.random.default_rng(0)
   x = rng.standard_normal((16, config.input_size, config.input_size, 3)).astype(np.float32)
@@ -54,8 +55,8 @@ def measure(arch: str, config, target: str, device: str, workdir) -> dict:
   elf = mcu.build(workdir, target)
   q = ref.quantize_input(x[:1]).q.astype(np.int8)
   want = ref(x[:1]).q
-  m = export.measure(project, mcu.run(workdir, q, target), want, elf, ops, config, target,
-                     device)
+  m = export.measure(project, mcu.run(workdir, q, target), want, elf,
+                     nb201_graph.lower(ops, config), target, device)
   if m['bitexact_fraction'] != 1.0:
     raise RuntimeError(f'{arch}: emulated logits differ from the integer reference')
   s = m['sizes']
@@ -113,8 +114,17 @@ def main(argv):
   import numpy as np
   from deploy import mcu
   from search_spaces import nb201
-  if min(_ARCHS.value, _WIDTH.value, _CELLS.value) < 1:
-    common.fail('--archs, --width and --cells must be positive')
+  import hardware
+  common.quiet_logs()
+  if _ARCHS.value < 2:
+    common.fail('--archs must be at least 2: the summary ranks archs against the hardware model')
+  if min(_WIDTH.value, _CELLS.value) < 1:
+    common.fail('--width and --cells must be positive')
+  try:  # before any emulation
+    hardware.get_device(_DEVICE.value)
+    common.check_output_file(_OUT.value, 'out')
+  except ValueError as err:
+    common.fail(str(err))
   why = mcu.tools_missing(_TARGET.value)
   if why:
     common.fail(why)
@@ -129,6 +139,8 @@ def main(argv):
     with out.open() as f:
       reader = csv.DictReader(f)
       fields = reader.fieldnames or FIELDS  # a file of an older layout keeps its columns
+      if 'arch' not in fields:
+        common.fail(f'--out={out} is not a bench_mcu CSV (no arch column); pass a new file')
       done = {r['arch']: r for r in reader if r.get(fields[-1])}  # whole rows
   new = not out.exists()
   with out.open('a', newline='') as f, tempfile.TemporaryDirectory() as tmp:

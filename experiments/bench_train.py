@@ -23,6 +23,7 @@ _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per mode.')
 
 def main(argv):
   del argv
+  common.quiet_logs()
   import jax
   import numpy as np
   import optax
@@ -30,7 +31,7 @@ def main(argv):
   from experiments import train as train_exp
   from search_spaces import nb201
   try:
-    arch = train_exp.arch_from_flag(_ARCH.value)
+    arch = train_exp.arch_from_flag(_ARCH.value, nb201_only=True)
   except common.USER_ERRORS as err:
     common.fail(str(err))
   if min(_WIDTH.value, _CELLS.value, _BATCH.value, _STEPS.value) < 1:

@@ -141,8 +141,17 @@ def main(argv):
     if missing:
       raise ValueError(f'{", ".join(missing)} not in the scores (have {", ".join(columns)}); '
                        f'fix --combine')
+    if len(set(names)) < len(names):
+      raise ValueError(f'--combine names a proxy twice ({_PROXIES.value}); list each once')
     if len(names) < 2:
       raise ValueError('--combine needs at least two proxies to combine')
+    if _MAX.value < 2:
+      raise ValueError(f'--max_components={_MAX.value}: an aggregate combines at least 2 '
+                       f'proxies; pass 2 or more')
+    if _TOP.value < 1:
+      raise ValueError(f'--top_listed={_TOP.value}: list at least the chosen one (1 or more)')
+    if _OUTPUT.value:
+      common.check_workdir(_OUTPUT.value, 'report_dir')
     report = select(columns, flag_cols, acc, names, _MAX.value, _FRACTION.value, _SEED.value,
                     _TOP.value, _FIT.value, _REFINE.value)
   except (ValueError, proxies_lib.ProxyError) as err:

@@ -19,8 +19,9 @@ from experiments import common
 from search_spaces import nb201
 
 
-def arch_from_flag(spec, benchmark_file=None, search_space='nb201') -> str:
-  """--arch (string or index) -> the space's arch string (one-line ValueError if bad)."""
+def arch_from_flag(spec, benchmark_file=None, search_space='nb201', nb201_only=False) -> str:
+  """--arch (string or index) -> the space's arch string (one-line ValueError if bad);
+  `nb201_only`: a tool without --search_space (its error names no other space)."""
   if search_space != 'nb201':
     from search_spaces import registry
     space = registry.get(search_space)
@@ -33,7 +34,9 @@ def arch_from_flag(spec, benchmark_file=None, search_space='nb201') -> str:
       spec.strip().startswith('|') or spec.strip().lstrip('-').isdigit()) else None
   if ops is None:
     raise nb201.ArchError(f'--arch={spec!r} is neither an NB201 arch string (|op~0|+...) nor an '
-                          f'index 0..{nb201.NUM_ARCHS - 1}{_space_hint(spec)}')
+                          f'index 0..{nb201.NUM_ARCHS - 1}'
+                          + ('; this tool measures NB201 archs only' if nb201_only
+                             else _space_hint(spec)))
   return nb201.format_arch_str(ops[0])
 
 

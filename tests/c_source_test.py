@@ -132,3 +132,13 @@ def test_hardware_model_against_the_recorded_emulator_rows():
   assert np.all(np.abs(flash / np.array([float(r['flash_bytes']) for r in rows]) - 1) < 0.1)
   lat = [p[export_lib.C_RUNTIME]['latency_ms'] for p in pred]
   assert latency.kendall_tau(lat, [float(r['instructions']) for r in rows]) >= 0.9
+
+
+def test_bench_mcu_measures_an_arch_on_the_emulator(tmp_path):
+  """experiments.bench_mcu's per-arch row (it broke once when export.measure changed its
+  arguments, with no test on this path)."""
+  _need('m4')
+  from experiments import bench_mcu
+  row = bench_mcu.measure(ARCH, SMALL, 'm4', 'nucleo-l4r5zi', tmp_path / 'c')
+  assert set(row) == set(bench_mcu.FIELDS)
+  assert row['instructions'] > 1000 and row['arena'] > 0 and row['macs'] > 0

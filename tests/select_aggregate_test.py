@@ -76,6 +76,15 @@ def test_cli_writes_report_and_rejects_bad_input(tmp_path, capsys):
     assert 'zzz not in the scores' in capsys.readouterr().err
     fl(['prog', f'--scores_file={tmp_path / "nope"}'])
     assert select_aggregate.main([]) == 2
+    (tmp_path / 'a_file').write_text('')
+    for bad, said in [('--max_components=1', 'at least 2'), ('--top_listed=0', 'at least the'),
+                      ('--combine=nwot,nwot', 'names a proxy twice'),
+                      (f'--report_dir={tmp_path / "a_file"}', 'is a file, not a folder')]:
+      fl.unparse_flags()
+      fl(['prog', f'--scores_file={tmp_path}', bad])
+      capsys.readouterr()
+      assert select_aggregate.main([]) == 2, bad
+      assert said in capsys.readouterr().err, bad
   finally:
     fl.unparse_flags()
 
