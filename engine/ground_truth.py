@@ -161,14 +161,19 @@ def run_sweep(space, workdir, data_dir, num_archs=300, noise_archs=30, noise_see
     w.writerows(rows)
     write_text_atomic(path.with_suffix('.csv'), buf.getvalue())
 
-  def load(path, start, stop):  # a chunk of other jobs (another --num_archs) is not this one's
+  def load(path, start, stop):
+    # a chunk of other jobs (another --num_archs) or of another training length is not this
+    # one's: trained again
     rows = _read_rows(path.with_suffix('.csv'))
-    want = [(space.encode(a), str(s)) for a, s in todo[start:stop]]
-    return rows if rows is not None and [(r['arch'], r['seed']) for r in rows] == want else None
+    want = [(space.encode(a), str(s), str(cfg.epochs)) for a, s in todo[start:stop]]
+    have = [(r['arch'], r['seed'], r.get('epochs')) for r in rows] if rows is not None else None
+    return rows if have == want else None
 
   sweep_lib.run(len(todo), chunk, pathlib.Path(workdir) / 'chunks', work, save, load, share,
                 progress, unit='run')
-  return collect(workdir) if share.writes_outputs else []
+  # this job's chunks only: a larger earlier job's further chunks stay on disk, unread
+  return (collect(workdir, len(sweep_lib.chunk_starts(len(todo), chunk)))
+          if share.writes_outputs else [])
 
 
 def _read_rows(path: pathlib.Path) -> list[dict] | None:
@@ -191,10 +196,14 @@ def row_flag(row: dict) -> str:
   return 'at_chance' if verdict.at_chance else ''
 
 
-def collect(workdir) -> list[dict]:
-  """Every chunk's rows, each with its `flag` (filled in for chunks written without one)."""
+def collect(workdir, chunks: int | None = None) -> list[dict]:
+  """The rows of every chunk (of the first `chunks`), each with its `flag` (filled in for
+  chunks written without one)."""
   rows = []
-  for path in sorted((pathlib.Path(workdir) / 'chunks').glob('*.csv')):
+  paths = sorted((pathlib.Path(workdir) / 'chunks').glob('*.csv'))
+  if chunks is not None:  # the sweep's own names (engine.sweep.run)
+    paths = [p for p in paths if p.stem in {f'chunk_{i:05d}' for i in range(chunks)}]
+  for path in paths:
     with path.open() as fh:
       rows += [{**row, 'flag': row_flag(row)} for row in csv.DictReader(fh)]
   return rows

@@ -1,6 +1,7 @@
 """The ground-truth sweep: stratified order, and a killed sweep resumes without losing or
 duplicating rows."""
 import collections
+import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +37,13 @@ def test_sweep_resumes_without_losing_or_duplicating_rows(tmp_path, data_dir):
                        chunk=1, cfg=cfg, max_images=256)
   key = lambda rows: [(r['arch'], r['seed'], r['test_acc'], r['flag']) for r in rows]
   assert key(again) == key(first) and len({r['arch'] for r in again}) == 3
+  # a smaller job reads only its own chunks; another training length trains again
+  fewer = gt.run_sweep(space, tmp_path, cifar, num_archs=2, noise_archs=0, noise_seeds=0,
+                       chunk=1, cfg=cfg, max_images=256)
+  assert key(fewer) == key(first)[:2]
+  longer = gt.run_sweep(space, tmp_path, cifar, num_archs=1, noise_archs=0, noise_seeds=0,
+                        chunk=1, cfg=dataclasses.replace(cfg, epochs=2), max_images=256)
+  assert [r['epochs'] for r in longer] == ['2']
 
 
 # ----------------------------------------------------------------------------- row flags
