@@ -40,8 +40,20 @@ def _load(workdir: pathlib.Path) -> dict:
   except (OSError, ValueError) as err:
     raise ValueError(f'cannot read {path} ({err}); pass folders written by '
                      f'--experiment=search') from None
+  needed = {'results': list, 'meta': dict}
+  wrong = [k for k, kind in needed.items()
+           if not isinstance(data, dict) or not isinstance(data.get(k), kind)]
+  if wrong:
+    raise ValueError(f'{path} is not a search\'s results.json (no {" or ".join(wrong)}); pass '
+                     f'folders written by --experiment=search')
   if not data['results']:
     raise ValueError(f'{path} has no results; the search did not finish a seed')
+  keys = ('feasible', 'run_s', 'search_s', 'compile_s')
+  lacking = sorted({k for r in data['results'] for k in keys
+                    if not isinstance(r, dict) or k not in r})
+  if lacking or 'limits' not in data['meta'] or 'searcher' not in data['meta']:
+    raise ValueError(f'{path} is damaged or from another version (a result lacks '
+                     f'{", ".join(lacking) or "meta limits/searcher"}); rerun that search')
   return data
 
 
@@ -49,9 +61,12 @@ def row(workdir: pathlib.Path) -> str:
   data = _load(workdir)
   results = data['results']
 
-  def stat(key):
+  def stat(key):  # nan (an accuracy the benchmark lacks) is counted, never averaged in
     v = np.array([r[key] for r in results if r.get(key) is not None], float)
-    return f'{v.mean():.2f} +- {v.std():.2f}' if len(v) else 'n/a'
+    bad = int((~np.isfinite(v)).sum())
+    v = v[np.isfinite(v)]
+    note = f' ({bad} non-finite)' if bad else ''
+    return (f'{v.mean():.2f} +- {v.std():.2f}' if len(v) else 'n/a') + note
 
   mean = lambda key: float(np.mean([r[key] for r in results]))
   budget = data['meta']['limits'].get('latency_ms')

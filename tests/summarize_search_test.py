@@ -52,3 +52,15 @@ def test_anytime_table_averages_the_best_so_far_over_seeds(tmp_path):
   assert table[2] == '| rand | random | none | 90.50 (2) | 92.50 (2) | 93.50 (2, n=18) |'
   assert len(table) == 3
   assert summarize_search.anytime_table([no_trace]) == ''
+
+
+def test_a_damaged_results_json_is_a_one_line_error_and_nan_is_counted(tmp_path, capsys):
+  for name, content in [('list', '[]'), ('nometa', '{"results": []}'),
+                        ('nokeys', '{"meta": {"searcher": "x", "limits": {}}, "results": [{}]}')]:
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'results.json').write_text(content)
+    assert cli.call_main(summarize_search.main, f'--search_workdirs={tmp_path / name}') == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1, (name, err)
+  d = _write(tmp_path, 'nan', None, [90.0, float('nan')], [1.0, 2.0])
+  assert '| 90.00 +- 0.00 (1 non-finite) |' in summarize_search.row(d)
