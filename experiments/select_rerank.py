@@ -91,7 +91,29 @@ def read_scores(path: pathlib.Path) -> tuple[dict, list[str]]:
                      '--experiment=score')
   from engine import proxies as proxies_lib
   columns = [c for c in rows[0] if c in proxies_lib.REGISTRY]
-  return {r['arch_str']: {c: float(r[c]) for c in columns} for r in rows}, columns
+
+  def value(line, row, c):  # a flagged value (score's `<proxy>_flag` column) is no value
+    if row.get(f'{c}_flag', '') not in ('', 'ok'):
+      return float('nan')
+    try:
+      return float(row[c])
+    except (TypeError, ValueError):
+      raise ValueError(f'{path}:{line}: {c} is {row[c]!r}, not a number; write the file with '
+                       f'--experiment=score') from None
+
+  return {r['arch_str']: {c: value(n, r, c) for c in columns}
+          for n, r in enumerate(rows, 2)}, columns
+
+
+def uninformative(scores: list[dict], term: str) -> str | None:
+  """Why `term` cannot choose between archs (every value flagged or non-finite, or one value
+  everywhere), else None."""
+  v = np.array([s[term] for seed_scores in scores for s in seed_scores.values()], float)
+  if not np.isfinite(v).any():
+    return 'every value is flagged or non-finite'
+  if np.unique(v[np.isfinite(v)]).size == 1:
+    return 'it takes one value on every arch'
+  return None
 
 
 def picks(cells, scores: list[dict], terms, ensemble: bool = False) -> list[tuple]:
@@ -195,6 +217,15 @@ def main(argv):
       if missing:
         raise ValueError(f'--terms: {missing[0]!r} is not a column of {path}; it has '
                          f'{", ".join(columns)}')
+      for t in list(terms):
+        why = uninformative(scores, t)
+        if why and _TERMS.value:
+          raise ValueError(f'--terms: {t} cannot rank the archs of {path} ({why}); leave it out')
+        if why:
+          print(f'note: {t} left out ({why})')
+          terms.remove(t)
+      if not terms:
+        raise ValueError(f'no column of {path} ranks the archs; score them with other proxies')
     except ValueError as err:
       common.fail(str(err))
   try:

@@ -147,3 +147,20 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
                           capture_output=True, text=True, timeout=300)
   cli.assert_one_line_error(result, fragment)
   assert not (tmp_path / 'x.txt').exists()
+
+
+def test_flagged_values_bad_numbers_and_terms_that_cannot_rank(tmp_path):
+  """A value score flagged is no value; a non-number is named by file and line; a term that is
+  flagged everywhere or constant cannot rank archs (the job refuses it, or leaves it out)."""
+  path = tmp_path / 's.csv'
+  path.write_text('arch_str,synflow,synflow_flag,snip,grasp,grasp_flag\n'
+                  'a,1.0,,2,5,nonfinite\nb,2.0,nonfinite,2,6,nonfinite\nc,3.0,,2,7,nonfinite\n')
+  scores, _ = select_rerank.read_scores(path)
+  assert np.isnan(scores['b']['synflow']) and scores['c']['synflow'] == 3.0
+  assert select_rerank.uninformative([scores], 'synflow') is None
+  assert select_rerank.uninformative([scores], 'snip') == 'it takes one value on every arch'
+  assert select_rerank.uninformative([scores], 'grasp') == 'every value is flagged or non-finite'
+  bad = tmp_path / 'bad.csv'
+  bad.write_text('arch_str,snip\na,1\nb,abc\n')
+  with pytest.raises(ValueError, match=r"bad.csv:3: snip is 'abc', not a number"):
+    select_rerank.read_scores(bad)
