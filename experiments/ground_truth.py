@@ -79,7 +79,9 @@ def main(argv):
   config = {k: FLAGS[k].value for k in ('search_space', 'data_dir', 'num_archs', 'noise_archs',
                                         'noise_seeds', 'epochs', 'chunk',
                                         'coordinator_address', 'num_processes', 'process_id')}
+  common.quiet_logs()
   try:
+    common.check_workdir(FLAGS.workdir)
     run(config, FLAGS.workdir)
   except common.USER_ERRORS as err:
     common.fail(err)

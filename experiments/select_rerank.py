@@ -193,6 +193,8 @@ def main(argv):
                 'drop it')
   try:
     datasets, budgets = search_eval.cells_from_flags()
+    if _WRITE.value:  # before the pools are built
+      common.check_output_file(_WRITE.value, 'write_pool_archs')
   except ValueError as err:
     common.fail(str(err))
   given = {name: f[name].value for name in search_eval.PASSED_ON if f[name].present}

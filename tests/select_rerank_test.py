@@ -139,6 +139,7 @@ def test_the_job_ranks_a_planted_tie_breaker_first(tmp_path):
     (['--zc_width=8', '--write_pool_archs=x.txt'], 'does not read --zc_width'),
     (['--search_space=tinycnn', '--write_pool_archs=x.txt'], 'does not read --search_space'),
     (['--max_terms=2', '--write_pool_archs=x.txt'], '--max_terms is read with --pool_scores'),
+    (['--write_pool_archs=.'], '--write_pool_archs=. is a folder'),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
   env = dict(cli.os.environ, JAX_PLATFORMS='cpu')
