@@ -16,7 +16,9 @@ import itertools
 import json
 import pathlib
 import sys
+import warnings
 
+import numpy as np
 from absl import app, flags
 from scipy import stats
 
@@ -69,7 +71,15 @@ def select(columns, flag_cols, acc, names, max_components, fraction, seed, top, 
   """The report as a dict: candidates ranked on the selection split, each with held-out rho."""
   sel, held = aggregate.split_archs(len(acc), fraction, seed)
   candidates = aggregate.candidate_aggregates(names, max_components)
-  on_sel = [(aggregate.spearman_on(a, columns, flag_cols, acc, sel), a) for a in candidates]
+  with warnings.catch_warnings():  # a constant column's nan is handled below, not warned of
+    warnings.simplefilter('ignore', stats.ConstantInputWarning)
+    on_sel = [(aggregate.spearman_on(a, columns, flag_cols, acc, sel), a) for a in candidates]
+  # a nan Spearman (constant or non-finite scores, or a constant accuracy) ranks nothing: such
+  # an aggregate is never chosen, and with no other there is no result
+  on_sel = [(rho, a) for rho, a in on_sel if np.isfinite(rho)]
+  if not on_sel:
+    raise ValueError('no aggregate has a finite Spearman on the selection archs: the proxies '
+                     'or the accuracies are constant or non-finite there; nothing to choose')
   on_sel.sort(key=lambda t: -t[0])
   if fit_weights:
     seen = {a.name for _, a in on_sel}
@@ -78,7 +88,9 @@ def select(columns, flag_cols, acc, names, max_components, fraction, seed, top, 
         if variant.name not in seen:
           seen.add(variant.name)
           candidates.append(variant)
-          on_sel.append((aggregate.spearman_on(variant, columns, flag_cols, acc, sel), variant))
+          rho = aggregate.spearman_on(variant, columns, flag_cols, acc, sel)
+          if np.isfinite(rho):
+            on_sel.append((rho, variant))
     on_sel.sort(key=lambda t: -t[0])
 
   def held_out(agg):

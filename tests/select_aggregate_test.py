@@ -108,3 +108,13 @@ def test_fitted_weights_are_chosen_on_the_selection_split_only(tmp_path):
   from scipy import stats
   assert report['chosen']['held_out_spearman'] == pytest.approx(
       stats.spearmanr(score, acc[held]).statistic)
+
+
+def test_constant_scores_are_no_result():
+  """Every aggregate's Spearman is nan on constant proxies: one line, no 'chosen ... nan'."""
+  n = 40
+  columns = {'nwot': np.ones(n), 'synflow': np.ones(n)}
+  flags = {k: np.zeros(n, bool) for k in columns}
+  with pytest.raises(ValueError, match='no aggregate has a finite Spearman'):
+    select_aggregate.select(columns, flags, np.arange(n, dtype=float), list(columns), 2, 0.5,
+                            0, 5)
