@@ -122,7 +122,7 @@ def main(argv):
     common.fail('--width and --cells must be positive')
   try:  # before any emulation
     hardware.get_device(_DEVICE.value)
-    common.check_output_file(_OUT.value, 'out')
+    common.check_output_file(_OUT.value, 'out', 'bench_mcu.csv')
   except ValueError as err:
     common.fail(str(err))
   why = mcu.tools_missing(_TARGET.value)

@@ -172,9 +172,9 @@ def _first_existing(path: pathlib.Path) -> pathlib.Path:
   return path
 
 
-def check_output_file(value, flag: str = 'output'):
+def check_output_file(value, flag: str = 'output', example: str = 'scores.csv'):
   """Before any work: `value` can be written as a file (it, or the folders it needs, can be
-  created). UsageError otherwise."""
+  created). UsageError otherwise; `example`: the file name a folder's error suggests."""
   fix = PATH_FLAGS.get(flag, 'pass a file path you can write to')
   if not str(value).strip():
     raise UsageError(f'--{flag} is empty; {fix}')
@@ -182,7 +182,7 @@ def check_output_file(value, flag: str = 'output'):
   try:
     if path.is_dir():
       raise UsageError(f'--{flag}={value} is a folder; pass a file path, e.g. '
-                       f'--{flag}={path / "scores.csv"}')
+                       f'--{flag}={path / example}')
     if os.path.lexists(path) and not path.is_file():
       raise UsageError(f'--{flag}={value} exists and is not a regular file; {fix}')
     if path.is_file() and not os.access(path, os.W_OK):

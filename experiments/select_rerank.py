@@ -194,7 +194,7 @@ def main(argv):
   try:
     datasets, budgets = search_eval.cells_from_flags()
     if _WRITE.value:  # before the pools are built
-      common.check_output_file(_WRITE.value, 'write_pool_archs')
+      common.check_output_file(_WRITE.value, 'write_pool_archs', 'pool_archs.txt')
   except ValueError as err:
     common.fail(str(err))
   given = {name: f[name].value for name in search_eval.PASSED_ON if f[name].present}

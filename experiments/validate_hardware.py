@@ -274,8 +274,8 @@ def _print_mlperf(res):
           f'  boards with median<=20%: {s["systems_median_le_20"]}')
 
 
-def _print_nb201(res):
-  print('\n(b) NB201 latency: calibrate on 500 archs, Kendall tau over all archs')
+def _print_nb201(res, num_train: int):
+  print(f'\n(b) NB201 latency: calibrate on {num_train} archs, Kendall tau over all archs')
   for col, r in res.items():
     print(f'  {col:<45} {r["kind"]:<11} {r["elimination"]:<8} tau_all '
           f'{r["kendall_tau_all"]:.3f}  tau_unseen {r["kendall_tau_unseen"]:.3f}  tau_measured '
@@ -290,14 +290,16 @@ def main(argv):
   if len(argv) > 1:
     common.fail(f'unexpected argument {argv[1]!r}; validate_hardware takes only flags '
                 f'(--part, --output, --num_train, --seed)')
-  if _NUM_TRAIN.value < 1:
-    common.fail(f'--num_train must be at least 1, got {_NUM_TRAIN.value}')
+  if _NUM_TRAIN.value < 2:  # a rank correlation on the calibration archs needs two
+    common.fail(f'--num_train must be at least 2, got {_NUM_TRAIN.value}')
   if _SEED.value < 0:
     common.fail(f'--seed must be non-negative, got {_SEED.value}')
   output = pathlib.Path(_OUTPUT.value) if _OUTPUT.value else None
-  if output and not output.parent.is_dir():
-    common.fail(f'--output={_OUTPUT.value}: folder {output.parent} does not exist; create it or '
-                f'pass another path')
+  if output:  # before the work: a folder, a path under a file, a read-only place
+    try:
+      common.check_output_file(_OUTPUT.value, 'output', 'validation.json')
+    except ValueError as err:
+      common.fail(str(err))
   out = {}
   try:
     if _PART.value in ('mlperf', 'all'):
@@ -305,7 +307,7 @@ def main(argv):
       _print_mlperf(out['mlperf'])
     if _PART.value in ('nb201', 'all'):
       out['nb201'] = validate_nb201(_NUM_TRAIN.value, _SEED.value)
-      _print_nb201(out['nb201'])
+      _print_nb201(out['nb201'], _NUM_TRAIN.value)
   except FileNotFoundError as err:
     common.fail(f'cannot read {err.filename} ({err.strerror}); set ZERONAS_DATA_DIR to the '
                 f'third-party data folder (default ../shared/data)')
