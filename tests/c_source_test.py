@@ -138,7 +138,18 @@ def test_bench_mcu_measures_an_arch_on_the_emulator(tmp_path):
   """experiments.bench_mcu's per-arch row (it broke once when export.measure changed its
   arguments, with no test on this path)."""
   _need('m4')
-  from experiments import bench_mcu
-  row = bench_mcu.measure(ARCH, SMALL, 'm4', 'nucleo-l4r5zi', tmp_path / 'c')
-  assert set(row) == set(bench_mcu.FIELDS)
-  assert row['instructions'] > 1000 and row['arena'] > 0 and row['macs'] > 0
+  import subprocess
+  import sys
+  # its own process: bench_mcu's absl flags (e.g. --archs) would clash with experiments.run's
+  code = ('import json, sys\n'
+          'from experiments import bench_mcu\n'
+          'from search_spaces import nb201\n'
+          f'row = bench_mcu.measure({ARCH!r}, nb201.NB201Config(C={SMALL.C}, N={SMALL.N}, '
+          f'input_size={SMALL.input_size}), "m4", "nucleo-l4r5zi", sys.argv[1])\n'
+          'print(json.dumps([sorted(row) == sorted(bench_mcu.FIELDS), row["instructions"], '
+          'row["arena"], row["macs"]]))\n')
+  out = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'c')], capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  fields_ok, instructions, arena, macs = json.loads(out.stdout.strip().splitlines()[-1])
+  assert fields_ok and instructions > 1000 and arena > 0 and macs > 0
