@@ -205,7 +205,11 @@ def collect(workdir, chunks: int | None = None) -> list[dict]:
     paths = [p for p in paths if p.stem in {f'chunk_{i:05d}' for i in range(chunks)}]
   for path in paths:
     with path.open() as fh:
-      rows += [{**row, 'flag': row_flag(row)} for row in csv.DictReader(fh)]
+      try:
+        rows += [{**row, 'flag': row_flag(row)} for row in csv.DictReader(fh)]
+      except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f'{path} is damaged ({type(err).__name__}: {err}); delete it to train '
+                         f'its chunk again') from None
   return rows
 
 

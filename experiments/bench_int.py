@@ -76,8 +76,12 @@ def main(argv):
   both = min(_IMAGES.value, _REF_IMAGES.value)
   same = np.array_equal(fast[:both], ref[:both]) and np.array_equal(first, fast[:batch])
   print(f'compiled == numpy reference on {both} images: {same}')
-  if not same:
-    raise SystemExit(1)
+  if not same:  # a failed check, as export's: one line, exit 3
+    common.fail('verification failed: the compiled integer network differs from the numpy '
+                'reference', common.VERIFICATION_FAILED_EXIT)
+  if len(np.unique(ref[:both], axis=0)) == 1 and both > 1:  # equal, but on nothing to tell apart
+    print('note: every image gives the same logits (an arch whose output does not depend on '
+          'its input, e.g. all none), so the check above compares constants')
 
 
 if __name__ == '__main__':

@@ -119,3 +119,10 @@ def test_tables_without_the_flag_column_are_flagged_by_the_same_rule(tmp_path):
 def test_the_shipped_ground_truth_has_no_flagged_row():
   table = gt.load_ground_truth(registry.get('tinycnn'), log=pytest.fail)
   assert not table.flagged and sum(len(seeds) for seeds in table.values()) == 360  # every row
+
+
+def test_a_damaged_chunk_is_named(tmp_path):
+  (tmp_path / 'chunks').mkdir()
+  (tmp_path / 'chunks' / 'chunk_00000.csv').write_text('arch,seed,test_acc\nf8k3-relu-max,0,abc\n')
+  with pytest.raises(ValueError, match=r'chunk_00000.csv is damaged .* delete it'):
+    gt.collect(tmp_path)
