@@ -200,9 +200,10 @@ def collect(workdir, chunks: int | None = None) -> list[dict]:
   """The rows of every chunk (of the first `chunks`), each with its `flag` (filled in for
   chunks written without one)."""
   rows = []
-  paths = sorted((pathlib.Path(workdir) / 'chunks').glob('*.csv'))
-  if chunks is not None:  # the sweep's own names (engine.sweep.run)
-    paths = [p for p in paths if p.stem in {f'chunk_{i:05d}' for i in range(chunks)}]
+  chunk_dir = pathlib.Path(workdir) / 'chunks'
+  paths = (sorted(chunk_dir.glob('*.csv')) if chunks is None else
+           [p for p in (sweep_lib.chunk_path(chunk_dir, i).with_suffix('.csv')
+                        for i in range(chunks)) if p.is_file()])
   for path in paths:
     with path.open() as fh:
       try:

@@ -64,6 +64,11 @@ def chunk_starts(n: int, chunk_size: int) -> range:
   return range(0, n, chunk_size)
 
 
+def chunk_path(chunk_dir, i: int) -> pathlib.Path:
+  """Chunk i's file in `chunk_dir`, without a suffix (each caller adds its own)."""
+  return pathlib.Path(chunk_dir) / f'chunk_{i:05d}'
+
+
 def run(n: int, chunk_size: int, chunk_dir, work: Callable, save: Callable, load: Callable,
         share: Share = Share(), progress: bool = True, unit: str = 'item',
         log: Callable = print) -> list:
@@ -77,7 +82,7 @@ def run(n: int, chunk_size: int, chunk_dir, work: Callable, save: Callable, load
   chunk_dir.mkdir(parents=True, exist_ok=True)
   starts = chunk_starts(n, chunk_size)
   stop_of = lambda i: min(starts[i] + chunk_size, n)
-  path_of = lambda i: chunk_dir / f'chunk_{i:05d}'
+  path_of = lambda i: chunk_path(chunk_dir, i)
   parts = [load(path_of(i), starts[i], stop_of(i)) for i in range(len(starts))]
   mine = [i for i in range(len(starts)) if share.owns(i)]
   todo = [i for i in mine if parts[i] is None]
@@ -117,7 +122,7 @@ def finished(n: int, chunk_size: int, chunk_dir, load: Callable) -> list:
   """Per chunk: its part where it is on disk, else None (nothing is computed)."""
   chunk_dir = pathlib.Path(chunk_dir)
   starts = chunk_starts(n, chunk_size)
-  return [load(chunk_dir / f'chunk_{i:05d}', s, min(s + chunk_size, n))
+  return [load(chunk_path(chunk_dir, i), s, min(s + chunk_size, n))
           for i, s in enumerate(starts)]
 
 

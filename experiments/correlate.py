@@ -389,7 +389,7 @@ def wait_for(path: pathlib.Path, message: str, timeout_s: float = sweep_lib.CONN
 
 
 def chunk_path(chunk_dir: pathlib.Path, i: int) -> pathlib.Path:
-  return pathlib.Path(chunk_dir) / f'chunk_{i:05d}.npz'
+  return sweep_lib.chunk_path(chunk_dir, i).with_suffix('.npz')
 
 
 def write_chunk(path: pathlib.Path, ops, scores: dict):
