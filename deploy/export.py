@@ -55,7 +55,7 @@ def predicted_costs(graph, device: str, runtime: str) -> dict:
   from hardware import memory
   res = hardware.cost(graph, device=device, runtime=runtime)
   counts = train_lib.hardware_weight_counts(graph)
-  rt, dev = hardware.get_runtime(runtime), hardware.get_device(device)
+  rt = hardware.get_runtime(runtime)
   tflm = memory.tflm_arena(graph)
   return {'device': device, 'runtime': runtime,
           'tflm_arena_bytes': tflm['total'], 'tflm_planned_bytes': tflm['planned'],
@@ -63,8 +63,7 @@ def predicted_costs(graph, device: str, runtime: str) -> dict:
           'sram_bytes': float(res['sram_bytes']), 'arena_bytes': float(res['arena_bytes']),
           'flash_bytes': float(res['flash_bytes']),
           'flash_bytes_without_code': float(res['flash_bytes']) - rt.code_flash_bytes,
-          'fits_sram': bool(res['sram_bytes'] <= dev.sram_kb * 1024),
-          'fits_flash': bool(res['flash_bytes'] <= dev.flash_kb * 1024),
+          **{k: bool(v) for k, v in hardware.fits(res, device).items()},  # fits_sram, _flash
           'latency_ms': float(res['latency_ms']), 'energy_mj': float(res['energy_mj']),
           'weight_bytes': counts['weights'], 'bias_bytes': 4 * counts['biases']}
 
