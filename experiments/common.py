@@ -539,29 +539,34 @@ def read_scores_csv(path) -> ScoresCsv:
     path = path / 'scores.csv'
   try:
     with path.open(newline='') as fh:
-      rows = list(csv.DictReader(fh))
-  except OSError as err:
-    raise ValueError(f'cannot read {path} ({err.strerror}); pass a scores.csv written by '
-                     f'--experiment=correlate or score, or its workdir') from None
-  rows = [r for r in rows if r.get('arch_str')]
+      # (line, row) of the rows with an arch: the header is line 1
+      numbered = [(n, r) for n, r in enumerate(csv.DictReader(fh), 2) if r.get('arch_str')]
+  except (OSError, UnicodeDecodeError, csv.Error) as err:
+    raise ValueError(f'cannot read {path} ({getattr(err, "strerror", None) or err}); pass a '
+                     f'scores.csv written by --experiment=correlate or score, or its '
+                     f'workdir') from None
+  lines, rows = [n for n, _ in numbered], [r for _, r in numbered]
+  fix = 'pass a scores.csv of a finished --experiment=correlate or score run'
   if not rows:
-    raise ValueError(f'{path} has no rows with an arch_str; pass a scores.csv of a finished '
-                     f'--experiment=correlate or score run')
+    raise ValueError(f'{path} has no rows with an arch_str; {fix}')
   names = [n for n in rows[0] if n in proxies_lib.REGISTRY]
   if not names:
-    raise ValueError(f'{path} has no proxy column; pass a scores.csv of a finished '
-                     f'--experiment=correlate or score run')
-  try:
-    column = lambda name: np.array([float(r[name]) for r in rows])
-    indices = np.array([int(r.get('arch_index') or -1) for r in rows])
-    return ScoresCsv(
-        path, np.array([r['arch_str'] for r in rows], object), indices,
-        {n: column(n) for n in names},
-        {n: np.array([bool(r.get(n + '_flag')) for r in rows]) for n in names},
-        {c: column(c) for c in ACC_COLUMN.values() if c in rows[0]})
-  except (TypeError, ValueError) as err:
-    raise ValueError(f'{path}: a value is not a number ({err}); pass a scores.csv of a '
-                     f'finished --experiment=correlate or score run') from None
+    raise ValueError(f'{path} has no proxy column; {fix}')
+
+  def number(line, row, name, kind=float):
+    try:
+      return kind(row[name])
+    except (TypeError, ValueError):
+      raise ValueError(f'{path}:{line}: {name} is {row[name]!r}, not a number; {fix}') from None
+
+  column = lambda name: np.array([number(n, r, name) for n, r in zip(lines, rows)])
+  indices = np.array([number(n, r, 'arch_index', int) if r.get('arch_index') else -1
+                      for n, r in zip(lines, rows)])
+  return ScoresCsv(
+      path, np.array([r['arch_str'] for r in rows], object), indices,
+      {n: column(n) for n in names},
+      {n: np.array([bool(r.get(n + '_flag')) for r in rows]) for n in names},
+      {c: column(c) for c in ACC_COLUMN.values() if c in rows[0]})
 
 
 class _QuietOrbax(logging.Filter):

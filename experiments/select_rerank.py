@@ -25,7 +25,6 @@ next to the first score file.
 """
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import pathlib
@@ -80,29 +79,12 @@ def pool_cells(datasets, budgets, given: dict) -> list[tuple]:
 
 
 def read_scores(path: pathlib.Path) -> tuple[dict, list[str]]:
-  """({arch string: {proxy: value}}, proxy columns) of a score CSV."""
-  try:
-    with open(path, newline='') as fh:
-      rows = list(csv.DictReader(fh))
-  except (OSError, UnicodeDecodeError, csv.Error) as err:
-    raise ValueError(f'--pool_scores={path}: cannot read it as a CSV ({err})') from None
-  if not rows or 'arch_str' not in rows[0]:
-    raise ValueError(f'{path} is not a score CSV (no arch_str column); write one with '
-                     '--experiment=score')
-  from engine import proxies as proxies_lib
-  columns = [c for c in rows[0] if c in proxies_lib.REGISTRY]
-
-  def value(line, row, c):  # a flagged value (score's `<proxy>_flag` column) is no value
-    if row.get(f'{c}_flag', '') not in ('', 'ok'):
-      return float('nan')
-    try:
-      return float(row[c])
-    except (TypeError, ValueError):
-      raise ValueError(f'{path}:{line}: {c} is {row[c]!r}, not a number; write the file with '
-                       f'--experiment=score') from None
-
-  return {r['arch_str']: {c: value(n, r, c) for c in columns}
-          for n, r in enumerate(rows, 2)}, columns
+  """({arch string: {proxy: value}}, proxy columns) of a score CSV (`common.read_scores_csv`);
+  a value the file flags is nan."""
+  scores = common.read_scores_csv(path)
+  values = {n: np.where(scores.flagged[n], np.nan, v) for n, v in scores.columns.items()}
+  return ({a: {n: float(v[i]) for n, v in values.items()} for i, a in enumerate(scores.archs)},
+          list(values))
 
 
 def uninformative(scores: list[dict], term: str) -> str | None:
