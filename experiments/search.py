@@ -291,6 +291,10 @@ def choose_finalist(stage, problem, result, log=print):
     log(f'note: finalists: {len(result.ranked) - len(ranked)} of the {len(result.ranked)} final '
         f'candidates have no training path (ops the trainer lacks, e.g. swish) and are left out')
   codes = [table.space.encode(table.archs[i]) for i in ranked]
+  if len(codes) < stage.settings.k:  # the pool is the searcher's (rerank: --rerank_pool)
+    log(f'note: finalists: training {len(codes)}, not --finalists={stage.settings.k}: the '
+        f'search\'s final pool held only {len(codes)} trainable candidate(s) with a finite '
+        f'objective (rerank: raise --rerank_pool for more)')
   log(f'finalists: training the {min(len(codes), stage.settings.k)} best by the objective')
   best, records = stage.choose(codes)
   i = ranked[best]

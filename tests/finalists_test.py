@@ -141,3 +141,28 @@ def test_only_archs_the_trainer_runs_are_finalists(stage):
   with pytest.raises(ValueError, match='none of the .* 1 final candidates can be trained'):
     search_exp.choose_finalist(stage, problem, dataclasses.replace(result, ranked=[0]),
                                lines.append)
+
+
+def test_a_pool_smaller_than_k_trains_what_it_holds_and_says_so(stage):
+  """--finalists=K above the final pool (e.g. a small --rerank_pool): the stage trains the pool
+  and a note says how many and why (it said only 'training the N best')."""
+  import types
+  from engine.search import searchers
+  from experiments import search as search_exp
+  from search_spaces import registry
+  stage, fake = stage  # k=3
+  space = registry.get('tinycnn')
+  archs = [space.decode(a) for a in ('f8k5-relu-max', 'f8k3-relu-max')]
+  problem = types.SimpleNamespace(table=types.SimpleNamespace(space=space, archs=archs))
+  result = searchers.Result(index=0, arch=archs[0], objective=1.0, values={}, scored=2,
+                            compile_s=0.0, run_s=0.0, log=[], ranked=[0, 1])
+  lines = []
+  _, records = search_exp.choose_finalist(stage, problem, result, lines.append)
+  assert len(records) == 2 and fake.calls == ['f8k5-relu-max', 'f8k3-relu-max']
+  assert lines[0].startswith('note: finalists: training 2, not --finalists=3: the search\'s '
+                             'final pool held only 2 trainable')
+  assert '--rerank_pool' in lines[0]
+  lines.clear()  # a pool of K: no note
+  stage.settings = dataclasses.replace(stage.settings, k=2)
+  search_exp.choose_finalist(stage, problem, result, lines.append)
+  assert lines == ['finalists: training the 2 best by the objective']
