@@ -56,20 +56,51 @@ PRIOR_RUNTIME = {'tflm': 'tflm', 'microtvm': 'cmsis-nn', 'onnc': 'cmsis-nn',
                  'x-cube-ai': 'x-cube-ai', 'plumerai': 'tinyengine', 'bosch-hale': 'tinyengine'}
 
 
+MLPERF_COLUMNS = ('version', 'submitter', 'system', 'core', 'clock_mhz', 'software_stack',
+                  'benchmark', 'latency_ms')
+
+
 def load_mlperf_systems(path: pathlib.Path):
+  """The Cortex-M systems with latencies of at least 3 of the 4 benchmarks; a file that lacks a
+  column or holds a non-number where a number belongs is a ValueError naming file and line."""
+  fix = ('restore the MLPerf Tiny results file (ZERONAS_DATA_DIR, default ../shared/data; '
+         'docs/hardware.md)')
   by_system = collections.OrderedDict()
-  with path.open(newline='') as f:
-    for r in csv.DictReader(f):
-      if r['benchmark'] not in BENCHMARKS or not r['latency_ms']:
-        continue
-      key = (r['version'], r['submitter'], r['system'])
-      s = by_system.setdefault(key, dict(
-          name=f'v{r["version"]} {r["submitter"]} {r["system"]}', core=r['core'],
-          clock_mhz=float(r['clock_mhz']), family=runtime_family(r['software_stack'],
-                                                                 r['submitter']),
-          latency={}))
-      s['latency'][r['benchmark']] = float(r['latency_ms'])
-  return [s for s in by_system.values() if len(s['latency']) >= 3]
+  try:
+    with path.open(newline='') as f:
+      reader = csv.DictReader(f)
+      missing = [c for c in MLPERF_COLUMNS if c not in (reader.fieldnames or ())]
+      if missing:
+        raise ValueError(f'{path} lacks the column(s) {", ".join(missing)}; {fix}')
+      rows = list(enumerate(reader, 2))  # the header is line 1
+  except (UnicodeDecodeError, csv.Error) as err:
+    raise ValueError(f'cannot read {path} ({err}); {fix}') from None
+
+  def number(line, r, column):
+    try:
+      value = float(r[column])
+    except (TypeError, ValueError):  # None: a short row
+      value = float('nan')
+    if not np.isfinite(value) or value <= 0:
+      raise ValueError(f'{path}:{line}: {column} is {r[column]!r}, not a positive number; '
+                       f'{fix}')
+    return value
+
+  for line, r in rows:
+    if r['benchmark'] not in BENCHMARKS or not r['latency_ms']:
+      continue
+    key = (r['version'], r['submitter'], r['system'])
+    s = by_system.setdefault(key, dict(
+        name=f'v{r["version"]} {r["submitter"]} {r["system"]}', core=r['core'],
+        clock_mhz=number(line, r, 'clock_mhz'), family=runtime_family(r['software_stack'] or '',
+                                                                      r['submitter'] or ''),
+        latency={}))
+    s['latency'][r['benchmark']] = number(line, r, 'latency_ms')
+  systems = [s for s in by_system.values() if len(s['latency']) >= 3]
+  if not systems:
+    raise ValueError(f'{path} has no system with latencies of 3 or more of '
+                     f'{", ".join(BENCHMARKS)}; {fix}')
+  return systems
 
 
 def mlperf_features() -> np.ndarray:
