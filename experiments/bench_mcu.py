@@ -6,7 +6,8 @@ For each of `--archs` random connected NB201 archs (seed `--seed`): an untrained
 (initial weights, ranges calibrated on noise images: counts do not depend on training) is
 exported (`deploy.tflite`), generated as C (`deploy.c_source`), built for `--target` and run on
 one image in QEMU (`deploy.mcu`). One CSV row per arch is appended as soon as it is measured, so
-a stopped run resumes where it stopped. At the end it prints Kendall tau between the hardware
+a stopped run resumes where it stopped (a row is reused only for the same --target, --width and
+--cells). At the end it prints Kendall tau between the hardware
 model's predicted latency (`--device`, each runtime) and the emulated instructions, the
 instructions per MAC (or element) of each kernel class, and flash / SRAM against the model.
 """
@@ -35,8 +36,15 @@ _OUT = flags.DEFINE_string('out', 'runs/bench_mcu.csv', 'CSV of per-arch rows (a
 from deploy.export import C_COST_RUNTIMES as RUNTIMES  # noqa: E402
 # what the emulator and the toolchain measured; the hardware model's predictions are recomputed
 # from the arch at summary time, so a model change needs no new emulation
-FIELDS = ['arch', 'instructions', 'emulator_s', 'macs', 'flash_bytes', 'text', 'rodata', 'bss',
-          'arena', 'stack', 'per_kernel']
+FIELDS = ['arch', 'target', 'width', 'cells', 'instructions', 'emulator_s', 'macs', 'flash_bytes',
+          'text', 'rodata', 'bss', 'arena', 'stack', 'per_kernel']
+# a stored row is reused only when all of these match this run's (--device and --seed change no
+# row: the predictions are recomputed and the seed only picks the archs)
+KEY = ('arch', 'target', 'width', 'cells')
+
+
+def _key(row) -> tuple:
+  return tuple(str(row[k]) for k in KEY)
 
 
 def measure(arch: str, config, target: str, device: str, workdir) -> dict:
@@ -60,7 +68,8 @@ def measure(arch: str, config, target: str, device: str, workdir) -> dict:
   if m['bitexact_fraction'] != 1.0:
     raise RuntimeError(f'{arch}: emulated logits differ from the integer reference')
   s = m['sizes']
-  return {'arch': arch, 'instructions': int(round(m['instructions_per_inference'])),
+  return {'arch': arch, 'target': target, 'width': config.C, 'cells': config.N,
+          'instructions': int(round(m['instructions_per_inference'])),
           'emulator_s': m['emulator_seconds_per_inference'],
           'macs': sum(layer.macs for layer in project.layers
                       if layer.kernel in ('conv', 'pointwise', 'dense', 'affine')),
@@ -141,23 +150,31 @@ def main(argv):
       fields = reader.fieldnames or FIELDS  # a file of an older layout keeps its columns
       if 'arch' not in fields:
         common.fail(f'--out={out} is not a bench_mcu CSV (no arch column); pass a new file')
-      done = {r['arch']: r for r in reader if r.get(fields[-1])}  # whole rows
+      missing = [k for k in KEY if k not in fields]
+      if missing:  # an older bench_mcu's: its rows cannot be told apart by their settings
+        common.fail(f'--out={out} has no {", ".join(missing)} column (an older bench_mcu '
+                    f'wrote it); add the settings its rows were measured with, or pass a new '
+                    f'file')
+      done = {_key(r): r for r in reader if r.get(fields[-1])}  # whole rows
   new = not out.exists()
   with out.open('a', newline='') as f, tempfile.TemporaryDirectory() as tmp:
     w = csv.DictWriter(f, fields, restval='', extrasaction='ignore')
     if new:
       w.writeheader()
-    for i, arch in enumerate(archs):
-      if arch in done:
+    keys = [_key(dict(arch=a, target=_TARGET.value, width=_WIDTH.value, cells=_CELLS.value))
+            for a in archs]
+    for i, (arch, key) in enumerate(zip(archs, keys)):
+      if key in done:
         continue
       t0 = time.perf_counter()
       row = measure(arch, config, _TARGET.value, _DEVICE.value, os.path.join(tmp, str(i)))
       w.writerow(row)
       f.flush()
-      done[arch] = {k: str(v) for k, v in row.items()}
-      print(f'[{len(done)}/{len(archs)}] {arch}: {row["instructions"] / 1e6:.1f} M instructions, '
+      done[key] = {k: str(v) for k, v in row.items()}
+      print(f'[{sum(k in done for k in keys)}/{len(archs)}] {arch}: '
+            f'{row["instructions"] / 1e6:.1f} M instructions, '
             f'{time.perf_counter() - t0:.1f} s', flush=True)
-  print(summarize([done[a] for a in archs], config, _DEVICE.value))
+  print(summarize([done[k] for k in keys], config, _DEVICE.value))
 
 
 if __name__ == '__main__':
