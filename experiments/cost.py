@@ -71,8 +71,17 @@ def _nb201(f, device, runtime):
 
 def _mlperf_tiny(f, device, runtime):
   from search_spaces import mlperf_tiny
+  if not _archs_given(f):  # the default, or given: the config cannot tell them apart
+    print(f'note: --archs={f.archs} (the default) costs all {len(mlperf_tiny.NAMES)} MLPerf '
+          f'Tiny models: mlperf_tiny has no arch space to sample ({", ".join(mlperf_tiny.NAMES)})')
   archs = f.archs if _archs_given(f) else 'all'
-  rows = mlperf_tiny.cost_rows(mlperf_tiny.parse_archs(archs.strip()), device, runtime)
+  try:
+    names = mlperf_tiny.parse_archs(archs.strip())
+  except ValueError as err:
+    raise common.UsageError(f'--archs={archs}: {err}; --search_space=mlperf_tiny takes all or '
+                            f'model names, e.g. --archs=ic,kws (not random:N, a file or an '
+                            f'index)') from None
+  rows = mlperf_tiny.cost_rows(names, device, runtime)
   return ('arch',), [((r['arch'],), r) for r in rows]
 
 

@@ -143,7 +143,9 @@ flags.DEFINE_enum('dataset', 'cifar10', list(nb201.DATASETS), 'NB201 dataset.')
 flags.DEFINE_string('archs', 'random:64',
                     'all | random:N | a file with one arch string or index per line | an arch '
                     'string | an arch index; correlate also takes reference (the '
-                    '--reference_file archs of --dataset) and reference+random:N.')
+                    '--reference_file archs of --dataset) and reference+random:N; cost on '
+                    '--search_space=mlperf_tiny takes only all or model names (ic,kws,vww,ad; '
+                    'random:64, the default, means all).')
 flags.DEFINE_string('proxies', 'ntk_cond_independent,linear_regions',
                     'Comma-separated proxy names (ntk_cond is TE-NAS-exact but slow on CPU). '
                     'search/pipeline default: with --searcher=rerank, '

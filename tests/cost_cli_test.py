@@ -75,6 +75,8 @@ def test_mlperf_tiny_default_is_all_four(tmp_path):
   for row in rows:
     _assert_plausible(row)
   assert '4 mlperf_tiny archs' in result.stdout
+  # random:64, given or the default, cannot sample four fixed models: a note says it means all
+  assert 'note: --archs=random:64 (the default) costs all 4 MLPerf Tiny models' in result.stdout
 
 
 def test_mlperf_tiny_subset_matches_all(tmp_path):
@@ -125,6 +127,10 @@ def test_list_devices_prints_catalog():
     (['--device=stm32f999'], ["unknown device 'stm32f999'", 'stm32f746', 'rp2040']),
     (['--runtime=onnx'], ["unknown runtime 'onnx'", 'cmsis-nn', 'tflm', 'tinyengine']),
     (['--search_space=mlperf_tiny', '--archs=ic,zz'], ["'zz'", 'ic, kws, vww, ad']),
+    # the --archs forms of the other spaces: named as not taken here
+    (['--search_space=mlperf_tiny', '--archs=random:8'],
+     ['--archs=random:8', 'takes all or model names', 'not random:N, a file or an index']),
+    (['--search_space=mlperf_tiny', '--archs=3'], ['--archs=3', 'not random:N']),
     (['--search_space=tinycnn', '--archs=random:0'], ['random:N']),
     (['--search_space=tinycnn', '--archs=f8k9-relu-max'], ['f16k3-f32k5-relu-max']),
     (['--search_space=mbv2', '--archs=random:0'], ['random:N']),
