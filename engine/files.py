@@ -1,5 +1,6 @@
 """Atomic file writes, shared by the experiments and deploy: a crash or a kill leaves either the
-old file or the new one, never half of one (sweeps resume from what is on disk)."""
+old file or the new one, never half of one (sweeps resume from what is on disk); and a check that
+an orbax checkpoint's index can be read (`check_ocdbt`)."""
 from __future__ import annotations
 
 import errno
@@ -50,3 +51,20 @@ def write_text_atomic(path, text: str):
 def write_bytes_atomic(path, data: bytes):
   """`data` written with `write_atomic`."""
   write_atomic(path, lambda f: f.write(data))
+
+
+def check_ocdbt(folder):
+  """Reads the OCDBT index (manifest and b-tree) of each item of one orbax checkpoint,
+  `folder`/<item>/manifest.ocdbt, synchronously and without writing; tensorstore's ValueError
+  (DATA_LOSS, OUT_OF_RANGE: naming the file) when one is damaged.
+
+  Why before a restore: orbax restores every array at once on its own asyncio loop; when the
+  manifest they all read is damaged, the restore fails on the first (one clean error), but the
+  others finish after that loop has closed and tensorstore prints an 'Event loop is closed'
+  traceback for each, up to process exit. Skipping the exit (os._exit) would not stop the ones
+  printed while the process still runs, and hiding stderr would hide real errors; reading the
+  index here, with no asyncio involved, fails before orbax starts any of them."""
+  import tensorstore as ts  # orbax's own storage layer (its dependency)
+  for manifest in sorted(pathlib.Path(folder).glob('*/manifest.ocdbt')):
+    base = f'file://{manifest.parent.absolute()}/'
+    ts.KvStore.open({'driver': 'ocdbt', 'base': base}).result().list().result()

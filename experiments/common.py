@@ -274,6 +274,29 @@ def check_train_run(value, flag: str, fix: str | None = None):
   if problem:
     raise UsageError(f'--{flag}={value} holds a config.json not written by --experiment=train '
                      f'({problem}); {what}')
+  check_checkpoint(value, flag)
+
+
+def check_checkpoint(value, flag: str, folder=None):
+  """The latest checkpoint of the training run in `folder` (default: --flag's `value`) has an
+  index orbax can read: a damaged one is a UsageError before any work, not orbax's error
+  followed by tensorstore's exit-time tracebacks (engine.files.check_ocdbt says why)."""
+  folder = pathlib.Path(folder or value)
+  if not (folder / 'ckpt').is_dir():
+    return
+  from engine import files
+  from engine import train as train_lib
+  epoch = train_lib.latest_epoch(folder)
+  if epoch is None:
+    return
+  path = folder / 'ckpt' / str(epoch)
+  try:
+    files.check_ocdbt(path)
+  except ValueError as err:
+    reason = (str(err).strip().splitlines() or [''])[0][:200]
+    fix = ('train in a new --workdir' if flag == 'workdir' else f'pass another --{flag}')
+    raise UsageError(f'--{flag}={value}: checkpoint {path} is damaged ({reason}); delete that '
+                     f'folder to use the checkpoint before it, or {fix}') from None
 
 
 def _check_benchmark_file(value, space_name: str, dataset: str | None, needs_accuracy: bool):
@@ -328,6 +351,8 @@ def check_paths(config, workdir, experiment: str):
       check_workdir(workdir)
     if experiment == 'train':
       check_train_run(workdir, 'workdir', 'pass a new --workdir (or the one of this run)')
+    if experiment == 'pipeline':  # its train stage resumes in WORKDIR/train
+      check_checkpoint(workdir, 'workdir', pathlib.Path(workdir) / 'train')
   for flag in ('init_from', 'distill_from'):
     if get(flag):
       check_input_folder(get(flag), flag)
