@@ -400,6 +400,34 @@ def load_train_test(data_dir, dataset: str = 'cifar10',
   return _load_folder(path, image_size)
 
 
+def train_images_at_most(data_dir, dataset: str = 'cifar10') -> int | None:
+  """An upper bound on the training images `load_train_test` returns, from the file system
+  alone (no image read; a check before any work can use it): CIFAR batches, each file's size
+  over a pickled image's 3,072 pixel bytes (10,130 for data_batch_1's 10,000: the labels and
+  names add the rest); an image folder, its image files (train/ alone in that layout; the
+  seeded split trains on fewer); an .npz, x's length from its header. None when it cannot
+  tell (no data there, an unreadable file): the loader says why when it runs."""
+  try:
+    kind = data_format(data_dir, dataset)
+    path = pathlib.Path(data_dir)
+    if kind == 'cifar':
+      folder = _find_batch_dir(path, dataset)
+      return sum((folder / f).stat().st_size // (32 * 32 * 3) for f in _BATCH_FILES[dataset][0]
+                 if (folder / f).is_file())
+    if kind == 'npz':
+      with zipfile.ZipFile(path) as archive, archive.open('x.npy') as f:
+        version = np.lib.format.read_magic(f)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                np.lib.format.read_array_header_2_0)
+        shape = read(f)[0]
+        return int(shape[0]) if shape else None
+    names = {e.name for e in _subfolders(path)}
+    root = path / 'train' if 'train' in names and names <= {'train', 'test'} else path
+    return sum(len(_image_files(c)) for c in _subfolders(root))
+  except (DataError, OSError, KeyError, ValueError, zipfile.BadZipFile):
+    return None
+
+
 def normalize(images_uint8: np.ndarray) -> np.ndarray:
   return (images_uint8.astype(np.float32) / 255 - CIFAR_MEAN) / CIFAR_STD
 

@@ -66,15 +66,22 @@ def _check_manifest(workdir: pathlib.Path, settings: dict):
 def _check_before_any_work(f):
   """What the later stages would refuse, refused before the search runs and before
   pipeline.json is written (so the corrected command is not refused as another pipeline): the
-  device and runtime names, and QAT's float steps when --train_images bounds them."""
+  device and runtime names, and QAT's float steps when --train_images or the data's files
+  bound them."""
   import hardware
+  from engine import data as data_lib
   from engine import train as train_lib
+  from search_spaces import nb201
   hardware.get_device(f.device)     # ValueError naming the valid devices
   hardware.get_runtime(f.runtime)   # ValueError naming the valid runtimes
-  if f.train_images:  # at most this many steps per epoch, whatever the data holds
+  # the train stage's data (experiments.train's default without --data_dir), counted from its
+  # files without loading it: an upper bound, so a schedule refused here is refused there too
+  data_dir = f.data_dir or str(nb201.data_dir() / 'cifar10')
+  bounds = [n for n in (f.train_images, data_lib.train_images_at_most(data_dir, f.dataset)) if n]
+  if bounds:  # at most this many steps per epoch, whatever the data holds
     cfg = train_lib.TrainConfig(arch='', epochs=f.epochs, quant=f.quant, batch_size=f.train_batch,
                                 init_from=f.init_from)
-    cfg.check_schedule(max(f.train_images // f.train_batch, 1))
+    cfg.check_schedule(max(min(bounds) // f.train_batch, 1))
 
 
 def _done(path: pathlib.Path, stage: str) -> bool:

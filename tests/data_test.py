@@ -135,6 +135,26 @@ def test_npz_loads_with_or_without_its_own_test_split(tmp_path):
   np.testing.assert_array_equal(tr.images, x[:40])
 
 
+def test_the_training_image_bound_holds_every_format_without_reading_an_image(tmp_path,
+                                                                             data_dir):
+  """What the pipeline checks QAT's schedule with before its search: never below the count
+  the loader returns (so nothing valid is refused), close to it for CIFAR."""
+  cifar = data_dir / 'cifar10'
+  bound = data.train_images_at_most(cifar)
+  assert len(data.load_cifar(cifar).labels) <= bound < 1.02 * len(data.load_cifar(cifar).labels)
+  folder = _write_folder(tmp_path / 'imgs')  # 36 images, 30 of them train
+  assert data.train_images_at_most(folder) == 36
+  _write_folder(tmp_path / 'd' / 'train', per_class=4)
+  _write_folder(tmp_path / 'd' / 'test', per_class=2, seed=1)
+  assert data.train_images_at_most(tmp_path / 'd') == 12  # train/ alone
+  x = np.zeros((50, 8, 8, 3), np.uint8)
+  np.savez(tmp_path / 'u8.npz', x=x, y=np.arange(50) % 5)
+  assert data.train_images_at_most(tmp_path / 'u8.npz') == 50
+  (tmp_path / 'bad.npz').write_bytes(b'not a zip')
+  for unknown in (tmp_path / 'bad.npz', tmp_path / 'missing', tmp_path / 'd' / 'test' / 'x'):
+    assert data.train_images_at_most(unknown) is None  # the loader says why, later
+
+
 def test_resize_averages_areas():
   img = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(1, 4, 4, 3) * 5
   half = data.resize_images(img, 2)

@@ -100,13 +100,19 @@ def test_the_report_says_when_the_finalist_stage_chose_the_winner():
 @pytest.mark.parametrize('flag, message', [
     ('--device=stm32f74', 'stm32f74'),
     ('--train_images=64', 'QAT from scratch'),  # 2 steps an epoch at the smoke batch of 32
+    # all of the shared CIFAR-10 batch, counted from its file (it was refused after the search,
+    # and the corrected command then as another pipeline): 19 steps at 512, 15 in float
+    ('--train_images=0 --train_batch=512', '15 float steps are too few'),
 ])
 def test_what_training_or_export_would_refuse_is_refused_before_the_search(flag, message,
-                                                                            tmp_path, capsys):
+                                                                            tmp_path, capsys,
+                                                                            request):
   """One line, exit 2, before the search runs and before pipeline.json is written, so the
   corrected command is not refused as another pipeline."""
+  if '--train_images=0' in flag:
+    request.getfixturevalue('data_dir')  # the shared CIFAR-10 batch (skips without it)
   workdir = tmp_path / 'out'
-  code = run.cli(['prog', '--experiment=pipeline', '--config=smoke', flag,
+  code = run.cli(['prog', '--experiment=pipeline', '--config=smoke', *flag.split(),
                   f'--workdir={workdir}'])
   err = capsys.readouterr()
   assert code == 2 and message in err.err and len(err.err.strip().splitlines()) == 1, err
