@@ -72,7 +72,7 @@ class Project:
 
 def _schema():
   from deploy import tflite
-  return tflite._schema()
+  return tflite.schema()
 
 
 def _c_array(ctype, name, values, per_line=24) -> str:

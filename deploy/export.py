@@ -32,6 +32,7 @@ import numpy as np
 from deploy import runtimes
 from engine import files
 from engine import train as train_lib
+from search_spaces import registry
 
 IO_CHECK_IMAGES = 256
 # runtimes whose predicted costs the C project's measurements are set against; 'zeronas-c' is the
@@ -109,7 +110,7 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
     (workdir / stale).unlink(missing_ok=True)
 
   t0 = time.perf_counter()
-  size = f' C{cfg.C} N{cfg.N}' if net.space == 'nb201' else ''
+  size = ''.join(f' {k}{v}' for k, v in net.size.items())
   model = net.tflite(variables, f'zeronas-mcu {net.space} {cfg.arch}{size}')
   reference = net.integer(variables)
   files.write_bytes_atomic(workdir / 'model.tflite', model)
@@ -141,7 +142,7 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
   report = {
       'search_space': net.space, 'arch': cfg.arch, 'quant': cfg.quant, 'images': n,
       'training_finished': finished,
-      **({'C': cfg.C, 'N': cfg.N} if net.space == 'nb201' else {}),
+      **net.size,
       'model_bytes': len(model),
       'tflm': {'bitexact_fraction': float(np.mean(np.all(tflm == ref_tflm, -1))),
                'mismatched_images': int(np.sum(np.any(tflm != ref_tflm, -1))),
@@ -300,7 +301,7 @@ def predicted_c_costs(graph, device='nucleo-l4r5zi', runtimes=C_COST_RUNTIMES) -
 
 
 # LiteRT's kernel sets (`runtimes.litert_run`) -> the integer reference rounding each is
-# checked against (`int_inference.ROUNDINGS`)
+# checked against (`quant.ROUNDINGS`)
 LITERT_ROUNDING = {'xnnpack': 'single', 'reference': 'litert_reference'}
 
 
@@ -318,7 +319,8 @@ def _size(r: dict) -> str:
 def summary(r: dict) -> str:
   t, p, e = r['tflm'], r['predicted'], r['errors']
   lines = [
-      f'{r.get("search_space", "nb201")} {r["arch"]}{_size(r)} ({r["quant"]}), '
+      # reports from before the key existed are of the default space
+      f'{r.get("search_space", registry.DEFAULT)} {r["arch"]}{_size(r)} ({r["quant"]}), '
       f'{r["images"]} test images',
       f'model.tflite {r["model_bytes"]} bytes; predicted flash without runtime code '
       f'{p["flash_bytes_without_code"]:.0f} ({e["flash_without_code_vs_model_bytes"]:+.1%}), '

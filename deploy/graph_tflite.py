@@ -45,7 +45,7 @@ def to_tflite(graph: graph_lib.Graph, quantized=None, seed: int = 0,
   """The graph as an int8 TFLite flatbuffer; `quantized`: an `engine.graph_int.IntGraph` of
   this graph (None: random weights, `seed`)."""
   q = quantized if quantized is not None else _RandomWeights(graph, seed)
-  m = tfl._ModelBuilder()
+  m = tfl.ModelBuilder()
   ids: dict[int, int] = {}
   for i, node in enumerate(graph.nodes):
     h, w, c = node.shape

@@ -100,7 +100,7 @@ def litert_run(model: bytes, inputs: np.ndarray, kernels: str = 'xnnpack',
   """int8 outputs from LiteRT, the batch dimension resized to `batch` inputs per invoke.
 
   kernels='xnnpack' is LiteRT's default (the XNNPACK delegate); 'reference' its reference
-  kernels (`OpResolverType.BUILTIN_REF`), whose arithmetic `int_inference` reproduces
+  kernels (`OpResolverType.BUILTIN_REF`), whose arithmetic the integer references reproduce
   ('litert_reference' rounding)."""
   try:
     from ai_edge_litert import interpreter as litert

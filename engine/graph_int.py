@@ -1,7 +1,8 @@
 """Integer-only reference inference of a quantized `engine.graph_qat.GraphNetwork` (numpy).
 
-The arithmetic is TFLite Micro's int8 reference kernels', as `engine.int_inference` does it for
-NB201 (and with its helpers): int8 x int8 products summed in int32 with the int32 bias, then
+The arithmetic is TFLite Micro's int8 reference kernels', as NB201's own integer network
+(`search_spaces.nb201.integer`) does it, with the same helpers of `engine.quant`: int8 x int8
+products summed in int32 with the int32 bias, then
 `quant.requantize` (Q31 multiplier + shift, gemmlowp's double rounding), the zero point, the
 fused activation's clamp (TFLite's `CalculateActivationRangeQuantized`) and saturation; ADD
 rescales both inputs to 2 * max(scale) at 20 extra bits; average pools divide the window sum
@@ -20,7 +21,7 @@ import jax
 import numpy as np
 
 from engine import quant
-from engine.int_inference import ADD_LEFT_SHIFT, ROUNDINGS, _int_matmul, _round_div
+from engine.quant import ADD_LEFT_SHIFT, ROUNDINGS, int_matmul, int_round_div
 from engine.graph_qat import check_graph, module_name
 from hardware import graph as graph_lib
 from search_spaces.kernels import BN_EPS
@@ -77,7 +78,7 @@ class IntGraph:
   """The integer network of `graph` with quantized `variables` (ranges calibrated)."""
 
   def __init__(self, variables, graph: graph_lib.Graph, rounding: str = 'tflm'):
-    # how the runtime checked against rounds its requantizations (`int_inference.ROUNDINGS`)
+    # how the runtime checked against rounds its requantizations (`quant.ROUNDINGS`)
     if rounding not in ROUNDINGS:
       raise ValueError(f'unknown rounding {rounding!r}; use one of {", ".join(ROUNDINGS)}')
     check_graph(graph)
@@ -167,11 +168,11 @@ class IntGraph:
         l = self.layers[i]
         shifted = (x - zp_in).astype(np.float32)
         if node.op == 'dense':
-          acc = _int_matmul(shifted.reshape(len(x), -1), l.weight.T)
+          acc = int_matmul(shifted.reshape(len(x), -1), l.weight.T)
         elif node.op == 'conv2d':
           k = node.kernel[0]
           win = _windows(shifted, k, node.stride[0])
-          acc = _int_matmul(win.reshape(-1, k * k * win.shape[-1]),
+          acc = int_matmul(win.reshape(-1, k * k * win.shape[-1]),
                             l.weight.reshape(len(l.weight), -1).T).reshape(win.shape[:3] + (-1,))
         else:
           k = node.kernel[0]
@@ -194,14 +195,14 @@ class IntGraph:
         vals.append(self._requantize(total, i, m, sh))
       elif node.op == 'global_avg_pool':
         total = x.astype(np.int64).sum((1, 2), keepdims=True)
-        vals.append(_round_div(total, x.shape[1] * x.shape[2]).astype(np.int32))
+        vals.append(int_round_div(total, x.shape[1] * x.shape[2]).astype(np.int32))
       elif node.op in ('avg_pool', 'max_pool'):
         k = node.kernel[0]
         n, h, w, c = x.shape
         blocks = x[:, :h // k * k, :w // k * k].astype(np.int64).reshape(n, h // k, k, w // k,
                                                                           k, c)
         vals.append(blocks.max((2, 4)).astype(np.int32) if node.op == 'max_pool' else
-                    _round_div(blocks.sum((2, 4)), k * k).astype(np.int32))
+                    int_round_div(blocks.sum((2, 4)), k * k).astype(np.int32))
       elif node.op == 'reshape':
         vals.append(x.reshape(len(x), -1))
       else:

@@ -4,8 +4,9 @@ winner (tinycnn, mbv2, any space whose `lower` gives a `hardware.graph.Graph`) i
 The hardware graph is already the deployed network: conv2d / depthwise_conv2d (SAME padding,
 BN folded in or a bias, fused ReLU / ReLU6), dense, add, average / max / global average pool,
 reshape. Training it means un-folding BN back into trainable scale and shift with batch
-statistics; quantizing it means the scheme `engine.qat_net` uses for NB201 (same modes, same
-collections 'params' / 'batch_stats' / 'quant', same `engine.quant` functions):
+statistics; quantizing it means the layers of `engine.qat_layers`, which NB201's own network
+(`search_spaces.nb201.qat`) is made of too (same modes, same collections 'params' /
+'batch_stats' / 'quant', same `engine.quant` functions):
 
   * 'fp32':   float; BN on batch statistics when `train`;
   * 'folded': BN folded into its conv with the running statistics;
@@ -26,7 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from engine.qat_net import ActQuant, Ctx, MODES, _batch_norm, _round_div, folded_layer
+from engine import qat_layers
+from engine.qat_layers import ActQuant, Ctx
 from hardware import graph as graph_lib
 
 TRAINABLE_OPS = ('input', 'conv2d', 'depthwise_conv2d', 'dense', 'add', 'avg_pool', 'max_pool',
@@ -106,20 +108,12 @@ class GraphLayer(nn.Module):
     reduce_axes = (0,) if node.op == 'dense' else (0, 1, 2)
     if ctx.mode == 'fp32':
       y = apply(x, kernel)
-      y = _batch_norm(self, y, gamma, beta, ctx, reduce_axes) if bn else (
+      y = qat_layers.batch_norm(self, y, gamma, beta, ctx, reduce_axes) if bn else (
           y if bias is None else y + bias)
     else:
-      y = folded_layer(self, apply, x, qp_in, kernel, (gamma, beta) if bn else None,
+      y = qat_layers.folded_layer(self, apply, x, qp_in, kernel, (gamma, beta) if bn else None,
                        None if bn else bias, ctx)
     return ActQuant(name='out_q')(_activate(y, node.activation), ctx)
-
-
-def _on_grid(y, x, qp, total_fn, count):
-  """The quantized value of a pooled tensor: TFLite's integer mean (window sum of q divided by
-  the count, ties away from zero) on the input's grid; gradients are the float pool's."""
-  scale, zp = jax.lax.stop_gradient(qp[0]), jax.lax.stop_gradient(qp[1])
-  q = jnp.round(jax.lax.stop_gradient(x) / scale) + zp
-  return y + jax.lax.stop_gradient((_round_div(total_fn(q), count) - zp) * scale - y)
 
 
 def _pool(t, node):
@@ -127,7 +121,7 @@ def _pool(t, node):
   if node.op == 'global_avg_pool':
     y = jnp.mean(x, (1, 2), keepdims=True)
     if qp is not None:
-      y = _on_grid(y, x, qp, lambda q: jnp.sum(q, (1, 2), keepdims=True),
+      y = qat_layers.pooled_on_grid(y, x, qp, lambda q: jnp.sum(q, (1, 2), keepdims=True),
                    x.shape[1] * x.shape[2])
     return y, qp
   k, s = node.kernel[0], node.stride[0]
@@ -137,20 +131,19 @@ def _pool(t, node):
   total = lambda v: jax.lax.reduce_window(v, 0.0, jax.lax.add, window, strides, 'VALID')
   y = total(x) / (k * k)
   if qp is not None:
-    y = _on_grid(y, x, qp, total, k * k)
+    y = qat_layers.pooled_on_grid(y, x, qp, total, k * k)
   return y, qp
 
 
 class GraphNetwork(nn.Module):
-  """The network of `graph`; `mode` is one of `engine.qat_net.MODES`. Input: normalised float
+  """The network of `graph`; `mode` is one of `qat_layers.MODES`. Input: normalised float
   images [N, H, W, C] at the graph's input shape; output: logits [N, classes]."""
   graph: graph_lib.Graph
   mode: str = 'fp32'
 
   @nn.compact
   def __call__(self, x, train: bool = False, update_ranges: bool = False):
-    if self.mode not in MODES:
-      raise ValueError(f'unknown mode {self.mode!r}; choose one of {", ".join(MODES)}')
+    qat_layers.check_mode(self.mode)
     check_graph(self.graph)
     ctx = Ctx(self.mode, train, update_ranges)
     nodes = self.graph.nodes
@@ -179,21 +172,9 @@ class GraphNetwork(nn.Module):
 
 def init_variables(key, graph: graph_lib.Graph) -> dict:
   """Variables {'params', 'batch_stats', 'quant'} of the graph's network (all modes)."""
-  x = jnp.zeros((1,) + tuple(graph.nodes[0].shape), jnp.float32)
-  model = GraphNetwork(graph, 'fp32')
-  return dict(jax.jit(lambda k, x: model.init(k, x, train=False))(key, x))
+  return qat_layers.init_variables(key, GraphNetwork(graph, 'fp32'), graph.nodes[0].shape)
 
 
 def calibrate(variables: dict, graph: graph_lib.Graph, batches) -> dict:
-  """PTQ calibration: activation ranges of the folded float model on `batches` (fresh)."""
-  model = GraphNetwork(graph, 'folded')
-
-  @jax.jit
-  def step(v, x):
-    _, upd = model.apply(v, x, update_ranges=True, mutable=['quant'])
-    return {**v, 'quant': upd['quant']}
-
-  v = {**variables, 'quant': jax.tree.map(jnp.zeros_like, variables['quant'])}
-  for x in batches:
-    v = step(v, jnp.asarray(x))
-  return v
+  """PTQ calibration (`qat_layers.calibrate`) of the folded float network."""
+  return qat_layers.calibrate(GraphNetwork(graph, 'folded'), variables, batches)

@@ -15,7 +15,7 @@ the clipping range; zero outside it), so a float model trains against the int8 g
 Why not a library: AQT (google/aqt, the JAX quantization library) injects quantization into the
 operands of dot_general/conv for accelerator training and serving; it has no BatchNorm folding,
 no TFLite int32 biases and no TFLite-Micro fixed-point requantization, and the scheme here must
-match the integer reference (`engine.int_inference`) in everything but rounding ties. So it is
+match the integer references (`engine.graph_int`, `search_spaces.nb201.integer`) in everything but rounding ties. So it is
 written out (about a hundred lines).
 """
 from __future__ import annotations
@@ -131,7 +131,7 @@ def quantize_multiplier(m):
 
 def _namespace(x):
   """numpy for numpy inputs, jax.numpy for jax arrays and tracers (the integer kernels run in
-  both: numpy is the reference, XLA the fast path, `engine.int_inference`)."""
+  both: numpy is the reference, XLA the fast path, `search_spaces.nb201.integer`)."""
   if isinstance(x, jax.Array):
     if not jax.config.jax_enable_x64:
       raise RuntimeError('integer kernels on jax arrays need 64-bit types: run them inside '
@@ -201,3 +201,46 @@ def requantize(acc, multiplier, shift, zero_point, qmin=QMIN, qmax=QMAX, single_
   out = multiply_by_quantized_multiplier(acc, multiplier, shift, single_rounding, flags)
   out = out + zero_point
   return _namespace(out).clip(out, qmin, qmax).astype(np.int8)
+
+
+# ---------------------------------------------------------------- integer kernels
+# shared by the integer references (`search_spaces.nb201.integer`, `engine.graph_int`)
+
+ADD_LEFT_SHIFT = 20  # TFLite int8 ADD
+
+# How each runtime rounds its requantizations (`quant.multiply_by_quantized_multiplier`):
+# kernel kind -> single rounding? ('*': every kind not named). Measured on exported models
+# (docs/deploy.md): TFLite Micro rounds twice everywhere (gemmlowp); LiteRT's reference kernels
+# (`OpResolverType.BUILTIN_REF`) twice except its per-channel FULLY_CONNECTED, which rounds
+# once; 'single' (TFLITE_SINGLE_ROUNDING builds; LiteRT's default XNNPACK kernels on small
+# networks, not on large ones, whose fp32 requantization no integer rounding reproduces).
+ROUNDINGS = {
+    'tflm': {'*': False},
+    'litert_reference': {'*': False, 'dense': True},
+    'single': {'*': True},
+}
+
+
+# Terms of an int8 x (int8 - zero point) dot product whose float32 sum stays exact: every
+# partial sum is an integer of magnitude below 2^24.
+EXACT_F32_TERMS = (1 << 24) // (255 * 127)
+
+
+def int_matmul(a, b):
+  """Exact integer a @ b for integer-valued operands (|a| <= 255, |b| <= 127) through float32
+  BLAS, the contraction split into chunks short enough to stay exact, summed in int64."""
+  xp = _namespace(a)
+  a = xp.asarray(a, np.float32)  # no copy when it is float32 already (the im2col matrix)
+  b = np.asarray(b, np.float32)
+  k = a.shape[-1]
+  out = None
+  for i in range(0, k, EXACT_F32_TERMS):
+    part = xp.rint(a[..., i:i + EXACT_F32_TERMS] @ b[i:i + EXACT_F32_TERMS]).astype(np.int64)
+    out = part if out is None else out + part
+  return out
+
+
+def int_round_div(total, count):
+  """TFLite's int average: divide with rounding half away from zero."""
+  xp = _namespace(total)
+  return xp.where(total >= 0, (total + count // 2) // count, -((-total + count // 2) // count))

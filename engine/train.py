@@ -44,7 +44,7 @@ import optax
 
 from engine import chance as chance_lib
 from engine import data as data_lib
-from search_spaces import nb201
+from search_spaces import registry
 
 QUANT_MODES = ('fp32', 'ptq', 'qat')
 OPTIMIZERS = ('sgd', 'adamw')
@@ -100,23 +100,18 @@ class TrainConfig:
   test_images: int = 0           # 0 = the whole test split
   int_eval_images: int = -1      # integer-only inference on this many test images (-1 = all)
   seed: int = 0
-  # classes of the network's head; 0: the dataset's (nb201.DATASETS). A run on the user's own
+  # classes of the network's head; 0: the dataset's (the space's `datasets`). A run on the user's own
   # data (an image folder or .npz, engine/data.py) records its data's class count here.
   num_classes: int = 0
-  search_space: str = 'nb201'    # C and N apply to NB201 only (the others train at their size)
+  # C and N size a space's own network (`SearchSpace.trainable`: NB201's); the others train at
+  # their own size
+  search_space: str = registry.DEFAULT
 
   def network(self):
     """The arch's `engine.trainable.Trainable` (one-line ValueError for a bad arch)."""
     from engine import trainable
     return trainable.trainable(self.search_space, self.arch, C=self.C, N=self.N,
                                dataset=self.dataset, num_classes=self.num_classes)
-
-  def net_config(self) -> nb201.NB201Config:
-    classes = {'num_classes': self.num_classes} if self.num_classes else {}
-    return nb201.NB201Config.for_dataset(self.dataset, C=self.C, N=self.N, **classes)
-
-  def ops(self) -> tuple[int, ...]:
-    return tuple(int(o) for o in nb201.parse_arch_str(self.arch))
 
   def validate(self):
     if self.quant not in QUANT_MODES:
@@ -457,9 +452,9 @@ def train(cfg: TrainConfig, data_dir, workdir, progress=True, log=print, data=No
   if cfg.init_from:
     src_cfg, variables = load_run(cfg.init_from)
     src = src_cfg.network()
-    if (src.space, src.arch, src_cfg.C, src_cfg.N) != (net.space, net.arch, cfg.C, cfg.N):
-      raise CheckpointError(f'--init_from={cfg.init_from} trained {src.space} {src.arch}'
-                            f'{f" C={src_cfg.C} N={src_cfg.N}" if src.space == "nb201" else ""}; '
+    if (src.space, src.arch, src.size) != (net.space, net.arch, net.size):
+      size = ''.join(f' {k}={v}' for k, v in src.size.items())
+      raise CheckpointError(f'--init_from={cfg.init_from} trained {src.space} {src.arch}{size}; '
                             f'pass the same --search_space, --arch and width')
     if src.num_classes != net.num_classes:
       raise CheckpointError(f'--init_from={cfg.init_from} has {src.num_classes} '
@@ -607,8 +602,7 @@ def evaluate(cfg: TrainConfig, variables, test_set, eval_fns, log=print) -> dict
   net_ = cfg.network()
   res: dict[str, Any] = {'search_space': cfg.search_space, 'arch': cfg.arch, 'quant': cfg.quant,
                          'test_images': int(len(labels))}
-  if cfg.search_space == 'nb201':
-    res.update(C=cfg.C, N=cfg.N)
+  res.update(net_.size)
   if cfg.quant == 'qat':
     # A QAT model is its fake-quant graph: it trained with activations clipped to their int8
     # ranges (no gradient beyond them), so its float graph, unclipped, is not the same model

@@ -1,11 +1,12 @@
 """One arch's network as the trainer (`engine.train`) and the exporter (`deploy.export`) see it,
-whatever its search space: the only place that tells NB201 from the plug-in spaces.
+whatever its search space; nothing here names a space.
 
-  * NB201: its one walk's Flax backend (`engine.qat_net`), integer backend
-    (`engine.int_inference`) and TFLite backend (`deploy.tflite`), at the trained width C, N;
-  * any other registered space: its lowered hardware graph (`SearchSpace.lower`, the network
-    its costs are computed on) run by `engine.graph_qat` (Flax, fp32 / folded / QAT),
-    `engine.graph_int` (integers) and `deploy.graph_tflite` (the .tflite).
+  * by default, the arch's lowered hardware graph (`SearchSpace.lower`, the network its costs
+    are computed on) run by `engine.graph_qat` (Flax, fp32 / folded / QAT), `engine.graph_int`
+    (integers) and `deploy.graph_tflite` (the .tflite);
+  * a space that trains and exports its own network gives it as `SearchSpace.trainable` (NB201:
+    its one walk's Flax, integer and TFLite backends at the trained width C and cells N,
+    `search_spaces.nb201.trainable`).
 
 Both give the same `Trainable`: the model per mode, init, calibration, the integer reference and
 the .tflite, the lowered graph and the input size.
@@ -43,34 +44,8 @@ class Trainable:
   image_size: int
   num_classes: int
   litert_roundings: bool = True            # the integer reference has LiteRT's roundings too
-
-
-def nb201_trainable(arch: str, C: int, N: int, dataset: str, num_classes: int = 0) -> Trainable:
-  from deploy import tflite
-  from engine import int_inference, qat_net
-  from search_spaces import nb201
-  from search_spaces.nb201 import graph as nb201_graph
-  ops = tuple(int(o) for o in nb201.parse_arch_str(arch))
-  classes = {'num_classes': num_classes} if num_classes else {}
-  config = nb201.NB201Config.for_dataset(dataset, C=C, N=N, **classes)
-
-  def integer(variables, rounding='tflm'):
-    net = int_inference.IntNetwork(variables, ops, config, rounding=rounding)
-    scale, zp = net._range_qparams('input_q')
-
-    def counts():
-      c = net.weight_counts()
-      return {'weights': c['weights'], 'biases': c['biases'],
-              'head_bn_affine': {'weights': c['head_bn_weights'], 'biases': c['head_bn_biases']}}
-
-    return IntReference(net.logits, lambda x: net.quantize_input(x).q, (scale, zp), counts)
-
-  return Trainable(
-      'nb201', arch, lambda mode: qat_net.QATNetwork(ops, config, mode),
-      lambda key: qat_net.init_variables(key, ops, config),
-      lambda v, batches: qat_net.calibrate(v, ops, config, batches), integer,
-      lambda v, description: tflite.to_tflite(v, ops, config, description=description)[0],
-      nb201_graph.lower(ops, config), config.input_size, config.num_classes)
+  size: dict = dataclasses.field(default_factory=dict)  # the trained network's size settings
+                                                        # ({'C': 16, 'N': 5}); {}: the space's own
 
 
 def graph_trainable(space_name: str, arch: str, num_classes: int = 0) -> Trainable:
@@ -100,19 +75,24 @@ def graph_trainable(space_name: str, arch: str, num_classes: int = 0) -> Trainab
 
 def trainable(space: str, arch: str, *, C: int = 16, N: int = 5, dataset: str = 'cifar10',
               num_classes: int = 0) -> Trainable:
-  if space == 'nb201':
-    return nb201_trainable(arch, C, N, dataset, num_classes)
+  """`arch` of the registered space `space`; C and N size a space's own network where it has
+  size settings (`SearchSpace.trainable`), and are not read otherwise."""
+  from search_spaces import registry
+  own = registry.get(space).trainable
+  if own is not None:
+    return own(arch, C=C, N=N, dataset=dataset, num_classes=num_classes)
   return graph_trainable(space, arch, num_classes)
 
 
 def int8_exportable(space_name: str):
-  """None when every arch of the space trains and exports in int8 (NB201), else a predicate
-  arch -> bool: its lowered graph has only ops the int8 path runs (tinycnn: not swish)."""
-  if space_name == 'nb201':
-    return None
+  """None when every arch of the space trains and exports in int8 (a space with its own
+  `trainable`: NB201), else a predicate arch -> bool: its lowered graph has only ops the int8
+  path runs (tinycnn: not swish)."""
   from engine import graph_qat
   from search_spaces import registry
   space = registry.get(space_name)
+  if space.trainable is not None:
+    return None
 
   def ok(arch) -> bool:
     graph = space.lower(arch, space.shape_of(space.group(arch)), space.num_classes)

@@ -8,7 +8,7 @@ Builds the int8 network of one NB201 arch from freshly initialised, calibrated Q
   * `IntNetwork.logits(x)`: the same kernels compiled by XLA, on `--images` images, compile
     (first batch) apart;
 and checks that the two give the same int8 logits on every image both ran, for the rounding
-given (`--rounding`, `engine.int_inference.ROUNDINGS`; default TFLite Micro's).
+given (`--rounding`, `engine.quant.ROUNDINGS`; default TFLite Micro's).
 """
 from __future__ import annotations
 
@@ -33,9 +33,10 @@ def main(argv):
   common.quiet_logs()
   import jax
   import numpy as np
-  from engine import int_inference, qat_net, train
+  from engine import train
   from experiments import train as train_exp
   from search_spaces import nb201
+  from search_spaces.nb201 import integer, qat
   try:
     arch = train_exp.arch_from_flag(_ARCH.value, nb201_only=True)
   except common.USER_ERRORS as err:
@@ -47,9 +48,9 @@ def main(argv):
   rng = np.random.default_rng(0)
   n = max(_IMAGES.value, _REF_IMAGES.value)
   x = np.asarray(train._normalize(rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)))
-  v = qat_net.calibrate(qat_net.init_variables(jax.random.key(0), ops, cfg), ops, cfg,
+  v = qat.calibrate(qat.init_variables(jax.random.key(0), ops, cfg), ops, cfg,
                         [x[i:i + 128] for i in range(0, min(n, 256), 128)])  # what exists
-  net = int_inference.IntNetwork(v, ops, cfg, rounding=_ROUNDING.value)
+  net = integer.IntNetwork(v, ops, cfg, rounding=_ROUNDING.value)
   macs = float(nb201.count_flops(np.eye(len(nb201.OPS))[np.asarray(ops)][None], cfg, 'nb201')[0])
   print(f'{arch} C={cfg.C} N={cfg.N}, {_ROUNDING.value} rounding, '
         f'{jax.device_count()} device(s)')

@@ -4,7 +4,7 @@
 
 For each of `--archs` random connected NB201 archs (seed `--seed`): an untrained int8 model
 (initial weights, ranges calibrated on noise images: counts do not depend on training) is
-exported (`deploy.tflite`), generated as C (`deploy.c_source`), built for `--target` and run on
+exported (`search_spaces.nb201.tflite`), generated as C (`deploy.c_source`), built for `--target` and run on
 one image in QEMU (`deploy.mcu`). One CSV row per arch is appended as soon as it is measured, so
 a stopped run resumes where it stopped (a row is reused only for the same --target, --width and
 --cells). At the end it prints Kendall tau between the hardware
@@ -50,14 +50,14 @@ def _key(row) -> tuple:
 def measure(arch: str, config, target: str, device: str, workdir) -> dict:
   import jax
   import numpy as np
-  from deploy import c_source, export, mcu, tflite
-  from engine import qat_net
+  from deploy import c_source, export, mcu
   from search_spaces import nb201
   from search_spaces.nb201 import graph as nb201_graph
+  from search_spaces.nb201 import qat, tflite
   ops = nb201.parse_arch_str(arch)
   rng = np.random.default_rng(0)
   x = rng.standard_normal((16, config.input_size, config.input_size, 3)).astype(np.float32)
-  v = qat_net.init_calibrated(jax.random.key(0), ops, config, x)
+  v = qat.init_calibrated(jax.random.key(0), ops, config, x)
   model, ref = tflite.to_tflite(v, ops, config)
   project = c_source.generate(model, workdir)
   elf = mcu.build(workdir, target)

@@ -27,9 +27,10 @@ def main(argv):
   import jax
   import numpy as np
   import optax
-  from engine import qat_net, train
+  from engine import train
   from experiments import train as train_exp
   from search_spaces import nb201
+  from search_spaces.nb201 import qat
   try:
     arch = train_exp.arch_from_flag(_ARCH.value, nb201_only=True)
   except common.USER_ERRORS as err:
@@ -41,13 +42,13 @@ def main(argv):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (_BATCH.value, 32, 32, 3)).astype(np.uint8)
   labels = rng.integers(0, 10, _BATCH.value).astype(np.int32)
-  v = qat_net.init_variables(jax.random.key(0), ops, cfg)
+  v = qat.init_variables(jax.random.key(0), ops, cfg)
   tx = optax.sgd(0.01, 0.9, nesterov=True)
-  step = train.make_train_step(lambda m: qat_net.QATNetwork(tuple(ops), cfg, m), tx)
+  step = train.make_train_step(lambda m: qat.QATNetwork(tuple(ops), cfg, m), tx)
   print(f'{arch} C={cfg.C} N={cfg.N} batch {_BATCH.value}, {jax.device_count()} device(s)')
   for mode in ('fp32', 'quant'):
     if mode == 'quant':
-      v = qat_net.calibrate(v, ops, cfg, [train._normalize(images)])
+      v = qat.calibrate(v, ops, cfg, [train._normalize(images)])
     state = jax.device_put((v, tx.init(v['params'])), jax.devices()[0])
     t0 = time.perf_counter()
     *state, m = step(mode, *state, jax.random.key(0), images, labels)

@@ -190,6 +190,10 @@ class SearchSpace:
   # multiply-accumulates) of the archs or supernets; None: from the lowered graph (archs) or
   # `relax.cost` (supernets)
   size: Optional[Callable] = None
+  # (arch, C, N, dataset, num_classes) -> `engine.trainable.Trainable`: a space that trains and
+  # exports a network of its own (NB201's walk, at a width C and cells N); None: every arch
+  # trains and exports as its lowered graph (`engine.trainable.graph_trainable`)
+  trainable: Optional[Callable[..., Any]] = None
   # the trainer's peak learning rate when none is given (--lr, --finalist_lr): a network
   # without BN needs a lower one than NB201's 0.1 (tinycnn diverges there)
   train_lr: float = 0.1

@@ -2,7 +2,7 @@
 
 They live here, apart from any one space, so that every space runs the same code (and the same
 measured speedups): NB201's supernet (`search_spaces.nb201.net`), tinycnn's and mbv2's networks,
-and the QAT / integer networks (`engine.qat_net`, `engine.int_inference`), whose BN epsilon and
+and the QAT / integer networks (`engine.qat_layers`, `engine.graph_int`, NB201's `qat` and `integer`), whose BN epsilon and
 pools must equal the scoring network's for their outputs to match it.
 
 `conv` is a k x k convolution whose gradients are written by hand: XLA:CPU's own convolution

@@ -10,6 +10,8 @@ import importlib
 from search_spaces.interface import SearchSpace
 
 BUILTIN = ('search_spaces.nb201.space', 'search_spaces.tinycnn', 'search_spaces.mbv2')
+DEFAULT = 'nb201'  # the space a job runs when none is named (the README's main job)
+
 
 class SpaceError(ValueError):
   """Unknown space; the message is one line naming the registered ones."""

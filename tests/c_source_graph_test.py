@@ -59,7 +59,7 @@ def _tame(model: bytes, seed: int = 0, zero_point: int = -5) -> bytes:
   unchanged): most layers then hit both ends of a ReLU6 (zero point, zero point + 120) and few
   values saturate."""
   import flatbuffers
-  s = tflite._schema()
+  s = tflite.schema()
   m = s.ModelT.InitFromPackedBuf(model, 0)
   g = m.subgraphs[0]
   rng = np.random.default_rng(seed)

@@ -9,10 +9,10 @@ import pytest
 from deploy import c_source
 from deploy import export as export_lib
 from deploy import mcu
-from deploy import tflite
 from hardware import memory
 from search_spaces import nb201
 from search_spaces.nb201 import graph as nb201_graph
+from search_spaces.nb201 import tflite
 from deploy_test import ARCH, DEAD_NODE, SMALL, UNUSED_NODE, _calibrated
 from deploy_test import trained_ptq  # noqa: F401 (a fixture)
 

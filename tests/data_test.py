@@ -251,7 +251,7 @@ def test_bad_user_data_is_a_one_line_data_error(tmp_path, case, message):
 def test_a_run_on_user_data_needs_data_of_its_class_count(tmp_path):
   folder = _write_folder(tmp_path / 'imgs', per_class=3)
   cfg = train_lib.TrainConfig(arch=ARCH, num_classes=3)
-  assert cfg.net_config().num_classes == 3 and train_lib.TrainConfig(arch=ARCH).net_config(
+  assert cfg.network().num_classes == 3 and train_lib.TrainConfig(arch=ARCH).network(
       ).num_classes == 10
   tr, te = train_lib.load_data(folder, cfg)
   assert tr.num_classes == 3 and tr.images.shape[1:] == (32, 32, 3)

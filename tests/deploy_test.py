@@ -9,11 +9,11 @@ import pytest
 
 from deploy import export as export_lib
 from deploy import runtimes
-from deploy import tflite
-from engine import int_inference
-from engine import qat_net
 from engine import train
 from search_spaces import nb201
+from search_spaces.nb201 import integer
+from search_spaces.nb201 import qat
+from search_spaces.nb201 import tflite
 
 # every op kind of NB201: 3x3 and 1x1 convs, a pool, skips, a three-term node sum (node 3)
 ARCH = '|nor_conv_3x3~0|+|avg_pool_3x3~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|'
@@ -24,7 +24,7 @@ def _calibrated(arch=ARCH, config=SMALL, seed=0):
   ops = nb201.parse_arch_str(arch)
   rng = np.random.default_rng(seed)
   x = np.asarray(train._normalize(rng.integers(0, 256, (32, 32, 32, 3)).astype(np.uint8)))
-  return ops, qat_net.init_calibrated(jax.random.key(seed), ops, config, x), x
+  return ops, qat.init_calibrated(jax.random.key(seed), ops, config, x), x
 
 
 # node 1 has no live term, so the convs reading it output their bias: constants the export
@@ -45,12 +45,12 @@ def test_tflm_and_litert_equal_the_integer_reference_bit_for_bit(arch):
   np.testing.assert_array_equal(runtimes.tflm_run(model, q), want)
   # LiteRT's XNNPACK kernels round once (on a network this small): equal to the
   # single-rounding reference
-  once = int_inference.IntNetwork(v, ops, SMALL, rounding='single')(x).q
+  once = integer.IntNetwork(v, ops, SMALL, rounding='single')(x).q
   np.testing.assert_array_equal(runtimes.litert_run(model, q), once)
   # and the two roundings do differ on this network, so each check can fail
   assert not np.array_equal(want, once)
   # LiteRT's reference kernels: double rounding but for FULLY_CONNECTED
-  lite_ref = int_inference.IntNetwork(v, ops, SMALL, rounding='litert_reference')
+  lite_ref = integer.IntNetwork(v, ops, SMALL, rounding='litert_reference')
   np.testing.assert_array_equal(runtimes.litert_run(model, q, 'reference'), lite_ref.logits(x))
   if arch == UNUSED_NODE:  # node 1's pool is gone: only the reductions' 2x2 and the global pool
     from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as s
@@ -70,7 +70,7 @@ def test_litert_reference_kernels_equal_their_reference_at_nb201_size():
                           'nor_conv_3x3~1|nor_conv_1x1~2|', config)
   model, ref = tflite.to_tflite(v, ops, config)
   q = ref.quantize_input(x).q.astype(np.int8)
-  want = int_inference.IntNetwork(v, ops, config, rounding='litert_reference').logits(x)
+  want = integer.IntNetwork(v, ops, config, rounding='litert_reference').logits(x)
   np.testing.assert_array_equal(runtimes.litert_run(model, q, 'reference'), want)
   np.testing.assert_array_equal(runtimes.tflm_run(model, q), ref.logits(x))
 

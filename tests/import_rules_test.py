@@ -169,3 +169,49 @@ def test_checker_allows_the_public_walk(source):
 def test_public_walk_names_exist():
   missing = [name for name in nb201_net.PUBLIC_WALK if not hasattr(nb201_net, name)]
   assert not missing
+
+
+# The trainer and the exporters take an arch's network from `engine.trainable`, which takes it
+# from the registered space: none of them may name a space (DEVELOPERS.md, "One engine, many
+# spaces"). A space's own network lives in its package (NB201's: search_spaces/nb201/).
+SPACE_NEUTRAL = ('engine/train.py', 'engine/trainable.py', 'engine/graph_qat.py',
+                 'engine/graph_int.py', 'engine/qat_layers.py', 'engine/quant.py',
+                 'deploy/export.py', 'deploy/tflite.py', 'deploy/graph_tflite.py',
+                 'deploy/c_source.py', 'deploy/runtimes.py', 'deploy/mcu.py')
+SPACE_NAMES = ('nb201', 'tinycnn', 'mbv2', 'mlperf_tiny')
+
+
+def space_names_used(source: str) -> list[str]:
+  """'line N: ...' for each import of a space's module and each string constant that is a
+  space's name (a branch on it, `space == 'nb201'`)."""
+  found = []
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+      names = [f'{node.module}.{a.name}' for a in node.names]
+    elif isinstance(node, ast.Constant) and node.value in SPACE_NAMES:
+      found.append(f'line {node.lineno}: the string {node.value!r}')
+      continue
+    else:
+      continue
+    for name in names:
+      if any(part in SPACE_NAMES for part in name.split('.')):
+        found.append(f'line {node.lineno}: imports {name}')
+  return found
+
+
+def test_trainer_and_exporters_name_no_space():
+  problems = [f'{rel} {v}' for rel in SPACE_NEUTRAL
+              for v in space_names_used((ROOT / rel).read_text())]
+  assert not problems, '\n'.join(problems)
+
+
+@pytest.mark.parametrize('source', [
+    "if net.space == 'nb201':\n  pass",
+    'from search_spaces.nb201 import qat',
+    'from search_spaces import tinycnn',
+    'import search_spaces.mbv2',
+])
+def test_space_name_checker_flags(source):
+  assert space_names_used(source)

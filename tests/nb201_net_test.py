@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engine import qat_net
 from search_spaces import nb201
 from search_spaces.nb201 import net
+from search_spaces.nb201 import qat
 from search_spaces.nb201 import qat_variables
 
 CONFIG = nb201.NB201Config(C=4, N=2, input_size=8)
@@ -35,7 +35,7 @@ class SupernetTest(chex.TestCase):
       logits = forward(params, jnp.asarray(nb201.ops_to_mask(ops)), x)
       chex.assert_shape(logits, (6, CONFIG.num_classes))
       variables = qat_variables.variables_from_supernet(params, ops, CONFIG)
-      model = qat_net.QATNetwork(ops, CONFIG, 'fp32')
+      model = qat.QATNetwork(ops, CONFIG, 'fp32')
       ref, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
           variables, x)
       np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=1e-4)
@@ -44,10 +44,10 @@ class SupernetTest(chex.TestCase):
     params = net.init_params(jax.random.PRNGKey(0), CONFIG)
     for ops in ARCHS:
       variables = qat_variables.variables_from_supernet(params, ops, CONFIG)
-      fresh = jax.eval_shape(lambda: qat_net.init_variables(jax.random.PRNGKey(1), ops, CONFIG))
+      fresh = jax.eval_shape(lambda: qat.init_variables(jax.random.PRNGKey(1), ops, CONFIG))
       chex.assert_trees_all_equal_shapes_and_dtypes(fresh, variables)
       count = nb201.count_params(nb201.ops_to_mask(ops), CONFIG)
-      assert qat_net.param_count(variables) == qat_net.param_count(fresh) == count
+      assert qat.param_count(variables) == qat.param_count(fresh) == count
 
   def test_multi_hot_edge_sums_its_active_ops(self):
     params = net.init_params(jax.random.PRNGKey(0), CONFIG)

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.proxies import ntk
-from engine import qat_net
 from search_spaces import nb201
 from search_spaces.nb201 import net
+from search_spaces.nb201 import qat
 from search_spaces.nb201 import qat_variables
 from search_spaces.nb201 import space as nb201_space
 
@@ -33,7 +33,7 @@ def _flax_coupled_gram(params, ops, x):
   """Reference: jacrev of the QAT network (fp32, batch statistics) w.r.t. its kernels and BN
   scales, holding the supernet's weights."""
   variables = qat_variables.variables_from_supernet(params, ops, CONFIG)
-  model = qat_net.QATNetwork(ops, CONFIG, 'fp32')
+  model = qat.QATNetwork(ops, CONFIG, 'fp32')
   flat = jax.tree_util.tree_flatten_with_path(variables['params'])[0]
   chosen = {jax.tree_util.keystr(p): a for p, a in flat if p[-1].key in ('kernel', 'scale')}
 

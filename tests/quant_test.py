@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engine import int_inference
-from engine import qat_net
 from engine import quant
 from search_spaces import nb201
+from search_spaces.nb201 import integer
+from search_spaces.nb201 import qat
 
 ARCH_6111 = '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|'
 # node 1 gets only 'none': a constant-zero node whose convs see zeros (the zero-tensor path)
@@ -19,7 +19,7 @@ TINY = nb201.NB201Config(C=4, N=1, input_size=8)
 
 def _apply(ops, mode, variables, x, **kw):
   """Jitted apply: one compile beats hundreds of eagerly dispatched small ops."""
-  model = qat_net.QATNetwork(tuple(ops), TINY, mode)
+  model = qat.QATNetwork(tuple(ops), TINY, mode)
   return jax.jit(lambda v, x: model.apply(v, x, **kw))(variables, x)
 
 
@@ -69,10 +69,10 @@ def test_bn_folding_equals_conv_then_bn():
   x = jax.random.normal(k1, (2, 8, 8, 3))
   kernel = jax.random.normal(k2, (3, 3, 3, 6))
   gamma, beta, mean, var = jax.random.uniform(k3, (4, 6), minval=0.5, maxval=2.0)
-  y = qat_net.conv2d(x, kernel)
+  y = qat.conv2d(x, kernel)
   ref = (y - mean) / jnp.sqrt(var + 1e-5) * gamma + beta
   w, b = quant.fold_batch_norm(kernel, gamma, beta, mean, var, 1e-5)
-  np.testing.assert_allclose(qat_net.conv2d(x, w) + b, ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(qat.conv2d(x, w) + b, ref, rtol=1e-5, atol=1e-5)
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,13 +80,13 @@ def _variables(arch: str):
   """Variables of a tiny network with non-trivial BN running statistics (a few fp32 train-mode
   passes) and activation ranges calibrated on the inputs `_inputs` draws; cached per arch."""
   ops = nb201.parse_arch_str(arch)
-  v = qat_net.init_variables(jax.random.key(0), ops, TINY)
-  model = qat_net.QATNetwork(tuple(ops), TINY, 'fp32')
+  v = qat.init_variables(jax.random.key(0), ops, TINY)
+  model = qat.QATNetwork(tuple(ops), TINY, 'fp32')
   step = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])[1])
   for i in range(3):
     v = {**v, 'batch_stats': step(v, _inputs(16, seed=10 + i))['batch_stats']}
   x = _inputs(64)
-  return ops, qat_net.calibrate(v, ops, TINY, [x[:32], x[32:]])
+  return ops, qat.calibrate(v, ops, TINY, [x[:32], x[32:]])
 
 
 def _inputs(n, seed=3):
@@ -133,7 +133,7 @@ def test_int_matmul_is_exact():
   for k in (72, 2000):  # one float32 chunk, and a contraction split into chunks
     a = rng.integers(-255, 256, (50, k))
     b = rng.integers(-127, 128, (k, 7))
-    np.testing.assert_array_equal(int_inference._int_matmul(a, b), a @ b)
+    np.testing.assert_array_equal(quant.int_matmul(a, b), a @ b)
 
 
 @pytest.mark.parametrize('arch', [ARCH_6111, ARCH_ZERO_NODE])
@@ -143,9 +143,9 @@ def test_integer_inference_agrees_with_fake_quant(arch):
   fq = np.asarray(_apply(ops, 'quant', v, x))
   # rounding once (LiteRT's XNNPACK) is the fake-quant's exact rounding; TFLite Micro's double
   # rounding (the default) moves a few values a step, which a deep network compounds
-  tflm = int_inference.IntNetwork(v, ops, TINY)(x)
+  tflm = integer.IntNetwork(v, ops, TINY)(x)
   assert np.mean(np.argmax(tflm.q, -1) == np.argmax(fq, -1)) >= 0.9
-  net = int_inference.IntNetwork(v, ops, TINY, rounding='single')
+  net = integer.IntNetwork(v, ops, TINY, rounding='single')
   out = net(x)
   assert out.q.dtype == np.int32 and out.q.min() >= -128 and out.q.max() <= 127
   steps = (out.q - out.zero_point) * out.scale
@@ -161,7 +161,7 @@ def test_integer_inference_agrees_with_fake_quant(arch):
 def test_compiled_integer_network_equals_the_numpy_reference(arch, rounding):
   ops, v = _variables(arch)
   x = _inputs(70, seed=7)
-  net = int_inference.IntNetwork(v, ops, TINY, rounding=rounding)
+  net = integer.IntNetwork(v, ops, TINY, rounding=rounding)
   want = net(x).q
   # batch 32 over 70 images: two full batches and a padded last one, one compiled program
   got = net.logits(x, batch_size=32)
@@ -179,8 +179,8 @@ def test_xla_int_conv_is_exact(channels, zero_point):
   w = rng.integers(-127, 128, (3, 3, channels, 4)).astype(np.int8)
   w[..., 0] = 127
   with jax.enable_x64(True):
-    got = np.asarray(int_inference._xla_int_conv(jnp.asarray(q), zero_point, w, 3, 2))
-  cols = int_inference._im2col((q - zero_point).astype(np.int64), 3, 2)
+    got = np.asarray(integer._xla_int_conv(jnp.asarray(q), zero_point, w, 3, 2))
+  cols = integer._im2col((q - zero_point).astype(np.int64), 3, 2)
   np.testing.assert_array_equal(got, cols @ w.reshape(-1, 4).astype(np.int64))
 
 
@@ -205,7 +205,7 @@ def test_int8_weight_bytes_equal_hardware_model(arch):
   from hardware import graph as graph_lib
   from search_spaces.nb201 import graph as nb201_graph
   ops, v = _variables(arch)
-  net = int_inference.IntNetwork(v, ops, TINY)
+  net = integer.IntNetwork(v, ops, TINY)
   counts = net.weight_counts()
   stats = graph_lib.node_stats(nb201_graph.lower(ops, TINY))
   # conv + dense int8 weights (1 byte each) and int32 biases: exactly the hardware model's,
@@ -252,4 +252,4 @@ def test_im2col_equals_padded_slices(k, stride, size):
   want = np.concatenate([xp[:, dy:dy + stride * (out - 1) + 1:stride,
                             dx:dx + stride * (out - 1) + 1:stride]
                          for dy in range(k) for dx in range(k)], axis=-1)
-  np.testing.assert_array_equal(int_inference._im2col(x, k, stride), want)
+  np.testing.assert_array_equal(integer._im2col(x, k, stride), want)

@@ -12,11 +12,11 @@ import pytest
 
 from engine import chance
 from engine import data as data_lib
-from engine import int_inference
-from engine import qat_net
 from engine import train
 from experiments import common
 from search_spaces import nb201
+from search_spaces.nb201 import integer
+from search_spaces.nb201 import qat
 
 # few ops, so that compiling the train step stays cheap; the int8 path is tested in quant_test
 ARCH = '|nor_conv_1x1~0|+|skip_connect~0|nor_conv_3x3~1|+|skip_connect~0|avg_pool_3x3~1|nor_conv_1x1~2|'
@@ -35,18 +35,18 @@ def _batch(n=32, seed=0):
 def test_a_few_training_steps_reduce_the_loss(mode):  # fp32 steps also run in the resume test
   ops = nb201.parse_arch_str(ARCH)
   config = dataclasses.replace(TINY, num_classes=3)
-  v = qat_net.init_variables(jax.random.key(0), ops, config)
+  v = qat.init_variables(jax.random.key(0), ops, config)
   images, labels = _batch()
   if mode == 'quant':  # QAT starts from a float model: BN statistics, then calibrated ranges
-    stats = jax.jit(lambda v, x: qat_net.QATNetwork(tuple(ops), config, 'fp32').apply(
+    stats = jax.jit(lambda v, x: qat.QATNetwork(tuple(ops), config, 'fp32').apply(
         v, x, train=True, mutable=['batch_stats'])[1]['batch_stats'])
     for _ in range(5):
       v = {**v, 'batch_stats': stats(v, train._normalize(images))}
-    v = qat_net.calibrate(v, ops, config, [train._normalize(images)])
+    v = qat.calibrate(v, ops, config, [train._normalize(images)])
   tx = optax.sgd(0.02, 0.9)
   opt_state = tx.init(v['params'])
-  step = train.make_train_step(lambda m: qat_net.QATNetwork(tuple(ops), config, m), tx)
-  model = qat_net.QATNetwork(tuple(ops), config, mode)
+  step = train.make_train_step(lambda m: qat.QATNetwork(tuple(ops), config, m), tx)
+  model = qat.QATNetwork(tuple(ops), config, mode)
   loss_of = jax.jit(lambda v: train.cross_entropy(
       model.apply(v, train._normalize(images)), labels))
   before = float(loss_of(v))
@@ -79,7 +79,7 @@ def test_augment_crops_and_flips_the_padded_image():
 
 def test_checkpoint_roundtrip(tmp_path):
   ops = nb201.parse_arch_str(ARCH)
-  v = qat_net.init_variables(jax.random.key(3), ops, TINY)
+  v = qat.init_variables(jax.random.key(3), ops, TINY)
   tx = optax.sgd(0.1, 0.9)
   opt_state = tx.init(v['params'])
   opt_state = jax.tree.map(lambda a: a + 1.5 if hasattr(a, 'dtype') else a, opt_state)
@@ -93,7 +93,7 @@ def test_checkpoint_roundtrip(tmp_path):
 # orbax leaves the aborted read's coroutines behind; collected here, not in a later test
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path):
-  v = qat_net.init_variables(jax.random.key(3), nb201.parse_arch_str(ARCH), TINY)
+  v = qat.init_variables(jax.random.key(3), nb201.parse_arch_str(ARCH), TINY)
   train.save_checkpoint(tmp_path, 2, v, optax.sgd(0.1).init(v['params']))
   # cut short the largest array data file (orbax raises a bare Exception reading it)
   data = max((p for p in (tmp_path / 'ckpt' / '2' / 'variables').rglob('d/*') if p.is_file()),
@@ -156,7 +156,7 @@ def test_training_resumes_from_the_latest_checkpoint(data_dir, tmp_path, monkeyp
   whole = tmp_path / 'whole'
   with pytest.raises(train.AtChance):
     train.train(cfg, cifar, whole, progress=False, log=lambda *_: None)
-  like = qat_net.init_variables(jax.random.key(0), cfg.ops(), cfg.net_config())
+  like = cfg.network().init(jax.random.key(0))
   _, resumed, _ = train.restore_checkpoint(tmp_path, like)
   _, uninterrupted, _ = train.restore_checkpoint(whole, like)
   jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
@@ -225,7 +225,7 @@ def _nan(variables, images):
 
 
 class _IntNet:
-  """Stands in for int_inference.IntNetwork: right, or a constant answer."""
+  """Stands in for integer.IntNetwork: right, or a constant answer."""
   right = True
 
   def __init__(self, variables, ops, config, rounding='tflm'):
@@ -244,7 +244,7 @@ class _IntNet:
 
 @pytest.fixture
 def stand_in_int(monkeypatch):
-  monkeypatch.setattr(int_inference, 'IntNetwork', _IntNet)
+  monkeypatch.setattr(integer, 'IntNetwork', _IntNet)
   monkeypatch.setattr(train, 'hardware_weight_counts', lambda graph: {})
   monkeypatch.setattr(_IntNet, 'right', True)
   return _IntNet
@@ -299,7 +299,7 @@ def test_a_workdir_of_another_run_names_the_settings_that_differ(data_dir, tmp_p
                           test_images=32)
   (tmp_path / 'config.json').write_text(
       json.dumps(dataclasses.asdict(dataclasses.replace(cfg, epochs=3, lr=0.05))))
-  v = qat_net.init_variables(jax.random.key(3), nb201.parse_arch_str(ARCH), TINY)
+  v = qat.init_variables(jax.random.key(3), nb201.parse_arch_str(ARCH), TINY)
   train.save_checkpoint(tmp_path, 1, v, optax.sgd(0.1).init(v['params']))  # it trained there
   with pytest.raises(train.CheckpointError, match=r'config.json differs in epochs, lr\)'):
     train.train(cfg, data_dir / 'cifar10', tmp_path, progress=False)

@@ -2,14 +2,14 @@
 
 It reads the supernet's parameter layout (`net.init_params`, `net._conv_leaves`), which is
 NB201's own, so it lives in the NB201 package; the variable names are the QAT network's
-(`engine.qat_net.layer_name`). Tests use it to hold the supernet and `QATNetwork` to one
+(`search_spaces.nb201.qat.layer_name`). Tests use it to hold the supernet and `QATNetwork` to one
 function: in fp32 mode with batch statistics, both compute the same single path.
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from engine.qat_net import layer_name, partial_sum_name
+from search_spaces.nb201.qat import layer_name, partial_sum_name
 from search_spaces.nb201 import NB201Config
 from search_spaces.nb201 import net
 

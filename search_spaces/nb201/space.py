@@ -29,6 +29,7 @@ from search_spaces.kernels import batch_norm
 from search_spaces.nb201 import CONV1, CONV3
 from search_spaces.nb201 import graph as nb201_graph
 from search_spaces.nb201 import net as nb201_net
+from search_spaces.nb201 import trainable as nb201_trainable
 
 
 def config_for(input_shape=None, num_classes=None) -> nb201.NB201Config:
@@ -217,6 +218,7 @@ SPACE = registry.register(interface.SearchSpace(
     sample=lambda rng, n: from_rows((), nb201.sample_ops(rng, n)),
     enumerate=lambda: from_rows((), nb201.all_ops()), to_array=to_array, net=net,
     lower=lower, mutate=mutate, relax=RELAXATION, proxy_nets=proxy_nets, size=size,
+    trainable=nb201_trainable.trainable,
     input_shape=(32, 32, 3), num_classes=10,
     datasets={name: ((size, size, 3), classes) for name, (size, classes) in
               nb201.DATASETS.items()}))

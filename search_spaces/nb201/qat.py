@@ -1,31 +1,21 @@
-"""A quantization-aware NB201 network in Flax: one variable tree, three ways to run it.
+"""NB201's quantization-aware network in Flax: one variable tree, three ways to run it (the modes
+of `engine.qat_layers`: 'fp32', 'folded', 'quant').
 
 The network is the one walk `search_spaces.nb201.net.network` (stem conv-BN; cells of
 ReLU-conv-BN / 3x3 avg pool / skip edges summed at each node; reduction blocks; head BN, ReLU,
 global average pool, dense) run by a Flax backend (`FlaxBackend`), laid out as the int8 graph of
-`search_spaces.nb201.graph` so that `engine.int_inference` can run it in integers. In 'fp32' mode
-with batch statistics it is the scoring supernet (`nb201_net.apply`) of its single path, given
-the same weights (`search_spaces.nb201.qat_variables.variables_from_supernet`). Modes:
-
-  * 'fp32':   plain float training and evaluation; BN uses batch statistics when `train`.
-  * 'folded': BN folded into its convolution with the running statistics, no quantization.
-              Equal to fp32 evaluation up to float rounding; `update_ranges=True` in this mode is
-              PTQ calibration (activation ranges recorded on the float model).
-  * 'quant':  folded BN, then fake-quant (`engine.quant`): per-channel int8 weights, int32 biases,
-              per-tensor asymmetric int8 activations. Training in this mode is QAT; its BN
-              statistics stay frozen at their running values (Krishnamoorthi 2018, sec. 3.2:
-              fold with frozen statistics once QAT starts), so train and eval see the same graph.
+`search_spaces.nb201.graph` so that `search_spaces.nb201.integer` can run it in integers. In
+'fp32' mode with batch statistics it is the scoring supernet (`nb201_net.apply`) of its single
+path, given the same weights (`search_spaces.nb201.qat_variables.variables_from_supernet`).
 
 Where activations are quantized (as an int8 runtime stores them): the input, every conv/dense
 output, every node sum of two or more terms (summed as a chain of binary adds, each partial sum
 quantized as TFLite's two-input ADD needs), and the head BN output. ReLU and average pooling,
 the global one included, keep their input's quantization (max(q, zero_point) and a rounded mean
-are exact on the same grid), and a node with a single term is an alias. Activation ranges live in the
-'quant' collection (min, max, batch count), tracked by `quant.update_range`.
+are exact on the same grid), and a node with a single term is an alias.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
@@ -33,25 +23,13 @@ import jax
 import jax.numpy as jnp
 
 from engine import quant
-from search_spaces.kernels import BN_EPS, avg_pool_2x2, avg_pool_3x3
+from engine import qat_layers
+from engine.qat_layers import ActQuant, Ctx
+from search_spaces.kernels import avg_pool_2x2, avg_pool_3x3
 from search_spaces.nb201 import net as nb201_net
 from search_spaces.nb201 import NB201Config
 
-MODES = ('fp32', 'folded', 'quant')
-BN_MOMENTUM = 0.9
 ZERO_QPARAMS = (1.0, 0.0)  # a constant zero tensor (a node with no live term)
-
-
-@dataclasses.dataclass(frozen=True)
-class Ctx:
-  """How a forward pass runs; passed down the modules unchanged."""
-  mode: str = 'fp32'
-  train: bool = False
-  update_ranges: bool = False
-
-  @property
-  def quantized(self) -> bool:
-    return self.mode == 'quant'
 
 
 def conv2d(x, w, stride=1):
@@ -73,102 +51,28 @@ def _window_sum(x, size, stride, pad):
   return jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, padding)
 
 
-def _round_div(total, count):
-  """Integer division rounded half away from zero (TFLite's int8 average pool)."""
-  half = jnp.floor(count / 2)
-  return jnp.where(total >= 0, jnp.floor((total + half) / count),
-                   -jnp.floor((-total + half) / count))
-
-
 def avg_pool(t, size: int):
-  """NB201's 3x3/s1 (padding not counted) or 2x2/s2 average pool on a (x, qparams) tensor.
-
-  Quantized, the output keeps the input's grid and rounds exactly as the int8 kernel does: the
-  integer window sum of q divided by the count, ties away from zero (so the fake-quant model
-  and `engine.int_inference` agree on the frequent ties of a 4-element mean). Gradients are the
-  float pool's.
-  """
+  """NB201's 3x3/s1 (padding not counted) or 2x2/s2 average pool on a (x, qparams) tensor;
+  quantized, on the input's grid with the int8 kernel's rounding (`qat_layers.pooled_on_grid`)."""
   x, qp = t
-  pool = avg_pool_3x3 if size == 3 else avg_pool_2x2
-  y = pool(x)
+  y = (avg_pool_3x3 if size == 3 else avg_pool_2x2)(x)
   if qp is None:
     return y, qp
   stride, pad = (1, 1) if size == 3 else (2, 0)
-  scale, zp = jax.lax.stop_gradient(qp[0]), jax.lax.stop_gradient(qp[1])
-  q = jnp.round(jax.lax.stop_gradient(x) / scale) + zp
-  total = _window_sum(q, size, stride, pad)
-  count = _window_sum(jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype), size, stride, pad)
-  return y + jax.lax.stop_gradient((_round_div(total, count) - zp) * scale - y), qp
+  total = lambda v: _window_sum(v, size, stride, pad)
+  count = total(jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype))
+  return qat_layers.pooled_on_grid(y, x, qp, total, count), qp
 
 
 def global_avg_pool(t):
-  """Global average pool [N, H, W, C] -> [N, C]. Quantized, it stays on the input's grid, as
-  TFLite's AVERAGE_POOL_2D over the whole map computes it (window sum of q / (H * W), rounded
-  half away from zero)."""
+  """Global average pool [N, H, W, C] -> [N, C]; quantized, on the input's grid, as TFLite's
+  AVERAGE_POOL_2D over the whole map computes it."""
   x, qp = t
   y = jnp.mean(x, (1, 2))
   if qp is None:
     return y, qp
-  scale, zp = jax.lax.stop_gradient(qp[0]), jax.lax.stop_gradient(qp[1])
-  q = jnp.round(jax.lax.stop_gradient(x) / scale) + zp
-  total = jnp.sum(q, (1, 2))
-  return y + jax.lax.stop_gradient((_round_div(total, x.shape[1] * x.shape[2]) - zp) * scale
-                                   - y), qp
-
-
-class ActQuant(nn.Module):
-  """Tracks one tensor's range and, in 'quant' mode, fake-quantizes it. Returns (x, qparams)."""
-  momentum: float = 0.99
-
-  @nn.compact
-  def __call__(self, x, ctx: Ctx):
-    lo = self.variable('quant', 'min', lambda: jnp.zeros((), jnp.float32))
-    hi = self.variable('quant', 'max', lambda: jnp.zeros((), jnp.float32))
-    count = self.variable('quant', 'count', lambda: jnp.zeros((), jnp.float32))
-    if ctx.update_ranges and not self.is_initializing():
-      lo.value, hi.value, count.value = quant.update_range(lo.value, hi.value, count.value, x,
-                                                           self.momentum)
-    if not ctx.quantized:
-      return x, None
-    qp = quant.activation_qparams(lo.value, hi.value)
-    return quant.fake_quant(x, *qp), qp
-
-
-def _stats_vars(module, c):
-  mean = module.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
-  var = module.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
-  return mean, var
-
-
-def _batch_norm(module, y, gamma, beta, ctx: Ctx, reduce_axes):
-  """Float BN: batch statistics (and running-average update) when training, else running."""
-  mean, var = _stats_vars(module, y.shape[-1])
-  if ctx.train:
-    m = jnp.mean(y, reduce_axes)
-    v = jnp.mean(jnp.square(y - m), reduce_axes)
-    if not module.is_initializing():
-      mean.value = BN_MOMENTUM * mean.value + (1 - BN_MOMENTUM) * m
-      var.value = BN_MOMENTUM * var.value + (1 - BN_MOMENTUM) * v
-  else:
-    m, v = mean.value, var.value
-  return (y - m) * (gamma * jax.lax.rsqrt(v + BN_EPS)) + beta
-
-
-def folded_layer(module, apply, x, qp_in, kernel, bn, bias, ctx: Ctx):
-  """apply(x, w) + b of a layer outside 'fp32' mode: `bn` = (scale, shift) folded into (w, b)
-  with the running statistics (without BN: w, b = kernel, bias), then per-channel int8 weights
-  and an int32 bias (fake-quant) when quantized."""
-  if bn is not None:
-    mean, var = _stats_vars(module, kernel.shape[-1])
-    w, b = quant.fold_batch_norm(kernel, *bn, mean.value, var.value, BN_EPS)
-  else:
-    w, b = kernel, bias
-  if ctx.quantized:
-    w, w_scale = quant.fake_quant_weights(w)
-    if b is not None:
-      b = quant.fake_quant_bias(b, qp_in[0] * w_scale)
-  y = apply(x, w)
-  return y if b is None else y + b
+  return qat_layers.pooled_on_grid(y, x, qp, lambda v: jnp.sum(v, (1, 2)),
+                                   x.shape[1] * x.shape[2]), qp
 
 
 class QConv(nn.Module):
@@ -189,9 +93,9 @@ class QConv(nn.Module):
     if ctx.mode == 'fp32':
       y = conv2d(x, kernel, self.stride)
       if self.bn:
-        y = _batch_norm(self, y, gamma, beta, ctx, (0, 1, 2))
+        y = qat_layers.batch_norm(self, y, gamma, beta, ctx, (0, 1, 2))
     else:
-      y = folded_layer(self, lambda x, w: conv2d(x, w, self.stride), x, qp_in, kernel,
+      y = qat_layers.folded_layer(self, lambda x, w: conv2d(x, w, self.stride), x, qp_in, kernel,
                        (gamma, beta) if self.bn else None, None, ctx)
     return ActQuant(name='out_q')(y, ctx)
 
@@ -207,9 +111,9 @@ class QAffine(nn.Module):
     gamma = self.param('scale', nn.initializers.ones, (c,))
     beta = self.param('bias', nn.initializers.zeros, (c,))
     if ctx.mode == 'fp32':
-      y = _batch_norm(self, x, gamma, beta, ctx, (0, 1, 2))
+      y = qat_layers.batch_norm(self, x, gamma, beta, ctx, (0, 1, 2))
     else:  # BN folded into a [1, C] kernel of ones: y = x * a + b
-      y = folded_layer(self, lambda x, a: x * a[0], x, qp_in, jnp.ones((1, c)), (gamma, beta),
+      y = qat_layers.folded_layer(self, lambda x, a: x * a[0], x, qp_in, jnp.ones((1, c)), (gamma, beta),
                        None, ctx)
     return ActQuant(name='out_q')(y, ctx)
 
@@ -306,26 +210,27 @@ class FlaxBackend(nb201_net.Backend):
 
 
 class QATNetwork(nn.Module):
-  """One NB201 architecture; `mode` picks fp32 / folded / quant (see the module docstring)."""
+  """One NB201 architecture; `mode` is one of `qat_layers.MODES`."""
   ops: Sequence[int]
   config: NB201Config = NB201Config()
   mode: str = 'fp32'
 
   @nn.compact
   def __call__(self, x, train: bool = False, update_ranges: bool = False):
-    if self.mode not in MODES:
-      raise ValueError(f'unknown mode {self.mode!r}; choose one of {", ".join(MODES)}')
+    qat_layers.check_mode(self.mode)
     backend = FlaxBackend(self, Ctx(self.mode, train, update_ranges))
     logits, _ = nb201_net.network(backend, tuple(int(o) for o in self.ops), x, self.config)
     return logits
 
 
+def _input_shape(config: NB201Config):
+  return (config.input_size, config.input_size, config.in_channels)
+
+
 def init_variables(key, ops, config: NB201Config) -> dict:
   """Variables {'params', 'batch_stats', 'quant'} of the network (shared by all modes)."""
-  x = jnp.zeros((1, config.input_size, config.input_size, config.in_channels), jnp.float32)
-  model = QATNetwork(tuple(ops), config, 'fp32')
-  # jitted: run eagerly, init compiles each of its hundreds of small ops on its own
-  return dict(jax.jit(lambda k, x: model.init(k, x, train=False))(key, x))
+  return qat_layers.init_variables(key, QATNetwork(tuple(ops), config, 'fp32'),
+                                   _input_shape(config))
 
 
 def param_count(variables) -> int:
@@ -333,25 +238,9 @@ def param_count(variables) -> int:
   return int(sum(a.size for a in jax.tree.leaves(variables['params'])))
 
 
-def reset_ranges(variables: dict) -> dict:
-  """Forget tracked activation ranges (before calibrating a float model)."""
-  return {**variables, 'quant': jax.tree.map(jnp.zeros_like, variables['quant'])}
-
-
 def calibrate(variables: dict, ops, config: NB201Config, batches) -> dict:
-  """PTQ calibration: run the folded float model on `batches` recording activation ranges
-  (the running mean of per-batch min/max). Returns the variables with fresh ranges."""
-  model = QATNetwork(tuple(ops), config, 'folded')
-
-  @jax.jit
-  def step(v, x):
-    _, upd = model.apply(v, x, update_ranges=True, mutable=['quant'])
-    return {**v, 'quant': upd['quant']}
-
-  v = reset_ranges(variables)
-  for x in batches:
-    v = step(v, jnp.asarray(x))
-  return v
+  """PTQ calibration (`qat_layers.calibrate`) of the folded float network."""
+  return qat_layers.calibrate(QATNetwork(tuple(ops), config, 'folded'), variables, batches)
 
 
 def init_calibrated(key, ops, config: NB201Config, images) -> dict:

@@ -1,4 +1,4 @@
-"""Integer-only reference inference of a quantized `engine.qat_net.QATNetwork` (numpy).
+"""Integer-only reference inference of a quantized NB201 network (`search_spaces.nb201.qat`).
 
 Everything after the input quantization is integer arithmetic as TFLite-Micro's int8 reference
 kernels do it: int8 x int8 products accumulated in int32 with the int32 bias, then
@@ -20,7 +20,7 @@ Two executions of the same kernels (written once, on numpy or jax arrays):
 Exact integer products through float32: int8 activations times int8 weights (|w| <= 127)
 summed in float32 are exact while every partial sum is an integer below 2^24, in any
 summation order. Longer contractions are split into chunks (numpy: of the im2col matrix
-product, `EXACT_F32_TERMS`; XLA: of the input channels, `_xla_int_conv`) summed in int64.
+product, `quant.EXACT_F32_TERMS`; XLA: of the input channels, `_xla_int_conv`) summed in int64.
 """
 from __future__ import annotations
 
@@ -32,25 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine import quant
-from engine.qat_net import ZERO_QPARAMS, layer_name, partial_sum_name
+from engine.quant import ROUNDINGS, int_matmul, int_round_div
+from search_spaces.nb201.qat import ZERO_QPARAMS, layer_name, partial_sum_name
 from search_spaces.kernels import BN_EPS
 from search_spaces.nb201 import net as nb201_net
 from search_spaces.nb201 import NB201Config
-
-ADD_LEFT_SHIFT = 20  # TFLite int8 ADD
-
-# How each runtime rounds its requantizations (`quant.multiply_by_quantized_multiplier`):
-# kernel kind -> single rounding? ('*': every kind not named). Measured on exported models
-# (docs/deploy.md): TFLite Micro rounds twice everywhere (gemmlowp); LiteRT's reference kernels
-# (`OpResolverType.BUILTIN_REF`) twice except its per-channel FULLY_CONNECTED, which rounds
-# once; 'single' (TFLITE_SINGLE_ROUNDING builds; LiteRT's default XNNPACK kernels on small
-# networks, not on large ones, whose fp32 requantization no integer rounding reproduces).
-ROUNDINGS = {
-    'tflm': {'*': False},
-    'litert_reference': {'*': False, 'dense': True},
-    'single': {'*': True},
-}
-
 
 @dataclasses.dataclass
 class QTensor:
@@ -76,25 +62,6 @@ class IntLayer:
 def _qparams(qvars) -> tuple[float, int]:
   scale, zp = quant.activation_qparams(qvars['min'], qvars['max'])
   return float(scale), int(zp)
-
-
-# Terms of an int8 x (int8 - zero point) dot product whose float32 sum stays exact: every
-# partial sum is an integer of magnitude below 2^24.
-EXACT_F32_TERMS = (1 << 24) // (255 * 127)
-
-
-def _int_matmul(a, b):
-  """Exact integer a @ b for integer-valued operands (|a| <= 255, |b| <= 127) through float32
-  BLAS, the contraction split into chunks short enough to stay exact, summed in int64."""
-  xp = quant._namespace(a)
-  a = xp.asarray(a, np.float32)  # no copy when it is float32 already (the im2col matrix)
-  b = np.asarray(b, np.float32)
-  k = a.shape[-1]
-  out = None
-  for i in range(0, k, EXACT_F32_TERMS):
-    part = xp.rint(a[..., i:i + EXACT_F32_TERMS] @ b[i:i + EXACT_F32_TERMS]).astype(np.int64)
-    out = part if out is None else out + part
-  return out
 
 
 def _xla_int_conv(q, zero_point, w, k, stride):
@@ -148,17 +115,11 @@ def _im2col(x, k, stride):
   return cols.reshape(n, ho, wo, k * k * c)
 
 
-def _round_div(total, count):
-  """TFLite's int average: divide with rounding half away from zero."""
-  xp = quant._namespace(total)
-  return xp.where(total >= 0, (total + count // 2) // count, -((-total + count // 2) // count))
-
-
 class IntNetwork(nb201_net.Backend):
   """Integer NB201 network converted from QATNetwork variables (ranges must be calibrated).
 
   A backend of the one walk `nb201_net.network` (as `QATNetwork` is), on `QTensor`s; layers are
-  named as QATNetwork names its submodules (`qat_net.layer_name`). Layers are converted on first
+  named as QATNetwork names its submodules (`qat.layer_name`). Layers are converted on first
   use; the constructor runs one image so that `layers` holds every layer.
   """
 
@@ -242,7 +203,7 @@ class IntNetwork(nb201_net.Backend):
     layer = self._layer(name, 'conv', t, stride)
     if self.xp is np:
       cols = _im2col((t.q - t.zero_point).astype(np.float32), k, stride)
-      acc = _int_matmul(cols.reshape(-1, cols.shape[-1]),
+      acc = int_matmul(cols.reshape(-1, cols.shape[-1]),
                         layer.weight.reshape(-1, layer.weight.shape[-1]))
       acc = acc.reshape(cols.shape[:3] + (-1,))
     else:
@@ -258,7 +219,7 @@ class IntNetwork(nb201_net.Backend):
 
   def _dense(self, name, t: QTensor) -> QTensor:
     layer = self._layer(name, 'dense', t)
-    acc = _int_matmul(t.q - t.zero_point, layer.weight) + layer.bias
+    acc = int_matmul(t.q - t.zero_point, layer.weight) + layer.bias
     return QTensor(self._requantize(acc, 'dense', layer), layer.out_scale, layer.out_zero_point)
 
   def _add(self, name, terms: list[QTensor]) -> QTensor:
@@ -275,10 +236,10 @@ class IntNetwork(nb201_net.Backend):
     total = 0
     for t in (a, b):
       m, s = quant.quantize_multiplier(t.scale / twice_max)
-      shifted = (t.q.astype(np.int64) - t.zero_point) << ADD_LEFT_SHIFT
+      shifted = (t.q.astype(np.int64) - t.zero_point) << quant.ADD_LEFT_SHIFT
       total = total + quant.multiply_by_quantized_multiplier(shifted, m, s, self._single('add'),
                                                              self._flags)
-    m, s = quant.quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out_scale))
+    m, s = quant.quantize_multiplier(twice_max / ((1 << quant.ADD_LEFT_SHIFT) * out_scale))
     return QTensor(self._requantize(total, 'add', m, s, out_zp), out_scale, out_zp)
 
   def _avg_pool_3x3(self, t: QTensor) -> QTensor:
@@ -288,20 +249,20 @@ class IntNetwork(nb201_net.Backend):
     total = sum(padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3))
     ones = np.pad(np.ones((h, w), np.int64), 1)
     count = sum(ones[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3))
-    return QTensor(_round_div(total, count[None, :, :, None]).astype(np.int32), t.scale,
+    return QTensor(int_round_div(total, count[None, :, :, None]).astype(np.int32), t.scale,
                    t.zero_point)
 
   @staticmethod
   def _avg_pool_2x2(t: QTensor) -> QTensor:
     n, h, w, c = t.q.shape
     total = t.q.astype(np.int64).reshape(n, h // 2, 2, w // 2, 2, c).sum((2, 4))
-    return QTensor(_round_div(total, 4).astype(np.int32), t.scale, t.zero_point)
+    return QTensor(int_round_div(total, 4).astype(np.int32), t.scale, t.zero_point)
 
   @staticmethod
   def _global_avg_pool(t: QTensor) -> QTensor:
     """TFLite's AVERAGE_POOL_2D over the whole map: same grid in and out, [N, H, W, C] -> [N, C]."""
     total = t.q.astype(np.int64).sum((1, 2))
-    return QTensor(_round_div(total, t.q.shape[1] * t.q.shape[2]).astype(np.int32), t.scale,
+    return QTensor(int_round_div(total, t.q.shape[1] * t.q.shape[2]).astype(np.int32), t.scale,
                    t.zero_point)
 
   # -------------------------------------------------------------------------- the walk's backend
