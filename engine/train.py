@@ -329,6 +329,14 @@ def restore_checkpoint(workdir, like_variables, like_opt_state=None):
   epoch = latest_epoch(workdir)
   if epoch is None:
     raise CheckpointError(f'no checkpoint in {workdir}/ckpt; train there first (or fix the path)')
+  from engine import files
+  try:  # a damaged index fails here, before orbax's asyncio reads (`files.check_ocdbt`)
+    files.check_ocdbt(pathlib.Path(workdir) / 'ckpt' / str(epoch))
+  except ValueError as err:
+    reason = (str(err).strip().splitlines() or [''])[0][:200]
+    raise CheckpointError(f'checkpoint {workdir}/ckpt/{epoch} is damaged ({reason}); delete that '
+                          f'folder to resume from the checkpoint before it, or train in a new '
+                          f'--workdir') from None
   mgr = _manager(workdir, create=False)
   abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
   items = {'variables': ocp.args.StandardRestore(abstract(like_variables))}

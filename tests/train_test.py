@@ -104,6 +104,20 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path):
   gc.collect()
 
 
+def test_a_damaged_checkpoint_index_is_found_before_orbax_reads_it(tmp_path, capfd):
+  """Every restore (a resumed run, --init_from, the finalist stage's runs) reads the index
+  first: a truncated manifest is one CheckpointError, and tensorstore prints nothing (orbax's
+  own read of it printed an 'Event loop is closed' traceback per array in flight)."""
+  v = qat.init_variables(jax.random.key(3), nb201.parse_arch_str(ARCH), TINY)
+  train.save_checkpoint(tmp_path, 2, v, optax.sgd(0.1).init(v['params']))
+  manifest = tmp_path / 'ckpt' / '2' / 'variables' / 'manifest.ocdbt'
+  manifest.write_bytes(manifest.read_bytes()[:20])
+  with pytest.raises(train.CheckpointError, match=r'ckpt/2 is damaged .*manifest.ocdbt.* delete'):
+    train.restore_checkpoint(tmp_path, v)
+  gc.collect()
+  assert 'Traceback' not in capfd.readouterr().err
+
+
 def test_missing_checkpoint_is_a_user_error(tmp_path):
   with pytest.raises(common.USER_ERRORS, match='config.json not found'):
     train.load_run(tmp_path / 'nope')
