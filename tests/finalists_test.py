@@ -54,7 +54,7 @@ class _FakeTrainer:
 
 @pytest.fixture
 def stage(tmp_path, monkeypatch):
-  x, y = _images(20, 2)
+  x, y = _images(120, 2)  # at least one batch (128) of finalist training images
   np.savez(tmp_path / 'data.npz', x=x, y=y)
   fake = _FakeTrainer({'f8k3-relu-max': 0.50, 'f16k3-relu-max': 0.70, 'f32k3-relu-max': 0.70,
                        'f8k5-relu-max': 0.90, 'f16k5-relu-max': None, 'f32k5-relu-max': None})
@@ -96,6 +96,18 @@ def test_a_finalist_that_fails_to_train_cannot_win_and_all_failing_stops(stage):
 def test_the_stage_needs_data():
   with pytest.raises(data_lib.DataError, match='--finalists trains .* pass --data_dir'):
     fin_lib.Finalists('tinycnn', 'cifar10', None, fin_lib.Settings(k=2), '/tmp/x')
+
+
+def test_data_smaller_than_one_batch_is_one_line_naming_the_search_flags(tmp_path):
+  x, y = _images(20, 3)  # 60 images: 48 train, below the batch of 128
+  np.savez(tmp_path / 'data.npz', x=x, y=y)
+  stage = fin_lib.Finalists('tinycnn', 'cifar10', tmp_path / 'data.npz', fin_lib.Settings(k=1),
+                            tmp_path / 'runs', log=lambda *_: None)
+  with pytest.raises(data_lib.DataError) as err:
+    stage.choose(['f8k3-relu-max'])
+  message = str(err.value)
+  assert 'fewer than one batch of 128' in message and '--finalists=0' in message
+  assert '--train_batch' not in message and '--train_images' not in message  # not search flags
 
 
 def test_a_real_finalist_trains_with_the_projects_trainer_on_the_split(tmp_path):

@@ -72,6 +72,13 @@ class Finalists:
     size = cfg.network().image_size
     if size not in self._data:
       self._data[size] = split(train_lib.load_data(self.data_dir, cfg)[0])
+    train_part = self._data[size][0]
+    if len(train_part.images) < cfg.batch_size:  # the trainer's own line names its flags, which
+      # a search does not take
+      raise data_lib.DataError(
+          f'--finalists trains on {len(train_part.images)} images of --data_dir={self.data_dir} '
+          f'(the rest validates), fewer than one batch of {cfg.batch_size}; pass a --data_dir '
+          f'with at least {-(-cfg.batch_size * 5 // 4)} training images, or --finalists=0')
     return self._data[size]
 
   def folder(self, cfg) -> pathlib.Path:
