@@ -198,15 +198,23 @@ def _read_columns(path: pathlib.Path, columns):
   measured for row i.  HW-NAS-Bench-360 measured one representative per isomorphism class
   (`rep_arch_idx`, an `arch_index`) and copied its latency to the other members; files without
   that column measured every row (rep[i] = i)."""
-  with path.open(newline='') as f:
-    rows = list(csv.DictReader(f))
-  ops = np.array([nb201.parse_arch_str(r['arch_str']) for r in rows])
-  rep = np.arange(len(rows))
-  if 'rep_arch_idx' in rows[0]:
-    row_of = {int(r['arch_index']): i for i, r in enumerate(rows)}
-    rep = np.array([row_of[int(r['rep_arch_idx'])] for r in rows])
-  return ops, {c: np.array([float(r[c]) if r[c] else np.nan for r in rows]) for c in columns
-               if c in rows[0]}, rep
+  try:
+    with path.open(newline='') as f:
+      rows = list(csv.DictReader(f))
+    ops = np.array([nb201.parse_arch_str(r['arch_str']) for r in rows])
+    rep = np.arange(len(rows))
+    if 'rep_arch_idx' in rows[0]:
+      row_of = {int(r['arch_index']): i for i, r in enumerate(rows)}
+      rep = np.array([row_of[int(r['rep_arch_idx'])] for r in rows])
+    measured = {c: np.array([float(r[c]) if r[c] else np.nan for r in rows]) for c in columns
+                if c in rows[0]}
+  except (KeyError, IndexError, TypeError, ValueError, UnicodeDecodeError, csv.Error) as err:
+    # a missing column or row, a non-number, an unknown arch: the file is not the one shipped
+    what = f'no column {err}' if isinstance(err, KeyError) else (
+        'no rows' if isinstance(err, IndexError) else str(err).splitlines()[0][:120])
+    raise ValueError(f'cannot read {path} ({what}); restore the HW-NAS-Bench latency file '
+                     f'(ZERONAS_DATA_DIR, default ../shared/data; docs/hardware.md)') from None
+  return ops, measured, rep
 
 
 # What the deployment toolchain's graph optimiser removes (Runtime.fold_constants, prune_dead,

@@ -80,3 +80,38 @@ def test_the_tool_given_a_damaged_results_file_says_so_in_one_line(tmp_path):
                            '--part=mlperf'], cwd=cli.REPO, capture_output=True, text=True,
                           env=cli.subprocess_env(ZERONAS_DATA_DIR=str(tmp_path)), timeout=600)
   cli.assert_one_line_error(result, str(path), 'latency_ms')
+
+
+_READ_LATENCIES = r'''
+import pathlib, sys
+from experiments import validate_hardware as vh
+for path in sys.argv[1:]:
+  try:
+    vh._read_columns(pathlib.Path(path), ['edgegpu_latency'])
+    print('read')
+  except ValueError as err:
+    print(err)
+'''
+
+
+def test_a_damaged_latency_file_is_a_value_error_naming_it(tmp_path):
+  """A missing column ended in a KeyError traceback."""
+  good = '|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|'
+  files = {'no arch_str column': 'arch,edgegpu_latency\nx,1.5\n',
+           'a word for a latency': f'arch_str,edgegpu_latency\n{good},fast\n',
+           'no rows': 'arch_str,edgegpu_latency\n',
+           'fine': f'arch_str,edgegpu_latency\n{good},1.5\n'}
+  paths = []
+  for i, text in enumerate(files.values()):
+    paths.append(tmp_path / f'{i}.csv')
+    paths[-1].write_text(text)
+  result = subprocess.run([sys.executable, '-c', _READ_LATENCIES, *map(str, paths)],
+                          cwd=cli.REPO, env=cli.subprocess_env(), capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.strip().splitlines()
+  for (name, _), path, line in zip(files.items(), paths, lines):
+    if name == 'fine':
+      assert line == 'read'
+    else:
+      assert line.startswith(f'cannot read {path}') and 'ZERONAS_DATA_DIR' in line, (name, line)
