@@ -49,7 +49,7 @@ def main(argv):
   n = max(_IMAGES.value, _REF_IMAGES.value)
   x = np.asarray(train._normalize(rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)))
   v = qat.calibrate(qat.init_variables(jax.random.key(0), ops, cfg), ops, cfg,
-                        [x[i:i + 128] for i in range(0, min(n, 256), 128)])  # what exists
+                    [x[i:i + 128] for i in range(0, min(n, 256), 128)])  # what exists
   net = integer.IntNetwork(v, ops, cfg, rounding=_ROUNDING.value)
   macs = float(nb201.count_flops(np.eye(len(nb201.OPS))[np.asarray(ops)][None], cfg, 'nb201')[0])
   print(f'{arch} C={cfg.C} N={cfg.N}, {_ROUNDING.value} rounding, '
