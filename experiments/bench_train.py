@@ -1,7 +1,10 @@
-"""Training-step throughput of one NB201 arch: fp32 and QAT images/s, compile apart.
+"""Training-step throughput of one arch of any space: fp32 and QAT images/s, compile apart.
 
   python -m experiments.bench_train --arch=6111 --width=16 --cells=5 --batch=128
+  python -m experiments.bench_train --search_space=tinycnn --arch=f32k5-relu-max
 
+The network is the one `--experiment=train` trains (`engine.trainable`: NB201's own at
+`--width`/`--cells`, any other space's lowered graph at its own size).
 Times the jitted train step of `engine.train` (augmentation, forward, backward, SGD update) on
 random uint8 images after one warm-up call, `--steps` times per mode, and prints the median.
 QAT is timed on calibrated ranges and BN statistics from a few float steps, as a real run has.
@@ -14,9 +17,10 @@ from absl import app, flags
 
 from experiments import common
 
-_ARCH = flags.DEFINE_string('arch', '6111', 'NB201 arch string or index.')
-_WIDTH = flags.DEFINE_integer('width', 16, 'Channels C.')
-_CELLS = flags.DEFINE_integer('cells', 5, 'Cells per stage N.')
+_SPACE = flags.DEFINE_string('search_space', 'nb201', 'Registered search space of --arch.')
+_ARCH = flags.DEFINE_string('arch', None, 'Arch string (NB201: or index); default NB201 6111.')
+_WIDTH = flags.DEFINE_integer('width', 16, 'Channels C (a space with its own network: NB201).')
+_CELLS = flags.DEFINE_integer('cells', 5, 'Cells per stage N (a space with its own network).')
 _BATCH = flags.DEFINE_integer('batch', 128, 'Batch size.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per mode.')
 
@@ -28,27 +32,37 @@ def main(argv):
   import numpy as np
   import optax
   from engine import train
+  from engine import trainable
   from experiments import train as train_exp
-  from search_spaces import nb201
-  from search_spaces.nb201 import qat
+  from search_spaces import registry
   try:
-    arch = train_exp.arch_from_flag(_ARCH.value, nb201_only=True)
-  except common.USER_ERRORS as err:
+    space = registry.get(_SPACE.value)
+    if _ARCH.value is None and space.name != registry.DEFAULT:
+      raise ValueError(f'--search_space={space.name} needs --arch=<a {space.name} arch string>')
+    arch = train_exp.arch_from_flag(_ARCH.value or '6111', search_space=space.name)
+    sized = [f'--{f}' for f in ('width', 'cells') if flags.FLAGS[f].present]
+    if sized and space.trainable is None:
+      raise ValueError(f'{" and ".join(sized)}: only a space with a network of its own (nb201) '
+                       f'has a width and cells; {space.name} trains at its own size, leave '
+                       f'{"them" if len(sized) > 1 else "it"} out')
+    if min(_WIDTH.value, _CELLS.value, _BATCH.value, _STEPS.value) < 1:
+      raise ValueError('--width, --cells, --batch and --steps must be positive')
+    net = trainable.trainable(space.name, arch, C=_WIDTH.value, N=_CELLS.value)
+  except (*common.USER_ERRORS, registry.SpaceError) as err:
     common.fail(str(err))
-  if min(_WIDTH.value, _CELLS.value, _BATCH.value, _STEPS.value) < 1:
-    common.fail('--width, --cells, --batch and --steps must be positive')
-  ops = nb201.parse_arch_str(arch)
-  cfg = nb201.NB201Config(C=_WIDTH.value, N=_CELLS.value)
   rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (_BATCH.value, 32, 32, 3)).astype(np.uint8)
-  labels = rng.integers(0, 10, _BATCH.value).astype(np.int32)
-  v = qat.init_variables(jax.random.key(0), ops, cfg)
+  size = net.image_size
+  images = rng.integers(0, 256, (_BATCH.value, size, size, 3)).astype(np.uint8)
+  labels = rng.integers(0, net.num_classes, _BATCH.value).astype(np.int32)
+  v = net.init(jax.random.key(0))
   tx = optax.sgd(0.01, 0.9, nesterov=True)
-  step = train.make_train_step(lambda m: qat.QATNetwork(tuple(ops), cfg, m), tx)
-  print(f'{arch} C={cfg.C} N={cfg.N} batch {_BATCH.value}, {jax.device_count()} device(s)')
+  step = train.make_train_step(net.model_fn, tx)
+  described = ''.join(f' {k}={v}' for k, v in net.size.items())
+  print(f'{space.name} {net.arch}{described} batch {_BATCH.value}, {jax.device_count()} '
+        f'device(s)')
   for mode in ('fp32', 'quant'):
     if mode == 'quant':
-      v = qat.calibrate(v, ops, cfg, [train._normalize(images)])
+      v = net.calibrate(v, [train._normalize(images)])
     state = jax.device_put((v, tx.init(v['params'])), jax.devices()[0])
     t0 = time.perf_counter()
     *state, m = step(mode, *state, jax.random.key(0), images, labels)
