@@ -48,6 +48,22 @@ class Trainable:
                                                         # ({'C': 16, 'N': 5}); {}: the space's own
 
 
+def init_calibrated(net: Trainable, key, images) -> dict:
+  """An untrained int8 model of `net`: initial weights from `key`, BN statistics of `images`
+  (normalised float [N, H, W, C]) and activation ranges calibrated on them. Enough to export
+  and count work (an emulator's instruction counts do not depend on training)."""
+  import jax
+  import jax.numpy as jnp
+  v = net.init(key)
+  x = jnp.asarray(images)
+  if v.get('batch_stats'):  # a network without BN (tinycnn's biased convs) has none
+    stats = jax.jit(lambda v, x: net.model_fn('fp32').apply(
+        v, x, train=True, mutable=['batch_stats'])[1]['batch_stats'])
+    for _ in range(3):  # the running mean settles towards the batch's statistics
+      v = {**v, 'batch_stats': stats(v, x)}
+  return net.calibrate(v, [x])
+
+
 def graph_trainable(space_name: str, arch: str, num_classes: int = 0) -> Trainable:
   """A plug-in space's arch through its lowered graph (`engine.graph_qat`); raises ValueError
   (one line) for an arch the space cannot decode or the int8 path cannot run."""

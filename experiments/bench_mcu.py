@@ -1,11 +1,14 @@
-"""Emulated Cortex-M instruction counts of NB201 archs against the hardware model's latency.
+"""Emulated Cortex-M instruction counts of any space's archs against the hardware model's latency.
 
   python -m experiments.bench_mcu --archs=50 --width=16 --cells=5 --out=runs/bench_mcu.csv
+  python -m experiments.bench_mcu --search_space=tinycnn --archs=20 --out=runs/bench_tiny.csv
 
-For each of `--archs` random connected NB201 archs (seed `--seed`): an untrained int8 model
-(initial weights, ranges calibrated on noise images: counts do not depend on training) is
-exported (`search_spaces.nb201.tflite`), generated as C (`deploy.c_source`), built for `--target` and run on
-one image in QEMU (`deploy.mcu`). One CSV row per arch is appended as soon as it is measured, so
+For each of `--archs` random archs of `--search_space` (seed `--seed`; NB201: connected ones;
+every space: those with an int8 path) the network the trainer trains (`engine.trainable`: NB201's
+own at `--width`/`--cells`, another space's lowered graph) is made an untrained int8 model
+(initial weights, ranges calibrated on noise images: counts do not depend on training),
+exported, generated as C (`deploy.c_source`), built for `--target` and run on one image in QEMU
+(`deploy.mcu`). One CSV row per arch is appended as soon as it is measured, so
 a stopped run resumes where it stopped (a row is reused only for the same --target, --width and
 --cells). At the end it prints Kendall tau between the hardware
 model's predicted latency (`--device`, each runtime) and the emulated instructions, the
@@ -24,10 +27,11 @@ from absl import app, flags
 
 from experiments import common
 
-_ARCHS = flags.DEFINE_integer('archs', 50, 'Random connected NB201 archs to measure.')
+_SPACE = flags.DEFINE_string('search_space', 'nb201', 'Registered search space to sample.')
+_ARCHS = flags.DEFINE_integer('archs', 50, 'Random archs to measure (NB201: connected ones).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Arch sampling seed.')
-_WIDTH = flags.DEFINE_integer('width', 16, 'Channels C.')
-_CELLS = flags.DEFINE_integer('cells', 5, 'Cells per stage N.')
+_WIDTH = flags.DEFINE_integer('width', 16, 'Channels C (a space with its own network: NB201).')
+_CELLS = flags.DEFINE_integer('cells', 5, 'Cells per stage N (a space with its own network).')
 _TARGET = flags.DEFINE_enum('target', 'm4', ['m4', 'm7'], 'Cortex-M4 (mps2-an386) or M7 (an500).')
 _DEVICE = flags.DEFINE_string('device', 'nucleo-l4r5zi', 'Hardware-model device for the '
                               'predicted latency (its core should match --target).')
@@ -47,28 +51,26 @@ def _key(row) -> tuple:
   return tuple(str(row[k]) for k in KEY)
 
 
-def measure(arch: str, config, target: str, device: str, workdir) -> dict:
+def measure(net, target: str, device: str, workdir) -> dict:
+  """The row of one arch, `net` an `engine.trainable.Trainable`."""
   import jax
   import numpy as np
   from deploy import c_source, export, mcu
-  from search_spaces import nb201
-  from search_spaces.nb201 import graph as nb201_graph
-  from search_spaces.nb201 import qat, tflite
-  ops = nb201.parse_arch_str(arch)
+  from engine import trainable
   rng = np.random.default_rng(0)
-  x = rng.standard_normal((16, config.input_size, config.input_size, 3)).astype(np.float32)
-  v = qat.init_calibrated(jax.random.key(0), ops, config, x)
-  model, ref = tflite.to_tflite(v, ops, config)
+  x = rng.standard_normal((16, net.image_size, net.image_size, 3)).astype(np.float32)
+  v = trainable.init_calibrated(net, jax.random.key(0), x)
+  model, ref = net.tflite(v, f'bench_mcu {net.space} {net.arch}'), net.integer(v)
   project = c_source.generate(model, workdir)
   elf = mcu.build(workdir, target)
-  q = ref.quantize_input(x[:1]).q.astype(np.int8)
-  want = ref(x[:1]).q
-  m = export.measure(project, mcu.run(workdir, q, target), want, elf,
-                     nb201_graph.lower(ops, config), target, device)
+  q = ref.quantize_input(x[:1]).astype(np.int8)
+  want = ref.logits(x[:1])
+  m = export.measure(project, mcu.run(workdir, q, target), want, elf, net.graph, target, device)
   if m['bitexact_fraction'] != 1.0:
-    raise RuntimeError(f'{arch}: emulated logits differ from the integer reference')
+    raise RuntimeError(f'{net.arch}: emulated logits differ from the integer reference')
   s = m['sizes']
-  return {'arch': arch, 'target': target, 'width': config.C, 'cells': config.N,
+  return {'arch': net.arch, 'target': target, 'width': net.size.get('C', ''),
+          'cells': net.size.get('N', ''),
           'instructions': int(round(m['instructions_per_inference'])),
           'emulator_s': m['emulator_seconds_per_inference'],
           'macs': sum(layer.macs for layer in project.layers
@@ -79,14 +81,12 @@ def measure(arch: str, config, target: str, device: str, workdir) -> dict:
                                     for k, v in m['instructions_per_kernel'].items()})}
 
 
-def summarize(rows, config, device: str) -> str:
+def summarize(rows, nets, device: str) -> str:
+  """The summary of `rows` and their `engine.trainable.Trainable`s."""
   import numpy as np
   from deploy import export
   from hardware import latency
-  from search_spaces import nb201
-  from search_spaces.nb201 import graph as nb201_graph
-  pred = [export.predicted_c_costs(nb201_graph.lower(nb201.parse_arch_str(r['arch']), config), device)
-          for r in rows]
+  pred = [export.predicted_c_costs(net.graph, device) for net in nets]
   ins = np.array([float(r['instructions']) for r in rows])
   lines = [f'{len(rows)} archs; instructions per inference {ins.min() / 1e6:.1f}-'
            f'{ins.max() / 1e6:.1f} M (median {np.median(ins) / 1e6:.1f} M); emulator '
@@ -118,11 +118,31 @@ def summarize(rows, config, device: str) -> str:
   return '\n'.join(lines)
 
 
+def _archs(space, count: int, seed: int, size: dict) -> list:
+  """`count` random archs of `space` with an int8 path (NB201: connected), as Trainables."""
+  import numpy as np
+  from engine import trainable
+  rng = np.random.default_rng(seed)
+  exportable = trainable.int8_exportable(space.name) or (lambda arch: True)
+  connected = space.relax.valid if space.relax and space.relax.valid else None
+  nets, seen = [], set()
+  for _ in range(20):  # a few rounds of samples: most spaces need one
+    for arch in space.sample(rng, 4 * count):
+      name = space.encode(arch)
+      if name in seen or not exportable(arch) or (
+          connected is not None and not connected(space.to_array([arch]))[0]):
+        continue
+      seen.add(name)
+      nets.append(trainable.trainable(space.name, name, **size))
+      if len(nets) == count:
+        return nets
+  return nets
+
+
 def main(argv):
   del argv
-  import numpy as np
   from deploy import mcu
-  from search_spaces import nb201
+  from search_spaces import registry
   import hardware
   common.quiet_logs()
   if _ARCHS.value < 2:
@@ -130,17 +150,24 @@ def main(argv):
   if min(_WIDTH.value, _CELLS.value) < 1:
     common.fail('--width and --cells must be positive')
   try:  # before any emulation
+    space = registry.get(_SPACE.value)
+    sized = [f'--{f}' for f in ('width', 'cells') if flags.FLAGS[f].present]
+    if sized and space.trainable is None:
+      raise ValueError(f'{" and ".join(sized)}: only a space with a network of its own (nb201) '
+                       f'has a width and cells; {space.name} runs at its own size, leave '
+                       f'{"them" if len(sized) > 1 else "it"} out')
     hardware.get_device(_DEVICE.value)
     common.check_output_file(_OUT.value, 'out', 'bench_mcu.csv')
-  except ValueError as err:
+  except (ValueError, registry.SpaceError) as err:
     common.fail(str(err))
   why = mcu.tools_missing(_TARGET.value)
   if why:
     common.fail(why)
-  config = nb201.NB201Config(C=_WIDTH.value, N=_CELLS.value)
-  rng = np.random.default_rng(_SEED.value)
-  ops = nb201.sample_ops(rng, 4 * _ARCHS.value)
-  archs = [nb201.format_arch_str(o) for o in ops[nb201.is_connected(ops)]][:_ARCHS.value]
+  nets = _archs(space, _ARCHS.value, _SEED.value,
+                {'C': _WIDTH.value, 'N': _CELLS.value} if space.trainable else {})
+  if len(nets) < 2:
+    common.fail(f'{space.name} has fewer than 2 archs with an int8 path in its samples; '
+                f'nothing to rank')
   out = pathlib.Path(_OUT.value)
   out.parent.mkdir(parents=True, exist_ok=True)
   done, fields = {}, FIELDS
@@ -161,20 +188,22 @@ def main(argv):
     w = csv.DictWriter(f, fields, restval='', extrasaction='ignore')
     if new:
       w.writeheader()
-    keys = [_key(dict(arch=a, target=_TARGET.value, width=_WIDTH.value, cells=_CELLS.value))
-            for a in archs]
-    for i, (arch, key) in enumerate(zip(archs, keys)):
+    # arch strings name their space (NB201 |op~i|..., tinycnn f8k3-..., mbv2 w0.5-...), and a
+    # space without a size of its own leaves width and cells blank
+    keys = [_key(dict(arch=net.arch, target=_TARGET.value, width=net.size.get('C', ''),
+                      cells=net.size.get('N', ''))) for net in nets]
+    for i, (net, key) in enumerate(zip(nets, keys)):
       if key in done:
         continue
       t0 = time.perf_counter()
-      row = measure(arch, config, _TARGET.value, _DEVICE.value, os.path.join(tmp, str(i)))
+      row = measure(net, _TARGET.value, _DEVICE.value, os.path.join(tmp, str(i)))
       w.writerow(row)
       f.flush()
       done[key] = {k: str(v) for k, v in row.items()}
-      print(f'[{sum(k in done for k in keys)}/{len(archs)}] {arch}: '
+      print(f'[{sum(k in done for k in keys)}/{len(nets)}] {net.arch}: '
             f'{row["instructions"] / 1e6:.1f} M instructions, '
             f'{time.perf_counter() - t0:.1f} s', flush=True)
-  print(summarize([done[k] for k in keys], config, _DEVICE.value))
+  print(summarize([done[k] for k in keys], nets, _DEVICE.value))
 
 
 if __name__ == '__main__':

@@ -16,9 +16,10 @@ from deploy import mcu
 from experiments import bench_mcu
 
 calls = []
-def fake_measure(arch, config, target, device, workdir):
-  calls.append(arch)
-  return {'arch': arch, 'target': target, 'width': config.C, 'cells': config.N,
+def fake_measure(net, target, device, workdir):
+  calls.append(net.arch)
+  return {'arch': net.arch, 'target': target, 'width': net.size.get('C', ''),
+          'cells': net.size.get('N', ''),
           'instructions': 1000 * len(calls), 'emulator_s': 0.1, 'macs': 10 * len(calls),
           'flash_bytes': 5000, 'text': 1000, 'rodata': 4000, 'bss': 900, 'arena': 800,
           'stack': 100, 'per_kernel': json.dumps({'conv': [10, 25]})}
@@ -77,3 +78,16 @@ def test_a_csv_of_an_older_layout_is_refused_in_one_line(tmp_path):
   assert stderr.strip().splitlines()[-1] == (
       f'error: --out={path} has no target, width, cells column (an older bench_mcu wrote it); '
       f'add the settings its rows were measured with, or pass a new file')
+
+
+def test_any_space_is_measured_and_a_width_off_nb201_is_refused(tmp_path):
+  """It sampled NB201 archs only. A tinycnn run measures tinycnn archs with an int8 path (no
+  swish), with blank width and cells."""
+  out = tmp_path / 'tiny.csv'
+  done, stderr = _runs([('tinycnn', ['--search_space=tinycnn', '--archs=3', f'--out={out}']),
+                        ('again', ['--search_space=tinycnn', '--archs=3', f'--out={out}']),
+                        ('width', ['--search_space=tinycnn', '--width=4', f'--out={out}'])])
+  assert done == {'tinycnn': 3, 'again': 0, 'width': 'exit 2'}
+  rows = out.read_text().splitlines()[1:]
+  assert len(rows) == 3 and all('swish' not in r and ',m4,,,' in r for r in rows), rows
+  assert 'tinycnn runs at its own size' in stderr.strip().splitlines()[-1]

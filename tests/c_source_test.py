@@ -142,10 +142,10 @@ def test_bench_mcu_measures_an_arch_on_the_emulator(tmp_path):
   import sys
   # its own process: bench_mcu's absl flags (e.g. --archs) would clash with experiments.run's
   code = ('import json, sys\n'
+          'from engine import trainable\n'
           'from experiments import bench_mcu\n'
-          'from search_spaces import nb201\n'
-          f'row = bench_mcu.measure({ARCH!r}, nb201.NB201Config(C={SMALL.C}, N={SMALL.N}, '
-          f'input_size={SMALL.input_size}), "m4", "nucleo-l4r5zi", sys.argv[1])\n'
+          f'net = trainable.trainable("nb201", {ARCH!r}, C={SMALL.C}, N={SMALL.N})\n'
+          'row = bench_mcu.measure(net, "m4", "nucleo-l4r5zi", sys.argv[1])\n'
           'print(json.dumps([sorted(row) == sorted(bench_mcu.FIELDS), row["instructions"], '
           'row["arena"], row["macs"]]))\n')
   out = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'c')], capture_output=True,
