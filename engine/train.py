@@ -100,8 +100,8 @@ class TrainConfig:
   test_images: int = 0           # 0 = the whole test split
   int_eval_images: int = -1      # integer-only inference on this many test images (-1 = all)
   seed: int = 0
-  # classes of the network's head; 0: the dataset's (the space's `datasets`). A run on the user's own
-  # data (an image folder or .npz, engine/data.py) records its data's class count here.
+  # classes of the network's head; 0: the dataset's (the space's `datasets`). A run on the
+  # user's own data (an image folder or .npz, engine/data.py) records its data's class count.
   num_classes: int = 0
   # C and N size a space's own network (`SearchSpace.trainable`: NB201's); the others train at
   # their own size
@@ -322,6 +322,26 @@ def latest_epoch(workdir) -> Optional[int]:
   return step
 
 
+def _first_line(err: BaseException) -> str:
+  return (str(err).strip().splitlines() or [''])[0][:200]
+
+
+def check_checkpoint_index(workdir, fix: str = 'delete that folder to resume from the '
+                           'checkpoint before it, or train in a new --workdir'):
+  """CheckpointError ('checkpoint <path> is damaged (...); `fix`') when the index of the latest
+  checkpoint in `workdir` cannot be read (`files.check_ocdbt`: read before orbax's asyncio
+  restore, whose failure on a damaged index trails tracebacks); nothing without checkpoints."""
+  from engine import files
+  epoch = latest_epoch(workdir)
+  if epoch is None:
+    return
+  path = pathlib.Path(workdir) / 'ckpt' / str(epoch)
+  try:
+    files.check_ocdbt(path)
+  except ValueError as err:
+    raise CheckpointError(f'checkpoint {path} is damaged ({_first_line(err)}); {fix}') from None
+
+
 def restore_checkpoint(workdir, like_variables, like_opt_state=None):
   """(epoch, variables, opt_state or None) of the latest checkpoint in `workdir`, restored into
   the structure of the given templates (a mismatch is a CheckpointError naming both)."""
@@ -329,14 +349,7 @@ def restore_checkpoint(workdir, like_variables, like_opt_state=None):
   epoch = latest_epoch(workdir)
   if epoch is None:
     raise CheckpointError(f'no checkpoint in {workdir}/ckpt; train there first (or fix the path)')
-  from engine import files
-  try:  # a damaged index fails here, before orbax's asyncio reads (`files.check_ocdbt`)
-    files.check_ocdbt(pathlib.Path(workdir) / 'ckpt' / str(epoch))
-  except ValueError as err:
-    reason = (str(err).strip().splitlines() or [''])[0][:200]
-    raise CheckpointError(f'checkpoint {workdir}/ckpt/{epoch} is damaged ({reason}); delete that '
-                          f'folder to resume from the checkpoint before it, or train in a new '
-                          f'--workdir') from None
+  check_checkpoint_index(workdir)
   mgr = _manager(workdir, create=False)
   abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
   items = {'variables': ocp.args.StandardRestore(abstract(like_variables))}
@@ -348,11 +361,10 @@ def restore_checkpoint(workdir, like_variables, like_opt_state=None):
     # the run's config.json was already held against the flags (load_run, `train`'s "holds a
     # different run"), so a structure that does not fit is as likely a damaged file as another
     # arch; both are named
-    reason = (str(err).strip().splitlines() or [''])[0][:200]
     raise CheckpointError(f'checkpoint {workdir}/ckpt/{epoch} cannot be restored '
-                          f'({type(err).__name__}: {reason}): it is damaged or of another '
-                          f'arch/config; delete that folder to resume from the checkpoint '
-                          f'before it, or train in a new --workdir') from None
+                          f'({type(err).__name__}: {_first_line(err)}): it is damaged or of '
+                          f'another arch/config; delete that folder to resume from the '
+                          f'checkpoint before it, or train in a new --workdir') from None
   finally:
     mgr.close()
   return epoch, restored['variables'], restored.get('opt_state') if like_opt_state else None

@@ -279,24 +279,15 @@ def check_train_run(value, flag: str, fix: str | None = None):
 
 def check_checkpoint(value, flag: str, folder=None):
   """The latest checkpoint of the training run in `folder` (default: --flag's `value`) has an
-  index orbax can read: a damaged one is a UsageError before any work, not orbax's error
-  followed by tensorstore's exit-time tracebacks (engine.files.check_ocdbt says why)."""
-  folder = pathlib.Path(folder or value)
-  if not (folder / 'ckpt').is_dir():
-    return
-  from engine import files
+  index orbax can read: a damaged one is a UsageError before any work
+  (`engine.train.check_checkpoint_index`)."""
   from engine import train as train_lib
-  epoch = train_lib.latest_epoch(folder)
-  if epoch is None:
-    return
-  path = folder / 'ckpt' / str(epoch)
+  other = 'train in a new --workdir' if flag == 'workdir' else f'pass another --{flag}'
+  fix = f'delete that folder to use the checkpoint before it, or {other}'
   try:
-    files.check_ocdbt(path)
-  except ValueError as err:
-    reason = (str(err).strip().splitlines() or [''])[0][:200]
-    fix = ('train in a new --workdir' if flag == 'workdir' else f'pass another --{flag}')
-    raise UsageError(f'--{flag}={value}: checkpoint {path} is damaged ({reason}); delete that '
-                     f'folder to use the checkpoint before it, or {fix}') from None
+    train_lib.check_checkpoint_index(pathlib.Path(folder or value), fix)
+  except train_lib.CheckpointError as err:
+    raise UsageError(f'--{flag}={value}: {err}') from None
 
 
 def _check_benchmark_file(value, space_name: str, dataset: str | None, needs_accuracy: bool):
