@@ -173,7 +173,7 @@ class IntGraph:
           k = node.kernel[0]
           win = _windows(shifted, k, node.stride[0])
           acc = int_matmul(win.reshape(-1, k * k * win.shape[-1]),
-                            l.weight.reshape(len(l.weight), -1).T).reshape(win.shape[:3] + (-1,))
+                           l.weight.reshape(len(l.weight), -1).T).reshape(win.shape[:3] + (-1,))
         else:
           k = node.kernel[0]
           win = _windows(x.astype(np.int64) - zp_in, k, node.stride[0])

@@ -112,7 +112,7 @@ class GraphLayer(nn.Module):
           y if bias is None else y + bias)
     else:
       y = qat_layers.folded_layer(self, apply, x, qp_in, kernel, (gamma, beta) if bn else None,
-                       None if bn else bias, ctx)
+                                  None if bn else bias, ctx)
     return ActQuant(name='out_q')(_activate(y, node.activation), ctx)
 
 

@@ -145,3 +145,18 @@ def init_variables(key, model: nn.Module, input_shape) -> dict:
   x = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
   # jitted: run eagerly, init compiles each of its hundreds of small ops on its own
   return dict(jax.jit(lambda k, x: model.init(k, x, train=False))(key, x))
+
+
+def init_calibrated(variables: dict, fp32_model: nn.Module, folded_model: nn.Module,
+                    images) -> dict:
+  """An untrained int8 model: `variables` (initial weights) with BN statistics of `images`
+  (normalised float [N, H, W, C]; a network without BN has none) and activation ranges
+  calibrated on them. Enough to export and count work (an emulator's instruction counts do not
+  depend on training)."""
+  x = jnp.asarray(images)
+  if variables.get('batch_stats'):
+    stats = jax.jit(lambda v, x: fp32_model.apply(v, x, train=True, mutable=['batch_stats'])[1][
+        'batch_stats'])
+    for _ in range(3):  # the running mean settles towards the batch's statistics
+      variables = {**variables, 'batch_stats': stats(variables, x)}
+  return calibrate(folded_model, variables, [x])

@@ -15,8 +15,8 @@ the clipping range; zero outside it), so a float model trains against the int8 g
 Why not a library: AQT (google/aqt, the JAX quantization library) injects quantization into the
 operands of dot_general/conv for accelerator training and serving; it has no BatchNorm folding,
 no TFLite int32 biases and no TFLite-Micro fixed-point requantization, and the scheme here must
-match the integer references (`engine.graph_int`, `search_spaces.nb201.integer`) in everything but rounding ties. So it is
-written out (about a hundred lines).
+match the integer references (`engine.graph_int`, `search_spaces.nb201.integer`) in everything
+but rounding ties. So it is written out (about a hundred lines).
 """
 from __future__ import annotations
 

@@ -49,19 +49,11 @@ class Trainable:
 
 
 def init_calibrated(net: Trainable, key, images) -> dict:
-  """An untrained int8 model of `net`: initial weights from `key`, BN statistics of `images`
-  (normalised float [N, H, W, C]) and activation ranges calibrated on them. Enough to export
-  and count work (an emulator's instruction counts do not depend on training)."""
-  import jax
-  import jax.numpy as jnp
-  v = net.init(key)
-  x = jnp.asarray(images)
-  if v.get('batch_stats'):  # a network without BN (tinycnn's biased convs) has none
-    stats = jax.jit(lambda v, x: net.model_fn('fp32').apply(
-        v, x, train=True, mutable=['batch_stats'])[1]['batch_stats'])
-    for _ in range(3):  # the running mean settles towards the batch's statistics
-      v = {**v, 'batch_stats': stats(v, x)}
-  return net.calibrate(v, [x])
+  """An untrained int8 model of `net` from `key`, its BN statistics and ranges from `images`
+  (`qat_layers.init_calibrated`)."""
+  from engine import qat_layers
+  return qat_layers.init_calibrated(net.init(key), net.model_fn('fp32'), net.model_fn('folded'),
+                                    images)
 
 
 def graph_trainable(space_name: str, arch: str, num_classes: int = 0) -> Trainable:

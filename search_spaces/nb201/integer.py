@@ -204,7 +204,7 @@ class IntNetwork(nb201_net.Backend):
     if self.xp is np:
       cols = _im2col((t.q - t.zero_point).astype(np.float32), k, stride)
       acc = int_matmul(cols.reshape(-1, cols.shape[-1]),
-                        layer.weight.reshape(-1, layer.weight.shape[-1]))
+                       layer.weight.reshape(-1, layer.weight.shape[-1]))
       acc = acc.reshape(cols.shape[:3] + (-1,))
     else:
       acc = _xla_int_conv(t.q, t.zero_point, layer.weight, k, stride)

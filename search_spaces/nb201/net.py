@@ -18,9 +18,11 @@ which is how the NTK's `independent` variant holds them fixed). `apply` returns 
 it used, so a caller can compute them once and feed them back.
 
 `network` is the one walk of the network; other executions are backends of it: the QAT / int8
-Flax model (`search_spaces.nb201.qat.QATNetwork`, which in fp32 mode with batch statistics equals this
-supernet's single path given the same weights, `nb201.qat_variables.variables_from_supernet`), the
-integer reference (`search_spaces.nb201.integer`) and the hardware lowering (`search_spaces.nb201.graph`).
+Flax model (`search_spaces.nb201.qat.QATNetwork`, which in fp32 mode with batch statistics
+equals this supernet's single path given the same weights,
+`nb201.qat_variables.variables_from_supernet`), the integer reference
+(`search_spaces.nb201.integer`), the .tflite (`search_spaces.nb201.tflite`) and the hardware
+lowering (`search_spaces.nb201.graph`).
 The walk's names in `PUBLIC_WALK` are this module's interface to code outside the NB201 package;
 everything else here (the supernet, its parameter layout) is NB201's own
 (tests/import_rules_test.py holds other modules to that).

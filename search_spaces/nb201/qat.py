@@ -95,8 +95,8 @@ class QConv(nn.Module):
       if self.bn:
         y = qat_layers.batch_norm(self, y, gamma, beta, ctx, (0, 1, 2))
     else:
-      y = qat_layers.folded_layer(self, lambda x, w: conv2d(x, w, self.stride), x, qp_in, kernel,
-                       (gamma, beta) if self.bn else None, None, ctx)
+      y = qat_layers.folded_layer(self, lambda x, w: conv2d(x, w, self.stride), x, qp_in,
+                                  kernel, (gamma, beta) if self.bn else None, None, ctx)
     return ActQuant(name='out_q')(y, ctx)
 
 
@@ -113,8 +113,8 @@ class QAffine(nn.Module):
     if ctx.mode == 'fp32':
       y = qat_layers.batch_norm(self, x, gamma, beta, ctx, (0, 1, 2))
     else:  # BN folded into a [1, C] kernel of ones: y = x * a + b
-      y = qat_layers.folded_layer(self, lambda x, a: x * a[0], x, qp_in, jnp.ones((1, c)), (gamma, beta),
-                       None, ctx)
+      y = qat_layers.folded_layer(self, lambda x, a: x * a[0], x, qp_in, jnp.ones((1, c)),
+                                  (gamma, beta), None, ctx)
     return ActQuant(name='out_q')(y, ctx)
 
 
@@ -244,13 +244,8 @@ def calibrate(variables: dict, ops, config: NB201Config, batches) -> dict:
 
 
 def init_calibrated(key, ops, config: NB201Config, images) -> dict:
-  """An untrained int8 model: initial weights, BN statistics of `images` (normalised float
-  [N, H, W, C]) and activation ranges calibrated on them. Enough to export and count work
-  (the emulator's instruction counts do not depend on training)."""
-  v = init_variables(key, ops, config)
-  stats = jax.jit(lambda v, x: QATNetwork(tuple(ops), config, 'fp32').apply(
-      v, x, train=True, mutable=['batch_stats'])[1]['batch_stats'])
-  x = jnp.asarray(images)
-  for _ in range(3):  # the running mean settles towards the batch's statistics
-    v = {**v, 'batch_stats': stats(v, x)}
-  return calibrate(v, ops, config, [x])
+  """An untrained int8 model (`qat_layers.init_calibrated`) at any `config`."""
+  ops = tuple(ops)
+  return qat_layers.init_calibrated(init_variables(key, ops, config),
+                                    QATNetwork(ops, config, 'fp32'),
+                                    QATNetwork(ops, config, 'folded'), images)
