@@ -151,11 +151,7 @@ def main(argv):
     common.fail('--width and --cells must be positive')
   try:  # before any emulation
     space = registry.get(_SPACE.value)
-    sized = [f'--{f}' for f in ('width', 'cells') if flags.FLAGS[f].present]
-    if sized and space.trainable is None:
-      raise ValueError(f'{" and ".join(sized)}: only a space with a network of its own (nb201) '
-                       f'has a width and cells; {space.name} runs at its own size, leave '
-                       f'{"them" if len(sized) > 1 else "it"} out')
+    common.check_size_flags(space, 'runs')
     hardware.get_device(_DEVICE.value)
     common.check_output_file(_OUT.value, 'out', 'bench_mcu.csv')
   except (ValueError, registry.SpaceError) as err:

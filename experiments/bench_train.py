@@ -40,11 +40,7 @@ def main(argv):
     if _ARCH.value is None and space.name != registry.DEFAULT:
       raise ValueError(f'--search_space={space.name} needs --arch=<a {space.name} arch string>')
     arch = train_exp.arch_from_flag(_ARCH.value or '6111', search_space=space.name)
-    sized = [f'--{f}' for f in ('width', 'cells') if flags.FLAGS[f].present]
-    if sized and space.trainable is None:
-      raise ValueError(f'{" and ".join(sized)}: only a space with a network of its own (nb201) '
-                       f'has a width and cells; {space.name} trains at its own size, leave '
-                       f'{"them" if len(sized) > 1 else "it"} out')
+    common.check_size_flags(space, 'trains')
     if min(_WIDTH.value, _CELLS.value, _BATCH.value, _STEPS.value) < 1:
       raise ValueError('--width, --cells, --batch and --steps must be positive')
     net = trainable.trainable(space.name, arch, C=_WIDTH.value, N=_CELLS.value)

@@ -413,9 +413,10 @@ READ_WHEN = {
              lambda f, space: f.archs.strip().startswith('random:')),
     'chunk_size': (('score',), '--workdir (its resumable chunks)',
                    lambda f, space: f['workdir'].present),
-    # the other spaces train at their own size (their lowered graph)
-    'train_width': (('train', 'pipeline'), 'nb201', lambda f, space: space.name == 'nb201'),
-    'train_cells': (('train', 'pipeline'), 'nb201', lambda f, space: space.name == 'nb201'),
+    # C and N size a space's own network (`SearchSpace.trainable`: nb201's); the other spaces
+    # train at their own size (their lowered graph)
+    'train_width': (('train', 'pipeline'), 'nb201', lambda f, space: space.trainable is not None),
+    'train_cells': (('train', 'pipeline'), 'nb201', lambda f, space: space.trainable is not None),
 }
 
 
