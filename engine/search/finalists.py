@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import pathlib
 import time
 
@@ -78,7 +79,8 @@ class Finalists:
       raise data_lib.DataError(
           f'--finalists trains on {len(train_part.images)} images of --data_dir={self.data_dir} '
           f'(the rest validates), fewer than one batch of {cfg.batch_size}; pass a --data_dir '
-          f'with at least {-(-cfg.batch_size * 5 // 4)} training images, or --finalists=0')
+          f'with at least {math.ceil(cfg.batch_size / (1 - VAL_FRACTION))} training images, or '
+          f'--finalists=0')
     return self._data[size]
 
   def folder(self, cfg) -> pathlib.Path:
