@@ -67,7 +67,8 @@ def measure(net, target: str, device: str, workdir) -> dict:
   want = ref.logits(x[:1])
   m = export.measure(project, mcu.run(workdir, q, target), want, elf, net.graph, target, device)
   if m['bitexact_fraction'] != 1.0:
-    raise RuntimeError(f'{net.arch}: emulated logits differ from the integer reference')
+    raise export.VerificationFailed(f'{net.arch}: the emulated logits differ from the integer '
+                                    f'reference')
   s = m['sizes']
   return {'arch': net.arch, 'target': target, 'width': net.size.get('C', ''),
           'cells': net.size.get('N', ''),
@@ -192,7 +193,15 @@ def main(argv):
       if key in done:
         continue
       t0 = time.perf_counter()
-      row = measure(net, _TARGET.value, _DEVICE.value, os.path.join(tmp, str(i)))
+      try:
+        row = measure(net, _TARGET.value, _DEVICE.value, os.path.join(tmp, str(i)))
+      except Exception as err:  # pylint: disable=broad-except (re-raised unless a failed check)
+        # a C project that does not build or run, or emulated logits that differ: one line and
+        # the verification exit code; the rows measured so far stay in --out
+        failed = common.failed_verification_message(err)
+        if failed is None:
+          raise
+        common.fail(failed, common.VERIFICATION_FAILED_EXIT)
       w.writerow(row)
       f.flush()
       done[key] = {k: str(v) for k, v in row.items()}

@@ -91,3 +91,30 @@ def test_any_space_is_measured_and_a_width_off_nb201_is_refused(tmp_path):
   rows = out.read_text().splitlines()[1:]
   assert len(rows) == 3 and all('swish' not in r and ',m4,,,' in r for r in rows), rows
   assert 'tinycnn runs at its own size' in stderr.strip().splitlines()[-1]
+
+
+_FAILING = r'''
+import sys
+from deploy import export, mcu
+from experiments import bench_mcu
+from absl import flags
+
+def failing_measure(net, target, device, workdir):
+  raise export.VerificationFailed(f'{net.arch}: the emulated logits differ from the integer '
+                                  f'reference')
+bench_mcu.measure = failing_measure
+mcu.tools_missing = lambda target: None
+flags.FLAGS(['bench_mcu', '--search_space=tinycnn', '--archs=2', f'--out={sys.argv[1]}'])
+bench_mcu.main(['bench_mcu'])
+'''
+
+
+def test_a_failed_emulator_check_is_one_line_and_the_verification_exit_code(tmp_path):
+  """It was a RuntimeError traceback (exit 1)."""
+  result = subprocess.run([sys.executable, '-c', _FAILING, str(tmp_path / 'b.csv')],
+                          cwd=cli.REPO, env=cli.subprocess_env(), capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 3, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith('error: verification failed: f')
+  assert 'differ from the integer reference' in result.stderr
