@@ -19,6 +19,10 @@ def test_smokes_training_has_the_float_steps_qat_from_scratch_needs(experiment):
   train_cfg.check_schedule(steps_per_epoch)  # raises as the trainer would
 
 
+# slow (48 s cold, the default suite's longest): the pipeline's search -> QAT -> export path on
+# an image folder stays in the default suite (tests/pipeline_test.py), and the smoke schedule's
+# float steps through the test above
+@pytest.mark.slow
 def test_the_smoke_pipeline_runs_end_to_end_on_cifar10(data_dir, tmp_path, capsys):
   """First contact: `--experiment=pipeline --config=smoke` on the CIFAR-10 batches learns
   enough to pass the at-chance guard and ends verified (it once stopped there, then at chance)."""
