@@ -325,7 +325,9 @@ def _record(space, f, seed, result, wall, constraints, table, acc, best_feasible
              # per proxy term over the final pool's feasible candidates: how many were flagged
              # and how many distinct values the rest took (a pick is never made without one term
              # that separates them: engine.search.UninformativeScores)
-             proxy_evidence=result.evidence)
+             proxy_evidence=result.evidence,
+             # the candidates that shared the best objective (the largest won), if any
+             tied=[space.encode(table.archs[j]) for j in result.tied])
   rec['test_acc'] = _true_acc(acc, i)
   if result.trace:  # the anytime curve: [archs scored, arch, true test acc or None]
     rec['trace'] = [[n, space.encode(table.archs[j]), _true_acc(acc, j)]

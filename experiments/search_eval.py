@@ -226,6 +226,9 @@ def run_cells(workdir: pathlib.Path, datasets, budgets, seeds, half: str,
             result, _ = search_exp.choose_finalist(stage, problem, result)
             extra['finalist_s'] = time.perf_counter() - t0
           picks = {f.rerank_pool: result.index}
+          if result.tied:  # the candidates that shared the best objective, largest first
+            extra['tied'] = [dict(arch_str=space.encode(c.table.archs[i]),
+                                  acc=float(c.acc[i])) for i in result.tied]
         for pool, index in picks.items():
           row = dict(cell_row, rerank_pool=pool, arch_str=space.encode(c.table.archs[index]),
                      search=float(c.acc[index]), feasible=bool(c.table.feasible[index]),
@@ -250,7 +253,7 @@ def _pool_picks(problem, seed: int, pools, search_lib) -> dict:
   picks = {}
   for pool in sorted(pools):
     fit = problem.objective({n: v[:pool] for n, v in values.items()}, ok[:pool])
-    picks[pool] = int(order[int(np.argmax(fit))])
+    picks[pool] = int(order[search_lib.best_position(problem, order[:pool], fit)[0]])
   return picks
 
 

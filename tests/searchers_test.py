@@ -161,20 +161,66 @@ def test_a_proxy_that_tells_nothing_apart_stops_the_search(name, mode, says):
   assert common.user_error_message(info.value) == str(info.value)
 
 
-def test_an_aggregate_tie_of_disagreeing_components_says_so():
-  """An aggregate equal on every candidate because its components disagree (their ranks cancel)
-  stops the search like any tie, and the message names the components that do differ: before,
-  it read as though no proxy told the candidates apart."""
+def _two_archs_problem(proxies='agg:synflow+jacob_cov:rank'):
+  """tinycnn's table, two feasible archs of different size (smaller first in table order)."""
   table = search_exp.space_table(registry.get('tinycnn'), search.Constraints())
+  order = searchers.size_order(table)
+  pair = np.array([order[len(order) // 2], order[len(order) // 3]])  # small, then large
+  assert table.costs['params'][pair[1]] > table.costs['params'][pair[0]]
   scorer = types.SimpleNamespace(higher_is_better={'synflow': True, 'jacob_cov': True})
-  problem = search.Problem(table, scorer, 'agg:synflow+jacob_cov:rank', search.Weights())
+  return search.Problem(table, scorer, proxies, search.Weights()), pair
+
+
+def test_an_aggregate_tie_of_disagreeing_components_is_noted_not_a_stop():
+  """An aggregate equal on every candidate because its components disagree (their ranks cancel)
+  is conflicting evidence, not none: the search goes on, and the note names the components that
+  differ. Before, it stopped like a tie of proxies that measured nothing (prune's final pool of
+  two under `params+synflow+2*jacob_cov` on ~11% of held-out searches)."""
+  problem, pair = _two_archs_problem()
   values = {'synflow': np.array([1., 2.]), 'jacob_cov': np.array([2., 1.]),
-            **{c: table.costs[c][:2] for c in search.COST_NAMES}}
-  with pytest.raises(search.UninformativeScores, match='equal on all 2, though its components '
-                     'synflow, jacob_cov differ'):
+            **{c: problem.table.costs[c][pair] for c in search.COST_NAMES}}
+  log = []
+  assert searchers.check_evidence(problem, values, np.array([True, True]), 'the pool', log)
+  assert any('equal on all 2, though its components synflow, jacob_cov differ' in line
+             for line in log), log
+  # every component equal too: nothing told them apart, which still stops the search
+  values.update(synflow=np.array([1., 1.]), jacob_cov=np.array([1., 1.]))
+  with pytest.raises(search.UninformativeScores, match=r'equal on all 2\): a pick would be'):
     searchers.check_evidence(problem, values, np.array([True, True]), 'the pool')
-  values['jacob_cov'] = np.array([1., 1.])  # now synflow alone differs: the aggregate decides
-  assert searchers.check_evidence(problem, values, np.array([True, True]), 'the pool')
+
+
+def test_a_tie_at_the_top_goes_to_the_largest_candidate_and_is_listed():
+  """`best_position`: among candidates sharing the best objective the larger (parameters, then
+  MACs) wins, whatever the table order, and the tied ones are listed; argmax took the first in
+  table order."""
+  problem, pair = _two_archs_problem()
+  small, large = pair
+  assert searchers.best_position(problem, pair, np.array([1.0, 1.0])) == (1, [large, small])
+  assert searchers.best_position(problem, pair[::-1], np.array([1.0, 1.0])) == (0,
+                                                                                [large, small])
+  assert searchers.best_position(problem, pair, np.array([2.0, 1.0])) == (0, [])
+  assert searchers.best_position(problem, pair, np.array([-np.inf, 1.0])) == (1, [])
+  assert searchers.ranked(problem, pair, np.array([1.0, 1.0])) == [large, small]
+
+
+def test_a_search_whose_final_pool_cancels_out_picks_the_larger_arch():
+  """End to end through `_finish`: two candidates, synflow for one and jacob_cov for the other,
+  equal weights: the larger is picked, `Result.tied` lists both, and the log says why."""
+  problem, pair = _two_archs_problem()
+  small, large = pair
+
+  def score(idx, k=None):
+    first = np.asarray(idx) == small
+    return {'synflow': np.where(first, 2.0, 1.0), 'jacob_cov': np.where(first, 1.0, 2.0),
+            **{c: problem.table.costs[c][idx] for c in search.COST_NAMES}}
+
+  problem.score = score
+  log = []
+  result = searchers._finish(problem, pair, 0, log, k=2)
+  assert result.index == large and result.tied == [large, small]
+  assert result.ranked == [large, small]
+  assert any(line.startswith('note: 2 candidates of the final pool share the best objective; '
+                             'the largest') for line in log), log
 
 
 def test_an_aggregate_counts_and_notes_its_flagged_components():

@@ -4,12 +4,12 @@ from engine.search.objective import (COST_NAMES, OBJECTIVES, Constraints, Infeas
                                      Weights, parse_weights)
 from engine.search.problem import Problem, SpaceTable, build_table, make_scorer, space_costs
 from engine.search.searchers import (NEEDS_RELAXATION, PROGRESS_TOTAL, SEARCHERS, Options,
-                                     Result, SearchError, UninformativeScores, check, get,
-                                     rerank_pool, search, size_order)
+                                     Result, SearchError, UninformativeScores, best_position,
+                                     check, get, rerank_pool, search, size_order)
 
 __all__ = ['COST_NAMES', 'OBJECTIVES', 'Constraints', 'InfeasibleError', 'Weights',
            'parse_weights', 'Problem', 'SpaceTable', 'build_table', 'make_scorer',
            'space_costs',
            'NEEDS_RELAXATION', 'PROGRESS_TOTAL', 'SEARCHERS', 'Options', 'Result', 'SearchError',
            'UninformativeScores',
-           'check', 'get', 'rerank_pool', 'search', 'size_order']
+           'best_position', 'check', 'get', 'rerank_pool', 'search', 'size_order']

@@ -42,6 +42,13 @@ measured), or when no proxy term separates them and neither does the objective (
 weighted): argmax would return the first candidate in table order, which is not a choice. When
 the proxies tie but weighted cost terms decide, or some candidates are flagged, the result says
 so (`Result.evidence`, and `note:` lines in its log).
+
+Ties at the top. Where several candidates share the best objective, the largest of them
+(parameters, then MACs: `size_order`) wins, and the result lists them (`Result.tied`, a `note:`
+line). This includes a rank aggregate tied because its components disagree (two candidates,
+`params + synflow + 2*jacob_cov` with jacob_cov against the other two: their ranks cancel).
+That is conflicting evidence, not absent evidence, so it does not stop the search; size is the
+prior the default search already uses (docs/search.md, "Ties at the top").
 """
 from __future__ import annotations
 
@@ -98,6 +105,9 @@ class Result:
   # table indices of the final candidates with a finite objective, best first: what a
   # finalist stage (`engine.search.finalists`) trains
   ranked: list = dataclasses.field(default_factory=list)
+  # table indices of the candidates that share the best objective when more than one does
+  # (largest first; the first is the pick), else []
+  tied: list = dataclasses.field(default_factory=list)
 
 
 def _cancelling(problem: Problem, name: str, values: dict, ok) -> str:
@@ -135,7 +145,10 @@ def check_evidence(problem: Problem, values: dict, ok, where: str, log=None,
     return None
   dead = {name: state(name, e) for name, e in evidence.items()}
   all_flagged = all(e['flagged'] == e['candidates'] for e in evidence.values())
-  if all(dead.values()):
+  # an aggregate tied because its components disagree is conflicting evidence, not none: the
+  # tie at the top goes to the largest candidate (`best_position`)
+  conflicting = any('(their ranks cancel out)' in (d or '') for d in dead.values())
+  if all(dead.values()) and not conflicting:
     fit = problem.objective(values, ok)[ok]
     tied = len(np.unique(fit[np.isfinite(fit)])) < 2
     if tied and not all_flagged and idx is not None and problem.table.one_network(
@@ -388,7 +401,8 @@ def evolution(problem: Problem, rng: np.random.Generator, options: Options,
   return Result(int(i), problem.table.archs[i], fit,
                 {n: float(v[list(archive.indices).index(i)]) for n, v in archive.values.items()},
                 archive.size, 0.0, 0.0, log, trace(problem, archive.indices, archive.values),
-                archive.evidence, ranked(archive.indices, archive.fitness()[archive.indices]))
+                archive.evidence,
+                ranked(problem, archive.indices, archive.fitness()[archive.indices]), archive.tied)
 
 
 def _mutate(problem: Problem, parents, rng: np.random.Generator) -> np.ndarray:
@@ -428,6 +442,7 @@ class _Archive:
     self.indices = np.zeros(0, np.int64)
     self.values: dict[str, np.ndarray] = {}
     self.evidence: dict = {}  # set by best()
+    self.tied: list = []
 
   @property
   def size(self) -> int:
@@ -453,7 +468,8 @@ class _Archive:
     self.evidence = check_evidence(self.problem, self.values,
                                    self.problem.table.feasible[self.indices], 'the archive', log)
     fit = self.fitness()[self.indices]
-    i = int(np.argmax(fit))
+    i, self.tied = best_position(self.problem, self.indices, fit)
+    _note_tie(log, self.tied, 'the archive')
     return self.indices[i], float(fit[i])
 
 
@@ -467,14 +483,39 @@ def trace(problem: Problem, idx, values: dict) -> list[tuple[int, int]]:
   for n in steps:
     fit = problem.objective({k: v[:n] for k, v in values.items()},
                             problem.table.feasible[idx[:n]])
-    out.append((int(n), int(idx[:n][int(np.argmax(fit))])))
+    out.append((int(n), int(idx[:n][best_position(problem, idx[:n], fit)[0]])))
   return out
 
 
-def ranked(idx, fit) -> list[int]:
-  """The table indices `idx` with a finite objective `fit`, best first (ties in `idx` order)."""
-  order = np.argsort(-np.asarray(fit), kind='stable')
-  return [int(idx[j]) for j in order if np.isfinite(fit[j])]
+def _order(problem: Problem, idx, fit) -> np.ndarray:
+  """Positions in `idx` by the objective `fit`, best first; ties go to the larger arch
+  (parameters, then MACs), then to `idx` order."""
+  idx = np.asarray(idx, np.int64)
+  costs = problem.table.costs
+  fit = np.where(np.isfinite(fit), fit, -np.inf)
+  return np.lexsort((np.arange(len(idx)), -costs['macs'][idx], -costs['params'][idx], -fit))
+
+
+def best_position(problem: Problem, idx, fit) -> tuple[int, list[int]]:
+  """(position in `idx` of the best by the objective `fit`, the table indices tied with it
+  when more than one candidate shares the best finite value, largest first; else [])."""
+  fit = np.asarray(fit, np.float64)
+  order = _order(problem, idx, fit)
+  top = fit[order[0]]
+  tied = [int(idx[j]) for j in order if fit[j] == top] if np.isfinite(top) else []
+  return int(order[0]), tied if len(tied) > 1 else []
+
+
+def _note_tie(log, tied, where: str):
+  if tied and log is not None:
+    log.append(f'note: {len(tied)} candidates of {where} share the best objective; the largest '
+               f'(parameters, then MACs) is taken')
+
+
+def ranked(problem: Problem, idx, fit) -> list[int]:
+  """The table indices `idx` with a finite objective `fit`, best first (ties: the larger
+  first, as `best_position`)."""
+  return [int(idx[j]) for j in _order(problem, idx, fit) if np.isfinite(fit[j])]
 
 
 def _finish(problem: Problem, idx, scored: int, log, k: int | None = None,
@@ -494,12 +535,14 @@ def _finish(problem: Problem, idx, scored: int, log, k: int | None = None,
   ok = problem.table.feasible[idx]
   evidence = check_evidence(problem, values, ok, 'the final pool', log, idx)
   fit = problem.objective(values, ok)
-  i = int(np.argmax(fit))
+  i, tied = best_position(problem, idx, fit)
   if not np.isfinite(fit[i]):
     raise obj.InfeasibleError('the search found no feasible arch; raise the budgets')
+  _note_tie(log, tied, 'the final pool')
   return Result(int(idx[i]), problem.table.archs[idx[i]], float(fit[i]),
                 {n: float(v[i]) for n, v in values.items()}, scored + len(idx), 0.0, 0.0, log,
-                trace(problem, idx, values) if anytime else [], evidence, ranked(idx, fit))
+                trace(problem, idx, values) if anytime else [], evidence,
+                ranked(problem, idx, fit), tied)
 
 
 SEARCHERS: dict[str, Callable] = {'rerank': rerank, 'prune': prune, 'grad_prune': grad_prune,
