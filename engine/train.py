@@ -103,8 +103,8 @@ class TrainConfig:
   # classes of the network's head; 0: the dataset's (the space's `datasets`). A run on the
   # user's own data (an image folder or .npz, engine/data.py) records its data's class count.
   num_classes: int = 0
-  # C and N size a space's own network (`SearchSpace.trainable`: NB201's); the others train at
-  # their own size
+  # C and N size the network of a space with size settings (`SearchSpace.sized_lower`: NB201's);
+  # the others train at their own size
   search_space: str = registry.DEFAULT
 
   def network(self):
@@ -658,8 +658,8 @@ def evaluate(cfg: TrainConfig, variables, test_set, eval_fns, log=print) -> dict
   counts = net.weight_counts()
   res['int8_weight_bytes'] = counts['weights']
   res['int32_bias_count'] = counts['biases']
-  if 'head_bn_affine' in counts:  # NB201's head BN: an affine the hardware model does not count
-    res['head_bn_affine'] = counts['head_bn_affine']
+  if 'batchnorm_affine' in counts:  # BNs on their own (NB201's head): the hardware model does
+    res['batchnorm_affine'] = counts['batchnorm_affine']  # not count them
   res['hardware_model'] = hardware_weight_counts(net_.graph)
   return res
 

@@ -1,15 +1,17 @@
 """One arch's network as the trainer (`engine.train`) and the exporter (`deploy.export`) see it,
 whatever its search space; nothing here names a space.
 
-  * by default, the arch's lowered hardware graph (`SearchSpace.lower`, the network its costs
-    are computed on) run by `engine.graph_qat` (Flax, fp32 / folded / QAT), `engine.graph_int`
-    (integers) and `deploy.graph_tflite` (the .tflite);
-  * a space that trains and exports its own network gives it as `SearchSpace.trainable` (NB201:
-    its one walk's Flax, integer and TFLite backends at the trained width C and cells N,
-    `search_spaces.nb201.trainable`).
+Every space trains and exports the arch's lowered hardware graph (the network its costs are
+computed on), run by `engine.graph_qat` (Flax, fp32 / folded / QAT), `engine.graph_int`
+(integers) and `deploy.graph_tflite` (the .tflite):
+  * by default `SearchSpace.lower`'s graph at the space's own size;
+  * a space with size settings (NB201: width C and cells N, `--train_width`, `--train_cells`)
+    gives the graph at those settings with its constants kept (`SearchSpace.sized_lower`,
+    `hardware.graph.prune(constants=True)`), and the kernel inits of its layers without BN
+    (`SearchSpace.train_inits`).
 
-Both give the same `Trainable`: the model per mode, init, calibration, the integer reference and
-the .tflite, the lowered graph and the input size.
+`Trainable` holds the model per mode, init, calibration, the integer reference and the
+.tflite, the hardware graph and the input size.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class IntReference:
   quantize_input: Callable[[np.ndarray], np.ndarray]   # -> int8 values (int array)
   input_qparams: tuple[float, int]
   weight_counts: Callable[[], dict]
+  reference: Callable[[np.ndarray], np.ndarray] = None  # the same logits, numpy, eager
 
   def predict(self, x) -> np.ndarray:
     return np.argmax(self.logits(x), -1)
@@ -56,50 +59,57 @@ def init_calibrated(net: Trainable, key, images) -> dict:
                                     images)
 
 
-def graph_trainable(space_name: str, arch: str, num_classes: int = 0) -> Trainable:
-  """A plug-in space's arch through its lowered graph (`engine.graph_qat`); raises ValueError
-  (one line) for an arch the space cannot decode or the int8 path cannot run."""
+def graph_trainable(space_name: str, arch: str, num_classes: int = 0, *, C: int = 16, N: int = 5,
+                    dataset: str = 'cifar10') -> Trainable:
+  """An arch through its lowered graph (`engine.graph_qat`, `engine.graph_int`,
+  `deploy.graph_tflite`); raises ValueError (one line) for an arch the space cannot decode or the
+  int8 path cannot run. A space with size settings (`SearchSpace.sized_lower`) lowers it at
+  width C and cells N with its constants kept; the hardware graph is then that graph's `prune`."""
   from deploy import graph_tflite
   from engine import graph_int, graph_qat
+  from hardware import graph as graph_lib
   from search_spaces import registry
   space = registry.get(space_name)
   decoded = space.decode(arch)
-  classes = num_classes or space.num_classes
-  graph = space.lower(decoded, space.shape_of(space.group(decoded)), classes)
+  if space.sized_lower is not None:
+    graph = space.sized_lower(decoded, C=C, N=N, dataset=dataset, num_classes=num_classes)
+    hardware_graph, size = graph_lib.prune(graph), {'C': C, 'N': N}
+  else:
+    graph = space.lower(decoded, space.shape_of(space.group(decoded)),
+                        num_classes or space.num_classes)
+    hardware_graph, size = graph, {}
   graph_qat.check_graph(graph)
+  inits = tuple(space.train_inits)
 
   def integer(variables, rounding='tflm'):
     net = graph_int.IntGraph(variables, graph, rounding=rounding)
-    return IntReference(net.logits, net.quantize_input, net.act(0), net.weight_counts)
+    return IntReference(net.logits, net.quantize_input, net.act(0), net.weight_counts,
+                        net.reference_logits)
 
   return Trainable(
-      space_name, space.encode(decoded), lambda mode: graph_qat.GraphNetwork(graph, mode),
-      lambda key: graph_qat.init_variables(key, graph),
+      space_name, space.encode(decoded), lambda mode: graph_qat.GraphNetwork(graph, mode, inits),
+      lambda key: graph_qat.init_variables(key, graph, inits),
       lambda v, batches: graph_qat.calibrate(v, graph, batches), integer,
       lambda v, description: graph_tflite.to_tflite(
           graph, graph_int.IntGraph(v, graph), description=description),
-      graph, graph.nodes[0].shape[0], classes)
+      hardware_graph, graph.nodes[0].shape[0], graph.nodes[-1].shape[2], size=size)
 
 
 def trainable(space: str, arch: str, *, C: int = 16, N: int = 5, dataset: str = 'cifar10',
               num_classes: int = 0) -> Trainable:
-  """`arch` of the registered space `space`; C and N size a space's own network where it has
-  size settings (`SearchSpace.trainable`), and are not read otherwise."""
-  from search_spaces import registry
-  own = registry.get(space).trainable
-  if own is not None:
-    return own(arch, C=C, N=N, dataset=dataset, num_classes=num_classes)
-  return graph_trainable(space, arch, num_classes)
+  """`arch` of the registered space `space`; C and N size a space's network where it has
+  size settings (`SearchSpace.sized_lower`), and are not read otherwise."""
+  return graph_trainable(space, arch, num_classes, C=C, N=N, dataset=dataset)
 
 
 def int8_exportable(space_name: str):
-  """None when every arch of the space trains and exports in int8 (a space with its own
-  `trainable`: NB201), else a predicate arch -> bool: its lowered graph has only ops the int8
-  path runs (tinycnn: not swish)."""
+  """None when every arch of the space trains and exports in int8 (a space with size settings,
+  `SearchSpace.sized_lower`: NB201), else a predicate arch -> bool: its lowered graph has only
+  ops the int8 path runs (tinycnn: not swish)."""
   from engine import graph_qat
   from search_spaces import registry
   space = registry.get(space_name)
-  if space.trainable is not None:
+  if space.sized_lower is not None:
     return None
 
   def ok(arch) -> bool:

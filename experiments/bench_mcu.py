@@ -161,7 +161,7 @@ def main(argv):
   if why:
     common.fail(why)
   nets = _archs(space, _ARCHS.value, _SEED.value,
-                {'C': _WIDTH.value, 'N': _CELLS.value} if space.trainable else {})
+                {'C': _WIDTH.value, 'N': _CELLS.value} if space.sized_lower else {})
   if len(nets) < 2:
     common.fail(f'{space.name} has fewer than 2 archs with an int8 path in its samples; '
                 f'nothing to rank')

@@ -278,15 +278,15 @@ def check_train_run(value, flag: str, fix: str | None = None):
 
 
 def check_size_flags(space, verb: str = 'trains', names=('width', 'cells')):
-  """A tool's `--width`/`--cells` (C and N) size a space's network of its own
-  (`SearchSpace.trainable`); given for a space without one (it trains at its own size), a
+  """A tool's `--width`/`--cells` (C and N) size the network of a space with size settings
+  (`SearchSpace.sized_lower`); given for a space without them (it trains at its own size), a
   UsageError naming them."""
   from absl import flags
   from search_spaces import registry
   given = [f'--{name}' for name in names if flags.FLAGS[name].present]
-  if given and space.trainable is None:
-    own = ', '.join(n for n in registry.names() if registry.get(n).trainable is not None)
-    raise UsageError(f'{" and ".join(given)}: only a space with a network of its own ({own}) '
+  if given and space.sized_lower is None:
+    own = ', '.join(n for n in registry.names() if registry.get(n).sized_lower is not None)
+    raise UsageError(f'{" and ".join(given)}: only a space with size settings ({own}) '
                      f'has a width and cells; {space.name} {verb} at its own size, leave '
                      f'{"them" if len(given) > 1 else "it"} out')
 

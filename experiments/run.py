@@ -413,10 +413,12 @@ READ_WHEN = {
              lambda f, space: f.archs.strip().startswith('random:')),
     'chunk_size': (('score',), '--workdir (its resumable chunks)',
                    lambda f, space: f['workdir'].present),
-    # C and N size a space's own network (`SearchSpace.trainable`: nb201's); the other spaces
-    # train at their own size (their lowered graph)
-    'train_width': (('train', 'pipeline'), 'nb201', lambda f, space: space.trainable is not None),
-    'train_cells': (('train', 'pipeline'), 'nb201', lambda f, space: space.trainable is not None),
+    # C and N size the network of a space with size settings (`SearchSpace.sized_lower`:
+    # nb201's); the other spaces train at their own size
+    'train_width': (('train', 'pipeline'), 'nb201',
+                    lambda f, space: space.sized_lower is not None),
+    'train_cells': (('train', 'pipeline'), 'nb201',
+                    lambda f, space: space.sized_lower is not None),
 }
 
 

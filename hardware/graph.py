@@ -41,6 +41,7 @@ INPLACE_OPS = frozenset({'activation', 'batchnorm', 'add'})  # may overwrite a d
 # parameter-free single-input ops: two of them with equal attributes on the same input compute
 # the same tensor (common-subexpression elimination, `duplicate_of`)
 MERGEABLE_OPS = frozenset({'avg_pool', 'max_pool', 'global_avg_pool', 'activation'})
+PADDINGS = ('same', 'valid', 'symmetric')
 ACTIVATIONS = ('relu', 'relu6', 'swish', 'sigmoid', 'tanh', 'softmax')
 
 # Latency feature columns: per-node work counts that cost models weigh per (device, runtime).
@@ -71,10 +72,17 @@ class Node:
   # add only (pruned graphs): positions of folded constant operands in the add's chain of
   # len(inputs) + len(const_slots) operands; each is one int8 channel vector in flash
   const_slots: tuple[int, ...] = ()
+  # conv / pool windows: 'same' (TensorFlow's: at an even total the extra row and column go
+  # after; an average pool divides by its in-bounds taps), 'valid' (none), 'symmetric'
+  # (PyTorch's k // 2 on every side, zeros). Costs do not read it: the shape says what it does
+  padding: str = 'same'
 
   def __post_init__(self):
     if self.op not in OPS:
       raise ValueError(f'unknown op {self.op!r}; valid ops: {", ".join(OPS)}')
+    if self.padding not in PADDINGS:
+      raise ValueError(f'{self.name}: unknown padding {self.padding!r}; valid: '
+                       f'{", ".join(PADDINGS)}')
     if self.const_slots and (self.op != 'add' or list(self.const_slots) != sorted(
         set(self.const_slots)) or self.const_slots[-1] >= self.operands):
       raise ValueError(f'{self.name}: const_slots {self.const_slots} must be increasing '
@@ -122,7 +130,7 @@ def validate(graph: Graph) -> None:
       raise ValueError('only node 0 may be an input')
     if any(j < 0 or j >= i for j in node.inputs):
       raise ValueError(f'node {i} ({node.name}) has a non-topological input {node.inputs}')
-    if i and not node.inputs:
+    if i and not node.inputs and node.op != 'add':  # an add of nothing: a zero tensor
       raise ValueError(f'node {i} ({node.name}) has no input')
     if node.gate >= graph.num_gates or node.width >= graph.num_widths:
       raise ValueError(f'node {i} ({node.name}) gate/width index out of range')
@@ -134,7 +142,24 @@ def validate(graph: Graph) -> None:
 def _out_size(size: int, kernel: int, stride: int, padding: str) -> int:
   if padding == 'same':
     return math.ceil(size / stride)
+  if padding == 'symmetric':
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
   return (size - kernel) // stride + 1
+
+
+def window_pads(node: Node, in_shape) -> tuple[tuple[int, int], tuple[int, int]]:
+  """((top, bottom), (left, right)) rows and columns a conv / pool node pads its input with,
+  by its `padding`, for an input of shape (H, W, C)."""
+  out = []
+  for size, k, s in zip(in_shape[:2], node.kernel, node.stride):
+    if node.padding == 'valid':
+      out.append((0, 0))
+    elif node.padding == 'symmetric':
+      out.append((k // 2, k // 2))
+    else:
+      total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+      out.append((total // 2, total - total // 2))
+  return tuple(out)
 
 
 class GraphBuilder:
@@ -163,7 +188,7 @@ class GraphBuilder:
     shape = (_out_size(h, kh, sh, padding), _out_size(w, kw, sw, padding), filters)
     kw_ = dict(op='conv2d', inputs=(x,), shape=shape, kernel=(kh, kw), stride=(sh, sw),
                groups=groups, bias=bias or folded_bn, folded_bn=folded_bn, activation=activation,
-               gate=gate, width=width)
+               gate=gate, width=width, padding=padding)
     return self._add(name=name, **kw_) if name else self._add(**kw_)
 
   def pointwise_conv2d(self, x, filters, **kw) -> int:
@@ -177,7 +202,7 @@ class GraphBuilder:
     shape = (_out_size(h, kh, sh, padding), _out_size(w, kw, sw, padding), c)
     kw_ = dict(op='depthwise_conv2d', inputs=(x,), shape=shape, kernel=(kh, kw),
                stride=(sh, sw), groups=c, bias=bias or folded_bn, folded_bn=folded_bn,
-               activation=activation, gate=gate)
+               activation=activation, gate=gate, padding=padding)
     return self._add(name=name, **kw_) if name else self._add(**kw_)
 
   def dense(self, x, units, bias=True, folded_bn=False, activation=None, gate=-1, width=-1,
@@ -193,7 +218,7 @@ class GraphBuilder:
     h, w, c = self.shape(x)
     shape = (_out_size(h, kh, sh, padding), _out_size(w, kw, sw, padding), c)
     kw_ = dict(op=f'{kind}_pool', inputs=(x,), shape=shape, kernel=(kh, kw), stride=(sh, sw),
-               gate=gate)
+               gate=gate, padding=padding)
     return self._add(name=name, **kw_) if name else self._add(**kw_)
 
   def global_avg_pool(self, x, gate=-1, name=None) -> int:
@@ -454,10 +479,21 @@ def duplicate_of(graph: Graph) -> np.ndarray:
   return rep
 
 
-def prune(graph: Graph, gates: Optional[np.ndarray] = None, name: Optional[str] = None) -> Graph:
-  """Concrete graph of one candidate: drop inactive/dead nodes, resolve aliases, clear gates."""
+def prune(graph: Graph, gates: Optional[np.ndarray] = None, name: Optional[str] = None,
+          constants: bool = False) -> Graph:
+  """Concrete graph of one candidate: drop inactive/dead nodes, resolve aliases, clear gates.
+
+  `constants=True` keeps what the default folds away: every node that yields a tensor (live or
+  constant, `hard_present`) and reaches the output, with a sum of no term as an `add` without
+  inputs (a zero tensor), so that whoever runs the graph (training, the integer reference, an
+  exporter) can compute each constant's value; adds list their constant terms among their
+  inputs and have no `const_slots`. `prune` of that graph is the default's graph."""
   live, active = hard_activity(graph, gates)
-  const = hard_present(graph, gates) & ~live
+  present = hard_present(graph, gates)
+  const = present & ~live
+  if constants:
+    active = present & hard_activity(graph, gates, fold_constants=False)[1]
+    live = present
   new_id: dict[int, int] = {}
   nodes: list[Node] = []
   for i, node in enumerate(graph.nodes):
@@ -465,13 +501,15 @@ def prune(graph: Graph, gates: Optional[np.ndarray] = None, name: Optional[str] 
       continue
     ins = tuple(new_id[j] for j in node.inputs if active[j] and live[j])
     slots = const_operand_slots([live[j] for j in node.inputs],
-                                [const[j] for j in node.inputs]) if node.op == 'add' else ()
+                                [const[j] for j in node.inputs]) if (
+                                    node.op == 'add' and not constants) else ()
     if node.op == 'identity' or (node.op in SUM_OPS and len(ins) == 1 and not slots):
       new_id[i] = ins[0]
       continue
     nodes.append(dataclasses.replace(node, inputs=ins, gate=-1, const_slots=slots))
     new_id[i] = len(nodes) - 1
-  if not active[graph.output]:  # constant output: nothing but the input remains
+  if not active[graph.output] or (constants and not hard_activity(graph, gates)[0][
+      graph.output]):  # constant output: nothing but the input remains
     nodes = nodes[:1]
   elif new_id[graph.output] != len(nodes) - 1:  # output aliased to an earlier tensor
     out = new_id[graph.output]

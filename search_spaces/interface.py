@@ -190,10 +190,14 @@ class SearchSpace:
   # multiply-accumulates) of the archs or supernets; None: from the lowered graph (archs) or
   # `relax.cost` (supernets)
   size: Optional[Callable] = None
-  # (arch, C, N, dataset, num_classes) -> `engine.trainable.Trainable`: a space that trains and
-  # exports a network of its own (NB201's walk, at a width C and cells N); None: every arch
-  # trains and exports as its lowered graph (`engine.trainable.graph_trainable`)
-  trainable: Optional[Callable[..., Any]] = None
+  # (arch, C, N, dataset, num_classes) -> the arch's lowered graph at width C and cells N with
+  # its constants kept (`hardware.graph.prune(constants=True)`): what a space with size settings
+  # trains and exports (NB201: --train_width, --train_cells; `engine.trainable`). None: the
+  # space trains and exports `lower`'s graph at its own size
+  sized_lower: Optional[Callable[..., Any]] = None
+  # (op, initializer) pairs: the kernel init (`engine.graph_qat.INITS`) of the space's layers
+  # without BN when trained (NB201: he_normal convs, lecun_normal dense); (): PyTorch's default
+  train_inits: tuple = ()
   # the trainer's peak learning rate when none is given (--lr, --finalist_lr): a network
   # without BN needs a lower one than NB201's 0.1 (tinycnn diverges there)
   train_lr: float = 0.1

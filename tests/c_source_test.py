@@ -12,7 +12,6 @@ from deploy import mcu
 from hardware import memory
 from search_spaces import nb201
 from search_spaces.nb201 import graph as nb201_graph
-from search_spaces.nb201 import tflite
 from deploy_test import ARCH, DEAD_NODE, SMALL, UNUSED_NODE, _calibrated
 from deploy_test import trained_ptq  # noqa: F401 (a fixture)
 
@@ -26,10 +25,10 @@ def _need(target):
 
 
 def _project(tmp_path, arch=ARCH, config=SMALL):
-  ops, v, x = _calibrated(arch, config)
-  model, ref = tflite.to_tflite(v, ops, config)
+  net, v, x = _calibrated(arch, config)
+  model, ref = net.tflite(v, ''), net.integer(v)
   project = c_source.generate(model, tmp_path / 'c')
-  return ops, project, ref.quantize_input(x).q.astype(np.int8), ref(x).q
+  return nb201.parse_arch_str(arch), project, ref.quantize_input(x).astype(np.int8), ref.reference(x)
 
 
 @pytest.mark.parametrize('arch', [ARCH, DEAD_NODE, UNUSED_NODE])
@@ -92,8 +91,8 @@ def test_hardware_model_of_the_c_project_predicts_its_flash(tmp_path):
 def test_unsupported_builtin_is_one_clear_error(tmp_path):
   from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as s
   import flatbuffers
-  ops, v, _ = _calibrated()
-  model, _ = tflite.to_tflite(v, ops, SMALL)
+  net, v, _ = _calibrated()
+  model = net.tflite(v, '')
   m = s.ModelT.InitFromPackedBuf(model, 0)
   relu = next(c for c in m.operatorCodes if c.builtinCode == s.BuiltinOperator.RELU)
   relu.builtinCode = relu.deprecatedBuiltinCode = s.BuiltinOperator.TANH

@@ -1,7 +1,8 @@
-"""The plug-in spaces' int8 path (engine/graph_qat.py, engine/graph_int.py, engine/trainable.py,
+"""Every space's int8 path (engine/graph_qat.py, engine/graph_int.py, engine/trainable.py,
 deploy/graph_tflite.py): the Flax network of a lowered graph in its modes, its integer
-reference, and the .tflite written from it, held against each other and against TFLite Micro
-and LiteRT, bit for bit."""
+reference (numpy, and compiled by XLA), and the .tflite written from it, held against each other
+and against TFLite Micro and LiteRT, bit for bit. NB201's graphs: deploy_test.py, quant_test.py;
+here also a graph with every kind of node NB201 lowers to, and folded constants."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,6 +70,7 @@ def test_tflm_equals_the_integer_reference_bit_for_bit(space, arch):
   ref = graph_int.IntGraph(v, graph)
   logits = ref.logits(x)
   assert len(np.unique(logits)) > 10  # not a saturated, trivially equal output
+  np.testing.assert_array_equal(ref.reference_logits(x), logits)  # XLA == numpy
   tflm = runtimes.tflm_run(graph_tflite.to_tflite(graph, ref), ref.quantize_input(x).astype(np.int8))
   np.testing.assert_array_equal(tflm.reshape(logits.shape), logits)
   if not small:
@@ -119,3 +121,60 @@ def test_an_arch_with_an_op_the_int8_path_lacks_is_one_line():
   kept = [a for a in archs if keep(a)]
   assert 0 < len(kept) < len(archs) and all(a.activation == 'relu' for a in kept)
   assert trainable.int8_exportable('nb201') is None
+
+
+def _constants_graph():
+  """A gated graph whose pruned form has what NB201's graphs have: a PyTorch-padded stride-2
+  conv, ReLU nodes, a 3x3 SAME average pool, a 'batchnorm' affine, and an add of three terms of
+  which the first two do not depend on the input (a conv of a zero tensor, then a conv of that,
+  different at the borders): constants, kept (`prune(constants=True)`) and folded (`prune`)."""
+  b = graph_lib.GraphBuilder('constants', num_gates=1)
+  x = b.input((8, 8, 3))
+  a = b.activation(b.conv2d(x, 8, 3, 2, 'symmetric', bias=False, folded_bn=True), 'relu')
+  zero = b.add(b.conv2d(a, 8, 1, bias=False, folded_bn=True, gate=0))  # gated off: zeros
+  c1 = b.conv2d(b.activation(zero, 'relu'), 8, 3, padding='symmetric', bias=False,
+                folded_bn=True)
+  c2 = b.conv2d(b.activation(c1, 'relu'), 8, 3, padding='symmetric', bias=False, folded_bn=True)
+  pool = b.pool(a, 'avg', 3, 1, 'same')
+  y = b.activation(b.batchnorm(b.add(c1, c2, pool)), 'relu')
+  b.dense(b.global_avg_pool(y), 5)
+  return b.build()
+
+
+def test_constants_kept_and_folded_run_bit_for_bit_everywhere():
+  template = _constants_graph()
+  graph = graph_lib.prune(template, np.zeros(1), constants=True)
+  folded = graph_lib.prune(template, np.zeros(1))
+  assert graph_lib.prune(graph) == folded  # the hardware graph of the kept one
+  (add,) = [n for n in folded.nodes if n.op == 'add']
+  assert add.const_slots == (0,)  # the two leading constants fold into one operand
+  assert any(n.op == 'add' and not n.inputs for n in graph.nodes)  # the zero tensor
+  with pytest.raises(graph_qat.UnsupportedGraph, match='constants'):
+    graph_qat.check_graph(folded)
+  v = graph_qat.init_variables(jax.random.key(0), graph)
+  # BN shifts away from 0, so that the constants are not zero
+  v['params'] = jax.tree_util.tree_map_with_path(
+      lambda p, a: a + 0.5 * jax.random.normal(jax.random.key(len(str(p))), a.shape)
+      if p[-1].key == 'bias' else a, v['params'])
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((16, 8, 8, 3)), jnp.float32)
+  for _ in range(3):
+    _, upd = graph_qat.GraphNetwork(graph, 'fp32').apply(v, x, train=True,
+                                                          mutable=['batch_stats'])
+    v = {**v, **upd}
+  v = graph_qat.calibrate(v, graph, [x])
+  x = np.asarray(x)
+  np.testing.assert_allclose(graph_qat.GraphNetwork(graph, 'folded').apply(v, x),
+                             graph_qat.GraphNetwork(graph, 'fp32').apply(v, x), atol=1e-4)
+  ref = graph_int.IntGraph(v, graph)
+  const_convs = [i for i, n in enumerate(graph.nodes) if n.op == 'conv2d' and not ref.live[i]]
+  assert len(const_convs) == 2 and len(ref.partial_consts) == 1
+  assert len(np.unique(ref.consts[const_convs[1]][..., 0])) > 1  # differs by position
+  logits = ref.reference_logits(x)
+  assert len(np.unique(logits, axis=0)) == len(x)
+  np.testing.assert_array_equal(ref.logits(x), logits)
+  model = graph_tflite.to_tflite(graph, ref)
+  np.testing.assert_array_equal(runtimes.tflm_run(model, ref.quantize_input(x).astype(np.int8)),
+                                logits)
+  fake = np.asarray(graph_qat.GraphNetwork(graph, 'quant').apply(v, x))
+  scale, zp = ref.act(len(graph.nodes) - 1)
+  assert np.max(np.abs((logits.astype(np.float32) - zp) * scale - fake)) <= 2.01 * scale

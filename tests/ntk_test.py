@@ -8,10 +8,10 @@ import numpy as np
 
 from engine.proxies import ntk
 from search_spaces import nb201
+from engine import graph_qat
 from search_spaces.nb201 import net
-from search_spaces.nb201 import qat
-from search_spaces.nb201 import qat_variables
 from search_spaces.nb201 import space as nb201_space
+from nb201_net_test import trained_graph, variables_from_supernet
 
 CONFIG = nb201.NB201Config(C=4, N=1, input_size=8)
 NET = nb201_space.make_net(CONFIG)
@@ -30,10 +30,10 @@ def _setup(ops=OPS, batch=6):
 
 
 def _flax_coupled_gram(params, ops, x):
-  """Reference: jacrev of the QAT network (fp32, batch statistics) w.r.t. its kernels and BN
-  scales, holding the supernet's weights."""
-  variables = qat_variables.variables_from_supernet(params, ops, CONFIG)
-  model = qat.QATNetwork(ops, CONFIG, 'fp32')
+  """Reference: jacrev of the trained network (NB201's graph in `engine.graph_qat`, fp32, batch
+  statistics) w.r.t. its kernels and BN scales, holding the supernet's weights."""
+  variables = variables_from_supernet(params, ops, CONFIG)
+  model = graph_qat.GraphNetwork(trained_graph(ops, CONFIG), 'fp32')
   flat = jax.tree_util.tree_flatten_with_path(variables['params'])[0]
   chosen = {jax.tree_util.keystr(p): a for p, a in flat if p[-1].key in ('kernel', 'scale')}
 

@@ -14,13 +14,25 @@ from engine import chance
 from engine import data as data_lib
 from engine import train
 from experiments import common
+from engine import graph_int
+from engine import graph_qat
 from search_spaces import nb201
-from search_spaces.nb201 import integer
-from search_spaces.nb201 import qat
+from search_spaces.nb201 import graph as nb201_graph
+from search_spaces.nb201 import space as nb201_space
 
 # few ops, so that compiling the train step stays cheap; the int8 path is tested in quant_test
 ARCH = '|nor_conv_1x1~0|+|skip_connect~0|nor_conv_3x3~1|+|skip_connect~0|avg_pool_3x3~1|nor_conv_1x1~2|'
 TINY = nb201.NB201Config(C=4, N=1, input_size=8)
+
+
+def _model(config, mode='fp32'):
+  """ARCH's network at `config` as the trainer runs it: NB201's graph, its constants kept."""
+  graph = nb201_graph.train_graph(nb201.parse_arch_str(ARCH), config)
+  return graph_qat.GraphNetwork(graph, mode, nb201_space.TRAIN_INITS)
+
+
+def _init(key, config=TINY):
+  return graph_qat.init_variables(key, _model(config).graph, nb201_space.TRAIN_INITS)
 
 
 def _batch(n=32, seed=0):
@@ -33,20 +45,19 @@ def _batch(n=32, seed=0):
 
 @pytest.mark.parametrize('mode', ['quant', pytest.param('fp32', marks=pytest.mark.slow)])
 def test_a_few_training_steps_reduce_the_loss(mode):  # fp32 steps also run in the resume test
-  ops = nb201.parse_arch_str(ARCH)
   config = dataclasses.replace(TINY, num_classes=3)
-  v = qat.init_variables(jax.random.key(0), ops, config)
+  v = _init(jax.random.key(0), config)
   images, labels = _batch()
   if mode == 'quant':  # QAT starts from a float model: BN statistics, then calibrated ranges
-    stats = jax.jit(lambda v, x: qat.QATNetwork(tuple(ops), config, 'fp32').apply(
+    stats = jax.jit(lambda v, x: _model(config).apply(
         v, x, train=True, mutable=['batch_stats'])[1]['batch_stats'])
     for _ in range(5):
       v = {**v, 'batch_stats': stats(v, train._normalize(images))}
-    v = qat.calibrate(v, ops, config, [train._normalize(images)])
+    v = graph_qat.calibrate(v, _model(config).graph, [train._normalize(images)])
   tx = optax.sgd(0.02, 0.9)
   opt_state = tx.init(v['params'])
-  step = train.make_train_step(lambda m: qat.QATNetwork(tuple(ops), config, m), tx)
-  model = qat.QATNetwork(tuple(ops), config, mode)
+  step = train.make_train_step(lambda m: _model(config, m), tx)
+  model = _model(config, mode)
   loss_of = jax.jit(lambda v: train.cross_entropy(
       model.apply(v, train._normalize(images)), labels))
   before = float(loss_of(v))
@@ -78,8 +89,7 @@ def test_augment_crops_and_flips_the_padded_image():
 
 
 def test_checkpoint_roundtrip(tmp_path):
-  ops = nb201.parse_arch_str(ARCH)
-  v = qat.init_variables(jax.random.key(3), ops, TINY)
+  v = _init(jax.random.key(3))
   tx = optax.sgd(0.1, 0.9)
   opt_state = tx.init(v['params'])
   opt_state = jax.tree.map(lambda a: a + 1.5 if hasattr(a, 'dtype') else a, opt_state)
@@ -93,7 +103,7 @@ def test_checkpoint_roundtrip(tmp_path):
 # orbax leaves the aborted read's coroutines behind; collected here, not in a later test
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path):
-  v = qat.init_variables(jax.random.key(3), nb201.parse_arch_str(ARCH), TINY)
+  v = _init(jax.random.key(3))
   train.save_checkpoint(tmp_path, 2, v, optax.sgd(0.1).init(v['params']))
   # cut short the largest array data file (orbax raises a bare Exception reading it)
   data = max((p for p in (tmp_path / 'ckpt' / '2' / 'variables').rglob('d/*') if p.is_file()),
@@ -108,7 +118,7 @@ def test_a_damaged_checkpoint_index_is_found_before_orbax_reads_it(tmp_path, cap
   """Every restore (a resumed run, --init_from, the finalist stage's runs) reads the index
   first: a truncated manifest is one CheckpointError, and tensorstore prints nothing (orbax's
   own read of it printed an 'Event loop is closed' traceback per array in flight)."""
-  v = qat.init_variables(jax.random.key(3), nb201.parse_arch_str(ARCH), TINY)
+  v = _init(jax.random.key(3))
   train.save_checkpoint(tmp_path, 2, v, optax.sgd(0.1).init(v['params']))
   manifest = tmp_path / 'ckpt' / '2' / 'variables' / 'manifest.ocdbt'
   manifest.write_bytes(manifest.read_bytes()[:20])
@@ -239,26 +249,31 @@ def _nan(variables, images):
 
 
 class _IntNet:
-  """Stands in for integer.IntNetwork: right, or a constant answer."""
+  """Stands in for graph_int.IntGraph: right, or a constant answer."""
   right = True
 
-  def __init__(self, variables, ops, config, rounding='tflm'):
+  def __init__(self, variables, graph, rounding='tflm'):
     pass
 
-  def _range_qparams(self, name):
+  def act(self, i):
     return 1.0, 0
+
+  def quantize_input(self, x):
+    return np.zeros(np.shape(x), np.int32)
 
   def logits(self, x):
     n = len(x)
     return np.eye(10, dtype=np.int8)[_LABELS[:n] if _IntNet.right else np.full(n, 3)]
 
+  reference_logits = logits
+
   def weight_counts(self):
-    return dict(weights=1, biases=1, head_bn_weights=0, head_bn_biases=0)
+    return dict(weights=1, biases=1)
 
 
 @pytest.fixture
 def stand_in_int(monkeypatch):
-  monkeypatch.setattr(integer, 'IntNetwork', _IntNet)
+  monkeypatch.setattr(graph_int, 'IntGraph', _IntNet)
   monkeypatch.setattr(train, 'hardware_weight_counts', lambda graph: {})
   monkeypatch.setattr(_IntNet, 'right', True)
   return _IntNet
@@ -313,7 +328,7 @@ def test_a_workdir_of_another_run_names_the_settings_that_differ(data_dir, tmp_p
                           test_images=32)
   (tmp_path / 'config.json').write_text(
       json.dumps(dataclasses.asdict(dataclasses.replace(cfg, epochs=3, lr=0.05))))
-  v = qat.init_variables(jax.random.key(3), nb201.parse_arch_str(ARCH), TINY)
+  v = _init(jax.random.key(3))
   train.save_checkpoint(tmp_path, 1, v, optax.sgd(0.1).init(v['params']))  # it trained there
   with pytest.raises(train.CheckpointError, match=r'config.json differs in epochs, lr\)'):
     train.train(cfg, data_dir / 'cifar10', tmp_path, progress=False)

@@ -80,8 +80,9 @@ class GraphBackend(nb201_net.Backend):
     return self.b.input(x)
 
   def conv(self, t, path, features, k, stride=1, bn=True):
-    return self.b.conv2d(t, features, k, stride, bias=False, folded_bn=bn, gate=self._gate,
-                         name=self._name(path, 'conv'))
+    # PyTorch's padding k // 2 on every side (at stride 2, TF's SAME would pad 0 before, 1 after)
+    return self.b.conv2d(t, features, k, stride, 'symmetric', bias=False, folded_bn=bn,
+                         gate=self._gate, name=self._name(path, 'conv'))
 
   def relu(self, t, path):
     return self.b.activation(t, 'relu', gate=self._gate, name=self._name(path, 'relu'))
@@ -159,6 +160,19 @@ def lower(arch, config: NB201Config = NB201Config(),
   if name is None:
     name = arch if isinstance(arch, str) else 'nb201'
   return graph_lib.prune(template_graph(config), gates_from_masks(mask), name=name)
+
+
+def train_graph(arch, config: NB201Config = NB201Config(),
+                name: Optional[str] = None) -> graph_lib.Graph:
+  """The concrete graph of one single-path candidate with its constants kept
+  (`graph_lib.prune(constants=True)`): the network the trainer, the integer reference and the
+  exporters run (`engine.graph_qat`, `engine.graph_int`, `deploy.graph_tflite`); its `prune` is
+  `lower`'s graph."""
+  mask = to_mask(arch)
+  if name is None:
+    name = arch if isinstance(arch, str) else 'nb201'
+  return graph_lib.prune(template_graph(config), gates_from_masks(mask), name=name,
+                         constants=True)
 
 
 def count_without_dce(arch, config: NB201Config = NB201Config()) -> tuple[int, int]:

@@ -29,7 +29,6 @@ from search_spaces.kernels import batch_norm
 from search_spaces.nb201 import CONV1, CONV3
 from search_spaces.nb201 import graph as nb201_graph
 from search_spaces.nb201 import net as nb201_net
-from search_spaces.nb201 import trainable as nb201_trainable
 
 
 def config_for(input_shape=None, num_classes=None) -> nb201.NB201Config:
@@ -68,6 +67,20 @@ def lower(arch, input_shape=None, num_classes=None):
   arch = decode(arch) if isinstance(arch, str) else arch
   return nb201_graph.lower(nb201.ops_to_mask(np.asarray(arch)),
                            config_for(input_shape, num_classes), name=encode(arch))
+
+
+def sized_lower(arch, C: int = 16, N: int = 5, dataset: str = 'cifar10', num_classes: int = 0):
+  """The arch's graph at width C and cells N for `dataset`, its constants kept: the network the
+  trainer, the integer reference and the exporters run (`SearchSpace.sized_lower`)."""
+  arch = decode(arch) if isinstance(arch, str) else tuple(arch)
+  classes = {'num_classes': num_classes} if num_classes else {}
+  config = nb201.NB201Config.for_dataset(dataset, C=C, N=N, **classes)
+  return nb201_graph.train_graph(np.asarray(arch), config, name=encode(arch))
+
+
+# NB201's layers without BN: the reduction's shortcut conv (He, as every conv of its network)
+# and the classifier (LeCun normal)
+TRAIN_INITS = (('conv2d', 'he_normal'), ('dense', 'lecun_normal'))
 
 
 def relaxed_cost(group, masks, device, runtime, input_shape=None, num_classes=None) -> dict:
@@ -218,7 +231,7 @@ SPACE = registry.register(interface.SearchSpace(
     sample=lambda rng, n: from_rows((), nb201.sample_ops(rng, n)),
     enumerate=lambda: from_rows((), nb201.all_ops()), to_array=to_array, net=net,
     lower=lower, mutate=mutate, relax=RELAXATION, proxy_nets=proxy_nets, size=size,
-    trainable=nb201_trainable.trainable,
+    sized_lower=sized_lower, train_inits=TRAIN_INITS,
     input_shape=(32, 32, 3), num_classes=10,
     datasets={name: ((size, size, 3), classes) for name, (size, classes) in
               nb201.DATASETS.items()}))
