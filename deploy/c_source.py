@@ -1,7 +1,7 @@
 """A self-contained C99 project for an exported int8 model, for any Cortex-M (or a host).
 
-`generate(model_bytes, out_dir)` reads the int8 `.tflite` that `deploy.tflite` writes (the graph
-TFLite Micro runs, itself written by the one network walk) and writes:
+`generate(model_bytes, out_dir)` reads the int8 `.tflite` that `deploy.graph_tflite` writes (the
+graph TFLite Micro runs) and writes:
 
   * model.c / model.h: every int8 weight, int32 bias and requantization multiplier as `const`
     arrays (flash), one static activation arena (SRAM) laid out by the hardware model's TFLM
@@ -16,9 +16,10 @@ TFLite Micro runs, itself written by the one network walk) and writes:
     op, output tensor, MACs).
 
 Why from the .tflite and not from the network: it is the graph already verified bit for bit in
-TFLite Micro, so the C needs no eighth walk of NB201, and any model with these builtins works:
-NB201's export (`deploy.tflite`) and the plug-in spaces' (`deploy.graph_tflite`: SAME convs and
-depthwise convs at stride 1 or 2, max / average / global pools, fused ReLU and ReLU6).
+TFLite Micro, so the C needs no other walk of the network, and any model with these builtins
+works: every space's export (`deploy.graph_tflite`: SAME and VALID convs and depthwise convs at
+stride 1 or 2, PyTorch's symmetric padding as PAD + VALID (NB201), per-channel affines, ReLU,
+ADD chains with constant operands, max / average / global pools, fused ReLU and ReLU6).
 The requantization multipliers are derived from the flatbuffer's float32 scales exactly as TFLite
 Micro derives them (double precision, `quant.quantize_multiplier`), so outputs equal TFLM's and
 the integer reference's bit for bit.
@@ -120,7 +121,7 @@ def _padding(same: bool, size: int, out: int, k: int, stride: int) -> int | None
 
 
 def generate(model: bytes, out_dir, description: str = '') -> Project:
-  """Writes the C project for `model` (a .tflite from `deploy.tflite`) into out_dir."""
+  """Writes the C project for `model` (a .tflite from `deploy.graph_tflite`) into out_dir."""
   s = _schema()
   m = s.ModelT.InitFromPackedBuf(model, 0)
   if len(m.subgraphs) != 1:

@@ -2,7 +2,7 @@
 
 `export(workdir, data_dir)` reads a `--experiment=train` workdir trained with --quant=qat or ptq
 and writes there:
-  * model.tflite: the int8 model (`deploy.tflite`), batch 1, int8 input (the normalised image
+  * model.tflite: the int8 model (`deploy.graph_tflite`), batch 1, int8 input (the normalised image
     quantized with the model's input scale and zero point) and int8 logits;
   * io_check.npz: golden int8 inputs (test images already quantized), the integer reference's
     int8 logits for TFLite Micro (`tflm_logits`, double rounding), for LiteRT's reference
@@ -307,8 +307,8 @@ LITERT_ROUNDING = {'xnnpack': 'single', 'reference': 'litert_reference'}
 
 def reference_logits(net, variables, x, rounding='tflm') -> np.ndarray:
   """The integer reference's int8 logits for normalised images x (`net`: the run's
-  `engine.trainable.Trainable`; NB201's through its compiled run, equal bit for bit to the numpy
-  kernels)."""
+  `engine.trainable.Trainable`), through its compiled run, equal bit for bit to the numpy
+  kernels (`engine.graph_int`)."""
   return net.integer(variables, rounding).logits(x)
 
 

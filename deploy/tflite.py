@@ -1,5 +1,5 @@
-"""An int8 TFLite flatbuffer, written op by op: the writer every exporter uses (NB201's own
-walk, `search_spaces.nb201.tflite`, and any lowered graph, `deploy.graph_tflite`).
+"""An int8 TFLite flatbuffer, written op by op: the writer of the exporter of every space's
+lowered graph (`deploy.graph_tflite`).
 
 Why written out, not converted: the TFLite converter re-derives every scale from a float model
 (and its own calibration), so its int8 model would not be the one QAT trained, and the outputs

@@ -1,12 +1,14 @@
-"""A quantization-aware network of any lowered hardware graph, in Flax: how a plug-in space's
-winner (tinycnn, mbv2, any space whose `lower` gives a `hardware.graph.Graph`) is trained.
+"""A quantization-aware network of any lowered hardware graph, in Flax: how every space's arch
+is trained (NB201's graph with its constants kept, `SearchSpace.sized_lower`; tinycnn's, mbv2's,
+any space whose `lower` gives a `hardware.graph.Graph`).
 
-The hardware graph is already the deployed network: conv2d / depthwise_conv2d (SAME padding,
-BN folded in or a bias, fused ReLU / ReLU6), dense, add, average / max / global average pool,
-reshape. Training it means un-folding BN back into trainable scale and shift with batch
-statistics; quantizing it means the layers of `engine.qat_layers`, which NB201's own network
-(`search_spaces.nb201.qat`) is made of too (same modes, same collections 'params' /
-'batch_stats' / 'quant', same `engine.quant` functions):
+The hardware graph is already the deployed network: conv2d / depthwise_conv2d (padding 'same'
+as TensorFlow pads, 'symmetric' as PyTorch, or 'valid'; BN folded in or a bias, fused ReLU /
+ReLU6), dense, ReLU nodes, 'batchnorm' nodes (a BN with no conv to fold into), adds of any
+number of terms, average (padded ones dividing by the taps inside the map) / max / global
+average pool, reshape. Training it means un-folding BN back into trainable scale and shift with
+batch statistics; quantizing it means the layers of `engine.qat_layers` (same modes, same
+collections 'params' / 'batch_stats' / 'quant', same `engine.quant` functions):
 
   * 'fp32':   float; BN on batch statistics when `train`;
   * 'folded': BN folded into its conv with the running statistics;
@@ -14,9 +16,13 @@ statistics; quantizing it means the layers of `engine.qat_layers`, which NB201's
               (fake-quant): QAT when trained, with frozen BN statistics.
 
 Activations are quantized where an int8 runtime stores a new grid: the input, every conv /
-dense output (after its fused activation), every add. Pools, max pools and reshapes keep their
-input's grid. `engine.graph_int.IntGraph` runs the same variables in integers, and
-`deploy.graph_tflite` writes them; tests hold the three against each other.
+dense / batchnorm output (after its fused activation), every add, and each partial sum of an
+add of n > 2 terms (a chain of TFLite's two-input ADDs). ReLU nodes, pools, max pools and
+reshapes keep their input's grid. An add of no term (a graph with its constants kept) is a zero
+tensor on scale 1, zero point 0, and the nodes computed from it are constants: trained like the
+rest (a conv of it is its BN shift), written as constant tensors by the exporter.
+`engine.graph_int.IntGraph` runs the same variables in integers, and `deploy.graph_tflite`
+writes them; tests hold the three against each other.
 
 Layer names are the graph's node names with '/' as '__' (Flax and checkpoint paths split on
 '/').

@@ -1,6 +1,6 @@
 """The quantization-aware building blocks every trainable network is made of, whatever its
-search space: NB201's own Flax backend (`search_spaces.nb201.qat`) and the network of any
-lowered hardware graph (`engine.graph_qat`) run the same modes with the same layers.
+search space: the network of any lowered hardware graph (`engine.graph_qat`), NB201's
+included.
 
 Modes (`MODES`):
   * 'fp32':   plain float training and evaluation; BN uses batch statistics when `train`;

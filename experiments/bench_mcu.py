@@ -4,8 +4,8 @@
   python -m experiments.bench_mcu --search_space=tinycnn --archs=20 --out=runs/bench_tiny.csv
 
 For each of `--archs` random archs of `--search_space` (seed `--seed`; NB201: connected ones;
-every space: those with an int8 path) the network the trainer trains (`engine.trainable`: NB201's
-own at `--width`/`--cells`, another space's lowered graph) is made an untrained int8 model
+every space: those with an int8 path) the network the trainer trains (`engine.trainable`: the
+lowered graph, NB201's at `--width`/`--cells`) is made an untrained int8 model
 (initial weights, ranges calibrated on noise images: counts do not depend on training),
 exported, generated as C (`deploy.c_source`), built for `--target` and run on one image in QEMU
 (`deploy.mcu`). One CSV row per arch is appended as soon as it is measured, so
@@ -30,8 +30,8 @@ from experiments import common
 _SPACE = flags.DEFINE_string('search_space', 'nb201', 'Registered search space to sample.')
 _ARCHS = flags.DEFINE_integer('archs', 50, 'Random archs to measure (NB201: connected ones).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Arch sampling seed.')
-_WIDTH = flags.DEFINE_integer('width', 16, 'Channels C (a space with its own network: NB201).')
-_CELLS = flags.DEFINE_integer('cells', 5, 'Cells per stage N (a space with its own network).')
+_WIDTH = flags.DEFINE_integer('width', 16, 'Channels C (a space with size settings: NB201).')
+_CELLS = flags.DEFINE_integer('cells', 5, 'Cells per stage N (a space with size settings).')
 _TARGET = flags.DEFINE_enum('target', 'm4', ['m4', 'm7'], 'Cortex-M4 (mps2-an386) or M7 (an500).')
 _DEVICE = flags.DEFINE_string('device', 'nucleo-l4r5zi', 'Hardware-model device for the '
                               'predicted latency (its core should match --target).')

@@ -3,8 +3,8 @@
   python -m experiments.bench_train --arch=6111 --width=16 --cells=5 --batch=128
   python -m experiments.bench_train --search_space=tinycnn --arch=f32k5-relu-max
 
-The network is the one `--experiment=train` trains (`engine.trainable`: NB201's own at
-`--width`/`--cells`, any other space's lowered graph at its own size).
+The network is the one `--experiment=train` trains (`engine.trainable`: the lowered graph,
+NB201's at `--width`/`--cells`, any other space's at its own size).
 Times the jitted train step of `engine.train` (augmentation, forward, backward, SGD update) on
 random uint8 images after one warm-up call, `--steps` times per mode, and prints the median.
 QAT is timed on calibrated ranges and BN statistics from a few float steps, as a real run has.
@@ -19,8 +19,8 @@ from experiments import common
 
 _SPACE = flags.DEFINE_string('search_space', 'nb201', 'Registered search space of --arch.')
 _ARCH = flags.DEFINE_string('arch', None, 'Arch string (NB201: or index); default NB201 6111.')
-_WIDTH = flags.DEFINE_integer('width', 16, 'Channels C (a space with its own network: NB201).')
-_CELLS = flags.DEFINE_integer('cells', 5, 'Cells per stage N (a space with its own network).')
+_WIDTH = flags.DEFINE_integer('width', 16, 'Channels C (a space with size settings: NB201).')
+_CELLS = flags.DEFINE_integer('cells', 5, 'Cells per stage N (a space with size settings).')
 _BATCH = flags.DEFINE_integer('batch', 128, 'Batch size.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per mode.')
 

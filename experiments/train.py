@@ -1,6 +1,6 @@
 """`--experiment=train`: train one arch of any space in fp32, with PTQ or with QAT
-(engine/train.py; NB201 at --train_width/--train_cells, the other spaces through their lowered
-hardware graph at their own size, `engine.trainable`).
+(engine/train.py; every space through its lowered hardware graph, `engine.trainable`: NB201's
+at --train_width/--train_cells, the other spaces' at their own size).
 
   python -m experiments.run --experiment=train --search_space=nb201 --arch=6111 \
       --data_dir=../shared/data/cifar10 --epochs=10 --quant=qat --workdir=runs/6111_qat

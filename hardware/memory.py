@@ -151,7 +151,7 @@ TFLM_ALIGNMENT = 16  # TFLM aligns every planned buffer to 16 bytes
 @dataclasses.dataclass(frozen=True)
 class TflmBuffers:
   """The activation tensors an int8 TFLite model of a graph has, as this project exports it
-  (`deploy.tflite`): sizes and [first, last] op indices, in tensor order."""
+  (`deploy.graph_tflite`): sizes and [first, last] op indices, in tensor order."""
   sizes: np.ndarray
   first: np.ndarray
   last: np.ndarray
@@ -258,8 +258,8 @@ TFLM_PERSISTENT_PER_CHANNEL = 8    # int32 multiplier + shift per output channel
 
 
 def tflm_arena(graph: graph_lib.Graph) -> dict:
-  """TFLite Micro's arena for a concrete NB201 graph exported by `deploy.tflite`: the planned
-  activation buffers (`tflm_greedy_arena` over `tflm_buffers`) and the persistent tail.
+  """TFLite Micro's arena for a concrete NB201 graph exported by `deploy.graph_tflite`: the
+  planned activation buffers (`tflm_greedy_arena` over `tflm_buffers`) and the persistent tail.
   {'planned', 'persistent', 'total'} in bytes."""
   planned = tflm_greedy_arena(tflm_buffers(graph))
   roots = _buffer_roots(graph)

@@ -19,6 +19,9 @@ ARCH_6111 = '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|no
 # node 1 gets only 'none': a constant-zero node whose convs see zeros (the zero-tensor path)
 ARCH_ZERO_NODE = '|none~0|+|skip_connect~0|nor_conv_3x3~1|+|nor_conv_1x1~0|avg_pool_3x3~1|none~2|'
 TINY = nb201.NB201Config(C=4, N=1, input_size=8)
+# node 1 gets only 'none' and feeds two 3x3 convs: constants of the ADDs of nodes 2 and 3
+ARCH_CONST_CONVS = ('|none~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_1x1~1|'
+                    'nor_conv_3x3~2|')
 
 
 @functools.lru_cache(maxsize=None)
@@ -230,7 +233,7 @@ def test_int32_overflow_raises_in_numpy_and_is_flagged_in_jax():
     quant.requantize(jnp.asarray([1, 2]), m, shift, 0, flags=[])
 
 
-@pytest.mark.parametrize('arch', [ARCH_6111, ARCH_ZERO_NODE])
+@pytest.mark.parametrize('arch', [ARCH_6111, ARCH_ZERO_NODE, ARCH_CONST_CONVS])
 def test_int8_weight_bytes_equal_hardware_model(arch):
   _, v = _variables(arch)
   net = graph_int.IntGraph(v, _graph(arch))
@@ -238,10 +241,13 @@ def test_int8_weight_bytes_equal_hardware_model(arch):
   stats = graph_lib.node_stats(nb201_graph.lower(nb201.parse_arch_str(arch), TINY))
   # conv + dense int8 weights (1 byte each) and int32 biases of the layers that run: exactly the
   # hardware model's (ARCH_ZERO_NODE: edge 2's 3x3 conv on the empty node 1 feeds node 2, which
-  # reaches nothing, so it is not in the graph; the pool of node 1 is, as a constant)
+  # reaches nothing, so it is not in the graph; the pool of node 1 is, as a constant.
+  # ARCH_CONST_CONVS: the convs of node 1 are in it, as constants, which store no weights)
   assert counts['weights'] == int(stats.weights.sum())
   assert counts['biases'] == int(stats.biases.sum())
-  assert all(net.live) == (arch != ARCH_ZERO_NODE)
+  assert all(net.live) == (arch == ARCH_6111)
+  constant_layers = sum(not net.live[i] for i in net.layers)
+  assert constant_layers == (3 * 2 if arch == ARCH_CONST_CONVS else 0)
   # the head BN (no conv to fold into) is a depthwise affine the hardware model leaves out
   assert counts['batchnorm_affine'] == {'weights': TINY.C * 4, 'biases': TINY.C * 4}
   assert all(l.weight.dtype == np.int8 for l in net.layers.values())

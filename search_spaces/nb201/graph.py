@@ -15,7 +15,14 @@ The template is built by the network's one walk (`nb201_net.network`) with `Grap
 emits graph nodes instead of computing: stem conv3x3 + BN (folded); cells (ReLU -> conv -> BN
 folded; 3x3 avg pool stride 1; identity), every candidate op of an edge under its gate, n-ary
 node sums after all their terms; reduction = ReLU-conv3x3/s2-BN, ReLU-conv3x3-BN, shortcut
-AvgPool2x2 -> conv1x1 (no BN), add; head BN -> ReLU -> global avg pool -> dense (bias).
+AvgPool2x2 -> conv1x1 (no BN), add; head BN -> ReLU -> global avg pool -> dense (bias). Convs
+pad as PyTorch does ('symmetric': k // 2 on every side; at stride 2 not TF's SAME), the 3x3
+pool 'same' without counting the padding (count_include_pad=False).
+
+`train_graph` is a candidate's graph with its constants kept (`graph_lib.prune(constants=True)`):
+the network the trainer, the integer reference and the exporters run (`engine.graph_qat`,
+`engine.graph_int`, `deploy.graph_tflite`; the space's `sized_lower`), whose `prune` is
+`lower`'s graph.
 """
 
 from __future__ import annotations

@@ -17,12 +17,11 @@ BatchNorm always normalises with the statistics of the batch (or with statistics
 which is how the NTK's `independent` variant holds them fixed). `apply` returns the statistics
 it used, so a caller can compute them once and feed them back.
 
-`network` is the one walk of the network; other executions are backends of it: the QAT / int8
-Flax model (`search_spaces.nb201.qat.QATNetwork`, which in fp32 mode with batch statistics
-equals this supernet's single path given the same weights,
-`nb201.qat_variables.variables_from_supernet`), the integer reference
-(`search_spaces.nb201.integer`), the .tflite (`search_spaces.nb201.tflite`) and the hardware
-lowering (`search_spaces.nb201.graph`).
+`network` is the one walk of the network; the other execution is its hardware lowering
+(`search_spaces.nb201.graph`, a backend that emits graph nodes), which is also what trains,
+runs in integers and exports (`engine.graph_qat`, `engine.graph_int`, `deploy.graph_tflite`,
+at the trained width and cells; in fp32 mode with batch statistics it equals this supernet's
+single path given the same weights, tests/nb201_net_test.py).
 The walk's names in `PUBLIC_WALK` are this module's interface to code outside the NB201 package;
 everything else here (the supernet, its parameter layout) is NB201's own
 (tests/import_rules_test.py holds other modules to that).
@@ -128,8 +127,8 @@ def is_weight(path) -> bool:
 
 # ----------------------------------------------------------------------------- the one walk
 
-# What a backend outside the NB201 package (the QAT and integer networks, the TFLite writer) may
-# use: the walk and the protocol it calls. tests/import_rules_test.py reads this tuple.
+# What code outside the NB201 package may use (a backend of its own, as the tests write): the
+# walk and the protocol it calls. tests/import_rules_test.py reads this tuple.
 PUBLIC_WALK = ('network', 'Backend', 'EdgeSwitch', 'edge_choices', 'path_key')
 
 EDGE_OPS = (SKIP, CONV1, CONV3, POOL)  # 'none' contributes nothing and is never walked
