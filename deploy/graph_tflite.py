@@ -195,6 +195,9 @@ def _add(m, q, graph, i, ids, constant, out) -> int:
   terms that do not depend on the input as constant tensors."""
   node = graph.nodes[i]
   h, w, c = node.shape
+  if node.const_slots:  # `hardware.graph.prune` folded them: their values are not in the graph
+    raise ValueError(f'{node.name}: an add of folded constants cannot be written; lower the '
+                     f'graph with its constants kept (hardware.graph.prune(constants=True))')
 
   def operand(j):
     if j in ids:

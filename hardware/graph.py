@@ -489,9 +489,10 @@ def prune(graph: Graph, gates: Optional[np.ndarray] = None, name: Optional[str] 
   exporter) can compute each constant's value; adds list their constant terms among their
   inputs and have no `const_slots`. `prune` of that graph is the default's graph."""
   live, active = hard_activity(graph, gates)
+  output_live = live[graph.output]
   present = hard_present(graph, gates)
   const = present & ~live
-  if constants:
+  if constants:  # every tensor, live or constant, that reaches the output
     active = present & hard_activity(graph, gates, fold_constants=False)[1]
     live = present
   new_id: dict[int, int] = {}
@@ -508,8 +509,7 @@ def prune(graph: Graph, gates: Optional[np.ndarray] = None, name: Optional[str] 
       continue
     nodes.append(dataclasses.replace(node, inputs=ins, gate=-1, const_slots=slots))
     new_id[i] = len(nodes) - 1
-  if not active[graph.output] or (constants and not hard_activity(graph, gates)[0][
-      graph.output]):  # constant output: nothing but the input remains
+  if not (output_live and active[graph.output]):  # constant output: nothing but the input remains
     nodes = nodes[:1]
   elif new_id[graph.output] != len(nodes) - 1:  # output aliased to an earlier tensor
     out = new_id[graph.output]

@@ -151,6 +151,8 @@ def test_constants_kept_and_folded_run_bit_for_bit_everywhere():
   assert any(n.op == 'add' and not n.inputs for n in graph.nodes)  # the zero tensor
   with pytest.raises(graph_qat.UnsupportedGraph, match='constants'):
     graph_qat.check_graph(folded)
+  with pytest.raises(ValueError, match='constants kept'):  # the exporter lacks their values
+    graph_tflite.to_tflite(folded)
   v = graph_qat.init_variables(jax.random.key(0), graph)
   # BN shifts away from 0, so that the constants are not zero
   v['params'] = jax.tree_util.tree_map_with_path(
