@@ -362,9 +362,11 @@ def restore_checkpoint(workdir, like_variables, like_opt_state=None):
     # different run"), so a structure that does not fit is as likely a damaged file as another
     # arch; both are named
     raise CheckpointError(f'checkpoint {workdir}/ckpt/{epoch} cannot be restored '
-                          f'({type(err).__name__}: {_first_line(err)}): it is damaged or of '
-                          f'another arch/config; delete that folder to resume from the '
-                          f'checkpoint before it, or train in a new --workdir') from None
+                          f'({type(err).__name__}: {_first_line(err)}): it is damaged, of '
+                          f'another arch/config, or an NB201 run saved before 2026-12-08 (its '
+                          f'layers have graph node names since; retrain it); delete that folder '
+                          f'to resume from the checkpoint before it, or train in a new '
+                          f'--workdir') from None
   finally:
     mgr.close()
   return epoch, restored['variables'], restored.get('opt_state') if like_opt_state else None
