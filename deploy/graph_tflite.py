@@ -134,7 +134,7 @@ def to_tflite(graph: graph_lib.Graph, quantized=None, seed: int = 0,
         continue
       pads = graph_lib.window_pads(node, in_shape)
       padding = 'valid' if node.padding == 'valid' else 'same'
-      if node.padding == 'symmetric' and pads != _same_pads(node, in_shape):
+      if graph_lib.explicit_pad(node, in_shape):
         # PyTorch's symmetric padding as an explicit PAD with the input's zero point, then VALID
         (top, bottom), (left, right) = pads
         ih, iw, ic = in_shape

@@ -160,7 +160,8 @@ class TflmBuffers:
 
 def tflm_buffers(graph: graph_lib.Graph) -> TflmBuffers:
   """A concrete graph's tensors as the exported .tflite holds them: a PAD tensor before each
-  strided k x k conv (TFLite's SAME pads asymmetrically at stride 2), an n-term sum as n - 1
+  conv whose padding the export writes as a PAD op (`graph.explicit_pad`: PyTorch's symmetric
+  padding where TFLite's SAME pads otherwise, NB201's stride-2 convs), an n-term sum as n - 1
   chained ADDs with int8 partial sums (a folded constant operand is a flash tensor, not an arena
   one), the global pool as AVERAGE_POOL_2D then RESHAPE; aliases (identity, one-term sums) add
   no tensor. No op works in place."""
@@ -198,10 +199,12 @@ def tflm_buffers(graph: graph_lib.Graph) -> TflmBuffers:
         op += 1
       tensor_of[i] = acc
       continue
-    if node.op == 'conv2d' and node.stride[0] > 1 and node.kernel[0] > 1:
-      h, w, c = graph.nodes[node.inputs[0]].shape
+    in_shape = graph.nodes[node.inputs[0]].shape
+    if graph_lib.explicit_pad(node, in_shape):
+      (top, bottom), (left, right) = graph_lib.window_pads(node, in_shape)
+      h, w, c = in_shape
       read(ins[0])
-      ins = [new((h + 2 * (node.kernel[0] // 2)) * (w + 2 * (node.kernel[1] // 2)) * c)]
+      ins = [new((h + top + bottom) * (w + left + right) * c)]
       op += 1
     if node.op == 'global_avg_pool':
       read(ins[0])

@@ -130,3 +130,31 @@ def test_tflm_greedy_planner_places_largest_first_in_gaps():
   # a at 0; c (the later of the tied pair goes first) at 0, a being dead by then; b overlaps
   # both -> after them at 96; d overlaps c only -> at 64. Peak 96 + 64.
   assert memory.tflm_greedy_arena(buffers) == 160
+
+
+# an NB201 arch with no constant (every op live), a sampled mbv2 arch (its stem: a 3x3 conv at
+# stride 2, 'same' padding) and a tinycnn ReLU arch
+@pytest.mark.parametrize('space, arch', [
+    ('nb201', '|nor_conv_3x3~0|+|avg_pool_3x3~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_3x3~1|'
+              'skip_connect~2|'),
+    ('mbv2', None), ('tinycnn', 'f32k5-relu-max')])
+def test_the_arena_model_runs_the_exported_models_ops(space, arch):
+  """`tflm_buffers` counts the ops the exported .tflite has: a PAD only where the export writes
+  one (NB201's symmetric stride-2 convs). Before, every strided k x k conv2d had one, so mbv2's
+  SAME-padded stem got a PAD tensor its .tflite does not have."""
+  from deploy import graph_tflite
+  from search_spaces import registry
+  from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+  s = registry.get(space)
+  a = s.sample(np.random.default_rng(0), 1)[0] if arch is None else s.decode(arch)
+  graph = s.lower(a, s.shape_of(s.group(a)), s.num_classes)
+  model = schema.ModelT.InitFromPackedBuf(graph_tflite.to_tflite(graph), 0)
+  ops = [model.operatorCodes[o.opcodeIndex].builtinCode for o in model.subgraphs[0].operators]
+  # the model treats a graph's own reshape as an alias (no op, no tensor); the export writes a
+  # RESHAPE for it (tinycnn's flatten), and one after each global pool, which the model counts
+  gap = sum(n.op == 'global_avg_pool' for n in graph.nodes)
+  own_reshapes = ops.count(schema.BuiltinOperator.RESHAPE) - gap
+  assert len(ops) - own_reshapes == memory.tflm_buffers(graph).num_ops
+  pads = ops.count(schema.BuiltinOperator.PAD)
+  strided = [n for n in graph.nodes if n.op == 'conv2d' and n.stride[0] > 1 and n.kernel[0] > 1]
+  assert (strided or space == 'tinycnn') and pads == (len(strided) if space == 'nb201' else 0)
