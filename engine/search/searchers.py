@@ -110,17 +110,15 @@ class Result:
   tied: list = dataclasses.field(default_factory=list)
 
 
-def _cancelling(problem: Problem, name: str, values: dict, ok) -> str:
-  """', though its components ... differ (...)': the components of aggregate term `name` whose
-  unflagged values differ over the `ok` candidates (their ranks cancel out in the aggregate);
-  '' for a plain term or where every component is tied too."""
+def _cancelling(problem: Problem, name: str, values: dict, ok) -> list[str]:
+  """The components of aggregate term `name` whose unflagged values differ over the `ok`
+  candidates (their ranks cancel out in the aggregate); [] for a plain term or where every
+  component is tied too."""
   term = next((t for t in problem.aggregates if t.name == name), None)
   if term is None:
-    return ''
-  differ = [c for c in term.components
-            if c in values and column_evidence(values, c, ok)['distinct'] > 1]
-  return (f', though its components {", ".join(differ)} differ (their ranks cancel out)'
-          if differ else '')
+    return []
+  return [c for c in term.components
+          if c in values and column_evidence(values, c, ok)['distinct'] > 1]
 
 
 def check_evidence(problem: Problem, values: dict, ok, where: str, log=None,
@@ -135,19 +133,24 @@ def check_evidence(problem: Problem, values: dict, ok, where: str, log=None,
   n = int(ok.sum())
   if n < 2 or not evidence:
     return evidence
+  # per term tied on its unflagged candidates: the aggregate's components that differ there
+  cancelling = {name: _cancelling(problem, name, values, ok) for name, e in evidence.items()
+                if e['distinct'] < 2 and e['flagged'] < e['candidates']}
   def state(name, e):
     if e['flagged'] == e['candidates']:
       return f'{name} flagged on all {n}'
     if e['distinct'] < 2:
+      differ = cancelling[name]
       return (f'{name} equal on all {n}' if not e['flagged'] else
               f'{name} flagged on {e["flagged"]} and equal on the other {n - e["flagged"]}'
-              ) + _cancelling(problem, name, values, ok)
+              ) + (f', though its components {", ".join(differ)} differ (their ranks cancel '
+                   f'out)' if differ else '')
     return None
   dead = {name: state(name, e) for name, e in evidence.items()}
   all_flagged = all(e['flagged'] == e['candidates'] for e in evidence.values())
   # an aggregate tied because its components disagree is conflicting evidence, not none: the
   # tie at the top goes to the largest candidate (`best_position`)
-  conflicting = any('(their ranks cancel out)' in (d or '') for d in dead.values())
+  conflicting = any(cancelling.values())
   if all(dead.values()) and not conflicting:
     fit = problem.objective(values, ok)[ok]
     tied = len(np.unique(fit[np.isfinite(fit)])) < 2
