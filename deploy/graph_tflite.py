@@ -31,7 +31,6 @@ Two sources of numbers:
 """
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 
@@ -76,11 +75,6 @@ class _RandomWeights:
              'batchnorm': (1, 1, 1, c), 'dense': (c, cin)}[node.op]
     w = self.rng.integers(-127, 128, shape, dtype=np.int8)
     return w, np.zeros(c, np.int32), np.full(c, 0.01, np.float32)
-
-
-def _same_pads(node, in_shape):
-  same = dataclasses.replace(node, padding='same')
-  return graph_lib.window_pads(same, in_shape)
 
 
 def to_tflite(graph: graph_lib.Graph, quantized=None, seed: int = 0,
@@ -160,8 +154,7 @@ def to_tflite(graph: graph_lib.Graph, quantized=None, seed: int = 0,
       ids[i] = src
       flat.add(i)
     elif node.op in ('avg_pool', 'max_pool'):
-      if node.padding == 'symmetric' and (graph_lib.window_pads(node, in_shape)
-                                          != _same_pads(node, in_shape)):
+      if graph_lib.unlike_same(node, in_shape):
         raise ValueError(f'no int8 TFLite pool for symmetric padding other than SAME\'s '
                          f'(node {node.name})')
       ids[i] = out((1, h, w, c))

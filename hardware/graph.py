@@ -162,15 +162,18 @@ def window_pads(node: Node, in_shape) -> tuple[tuple[int, int], tuple[int, int]]
   return tuple(out)
 
 
+def unlike_same(node: Node, in_shape) -> bool:
+  """Whether a window's padding is PyTorch's symmetric one where it differs from TFLite's SAME
+  (3x3 at stride 2 on an even size: 1 and 1 against 0 and 1), which no TFLite SAME op pads."""
+  return node.padding == 'symmetric' and window_pads(node, in_shape) != window_pads(
+      dataclasses.replace(node, padding='same'), in_shape)
+
+
 def explicit_pad(node: Node, in_shape) -> bool:
-  """Whether an int8 export writes a conv's padding as its own PAD op (then VALID): PyTorch's
-  symmetric padding where it differs from TFLite's SAME (3x3 at stride 2 on an even size: 1 and
-  1 against 0 and 1). The exporter (`deploy.graph_tflite`) and the arena model
+  """Whether an int8 export writes a conv's padding as its own PAD op (then VALID): where it is
+  `unlike_same`. The exporter (`deploy.graph_tflite`) and the arena model
   (`hardware.memory.tflm_buffers`) both ask this."""
-  if node.op not in ('conv2d', 'depthwise_conv2d') or node.padding != 'symmetric':
-    return False
-  return window_pads(node, in_shape) != window_pads(dataclasses.replace(node, padding='same'),
-                                                    in_shape)
+  return node.op in ('conv2d', 'depthwise_conv2d') and unlike_same(node, in_shape)
 
 
 class GraphBuilder:
