@@ -180,3 +180,21 @@ def test_constants_kept_and_folded_run_bit_for_bit_everywhere():
   fake = np.asarray(graph_qat.GraphNetwork(graph, 'quant').apply(v, x))
   scale, zp = ref.act(len(graph.nodes) - 1)
   assert np.max(np.abs((logits.astype(np.float32) - zp) * scale - fake)) <= 2.01 * scale
+
+
+def test_a_pool_padded_unlike_tflites_same_is_refused_by_the_exporter_in_one_line():
+  """A 3x3 average pool at stride 2 on an even map with PyTorch's padding (1 and 1; TFLite's
+  SAME pads 0 and 1) has no TFLite op; the same pool with SAME padding exports."""
+  from deploy import graph_tflite
+  for padding, ok in (('symmetric', False), ('same', True)):
+    b = graph_lib.GraphBuilder('pool')
+    x = b.input((8, 8, 4))
+    b.pool(x, 'avg', 3, 2, padding)
+    graph = b.build()
+    assert graph_lib.unlike_same(graph.nodes[1], (8, 8, 4)) != ok
+    if ok:
+      assert graph_tflite.to_tflite(graph)
+    else:
+      with pytest.raises(ValueError, match='no int8 TFLite pool for symmetric padding') as err:
+        graph_tflite.to_tflite(graph)
+      assert '\n' not in str(err.value)
