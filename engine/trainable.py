@@ -46,7 +46,6 @@ class Trainable:
   graph: Any                               # the lowered hardware graph
   image_size: int
   num_classes: int
-  litert_roundings: bool = True            # the integer reference has LiteRT's roundings too
   size: dict = dataclasses.field(default_factory=dict)  # the trained network's size settings
                                                         # ({'C': 16, 'N': 5}); {}: the space's own
 
