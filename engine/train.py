@@ -241,7 +241,8 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
 def make_train_step(model_fn, tx, smoothing=0.0, teacher=None, alpha=0.0, temperature=1.0):
   """Jitted (variables, opt_state, key, images uint8, labels) -> (variables, opt_state, metrics).
 
-  `model_fn(mode)` gives the Flax network for a mode (`engine.graph_qat.GraphNetwork`); the mode is static, one compile per phase.
+  `model_fn(mode)` gives the Flax network for a mode (`engine.graph_qat.GraphNetwork`); the
+  mode is static, one compile per phase.
   `teacher`: the teacher model, whose eval logits on the same augmented batch the student is
   distilled towards; its variables come as the step's last argument (not baked into the jit).
   """
