@@ -85,7 +85,7 @@ def check_graph(graph: graph_lib.Graph):
       raise UnsupportedGraph(
           f'{graph.name or "this arch"}: node {node.name} ({what}) has no int8 training and '
           f'export path (conv / depthwise / dense with ReLU or ReLU6, ReLU, BN, add, pools, '
-          f'reshape); pick an arch without it (tinycnn: the relu archs)')
+          f'reshape); pick an arch without it')
 
 
 def _conv(x, w, node, in_shape):

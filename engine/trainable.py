@@ -77,7 +77,12 @@ def graph_trainable(space_name: str, arch: str, num_classes: int = 0, *, C: int 
     graph = space.lower(decoded, space.shape_of(space.group(decoded)),
                         num_classes or space.num_classes)
     hardware_graph, size = graph, {}
-  graph_qat.check_graph(graph)
+  try:
+    graph_qat.check_graph(graph)
+  except graph_qat.UnsupportedGraph as err:
+    example = _exportable_example(space)
+    raise graph_qat.UnsupportedGraph(
+        f'{err}' + (f', e.g. {example}' if example else '')) from None
   inits = tuple(space.train_inits)
 
   def integer(variables, rounding='tflm'):
@@ -99,6 +104,16 @@ def trainable(space: str, arch: str, *, C: int = 16, N: int = 5, dataset: str = 
   """`arch` of the registered space `space`; C and N size a space's network where it has
   size settings (`SearchSpace.sized_lower`), and are not read otherwise."""
   return graph_trainable(space, arch, num_classes, C=C, N=N, dataset=dataset)
+
+
+def _exportable_example(space, draws: int = 64) -> str | None:
+  """An arch of `space` (the first of a fixed draw) that the int8 path runs, for an error
+  message; None if none of the draw does."""
+  ok = int8_exportable(space.name) or (lambda arch: True)
+  for arch in space.sample(np.random.default_rng(0), draws):
+    if ok(arch):
+      return space.encode(arch)
+  return None
 
 
 def int8_exportable(space_name: str):

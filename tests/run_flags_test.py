@@ -72,7 +72,7 @@ BAD = [
     (['--experiment=train', '--search_space=tinycnn', f'--arch={ARCH}'],
      ['bad tinycnn arch', 'f16k3-f32k5-relu-max']),
     (['--experiment=train', '--search_space=tinycnn', '--arch=f16k3-swish-max'],
-     ['layer0/swish (activation swish) has no int8', 'tinycnn: the relu archs']),
+     ['layer0/swish (activation swish) has no int8', 'pick an arch without it, e.g. f']),
     (['--experiment=train', '--search_space=tinycnn', '--arch=f16k3-relu-max', '--train_width=8'],
      ['--train_width is not read', 'only nb201']),
     (['--experiment=score', '--search_space=tinycnn', '--archs=random:8',
