@@ -154,8 +154,8 @@ def run(f, workdir='correlate_out'):
   common.enable_compile_cache()  # a resumed run reuses the interrupted one's compiled program
   import jax
   devices = jax.local_devices()
-  n_dev = len(devices)
-  config = run_config(proxy_names, scorer.settings, f, images, ops, n_dev, devices[0].platform)
+  config = run_config(proxy_names, scorer.settings, f, images, ops, len(devices),
+                      devices[0].platform)
   check_shared_manifest(workdir, config, share, create=not f.partial)
   print(f'inputs: {input_source(images)}')
   print(f'correlate: {len(truth.archs)} {space.name} archs'
@@ -234,15 +234,8 @@ def search_gaps(space, archs, acc, columns, device='stm32f746', runtime='cmsis-n
   random feasible pick (the baseline a proxy must beat)."""
   from engine.search import objective as obj
   from engine.search.problem import Term
-  by_group: dict = {}
-  for i, a in enumerate(archs):
-    by_group.setdefault(space.group(a), []).append(i)
-  costs = {k: np.zeros(len(archs)) for k in obj.COST_NAMES}
-  for group, idx in by_group.items():
-    part = search_lib.space_costs(space, group, [archs[i] for i in idx], space.input_shape,
-                                  space.num_classes, device, runtime)
-    for k in costs:
-      costs[k][idx] = part[k]
+  costs = search_lib.grouped_costs(space, archs, space.input_shape, space.num_classes, device,
+                                   runtime)
   feasible = obj.within_limits(costs, obj.Constraints(device, runtime).limits())
   seed_objective = lambda pool, proxy: obj.seed(
       {'p': proxy}, [Term('p', True)], {k: v[pool] for k, v in costs.items()},
@@ -486,13 +479,11 @@ def build_columns(scores: dict, proxy_names, aggregates, higher_is_better=None) 
     valid = aggregate.valid_mask(values, flags.get(name))
     higher = (higher_is_better or {}).get(name, None)
     higher = proxies_lib.REGISTRY[name].higher_is_better if higher is None else higher
-    sign = 1.0 if higher else -1.0
-    if name in flags:
-      text = [ntk_lib.FLAG_NAMES.get(int(v), str(int(v))) for v in flags[name]]
-    else:
-      text = [''] * len(values)
+    text = ([ntk_lib.FLAG_NAMES.get(int(v), str(int(v))) for v in flags[name]] if name in flags
+            else [''] * len(values))
     text = [t or ('' if ok else 'nonfinite') for t, ok in zip(text, valid)]
-    columns.append(Column(name, 'proxy', values, sign * values, valid, text, int((~valid).sum())))
+    columns.append(Column(name, 'proxy', values, (1.0 if higher else -1.0) * values, valid, text,
+                          int((~valid).sum())))
   for agg in aggregates:
     values, flagged = aggregate.compute(agg, scores, flags)
     text = ['+'.join(names) for names in flagged]
@@ -515,20 +506,16 @@ def correlation_row(column: Column, acc) -> dict:
   score, truth = column.oriented[column.valid], np.asarray(acc)[column.valid]
   row = {'name': column.name, 'kind': column.kind, 'archs': len(column.values),
          'used': int(column.valid.sum()), 'flagged': column.flagged}
-  nan = float('nan')
   told = len(score) >= 3 and np.ptp(score) > 0  # else nothing to rank: every figure is n/a
-  if told:
-    with warnings.catch_warnings():
-      warnings.simplefilter('ignore')
-      row['spearman'] = float(stats.spearmanr(score, truth).statistic)
-      row['kendall'] = float(stats.kendalltau(score, truth).statistic)
-      row['pearson'] = float(stats.pearsonr(score, truth).statistic)
-  else:
-    row.update(spearman=nan, kendall=nan, pearson=nan)
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    for key, fn in (('spearman', stats.spearmanr), ('kendall', stats.kendalltau),
+                    ('pearson', stats.pearsonr)):
+      row[key] = float(fn(score, truth).statistic) if told else float('nan')
   for fraction in TOP_FRACTIONS:
-    key = f'top{round(fraction * 100)}_precision'
     # on tied values the top set would be the arch list's order, not the proxy's
-    row[key] = top_precision(score, truth, fraction) if told else nan
+    row[f'top{round(fraction * 100)}_precision'] = (top_precision(score, truth, fraction)
+                                                    if told else float('nan'))
   return row
 
 
@@ -571,24 +558,17 @@ def agreement_rows(columns, indices, reference: dict) -> list[dict]:
     ref_name = REFERENCE_NAMES.get(c.name)
     if c.kind != 'proxy' or ref_name not in reference:
       continue
-    ours, theirs = [], []
-    matched = 0
-    for index, value in zip(reference['arch_index'], reference[ref_name]):
-      row = first.get(int(index))
-      if row is None:
-        continue
-      matched += 1
-      if c.valid[row] and np.isfinite(value):
-        ours.append(c.values[row])
-        theirs.append(value)
+    pairs = [(first[int(i)], v) for i, v in zip(reference['arch_index'], reference[ref_name])
+             if int(i) in first]
+    used = [(c.values[r], v) for r, v in pairs if c.valid[r] and np.isfinite(v)]
     rho = float('nan')
-    if len(ours) >= 3:
+    if len(used) >= 3:
       with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        rho = float(stats.spearmanr(ours, theirs).statistic)
+        rho = float(stats.spearmanr(*zip(*used)).statistic)
     rows.append({'name': c.name, 'reference_column': ref_name,
-                 'reference_archs': int(len(reference['arch_index'])), 'matched': matched,
-                 'used': len(ours), 'spearman': rho})
+                 'reference_archs': int(len(reference['arch_index'])), 'matched': len(pairs),
+                 'used': len(used), 'spearman': rho})
   return rows
 
 
@@ -598,16 +578,12 @@ def agreement_rows(columns, indices, reference: dict) -> list[dict]:
 def write_scores(workdir, strs, indices, columns, acc_name, acc):
   """scores.csv (and .parquet): arch_index (benchmark spaces), arch_str, each column and its
   flag, the accuracy."""
-  header = (['arch_index'] if indices is not None else []) + ['arch_str']
-  for c in columns:
-    header += [c.name, c.name + '_flag']
-  header.append(acc_name)
-  rows = []
-  for i in range(len(strs)):
-    row = ([int(indices[i])] if indices is not None else []) + [strs[i]]
-    for c in columns:
-      row += [common.format_number(float(c.values[i])), c.flag_text[i]]
-    rows.append(row + [common.format_number(float(acc[i]))])
+  header = ((['arch_index'] if indices is not None else []) + ['arch_str']
+            + [n for c in columns for n in (c.name, c.name + '_flag')] + [acc_name])
+  rows = [([int(indices[i])] if indices is not None else []) + [strs[i]]
+          + [x for c in columns for x in (common.format_number(float(c.values[i])),
+                                          c.flag_text[i])]
+          + [common.format_number(float(acc[i]))] for i in range(len(strs))]
   common.write_csv_atomic(workdir / 'scores.csv', header, rows)
   try:
     import pyarrow as pa

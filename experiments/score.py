@@ -32,11 +32,8 @@ def select(space, f) -> list:
 
 def score_by_group(space, scorer, archs, k, progress=None) -> dict:
   """{name: [N]} of archs of any groups, each group in compiled calls of `k` candidates."""
-  groups: dict = {}
-  for i, a in enumerate(archs):
-    groups.setdefault(space.group(a), []).append(i)
   scores: dict = {}
-  for group, idx in groups.items():
+  for group, idx in search_lib.group_positions(space, archs).items():
     part = scorer.score_archs(group, [archs[i] for i in idx], k, progress)
     for name, values in part.items():
       scores.setdefault(name, np.zeros(len(archs), np.asarray(values).dtype))[idx] = values

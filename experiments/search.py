@@ -77,16 +77,8 @@ def _cached_costs(space, archs, input_shape, num_classes, constraints):
         return costs
     except (OSError, KeyError, ValueError):
       pass
-  costs = None
-  by_group: dict = {}
-  for i, a in enumerate(archs):
-    by_group.setdefault(space.group(a), []).append(i)
-  costs = {k: np.zeros(len(archs)) for k in search_lib.COST_NAMES}
-  for group, idx in by_group.items():
-    part = search_lib.space_costs(space, group, [archs[i] for i in idx], input_shape,
-                                  num_classes, constraints.device, constraints.runtime)
-    for k in costs:
-      costs[k][idx] = part[k]
+  costs = search_lib.grouped_costs(space, archs, input_shape, num_classes, constraints.device,
+                                   constraints.runtime)
   try:
     cache.parent.mkdir(parents=True, exist_ok=True)
     common.write_atomic(cache, lambda fh: np.savez(fh, **costs))

@@ -141,6 +141,25 @@ def space_costs(space, group, archs, input_shape, num_classes, device, runtime) 
   return {k: np.array([r[k] for r in rows], np.float64) for k in obj.COST_NAMES}
 
 
+def group_positions(space, archs) -> dict:
+  """{group: [positions in `archs`]}, groups in order of first appearance."""
+  out: dict = {}
+  for i, a in enumerate(archs):
+    out.setdefault(space.group(a), []).append(i)
+  return out
+
+
+def grouped_costs(space, archs, input_shape, num_classes, device, runtime) -> dict:
+  """{cost name: [N]} of archs of any groups (`space_costs` per group)."""
+  costs = {k: np.zeros(len(archs)) for k in obj.COST_NAMES}
+  for g, idx in group_positions(space, archs).items():
+    part = space_costs(space, g, [archs[i] for i in idx], input_shape, num_classes, device,
+                       runtime)
+    for k in obj.COST_NAMES:
+      costs[k][idx] = part[k]
+  return costs
+
+
 def choose_group(space, archs, costs, feasible, min_samples: int = 8):
   """TinyNAS's space optimisation (MCUNet, Lin et al. 2020) for spaces with several groups
   (e.g. width x resolution): the group whose feasible archs have the highest mean MACs (more
@@ -160,17 +179,10 @@ def build_table(space, constraints: obj.Constraints, archs, input_shape, num_cla
   """The table of `archs` (any groups) under the constraints, restricted to one group (the
   only one, or `choose_group`'s); InfeasibleError naming the binding limit if none fits."""
   limits = constraints.limits()
-  by_group: dict = {}
-  for i, a in enumerate(archs):
-    by_group.setdefault(space.group(a), []).append(i)
+  by_group = group_positions(space, archs)
   if costs is None:
-    parts = {g: space_costs(space, g, [archs[i] for i in idx], input_shape, num_classes,
-                            constraints.device, constraints.runtime)
-             for g, idx in by_group.items()}
-    costs = {k: np.zeros(len(archs)) for k in obj.COST_NAMES}
-    for g, idx in by_group.items():
-      for k in obj.COST_NAMES:
-        costs[k][idx] = parts[g][k]
+    costs = grouped_costs(space, archs, input_shape, num_classes, constraints.device,
+                          constraints.runtime)
   valid = np.zeros(len(archs), bool)
   for g, idx in by_group.items():
     valid[idx] = _valid(space, g, [archs[i] for i in idx])
