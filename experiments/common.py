@@ -477,10 +477,6 @@ def select_archs(spec: str, seed: int, benchmark_file=None) -> np.ndarray:
   return np.stack(rows)
 
 
-def settings_from_flags(f) -> proxies_lib.ScoreSettings:
-  return proxies_lib.ScoreSettings.from_config(f)
-
-
 def load_images(data_dir, dataset: str, stand_in: str = 'noise'):
   """Training images for the proxies: CIFAR batches, or the train split of the user's image
   folder or .npz (`data_lib.load_train_test`, at 32x32: the samplers resize to the networks'

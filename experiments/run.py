@@ -389,15 +389,12 @@ READ_WHEN = {
     'partial': (('correlate',),) + _OWN_SCORER,
     'space_samples': (('search',), 'spaces too large to enumerate (mbv2)',
                       lambda f, space: space.enumerate is None),
-    'random_samples': (('search',),) + _SEARCHERS('random'),
-    'evolution_samples': (('search',),) + _SEARCHERS('evolution'),
-    'population': (('search',),) + _SEARCHERS('evolution'),
-    'tournament': (('search',),) + _SEARCHERS('evolution'),
-    'rerank_pool': (('search',),) + _SEARCHERS('rerank'),
-    'rerank_band': (('search',),) + _SEARCHERS('rerank'),
-    'recheck': (('search',),) + _SEARCHERS('grad_prune'),
-    'finalist_epochs': (('search',), '--finalists >= 1', lambda f, space: f.finalists > 0),
-    'finalist_lr': (('search',), '--finalists >= 1', lambda f, space: f.finalists > 0),
+    **{name: (('search',),) + _SEARCHERS(searcher) for name, searcher in (
+        ('random_samples', 'random'), ('evolution_samples', 'evolution'),
+        ('population', 'evolution'), ('tournament', 'evolution'), ('rerank_pool', 'rerank'),
+        ('rerank_band', 'rerank'), ('recheck', 'grad_prune'))},
+    **{name: (('search',), '--finalists >= 1', lambda f, space: f.finalists > 0)
+       for name in ('finalist_epochs', 'finalist_lr')},
     'w_feasible': (('search',),) + _SEARCHERS('prune'),
     'batch_candidates': (('search',), '--searcher=rerank, random, evolution or grad_prune',
                          lambda f, space: f.searcher != 'prune'),
@@ -405,20 +402,17 @@ READ_WHEN = {
                    '(nb201\'s none)',
                    lambda f, space: f.searcher in ('prune', 'grad_prune') and space.relax
                    is not None and space.relax.optional is not None),
-    'w_flops': (('search',), '--objective=hybrid or --searcher=grad_prune',
-                lambda f, space: f.objective == 'hybrid' or f.searcher == 'grad_prune'),
-    'w_latency': (('search',), '--objective=hybrid or --searcher=grad_prune',
-                  lambda f, space: f.objective == 'hybrid' or f.searcher == 'grad_prune'),
+    **{name: (('search',), '--objective=hybrid or --searcher=grad_prune',
+              lambda f, space: f.objective == 'hybrid' or f.searcher == 'grad_prune')
+       for name in ('w_flops', 'w_latency')},
     'seed': (('cost',), '--archs=random:N on a search space',
              lambda f, space: f.archs.strip().startswith('random:')),
     'chunk_size': (('score',), '--workdir (its resumable chunks)',
                    lambda f, space: f['workdir'].present),
     # C and N size the network of a space with size settings (`SearchSpace.sized_lower`:
     # nb201's); the other spaces train at their own size
-    'train_width': (('train', 'pipeline'), 'nb201',
-                    lambda f, space: space.sized_lower is not None),
-    'train_cells': (('train', 'pipeline'), 'nb201',
-                    lambda f, space: space.sized_lower is not None),
+    **{name: (('train', 'pipeline'), 'nb201', lambda f, space: space.sized_lower is not None)
+       for name in ('train_width', 'train_cells')},
 }
 
 

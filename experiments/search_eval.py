@@ -340,17 +340,12 @@ def main(argv):
   if unread:
     common.fail(f'search_eval does not read --{unread} (its cells are STM32F746 with CMSIS-NN, '
                 f'and it passes on only --{", --".join(PASSED_ON)}); drop it')
-  try:  # a search flag the chosen searcher does not read (e.g. --recheck with rerank)
+  try:  # a search flag the chosen searcher does not read (e.g. --recheck with rerank), bad
+    # seeds or cells, an unusable workdir: one line each
     run_lib.refuse_unread(f, 'search')
-  except common.UsageError as err:
-    common.fail(str(err))
-  try:
     seeds = search_exp.parse_seeds(f.seeds if f['seeds'].present else DEFAULTS['seeds'], 0)
     datasets, budgets = cells_from_flags()
-  except ValueError as err:
-    common.fail(str(err))
-  workdir = pathlib.Path(f.workdir if f['workdir'].present else DEFAULTS['workdir'])
-  try:
+    workdir = pathlib.Path(f.workdir if f['workdir'].present else DEFAULTS['workdir'])
     common.check_workdir(workdir)
   except ValueError as err:
     common.fail(str(err))

@@ -119,14 +119,11 @@ def validate_mlperf(prior_weight: float = 0.1, steps: int = 1500) -> dict:
   systems = load_mlperf_systems(
       nb201.data_dir() / 'mlperf_tiny' / 'mlperf_tiny_cortex_m_only.csv')
   feats = mlperf_features()
-  rows, groups, models, cycles = [], [], [], []
-  for si, s in enumerate(systems):
-    for m, b in enumerate(BENCHMARKS):
-      if b in s['latency']:
-        groups.append(si), models.append(m)
-        cycles.append(s['latency'][b] * s['clock_mhz'] * 1e3)
-        rows.append((si, m))
-  groups, models, cycles = np.array(groups), np.array(models), np.array(cycles)
+  rows = [(si, m) for si, s in enumerate(systems) for m, b in enumerate(BENCHMARKS)
+          if b in s['latency']]
+  groups, models = np.array([si for si, _ in rows]), np.array([m for _, m in rows])
+  cycles = np.array([systems[si]['latency'][BENCHMARKS[m]] * systems[si]['clock_mhz'] * 1e3
+                     for si, m in rows])
   x = feats[models]
   init = devices.CORE_CYCLES['cortex-m4']
   n = len(rows)
@@ -334,13 +331,10 @@ def main(argv):
   if _SEED.value < 0:
     common.fail(f'--seed must be non-negative, got {_SEED.value}')
   output = pathlib.Path(_OUTPUT.value) if _OUTPUT.value else None
-  if output:  # before the work: a folder, a path under a file, a read-only place
-    try:
-      common.check_output_file(_OUTPUT.value, 'output', 'validation.json')
-    except ValueError as err:
-      common.fail(str(err))
   out = {}
   try:
+    if output:  # before the work: a folder, a path under a file, a read-only place
+      common.check_output_file(_OUTPUT.value, 'output', 'validation.json')
     if _PART.value in ('mlperf', 'all'):
       out['mlperf'] = validate_mlperf()
       _print_mlperf(out['mlperf'])

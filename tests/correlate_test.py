@@ -339,8 +339,8 @@ def test_committed_sweep_chunks_belong_to_the_documented_command(data_dir):
   reference = correlate.load_reference(f.reference_file, f.dataset)
   ops = table.index_to_ops[correlate.reference_archs(f.archs, reference, f.seed)]
   images = common.load_images(f.data_dir, f.dataset, f.stand_in_inputs)
-  config = correlate.run_config(['ntk_cond'], common.settings_from_flags(f), f, images, ops, 1,
-                                'cpu')
+  config = correlate.run_config(['ntk_cond'], proxies.ScoreSettings.from_config(f), f, images, ops,
+                                1, 'cpu')
   assert json.loads((root / 'manifest.json').read_text()) == config
   files = sorted((root / 'chunks').iterdir())
   done, scores = correlate.finished_scores(ops, f.chunk_size, root / 'chunks')
