@@ -169,10 +169,9 @@ def load_data(data_dir, cfg: TrainConfig):
     raise data_lib.DataError(f'{data_dir} has {train.num_classes} classes but this run\'s network '
                              f'has {cfg.num_classes} outputs (config.json: num_classes); pass the '
                              f'--data_dir the run was trained on')
-  if cfg.train_images:
-    train.images, train.labels = train.images[:cfg.train_images], train.labels[:cfg.train_images]
-  if cfg.test_images:
-    test.images, test.labels = test.images[:cfg.test_images], test.labels[:cfg.test_images]
+  for part, count in ((train, cfg.train_images), (test, cfg.test_images)):
+    if count:  # 0: all
+      part.images, part.labels = part.images[:count], part.labels[:count]
   return train, test
 
 

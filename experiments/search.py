@@ -358,8 +358,7 @@ def _summary(records):
   def stats(key):
     v = np.array([r[key] for r in records if r[key] is not None], float)
     return (v.mean(), v.std()) if len(v) else (float('nan'), float('nan'))
-  acc, gap, t = stats('test_acc'), stats('gap'), stats('search_s')
-  run = stats('run_s')
+  acc, gap, t, run = stats('test_acc'), stats('gap'), stats('search_s'), stats('run_s')
   print(f'{len(records)} seeds: test acc {acc[0]:.2f} +- {acc[1]:.2f}, gap {gap[0]:.2f} +- '
         f'{gap[1]:.2f}, search {t[0]:.1f} s/seed (run {run[0]:.1f} s, compile in the first)')
 

@@ -130,12 +130,11 @@ def markdown(report, source, acc_name) -> str:
       f'biased upward by the choice).', '',
       '| aggregate (best on selection split first) | selection rho | held-out rho | '
       'held-out tau |', '|---|---|---|---|']
-  for r in report['top']:
-    lines.append(f'| `{r["name"]}` | {r["selection_spearman"]:.3f} | '
-                 f'{r["held_out_spearman"]:.3f} | {r["held_out_kendall"]:.3f} |')
+  lines += [f'| `{r["name"]}` | {r["selection_spearman"]:.3f} | {r["held_out_spearman"]:.3f} | '
+            f'{r["held_out_kendall"]:.3f} |' for r in report['top']]
   lines += ['', '| single proxy | held-out rho | archs used |', '|---|---|---|']
-  for s in report['single_proxies_held_out']:
-    lines.append(f'| {s["name"]} | {s["held_out_spearman"]:.3f} | {s["used"]} |')
+  lines += [f'| {s["name"]} | {s["held_out_spearman"]:.3f} | {s["used"]} |'
+            for s in report['single_proxies_held_out']]
   return '\n'.join(lines) + '\n'
 
 
