@@ -9,14 +9,10 @@ Any registered space (`--search_space`): NB201 against its benchmark table for -
 archs chosen by --archs), a plug-in space against its trained ground truth
 (search_spaces/ground_truth/, or --benchmark_file; --archs picks among the trained archs: all,
 random:N or a list). Scores the archs with the space's scorer (the one the searchers use) in
-chunks of --chunk_size archs. Each finished
-chunk is written atomically to WORKDIR/chunks/; WORKDIR/manifest.json records every setting that
-changes the numbers. Rerunning the same command after a crash or a kill skips the finished chunks
-and ends with exactly the rows of an uninterrupted run; a rerun with other settings into the same
-WORKDIR fails in one line. Chunking cannot change a score: an arch's init key comes from the seed
-and the arch itself (`scoring.row_keys`) and the input batches from the seed alone
-(`proxies.make_inputs`), and a chunk is always cut the same way, so every arch is scored in the
-same batch position with the same batch-mates whichever process scores it.
+chunks of --chunk_size archs in WORKDIR/chunks/, resumable after a crash or a kill against
+WORKDIR/manifest.json (docs/correlation.md, "Resume contract"). Chunking cannot change a score:
+a chunk is always cut the same way, so every arch is scored in the same batch position with the
+same batch-mates whichever process scores it.
 
 Then, over the whole pool: aggregates (`engine.proxies.aggregate`), `scores.csv` and `scores.parquet`,
 `correlation.md` / `.json` (Spearman, Kendall, Pearson and top-5%/10% precision against the
