@@ -83,9 +83,7 @@ def to_tflite(graph: graph_lib.Graph, quantized=None, seed: int = 0,
   this graph (None: random weights, `seed`). ValueError (one line) for a graph whose output
   does not depend on its input."""
   q = quantized if quantized is not None else _RandomWeights(graph, seed)
-  if len(graph.nodes) < 2:
-    raise ValueError(f'{graph.name or "this arch"} is disconnected: its logits do not depend on '
-                     f'the input, so there is nothing to export')
+  graph_lib.check_connected(graph, 'export')
   m = tfl.ModelBuilder()
   ids: dict[int, int] = {}
   flat = set()  # nodes whose tensor is [1, n] already

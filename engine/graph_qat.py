@@ -63,10 +63,7 @@ def partial_sum_name(node: graph_lib.Node, i: int) -> str:
 def check_graph(graph: graph_lib.Graph):
   """Raise `UnsupportedGraph` naming the first op int8 training and export cannot handle, or
   ValueError (one line) for a graph whose output does not depend on its input."""
-  if len(graph.nodes) < 2:
-    raise ValueError(f'{graph.name or "this arch"} is disconnected: its logits do not depend on '
-                     f'the input (no path of non-none ops from input to output), so there is '
-                     f'nothing to train or export')
+  graph_lib.check_connected(graph, 'train or export')
   for node in graph.nodes:
     what = None
     if node.op not in TRAINABLE_OPS:

@@ -139,6 +139,15 @@ def validate(graph: Graph) -> None:
 # ----------------------------------------------------------------------------- builder
 
 
+def check_connected(graph: Graph, nothing_to: str) -> None:
+  """ValueError (one line) for a graph whose logits do not depend on its input (a lowering
+  left only the input node): there is nothing to `nothing_to` (e.g. 'export')."""
+  if len(graph.nodes) < 2:
+    raise ValueError(f'{graph.name or "this arch"} is disconnected: its logits do not depend on '
+                     f'the input (no path of non-none ops from input to output), so there is '
+                     f'nothing to {nothing_to}')
+
+
 def _out_size(size: int, kernel: int, stride: int, padding: str) -> int:
   if padding == 'same':
     return math.ceil(size / stride)
