@@ -163,11 +163,13 @@ def tflm_buffers(graph: graph_lib.Graph) -> TflmBuffers:
   conv whose padding the export writes as a PAD op (`graph.explicit_pad`: PyTorch's symmetric
   padding where TFLite's SAME pads otherwise, NB201's stride-2 convs), an n-term sum as n - 1
   chained ADDs with int8 partial sums (a folded constant operand is a flash tensor, not an arena
-  one), the global pool as AVERAGE_POOL_2D then RESHAPE; aliases (identity, one-term sums) add
-  no tensor. No op works in place."""
+  one), the global pool as AVERAGE_POOL_2D then RESHAPE, a reshape or identity node as a
+  RESHAPE with its own tensor (except a flatten of a global pool's output, which the export
+  writes nothing for); one-term sums add no tensor. No op works in place."""
   st = graph_lib.node_stats(graph)
   sizes, first, last = [], [], []
   tensor_of = {}
+  flat = set()  # nodes whose tensor the export has flattened already (global pool, reshape)
   op = 0
 
   def new(size):
@@ -184,9 +186,12 @@ def tflm_buffers(graph: graph_lib.Graph) -> TflmBuffers:
       tensor_of[i] = new(st.out_bytes[i])
       continue
     ins = [tensor_of[j] for j in node.inputs]
-    if node.is_alias:
+    if node.op == 'reshape' and node.inputs[0] in flat or node.op == 'add' and node.is_alias:
       tensor_of[i] = ins[0]
+      flat.update([i] if node.op == 'reshape' else [])
       continue
+    if node.op in ('global_avg_pool', 'reshape'):
+      flat.add(i)
     if node.op == 'add':  # constant operands (None) live in flash, not in the arena
       live = iter(ins)
       operands = [None if k in node.const_slots else next(live) for k in range(node.operands)]

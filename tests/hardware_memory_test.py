@@ -139,9 +139,11 @@ def test_tflm_greedy_planner_places_largest_first_in_gaps():
               'skip_connect~2|'),
     ('mbv2', None), ('tinycnn', 'f32k5-relu-max')])
 def test_the_arena_model_runs_the_exported_models_ops(space, arch):
-  """`tflm_buffers` counts the ops the exported .tflite has: a PAD only where the export writes
-  one (NB201's symmetric stride-2 convs). Before, every strided k x k conv2d had one, so mbv2's
-  SAME-padded stem got a PAD tensor its .tflite does not have."""
+  """`tflm_buffers` has the ops and arena tensors the exported .tflite has: a PAD only where the
+  export writes one (NB201's symmetric stride-2 convs; before, every strided k x k conv2d had
+  one, so mbv2's SAME-padded stem got a PAD tensor its .tflite does not have), and a tensor for
+  a graph's own reshape, which the export writes as a RESHAPE (tinycnn's flatten; before, the
+  model took it for an alias)."""
   from deploy import graph_tflite
   from search_spaces import registry
   from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
@@ -150,11 +152,11 @@ def test_the_arena_model_runs_the_exported_models_ops(space, arch):
   graph = s.lower(a, s.shape_of(s.group(a)), s.num_classes)
   model = schema.ModelT.InitFromPackedBuf(graph_tflite.to_tflite(graph), 0)
   ops = [model.operatorCodes[o.opcodeIndex].builtinCode for o in model.subgraphs[0].operators]
-  # the model treats a graph's own reshape as an alias (no op, no tensor); the export writes a
-  # RESHAPE for it (tinycnn's flatten), and one after each global pool, which the model counts
-  gap = sum(n.op == 'global_avg_pool' for n in graph.nodes)
-  own_reshapes = ops.count(schema.BuiltinOperator.RESHAPE) - gap
-  assert len(ops) - own_reshapes == memory.tflm_buffers(graph).num_ops
+  buffers = memory.tflm_buffers(graph)
+  assert len(ops) == buffers.num_ops
+  arena = [int(np.prod(t.shape)) for t in model.subgraphs[0].tensors
+           if model.buffers[t.buffer].data is None or not len(model.buffers[t.buffer].data)]
+  assert sorted(arena) == sorted(buffers.sizes.tolist())
   pads = ops.count(schema.BuiltinOperator.PAD)
   strided = [n for n in graph.nodes if n.op == 'conv2d' and n.stride[0] > 1 and n.kernel[0] > 1]
   assert (strided or space == 'tinycnn') and pads == (len(strided) if space == 'nb201' else 0)
