@@ -34,7 +34,7 @@ import shutil
 
 import numpy as np
 
-from engine import quant
+from engine.quant import quant
 from hardware import memory
 
 RUNTIME_DIR = pathlib.Path(__file__).parent / 'c'

@@ -31,7 +31,7 @@ import numpy as np
 
 from deploy import runtimes
 from engine import files
-from engine import train as train_lib
+from engine.train import train as train_lib
 from search_spaces import registry
 
 IO_CHECK_IMAGES = 256
@@ -69,6 +69,17 @@ def predicted_costs(graph, device: str, runtime: str) -> dict:
           'weight_bytes': counts['weights'], 'bias_bytes': 4 * counts['biases']}
 
 
+def ptq_command(cfg, workdir, data_dir=None) -> str:
+  """The command that quantizes the fp32 run `workdir` (config `cfg`) with PTQ on `data_dir`
+  (a placeholder where None)."""
+  from search_spaces import registry
+  size = (f' --train_width={cfg.C} --train_cells={cfg.N} --dataset={cfg.dataset}'
+          if registry.get(cfg.search_space).sized_lower is not None else '')
+  return (f"python -m experiments.run --experiment=train --search_space={cfg.search_space} "
+          f"--arch='{cfg.arch}'{size} --quant=ptq --epochs=0 --init_from={workdir} "
+          f"--data_dir={data_dir or '<its training data>'} --workdir=<new dir>")
+
+
 def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
            device: str = 'stm32f746', runtime: str = 'tflm', progress=True, log=print,
            c_source: bool = False, c_target: str = 'm4', c_images: int = 1000,
@@ -82,8 +93,7 @@ def export(workdir, data_dir, verify_images: int = -1, litert: bool = True,
   cfg, variables = train_lib.load_run(workdir)
   if cfg.quant == 'fp32':
     raise ExportError(f'{workdir} was trained in fp32; export needs its int8 ranges: train with '
-                      f'--quant=qat, or quantize it with --experiment=train --quant=ptq '
-                      f'--epochs=0 --init_from={workdir} --workdir=<new dir>')
+                      f'--quant=qat, or quantize it with {ptq_command(cfg, workdir, data_dir)}')
   if not np.any(np.asarray(variables['quant']['input_q']['count']) > 0):
     raise ExportError(f'{workdir} holds no calibrated activation ranges; rerun its training to '
                       f'the end (the ranges are set when QAT or PTQ starts)')
@@ -307,8 +317,8 @@ LITERT_ROUNDING = {'xnnpack': 'single', 'reference': 'litert_reference'}
 
 def reference_logits(net, variables, x, rounding='tflm') -> np.ndarray:
   """The integer reference's int8 logits for normalised images x (`net`: the run's
-  `engine.trainable.Trainable`), through its compiled run, equal bit for bit to the numpy
-  kernels (`engine.graph_int`)."""
+  `engine.train.trainable.Trainable`), through its compiled run, equal bit for bit to the numpy
+  kernels (`engine.quant.graph_int`)."""
   return net.integer(variables, rounding).logits(x)
 
 

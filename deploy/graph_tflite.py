@@ -1,6 +1,6 @@
 """An int8 .tflite of any lowered hardware graph: the graph's own tensors, ops and shapes,
 written with `deploy.tflite`'s flatbuffer builder. Each node becomes the stock TFLite builtin
-that computes what the integer reference (`engine.graph_int`) computes, with the same numbers:
+that computes what the integer reference (`engine.quant.graph_int`) computes, with the same numbers:
 
 | graph node                      | TFLite builtin                                                  |
 |---------------------------------|-----------------------------------------------------------------|
@@ -23,7 +23,7 @@ that computes what the integer reference (`engine.graph_int`) computes, with the
 Nodes that do not depend on the input write no op: their values are constants.
 
 Two sources of numbers:
-  * a trained, quantized graph (`engine.graph_int.IntGraph`): the export of any space's arch,
+  * a trained, quantized graph (`engine.quant.graph_int.IntGraph`): the export of any space's arch,
     verified bit for bit against that integer reference in TFLite Micro;
   * `quantized=None`: seeded random int8 weights with per-channel scales, which run but predict
     nothing. Memory and file size do not depend on the weights' values, so this is what an
@@ -79,7 +79,7 @@ class _RandomWeights:
 
 def to_tflite(graph: graph_lib.Graph, quantized=None, seed: int = 0,
               description: str = '') -> bytes:
-  """The graph as an int8 TFLite flatbuffer; `quantized`: an `engine.graph_int.IntGraph` of
+  """The graph as an int8 TFLite flatbuffer; `quantized`: an `engine.quant.graph_int.IntGraph` of
   this graph (None: random weights, `seed`). ValueError (one line) for a graph whose output
   does not depend on its input."""
   q = quantized if quantized is not None else _RandomWeights(graph, seed)

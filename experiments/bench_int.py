@@ -3,15 +3,15 @@
   python -m experiments.bench_int --arch=6111 --width=16 --cells=5 --images=2000
   python -m experiments.bench_int --search_space=tinycnn --arch=f32k5-relu-max
 
-Builds the int8 network of one arch of any space (`engine.trainable`: the lowered graph,
+Builds the int8 network of one arch of any space (`engine.train.trainable`: the lowered graph,
 NB201's at `--width`/`--cells`) from freshly initialised, calibrated QAT variables (random
 uint8 images; the speed does not depend on training), then times
-  * `engine.graph_int.IntGraph.reference_logits`: numpy, eager (the reference), on
+  * `engine.quant.graph_int.IntGraph.reference_logits`: numpy, eager (the reference), on
     `--reference_images` images;
   * `IntGraph.logits`: the same kernels compiled by XLA, on `--images` images, compile (first
     batch) apart;
 and checks that the two give the same int8 logits on every image both ran, for the rounding
-given (`--rounding`, `engine.quant.ROUNDINGS`; default TFLite Micro's).
+given (`--rounding`, `engine.quant.quant.ROUNDINGS`; default TFLite Micro's).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def main(argv):
   common.quiet_logs()
   import jax
   import numpy as np
-  from engine import train, trainable
+  from engine.train import train, trainable
   from experiments import train as train_exp
   from hardware import graph as graph_lib
   from search_spaces import registry

@@ -4,7 +4,7 @@
   python -m experiments.bench_mcu --search_space=tinycnn --archs=20 --out=runs/bench_tiny.csv
 
 For each of `--archs` random archs of `--search_space` (seed `--seed`; NB201: connected ones;
-every space: those with an int8 path) the network the trainer trains (`engine.trainable`: the
+every space: those with an int8 path) the network the trainer trains (`engine.train.trainable`: the
 lowered graph, NB201's at `--width`/`--cells`) is made an untrained int8 model
 (initial weights, ranges calibrated on noise images: counts do not depend on training),
 exported, generated as C (`deploy.c_source`), built for `--target` and run on one image in QEMU
@@ -52,11 +52,11 @@ def _key(row) -> tuple:
 
 
 def measure(net, target: str, device: str, workdir) -> dict:
-  """The row of one arch, `net` an `engine.trainable.Trainable`."""
+  """The row of one arch, `net` an `engine.train.trainable.Trainable`."""
   import jax
   import numpy as np
   from deploy import c_source, export, mcu
-  from engine import trainable
+  from engine.train import trainable
   rng = np.random.default_rng(0)
   x = rng.standard_normal((16, net.image_size, net.image_size, 3)).astype(np.float32)
   v = trainable.init_calibrated(net, jax.random.key(0), x)
@@ -83,7 +83,7 @@ def measure(net, target: str, device: str, workdir) -> dict:
 
 
 def summarize(rows, nets, device: str) -> str:
-  """The summary of `rows` and their `engine.trainable.Trainable`s."""
+  """The summary of `rows` and their `engine.train.trainable.Trainable`s."""
   import numpy as np
   from deploy import export
   from hardware import latency
@@ -122,7 +122,7 @@ def summarize(rows, nets, device: str) -> str:
 def _archs(space, count: int, seed: int, size: dict) -> list:
   """`count` random archs of `space` with an int8 path (NB201: connected), as Trainables."""
   import numpy as np
-  from engine import trainable
+  from engine.train import trainable
   rng = np.random.default_rng(seed)
   exportable = trainable.int8_exportable(space.name) or (lambda arch: True)
   connected = space.relax.valid if space.relax and space.relax.valid else None

@@ -3,9 +3,9 @@
   python -m experiments.bench_train --arch=6111 --width=16 --cells=5 --batch=128
   python -m experiments.bench_train --search_space=tinycnn --arch=f32k5-relu-max
 
-The network is the one `--experiment=train` trains (`engine.trainable`: the lowered graph,
+The network is the one `--experiment=train` trains (`engine.train.trainable`: the lowered graph,
 NB201's at `--width`/`--cells`, any other space's at its own size).
-Times the jitted train step of `engine.train` (augmentation, forward, backward, SGD update) on
+Times the jitted train step of `engine.train.train` (augmentation, forward, backward, SGD update) on
 random uint8 images after one warm-up call, `--steps` times per mode, and prints the median.
 QAT is timed on calibrated ranges and BN statistics from a few float steps, as a real run has.
 """
@@ -31,8 +31,8 @@ def main(argv):
   import jax
   import numpy as np
   import optax
-  from engine import train
-  from engine import trainable
+  from engine.train import train
+  from engine.train import trainable
   from experiments import train as train_exp
   from search_spaces import registry
   try:

@@ -14,7 +14,7 @@ import tempfile
 
 import numpy as np
 
-from engine import data as data_lib
+from engine.train import data as data_lib
 from engine import proxies as proxies_lib
 from engine.files import write_atomic, write_text_atomic  # noqa: F401 (the experiments' helpers)
 from search_spaces import nb201
@@ -253,7 +253,7 @@ def check_train_run(value, flag: str, fix: str | None = None):
               isinstance(err, UnicodeError) else f'not JSON: {err}')
     raise UsageError(f'--{flag}={value} holds a config.json that is not a training run\'s '
                      f'({detail}); {what}') from None
-  from engine import train as train_lib  # heavy (jax, orbax): only for the train experiments
+  from engine.train import train as train_lib  # heavy (jax, orbax): only for the train experiments
   fields = {f.name: f for f in dataclasses.fields(train_lib.TrainConfig)}
   problem = None
   if not isinstance(data, dict):
@@ -294,14 +294,25 @@ def check_size_flags(space, verb: str = 'trains', names=('width', 'cells')):
 def check_checkpoint(value, flag: str, folder=None):
   """The latest checkpoint of the training run in `folder` (default: --flag's `value`) has an
   index orbax can read: a damaged one is a UsageError before any work
-  (`engine.train.check_checkpoint_index`)."""
-  from engine import train as train_lib
+  (`engine.train.train.check_checkpoint_index`)."""
+  from engine.train import train as train_lib
   other = 'train in a new --workdir' if flag == 'workdir' else f'pass another --{flag}'
   fix = f'delete that folder to use the checkpoint before it, or {other}'
   try:
     train_lib.check_checkpoint_index(pathlib.Path(folder or value), fix)
   except train_lib.CheckpointError as err:
     raise UsageError(f'--{flag}={value}: {err}') from None
+
+
+def accuracy_table_hint(space) -> str:
+  """What --benchmark_file takes for a space without a benchmark table: a trained ground truth,
+  from experiments.ground_truth where that can sweep the space, else the user's own."""
+  if space.enumerate is not None and space.train_net is not None:
+    return (f'a trained ground truth with arch, seed and test_acc columns, as written by '
+            f'python -m experiments.ground_truth --search_space={space.name}')
+  return (f'a table of your own trained accuracies with arch, seed and test_acc columns '
+          f'(experiments.ground_truth cannot sweep {space.name}: it needs a finite list of '
+          f'archs and a training network)')
 
 
 def _check_benchmark_file(value, space_name: str, dataset: str | None, needs_accuracy: bool):
@@ -320,8 +331,7 @@ def _check_benchmark_file(value, space_name: str, dataset: str | None, needs_acc
                        f'--dataset={dataset}); pass the NB201 accuracy table, e.g. '
                        f'{nb201.default_benchmark_file()}')
     return
-  fix = (f'pass a trained ground truth with arch, seed and test_acc columns, as written by '
-         f'python -m experiments.ground_truth --search_space={space_name}')
+  fix = f'pass {accuracy_table_hint(space)}'
   rows = list(csv.reader(io.StringIO(read_text(value, 'benchmark_file'))))
   header = rows[0] if rows else []
   missing = [c for c in ('arch', 'seed', 'test_acc') if c not in header]

@@ -40,8 +40,8 @@ import numpy as np
 from scipy import stats
 
 from engine.proxies import aggregate
-from engine import data as data_lib
-from engine import ground_truth as gt_lib
+from engine.train import data as data_lib
+from engine.train import ground_truth as gt_lib
 from engine.proxies import ntk as ntk_lib
 from engine import proxies as proxies_lib
 from engine import search as search_lib

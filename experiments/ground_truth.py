@@ -23,7 +23,7 @@ import pathlib
 from absl import app
 from absl import flags
 
-from engine import ground_truth as gt
+from engine.train import ground_truth as gt
 from engine import sweep as sweep_lib
 from experiments import common
 from search_spaces import nb201

@@ -69,8 +69,8 @@ def _check_before_any_work(f):
   device and runtime names, and QAT's float steps when --train_images or the data's files
   bound them."""
   import hardware
-  from engine import data as data_lib
-  from engine import train as train_lib
+  from engine.train import data as data_lib
+  from engine.train import train as train_lib
   from search_spaces import nb201
   hardware.get_device(f.device)     # ValueError naming the valid devices
   hardware.get_runtime(f.runtime)   # ValueError naming the valid runtimes
@@ -104,7 +104,7 @@ def run(f, workdir='pipeline_out'):
 
   search_dir = workdir / 'search'
   if not _done(search_dir / 'results.json', 'search'):
-    from engine import trainable
+    from engine.train import trainable
     search_exp.run(_sub_config(f, 'search', seeds=str(f.seed)), search_dir,
                    keep=trainable.int8_exportable(f.search_space))
   found = json.loads((search_dir / 'results.json').read_text())['results'][0]
@@ -134,7 +134,7 @@ def _deployed_costs(f, train_dir) -> dict:
   """The hardware model's costs of the network that was trained and exported (its own width
   and cells, which may be smaller than the size the search costed) on --device/--runtime."""
   from deploy import export as export_lib
-  from engine import train as train_lib
+  from engine.train import train as train_lib
   cfg = train_lib.TrainConfig(**json.loads((train_dir / 'config.json').read_text()))
   costs = export_lib.predicted_costs(cfg.network().graph, f.device, f.runtime)
   size = {'C': cfg.C, 'N': cfg.N} if cfg.search_space == 'nb201' else {}

@@ -158,7 +158,7 @@ def accuracies(space, f, archs) -> np.ndarray | None:
       return None
     column = bench.columns[common.ACC_COLUMN[f.dataset]]
     return np.asarray(column[bench.ops_to_index(space.to_array(archs))], np.float64)
-  from engine import ground_truth as gt_lib
+  from engine.train import ground_truth as gt_lib
   try:
     table = gt_lib.load_ground_truth(space, f.benchmark_file)
   except FileNotFoundError:
@@ -252,7 +252,8 @@ def run(f, workdir='search_out', keep=None):
     except ImportError:
       plot = 'no pareto.png: matplotlib is not installed'
     print(f'wrote {workdir / "results.json"} and results.csv (no true accuracy for these archs: '
-          f'no baselines, and {plot}; pass --benchmark_file)')
+          f'no baselines, and {plot}; for them pass --benchmark_file: '
+          f'{common.accuracy_table_hint(space)})')
 
 
 def finalist_stage(space, f, workdir):
@@ -270,7 +271,7 @@ def finalist_stage(space, f, workdir):
 def choose_finalist(stage, problem, result, log=print):
   """(the result with the finalist stage's pick, the finalists' records): the best of the
   search's top candidates (`result.ranked`) by validation accuracy after brief training."""
-  from engine import trainable
+  from engine.train import trainable
   table = problem.table
   # only archs the trainer runs (tinycnn: not its swish archs) can be finalists
   can_train = trainable.int8_exportable(table.space.name)

@@ -1,6 +1,7 @@
 """`--experiment=train`: train one arch of any space in fp32, with PTQ or with QAT
-(engine/train.py; every space through its lowered hardware graph, `engine.trainable`: NB201's
-at --train_width/--train_cells, the other spaces' at their own size).
+(engine/train/train.py; every space through its lowered hardware graph,
+`engine.train.trainable`: NB201's at --train_width/--train_cells, the other spaces' at their own
+size).
 
   python -m experiments.run --experiment=train --search_space=nb201 --arch=6111 \
       --data_dir=../shared/data/cifar10 --epochs=10 --quant=qat --workdir=runs/6111_qat
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from engine import train as train_lib
+from engine.train import train as train_lib
 from experiments import common
 from search_spaces import nb201
 

@@ -192,10 +192,10 @@ class SearchSpace:
   size: Optional[Callable] = None
   # (arch, C, N, dataset, num_classes) -> the arch's lowered graph at width C and cells N with
   # its constants kept (`hardware.graph.prune(constants=True)`): what a space with size settings
-  # trains and exports (NB201: --train_width, --train_cells; `engine.trainable`). None: the
+  # trains and exports (NB201: --train_width, --train_cells; `engine.train.trainable`). None: the
   # space trains and exports `lower`'s graph at its own size
   sized_lower: Optional[Callable[..., Any]] = None
-  # (op, initializer) pairs: the kernel init (`engine.graph_qat.INITS`) of the space's layers
+  # (op, initializer) pairs: the kernel init (`engine.quant.graph_qat.INITS`) of the space's layers
   # without BN when trained (NB201: he_normal convs, lecun_normal dense); (): PyTorch's default
   train_inits: tuple = ()
   # the trainer's peak learning rate when none is given (--lr, --finalist_lr): a network

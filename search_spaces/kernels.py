@@ -2,8 +2,8 @@
 
 They live here, apart from any one space, so that every space runs the same code (and the same
 measured speedups): NB201's supernet (`search_spaces.nb201.net`), tinycnn's and mbv2's networks,
-and the QAT / integer networks (`engine.qat_layers`, `engine.graph_int`, NB201's `qat` and `integer`), whose BN epsilon and
-pools must equal the scoring network's for their outputs to match it.
+and the QAT / integer networks (`engine.quant.qat_layers`, `engine.quant.graph_int`), whose BN
+epsilon and pools must equal the scoring network's for their outputs to match it.
 
 `conv` is a k x k convolution whose gradients are written by hand: XLA:CPU's own convolution
 gradients are many times slower inside control flow and under vmap (see `conv`,

@@ -1,5 +1,5 @@
 """experiments/bench_train.py: times the training step of any space's arch, through the network
-the trainer trains (`engine.trainable`)."""
+the trainer trains (`engine.train.trainable`)."""
 import subprocess
 import sys
 

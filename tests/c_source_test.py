@@ -141,7 +141,7 @@ def test_bench_mcu_measures_an_arch_on_the_emulator(tmp_path):
   import sys
   # its own process: bench_mcu's absl flags (e.g. --archs) would clash with experiments.run's
   code = ('import json, sys\n'
-          'from engine import trainable\n'
+          'from engine.train import trainable\n'
           'from experiments import bench_mcu\n'
           f'net = trainable.trainable("nb201", {ARCH!r}, C={SMALL.C}, N={SMALL.N})\n'
           'row = bench_mcu.measure(net, "m4", "nucleo-l4r5zi", sys.argv[1])\n'

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from engine import train as train_lib
+from engine.train import train as train_lib
 from experiments import run
 
 

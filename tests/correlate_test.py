@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import cli
-from engine import data as data_lib
+from engine.train import data as data_lib
 from engine import proxies, scoring
 from experiments import common, correlate, score
 from experiments import run as run_lib

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image  # matplotlib's image dependency
 
-from engine import data
-from engine import train as train_lib
+from engine.train import data
+from engine.train import train as train_lib
 
 
 def test_loads_shared_cifar10_batches(data_dir):

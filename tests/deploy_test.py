@@ -9,8 +9,8 @@ import pytest
 
 from deploy import export as export_lib
 from deploy import runtimes
-from engine import train
-from engine import trainable
+from engine.train import train
+from engine.train import trainable
 from search_spaces import nb201
 
 # every op kind of NB201: 3x3 and 1x1 convs, a pool, skips, a three-term node sum (node 3)
@@ -19,7 +19,7 @@ SMALL = nb201.NB201Config(C=4, N=1)
 
 
 def _calibrated(arch=ARCH, config=SMALL, seed=0):
-  """(the arch's `engine.trainable.Trainable` at config's C and N, an untrained calibrated
+  """(the arch's `engine.train.trainable.Trainable` at config's C and N, an untrained calibrated
   int8 model of it, the images it was calibrated on)."""
   net = trainable.trainable('nb201', arch, C=config.C, N=config.N)
   rng = np.random.default_rng(seed)
@@ -127,6 +127,30 @@ def test_export_of_a_trained_run_is_bitexact_in_tflm(data_dir, trained_ptq):
   assert io['inputs'].dtype == np.int8 and io['inputs'].shape == (48, 32, 32, 3)
   np.testing.assert_array_equal(runtimes.tflm_run((workdir / 'model.tflite').read_bytes(),
                                                   io['inputs']), io['tflm_logits'])
+
+
+def test_an_fp32_run_is_refused_with_a_ptq_command_that_works(data_dir, trained_ptq, tmp_path):
+  """Export refuses an fp32 run in one line that names the PTQ command; run as given (plus
+  smaller evaluation sizes), it quantizes the run, and the result exports."""
+  import shlex
+  import subprocess
+  fp32 = trained_ptq.parent / 'fp32'
+  with pytest.raises(export_lib.ExportError, match='trained in fp32') as err:
+    export_lib.export(fp32, data_dir / 'cifar10', progress=False, log=lambda *_: None)
+  command = str(err.value).split('quantize it with ')[1]
+  assert '\n' not in command and '<' not in command  # the data dir given to export is filled in
+  argv = shlex.split(command.replace('--workdir=', f'--workdir={tmp_path / "ptq"} --old='))
+  argv = [a for a in argv if not a.startswith('--old=')]
+  assert argv[:3] == ['python', '-m', 'experiments.run']
+  out = subprocess.run([sys.executable, *argv[1:], '--test_images=64', '--int_eval_images=0',
+                        '--calib_batches=2', '--progress=false'],
+                       capture_output=True, text=True, timeout=600)
+  # PTQ of a net trained 4 steps may end at chance (one line, its checkpoint written first),
+  # never at a bad or missing flag
+  assert out.returncode == 0 or 'chance' in out.stderr, out.stderr[-2000:]
+  report = export_lib.export(tmp_path / 'ptq', data_dir / 'cifar10', verify_images=8,
+                             progress=False, log=lambda *_: None)
+  assert report['verified']
 
 
 def test_export_flags_an_unfinished_run_and_checks_its_inputs_first(data_dir, trained_ptq,

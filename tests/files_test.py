@@ -11,7 +11,7 @@ import pytest
 
 import cli
 from engine import files
-from engine import train
+from engine.train import train
 
 ARCH = 'f8k3-relu-max'  # tinycnn: a small checkpoint
 

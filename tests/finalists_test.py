@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from engine import data as data_lib
-from engine import train as train_lib
+from engine.train import data as data_lib
+from engine.train import train as train_lib
 from engine.search import finalists as fin_lib
 
 

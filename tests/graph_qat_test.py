@@ -1,8 +1,9 @@
-"""Every space's int8 path (engine/graph_qat.py, engine/graph_int.py, engine/trainable.py,
-deploy/graph_tflite.py): the Flax network of a lowered graph in its modes, its integer
-reference (numpy, and compiled by XLA), and the .tflite written from it, held against each other
-and against TFLite Micro and LiteRT, bit for bit. NB201's graphs: deploy_test.py, quant_test.py;
-here also a graph with every kind of node NB201 lowers to, and folded constants."""
+"""Every space's int8 path (engine/quant/graph_qat.py, engine/quant/graph_int.py,
+engine/train/trainable.py, deploy/graph_tflite.py): the Flax network of a lowered graph in its
+modes, its integer reference (numpy, and compiled by XLA), and the .tflite written from it, held
+against each other and against TFLite Micro and LiteRT, bit for bit. NB201's graphs:
+deploy_test.py, quant_test.py; here also a graph with every kind of node NB201 lowers to, and
+folded constants."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,9 +11,9 @@ import pytest
 
 from deploy import graph_tflite
 from deploy import runtimes
-from engine import graph_int
-from engine import graph_qat
-from engine import trainable
+from engine.quant import graph_int
+from engine.quant import graph_qat
+from engine.train import trainable
 from hardware import graph as graph_lib
 from hardware import memory
 from search_spaces import registry

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engine import data as data_lib
-from engine import ground_truth as gt
+from engine.train import data as data_lib
+from engine.train import ground_truth as gt
 from search_spaces import registry
 
 

@@ -172,7 +172,7 @@ def test_public_walk_names_exist():
 
 
 # The proxies, the scorer, the searchers and the objective take a space's network through the
-# registry, and the trainer and the exporters take an arch's network from `engine.trainable`,
+# registry, and the trainer and the exporters take an arch's network from `engine.train.trainable`,
 # which asks the registered space: none of engine/, hardware/ or deploy/ may name a space
 # (DEVELOPERS.md, "One engine, many spaces"). A space's own code lives in search_spaces/ (NB201's
 # networks, trainable ones included, in search_spaces/nb201/).

@@ -1,5 +1,5 @@
 """The masked supernet: its walks against each other and against the trained network (NB201's
-lowered graph in `engine.graph_qat`) in fp32 mode (the kernels it shares with other spaces are
+lowered graph in `engine.quant.graph_qat`) in fp32 mode (the kernels it shares with other spaces are
 tested in kernels_test.py)."""
 import dataclasses
 import functools
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engine import graph_qat
+from engine.quant import graph_qat
 from hardware import graph as graph_lib
 from search_spaces import nb201
 from search_spaces.nb201 import graph as nb201_graph
@@ -65,8 +65,8 @@ def trained_graph(ops, config):
 
 def variables_from_supernet(params, ops, config) -> dict:
   """`net.init_params` supernet params -> the variables of the network the trainer runs
-  (`engine.graph_qat.GraphNetwork` of NB201's graph, constants kept) with the same weights: conv
-  kernels, BN scales and biases, classifier. BN running statistics are mean 0, var 1 (the
+  (`engine.quant.graph_qat.GraphNetwork` of NB201's graph, constants kept) with the same weights:
+  conv kernels, BN scales and biases, classifier. BN running statistics are mean 0, var 1 (the
   supernet keeps none), activation ranges zeros (uncalibrated)."""
   graph = trained_graph(ops, config)
   fresh = jax.eval_shape(lambda: graph_qat.init_variables(jax.random.PRNGKey(0), graph,
@@ -100,7 +100,7 @@ class SupernetTest(chex.TestCase):
 
   @chex.variants(with_jit=True)  # eager lax.scan/cond over a whole network is minutes slow
   def test_one_hot_supernet_equals_qat_network_in_fp32(self):
-    """The network the trainer runs (NB201's lowered graph in `engine.graph_qat`) in fp32 mode
+    """The network the trainer runs (NB201's lowered graph in `engine.quant.graph_qat`) in fp32 mode
     with batch statistics (train=True) computes the scoring supernet's single path, same
     weights."""
     params = net.init_params(jax.random.PRNGKey(0), CONFIG)

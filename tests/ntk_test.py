@@ -8,7 +8,7 @@ import numpy as np
 
 from engine.proxies import ntk
 from search_spaces import nb201
-from engine import graph_qat
+from engine.quant import graph_qat
 from search_spaces.nb201 import net
 from search_spaces.nb201 import space as nb201_space
 from nb201_net_test import trained_graph, variables_from_supernet
@@ -30,8 +30,8 @@ def _setup(ops=OPS, batch=6):
 
 
 def _flax_coupled_gram(params, ops, x):
-  """Reference: jacrev of the trained network (NB201's graph in `engine.graph_qat`, fp32, batch
-  statistics) w.r.t. its kernels and BN scales, holding the supernet's weights."""
+  """Reference: jacrev of the trained network (NB201's graph in `engine.quant.graph_qat`, fp32,
+  batch statistics) w.r.t. its kernels and BN scales, holding the supernet's weights."""
   variables = variables_from_supernet(params, ops, CONFIG)
   model = graph_qat.GraphNetwork(trained_graph(ops, CONFIG), 'fp32')
   flat = jax.tree_util.tree_flatten_with_path(variables['params'])[0]

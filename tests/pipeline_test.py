@@ -8,7 +8,7 @@ import pytest
 
 from data_test import CLASSES, _write_folder
 from deploy import export as export_lib
-from engine import train as train_lib
+from engine.train import train as train_lib
 from experiments import run
 from search_spaces import registry
 
@@ -21,7 +21,7 @@ class Killed(Exception):
   pass
 
 
-# tinycnn trains through its lowered graph (engine/graph_qat.py), at its own rate (its convs
+# tinycnn trains through its lowered graph (engine/quant/graph_qat.py), at its own rate (its convs
 # have no BN: --lr defaults to 0.01 there, 0.1 for NB201; 0.1 diverges on tinycnn)
 SPACES = {'nb201': [], 'tinycnn': ['--search_space=tinycnn']}
 

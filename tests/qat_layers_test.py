@@ -1,12 +1,12 @@
-"""The quantization-aware layers every trainable network is made of (engine/qat_layers.py)."""
+"""The quantization-aware layers every trainable network is made of (engine/quant/qat_layers.py)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engine import qat_layers
-from engine import quant
+from engine.quant import qat_layers
+from engine.quant import quant
 
 
 def test_round_div_rounds_ties_away_from_zero_as_the_integer_kernel_does():

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engine import graph_int
-from engine import graph_qat
-from engine import quant
+from engine.quant import graph_int
+from engine.quant import graph_qat
+from engine.quant import quant
 from hardware import graph as graph_lib
 from search_spaces import kernels
 from search_spaces import nb201

@@ -11,11 +11,11 @@ import optax
 import pytest
 
 from engine import chance
-from engine import data as data_lib
-from engine import train
+from engine.train import data as data_lib
+from engine.train import train
 from experiments import common
-from engine import graph_int
-from engine import graph_qat
+from engine.quant import graph_int
+from engine.quant import graph_qat
 from search_spaces import nb201
 from search_spaces.nb201 import graph as nb201_graph
 from search_spaces.nb201 import space as nb201_space

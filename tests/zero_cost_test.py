@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engine import data as data_lib
+from engine.train import data as data_lib
 from engine import proxies, scoring
 from engine.proxies import zero_cost as zc
 from search_spaces import nb201, registry

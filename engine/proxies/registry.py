@@ -23,7 +23,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from engine import data as data_lib
+from engine.train import data as data_lib
 from engine.proxies import az_nas as az_lib
 from engine.proxies import linear_regions as lr_lib
 from engine.proxies import ntk as ntk_lib

@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from engine import data as data_lib
-from engine import train as train_lib
+from engine.train import data as data_lib
+from engine.train import train as train_lib
 
 VAL_FRACTION = 0.2  # of each class's training images, held out to choose among the finalists
 
@@ -39,7 +39,8 @@ class Settings:
 
 
 def split(train_set: data_lib.ImageSet) -> tuple[data_lib.ImageSet, data_lib.ImageSet]:
-  """(train, validation) parts of a training set: the seeded per-class split of engine.data."""
+  """(train, validation) parts of a training set: the seeded per-class split of
+  `engine.train.data`."""
   train_idx, val_idx = data_lib.split_per_class(train_set.labels, VAL_FRACTION)
   def part(idx, what):
     return dataclasses.replace(train_set, images=train_set.images[idx],

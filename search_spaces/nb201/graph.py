@@ -20,8 +20,8 @@ pad as PyTorch does ('symmetric': k // 2 on every side; at stride 2 not TF's SAM
 pool 'same' without counting the padding (count_include_pad=False).
 
 `train_graph` is a candidate's graph with its constants kept (`graph_lib.prune(constants=True)`):
-the network the trainer, the integer reference and the exporters run (`engine.graph_qat`,
-`engine.graph_int`, `deploy.graph_tflite`; the space's `sized_lower`), whose `prune` is
+the network the trainer, the integer reference and the exporters run (`engine.quant.graph_qat`,
+`engine.quant.graph_int`, `deploy.graph_tflite`; the space's `sized_lower`), whose `prune` is
 `lower`'s graph.
 """
 
@@ -173,8 +173,8 @@ def train_graph(arch, config: NB201Config = NB201Config(),
                 name: Optional[str] = None) -> graph_lib.Graph:
   """The concrete graph of one single-path candidate with its constants kept
   (`graph_lib.prune(constants=True)`): the network the trainer, the integer reference and the
-  exporters run (`engine.graph_qat`, `engine.graph_int`, `deploy.graph_tflite`); its `prune` is
-  `lower`'s graph."""
+  exporters run (`engine.quant.graph_qat`, `engine.quant.graph_int`, `deploy.graph_tflite`); its
+  `prune` is `lower`'s graph."""
   mask = to_mask(arch)
   if name is None:
     name = arch if isinstance(arch, str) else 'nb201'

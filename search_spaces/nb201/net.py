@@ -19,9 +19,9 @@ it used, so a caller can compute them once and feed them back.
 
 `network` is the one walk of the network; the other execution is its hardware lowering
 (`search_spaces.nb201.graph`, a backend that emits graph nodes), which is also what trains,
-runs in integers and exports (`engine.graph_qat`, `engine.graph_int`, `deploy.graph_tflite`,
-at the trained width and cells; in fp32 mode with batch statistics it equals this supernet's
-single path given the same weights, tests/nb201_net_test.py).
+runs in integers and exports (`engine.quant.graph_qat`, `engine.quant.graph_int`,
+`deploy.graph_tflite`, at the trained width and cells; in fp32 mode with batch statistics it
+equals this supernet's single path given the same weights, tests/nb201_net_test.py).
 The walk's names in `PUBLIC_WALK` are this module's interface to code outside the NB201 package;
 everything else here (the supernet, its parameter layout) is NB201's own
 (tests/import_rules_test.py holds other modules to that).

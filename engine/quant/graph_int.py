@@ -1,7 +1,7 @@
-"""Integer-only reference inference of a quantized `engine.graph_qat.GraphNetwork`: any space's
-lowered graph (NB201's with its constants kept) in TFLite Micro's int8 arithmetic.
+"""Integer-only reference inference of a quantized `engine.quant.graph_qat.GraphNetwork`: any
+space's lowered graph (NB201's with its constants kept) in TFLite Micro's int8 arithmetic.
 
-The arithmetic is TFLite Micro's int8 reference kernels', with the helpers of `engine.quant`:
+The arithmetic is TFLite Micro's int8 reference kernels', with the helpers of `engine.quant.quant`:
 int8 x int8 products summed in int32 with the int32 bias, then the Q31 multiplier + shift
 (gemmlowp's double rounding, or the rounding of the runtime checked against, `quant.ROUNDINGS`),
 the zero point, the fused activation's clamp (TFLite's `CalculateActivationRangeQuantized`) and
@@ -43,9 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine import quant
-from engine.quant import ADD_LEFT_SHIFT, ROUNDINGS, int_matmul, int_round_div
-from engine.graph_qat import ZERO_QPARAMS, check_graph, module_name, partial_sum_name, tap_counts
+from engine.quant import quant
+from engine.quant.quant import ADD_LEFT_SHIFT, ROUNDINGS, int_matmul, int_round_div
+from engine.quant.graph_qat import (ZERO_QPARAMS, check_graph, module_name, partial_sum_name,
+                                    tap_counts)
 from hardware import graph as graph_lib
 from search_spaces.kernels import BN_EPS
 

@@ -7,8 +7,8 @@ as TensorFlow pads, 'symmetric' as PyTorch, or 'valid'; BN folded in or a bias, 
 ReLU6), dense, ReLU nodes, 'batchnorm' nodes (a BN with no conv to fold into), adds of any
 number of terms, average (padded ones dividing by the taps inside the map) / max / global
 average pool, reshape. Training it means un-folding BN back into trainable scale and shift with
-batch statistics; quantizing it means the layers of `engine.qat_layers` (same modes, same
-collections 'params' / 'batch_stats' / 'quant', same `engine.quant` functions):
+batch statistics; quantizing it means the layers of `engine.quant.qat_layers` (same modes, same
+collections 'params' / 'batch_stats' / 'quant', same `engine.quant.quant` functions):
 
   * 'fp32':   float; BN on batch statistics when `train`;
   * 'folded': BN folded into its conv with the running statistics;
@@ -21,7 +21,7 @@ add of n > 2 terms (a chain of TFLite's two-input ADDs). ReLU nodes, pools, max 
 reshapes keep their input's grid. An add of no term (a graph with its constants kept) is a zero
 tensor on scale 1, zero point 0, and the nodes computed from it are constants: trained like the
 rest (a conv of it is its BN shift), written as constant tensors by the exporter.
-`engine.graph_int.IntGraph` runs the same variables in integers, and `deploy.graph_tflite`
+`engine.quant.graph_int.IntGraph` runs the same variables in integers, and `deploy.graph_tflite`
 writes them; tests hold the three against each other.
 
 Layer names are the graph's node names with '/' as '__' (Flax and checkpoint paths split on
@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine import qat_layers
-from engine.qat_layers import ActQuant, Ctx
+from engine.quant import qat_layers
+from engine.quant.qat_layers import ActQuant, Ctx
 from hardware import graph as graph_lib
 
 TRAINABLE_OPS = ('input', 'conv2d', 'depthwise_conv2d', 'dense', 'add', 'avg_pool', 'max_pool',

@@ -1,8 +1,8 @@
-"""One arch's network as the trainer (`engine.train`) and the exporter (`deploy.export`) see it,
-whatever its search space; nothing here names a space.
+"""One arch's network as the trainer (`engine.train.train`) and the exporter (`deploy.export`) see
+it, whatever its search space; nothing here names a space.
 
 Every space trains and exports the arch's lowered hardware graph (the network its costs are
-computed on), run by `engine.graph_qat` (Flax, fp32 / folded / QAT), `engine.graph_int`
+computed on), run by `engine.quant.graph_qat` (Flax, fp32 / folded / QAT), `engine.quant.graph_int`
 (integers) and `deploy.graph_tflite` (the .tflite):
   * by default `SearchSpace.lower`'s graph at the space's own size;
   * a space with size settings (NB201: width C and cells N, `--train_width`, `--train_cells`)
@@ -53,19 +53,19 @@ class Trainable:
 def init_calibrated(net: Trainable, key, images) -> dict:
   """An untrained int8 model of `net` from `key`, its BN statistics and ranges from `images`
   (`qat_layers.init_calibrated`)."""
-  from engine import qat_layers
+  from engine.quant import qat_layers
   return qat_layers.init_calibrated(net.init(key), net.model_fn('fp32'), net.model_fn('folded'),
                                     images)
 
 
 def graph_trainable(space_name: str, arch: str, num_classes: int = 0, *, C: int = 16, N: int = 5,
                     dataset: str = 'cifar10') -> Trainable:
-  """An arch through its lowered graph (`engine.graph_qat`, `engine.graph_int`,
+  """An arch through its lowered graph (`engine.quant.graph_qat`, `engine.quant.graph_int`,
   `deploy.graph_tflite`); raises ValueError (one line) for an arch the space cannot decode or the
   int8 path cannot run. A space with size settings (`SearchSpace.sized_lower`) lowers it at
   width C and cells N with its constants kept; the hardware graph is then that graph's `prune`."""
   from deploy import graph_tflite
-  from engine import graph_int, graph_qat
+  from engine.quant import graph_int, graph_qat
   from hardware import graph as graph_lib
   from search_spaces import registry
   space = registry.get(space_name)
@@ -120,7 +120,7 @@ def int8_exportable(space_name: str):
   """None when every arch of the space trains and exports in int8 (a space with size settings,
   `SearchSpace.sized_lower`: NB201), else a predicate arch -> bool: its lowered graph has only
   ops the int8 path runs (tinycnn: not swish)."""
-  from engine import graph_qat
+  from engine.quant import graph_qat
   from search_spaces import registry
   space = registry.get(space_name)
   if space.sized_lower is not None:

@@ -15,7 +15,7 @@ the clipping range; zero outside it), so a float model trains against the int8 g
 Why not a library: AQT (google/aqt, the JAX quantization library) injects quantization into the
 operands of dot_general/conv for accelerator training and serving; it has no BatchNorm folding,
 no TFLite int32 biases and no TFLite-Micro fixed-point requantization, and the scheme here must
-match the integer reference (`engine.graph_int`) in everything
+match the integer reference (`engine.quant.graph_int`) in everything
 but rounding ties. So it is written out (about a hundred lines).
 """
 from __future__ import annotations
@@ -131,7 +131,7 @@ def quantize_multiplier(m):
 
 def _namespace(x):
   """numpy for numpy inputs, jax.numpy for jax arrays and tracers (the integer kernels run in
-  both: numpy is the reference, XLA the fast path, `engine.graph_int`)."""
+  both: numpy is the reference, XLA the fast path, `engine.quant.graph_int`)."""
   if isinstance(x, jax.Array):
     if not jax.config.jax_enable_x64:
       raise RuntimeError('integer kernels on jax arrays need 64-bit types: run them inside '
@@ -204,7 +204,7 @@ def requantize(acc, multiplier, shift, zero_point, qmin=QMIN, qmax=QMAX, single_
 
 
 # ---------------------------------------------------------------- integer kernels
-# of the integer reference (`engine.graph_int`)
+# of the integer reference (`engine.quant.graph_int`)
 
 ADD_LEFT_SHIFT = 20  # TFLite int8 ADD
 

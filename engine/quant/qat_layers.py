@@ -1,5 +1,5 @@
 """The quantization-aware building blocks every trainable network is made of, whatever its
-search space: the network of any lowered hardware graph (`engine.graph_qat`), NB201's
+search space: the network of any lowered hardware graph (`engine.quant.graph_qat`), NB201's
 included.
 
 Modes (`MODES`):
@@ -7,8 +7,8 @@ Modes (`MODES`):
   * 'folded': BN folded into its convolution with the running statistics, no quantization.
               Equal to fp32 evaluation up to float rounding; `update_ranges=True` in this mode is
               PTQ calibration (activation ranges recorded on the float model);
-  * 'quant':  folded BN, then fake-quant (`engine.quant`): per-channel int8 weights, int32 biases,
-              per-tensor asymmetric int8 activations. Training in this mode is QAT; its BN
+  * 'quant':  folded BN, then fake-quant (`engine.quant.quant`): per-channel int8 weights, int32
+              biases, per-tensor asymmetric int8 activations. Training in this mode is QAT; its BN
               statistics stay frozen at their running values (Krishnamoorthi 2018, sec. 3.2:
               fold with frozen statistics once QAT starts), so train and eval see the same graph.
 
@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from engine import quant
+from engine.quant import quant
 from search_spaces.kernels import BN_EPS
 
 MODES = ('fp32', 'folded', 'quant')

@@ -1,5 +1,5 @@
-"""Training of one architecture of any space (`engine.trainable`): fp32, post-training quantization
-and QAT, with distillation.
+"""Training of one architecture of any space (`engine.train.trainable`): fp32, post-training
+quantization and QAT, with distillation.
 
 One run = optional init from another run's checkpoint, then a list of phases:
   * fp32: `epochs` of float training;
@@ -43,7 +43,7 @@ import numpy as np
 import optax
 
 from engine import chance as chance_lib
-from engine import data as data_lib
+from engine.train import data as data_lib
 from search_spaces import registry
 
 QUANT_MODES = ('fp32', 'ptq', 'qat')
@@ -101,15 +101,15 @@ class TrainConfig:
   int_eval_images: int = -1      # integer-only inference on this many test images (-1 = all)
   seed: int = 0
   # classes of the network's head; 0: the dataset's (the space's `datasets`). A run on the
-  # user's own data (an image folder or .npz, engine/data.py) records its data's class count.
+  # user's own data (an image folder or .npz, engine/train/data.py) records its data's class count.
   num_classes: int = 0
   # C and N size the network of a space with size settings (`SearchSpace.sized_lower`: NB201's);
   # the others train at their own size
   search_space: str = registry.DEFAULT
 
   def network(self):
-    """The arch's `engine.trainable.Trainable` (one-line ValueError for a bad arch)."""
-    from engine import trainable
+    """The arch's `engine.train.trainable.Trainable` (one-line ValueError for a bad arch)."""
+    from engine.train import trainable
     return trainable.trainable(self.search_space, self.arch, C=self.C, N=self.N,
                                dataset=self.dataset, num_classes=self.num_classes)
 
@@ -240,7 +240,7 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
 def make_train_step(model_fn, tx, smoothing=0.0, teacher=None, alpha=0.0, temperature=1.0):
   """Jitted (variables, opt_state, key, images uint8, labels) -> (variables, opt_state, metrics).
 
-  `model_fn(mode)` gives the Flax network for a mode (`engine.graph_qat.GraphNetwork`); the
+  `model_fn(mode)` gives the Flax network for a mode (`engine.quant.graph_qat.GraphNetwork`); the
   mode is static, one compile per phase.
   `teacher`: the teacher model, whose eval logits on the same augmented batch the student is
   distilled towards; its variables come as the step's last argument (not baked into the jit).

@@ -37,7 +37,7 @@ import optax
 from scipy import stats
 
 from engine import chance as chance_lib
-from engine import data as data_lib
+from engine.train import data as data_lib
 from engine import sweep as sweep_lib
 from engine.files import write_text_atomic
 
