@@ -138,9 +138,9 @@ def test_an_fp32_run_is_refused_with_a_ptq_command_that_works(data_dir, trained_
   with pytest.raises(export_lib.ExportError, match='trained in fp32') as err:
     export_lib.export(fp32, data_dir / 'cifar10', progress=False, log=lambda *_: None)
   command = str(err.value).split('quantize it with ')[1]
-  assert '\n' not in command and '<' not in command  # the data dir given to export is filled in
-  argv = shlex.split(command.replace('--workdir=', f'--workdir={tmp_path / "ptq"} --old='))
-  argv = [a for a in argv if not a.startswith('--old=')]
+  assert '\n' not in command and '<its training data>' not in command  # export's data dir
+  assert command.endswith(' --workdir=<new dir>')
+  argv = shlex.split(command.replace('<new dir>', str(tmp_path / 'ptq')))
   assert argv[:3] == ['python', '-m', 'experiments.run']
   out = subprocess.run([sys.executable, *argv[1:], '--test_images=64', '--int_eval_images=0',
                         '--calib_batches=2', '--progress=false'],

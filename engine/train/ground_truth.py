@@ -223,7 +223,7 @@ class Table(dict):
     self.flagged = collections.Counter(flagged or {})
 
 
-GROUND_TRUTH = pathlib.Path(__file__).resolve().parents[1] / 'search_spaces' / 'ground_truth'
+GROUND_TRUTH = pathlib.Path(__file__).resolve().parents[2] / 'search_spaces' / 'ground_truth'
 
 
 def load_ground_truth(space, path=None, log=None) -> Table:
