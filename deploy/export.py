@@ -72,7 +72,6 @@ def predicted_costs(graph, device: str, runtime: str) -> dict:
 def ptq_command(cfg, workdir, data_dir=None) -> str:
   """The command that quantizes the fp32 run `workdir` (config `cfg`) with PTQ on `data_dir`
   (a placeholder where None)."""
-  from search_spaces import registry
   size = (f' --train_width={cfg.C} --train_cells={cfg.N} --dataset={cfg.dataset}'
           if registry.get(cfg.search_space).sized_lower is not None else '')
   return (f"python -m experiments.run --experiment=train --search_space={cfg.search_space} "

@@ -253,7 +253,7 @@ def check_train_run(value, flag: str, fix: str | None = None):
               isinstance(err, UnicodeError) else f'not JSON: {err}')
     raise UsageError(f'--{flag}={value} holds a config.json that is not a training run\'s '
                      f'({detail}); {what}') from None
-  from engine.train import train as train_lib  # heavy (jax, orbax): only for the train experiments
+  from engine.train import train as train_lib  # heavy (jax, orbax): the train experiments only
   fields = {f.name: f for f in dataclasses.fields(train_lib.TrainConfig)}
   problem = None
   if not isinstance(data, dict):
