@@ -86,7 +86,6 @@ def to_tflite(graph: graph_lib.Graph, quantized=None, seed: int = 0,
   graph_lib.check_connected(graph, 'export')
   m = tfl.ModelBuilder()
   ids: dict[int, int] = {}
-  flat = set()  # nodes whose tensor is [1, n] already
 
   def constant(values, scale, zp, name):
     v = np.asarray(values, np.int8)
@@ -147,10 +146,8 @@ def to_tflite(graph: graph_lib.Graph, quantized=None, seed: int = 0,
       m.op('AVERAGE_POOL_2D', [src], [pooled], size=in_shape[0], stride=in_shape[0],
            padding='valid')
       ids[i] = _reshape(m, pooled, (1, c), out, node.name)
-      flat.add(i)
-    elif node.op == 'reshape' and node.inputs[0] in flat:  # flat already
+    elif graph_lib.flat_already(graph, i):
       ids[i] = src
-      flat.add(i)
     elif node.op in ('avg_pool', 'max_pool'):
       if graph_lib.unlike_same(node, in_shape):
         raise ValueError(f'no int8 TFLite pool for symmetric padding other than SAME\'s '
@@ -162,8 +159,6 @@ def to_tflite(graph: graph_lib.Graph, quantized=None, seed: int = 0,
     elif node.op in ('reshape', 'identity'):
       shape = (1, int(np.prod(node.shape))) if node.op == 'reshape' else (1, h, w, c)
       ids[i] = _reshape(m, src, shape, out, node.name)
-      if node.op == 'reshape':
-        flat.add(i)
     else:
       raise ValueError(f'no int8 TFLite op for {node.op!r}'
                        f'{" " + node.activation if node.activation else ""} (node {node.name}); '

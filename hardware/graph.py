@@ -185,6 +185,15 @@ def explicit_pad(node: Node, in_shape) -> bool:
   return node.op in ('conv2d', 'depthwise_conv2d') and unlike_same(node, in_shape)
 
 
+def flat_already(graph: Graph, i: int) -> bool:
+  """Whether node i is a reshape of a tensor an int8 export already holds flat ([1, n]: a global
+  pool's, exported as AVERAGE_POOL_2D then a RESHAPE, or another reshape's), so the export writes
+  nothing for it; any other reshape or identity is a RESHAPE with its own tensor. The exporter
+  (`deploy.graph_tflite`) and the arena model (`hardware.memory.tflm_buffers`) both ask this."""
+  node = graph.nodes[i]
+  return node.op == 'reshape' and graph.nodes[node.inputs[0]].op in ('global_avg_pool', 'reshape')
+
+
 class GraphBuilder:
   """Appends nodes with inferred shapes; every method returns the new node id."""
 

@@ -169,7 +169,6 @@ def tflm_buffers(graph: graph_lib.Graph) -> TflmBuffers:
   st = graph_lib.node_stats(graph)
   sizes, first, last = [], [], []
   tensor_of = {}
-  flat = set()  # nodes whose tensor the export has flattened already (global pool, reshape)
   op = 0
 
   def new(size):
@@ -186,12 +185,9 @@ def tflm_buffers(graph: graph_lib.Graph) -> TflmBuffers:
       tensor_of[i] = new(st.out_bytes[i])
       continue
     ins = [tensor_of[j] for j in node.inputs]
-    if node.op == 'reshape' and node.inputs[0] in flat or node.op == 'add' and node.is_alias:
+    if graph_lib.flat_already(graph, i) or node.op == 'add' and node.is_alias:
       tensor_of[i] = ins[0]
-      flat.update([i] if node.op == 'reshape' else [])
       continue
-    if node.op in ('global_avg_pool', 'reshape'):
-      flat.add(i)
     if node.op == 'add':  # constant operands (None) live in flash, not in the arena
       live = iter(ins)
       operands = [None if k in node.const_slots else next(live) for k in range(node.operands)]
