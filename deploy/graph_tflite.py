@@ -31,7 +31,6 @@ Two sources of numbers:
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from deploy import tflite as tfl
@@ -40,20 +39,13 @@ from hardware import graph as graph_lib
 _CONV_OPS = ('conv2d', 'depthwise_conv2d')
 
 
-def _live(graph) -> np.ndarray:
-  live = np.zeros(len(graph.nodes), bool)
-  for i, node in enumerate(graph.nodes):
-    live[i] = node.op == 'input' or any(live[j] for j in node.inputs)
-  return live
-
-
 class _RandomWeights:
   """The `IntGraph` interface with seeded random numbers (every activation on one grid)."""
 
   def __init__(self, graph, seed):
     self.rng = np.random.default_rng(seed)
     self.graph = graph
-    self.live = _live(graph)
+    self.live = graph_lib.input_dependent(graph)
 
   def act(self, i):
     return 0.05, 0

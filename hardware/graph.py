@@ -185,6 +185,16 @@ def explicit_pad(node: Node, in_shape) -> bool:
   return node.op in ('conv2d', 'depthwise_conv2d') and unlike_same(node, in_shape)
 
 
+def input_dependent(graph: Graph) -> np.ndarray:
+  """Boolean per node: its tensor depends on the input (a node that does not, in a graph lowered
+  with its constants kept, is a constant: the integer reference computes it once and the
+  exporter writes it as a constant tensor; both ask this)."""
+  out = np.zeros(len(graph.nodes), bool)
+  for i, node in enumerate(graph.nodes):
+    out[i] = node.op == 'input' or any(out[j] for j in node.inputs)
+  return out
+
+
 def flat_already(graph: Graph, i: int) -> bool:
   """Whether node i is a reshape of a tensor an int8 export already holds flat ([1, n]: a global
   pool's, exported as AVERAGE_POOL_2D then a RESHAPE, or another reshape's), so the export writes

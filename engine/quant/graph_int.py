@@ -161,10 +161,9 @@ class IntGraph:
     self.qparams: list[tuple[float, int]] = []
     self.partials: dict[int, list[tuple[float, int]]] = {}  # add i -> its partial sums' grids
     self.layers: dict[int, IntLayer] = {}
-    self.live = np.zeros(len(nodes), bool)  # depends on the input
+    self.live = graph_lib.input_dependent(graph)
     for i, node in enumerate(nodes):
       name = module_name(node)
-      self.live[i] = node.op == 'input' or any(self.live[j] for j in node.inputs)
       if node.op == 'input':
         self.qparams.append(_scale_zp(ranges['input_q']))
       elif node.op in _LAYER_OPS:
@@ -199,7 +198,7 @@ class IntGraph:
                            None, np, None)
         grid = self.partials[i][k - 1]
         self.partial_consts[(i, k)] = total
-    self._compiled = {}
+    self._run = jax.jit(self._traced)  # one program per batch size (jit's shape cache)
 
   def _convert(self, node, p, st, in_scale, out_scale) -> IntLayer:
     c = node.shape[2]
@@ -366,9 +365,6 @@ class IntGraph:
     if n == 0:
       return np.zeros((0, self.graph.nodes[-1].shape[2]), np.int8)
     batch_size = min(batch_size, n)
-    if batch_size not in self._compiled:
-      self._compiled[batch_size] = jax.jit(self._traced)
-    run = self._compiled[batch_size]
     zp = self.qparams[0][1]
     parts = []
     for i in range(0, n, batch_size):
@@ -377,7 +373,7 @@ class IntGraph:
       if pad:
         part = np.concatenate([part, np.full((pad,) + part.shape[1:], zp, np.int32)])
       with jax.enable_x64(True):
-        out, overflow = run(part)
+        out, overflow = self._run(part)
       if bool(overflow):
         raise OverflowError('requantization input overflows int32 in the integer network '
                             f'(images {i} to {i + batch_size - 1})')
