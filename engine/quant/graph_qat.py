@@ -165,7 +165,7 @@ def _pool(t, node, in_shape):
     y = jnp.mean(x, (1, 2), keepdims=True)
     if qp is not None:
       y = qat_layers.pooled_on_grid(y, x, qp, lambda q: jnp.sum(q, (1, 2), keepdims=True),
-                   x.shape[1] * x.shape[2])
+                                    x.shape[1] * x.shape[2])
     return y, qp
   k, s = node.kernel[0], node.stride[0]
   window, strides = (1, k, k, 1), (1, s, s, 1)

@@ -158,15 +158,17 @@ def gates_from_masks(masks) -> np.ndarray:
   return masks.reshape(masks.shape[:-2] + (NUM_GATES,))
 
 
-def lower(arch, config: NB201Config = NB201Config(),
-          name: Optional[str] = None) -> graph_lib.Graph:
-  """Concrete graph of one hard (0/1, possibly multi-hot) candidate."""
+def lower(arch, config: NB201Config = NB201Config(), name: Optional[str] = None,
+          constants: bool = False) -> graph_lib.Graph:
+  """Concrete graph of one hard (0/1, possibly multi-hot) candidate (`constants`: with its
+  constants kept, `graph_lib.prune`)."""
   mask = to_mask(arch)
   if not np.all((mask == 0) | (mask == 1)):
     raise ValueError('lower() needs a 0/1 mask; use cost() for soft op weights')
   if name is None:
     name = arch if isinstance(arch, str) else 'nb201'
-  return graph_lib.prune(template_graph(config), gates_from_masks(mask), name=name)
+  return graph_lib.prune(template_graph(config), gates_from_masks(mask), name=name,
+                         constants=constants)
 
 
 def train_graph(arch, config: NB201Config = NB201Config(),
@@ -175,11 +177,7 @@ def train_graph(arch, config: NB201Config = NB201Config(),
   (`graph_lib.prune(constants=True)`): the network the trainer, the integer reference and the
   exporters run (`engine.quant.graph_qat`, `engine.quant.graph_int`, `deploy.graph_tflite`); its
   `prune` is `lower`'s graph."""
-  mask = to_mask(arch)
-  if name is None:
-    name = arch if isinstance(arch, str) else 'nb201'
-  return graph_lib.prune(template_graph(config), gates_from_masks(mask), name=name,
-                         constants=True)
+  return lower(arch, config, name, constants=True)
 
 
 def count_without_dce(arch, config: NB201Config = NB201Config()) -> tuple[int, int]:
